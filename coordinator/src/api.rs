@@ -1,0 +1,53 @@
+//! The coordinator's HTTP API: the router and its shared state.
+//!
+//! - [`auth`]: extractors for the three credentials (user session, admin, proxy token).
+//! - [`json`]: a JSON body extractor whose rejections use the API's error format.
+//! - [`users`], [`regions`], [`proxies`]: the handlers, one file per resource.
+//! - [`probes`]: `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
+
+mod auth;
+mod json;
+mod probes;
+mod proxies;
+mod regions;
+mod users;
+
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::store::Store;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+/// What every handler may use.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub config: Arc<Config>,
+    /// New replicas are sent here so the health checker polls them at once.
+    pub check_now: mpsc::UnboundedSender<Uuid>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(probes::healthz))
+        .route("/healthz-report", get(probes::healthz_report))
+        .route("/latency-check", get(probes::latency_check))
+        .route("/api/v2/buildinfo", get(probes::buildinfo))
+        .route("/api/v2/users/first", post(users::first))
+        .route("/api/v2/users/login", post(users::login))
+        .route("/api/v2/users/me", get(users::me))
+        .route("/api/v2/users", post(users::create))
+        .route("/api/v2/regions", get(regions::list).post(regions::create))
+        .route("/api/v2/regions/{name}", delete(regions::delete))
+        .route(
+            "/api/v2/regions/{name}/regenerate-token",
+            post(regions::regenerate_token),
+        )
+        .route("/api/v2/proxies/me/register", post(proxies::register))
+        .route("/api/v2/proxies/me/deregister", post(proxies::deregister))
+        .fallback(|| async { ApiError::NotFound("No such API endpoint.".into()) })
+        .with_state(state)
+}

@@ -1,0 +1,93 @@
+//! Credential extractors. Each reads one credential, checks it against the
+//! store and rejects with 401 (missing or invalid) or 403 (valid, not allowed).
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::store::{RegionRow, UserRow};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use meridian_regions::headers;
+use meridian_regions::token::Token;
+
+/// A signed-in user, from the `Meridian-Session-Token` header or the
+/// `meridian_session` cookie.
+pub struct CurrentUser(pub UserRow);
+
+/// A signed-in admin.
+pub struct Admin(pub UserRow);
+
+/// The region whose proxy token came in `Meridian-Proxy-Token`.
+pub struct ProxyRegion(pub RegionRow);
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let raw = header(parts, headers::SESSION_TOKEN)
+            .or_else(|| cookie(parts, headers::SESSION_COOKIE))
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Sign in first: no session token was sent.".into())
+            })?;
+        let invalid = || {
+            ApiError::Unauthorized(
+                "The session token is invalid or has expired; sign in again.".into(),
+            )
+        };
+        let token = Token::parse(&raw).map_err(|_| invalid())?;
+        let user = state
+            .store
+            .session_user(&token)
+            .await?
+            .ok_or_else(invalid)?;
+        Ok(CurrentUser(user))
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let CurrentUser(user) = CurrentUser::from_request_parts(parts, state).await?;
+        if !user.admin {
+            return Err(ApiError::Forbidden("Only admins may do this.".into()));
+        }
+        Ok(Admin(user))
+    }
+}
+
+impl FromRequestParts<AppState> for ProxyRegion {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let raw = header(parts, headers::PROXY_TOKEN).ok_or_else(|| {
+            ApiError::Unauthorized(format!(
+                "No proxy token: send it in the {} header.",
+                headers::PROXY_TOKEN
+            ))
+        })?;
+        let token = Token::parse(&raw)
+            .map_err(|e| ApiError::Unauthorized(format!("The proxy token is malformed: {e}.")))?;
+        let region = state.store.region_for_token(&token).await?.ok_or_else(|| {
+            ApiError::Unauthorized(
+                "The proxy token is not valid: its region was deleted or the token was regenerated.".into(),
+            )
+        })?;
+        Ok(ProxyRegion(region))
+    }
+}
+
+fn header(parts: &Parts, name: &str) -> Option<String> {
+    parts.headers.get(name)?.to_str().ok().map(str::to_owned)
+}
+
+fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .flatten()
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}

@@ -1,0 +1,90 @@
+//! `/api/v2/users...`: first-user bootstrap, login, `me`, and admin-created users.
+
+use super::auth::{Admin, CurrentUser};
+use super::json::Json;
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::secret;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use meridian_regions::api::{CreateUser, Credentials, FirstUserResponse, LoginResponse, User};
+use meridian_regions::headers::SESSION_COOKIE;
+use meridian_regions::name::Name;
+use meridian_regions::token::Secret;
+
+/// `POST /api/v2/users/first`: only while no user exists; the first user is admin.
+pub async fn first(
+    State(state): State<AppState>,
+    Json(req): Json<Credentials>,
+) -> ApiResult<Response> {
+    let (username, hash) = validated(&req.username, req.password).await?;
+    let user = state
+        .store
+        .create_first_user(username.as_str(), &hash)
+        .await?;
+    let token = state.store.create_session(user.id).await?;
+    tracing::info!(user = %user.username, "first user created");
+    let body = FirstUserResponse {
+        user: user.into(),
+        session_token: token.encode().expose().to_owned(),
+    };
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+/// `POST /api/v2/users/login`: a session token in the body and the `meridian_session` cookie.
+pub async fn login(
+    State(state): State<AppState>,
+    Json(req): Json<Credentials>,
+) -> ApiResult<Response> {
+    let refused = || ApiError::Unauthorized("Incorrect username or password.".into());
+    let user = state.store.user_by_name(&req.username).await?;
+    let ok =
+        secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await;
+    let user = user.filter(|_| ok).ok_or_else(refused)?;
+    let token = state.store.create_session(user.id).await?;
+    let value = token.encode();
+    let secure = state.config.access_url.scheme() == "https";
+    let cookie = cookie::Cookie::build((SESSION_COOKIE, value.expose().to_owned()))
+        .path("/")
+        .http_only(true)
+        .secure(secure)
+        .same_site(cookie::SameSite::Lax)
+        .build();
+    let body = LoginResponse {
+        session_token: value.expose().to_owned(),
+    };
+    Ok(([(header::SET_COOKIE, cookie.to_string())], axum::Json(body)).into_response())
+}
+
+/// `GET /api/v2/users/me`.
+pub async fn me(CurrentUser(user): CurrentUser) -> axum::Json<User> {
+    axum::Json(user.into())
+}
+
+/// `POST /api/v2/users` (admins only).
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Json(req): Json<CreateUser>,
+) -> ApiResult<(StatusCode, axum::Json<User>)> {
+    let (username, hash) = validated(&req.username, req.password).await?;
+    let user = state
+        .store
+        .create_user(username.as_str(), &hash, req.admin)
+        .await?;
+    tracing::info!(user = %user.username, admin = user.admin, by = %admin.username, "user created");
+    Ok((StatusCode::CREATED, axum::Json(user.into())))
+}
+
+async fn validated(username: &str, password: Secret) -> ApiResult<(Name, String)> {
+    let name = Name::parse(username)
+        .map_err(|e| ApiError::BadRequest(format!("Invalid username: {e}.")))?;
+    if password.expose().chars().count() < secret::MIN_PASSWORD_LEN {
+        return Err(ApiError::BadRequest(format!(
+            "Password must be at least {} characters.",
+            secret::MIN_PASSWORD_LEN
+        )));
+    }
+    Ok((name, secret::hash_password(password).await?))
+}

@@ -1,0 +1,272 @@
+//! The coordinator's configuration: flags, `MERIDIAN_*` environment variables
+//! and an optional TOML file (`--config`), in that order of precedence.
+//!
+//! [`Args`] is what a user writes (every field optional, so a file and the
+//! command line can each give part); [`Args::resolve`] applies defaults and
+//! validates, giving a [`Config`] the rest of the crate trusts.
+
+use meridian_regions::token::Secret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+
+/// `meridian coordinator` options. Field docs are the `--help` text.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// TOML file with any of these options (flags and environment win over it).
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Address to listen on [default: 127.0.0.1:7080].
+    #[arg(long, env = "MERIDIAN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// URL users and proxies reach the coordinator at [default: http://<listen>].
+    #[arg(long, env = "MERIDIAN_ACCESS_URL")]
+    pub access_url: Option<Url>,
+    /// Wildcard host for the primary's subdomain apps, e.g. `*.localhost:7080` [default: none].
+    #[arg(long, env = "MERIDIAN_WILDCARD_ACCESS_URL")]
+    pub wildcard_access_url: Option<String>,
+    /// External Postgres, e.g. `postgres://user:pass@host/db` [default: embedded Postgres in --data-dir].
+    #[arg(long, env = "MERIDIAN_POSTGRES_URL", hide_env_values = true)]
+    pub postgres_url: Option<String>,
+    /// Directory for the embedded Postgres [default: /var/lib/meridian as root, else ~/.local/share/meridian].
+    #[arg(long, env = "MERIDIAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Directory of PostgreSQL's server binaries [default: newest /usr/lib/postgresql/*/bin, else PATH].
+    #[arg(long, env = "MERIDIAN_POSTGRES_BIN_DIR")]
+    pub postgres_bin_dir: Option<PathBuf>,
+    /// How often to poll each proxy replica's /healthz-report [default: 10s].
+    #[arg(long, env = "MERIDIAN_PROXY_HEALTH_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub proxy_health_interval: Option<Duration>,
+    /// How often proxies re-register (heartbeat) [default: 15s].
+    #[arg(long, env = "MERIDIAN_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub heartbeat_interval: Option<Duration>,
+    /// Forget a silent replica after this long once its region has a newer one [default: 5m].
+    #[arg(long, env = "MERIDIAN_REPLICA_EXPIRY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub replica_expiry: Option<Duration>,
+    /// PEM certificate chain for HTTPS [default: plain HTTP].
+    #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "MERIDIAN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra PEM CA certificate to trust when polling proxies over HTTPS [default: public roots only].
+    #[arg(long, env = "MERIDIAN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+/// Where the database is.
+#[derive(Debug, Clone)]
+pub enum Database {
+    External(Secret),
+    Embedded {
+        data_dir: PathBuf,
+        bin_dir: Option<PathBuf>,
+    },
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub access_url: Url,
+    pub wildcard_access_url: Option<String>,
+    pub database: Database,
+    pub proxy_health_interval: Duration,
+    pub heartbeat_interval: Duration,
+    pub replica_expiry: Duration,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub ca_cert: Option<PathBuf>,
+    /// Whether `access_url` was derived from `listen` (and so follows the bound port).
+    access_url_from_listen: bool,
+}
+
+impl Config {
+    /// Records the address actually bound (`--listen 127.0.0.1:0` gets a real
+    /// port), updating a derived access URL to match.
+    pub fn bound_to(&mut self, addr: SocketAddr) {
+        self.listen = addr;
+        if self.access_url_from_listen {
+            let _ = self.access_url.set_port(Some(addr.port()));
+        }
+    }
+}
+
+/// A configuration problem, reported in one line (exit status 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Args {
+    /// Parses a TOML configuration file's text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid coordinator config: {e}")))
+    }
+
+    /// Reads `--config` if given and fills what the command line left out.
+    pub fn with_file(self) -> Result<Self, ConfigError> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Ok(self.or(Self::from_toml(&text)?))
+    }
+
+    /// Each field from `self` if set, else from `file`.
+    fn or(self, file: Self) -> Self {
+        Self {
+            config: self.config,
+            listen: self.listen.or(file.listen),
+            access_url: self.access_url.or(file.access_url),
+            wildcard_access_url: self.wildcard_access_url.or(file.wildcard_access_url),
+            postgres_url: self.postgres_url.or(file.postgres_url),
+            data_dir: self.data_dir.or(file.data_dir),
+            postgres_bin_dir: self.postgres_bin_dir.or(file.postgres_bin_dir),
+            proxy_health_interval: self.proxy_health_interval.or(file.proxy_health_interval),
+            heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
+            replica_expiry: self.replica_expiry.or(file.replica_expiry),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            ca_cert: self.ca_cert.or(file.ca_cert),
+        }
+    }
+
+    /// Applies defaults and checks the result.
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080)));
+        let scheme = if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let access_url_from_listen = self.access_url.is_none();
+        let access_url = match self.access_url {
+            Some(u) => u,
+            None => Url::parse(&format!("{scheme}://{listen}"))
+                .map_err(|e| ConfigError(e.to_string()))?,
+        };
+        if !matches!(access_url.scheme(), "http" | "https") || access_url.host().is_none() {
+            return Err(ConfigError(format!(
+                "--access-url {access_url} must be an http(s) URL with a host"
+            )));
+        }
+        if let Some(w) = &self.wildcard_access_url {
+            meridian_regions::wildcard::check(w)
+                .map_err(|e| ConfigError(format!("--wildcard-access-url {w:?}: {e}")))?;
+        }
+        let database = match self.postgres_url {
+            Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+                Database::External(Secret::new(url))
+            }
+            Some(_) => {
+                return Err(ConfigError(
+                    "--postgres-url must start with postgres://".into(),
+                ))
+            }
+            None => Database::Embedded {
+                data_dir: self.data_dir.map_or_else(default_data_dir, Ok)?,
+                bin_dir: self.postgres_bin_dir,
+            },
+        };
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(ConfigError("--tls-cert and --tls-key go together".into())),
+        };
+        let config = Config {
+            listen,
+            access_url,
+            wildcard_access_url: self.wildcard_access_url,
+            database,
+            proxy_health_interval: self
+                .proxy_health_interval
+                .unwrap_or(Duration::from_secs(10)),
+            heartbeat_interval: self.heartbeat_interval.unwrap_or(Duration::from_secs(15)),
+            replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),
+            tls,
+            ca_cert: self.ca_cert,
+            access_url_from_listen,
+        };
+        for (name, d) in [
+            ("--proxy-health-interval", config.proxy_health_interval),
+            ("--heartbeat-interval", config.heartbeat_interval),
+        ] {
+            if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
+                return Err(ConfigError(format!("{name} must be between 100ms and 1h")));
+            }
+        }
+        Ok(config)
+    }
+}
+
+fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    if nix::unistd::geteuid().is_root() {
+        // Root's home is private; the embedded Postgres runs as another user
+        // and must reach its directory.
+        return Ok(PathBuf::from("/var/lib/meridian"));
+    }
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .ok_or_else(|| ConfigError("set --data-dir (no HOME to default from)".into()))?;
+    Ok(base.join("meridian"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_fills_what_flags_leave_out() {
+        let file = Args::from_toml("listen = \"127.0.0.1:9000\"\nproxy_health_interval = \"2s\"\n")
+            .unwrap();
+        let cli = Args {
+            proxy_health_interval: Some(Duration::from_secs(1)),
+            ..Args::default()
+        };
+        let c = cli.or(file).resolve().unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        assert_eq!(
+            c.proxy_health_interval,
+            Duration::from_secs(1),
+            "the flag wins"
+        );
+        assert_eq!(c.access_url.as_str(), "http://127.0.0.1:9000/");
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        for bad in [
+            "listen = \"nonsense\"",
+            "unknown_field = 1",
+            "proxy_health_interval = \"10 parsecs\"",
+        ] {
+            assert!(Args::from_toml(bad).is_err(), "{bad}");
+        }
+        for bad in [
+            "postgres_url = \"mysql://x\"",
+            "access_url = \"ftp://x\"",
+            "wildcard_access_url = \"apps.example.com\"",
+            "proxy_health_interval = \"1ms\"",
+        ] {
+            let args = Args::from_toml(bad).unwrap();
+            assert!(args.resolve().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn postgres_url_never_prints() {
+        let args = Args::from_toml("postgres_url = \"postgres://u:hunter2@h/db\"").unwrap();
+        let c = args.resolve().unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+}

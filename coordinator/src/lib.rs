@@ -1,0 +1,137 @@
+//! Meridian's control plane.
+//!
+//! The coordinator owns the one Postgres database. It registers regions and
+//! their proxy replicas, polls their health, authenticates users and serves
+//! the `/api/v2` API.
+//!
+//! - [`config`]: options and their validation.
+//! - [`embedded_postgres`]: a PostgreSQL cluster run from the system's binaries.
+//! - [`store`]: every SQL query, over a sqlx pool; migrations in `migrations/`.
+//! - [`api`]: the axum router and handlers; [`error`] maps failures to statuses.
+//! - [`health`]: the region health checker.
+//! - [`secret`]: token and password hashing.
+
+pub mod api;
+pub mod config;
+pub mod embedded_postgres;
+pub mod error;
+pub mod health;
+pub mod secret;
+pub mod store;
+
+use anyhow::Context;
+use config::{Config, Database};
+use embedded_postgres::{EmbeddedPostgres, PgBinaries};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use store::Store;
+use tokio_util::sync::CancellationToken;
+
+/// How long in-flight API requests get to finish after the shutdown signal.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long to wait for an external Postgres at start before giving up.
+const DATABASE_START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Serves the coordinator on `listener` until `shutdown` resolves, then
+/// drains in-flight requests and stops the embedded Postgres, if any.
+pub async fn run(
+    config: Config,
+    listener: std::net::TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let config = Arc::new(config);
+    let (store, mut embedded) = open_database(&config).await?;
+    let http = meridian_regions::client::http_client(config.ca_cert.as_deref())
+        .map_err(anyhow::Error::msg)?;
+    let stop = CancellationToken::new();
+    let (check_now, check_rx) = tokio::sync::mpsc::unbounded_channel();
+    let checker = health::Checker {
+        store: store.clone(),
+        http,
+        interval: config.proxy_health_interval,
+        replica_expiry: config.replica_expiry,
+    };
+    let checker = tokio::spawn(checker.run(check_rx, stop.clone()));
+    let app = api::router(api::AppState {
+        store,
+        config: config.clone(),
+        check_now,
+    });
+
+    let handle = axum_server::Handle::new();
+    let server = serve(&config, listener, app, handle.clone());
+    tokio::pin!(server);
+    tokio::select! {
+        res = &mut server => res?,
+        () = shutdown => {
+            tracing::info!("shutting down: draining requests for up to {DRAIN_TIMEOUT:?}");
+            handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
+            server.await?;
+        }
+    }
+    stop.cancel();
+    let _ = checker.await;
+    if let Some(pg) = embedded.as_mut() {
+        tracing::info!("stopping embedded PostgreSQL");
+        tokio::task::block_in_place(|| pg.stop())?;
+    }
+    tracing::info!("coordinator stopped");
+    Ok(())
+}
+
+async fn serve(
+    config: &Config,
+    listener: std::net::TcpListener,
+    app: axum::Router,
+    handle: axum_server::Handle,
+) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    let service = app.into_make_service();
+    match &config.tls {
+        Some((cert, key)) => {
+            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot load TLS certificate {} and key {}",
+                        cert.display(),
+                        key.display()
+                    )
+                })?;
+            axum_server::from_tcp_rustls(listener, tls)
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+        None => {
+            axum_server::from_tcp(listener)
+                .handle(handle)
+                .serve(service)
+                .await?
+        }
+    }
+    Ok(())
+}
+
+/// Connects to the configured database, starting the embedded one if needed.
+async fn open_database(config: &Config) -> anyhow::Result<(Store, Option<EmbeddedPostgres>)> {
+    match &config.database {
+        Database::External(url) => {
+            let options = url.expose().parse().context("invalid --postgres-url")?;
+            Ok((
+                Store::connect(options, DATABASE_START_DEADLINE).await?,
+                None,
+            ))
+        }
+        Database::Embedded { data_dir, bin_dir } => {
+            let bins = PgBinaries::find(bin_dir.as_deref())?;
+            let mut pg = EmbeddedPostgres::new(data_dir, bins)?;
+            tracing::info!(data_dir = %data_dir.display(), "starting embedded PostgreSQL");
+            tokio::task::block_in_place(|| pg.start())?;
+            pg.ensure_database().await?;
+            let store = Store::connect(pg.connect_options(), DATABASE_START_DEADLINE).await?;
+            Ok((store, Some(pg)))
+        }
+    }
+}

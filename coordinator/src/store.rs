@@ -1,0 +1,59 @@
+//! The Postgres store: the only module that writes SQL.
+//!
+//! Queries are checked at run time (`sqlx::query_as`), so building needs no
+//! database. Migrations in `coordinator/migrations/` are embedded in the binary
+//! and applied at start ([`Store::connect`]).
+
+mod regions;
+mod users;
+
+pub use regions::{RegionRow, RegionWithReplicas, ReplicaCheck};
+pub use users::UserRow;
+
+use anyhow::Context;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use std::time::Duration;
+
+/// How long an API request waits for a database connection before answering 503.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects (retrying until `deadline` passes, for a Postgres that is
+    /// still starting) and applies pending migrations.
+    pub async fn connect(options: PgConnectOptions, deadline: Duration) -> anyhow::Result<Self> {
+        let pool = PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(ACQUIRE_TIMEOUT)
+            .connect_lazy_with(options);
+        let started = tokio::time::Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match MIGRATOR.run(&pool).await {
+                Ok(()) => break,
+                Err(sqlx::migrate::MigrateError::Execute(e)) if started.elapsed() < deadline => {
+                    tracing::warn!(error = %e, "database not ready; retrying");
+                }
+                Err(e) => return Err(e).context("cannot migrate the database"),
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+}
+
+/// Whether `e` is a unique-constraint violation (SQLSTATE 23505).
+fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}

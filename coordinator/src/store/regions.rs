@@ -1,0 +1,264 @@
+//! Regions, their proxy tokens, and the replicas that heartbeat for them.
+
+use super::{is_unique_violation, Store};
+use crate::error::{ApiError, ApiResult};
+use crate::secret;
+use chrono::{DateTime, Utc};
+use meridian_regions::api::{RegisterProxy, Replica};
+use meridian_regions::health::Status;
+use meridian_regions::token::Token;
+use meridian_regions::PRIMARY_REGION;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RegionRow {
+    pub id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    pub created_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+struct ReplicaRow {
+    id: Uuid,
+    region_id: Uuid,
+    access_url: String,
+    wildcard_hostname: String,
+    relay_address: Option<String>,
+    version: String,
+    status: String,
+    error: Option<String>,
+    last_heartbeat_at: DateTime<Utc>,
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenJoin {
+    token_hash: Option<Vec<u8>>,
+    #[sqlx(flatten)]
+    region: RegionRow,
+}
+
+/// A replica the health checker should poll.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ReplicaCheck {
+    pub id: Uuid,
+    pub access_url: String,
+}
+
+/// A region with its replicas, as the API lists it.
+#[derive(Debug, Clone)]
+pub struct RegionWithReplicas {
+    pub region: RegionRow,
+    pub replicas: Vec<Replica>,
+    /// The most recently heard-from replica's wildcard hostname.
+    pub wildcard_hostname: Option<String>,
+}
+
+impl From<ReplicaRow> for Replica {
+    fn from(r: ReplicaRow) -> Self {
+        Replica {
+            id: r.id,
+            access_url: r.access_url,
+            relay_address: r.relay_address,
+            version: r.version,
+            status: Status::from_stored(&r.status),
+            error: r.error,
+            last_heartbeat_at: r.last_heartbeat_at,
+        }
+    }
+}
+
+impl Store {
+    /// Every region with its replicas, the primary first, then by name.
+    pub async fn regions(&self) -> ApiResult<Vec<RegionWithReplicas>> {
+        let regions: Vec<RegionRow> = sqlx::query_as(
+            "SELECT id, name, display_name, created_at FROM regions \
+             ORDER BY (name = $1) DESC, name",
+        )
+        .bind(PRIMARY_REGION)
+        .fetch_all(&self.pool)
+        .await?;
+        let replicas: Vec<ReplicaRow> =
+            sqlx::query_as("SELECT * FROM region_replicas ORDER BY last_heartbeat_at DESC")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(regions
+            .into_iter()
+            .map(|region| {
+                let mine: Vec<&ReplicaRow> = replicas
+                    .iter()
+                    .filter(|r| r.region_id == region.id)
+                    .collect();
+                RegionWithReplicas {
+                    wildcard_hostname: mine.first().map(|r| r.wildcard_hostname.clone()),
+                    replicas: mine.into_iter().cloned().map(Replica::from).collect(),
+                    region,
+                }
+            })
+            .collect())
+    }
+
+    /// Creates a region and its first proxy token.
+    pub async fn create_region(
+        &self,
+        name: &str,
+        display_name: &str,
+    ) -> ApiResult<(RegionRow, Token)> {
+        let (token, hash) = secret::new_token(Uuid::new_v4());
+        let row = sqlx::query_as(
+            "INSERT INTO regions (id, name, display_name, token_hash) VALUES ($1, $2, $3, $4) \
+             RETURNING id, name, display_name, created_at",
+        )
+        .bind(token.id)
+        .bind(name)
+        .bind(display_name)
+        .bind(hash)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                ApiError::Conflict(format!("A region named {name:?} already exists."))
+            } else {
+                e.into()
+            }
+        })?;
+        Ok((row, token))
+    }
+
+    /// Deletes a region, its token and its replicas. The primary cannot be deleted.
+    pub async fn delete_region(&self, name: &str) -> ApiResult<()> {
+        refuse_primary(name)?;
+        let deleted = sqlx::query("DELETE FROM regions WHERE name = $1")
+            .bind(name)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(not_found(name));
+        }
+        Ok(())
+    }
+
+    /// Replaces a region's token; the old one stops working at once.
+    pub async fn regenerate_token(&self, name: &str) -> ApiResult<Token> {
+        refuse_primary(name)?;
+        let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM regions WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        let id = id.ok_or_else(|| not_found(name))?;
+        let (token, hash) = secret::new_token(id);
+        sqlx::query("UPDATE regions SET token_hash = $2 WHERE id = $1")
+            .bind(id)
+            .bind(hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(token)
+    }
+
+    /// The region a proxy token belongs to, if the token is current.
+    pub async fn region_for_token(&self, token: &Token) -> ApiResult<Option<RegionRow>> {
+        let row: Option<TokenJoin> = sqlx::query_as(
+            "SELECT token_hash, id, name, display_name, created_at FROM regions WHERE id = $1",
+        )
+        .bind(token.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|r| {
+            // The primary has no token hash, so no token ever matches it.
+            let hash = r.token_hash?;
+            secret::secret_matches(token.secret.expose(), &hash).then_some(r.region)
+        }))
+    }
+
+    /// Records a replica's heartbeat. Returns true when the replica is new or
+    /// was not `ok` (e.g. it restarted), so the caller can check its health at
+    /// once instead of one interval later.
+    pub async fn upsert_replica(&self, region_id: Uuid, req: &RegisterProxy) -> ApiResult<bool> {
+        let inserted: bool = sqlx::query_scalar(
+            "INSERT INTO region_replicas \
+               (id, region_id, access_url, wildcard_hostname, relay_address, version, status, error) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'unreachable', 'not checked yet') \
+             ON CONFLICT (id) DO UPDATE SET \
+               access_url = EXCLUDED.access_url, wildcard_hostname = EXCLUDED.wildcard_hostname, \
+               relay_address = EXCLUDED.relay_address, version = EXCLUDED.version, \
+               last_heartbeat_at = now() \
+             WHERE region_replicas.region_id = EXCLUDED.region_id \
+             RETURNING (xmax = 0 OR status <> 'ok')",
+        )
+        .bind(req.replica_id)
+        .bind(region_id)
+        .bind(&req.access_url)
+        .bind(&req.wildcard_hostname)
+        .bind(&req.relay_address)
+        .bind(&req.version)
+        .fetch_optional(&self.pool)
+        .await?
+        .ok_or_else(|| ApiError::Conflict("That replica id belongs to another region.".into()))?;
+        Ok(inserted)
+    }
+
+    pub async fn delete_replica(&self, region_id: Uuid, replica_id: Uuid) -> ApiResult<()> {
+        sqlx::query("DELETE FROM region_replicas WHERE id = $1 AND region_id = $2")
+            .bind(replica_id)
+            .bind(region_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn replicas_to_check(&self) -> ApiResult<Vec<ReplicaCheck>> {
+        Ok(sqlx::query_as("SELECT id, access_url FROM region_replicas")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    pub async fn record_health(
+        &self,
+        replica_id: Uuid,
+        status: Status,
+        error: Option<&str>,
+    ) -> ApiResult<()> {
+        sqlx::query(
+            "UPDATE region_replicas SET status = $2, error = $3, checked_at = now() WHERE id = $1",
+        )
+        .bind(replica_id)
+        .bind(status.as_str())
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forgets replicas silent for longer than `expiry` whose region has a
+    /// newer replica: a restarted proxy gets a new replica id, and its old row
+    /// should not linger. The last replica of a region is kept, so a dead
+    /// region shows as `unreachable`, never silently as `unregistered`.
+    pub async fn prune_stale_replicas(&self, expiry: std::time::Duration) -> ApiResult<u64> {
+        let expiry =
+            chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
+        Ok(sqlx::query(
+            "DELETE FROM region_replicas r WHERE r.last_heartbeat_at < now() - $1::interval \
+             AND EXISTS (SELECT 1 FROM region_replicas n WHERE n.region_id = r.region_id \
+                         AND n.last_heartbeat_at > r.last_heartbeat_at)",
+        )
+        .bind(expiry)
+        .execute(&self.pool)
+        .await?
+        .rows_affected())
+    }
+}
+
+fn refuse_primary(name: &str) -> ApiResult<()> {
+    if name == PRIMARY_REGION {
+        return Err(ApiError::BadRequest(
+            "The primary region is the coordinator itself; it has no token and cannot be deleted."
+                .into(),
+        ));
+    }
+    Ok(())
+}
+
+fn not_found(name: &str) -> ApiError {
+    ApiError::NotFound(format!("No region named {name:?}."))
+}

@@ -1,0 +1,132 @@
+//! Users and their sessions.
+
+use super::{is_unique_violation, Store};
+use crate::error::{ApiError, ApiResult};
+use crate::secret;
+use chrono::{DateTime, Utc};
+use meridian_regions::api::User;
+use meridian_regions::token::Token;
+use uuid::Uuid;
+
+/// How long a session lasts after login.
+pub const SESSION_LIFETIME: chrono::Duration = chrono::Duration::days(7);
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct UserRow {
+    pub id: Uuid,
+    pub username: String,
+    pub password_hash: String,
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<UserRow> for User {
+    fn from(r: UserRow) -> Self {
+        User {
+            id: r.id,
+            username: r.username,
+            admin: r.admin,
+            created_at: r.created_at,
+        }
+    }
+}
+
+impl Store {
+    /// Creates the first user, as admin, only while no user exists. The table
+    /// lock makes two concurrent first-user calls create one user.
+    pub async fn create_first_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+    ) -> ApiResult<UserRow> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("LOCK TABLE users IN EXCLUSIVE MODE")
+            .execute(&mut *tx)
+            .await?;
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
+            .fetch_one(&mut *tx)
+            .await?;
+        if any {
+            return Err(ApiError::Conflict(
+                "The first user already exists; sign in and ask an admin to create users.".into(),
+            ));
+        }
+        let row = insert_user(&mut *tx, username, password_hash, true).await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        admin: bool,
+    ) -> ApiResult<UserRow> {
+        insert_user(&self.pool, username, password_hash, admin).await
+    }
+
+    pub async fn user_by_name(&self, username: &str) -> ApiResult<Option<UserRow>> {
+        Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Starts a session for `user_id`; the returned token is shown once.
+    pub async fn create_session(&self, user_id: Uuid) -> ApiResult<Token> {
+        let (token, hash) = secret::new_token(Uuid::new_v4());
+        sqlx::query(
+            "INSERT INTO sessions (id, user_id, secret_hash, expires_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(token.id)
+        .bind(user_id)
+        .bind(hash)
+        .bind(Utc::now() + SESSION_LIFETIME)
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// The user holding `token`, if it is a live session.
+    pub async fn session_user(&self, token: &Token) -> ApiResult<Option<UserRow>> {
+        let row: Option<SessionJoin> = sqlx::query_as(
+            "SELECT s.secret_hash, u.* FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id = $1 AND s.expires_at > now()",
+        )
+        .bind(token.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|j| {
+            secret::secret_matches(token.secret.expose(), &j.secret_hash).then_some(j.user)
+        }))
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct SessionJoin {
+    secret_hash: Vec<u8>,
+    #[sqlx(flatten)]
+    user: UserRow,
+}
+
+async fn insert_user<'e>(
+    exec: impl sqlx::PgExecutor<'e>,
+    username: &str,
+    password_hash: &str,
+    admin: bool,
+) -> ApiResult<UserRow> {
+    sqlx::query_as("INSERT INTO users (id, username, password_hash, admin) VALUES ($1, $2, $3, $4) RETURNING *")
+        .bind(Uuid::new_v4())
+        .bind(username)
+        .bind(password_hash)
+        .bind(admin)
+        .fetch_one(exec)
+        .await
+        .map_err(|e| {
+            if is_unique_violation(&e) {
+                ApiError::Conflict(format!("A user named {username:?} already exists."))
+            } else {
+                e.into()
+            }
+        })
+}

@@ -1,0 +1,228 @@
+//! The proxy's configuration: flags, `MERIDIAN_*` environment variables and
+//! an optional TOML file (`--config`), in that order of precedence.
+
+use meridian_regions::token::{Secret, Token};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+use url::Url;
+use uuid::Uuid;
+
+/// `meridian proxy` options. Field docs are the `--help` text.
+#[derive(Debug, Default, Clone, clap::Args, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Args {
+    /// TOML file with any of these options (flags and environment win over it).
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// The coordinator's URL, e.g. https://meridian.example.com (required).
+    #[arg(long, env = "MERIDIAN_COORDINATOR_URL")]
+    pub coordinator_url: Option<Url>,
+    /// This region's proxy token, `<region-id>:<secret>` (required).
+    #[arg(long, env = "MERIDIAN_PROXY_TOKEN", hide_env_values = true)]
+    pub proxy_token: Option<Secret>,
+    /// Address to listen on [default: 127.0.0.1:7081].
+    #[arg(long, env = "MERIDIAN_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// URL users reach this region at [default: http(s)://<listen>].
+    #[arg(long, env = "MERIDIAN_ACCESS_URL")]
+    pub access_url: Option<Url>,
+    /// Wildcard host for subdomain apps, e.g. `*.sydney.localhost:7081` [default: none, path apps only].
+    #[arg(long, env = "MERIDIAN_WILDCARD_ACCESS_URL")]
+    pub wildcard_access_url: Option<String>,
+    /// PEM certificate chain (a wildcard certificate) for HTTPS [default: plain HTTP].
+    #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "MERIDIAN_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Extra PEM CA certificate to trust for the coordinator's HTTPS [default: public roots only].
+    #[arg(long, env = "MERIDIAN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// This replica's id; replicas of one region share the token [default: derived from
+    /// the hostname, --listen and --access-url, so a restarted proxy is the same replica].
+    #[arg(long, env = "MERIDIAN_REPLICA_ID")]
+    pub replica_id: Option<Uuid>,
+    /// How long in-flight requests may finish after SIGTERM [default: 15s].
+    #[arg(long, env = "MERIDIAN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub drain_timeout: Option<Duration>,
+    /// Worker threads for the data plane [default: 2].
+    #[arg(long, env = "MERIDIAN_THREADS")]
+    pub threads: Option<usize>,
+}
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub coordinator_url: Url,
+    pub proxy_token: Secret,
+    pub listen: SocketAddr,
+    pub access_url: Url,
+    pub wildcard_access_url: Option<String>,
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub ca_cert: Option<PathBuf>,
+    pub replica_id: Uuid,
+    pub drain_timeout: Duration,
+    pub threads: usize,
+}
+
+/// A configuration problem, reported in one line (exit status 64).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl Args {
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError(format!("invalid proxy config: {e}")))
+    }
+
+    /// Reads `--config` if given and fills what the command line left out.
+    pub fn with_file(self) -> Result<Self, ConfigError> {
+        let Some(path) = &self.config else {
+            return Ok(self);
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        Ok(self.or(Self::from_toml(&text)?))
+    }
+
+    fn or(self, file: Self) -> Self {
+        Self {
+            config: self.config,
+            coordinator_url: self.coordinator_url.or(file.coordinator_url),
+            proxy_token: self.proxy_token.or(file.proxy_token),
+            listen: self.listen.or(file.listen),
+            access_url: self.access_url.or(file.access_url),
+            wildcard_access_url: self.wildcard_access_url.or(file.wildcard_access_url),
+            tls_cert: self.tls_cert.or(file.tls_cert),
+            tls_key: self.tls_key.or(file.tls_key),
+            ca_cert: self.ca_cert.or(file.ca_cert),
+            replica_id: self.replica_id.or(file.replica_id),
+            drain_timeout: self.drain_timeout.or(file.drain_timeout),
+            threads: self.threads.or(file.threads),
+        }
+    }
+
+    pub fn resolve(self) -> Result<Config, ConfigError> {
+        let coordinator_url = self
+            .coordinator_url
+            .ok_or_else(|| ConfigError("--coordinator-url is required".into()))?;
+        let proxy_token = self
+            .proxy_token
+            .ok_or_else(|| ConfigError("--proxy-token is required".into()))?;
+        Token::parse(proxy_token.expose())
+            .map_err(|e| ConfigError(format!("--proxy-token: {e}")))?;
+        let listen = self
+            .listen
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7081)));
+        let tls = match (self.tls_cert, self.tls_key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err(ConfigError("--tls-cert and --tls-key go together".into())),
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let access_url = match self.access_url {
+            Some(u) => u,
+            None => Url::parse(&format!("{scheme}://{listen}"))
+                .map_err(|e| ConfigError(e.to_string()))?,
+        };
+        for (flag, url) in [
+            ("--coordinator-url", &coordinator_url),
+            ("--access-url", &access_url),
+        ] {
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(ConfigError(format!(
+                    "{flag} {url} must be an http(s) URL with a host"
+                )));
+            }
+        }
+        if let Some(w) = &self.wildcard_access_url {
+            meridian_regions::wildcard::check(w)
+                .map_err(|e| ConfigError(format!("--wildcard-access-url {w:?}: {e}")))?;
+        }
+        let threads = self.threads.unwrap_or(2);
+        if !(1..=256).contains(&threads) {
+            return Err(ConfigError("--threads must be between 1 and 256".into()));
+        }
+        let replica_id = self
+            .replica_id
+            .unwrap_or_else(|| default_replica_id(listen, &access_url));
+        Ok(Config {
+            coordinator_url,
+            proxy_token,
+            listen,
+            access_url,
+            wildcard_access_url: self.wildcard_access_url,
+            tls,
+            ca_cert: self.ca_cert,
+            replica_id,
+            drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(15)),
+            threads,
+        })
+    }
+}
+
+/// A replica id that stays the same when the same proxy restarts on the same
+/// host, and differs between replicas on different hosts or ports.
+fn default_replica_id(listen: SocketAddr, access_url: &Url) -> Uuid {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let identity = format!("meridian-proxy://{host}/{listen}/{access_url}");
+    Uuid::new_v5(&Uuid::NAMESPACE_URL, identity.as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "6f1c1b0e-8d7b-4f57-9a55-1e0c8f3b2a10:s3cret";
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let toml =
+            format!("coordinator_url = \"http://127.0.0.1:7080\"\nproxy_token = \"{TOKEN}\"\n");
+        let c = Args::from_toml(&toml).unwrap().resolve().unwrap();
+        assert_eq!(c.listen.port(), 7081);
+        assert_eq!(c.access_url.as_str(), "http://127.0.0.1:7081/");
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "the token never prints"
+        );
+        let again = Args::from_toml(&toml).unwrap().resolve().unwrap();
+        assert_eq!(
+            c.replica_id, again.replica_id,
+            "a restart keeps the replica id"
+        );
+        let other = Args::from_toml(&format!("{toml}listen = \"127.0.0.1:7082\"\n"))
+            .unwrap()
+            .resolve()
+            .unwrap();
+        assert_ne!(
+            c.replica_id, other.replica_id,
+            "another port is another replica"
+        );
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let cases = [
+            String::new(),
+            "coordinator_url = \"http://x\"".to_owned(),
+            "coordinator_url = \"http://x\"\nproxy_token = \"nocolon\"".to_owned(),
+            format!("coordinator_url = \"ftp://x\"\nproxy_token = \"{TOKEN}\""),
+            format!("coordinator_url = \"http://x\"\nproxy_token = \"{TOKEN}\"\nwildcard_access_url = \"x.com\""),
+            format!("coordinator_url = \"http://x\"\nproxy_token = \"{TOKEN}\"\nthreads = 0"),
+        ];
+        for bad in cases {
+            assert!(
+                Args::from_toml(&bad).and_then(Args::resolve).is_err(),
+                "{bad}"
+            );
+        }
+        assert!(Args::from_toml("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,114 @@
+//! The proxy's own endpoints, answered without any upstream:
+//! `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
+
+use crate::state::ProxyState;
+use bytes::Bytes;
+use meridian_regions::api::{BuildInfo, ErrorBody};
+use meridian_regions::health::HealthReport;
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::Result;
+
+/// A response the proxy writes itself.
+pub struct Local {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Bytes,
+    /// Extra headers, e.g. CORS for `/latency-check`.
+    pub headers: &'static [(&'static str, &'static str)],
+}
+
+impl Local {
+    pub fn json(status: u16, value: &impl serde::Serialize) -> Self {
+        let body = serde_json::to_vec(value).unwrap_or_default();
+        Self {
+            status,
+            content_type: "application/json",
+            body: body.into(),
+            headers: &[],
+        }
+    }
+
+    /// A JSON error in the API's `{message, detail}` form.
+    pub fn error(status: u16, message: &str) -> Self {
+        Self::json(
+            status,
+            &ErrorBody {
+                message: message.to_owned(),
+                detail: String::new(),
+            },
+        )
+    }
+
+    pub async fn write(self, session: &mut Session) -> Result<()> {
+        let mut resp = ResponseHeader::build(self.status, Some(4))?;
+        resp.insert_header("content-type", self.content_type)?;
+        resp.insert_header("content-length", self.body.len().to_string())?;
+        resp.insert_header("cache-control", "no-store")?;
+        for (name, value) in self.headers {
+            resp.insert_header(*name, *value)?;
+        }
+        let head_only = session.req_header().method == http::Method::HEAD;
+        session
+            .write_response_header(Box::new(resp), head_only)
+            .await?;
+        if !head_only {
+            session.write_response_body(Some(self.body), true).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The local answer for `path`, if it is one of the proxy's own endpoints.
+pub fn answer(path: &str, state: &ProxyState) -> Option<Local> {
+    Some(match path {
+        "/healthz" => Local {
+            status: 200,
+            content_type: "text/plain",
+            body: Bytes::from_static(b"ok"),
+            headers: &[],
+        },
+        "/healthz-report" => Local::json(200, &report(state)),
+        "/latency-check" => Local {
+            status: 200,
+            content_type: "text/plain",
+            body: Bytes::new(),
+            headers: &[
+                ("access-control-allow-origin", "*"),
+                ("timing-allow-origin", "*"),
+            ],
+        },
+        "/api/v2/buildinfo" => Local::json(
+            200,
+            &BuildInfo {
+                version: meridian_regions::VERSION.into(),
+                role: "proxy".into(),
+            },
+        ),
+        _ => return None,
+    })
+}
+
+/// This replica's health report. Losing the coordinator is a warning, not an
+/// error: the data plane keeps serving through it.
+pub fn report(state: &ProxyState) -> HealthReport {
+    let reg = state.registration();
+    let mut warnings = Vec::new();
+    if let Some(e) = &reg.last_error {
+        warnings.push(format!("coordinator: {e}"));
+    }
+    let errors: Vec<String> = Vec::new();
+    HealthReport {
+        status: if errors.is_empty() && warnings.is_empty() {
+            "ok"
+        } else {
+            "degraded"
+        }
+        .into(),
+        errors,
+        warnings,
+        coordinator_reachable: reg.coordinator_reachable,
+        last_registration_at: reg.last_success,
+        version: meridian_regions::VERSION.into(),
+    }
+}

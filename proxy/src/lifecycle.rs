@@ -1,0 +1,122 @@
+//! The proxy's life after start: register once the listener is up, heartbeat,
+//! and on SIGTERM or SIGINT stop accepting, deregister, drain in-flight
+//! requests under the drain deadline, and exit 0.
+//!
+//! Pingora's own graceful shutdown sleeps its full grace period even when idle;
+//! this service exits as soon as the drain is done, so an idle proxy stops in
+//! well under a second and pingora's grace period is only the hard ceiling.
+
+use crate::registration::Registrar;
+use crate::state::ProxyState;
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora::services::background::BackgroundService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// Longest wait for the coordinator to acknowledge deregistration.
+pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait for our own listener before registering anyway.
+const LISTENER_WAIT: Duration = Duration::from_secs(10);
+
+/// Both SIGTERM and SIGINT (Ctrl-C) shut down gracefully.
+pub struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+                }
+            }
+            _ => {
+                tracing::error!(
+                    "cannot install signal handlers; only SIGKILL will stop this proxy"
+                );
+                std::future::pending::<()>().await;
+            }
+        }
+        ShutdownSignal::GracefulTerminate
+    }
+}
+
+pub struct Lifecycle {
+    registrar: Registrar,
+    state: Arc<ProxyState>,
+    listen: SocketAddr,
+    drain_timeout: Duration,
+}
+
+impl Lifecycle {
+    pub fn new(
+        registrar: Registrar,
+        state: Arc<ProxyState>,
+        listen: SocketAddr,
+        drain_timeout: Duration,
+    ) -> Self {
+        Self {
+            registrar,
+            state,
+            listen,
+            drain_timeout,
+        }
+    }
+
+    /// Waits until our listener accepts connections, so the coordinator's first
+    /// health check (sent right after registration) finds us serving.
+    async fn wait_for_listener(&self) {
+        let mut addr = self.listen;
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let deadline = Instant::now() + LISTENER_WAIT;
+        while Instant::now() < deadline {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        tracing::warn!(%addr, "listener not reachable yet; registering anyway");
+    }
+
+    async fn drain(&self) {
+        let deadline = Instant::now() + self.drain_timeout;
+        // This service's own context is not a request; nothing else counts here.
+        while self.state.in_flight() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        match self.state.in_flight() {
+            0 => tracing::info!("drained"),
+            n => tracing::warn!(
+                in_flight = n,
+                "drain deadline passed; closing remaining requests"
+            ),
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for Lifecycle {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        self.wait_for_listener().await;
+        if let Some(fatal) = self.registrar.run(&mut shutdown).await {
+            tracing::error!("{}", fatal.message);
+            eprintln!("meridian proxy: {}", fatal.message);
+            std::process::exit(fatal.exit_code);
+        }
+        // Pingora has stopped accepting; tell the coordinator, then drain.
+        self.registrar.deregister().await;
+        self.drain().await;
+        tracing::info!("proxy stopped");
+        std::process::exit(0);
+    }
+}

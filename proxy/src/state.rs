@@ -1,0 +1,58 @@
+//! State shared between the data plane and the registration loop.
+
+use chrono::{DateTime, Utc};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// What the registration loop last learned about the coordinator.
+#[derive(Debug, Clone, Default)]
+pub struct Registration {
+    pub coordinator_reachable: bool,
+    pub last_success: Option<DateTime<Utc>>,
+    /// Why the last attempt failed, if it did.
+    pub last_error: Option<String>,
+    pub region_name: Option<String>,
+}
+
+#[derive(Debug, Default)]
+pub struct ProxyState {
+    registration: Mutex<Registration>,
+    in_flight: AtomicUsize,
+}
+
+impl ProxyState {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    pub fn registration(&self) -> Registration {
+        self.registration
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    pub fn update_registration(&self, f: impl FnOnce(&mut Registration)) {
+        f(&mut self.registration.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+
+    /// Marks one request in flight until the guard drops.
+    pub fn enter(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// Counts a request as in flight while alive; the drain waits for zero.
+#[derive(Debug)]
+pub struct InFlight(Arc<ProxyState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}

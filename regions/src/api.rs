@@ -1,0 +1,148 @@
+//! JSON wire types of the coordinator API (`/api/v2/...`).
+//!
+//! Field names follow ARCHITECTURE.md's external contract. Clients ignore
+//! unknown fields, so fields may be added without breaking older proxies.
+
+use crate::health::Status;
+use crate::token::Secret;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// Every error body: `{"message": ..., "detail": ...}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub message: String,
+    #[serde(default)]
+    pub detail: String,
+}
+
+/// `GET /api/v2/buildinfo`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BuildInfo {
+    pub version: String,
+    /// Which role answered: `coordinator` or `proxy`.
+    pub role: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    pub id: Uuid,
+    pub username: String,
+    pub admin: bool,
+    pub created_at: DateTime<Utc>,
+}
+
+/// `POST /api/v2/users/first` and `POST /api/v2/users/login`.
+#[derive(Deserialize)]
+pub struct Credentials {
+    pub username: String,
+    pub password: Secret,
+}
+
+/// `POST /api/v2/users` (admins only).
+#[derive(Deserialize)]
+pub struct CreateUser {
+    pub username: String,
+    pub password: Secret,
+    #[serde(default)]
+    pub admin: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FirstUserResponse {
+    pub user: User,
+    pub session_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub session_token: String,
+}
+
+/// One region as listed by `GET /api/v2/regions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Region {
+    pub id: Uuid,
+    pub name: String,
+    pub display_name: String,
+    pub status: Status,
+    /// `status == ok`, for clients that only want a yes or no.
+    pub healthy: bool,
+    pub access_url: Option<String>,
+    pub wildcard_hostname: Option<String>,
+    pub path_app_url: Option<String>,
+    pub version: Option<String>,
+    pub last_heartbeat_at: Option<DateTime<Utc>>,
+    /// The replicas serving this region, most recently heard from first.
+    #[serde(default)]
+    pub replicas: Vec<Replica>,
+}
+
+/// One registered replica of a region.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Replica {
+    pub id: Uuid,
+    pub access_url: String,
+    pub relay_address: Option<String>,
+    pub version: String,
+    pub status: Status,
+    /// The health checker's last error for this replica, if any.
+    pub error: Option<String>,
+    pub last_heartbeat_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegionList {
+    pub regions: Vec<Region>,
+}
+
+/// `POST /api/v2/regions`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRegion {
+    pub name: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRegionResponse {
+    pub region: Region,
+    /// Shown once; only its hash is stored.
+    pub proxy_token: String,
+}
+
+/// `POST /api/v2/regions/{name}/regenerate-token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegenerateTokenResponse {
+    pub proxy_token: String,
+}
+
+/// `POST /api/v2/proxies/me/register`: the heartbeat of one replica.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterProxy {
+    pub replica_id: Uuid,
+    pub access_url: String,
+    pub wildcard_hostname: String,
+    #[serde(default)]
+    pub relay_address: Option<String>,
+    pub version: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RegisterProxyResponse {
+    pub region_id: Uuid,
+    pub region_name: String,
+    /// Re-register (heartbeat) this often.
+    pub heartbeat_interval_ms: u64,
+    /// Every region, the primary first, so a proxy can steer users.
+    pub regions: Vec<Region>,
+    /// The other live replicas of this proxy's own region.
+    pub sibling_replicas: Vec<Replica>,
+}
+
+/// `POST /api/v2/proxies/me/deregister`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeregisterProxy {
+    pub replica_id: Uuid,
+}

@@ -1,0 +1,243 @@
+//! A typed client of the coordinator API, shared by proxies and the CLI.
+//!
+//! Every call has a timeout, and failures come back as a [`ClientError`] that
+//! says which side failed, so callers can decide whether to retry (the
+//! coordinator was unreachable or answered 5xx) or give up (the request was
+//! refused, e.g. a revoked token).
+
+use crate::api::*;
+use crate::headers;
+use crate::token::Secret;
+use reqwest::{Method, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::path::Path;
+use std::time::Duration;
+
+/// Per-request timeout for control-plane calls; they are small JSON exchanges.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The coordinator could not be reached (refused, reset, timed out). Retry.
+    #[error("coordinator unreachable at {url}: {source}")]
+    Unreachable {
+        url: String,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The coordinator answered with an error status. `retryable` is true for 5xx.
+    #[error("{message} (HTTP {status}){}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]
+    Api {
+        status: StatusCode,
+        message: String,
+        detail: String,
+    },
+    /// The coordinator answered 2xx with a body this client cannot read.
+    #[error("unreadable answer from the coordinator: {0}")]
+    Decode(String),
+}
+
+impl ClientError {
+    /// Whether trying again later may succeed.
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            ClientError::Unreachable { .. } => true,
+            ClientError::Api { status, .. } => status.is_server_error(),
+            ClientError::Decode(_) => false,
+        }
+    }
+
+    /// The HTTP status the coordinator answered with, if it answered.
+    pub fn status(&self) -> Option<StatusCode> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// An HTTP client for control-plane calls that trusts the public roots and,
+/// if given, one extra PEM CA file (for self-signed deployments).
+pub fn http_client(ca_cert: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut builder = reqwest::Client::builder()
+        .timeout(DEFAULT_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5));
+    if let Some(path) = ca_cert {
+        let pem = std::fs::read(path)
+            .map_err(|e| format!("cannot read CA certificate {}: {e}", path.display()))?;
+        let cert = reqwest::Certificate::from_pem(&pem)
+            .map_err(|e| format!("{} is not a PEM certificate: {e}", path.display()))?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build()
+        .map_err(|e| format!("cannot build HTTP client: {e}"))
+}
+
+/// Which credential a client sends.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    None,
+    Session(Secret),
+    Proxy(Secret),
+}
+
+/// A coordinator API client bound to one base URL and one credential.
+#[derive(Debug, Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    credential: Credential,
+}
+
+impl Client {
+    /// `base` is the coordinator's access URL, e.g. `http://127.0.0.1:7080`;
+    /// `http` comes from [`http_client`].
+    pub fn new(base: &str, credential: Credential, http: reqwest::Client) -> Self {
+        Self {
+            http,
+            base: base.trim_end_matches('/').to_owned(),
+            credential,
+        }
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    pub async fn buildinfo(&self) -> Result<BuildInfo, ClientError> {
+        self.call(Method::GET, "/api/v2/buildinfo", None::<&()>)
+            .await
+    }
+
+    pub async fn first_user(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<FirstUserResponse, ClientError> {
+        let body = serde_json::json!({ "username": username, "password": password });
+        self.call(Method::POST, "/api/v2/users/first", Some(&body))
+            .await
+    }
+
+    pub async fn login(
+        &self,
+        username: &str,
+        password: &str,
+    ) -> Result<LoginResponse, ClientError> {
+        let body = serde_json::json!({ "username": username, "password": password });
+        self.call(Method::POST, "/api/v2/users/login", Some(&body))
+            .await
+    }
+
+    pub async fn me(&self) -> Result<User, ClientError> {
+        self.call(Method::GET, "/api/v2/users/me", None::<&()>)
+            .await
+    }
+
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password: &str,
+        admin: bool,
+    ) -> Result<User, ClientError> {
+        let body =
+            serde_json::json!({ "username": username, "password": password, "admin": admin });
+        self.call(Method::POST, "/api/v2/users", Some(&body)).await
+    }
+
+    pub async fn regions(&self) -> Result<RegionList, ClientError> {
+        self.call(Method::GET, "/api/v2/regions", None::<&()>).await
+    }
+
+    pub async fn create_region(
+        &self,
+        req: &CreateRegion,
+    ) -> Result<CreateRegionResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/regions", Some(req)).await
+    }
+
+    pub async fn delete_region(&self, name: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v2/regions/{name}");
+        self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    pub async fn regenerate_token(
+        &self,
+        name: &str,
+    ) -> Result<RegenerateTokenResponse, ClientError> {
+        let path = format!("/api/v2/regions/{name}/regenerate-token");
+        self.call(Method::POST, &path, None::<&()>).await
+    }
+
+    pub async fn register(
+        &self,
+        req: &RegisterProxy,
+    ) -> Result<RegisterProxyResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/proxies/me/register", Some(req))
+            .await
+    }
+
+    pub async fn deregister(&self, req: &DeregisterProxy) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(Method::POST, "/api/v2/proxies/me/deregister", Some(req))
+            .await
+            .map(drop)
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let mut req = self.http.request(method, &url);
+        req = match &self.credential {
+            Credential::None => req,
+            Credential::Session(s) => req.header(headers::SESSION_TOKEN, s.expose()),
+            Credential::Proxy(s) => req.header(headers::PROXY_TOKEN, s.expose()),
+        };
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: url.clone(),
+                source,
+            })?;
+        if !status.is_success() {
+            let (message, detail) = match serde_json::from_slice::<ErrorBody>(&bytes) {
+                Ok(e) => (e.message, e.detail),
+                Err(_) => (
+                    status.canonical_reason().unwrap_or("error").to_owned(),
+                    String::from_utf8_lossy(&bytes).chars().take(200).collect(),
+                ),
+            };
+            return Err(ClientError::Api {
+                status,
+                message,
+                detail,
+            });
+        }
+        // An empty 2xx body reads as JSON null, for calls that return nothing.
+        let bytes = if bytes.is_empty() {
+            &b"null"[..]
+        } else {
+            &bytes[..]
+        };
+        serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+}

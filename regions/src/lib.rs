@@ -1,0 +1,23 @@
+//! What the coordinator, the proxies and the CLI share.
+//!
+//! - [`name`]: the grammar of region and user names (validated once, here).
+//! - [`health`]: region and replica health states and how replicas combine.
+//! - [`api`]: the JSON wire types of the coordinator API (`/api/v2/...`).
+//! - [`token`]: the proxy token `<region-id>:<secret>` and the secret newtype.
+//! - [`client`]: a typed HTTP client of the coordinator API, used by proxies and the CLI.
+//! - [`headers`]: header and cookie names of the external contract.
+//! - [`wildcard`]: the wildcard access URL pattern (`*.sydney.localhost:7081`).
+
+pub mod api;
+pub mod client;
+pub mod headers;
+pub mod health;
+pub mod name;
+pub mod token;
+pub mod wildcard;
+
+/// The name of the coordinator's own region. Always listed first, never created or deleted.
+pub const PRIMARY_REGION: &str = "primary";
+
+/// This build's version, reported by `/api/v2/buildinfo` and at registration.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

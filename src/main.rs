@@ -1,0 +1,125 @@
+//! The `meridian` binary: parses the command line and calls into the role
+//! crates. Startup order for the server roles: load config → validate (exit
+//! 64 with a one-line reason) → bind and log addresses → run until a signal →
+//! drain under a deadline → exit 0.
+
+mod ops;
+mod session;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Exit status for a bad configuration (sysexits EX_USAGE).
+const EXIT_CONFIG: u8 = 64;
+
+#[derive(Parser)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Multi-region edge proxy mesh for remote development workspaces"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the coordinator: API, Postgres store, region health checker.
+    Coordinator(meridian_coordinator::config::Args),
+    /// Run a regional proxy that registers with the coordinator.
+    Proxy(meridian_proxy::config::Args),
+    /// Sign in to a coordinator and remember the session for later commands.
+    Login(ops::LoginArgs),
+    /// Manage regions (regional proxies).
+    Regions(ops::RegionsArgs),
+    /// Manage users.
+    Users(ops::UsersArgs),
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    match Cli::parse().command {
+        Command::Coordinator(args) => run_coordinator(args),
+        Command::Proxy(args) => run_proxy(args),
+        Command::Login(args) => ops::run(ops::login(args)),
+        Command::Regions(args) => ops::run(ops::regions(args)),
+        Command::Users(args) => ops::run(ops::users(args)),
+    }
+}
+
+fn run_coordinator(args: meridian_coordinator::config::Args) -> ExitCode {
+    let mut config = match args.with_file().and_then(|a| a.resolve()) {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => return config_error(format!("cannot listen on {}: {e}", config.listen)),
+    };
+    if let Ok(addr) = listener.local_addr() {
+        config.bound_to(addr);
+    }
+    tracing::info!(listen = %config.listen, access_url = %config.access_url, "coordinator listening");
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return failure(format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(meridian_coordinator::run(
+        config,
+        listener,
+        shutdown_signal(),
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => failure(format!("{e:#}")),
+    }
+}
+
+fn run_proxy(args: meridian_proxy::config::Args) -> ExitCode {
+    match args.with_file().and_then(|a| a.resolve()) {
+        Ok(config) => match meridian_proxy::run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failure(format!("{e:#}")),
+        },
+        Err(e) => config_error(e),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("MERIDIAN_LOG").unwrap_or_else(|_| {
+        EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=warn,sqlx=warn")
+    });
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn config_error(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("meridian: configuration error: {e}");
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn failure(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("meridian: {e}");
+    ExitCode::FAILURE
+}

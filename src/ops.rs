@@ -1,0 +1,263 @@
+//! Operator commands: `login`, `regions ...`, `users ...`. Each is one call
+//! to the coordinator API through the shared client, printed for a person
+//! (or as JSON with `--json`).
+
+use crate::session;
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use meridian_regions::api::{CreateRegion, Region};
+use meridian_regions::client::{http_client, Client, Credential};
+use meridian_regions::token::Secret;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Where and as whom operator commands talk to the coordinator.
+#[derive(Args)]
+pub struct Target {
+    /// Coordinator URL [default: the one `meridian login` saved].
+    #[arg(long, env = "MERIDIAN_URL", global = true)]
+    url: Option<String>,
+    /// Session token [default: the one `meridian login` saved].
+    #[arg(
+        long,
+        env = "MERIDIAN_SESSION_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
+    session_token: Option<Secret>,
+    /// Extra PEM CA certificate to trust for the coordinator's HTTPS.
+    #[arg(long, env = "MERIDIAN_CA_CERT", global = true)]
+    ca_cert: Option<PathBuf>,
+}
+
+impl Target {
+    fn client(self) -> Result<Client> {
+        let stored = session::load()?;
+        let url = self
+            .url
+            .or_else(|| stored.as_ref().map(|s| s.url.clone()))
+            .context("no coordinator URL: run `meridian login URL` or pass --url")?;
+        let token = self
+            .session_token
+            .or_else(|| stored.map(|s| Secret::new(s.session_token)))
+            .context("not signed in: run `meridian login` or pass --session-token")?;
+        let http = http_client(self.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
+        Ok(Client::new(&url, Credential::Session(token), http))
+    }
+}
+
+#[derive(Args)]
+pub struct LoginArgs {
+    /// Coordinator URL, e.g. http://127.0.0.1:7080.
+    #[arg(env = "MERIDIAN_URL")]
+    url: String,
+    #[arg(long, env = "MERIDIAN_USERNAME")]
+    username: String,
+    #[arg(long, env = "MERIDIAN_PASSWORD", hide_env_values = true)]
+    password: Secret,
+    /// Create this user as the first (admin) user; only works while none exists.
+    #[arg(long)]
+    first_user: bool,
+    #[arg(long, env = "MERIDIAN_CA_CERT")]
+    ca_cert: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct RegionsArgs {
+    #[command(subcommand)]
+    command: RegionsCommand,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Subcommand)]
+enum RegionsCommand {
+    /// List regions with their health and last heartbeat.
+    List {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create a region and print its proxy token (shown once).
+    Create {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+    },
+    /// Delete a region; its proxies' token stops working.
+    Delete { name: String },
+    /// Replace a region's proxy token; the old one stops working at once.
+    RegenerateToken { name: String },
+}
+
+#[derive(Args)]
+pub struct UsersArgs {
+    #[command(subcommand)]
+    command: UsersCommand,
+    #[command(flatten)]
+    target: Target,
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a user (admins only).
+    Create {
+        username: String,
+        #[arg(long, env = "MERIDIAN_NEW_USER_PASSWORD", hide_env_values = true)]
+        password: Secret,
+        #[arg(long)]
+        admin: bool,
+    },
+}
+
+/// Runs an operator command on a small runtime; errors print one line, exit 1.
+pub fn run(fut: impl std::future::Future<Output = Result<()>>) -> ExitCode {
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(anyhow::Error::from)
+        .and_then(|rt| rt.block_on(fut));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("meridian: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub async fn login(args: LoginArgs) -> Result<()> {
+    let http = http_client(args.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
+    let client = Client::new(&args.url, Credential::None, http);
+    let token = if args.first_user {
+        client
+            .first_user(&args.username, args.password.expose())
+            .await?
+            .session_token
+    } else {
+        client
+            .login(&args.username, args.password.expose())
+            .await?
+            .session_token
+    };
+    let path = session::save(&session::Stored {
+        url: client.base_url().to_owned(),
+        session_token: token,
+    })?;
+    println!(
+        "Signed in to {} as {}; session saved in {}",
+        client.base_url(),
+        args.username,
+        path.display()
+    );
+    Ok(())
+}
+
+pub async fn regions(args: RegionsArgs) -> Result<()> {
+    let client = args.target.client()?;
+    match args.command {
+        RegionsCommand::List { json } => {
+            let list = client.regions().await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                print!("{}", region_table(&list.regions));
+            }
+        }
+        RegionsCommand::Create { name, display_name } => {
+            let resp = client
+                .create_region(&CreateRegion { name, display_name })
+                .await?;
+            println!(
+                "Created region {}. Its proxy token (shown once, store it safely):",
+                resp.region.name
+            );
+            println!();
+            println!("  {}", resp.proxy_token);
+            println!();
+            println!(
+                "Start a proxy with: meridian proxy --coordinator-url {} --proxy-token <token> --access-url <URL>",
+                client.base_url()
+            );
+        }
+        RegionsCommand::Delete { name } => {
+            client.delete_region(&name).await?;
+            println!("Deleted region {name}.");
+        }
+        RegionsCommand::RegenerateToken { name } => {
+            let resp = client.regenerate_token(&name).await?;
+            println!("New proxy token for {name} (the old one no longer works):");
+            println!();
+            println!("  {}", resp.proxy_token);
+        }
+    }
+    Ok(())
+}
+
+pub async fn users(args: UsersArgs) -> Result<()> {
+    let client = args.target.client()?;
+    match args.command {
+        UsersCommand::Create {
+            username,
+            password,
+            admin,
+        } => {
+            if password.expose().is_empty() {
+                bail!("--password is empty");
+            }
+            let user = client
+                .create_user(&username, password.expose(), admin)
+                .await?;
+            println!(
+                "Created user {}{}.",
+                user.username,
+                if user.admin { " (admin)" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Regions as an aligned table: name, status, access URL, replicas, last heartbeat.
+fn region_table(regions: &[Region]) -> String {
+    let now = chrono::Utc::now();
+    let mut rows =
+        vec![["NAME", "STATUS", "ACCESS URL", "REPLICAS", "LAST HEARTBEAT"].map(String::from)];
+    for r in regions {
+        let heartbeat = r.last_heartbeat_at.map_or_else(
+            || "never".to_owned(),
+            |t| {
+                format!(
+                    "{}s ago ({})",
+                    (now - t).num_seconds().max(0),
+                    t.format("%Y-%m-%d %H:%M:%S UTC")
+                )
+            },
+        );
+        let replicas = if r.name == meridian_regions::PRIMARY_REGION {
+            "-".to_owned()
+        } else {
+            r.replicas.len().to_string()
+        };
+        rows.push([
+            r.name.clone(),
+            r.status.to_string(),
+            r.access_url.clone().unwrap_or_else(|| "-".into()),
+            replicas,
+            heartbeat,
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    rows.iter()
+        .map(|r| {
+            let line: Vec<String> = r
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:<w$}"))
+                .collect();
+            format!("{}\n", line.join("  ").trim_end())
+        })
+        .collect()
+}

@@ -1,0 +1,93 @@
+//! The coordinator and Postgres go away and come back; nothing is restarted by hand.
+
+use crate::support::*;
+use nix::sys::signal::Signal;
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxies_reregister_after_the_coordinator_restarts() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let mut coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    let mut proxy = Proxy::start(dir.path(), &coord.url, &token).await;
+
+    coord.proc.signal(Signal::SIGKILL);
+    // The proxy keeps running and says it is degraded.
+    let report = wait_for(Duration::from_secs(10), "proxy to notice", || async {
+        proxy
+            .report()
+            .await
+            .filter(|r| r["coordinator_reachable"] == false)
+    })
+    .await;
+    assert_eq!(report["status"], "degraded");
+    assert!(
+        report["warnings"][0]
+            .as_str()
+            .unwrap()
+            .contains("coordinator"),
+        "{report}"
+    );
+    let before = report["last_registration_at"].as_str().map(str::to_owned);
+    assert!(
+        proxy.proc.child.try_wait().unwrap().is_none(),
+        "the proxy never exits for this"
+    );
+
+    coord.restart().await;
+    proxy.wait_registered_after(before).await;
+    assert_eq!(proxy.report().await.unwrap()["status"], "ok");
+    admin
+        .wait_status("sydney", "ok", Duration::from_secs(5))
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_answers_503_while_postgres_is_down_and_recovers() {
+    let dir = tempdir();
+    let mut pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    admin.get("/api/v2/regions").await.expect_status(200);
+
+    pg.pg.stop().unwrap();
+    let down = admin.get("/api/v2/regions").await;
+    assert_eq!(down.status, 503, "{}", down.body);
+    assert!(
+        down.body["message"].as_str().unwrap().contains("database"),
+        "{}",
+        down.body
+    );
+    // Liveness does not depend on the database; the primary's report names it.
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", coord.url))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let report: serde_json::Value = reqwest::get(format!("{}/healthz-report", coord.url))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        report["errors"][0].as_str().unwrap().contains("database"),
+        "{report}"
+    );
+
+    pg.pg.start().unwrap();
+    wait_for(Duration::from_secs(15), "API recovery", || async {
+        (admin.get("/api/v2/regions").await.status == 200).then_some(())
+    })
+    .await;
+    admin.create_region("after-outage").await;
+    let mut coord = coord;
+    assert!(
+        coord.proc.child.try_wait().unwrap().is_none(),
+        "the coordinator recovered without a restart"
+    );
+}

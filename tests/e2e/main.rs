@@ -1,0 +1,14 @@
+//! End-to-end tests: real `meridian` processes, a real PostgreSQL, loopback only.
+//!
+//! `support` is the harness (processes, ports, readiness probes); each other
+//! module is one area of behaviour.
+
+mod support;
+
+mod api;
+mod coordinator_outages;
+mod deploy_configs;
+mod embedded;
+mod proxy_lifecycle;
+mod proxy_tls;
+mod tokens;

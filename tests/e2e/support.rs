@@ -1,0 +1,428 @@
+//! The end-to-end harness: a PostgreSQL cluster per test, `meridian`
+//! processes on ephemeral loopback ports, an admin API client, and bounded
+//! polling in place of sleeps.
+
+#![allow(dead_code)]
+
+use meridian_coordinator::embedded_postgres::{EmbeddedPostgres, PgBinaries};
+use serde_json::{json, Value};
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
+pub const ADMIN_PASSWORD: &str = "admin-password";
+
+/// A free loopback port (bound and released; the OS does not hand it out
+/// again right away).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` until it returns `Some`, at most `deadline`; panics naming `what`.
+pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < deadline,
+            "timed out after {deadline:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A real PostgreSQL cluster in a temporary directory, for `--postgres-url`.
+pub struct Postgres {
+    pub pg: EmbeddedPostgres,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("meridian-pg")
+            .tempdir()
+            .unwrap();
+        let mut pg = EmbeddedPostgres::new(dir.path(), PgBinaries::find(None).unwrap()).unwrap();
+        tokio::task::block_in_place(|| pg.start()).unwrap();
+        pg.ensure_database().await.unwrap();
+        Self { pg, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.pg.url()
+    }
+}
+
+/// A running `meridian` process whose output goes to a log file; SIGKILLed on drop.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Process {
+    pub fn spawn(name: &str, dir: &Path, args: &[String]) -> Self {
+        let log = dir.join(format!("{name}-{}.log", free_port()));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("MERIDIAN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self {
+            child,
+            log,
+            name: name.into(),
+        }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).unwrap();
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let name = self.name.clone();
+        let child = &mut self.child;
+        wait_for(deadline, &format!("{name} to exit"), || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.output());
+        }
+    }
+}
+
+/// A coordinator on an ephemeral port.
+pub struct Coordinator {
+    pub proc: Process,
+    pub url: String,
+    pub args: Vec<String>,
+    pub dir: PathBuf,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on `postgres_url` with the given health interval
+    /// (also used as the proxies' heartbeat interval), and waits until it answers.
+    pub async fn start(dir: &Path, postgres_url: &str, interval: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--postgres-url",
+            postgres_url,
+            "--proxy-health-interval",
+            interval,
+            "--heartbeat-interval",
+            interval,
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with(dir, args, format!("http://127.0.0.1:{port}")).await
+    }
+
+    pub async fn start_with(dir: &Path, args: Vec<String>, url: String) -> Self {
+        let proc = Process::spawn("coordinator", dir, &args);
+        let mut c = Self {
+            proc,
+            url,
+            args,
+            dir: dir.to_owned(),
+        };
+        c.wait_ready().await;
+        c
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let url = format!("{}/healthz", self.url);
+        let proc = &mut self.proc;
+        wait_for(Duration::from_secs(30), "coordinator /healthz", || {
+            let exited = proc.child.try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "coordinator exited: {exited:?}\n{}",
+                proc.output()
+            );
+            let url = url.clone();
+            async move {
+                reqwest::get(&url)
+                    .await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+            }
+        })
+        .await;
+    }
+
+    /// Starts the same coordinator again (after a kill).
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Process::spawn("coordinator", &self.dir, &self.args);
+        self.wait_ready().await;
+    }
+
+    /// Creates the first user and returns an admin client.
+    pub async fn admin(&self) -> Api {
+        let resp: Value = Api::anonymous(&self.url)
+            .post(
+                "/api/v2/users/first",
+                json!({"username": "admin", "password": ADMIN_PASSWORD}),
+            )
+            .await
+            .expect_status(201);
+        Api::with_token(&self.url, resp["session_token"].as_str().unwrap())
+    }
+}
+
+/// A regional proxy on an ephemeral port.
+pub struct Proxy {
+    pub proc: Process,
+    pub url: String,
+    pub port: u16,
+    args: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Proxy {
+    /// Spawns a proxy; it may exit on its own (e.g. a refused token).
+    pub fn spawn(dir: &Path, coordinator: &str, token: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args: Vec<String> = [
+            "proxy",
+            "--coordinator-url",
+            coordinator,
+            "--proxy-token",
+            token,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--wildcard-access-url",
+            &format!("*.region.localhost:{port}"),
+            "--drain-timeout",
+            "5s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let scheme = if extra.contains(&"--tls-cert") {
+            "https"
+        } else {
+            "http"
+        };
+        let proc = Process::spawn("proxy", dir, &args);
+        Self {
+            proc,
+            url: format!("{scheme}://127.0.0.1:{port}"),
+            port,
+            args,
+            dir: dir.to_owned(),
+        }
+    }
+
+    /// Starts the same proxy again (same port, same replica) after it died.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Process::spawn("proxy", &self.dir, &self.args);
+        self.wait_registered().await;
+    }
+
+    /// Spawns a proxy and waits until it has registered.
+    pub async fn start(dir: &Path, coordinator: &str, token: &str) -> Self {
+        let mut p = Self::spawn(dir, coordinator, token, &[]);
+        p.wait_registered().await;
+        p
+    }
+
+    pub async fn report(&self) -> Option<Value> {
+        reqwest::get(format!("{}/healthz-report", self.url))
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()
+    }
+
+    /// Waits until the proxy's report shows a registration newer than `after`.
+    pub async fn wait_registered_after(&mut self, after: Option<String>) {
+        let url = format!("{}/healthz-report", self.url);
+        let proc = &mut self.proc;
+        wait_for(Duration::from_secs(30), "proxy registration", || {
+            let exited = proc.child.try_wait().unwrap();
+            assert!(
+                exited.is_none(),
+                "proxy exited: {exited:?}\n{}",
+                proc.output()
+            );
+            let (url, after) = (url.clone(), after.clone());
+            async move {
+                let r: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+                let at = r["last_registration_at"].as_str()?.to_owned();
+                (r["coordinator_reachable"] == true && Some(&at) > after.as_ref()).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub async fn wait_registered(&mut self) {
+        self.wait_registered_after(None).await;
+    }
+}
+
+/// A coordinator API client with an optional session token.
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl Reply {
+    /// The body, after checking the status (printing the body if it differs).
+    pub fn expect_status(self, status: u16) -> Value {
+        assert_eq!(
+            self.status, status,
+            "unexpected status; body: {}",
+            self.body
+        );
+        self.body
+    }
+}
+
+impl Api {
+    pub fn anonymous(base: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.into(),
+            token: None,
+        }
+    }
+
+    pub fn with_token(base: &str, token: &str) -> Self {
+        Self {
+            http: reqwest::Client::new(),
+            base: base.into(),
+            token: Some(token.into()),
+        }
+    }
+
+    pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
+        let mut req = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("Meridian-Session-Token", t);
+        }
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let resp = req.send().await.expect("request to the coordinator failed");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        let body = if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or(Value::String(text))
+        };
+        Reply { status, body }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.send(reqwest::Method::POST, path, Some(body)).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::DELETE, path, None).await
+    }
+
+    /// Creates a region and returns its proxy token.
+    pub async fn create_region(&self, name: &str) -> String {
+        let body = self
+            .post(
+                "/api/v2/regions",
+                json!({"name": name, "display_name": name}),
+            )
+            .await
+            .expect_status(201);
+        body["proxy_token"].as_str().unwrap().to_owned()
+    }
+
+    /// The region named `name` as the API lists it.
+    pub async fn region(&self, name: &str) -> Value {
+        let list = self.get("/api/v2/regions").await.expect_status(200);
+        list["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == name)
+            .cloned()
+            .expect("region listed")
+    }
+
+    /// Waits until region `name` has `status`; returns how long that took.
+    pub async fn wait_status(&self, name: &str, status: &str, deadline: Duration) -> Duration {
+        let start = Instant::now();
+        wait_for(
+            deadline,
+            &format!("region {name} to be {status}"),
+            || async { (self.region(name).await["status"] == status).then_some(()) },
+        )
+        .await;
+        start.elapsed()
+    }
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("meridian-e2e")
+        .tempdir()
+        .unwrap()
+}
