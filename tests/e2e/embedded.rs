@@ -82,7 +82,9 @@ async fn data_dir_the_server_user_cannot_reach_is_one_clear_line() {
         eprintln!("not root: the embedded Postgres runs as this user; nothing to check");
         return;
     }
-    let dir = tempdir(); // 0700, owned by root
+    let dir = tempdir();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let data = dir.path().join("data");
     let args: Vec<String> = [
         "coordinator",
