@@ -5,6 +5,7 @@
 
 mod ops;
 mod session;
+mod workspaces;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ enum Command {
     Regions(ops::RegionsArgs),
     /// Manage users.
     Users(ops::UsersArgs),
+    /// Manage workspaces, their agents and apps.
+    Workspaces(workspaces::WorkspacesArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Login(args) => ops::run(ops::login(args)),
         Command::Regions(args) => ops::run(ops::regions(args)),
         Command::Users(args) => ops::run(ops::users(args)),
+        Command::Workspaces(args) => ops::run(workspaces::run(args)),
     }
 }
 

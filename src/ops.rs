@@ -31,7 +31,7 @@ pub struct Target {
 }
 
 impl Target {
-    fn client(self) -> Result<Client> {
+    pub fn client(self) -> Result<Client> {
         let stored = session::load()?;
         let url = self
             .url

@@ -2,7 +2,7 @@
 //!
 //! - [`auth`]: extractors for the three credentials (user session, admin, proxy token).
 //! - [`json`]: a JSON body extractor whose rejections use the API's error format.
-//! - [`users`], [`regions`], [`proxies`]: the handlers, one file per resource.
+//! - [`users`], [`regions`], [`proxies`], [`workspaces`]: the handlers, one file per resource.
 //! - [`probes`]: `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
 
 mod auth;
@@ -11,6 +11,7 @@ mod probes;
 mod proxies;
 mod regions;
 mod users;
+mod workspaces;
 
 use crate::config::Config;
 use crate::error::ApiError;
@@ -45,6 +46,14 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v2/regions/{name}/regenerate-token",
             post(regions::regenerate_token),
+        )
+        .route(
+            "/api/v2/workspaces",
+            get(workspaces::list).post(workspaces::create),
+        )
+        .route(
+            "/api/v2/workspaces/{owner}/{name}",
+            delete(workspaces::delete),
         )
         .route("/api/v2/proxies/me/register", post(proxies::register))
         .route("/api/v2/proxies/me/deregister", post(proxies::deregister))

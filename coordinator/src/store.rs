@@ -6,6 +6,7 @@
 
 mod regions;
 mod users;
+mod workspaces;
 
 pub use regions::{RegionRow, RegionWithReplicas, ReplicaCheck};
 pub use users::UserRow;

@@ -146,3 +146,102 @@ pub struct RegisterProxyResponse {
 pub struct DeregisterProxy {
     pub replica_id: Uuid,
 }
+
+/// Who may open an app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Share {
+    /// Only the workspace's owner.
+    #[default]
+    Owner,
+    /// Any signed-in user.
+    Authenticated,
+    /// Anyone, signed in or not.
+    Public,
+}
+
+impl Share {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Share::Owner => "owner",
+            Share::Authenticated => "authenticated",
+            Share::Public => "public",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "public" => Share::Public,
+            "authenticated" => Share::Authenticated,
+            _ => Share::Owner,
+        }
+    }
+}
+
+/// An app as declared at workspace creation: exactly one of `port` and `url`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct App {
+    pub slug: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Served on its own subdomain (else on a path under the access URL).
+    #[serde(default = "default_true")]
+    pub subdomain: bool,
+    #[serde(default)]
+    pub share: Share,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentSpec {
+    pub name: String,
+    #[serde(default)]
+    pub apps: Vec<App>,
+}
+
+/// `POST /api/v2/workspaces`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateWorkspace {
+    pub name: String,
+    /// Username of the owner; only admins may name someone else. Default: the caller.
+    #[serde(default)]
+    pub owner: Option<String>,
+    pub agents: Vec<AgentSpec>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Agent {
+    pub id: Uuid,
+    pub name: String,
+    pub connected: bool,
+    /// The region whose relay holds the agent's tunnel, while connected.
+    pub region: Option<String>,
+    pub last_connected_at: Option<DateTime<Utc>>,
+    pub apps: Vec<App>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workspace {
+    pub id: Uuid,
+    pub name: String,
+    pub owner: String,
+    pub created_at: DateTime<Utc>,
+    pub agents: Vec<Agent>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateWorkspaceResponse {
+    pub workspace: Workspace,
+    /// Each agent's token, shown once: `{agent name: token}`.
+    pub agent_tokens: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkspaceList {
+    pub workspaces: Vec<Workspace>,
+}

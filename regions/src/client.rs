@@ -173,6 +173,30 @@ impl Client {
         self.call(Method::POST, &path, None::<&()>).await
     }
 
+    pub async fn create_workspace(
+        &self,
+        req: &CreateWorkspace,
+    ) -> Result<CreateWorkspaceResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/workspaces", Some(req))
+            .await
+    }
+
+    /// The caller's workspaces, or another user's (admins), or `all` (admins).
+    pub async fn workspaces(&self, owner: Option<&str>) -> Result<WorkspaceList, ClientError> {
+        let path = match owner {
+            Some(o) => format!("/api/v2/workspaces?owner={o}"),
+            None => "/api/v2/workspaces".to_owned(),
+        };
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    pub async fn delete_workspace(&self, owner: &str, name: &str) -> Result<(), ClientError> {
+        let path = format!("/api/v2/workspaces/{owner}/{name}");
+        self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>)
+            .await
+            .map(drop)
+    }
+
     pub async fn register(
         &self,
         req: &RegisterProxy,

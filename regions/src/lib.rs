@@ -1,6 +1,7 @@
 //! What the coordinator, the proxies and the CLI share.
 //!
 //! - [`name`]: the grammar of region and user names (validated once, here).
+//! - [`app_url`]: the app URL grammar (subdomain, port and path apps).
 //! - [`health`]: region and replica health states and how replicas combine.
 //! - [`api`]: the JSON wire types of the coordinator API (`/api/v2/...`).
 //! - [`token`]: the proxy token `<region-id>:<secret>` and the secret newtype.
@@ -9,6 +10,7 @@
 //! - [`wildcard`]: the wildcard access URL pattern (`*.sydney.localhost:7081`).
 
 pub mod api;
+pub mod app_url;
 pub mod client;
 pub mod headers;
 pub mod health;

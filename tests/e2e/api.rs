@@ -283,6 +283,36 @@ async fn cli_drives_the_api() {
     assert!(!ok && out.contains("already exists"), "{out}");
     let (ok, out) = cli(&["users", "create", "carol", "--password", "carol-password"]);
     assert!(ok && out.contains("carol"), "{out}");
+    let (ok, out) = cli(&[
+        "workspaces",
+        "create",
+        "dev",
+        "--app",
+        "code=8080",
+        "--app",
+        "nb=http://127.0.0.1:8888,share=public,path",
+    ]);
+    assert!(ok && out.contains("Agent main's token"), "{out}");
+    let (ok, out) = cli(&["workspaces", "list"]);
+    assert!(
+        ok && out.lines().any(|l| l.starts_with("admin")
+            && l.contains("dev")
+            && l.contains("offline")
+            && l.contains("code,nb")),
+        "{out}"
+    );
+    let (ok, out) = cli(&[
+        "workspaces",
+        "create",
+        "dev",
+        "--app",
+        "code=8080,share=everyone",
+    ]);
+    assert!(!ok && out.contains("share="), "{out}");
+    let (ok, out) = cli(&["workspaces", "delete", "dev"]);
+    assert!(ok, "{out}");
+    let (ok, out) = cli(&["workspaces", "list", "--json"]);
+    assert!(ok && out.contains("\"workspaces\": []"), "{out}");
     let (ok, out) = cli(&["regions", "regenerate-token", "sydney"]);
     assert!(ok && out.contains(':'), "{out}");
     let (ok, out) = cli(&["regions", "delete", "sydney"]);

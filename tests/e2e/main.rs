@@ -12,3 +12,4 @@ mod embedded;
 mod proxy_lifecycle;
 mod proxy_tls;
 mod tokens;
+mod workspaces;

@@ -352,6 +352,16 @@ impl Api {
         }
     }
 
+    /// Signs in as `username` and returns a client with that session.
+    pub async fn login(base: &str, username: &str, password: &str) -> Self {
+        let body = serde_json::json!({ "username": username, "password": password });
+        let reply = Self::anonymous(base)
+            .post("/api/v2/users/login", body)
+            .await
+            .expect_status(200);
+        Self::with_token(base, reply["session_token"].as_str().unwrap())
+    }
+
     pub async fn send(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Reply {
         let mut req = self.http.request(method, format!("{}{path}", self.base));
         if let Some(t) = &self.token {
