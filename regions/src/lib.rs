@@ -2,6 +2,7 @@
 //!
 //! - [`name`]: the grammar of region and user names (validated once, here).
 //! - [`app_url`]: the app URL grammar (subdomain, port and path apps).
+//! - [`app_token`]: the signed app token (EdDSA JWS) and its verification.
 //! - [`health`]: region and replica health states and how replicas combine.
 //! - [`api`]: the JSON wire types of the coordinator API (`/api/v2/...`).
 //! - [`token`]: the proxy token `<region-id>:<secret>` and the secret newtype.
@@ -10,6 +11,7 @@
 //! - [`wildcard`]: the wildcard access URL pattern (`*.sydney.localhost:7081`).
 
 pub mod api;
+pub mod app_token;
 pub mod app_url;
 pub mod client;
 pub mod headers;

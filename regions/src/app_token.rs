@@ -1,0 +1,291 @@
+//! The signed app token: a JWS (EdDSA, Ed25519) minted by the coordinator and
+//! verified by proxies with public keys received at registration, so a region
+//! can verify tokens but never mint them.
+//!
+//! A token is bound to one exact app address (its `binding`): the subdomain
+//! app's host, or the path app's access host plus base path. A token for one
+//! app is worthless on any other.
+
+use crate::api::Share;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use uuid::Uuid;
+
+/// Issuer claim of every app token.
+pub const ISSUER: &str = "meridian";
+/// Clock skew tolerated on `exp` and `nbf`, in seconds.
+pub const LEEWAY_SECS: u64 = 30;
+
+/// What an app token says.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppClaims {
+    pub iss: String,
+    /// The user's id, or `anonymous` for a public app opened signed out.
+    pub sub: String,
+    /// The exact app address this token is good for (see [`subdomain_binding`], [`path_binding`]).
+    pub binding: String,
+    /// The agent serving the app.
+    pub agent_id: Uuid,
+    /// The app's address inside the workspace, e.g. `http://127.0.0.1:8080`.
+    pub upstream: String,
+    pub share: Share,
+    pub iat: i64,
+    pub nbf: i64,
+    pub exp: i64,
+}
+
+/// A public key as handed to proxies: key id and the raw Ed25519 key, base64url.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKey {
+    pub kid: String,
+    pub x: String,
+}
+
+/// Why a token was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token names an unknown key {0:?}")]
+    UnknownKey(String),
+    #[error("token signature or algorithm is invalid")]
+    BadSignature,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token is for another app")]
+    WrongApp,
+}
+
+/// The binding of a subdomain app: its host, lowercase, without port.
+pub fn subdomain_binding(host: &str) -> String {
+    format!("host:{}", host.to_ascii_lowercase())
+}
+
+/// The binding of a path app: the access host (lowercase, without port) and the app's base path.
+pub fn path_binding(access_host: &str, prefix: &str) -> String {
+    format!("path:{}{prefix}", access_host.to_ascii_lowercase())
+}
+
+/// Mints tokens with one private key (the coordinator's).
+pub struct Signer {
+    kid: String,
+    key: EncodingKey,
+}
+
+impl Signer {
+    /// `pkcs8_der` is the Ed25519 private key in PKCS#8 DER form.
+    pub fn new(kid: &str, pkcs8_der: &[u8]) -> Self {
+        Self {
+            kid: kid.to_owned(),
+            key: EncodingKey::from_ed_der(pkcs8_der),
+        }
+    }
+
+    pub fn sign(&self, claims: &AppClaims) -> Result<String, TokenError> {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid.clone());
+        jsonwebtoken::encode(&header, claims, &self.key).map_err(|_| TokenError::Malformed)
+    }
+}
+
+/// Verifies tokens against a set of public keys (a proxy's).
+#[derive(Clone, Default)]
+pub struct Verifier {
+    keys: HashMap<String, DecodingKey>,
+}
+
+impl Verifier {
+    pub fn new(keys: &[PublicKey]) -> Self {
+        let keys = keys
+            .iter()
+            .filter_map(|k| {
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .decode(&k.x)
+                    .ok()?;
+                (raw.len() == 32).then(|| (k.kid.clone(), DecodingKey::from_ed_der(&raw)))
+            })
+            .collect();
+        Self { keys }
+    }
+
+    pub fn knows(&self, kid: &str) -> bool {
+        self.keys.contains_key(kid)
+    }
+
+    /// The key id a token names, if it has a readable header.
+    pub fn key_id(token: &str) -> Option<String> {
+        jsonwebtoken::decode_header(token).ok()?.kid
+    }
+
+    /// Checks signature, algorithm (EdDSA only: `none` and HMAC are refused),
+    /// issuer, time (with [`LEEWAY_SECS`]) and that the token is bound to `binding`.
+    pub fn verify(&self, token: &str, binding: &str) -> Result<AppClaims, TokenError> {
+        use jsonwebtoken::errors::ErrorKind;
+        let kid = Self::key_id(token).ok_or(TokenError::Malformed)?;
+        let key = self
+            .keys
+            .get(&kid)
+            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY_SECS;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "nbf", "iss"]);
+        let data =
+            jsonwebtoken::decode::<AppClaims>(token, key, &validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => TokenError::Expired,
+                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+                    ErrorKind::InvalidSignature
+                    | ErrorKind::InvalidAlgorithm
+                    | ErrorKind::InvalidAlgorithmName => TokenError::BadSignature,
+                    _ => TokenError::Malformed,
+                }
+            })?;
+        if data.claims.binding != binding {
+            return Err(TokenError::WrongApp);
+        }
+        Ok(data.claims)
+    }
+}
+
+/// A new Ed25519 key pair: (PKCS#8 DER private key, public key for proxies).
+pub fn generate_key(kid: &str, seed: [u8; 32]) -> (Vec<u8>, PublicKey) {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let der = signing
+        .to_pkcs8_der()
+        .map(|d| d.as_bytes().to_vec())
+        .unwrap_or_default();
+    let x =
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
+    (
+        der,
+        PublicKey {
+            kid: kid.to_owned(),
+            x,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+
+    fn claims(now: i64) -> AppClaims {
+        AppClaims {
+            iss: ISSUER.into(),
+            sub: Uuid::nil().to_string(),
+            binding: subdomain_binding("code--main--dev--alice.sydney.localhost"),
+            agent_id: Uuid::nil(),
+            upstream: "http://127.0.0.1:8080".into(),
+            share: Share::Owner,
+            iat: now,
+            nbf: now,
+            exp: now + 300,
+        }
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    fn setup() -> (Signer, Verifier) {
+        let (der, public) = generate_key("k1", [7u8; 32]);
+        (Signer::new("k1", &der), Verifier::new(&[public]))
+    }
+
+    #[test]
+    fn round_trip_and_binding() {
+        let (signer, verifier) = setup();
+        let c = claims(now());
+        let token = signer.sign(&c).unwrap();
+        assert_eq!(verifier.verify(&token, &c.binding).unwrap(), c);
+        let other = subdomain_binding("code--main--dev--bob.sydney.localhost");
+        assert_eq!(verifier.verify(&token, &other), Err(TokenError::WrongApp));
+        assert_eq!(subdomain_binding("A.B"), subdomain_binding("a.b"));
+        assert_ne!(
+            path_binding("h", "/@a/w/apps/x/"),
+            subdomain_binding("h/@a/w/apps/x/")
+        );
+    }
+
+    #[test]
+    fn refusals() {
+        let (signer, verifier) = setup();
+        let n = now();
+        let good = claims(n);
+        let b = good.binding.clone();
+        let token = signer.sign(&good).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+
+        let expired = signer
+            .sign(&AppClaims {
+                exp: n - 120,
+                nbf: n - 600,
+                ..good.clone()
+            })
+            .unwrap();
+        assert_eq!(verifier.verify(&expired, &b), Err(TokenError::Expired));
+        let within_skew = signer
+            .sign(&AppClaims {
+                exp: n - 5,
+                ..good.clone()
+            })
+            .unwrap();
+        assert!(verifier.verify(&within_skew, &b).is_ok(), "skew tolerated");
+        let future = signer
+            .sign(&AppClaims {
+                nbf: n + 600,
+                exp: n + 900,
+                ..good.clone()
+            })
+            .unwrap();
+        assert_eq!(verifier.verify(&future, &b), Err(TokenError::NotYetValid));
+
+        // Tampered payload: same signature, another user.
+        let mut evil = good.clone();
+        evil.sub = Uuid::new_v4().to_string();
+        let evil_payload = B64.encode(serde_json::to_vec(&evil).unwrap());
+        let tampered = format!("{}.{}.{}", parts[0], evil_payload, parts[2]);
+        assert_eq!(
+            verifier.verify(&tampered, &b),
+            Err(TokenError::BadSignature)
+        );
+        // Tampered signature.
+        let mut sig = B64.decode(parts[2]).unwrap();
+        sig[0] ^= 1;
+        let bad_sig = format!("{}.{}.{}", parts[0], parts[1], B64.encode(sig));
+        assert_eq!(verifier.verify(&bad_sig, &b), Err(TokenError::BadSignature));
+        // alg: none, and HS256 signed with the public key as a secret.
+        for alg in ["none", "HS256"] {
+            let header = B64.encode(format!(r#"{{"alg":"{alg}","typ":"JWT","kid":"k1"}}"#));
+            let forged = format!("{header}.{}.", parts[1]);
+            assert!(verifier.verify(&forged, &b).is_err(), "alg {alg} refused");
+        }
+        // Unknown key id, and a key we never trusted.
+        let (der2, _) = generate_key("k2", [9u8; 32]);
+        let stranger = Signer::new("k2", &der2).sign(&good).unwrap();
+        assert_eq!(
+            verifier.verify(&stranger, &b),
+            Err(TokenError::UnknownKey("k2".into()))
+        );
+        let (der3, _) = generate_key("k1", [9u8; 32]);
+        let impostor = Signer::new("k1", &der3).sign(&good).unwrap();
+        assert_eq!(
+            verifier.verify(&impostor, &b),
+            Err(TokenError::BadSignature)
+        );
+        for junk in ["", "a.b", "a.b.c", "....", &"x".repeat(5000)] {
+            assert!(verifier.verify(junk, &b).is_err(), "{junk:?}");
+        }
+    }
+}
