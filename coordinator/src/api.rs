@@ -3,12 +3,15 @@
 //! - [`auth`]: extractors for the three credentials (user session, admin, proxy token).
 //! - [`json`]: a JSON body extractor whose rejections use the API's error format.
 //! - [`users`], [`regions`], [`proxies`], [`workspaces`]: the handlers, one file per resource.
+//! - [`apps`]: app login (auth-redirect, tickets) and app tokens; [`redirect`] validates where it may send browsers.
 //! - [`probes`]: `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
 
+mod apps;
 mod auth;
 mod json;
 mod probes;
 mod proxies;
+mod redirect;
 mod regions;
 mod users;
 mod workspaces;
@@ -29,6 +32,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// New replicas are sent here so the health checker polls them at once.
     pub check_now: mpsc::UnboundedSender<Uuid>,
+    /// The app-token signing key and the public keys proxies trust.
+    pub keys: Arc<crate::keys::Keys>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -54,6 +59,20 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v2/workspaces/{owner}/{name}",
             delete(workspaces::delete),
+        )
+        .route(
+            "/api/v2/applications/auth-redirect",
+            get(apps::auth_redirect),
+        )
+        .route("/login", get(apps::login_page))
+        .route("/api/v2/proxies/me/keys", get(apps::keys))
+        .route(
+            "/api/v2/proxies/me/redeem-ticket",
+            post(apps::redeem_ticket),
+        )
+        .route(
+            "/api/v2/proxies/me/issue-app-token",
+            post(apps::issue_app_token),
         )
         .route("/api/v2/proxies/me/register", post(proxies::register))
         .route("/api/v2/proxies/me/deregister", post(proxies::deregister))

@@ -59,6 +59,10 @@ pub struct Args {
     /// Extra PEM CA certificate to trust when polling proxies over HTTPS [default: public roots only].
     #[arg(long, env = "MERIDIAN_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// File holding the key that seals secrets in the database; every coordinator
+    /// replica needs the same one. Created if missing [default: <data-dir>/secrets.key].
+    #[arg(long, env = "MERIDIAN_SECRETS_KEY_FILE")]
+    pub secrets_key_file: Option<PathBuf>,
 }
 
 /// Where the database is.
@@ -83,6 +87,7 @@ pub struct Config {
     pub replica_expiry: Duration,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub ca_cert: Option<PathBuf>,
+    pub secrets_key_file: PathBuf,
     /// Whether `access_url` was derived from `listen` (and so follows the bound port).
     access_url_from_listen: bool,
 }
@@ -135,6 +140,7 @@ impl Args {
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             ca_cert: self.ca_cert.or(file.ca_cert),
+            secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
         }
     }
 
@@ -163,6 +169,13 @@ impl Args {
             meridian_regions::wildcard::check(w)
                 .map_err(|e| ConfigError(format!("--wildcard-access-url {w:?}: {e}")))?;
         }
+        let data_dir = match self.data_dir {
+            Some(d) => d,
+            None => default_data_dir()?,
+        };
+        let secrets_key_file = self
+            .secrets_key_file
+            .unwrap_or_else(|| data_dir.join("secrets.key"));
         let database = match self.postgres_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Database::External(Secret::new(url))
@@ -173,7 +186,7 @@ impl Args {
                 ))
             }
             None => Database::Embedded {
-                data_dir: self.data_dir.map_or_else(default_data_dir, Ok)?,
+                data_dir,
                 bin_dir: self.postgres_bin_dir,
             },
         };
@@ -194,6 +207,7 @@ impl Args {
             replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),
             tls,
             ca_cert: self.ca_cert,
+            secrets_key_file,
             access_url_from_listen,
         };
         for (name, d) in [

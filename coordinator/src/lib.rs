@@ -16,6 +16,7 @@ pub mod config;
 pub mod embedded_postgres;
 pub mod error;
 pub mod health;
+pub mod keys;
 pub mod secret;
 pub mod store;
 
@@ -42,6 +43,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let (store, mut embedded) = open_database(&config).await?;
+    let secrets = keys::SecretsKey::load_or_create(&config.secrets_key_file)?;
+    let keys = Arc::new(keys::load_or_create(&store, &secrets).await?);
     let http = meridian_regions::client::http_client(config.ca_cert.as_deref())
         .map_err(anyhow::Error::msg)?;
     let stop = CancellationToken::new();
@@ -57,6 +60,7 @@ pub async fn run(
         store,
         config: config.clone(),
         check_now,
+        keys,
     });
 
     let handle = axum_server::Handle::new();

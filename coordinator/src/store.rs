@@ -4,12 +4,15 @@
 //! database. Migrations in `coordinator/migrations/` are embedded in the binary
 //! and applied at start ([`Store::connect`]).
 
+mod apps;
+mod keys;
 mod regions;
 mod users;
 mod workspaces;
 
+pub use apps::ResolvedApp;
 pub use regions::{RegionRow, RegionWithReplicas, ReplicaCheck};
-pub use users::UserRow;
+pub use users::{Scope, UserRow, SESSION_LIFETIME};
 
 use anyhow::Context;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

@@ -139,6 +139,47 @@ pub struct RegisterProxyResponse {
     pub regions: Vec<Region>,
     /// The other live replicas of this proxy's own region.
     pub sibling_replicas: Vec<Replica>,
+    /// Public keys that verify app tokens.
+    #[serde(default)]
+    pub keys: Vec<crate::app_token::PublicKey>,
+}
+
+/// `GET /api/v2/proxies/me/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeysResponse {
+    pub keys: Vec<crate::app_token::PublicKey>,
+}
+
+/// `POST /api/v2/proxies/me/redeem-ticket`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedeemTicket {
+    pub ticket: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RedeemTicketResponse {
+    /// An app-scoped session for the `meridian_app_session` cookie.
+    pub app_session_token: String,
+    pub expires_at: DateTime<Utc>,
+}
+
+/// `POST /api/v2/proxies/me/issue-app-token`: the proxy asks for a token for
+/// the app a request names, on behalf of the app session's user (or anonymously).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueAppToken {
+    #[serde(default)]
+    pub app_session_token: Option<String>,
+    pub app: crate::app_url::AppRequest,
+    /// Whether the request came by subdomain (else by path).
+    pub subdomain: bool,
+    /// The exact app address the token will be bound to.
+    pub binding: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssueAppTokenResponse {
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
 }
 
 /// `POST /api/v2/proxies/me/deregister`.

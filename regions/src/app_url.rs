@@ -15,7 +15,8 @@ use crate::name::Name;
 pub const MIN_APP_PORT: u16 = 1024;
 
 /// What a request asks the workspace for.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum AppTarget {
     /// A declared app, by slug.
     Slug(String),
@@ -24,7 +25,7 @@ pub enum AppTarget {
 }
 
 /// A parsed app request. `agent` is `None` for the one-agent path form.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub struct AppRequest {
     pub user: String,
     pub workspace: String,

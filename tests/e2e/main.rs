@@ -6,6 +6,7 @@
 mod support;
 
 mod api;
+mod app_auth;
 mod coordinator_outages;
 mod deploy_configs;
 mod embedded;

@@ -156,6 +156,8 @@ impl Coordinator {
             interval,
             "--heartbeat-interval",
             interval,
+            "--secrets-key-file",
+            &dir.join("secrets.key").to_string_lossy(),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -379,6 +381,11 @@ impl Api {
             serde_json::from_str(&text).unwrap_or(Value::String(text))
         };
         Reply { status, body }
+    }
+
+    /// The session token this client sends.
+    pub fn token(&self) -> &str {
+        self.token.as_deref().unwrap_or_default()
     }
 
     pub async fn get(&self, path: &str) -> Reply {

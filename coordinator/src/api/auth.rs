@@ -3,7 +3,7 @@
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::store::{RegionRow, UserRow};
+use crate::store::{RegionRow, Scope, UserRow};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use meridian_regions::headers;
@@ -19,10 +19,18 @@ pub struct Admin(pub UserRow);
 /// The region whose proxy token came in `Meridian-Proxy-Token`.
 pub struct ProxyRegion(pub RegionRow);
 
-impl FromRequestParts<AppState> for CurrentUser {
-    type Rejection = ApiError;
+/// The signed-in user, if the request carries a valid session; `Err` only
+/// when the check itself failed (the database is down).
+pub async fn optional_user(parts: &Parts, state: &AppState) -> Result<Option<UserRow>, ApiError> {
+    match CurrentUser::check(parts, state).await {
+        Ok(CurrentUser(user)) => Ok(Some(user)),
+        Err(ApiError::Unauthorized(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+impl CurrentUser {
+    async fn check(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let raw = header(parts, headers::SESSION_TOKEN)
             .or_else(|| cookie(parts, headers::SESSION_COOKIE))
             .ok_or_else(|| {
@@ -36,10 +44,18 @@ impl FromRequestParts<AppState> for CurrentUser {
         let token = Token::parse(&raw).map_err(|_| invalid())?;
         let user = state
             .store
-            .session_user(&token)
+            .session_user(&token, Scope::User)
             .await?
             .ok_or_else(invalid)?;
         Ok(CurrentUser(user))
+    }
+}
+
+impl FromRequestParts<AppState> for CurrentUser {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        Self::check(parts, state).await
     }
 }
 

@@ -43,6 +43,7 @@ pub async fn register(
         heartbeat_interval_ms: state.config.heartbeat_interval.as_millis() as u64,
         regions,
         sibling_replicas,
+        keys: state.keys.public.clone(),
     }))
 }
 

@@ -5,6 +5,7 @@ use super::json::Json;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
+use crate::store::Scope;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +24,7 @@ pub async fn first(
         .store
         .create_first_user(username.as_str(), &hash)
         .await?;
-    let token = state.store.create_session(user.id).await?;
+    let token = state.store.create_session(user.id, Scope::User).await?;
     tracing::info!(user = %user.username, "first user created");
     let body = FirstUserResponse {
         user: user.into(),
@@ -42,7 +43,7 @@ pub async fn login(
     let ok =
         secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await;
     let user = user.filter(|_| ok).ok_or_else(refused)?;
-    let token = state.store.create_session(user.id).await?;
+    let token = state.store.create_session(user.id, Scope::User).await?;
     let value = token.encode();
     let secure = state.config.access_url.scheme() == "https";
     let cookie = cookie::Cookie::build((SESSION_COOKIE, value.expose().to_owned()))

@@ -73,32 +73,52 @@ impl Store {
     }
 
     /// Starts a session for `user_id`; the returned token is shown once.
-    pub async fn create_session(&self, user_id: Uuid) -> ApiResult<Token> {
+    pub async fn create_session(&self, user_id: Uuid, scope: Scope) -> ApiResult<Token> {
         let (token, hash) = secret::new_token(Uuid::new_v4());
         sqlx::query(
-            "INSERT INTO sessions (id, user_id, secret_hash, expires_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO sessions (id, user_id, secret_hash, expires_at, scope) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(token.id)
         .bind(user_id)
         .bind(hash)
         .bind(Utc::now() + SESSION_LIFETIME)
+        .bind(scope.as_str())
         .execute(&self.pool)
         .await?;
         Ok(token)
     }
 
-    /// The user holding `token`, if it is a live session.
-    pub async fn session_user(&self, token: &Token) -> ApiResult<Option<UserRow>> {
+    /// The user holding `token`, if it is a live session of `scope`.
+    pub async fn session_user(&self, token: &Token, scope: Scope) -> ApiResult<Option<UserRow>> {
         let row: Option<SessionJoin> = sqlx::query_as(
             "SELECT s.secret_hash, u.* FROM sessions s JOIN users u ON u.id = s.user_id \
-             WHERE s.id = $1 AND s.expires_at > now()",
+             WHERE s.id = $1 AND s.expires_at > now() AND s.scope = $2",
         )
         .bind(token.id)
+        .bind(scope.as_str())
         .fetch_optional(&self.pool)
         .await?;
         Ok(row.and_then(|j| {
             secret::secret_matches(token.secret.expose(), &j.secret_hash).then_some(j.user)
         }))
+    }
+}
+
+/// What a session may be used for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// The API, as the user.
+    User,
+    /// Only obtaining app tokens through a proxy (the `meridian_app_session` cookie).
+    App,
+}
+
+impl Scope {
+    fn as_str(self) -> &'static str {
+        match self {
+            Scope::User => "user",
+            Scope::App => "app",
+        }
     }
 }
 

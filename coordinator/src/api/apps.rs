@@ -1,0 +1,296 @@
+//! App login and app tokens.
+//!
+//! - `GET /api/v2/applications/auth-redirect?redirect_uri=…` (browser, primary
+//!   host): signed in → 303 back to the app with a one-time ticket; signed out
+//!   → 303 to `/login`; a `redirect_uri` that is not exactly an app address → 400.
+//! - `POST /api/v2/proxies/me/redeem-ticket`: the proxy trades the ticket for an
+//!   app-scoped session (the `meridian_app_session` cookie).
+//! - `POST /api/v2/proxies/me/issue-app-token`: the proxy trades that session
+//!   (or nothing, for public apps) for a short-lived signed token bound to one app.
+//! - `GET /api/v2/proxies/me/keys`: the public keys that verify those tokens.
+
+use super::auth::{optional_user, ProxyRegion};
+use super::json::Json;
+use super::redirect::{self, AppHosts};
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+use crate::store::Scope;
+use axum::extract::{Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use meridian_regions::api::{
+    IssueAppToken, IssueAppTokenResponse, KeysResponse, RedeemTicket, RedeemTicketResponse, Share,
+};
+use meridian_regions::app_token::{AppClaims, ISSUER};
+use meridian_regions::headers::APP_TICKET_PARAM;
+use meridian_regions::token::Token;
+
+/// How long an app token lasts; proxies renew it from the app session.
+pub const APP_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::minutes(5);
+
+#[derive(serde::Deserialize)]
+pub struct AuthRedirectQuery {
+    redirect_uri: Option<String>,
+}
+
+pub async fn auth_redirect(
+    State(state): State<AppState>,
+    Query(q): Query<AuthRedirectQuery>,
+    parts: Parts,
+) -> Response {
+    match auth_redirect_inner(&state, q, &parts).await {
+        Ok(resp) => resp,
+        Err(e) => error_page(e),
+    }
+}
+
+async fn auth_redirect_inner(
+    state: &AppState,
+    q: AuthRedirectQuery,
+    parts: &Parts,
+) -> ApiResult<Response> {
+    let raw = q
+        .redirect_uri
+        .ok_or_else(|| ApiError::BadRequest("redirect_uri is missing.".into()))?;
+    let hosts = app_hosts(state).await?;
+    let mut target =
+        redirect::validate(&raw, &hosts).map_err(|e| ApiError::BadRequest(format!("{e}.")))?;
+    let Some(user) = optional_user(parts, state).await? else {
+        let back = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let login = format!("/login?redirect={}", urlencode(back));
+        return Ok(see_other(&login));
+    };
+    let host = target.host_str().unwrap_or_default().to_owned();
+    let ticket = state.store.create_ticket(user.id, &host).await?;
+    let kept: Vec<(String, String)> = target
+        .query_pairs()
+        .filter(|(k, _)| k != APP_TICKET_PARAM)
+        .map(|(k, v)| (k.into(), v.into()))
+        .collect();
+    target
+        .query_pairs_mut()
+        .clear()
+        .extend_pairs(kept)
+        .append_pair(APP_TICKET_PARAM, ticket.encode().expose());
+    Ok(see_other(target.as_str()))
+}
+
+/// Every app address Meridian serves: the primary's and each region's.
+async fn app_hosts(state: &AppState) -> ApiResult<AppHosts> {
+    let mut hosts = AppHosts::default();
+    hosts
+        .wildcards
+        .extend(state.config.wildcard_access_url.clone());
+    hosts.access_urls.push(state.config.access_url.clone());
+    for region in state.store.regions().await? {
+        for replica in &region.replicas {
+            if let Ok(u) = url::Url::parse(&replica.access_url) {
+                hosts.access_urls.push(u);
+            }
+        }
+        hosts
+            .wildcards
+            .extend(region.wildcard_hostname.filter(|w| !w.is_empty()));
+    }
+    Ok(hosts)
+}
+
+#[derive(serde::Deserialize)]
+pub struct LoginQuery {
+    redirect: Option<String>,
+}
+
+/// `GET /login`: a sign-in form that returns to `redirect` (a same-origin path only).
+pub async fn login_page(Query(q): Query<LoginQuery>) -> Html<String> {
+    let back = q
+        .redirect
+        .filter(|r| is_local_path(r))
+        .unwrap_or_else(|| "/api/v2/users/me".into());
+    // JSON-encode, then escape `<` so the value cannot close the script element.
+    let back = serde_json::to_string(&back)
+        .unwrap_or_default()
+        .replace('<', "\\u003c");
+    Html(LOGIN_PAGE.replace("__REDIRECT__", &back))
+}
+
+/// A path on this host: starts with one `/`, never `//` or `/\` (scheme-relative).
+pub fn is_local_path(p: &str) -> bool {
+    p.starts_with('/')
+        && !p.starts_with("//")
+        && !p.starts_with("/\\")
+        && !p.chars().any(char::is_control)
+}
+
+pub async fn keys(State(state): State<AppState>, _proxy: ProxyRegion) -> axum::Json<KeysResponse> {
+    axum::Json(KeysResponse {
+        keys: state.keys.public.clone(),
+    })
+}
+
+pub async fn redeem_ticket(
+    State(state): State<AppState>,
+    ProxyRegion(region): ProxyRegion,
+    Json(req): Json<RedeemTicket>,
+) -> ApiResult<axum::Json<RedeemTicketResponse>> {
+    let refused =
+        || ApiError::Unauthorized("The login ticket is invalid, expired or already used.".into());
+    let ticket = Token::parse(&req.ticket).map_err(|_| refused())?;
+    let (user_id, host) = state
+        .store
+        .redeem_ticket(&ticket)
+        .await?
+        .ok_or_else(refused)?;
+    let session = state.store.create_session(user_id, Scope::App).await?;
+    tracing::info!(region = %region.name, %host, "login ticket redeemed");
+    Ok(axum::Json(RedeemTicketResponse {
+        app_session_token: session.encode().expose().to_owned(),
+        expires_at: chrono::Utc::now() + crate::store::SESSION_LIFETIME,
+    }))
+}
+
+/// Denied and signed in → 404 (never reveal that the app exists); denied and
+/// anonymous → 401, which the proxy turns into a login redirect.
+pub async fn issue_app_token(
+    State(state): State<AppState>,
+    _proxy: ProxyRegion,
+    Json(req): Json<IssueAppToken>,
+) -> ApiResult<axum::Json<IssueAppTokenResponse>> {
+    let expected_kind = if req.subdomain { "host:" } else { "path:" };
+    if !req.binding.starts_with(expected_kind) {
+        return Err(ApiError::BadRequest(
+            "binding does not match the request kind.".into(),
+        ));
+    }
+    let user = match req.app_session_token.as_deref().map(Token::parse) {
+        Some(Ok(t)) => state.store.session_user(&t, Scope::App).await?,
+        _ => None,
+    };
+    let app = state
+        .store
+        .resolve_app(&req.app)
+        .await?
+        .filter(|a| a.subdomain == req.subdomain);
+    let allowed = app.as_ref().is_some_and(|a| match a.share {
+        Share::Public => true,
+        Share::Authenticated => user.is_some(),
+        Share::Owner => user.as_ref().is_some_and(|u| u.id == a.owner_id),
+    });
+    let app = match (app, allowed, &user) {
+        (Some(app), true, _) => app,
+        (_, _, Some(_)) => {
+            return Err(ApiError::NotFound(
+                "No such app, or you may not open it.".into(),
+            ))
+        }
+        (_, _, None) => return Err(ApiError::Unauthorized("Sign in to open this app.".into())),
+    };
+    let now = chrono::Utc::now();
+    let claims = AppClaims {
+        iss: ISSUER.into(),
+        sub: user.map_or_else(|| "anonymous".to_owned(), |u| u.id.to_string()),
+        binding: req.binding,
+        agent_id: app.agent_id,
+        upstream: app.upstream,
+        share: app.share,
+        iat: now.timestamp(),
+        nbf: now.timestamp(),
+        exp: (now + APP_TOKEN_LIFETIME).timestamp(),
+    };
+    let token = state
+        .keys
+        .signer
+        .sign(&claims)
+        .map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(axum::Json(IssueAppTokenResponse {
+        token,
+        expires_at: now + APP_TOKEN_LIFETIME,
+    }))
+}
+
+fn see_other(location: &str) -> Response {
+    (
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, location.to_owned()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
+        ],
+    )
+        .into_response()
+}
+
+/// Browser-facing errors are HTML pages with the API's status.
+fn error_page(e: ApiError) -> Response {
+    let (status, message) = match &e {
+        ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m.clone()),
+        ApiError::DatabaseUnavailable(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Meridian cannot sign you in right now: its database is unavailable. Try again shortly.".into(),
+        ),
+        _ => return e.into_response(),
+    };
+    let body = format!(
+        "<!doctype html><title>Meridian</title><h1>{}</h1><p>{}</p>",
+        status.as_u16(),
+        html_escape(&message)
+    );
+    (status, Html(body)).into_response()
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+const LOGIN_PAGE: &str = r#"<!doctype html>
+<html><head><meta charset="utf-8"><title>Sign in · Meridian</title>
+<style>body{font:16px system-ui;max-width:22rem;margin:4rem auto}input,button{display:block;width:100%;margin:.4rem 0;padding:.5rem}</style>
+</head><body>
+<h1>Sign in to Meridian</h1>
+<form id="f"><input name="username" placeholder="username" autocomplete="username" required>
+<input name="password" type="password" placeholder="password" autocomplete="current-password" required>
+<button>Sign in</button></form><p id="e" role="alert"></p>
+<script>
+const back = __REDIRECT__;
+document.getElementById("f").onsubmit = async (ev) => {
+  ev.preventDefault();
+  const f = new FormData(ev.target);
+  const r = await fetch("/api/v2/users/login", {method: "POST", headers: {"content-type": "application/json"},
+    body: JSON.stringify({username: f.get("username"), password: f.get("password")})});
+  if (r.ok) { location.href = back; } else { document.getElementById("e").textContent = (await r.json()).message; }
+};
+</script></body></html>"#;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn local_paths() {
+        for ok in [
+            "/",
+            "/x?y",
+            "/api/v2/applications/auth-redirect?redirect_uri=http%3A%2F%2Fa",
+        ] {
+            assert!(super::is_local_path(ok), "{ok}");
+        }
+        for bad in [
+            "//evil.example",
+            "/\\evil.example",
+            "https://evil.example",
+            "evil",
+            "",
+            "/a\r\nb",
+        ] {
+            assert!(!super::is_local_path(bad), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,124 @@
+//! App access: one-time login tickets, and resolving an app request to the
+//! agent and address that serve it.
+
+use super::Store;
+use crate::error::ApiResult;
+use crate::secret;
+use chrono::Utc;
+use meridian_regions::api::Share;
+use meridian_regions::app_url::{AppRequest, AppTarget};
+use meridian_regions::token::Token;
+use uuid::Uuid;
+
+/// How long a login ticket may wait to be redeemed.
+pub const TICKET_LIFETIME: chrono::Duration = chrono::Duration::seconds(60);
+
+/// The app an [`AppRequest`] names.
+#[derive(Debug, Clone)]
+pub struct ResolvedApp {
+    pub owner_id: Uuid,
+    pub agent_id: Uuid,
+    /// The app's address inside the workspace, e.g. `http://127.0.0.1:8080`.
+    pub upstream: String,
+    pub share: Share,
+    /// Whether it is served on a subdomain (else on a path).
+    pub subdomain: bool,
+}
+
+#[derive(sqlx::FromRow)]
+struct AgentMatch {
+    owner_id: Uuid,
+    agent_id: Uuid,
+}
+
+#[derive(sqlx::FromRow)]
+struct AppMatch {
+    port: Option<i32>,
+    url: Option<String>,
+    share: String,
+    subdomain: bool,
+}
+
+impl Store {
+    /// A ticket for `user_id` to bring back to `redirect_host`; shown once.
+    pub async fn create_ticket(&self, user_id: Uuid, redirect_host: &str) -> ApiResult<Token> {
+        let (token, hash) = secret::new_token(Uuid::new_v4());
+        sqlx::query(
+            "INSERT INTO app_tickets (id, secret_hash, user_id, redirect_host, expires_at) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(token.id)
+        .bind(hash)
+        .bind(user_id)
+        .bind(redirect_host)
+        .bind(Utc::now() + TICKET_LIFETIME)
+        .execute(&self.pool)
+        .await?;
+        Ok(token)
+    }
+
+    /// Uses up a ticket: its user and redirect host, once; `None` when it is
+    /// unknown, expired, already used or its secret is wrong.
+    pub async fn redeem_ticket(&self, token: &Token) -> ApiResult<Option<(Uuid, String)>> {
+        let row: Option<(Vec<u8>, Uuid, String)> = sqlx::query_as(
+            "UPDATE app_tickets SET used_at = now() \
+             WHERE id = $1 AND used_at IS NULL AND expires_at > now() \
+             RETURNING secret_hash, user_id, redirect_host",
+        )
+        .bind(token.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(hash, user, host)| {
+            secret::secret_matches(token.secret.expose(), &hash).then_some((user, host))
+        }))
+    }
+
+    /// The app `req` names, if it exists. Without an agent name the
+    /// workspace must have exactly one agent. Port URLs reach any port of the
+    /// agent and are for the owner only.
+    pub async fn resolve_app(&self, req: &AppRequest) -> ApiResult<Option<ResolvedApp>> {
+        let agents: Vec<AgentMatch> = sqlx::query_as(
+            "SELECT w.owner_id, a.id AS agent_id FROM agents a \
+             JOIN workspaces w ON w.id = a.workspace_id JOIN users u ON u.id = w.owner_id \
+             WHERE u.username = $1 AND w.name = $2 AND ($3::text IS NULL OR a.name = $3)",
+        )
+        .bind(&req.user)
+        .bind(&req.workspace)
+        .bind(&req.agent)
+        .fetch_all(&self.pool)
+        .await?;
+        let [agent] = &agents[..] else {
+            return Ok(None);
+        };
+        let slug = match &req.target {
+            AppTarget::Port { port, https } => {
+                let scheme = if *https { "https" } else { "http" };
+                return Ok(Some(ResolvedApp {
+                    owner_id: agent.owner_id,
+                    agent_id: agent.agent_id,
+                    upstream: format!("{scheme}://127.0.0.1:{port}"),
+                    share: Share::Owner,
+                    subdomain: true,
+                }));
+            }
+            AppTarget::Slug(slug) => slug,
+        };
+        let app: Option<AppMatch> = sqlx::query_as(
+            "SELECT port, url, share, subdomain FROM apps WHERE agent_id = $1 AND slug = $2",
+        )
+        .bind(agent.agent_id)
+        .bind(slug)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(app.map(|a| ResolvedApp {
+            owner_id: agent.owner_id,
+            agent_id: agent.agent_id,
+            upstream: match (a.port, a.url) {
+                (Some(port), _) => format!("http://127.0.0.1:{port}"),
+                (None, Some(url)) => url.trim_end_matches('/').to_owned(),
+                (None, None) => String::new(),
+            },
+            share: Share::from_stored(&a.share),
+            subdomain: a.subdomain,
+        }))
+    }
+}
