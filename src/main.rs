@@ -14,11 +14,7 @@ use std::process::ExitCode;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(
-    name = "meridian",
-    version,
-    about = "Multi-region edge proxy mesh for remote development workspaces"
-)]
+#[command(name = "meridian", version, about = "Multi-region edge proxy mesh for remote development workspaces")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,6 +26,14 @@ enum Command {
     Coordinator(meridian_coordinator::config::Args),
     /// Run a regional proxy that registers with the coordinator.
     Proxy(meridian_proxy::config::Args),
+    /// Run a workspace agent: attach to a region's relay and serve the workspace's apps.
+    Agent(meridian_agent::config::Args),
+    /// Run the sample app (the demo's): echoes requests, WebSocket echo at /ws.
+    SampleApp {
+        /// Address to listen on.
+        #[arg(long, env = "MERIDIAN_LISTEN", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+    },
     /// Sign in to a coordinator and remember the session for later commands.
     Login(ops::LoginArgs),
     /// Manage regions (regional proxies).
@@ -45,6 +49,8 @@ fn main() -> ExitCode {
     match Cli::parse().command {
         Command::Coordinator(args) => run_coordinator(args),
         Command::Proxy(args) => run_proxy(args),
+        Command::Agent(args) => run_agent(args),
+        Command::SampleApp { listen } => run_sample_app(listen),
         Command::Login(args) => ops::run(ops::login(args)),
         Command::Regions(args) => ops::run(ops::regions(args)),
         Command::Users(args) => ops::run(ops::users(args)),
@@ -69,11 +75,7 @@ fn run_coordinator(args: meridian_coordinator::config::Args) -> ExitCode {
         Ok(r) => r,
         Err(e) => return failure(format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(meridian_coordinator::run(
-        config,
-        listener,
-        shutdown_signal(),
-    )) {
+    match runtime.block_on(meridian_coordinator::run(config, listener, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failure(format!("{e:#}")),
     }
@@ -89,13 +91,47 @@ fn run_proxy(args: meridian_proxy::config::Args) -> ExitCode {
     }
 }
 
+fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
+    let config = match args.resolve() {
+        Ok(c) => c,
+        Err(e) => return config_error(e),
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return failure(format!("cannot start the runtime: {e}")),
+    };
+    match runtime.block_on(meridian_agent::run(config, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ meridian_agent::Fatal::TokenRefused(_)) => {
+            eprintln!("meridian agent: {e}");
+            ExitCode::from(meridian_agent::EXIT_TOKEN_REFUSED as u8)
+        }
+        Err(e) => failure(e),
+    }
+}
+
+fn run_sample_app(listen: std::net::SocketAddr) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => return failure(format!("cannot start the runtime: {e}")),
+    };
+    runtime.block_on(async move {
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => return config_error(format!("cannot listen on {listen}: {e}")),
+        };
+        tracing::info!(%listen, "sample app listening");
+        match meridian_agent::sample_app::serve(listener, shutdown_signal()).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => failure(e),
+        }
+    })
+}
+
 /// Resolves on SIGTERM or SIGINT.
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };
@@ -107,9 +143,8 @@ async fn shutdown_signal() {
 
 fn init_tracing() {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("MERIDIAN_LOG").unwrap_or_else(|_| {
-        EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=warn,sqlx=warn")
-    });
+    let filter = EnvFilter::try_from_env("MERIDIAN_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,pingora=warn,pingora_core=warn,pingora_proxy=warn,sqlx=warn"));
     use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)

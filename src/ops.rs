@@ -18,12 +18,7 @@ pub struct Target {
     #[arg(long, env = "MERIDIAN_URL", global = true)]
     url: Option<String>,
     /// Session token [default: the one `meridian login` saved].
-    #[arg(
-        long,
-        env = "MERIDIAN_SESSION_TOKEN",
-        hide_env_values = true,
-        global = true
-    )]
+    #[arg(long, env = "MERIDIAN_SESSION_TOKEN", hide_env_values = true, global = true)]
     session_token: Option<Secret>,
     /// Extra PEM CA certificate to trust for the coordinator's HTTPS.
     #[arg(long, env = "MERIDIAN_CA_CERT", global = true)]
@@ -130,26 +125,12 @@ pub async fn login(args: LoginArgs) -> Result<()> {
     let http = http_client(args.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let client = Client::new(&args.url, Credential::None, http);
     let token = if args.first_user {
-        client
-            .first_user(&args.username, args.password.expose())
-            .await?
-            .session_token
+        client.first_user(&args.username, args.password.expose()).await?.session_token
     } else {
-        client
-            .login(&args.username, args.password.expose())
-            .await?
-            .session_token
+        client.login(&args.username, args.password.expose()).await?.session_token
     };
-    let path = session::save(&session::Stored {
-        url: client.base_url().to_owned(),
-        session_token: token,
-    })?;
-    println!(
-        "Signed in to {} as {}; session saved in {}",
-        client.base_url(),
-        args.username,
-        path.display()
-    );
+    let path = session::save(&session::Stored { url: client.base_url().to_owned(), session_token: token })?;
+    println!("Signed in to {} as {}; session saved in {}", client.base_url(), args.username, path.display());
     Ok(())
 }
 
@@ -165,13 +146,8 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
             }
         }
         RegionsCommand::Create { name, display_name } => {
-            let resp = client
-                .create_region(&CreateRegion { name, display_name })
-                .await?;
-            println!(
-                "Created region {}. Its proxy token (shown once, store it safely):",
-                resp.region.name
-            );
+            let resp = client.create_region(&CreateRegion { name, display_name }).await?;
+            println!("Created region {}. Its proxy token (shown once, store it safely):", resp.region.name);
             println!();
             println!("  {}", resp.proxy_token);
             println!();
@@ -197,22 +173,12 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
 pub async fn users(args: UsersArgs) -> Result<()> {
     let client = args.target.client()?;
     match args.command {
-        UsersCommand::Create {
-            username,
-            password,
-            admin,
-        } => {
+        UsersCommand::Create { username, password, admin } => {
             if password.expose().is_empty() {
                 bail!("--password is empty");
             }
-            let user = client
-                .create_user(&username, password.expose(), admin)
-                .await?;
-            println!(
-                "Created user {}{}.",
-                user.username,
-                if user.admin { " (admin)" } else { "" }
-            );
+            let user = client.create_user(&username, password.expose(), admin).await?;
+            println!("Created user {}{}.", user.username, if user.admin { " (admin)" } else { "" });
         }
     }
     Ok(())
@@ -221,24 +187,14 @@ pub async fn users(args: UsersArgs) -> Result<()> {
 /// Regions as an aligned table: name, status, access URL, replicas, last heartbeat.
 fn region_table(regions: &[Region]) -> String {
     let now = chrono::Utc::now();
-    let mut rows =
-        vec![["NAME", "STATUS", "ACCESS URL", "REPLICAS", "LAST HEARTBEAT"].map(String::from)];
+    let mut rows = vec![["NAME", "STATUS", "ACCESS URL", "REPLICAS", "LAST HEARTBEAT"].map(String::from)];
     for r in regions {
         let heartbeat = r.last_heartbeat_at.map_or_else(
             || "never".to_owned(),
-            |t| {
-                format!(
-                    "{}s ago ({})",
-                    (now - t).num_seconds().max(0),
-                    t.format("%Y-%m-%d %H:%M:%S UTC")
-                )
-            },
+            |t| format!("{}s ago ({})", (now - t).num_seconds().max(0), t.format("%Y-%m-%d %H:%M:%S UTC")),
         );
-        let replicas = if r.name == meridian_regions::PRIMARY_REGION {
-            "-".to_owned()
-        } else {
-            r.replicas.len().to_string()
-        };
+        let replicas =
+            if r.name == meridian_regions::PRIMARY_REGION { "-".to_owned() } else { r.replicas.len().to_string() };
         rows.push([
             r.name.clone(),
             r.status.to_string(),
@@ -247,16 +203,10 @@ fn region_table(regions: &[Region]) -> String {
             heartbeat,
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
-        .collect();
+    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
     rows.iter()
         .map(|r| {
-            let line: Vec<String> = r
-                .iter()
-                .zip(&widths)
-                .map(|(c, w)| format!("{c:<w$}"))
-                .collect();
+            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
             format!("{}\n", line.join("  ").trim_end())
         })
         .collect()

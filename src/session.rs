@@ -46,9 +46,10 @@ pub fn save(stored: &Stored) -> Result<PathBuf> {
 pub fn load() -> Result<Option<Stored>> {
     let path = path()?;
     match std::fs::read(&path) {
-        Ok(bytes) => Ok(Some(serde_json::from_slice(&bytes).with_context(|| {
-            format!("{} is corrupt; run meridian login", path.display())
-        })?)),
+        Ok(bytes) => Ok(Some(
+            serde_json::from_slice(&bytes)
+                .with_context(|| format!("{} is corrupt; run meridian login", path.display()))?,
+        )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
     }

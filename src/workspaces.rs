@@ -48,22 +48,10 @@ enum WorkspacesCommand {
 pub async fn run(args: WorkspacesArgs) -> Result<()> {
     let client = args.target.client()?;
     match args.command {
-        WorkspacesCommand::Create {
-            name,
-            owner,
-            agent,
-            apps,
-        } => {
-            let req = CreateWorkspace {
-                name,
-                owner,
-                agents: vec![AgentSpec { name: agent, apps }],
-            };
+        WorkspacesCommand::Create { name, owner, agent, apps } => {
+            let req = CreateWorkspace { name, owner, agents: vec![AgentSpec { name: agent, apps }] };
             let resp = client.create_workspace(&req).await?;
-            println!(
-                "Created workspace {}/{}.",
-                resp.workspace.owner, resp.workspace.name
-            );
+            println!("Created workspace {}/{}.", resp.workspace.owner, resp.workspace.name);
             for (agent, token) in &resp.agent_tokens {
                 println!("Agent {agent}'s token (shown once; pass it to `meridian agent --agent-token`):");
                 println!();
@@ -76,10 +64,7 @@ pub async fn run(args: WorkspacesArgs) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&list)?);
                 return Ok(());
             }
-            println!(
-                "{:<12} {:<16} {:<10} {:<12} APPS",
-                "OWNER", "WORKSPACE", "AGENT", "STATUS"
-            );
+            println!("{:<12} {:<16} {:<10} {:<12} APPS", "OWNER", "WORKSPACE", "AGENT", "STATUS");
             for w in &list.workspaces {
                 for a in &w.agents {
                     let status = match (&a.region, a.connected) {
@@ -87,14 +72,7 @@ pub async fn run(args: WorkspacesArgs) -> Result<()> {
                         _ => "offline".to_owned(),
                     };
                     let apps: Vec<&str> = a.apps.iter().map(|x| x.slug.as_str()).collect();
-                    println!(
-                        "{:<12} {:<16} {:<10} {:<12} {}",
-                        w.owner,
-                        w.name,
-                        a.name,
-                        status,
-                        apps.join(",")
-                    );
+                    println!("{:<12} {:<16} {:<10} {:<12} {}", w.owner, w.name, a.name, status, apps.join(","));
                 }
             }
         }
@@ -113,17 +91,9 @@ pub async fn run(args: WorkspacesArgs) -> Result<()> {
 /// `code=8080`, `nb=http://127.0.0.1:8888,share=public`, `docs=3000,path`.
 fn parse_app(spec: &str) -> Result<App> {
     let mut parts = spec.split(',');
-    let (slug, target) = parts
-        .next()
-        .and_then(|p| p.split_once('='))
-        .context("an app looks like SLUG=PORT or SLUG=URL")?;
-    let mut app = App {
-        slug: slug.to_owned(),
-        port: None,
-        url: None,
-        subdomain: true,
-        share: Share::Owner,
-    };
+    let (slug, target) =
+        parts.next().and_then(|p| p.split_once('=')).context("an app looks like SLUG=PORT or SLUG=URL")?;
+    let mut app = App { slug: slug.to_owned(), port: None, url: None, subdomain: true, share: Share::Owner };
     match target.parse::<u16>() {
         Ok(port) => app.port = Some(port),
         Err(_) => app.url = Some(target.to_owned()),
@@ -134,9 +104,7 @@ fn parse_app(spec: &str) -> Result<App> {
             Some(("share", "authenticated")) => app.share = Share::Authenticated,
             Some(("share", "public")) => app.share = Share::Public,
             None if option == "path" => app.subdomain = false,
-            _ => bail!(
-                "unknown app option {option:?} (expected share=owner|authenticated|public or path)"
-            ),
+            _ => bail!("unknown app option {option:?} (expected share=owner|authenticated|public or path)"),
         }
     }
     Ok(app)
@@ -149,15 +117,9 @@ mod tests {
     #[test]
     fn app_specs() {
         let a = parse_app("code=8080").unwrap();
-        assert_eq!(
-            (a.slug.as_str(), a.port, a.subdomain, a.share),
-            ("code", Some(8080), true, Share::Owner)
-        );
+        assert_eq!((a.slug.as_str(), a.port, a.subdomain, a.share), ("code", Some(8080), true, Share::Owner));
         let b = parse_app("nb=http://127.0.0.1:8888,share=public,path").unwrap();
-        assert_eq!(
-            (b.url.as_deref(), b.subdomain, b.share),
-            (Some("http://127.0.0.1:8888"), false, Share::Public)
-        );
+        assert_eq!((b.url.as_deref(), b.subdomain, b.share), (Some("http://127.0.0.1:8888"), false, Share::Public));
         for bad in ["code", "code=8080,share=everyone", "code=8080,shiny"] {
             assert!(parse_app(bad).is_err(), "{bad}");
         }

@@ -6,6 +6,7 @@
 //! - [`apps`]: app login (auth-redirect, tickets) and app tokens; [`redirect`] validates where it may send browsers.
 //! - [`probes`]: `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
 
+mod agents;
 mod apps;
 mod auth;
 mod json;
@@ -48,32 +49,17 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/users", post(users::create))
         .route("/api/v2/regions", get(regions::list).post(regions::create))
         .route("/api/v2/regions/{name}", delete(regions::delete))
-        .route(
-            "/api/v2/regions/{name}/regenerate-token",
-            post(regions::regenerate_token),
-        )
-        .route(
-            "/api/v2/workspaces",
-            get(workspaces::list).post(workspaces::create),
-        )
-        .route(
-            "/api/v2/workspaces/{owner}/{name}",
-            delete(workspaces::delete),
-        )
-        .route(
-            "/api/v2/applications/auth-redirect",
-            get(apps::auth_redirect),
-        )
+        .route("/api/v2/regions/{name}/regenerate-token", post(regions::regenerate_token))
+        .route("/api/v2/workspaces", get(workspaces::list).post(workspaces::create))
+        .route("/api/v2/workspaces/{owner}/{name}", delete(workspaces::delete))
+        .route("/api/v2/applications/auth-redirect", get(apps::auth_redirect))
         .route("/login", get(apps::login_page))
         .route("/api/v2/proxies/me/keys", get(apps::keys))
-        .route(
-            "/api/v2/proxies/me/redeem-ticket",
-            post(apps::redeem_ticket),
-        )
-        .route(
-            "/api/v2/proxies/me/issue-app-token",
-            post(apps::issue_app_token),
-        )
+        .route("/api/v2/proxies/me/redeem-ticket", post(apps::redeem_ticket))
+        .route("/api/v2/proxies/me/issue-app-token", post(apps::issue_app_token))
+        .route("/api/v2/agents/me/connection-info", get(agents::connection_info))
+        .route("/api/v2/proxies/me/agent-attach", post(agents::attach))
+        .route("/api/v2/proxies/me/agent-detach", post(agents::detach))
         .route("/api/v2/proxies/me/register", post(proxies::register))
         .route("/api/v2/proxies/me/deregister", post(proxies::deregister))
         .fallback(|| async { ApiError::NotFound("No such API endpoint.".into()) })

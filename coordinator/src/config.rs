@@ -69,10 +69,7 @@ pub struct Args {
 #[derive(Debug, Clone)]
 pub enum Database {
     External(Secret),
-    Embedded {
-        data_dir: PathBuf,
-        bin_dir: Option<PathBuf>,
-    },
+    Embedded { data_dir: PathBuf, bin_dir: Option<PathBuf> },
 }
 
 /// A validated configuration.
@@ -119,8 +116,8 @@ impl Args {
         let Some(path) = &self.config else {
             return Ok(self);
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         Ok(self.or(Self::from_toml(&text)?))
     }
 
@@ -146,24 +143,15 @@ impl Args {
 
     /// Applies defaults and checks the result.
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let listen = self
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080)));
-        let scheme = if self.tls_cert.is_some() {
-            "https"
-        } else {
-            "http"
-        };
+        let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080)));
+        let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
         let access_url_from_listen = self.access_url.is_none();
         let access_url = match self.access_url {
             Some(u) => u,
-            None => Url::parse(&format!("{scheme}://{listen}"))
-                .map_err(|e| ConfigError(e.to_string()))?,
+            None => Url::parse(&format!("{scheme}://{listen}")).map_err(|e| ConfigError(e.to_string()))?,
         };
         if !matches!(access_url.scheme(), "http" | "https") || access_url.host().is_none() {
-            return Err(ConfigError(format!(
-                "--access-url {access_url} must be an http(s) URL with a host"
-            )));
+            return Err(ConfigError(format!("--access-url {access_url} must be an http(s) URL with a host")));
         }
         if let Some(w) = &self.wildcard_access_url {
             meridian_regions::wildcard::check(w)
@@ -173,22 +161,13 @@ impl Args {
             Some(d) => d,
             None => default_data_dir()?,
         };
-        let secrets_key_file = self
-            .secrets_key_file
-            .unwrap_or_else(|| data_dir.join("secrets.key"));
+        let secrets_key_file = self.secrets_key_file.unwrap_or_else(|| data_dir.join("secrets.key"));
         let database = match self.postgres_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Database::External(Secret::new(url))
             }
-            Some(_) => {
-                return Err(ConfigError(
-                    "--postgres-url must start with postgres://".into(),
-                ))
-            }
-            None => Database::Embedded {
-                data_dir,
-                bin_dir: self.postgres_bin_dir,
-            },
+            Some(_) => return Err(ConfigError("--postgres-url must start with postgres://".into())),
+            None => Database::Embedded { data_dir, bin_dir: self.postgres_bin_dir },
         };
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
@@ -200,9 +179,7 @@ impl Args {
             access_url,
             wildcard_access_url: self.wildcard_access_url,
             database,
-            proxy_health_interval: self
-                .proxy_health_interval
-                .unwrap_or(Duration::from_secs(10)),
+            proxy_health_interval: self.proxy_health_interval.unwrap_or(Duration::from_secs(10)),
             heartbeat_interval: self.heartbeat_interval.unwrap_or(Duration::from_secs(15)),
             replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),
             tls,
@@ -241,29 +218,17 @@ mod tests {
 
     #[test]
     fn file_fills_what_flags_leave_out() {
-        let file = Args::from_toml("listen = \"127.0.0.1:9000\"\nproxy_health_interval = \"2s\"\n")
-            .unwrap();
-        let cli = Args {
-            proxy_health_interval: Some(Duration::from_secs(1)),
-            ..Args::default()
-        };
+        let file = Args::from_toml("listen = \"127.0.0.1:9000\"\nproxy_health_interval = \"2s\"\n").unwrap();
+        let cli = Args { proxy_health_interval: Some(Duration::from_secs(1)), ..Args::default() };
         let c = cli.or(file).resolve().unwrap();
         assert_eq!(c.listen.port(), 9000);
-        assert_eq!(
-            c.proxy_health_interval,
-            Duration::from_secs(1),
-            "the flag wins"
-        );
+        assert_eq!(c.proxy_health_interval, Duration::from_secs(1), "the flag wins");
         assert_eq!(c.access_url.as_str(), "http://127.0.0.1:9000/");
     }
 
     #[test]
     fn bad_configs_are_refused() {
-        for bad in [
-            "listen = \"nonsense\"",
-            "unknown_field = 1",
-            "proxy_health_interval = \"10 parsecs\"",
-        ] {
+        for bad in ["listen = \"nonsense\"", "unknown_field = 1", "proxy_health_interval = \"10 parsecs\""] {
             assert!(Args::from_toml(bad).is_err(), "{bad}");
         }
         for bad in [

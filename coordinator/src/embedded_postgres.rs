@@ -43,9 +43,8 @@ impl PgBinaries {
             })
             .collect();
         versions.sort();
-        let on_path = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .unwrap_or_default();
+        let on_path =
+            std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect::<Vec<_>>()).unwrap_or_default();
         versions
             .into_iter()
             .rev()
@@ -84,29 +83,23 @@ impl EmbeddedPostgres {
     pub fn new(data_dir: &Path, bins: PgBinaries) -> Result<Self> {
         std::fs::create_dir_all(data_dir)
             .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-        let root = data_dir
-            .canonicalize()
-            .with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
+        let root =
+            data_dir.canonicalize().with_context(|| format!("cannot resolve data directory {}", data_dir.display()))?;
         let run_as = if nix::unistd::geteuid().is_root() {
-            let user = nix::unistd::User::from_name(RUN_AS)
-                .context("cannot look up the postgres user")?
-                .with_context(|| {
+            let user = nix::unistd::User::from_name(RUN_AS).context("cannot look up the postgres user")?.with_context(
+                || {
                     format!(
                         "running as root, the embedded PostgreSQL needs an unprivileged \
                          '{RUN_AS}' user: install the postgresql package or run Meridian as another user"
                     )
-                })?;
+                },
+            )?;
             check_reachable(&root, &user)?;
             Some(user)
         } else {
             None
         };
-        Ok(Self {
-            bins,
-            root,
-            run_as,
-            running: false,
-        })
+        Ok(Self { bins, root, run_as, running: false })
     }
 
     fn cluster_dir(&self) -> PathBuf {
@@ -119,18 +112,12 @@ impl EmbeddedPostgres {
 
     /// Connection options for the running cluster (Unix socket, trust auth).
     pub fn connect_options(&self) -> PgConnectOptions {
-        PgConnectOptions::new()
-            .socket(self.socket_dir())
-            .username(DB_NAME)
-            .database(DB_NAME)
+        PgConnectOptions::new().socket(self.socket_dir()).username(DB_NAME).database(DB_NAME)
     }
 
     /// The same as a URL, for `--postgres-url` of other processes.
     pub fn url(&self) -> String {
-        format!(
-            "postgres://{DB_NAME}@localhost/{DB_NAME}?host={}",
-            self.socket_dir().display()
-        )
+        format!("postgres://{DB_NAME}@localhost/{DB_NAME}?host={}", self.socket_dir().display())
     }
 
     /// Creates the cluster if needed and starts it; waits until it accepts connections.
@@ -142,18 +129,11 @@ impl EmbeddedPostgres {
         self.give_to_server_user(&self.socket_dir())?;
         // A cluster left running by a killed coordinator is stopped first, so
         // this process owns the one it runs.
-        if self
-            .pg_ctl(&["status"])
-            .map(|s| s.success())
-            .unwrap_or(false)
-        {
+        if self.pg_ctl(&["status"]).map(|s| s.success()).unwrap_or(false) {
             tracing::warn!("embedded PostgreSQL was left running; restarting it");
             self.pg_ctl(&["stop", "-m", "fast", "-w"])?;
         }
-        let opts = format!(
-            "-c listen_addresses='' -k {} -c unix_socket_permissions=0700",
-            self.socket_dir().display()
-        );
+        let opts = format!("-c listen_addresses='' -k {} -c unix_socket_permissions=0700", self.socket_dir().display());
         let log = self.root.join("postgres.log");
         let status = self.pg_ctl(&[
             "start",
@@ -194,23 +174,11 @@ impl EmbeddedPostgres {
             .server_command(&self.bins.bin("initdb"))
             .arg("-D")
             .arg(&dir)
-            .args([
-                "-U",
-                DB_NAME,
-                "-A",
-                "trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-                "--no-instructions",
-            ])
+            .args(["-U", DB_NAME, "-A", "trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
             .output()
             .context("cannot run initdb")?;
         if !out.status.success() {
-            bail!(
-                "initdb failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            bail!("initdb failed: {}", String::from_utf8_lossy(&out.stderr).trim());
         }
         // The default database is created when the cluster first starts (see
         // `ensure_database`); initdb only makes `postgres` and the templates.
@@ -220,19 +188,15 @@ impl EmbeddedPostgres {
     /// Creates the `meridian` database if it is missing.
     pub async fn ensure_database(&self) -> Result<()> {
         use sqlx::Connection;
-        let mut conn =
-            sqlx::PgConnection::connect_with(&self.connect_options().database("postgres"))
-                .await
-                .context("cannot connect to the embedded PostgreSQL")?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
-                .bind(DB_NAME)
-                .fetch_one(&mut conn)
-                .await?;
+        let mut conn = sqlx::PgConnection::connect_with(&self.connect_options().database("postgres"))
+            .await
+            .context("cannot connect to the embedded PostgreSQL")?;
+        let exists: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(DB_NAME)
+            .fetch_one(&mut conn)
+            .await?;
         if !exists {
-            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB_NAME}")))
-                .execute(&mut conn)
-                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {DB_NAME}"))).execute(&mut conn).await?;
         }
         Ok(())
     }

@@ -47,10 +47,9 @@ impl ApiError {
 
     fn body(&self) -> ErrorBody {
         let (message, detail) = match self {
-            ApiError::DatabaseUnavailable(e) => (
-                "The coordinator's database is unavailable; try again shortly.".to_owned(),
-                e.to_string(),
-            ),
+            ApiError::DatabaseUnavailable(e) => {
+                ("The coordinator's database is unavailable; try again shortly.".to_owned(), e.to_string())
+            }
             ApiError::Internal(_) => ("Internal error.".to_owned(), String::new()),
             other => (other.to_string(), String::new()),
         };
@@ -65,9 +64,7 @@ fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => true,
-        sqlx::Error::Database(db) => db
-            .code()
-            .is_some_and(|c| c.starts_with("57") || c.starts_with("08")),
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("57") || c.starts_with("08")),
         _ => false,
     }
 }

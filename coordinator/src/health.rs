@@ -25,11 +25,7 @@ pub struct Checker {
 
 impl Checker {
     /// Runs until `shutdown` is cancelled.
-    pub async fn run(
-        self,
-        mut check_now: mpsc::UnboundedReceiver<Uuid>,
-        shutdown: CancellationToken,
-    ) {
+    pub async fn run(self, mut check_now: mpsc::UnboundedReceiver<Uuid>, shutdown: CancellationToken) {
         let mut ticker = tokio::time::interval(self.interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -44,9 +40,7 @@ impl Checker {
     async fn check_all(&self) {
         let replicas = match self.store.replicas_to_check().await {
             Ok(r) => r,
-            Err(e) => {
-                return tracing::warn!(error = %e, "health check skipped: cannot list replicas")
-            }
+            Err(e) => return tracing::warn!(error = %e, "health check skipped: cannot list replicas"),
         };
         let mut checks = JoinSet::new();
         for replica in replicas {
@@ -86,23 +80,11 @@ impl Checker {
 
 /// Polls one replica: no answer → unreachable; an error status, an unreadable
 /// report or a report listing errors → unhealthy; else ok.
-pub async fn check(
-    http: &reqwest::Client,
-    replica: &ReplicaCheck,
-    timeout: Duration,
-) -> (Status, Option<String>) {
-    let url = format!(
-        "{}/healthz-report",
-        replica.access_url.trim_end_matches('/')
-    );
+pub async fn check(http: &reqwest::Client, replica: &ReplicaCheck, timeout: Duration) -> (Status, Option<String>) {
+    let url = format!("{}/healthz-report", replica.access_url.trim_end_matches('/'));
     let resp = match http.get(&url).timeout(timeout).send().await {
         Ok(r) => r,
-        Err(e) => {
-            return (
-                Status::Unreachable,
-                Some(format!("GET {url}: {}", error_chain(&e))),
-            )
-        }
+        Err(e) => return (Status::Unreachable, Some(format!("GET {url}: {}", error_chain(&e)))),
     };
     let code = resp.status();
     if !code.is_success() {
@@ -111,10 +93,7 @@ pub async fn check(
     match resp.json::<HealthReport>().await {
         Ok(report) if report.errors.is_empty() => (Status::Ok, None),
         Ok(report) => (Status::Unhealthy, Some(report.errors.join("; "))),
-        Err(e) => (
-            Status::Unhealthy,
-            Some(format!("unreadable health report: {e}")),
-        ),
+        Err(e) => (Status::Unhealthy, Some(format!("unreadable health report: {e}"))),
     }
 }
 

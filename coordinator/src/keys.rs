@@ -28,15 +28,9 @@ impl SecretsKey {
         use std::os::unix::fs::OpenOptionsExt;
         let b64 = base64::engine::general_purpose::STANDARD;
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-        {
+        match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
             Ok(mut f) => {
                 let mut bytes = [0u8; 32];
                 rand::rng().fill_bytes(&mut bytes);
@@ -44,23 +38,14 @@ impl SecretsKey {
                 tracing::info!(path = %path.display(), "created the secrets key");
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-            Err(e) => {
-                return Err(e)
-                    .with_context(|| format!("cannot create secrets key {}", path.display()))
-            }
+            Err(e) => return Err(e).with_context(|| format!("cannot create secrets key {}", path.display())),
         }
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         let bytes = b64
             .decode(text.trim())
             .ok()
             .filter(|b| b.len() == 32)
-            .with_context(|| {
-                format!(
-                    "{} is not a Meridian secrets key (32 bytes in base64)",
-                    path.display()
-                )
-            })?;
+            .with_context(|| format!("{} is not a Meridian secrets key (32 bytes in base64)", path.display()))?;
         Ok(Self(*Key::from_slice(&bytes)))
     }
 
@@ -80,11 +65,7 @@ impl SecretsKey {
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         ChaCha20Poly1305::new(&self.0)
             .decrypt(Nonce::from_slice(nonce), ciphertext)
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "the signing key in the database was sealed with another secrets key"
-                )
-            })
+            .map_err(|_| anyhow::anyhow!("the signing key in the database was sealed with another secrets key"))
     }
 }
 
@@ -103,9 +84,7 @@ pub async fn load_or_create(store: &Store, secrets: &SecretsKey) -> Result<Keys>
         let (der, public) = generate_key(&kid, seed);
         let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&public.x)?;
         // Loses quietly to a replica that created one at the same moment.
-        store
-            .insert_first_signing_key(&kid, &x, &secrets.seal(&der)?)
-            .await?;
+        store.insert_first_signing_key(&kid, &x, &secrets.seal(&der)?).await?;
     }
     let rows = store.signing_keys().await?;
     let (kid, _, sealed) = rows.first().context("no signing key")?;
@@ -131,16 +110,9 @@ mod tests {
         let a = SecretsKey::load_or_create(&path).unwrap();
         let b = SecretsKey::load_or_create(&path).unwrap();
         let sealed = a.seal(b"private").unwrap();
-        assert_eq!(
-            b.open(&sealed).unwrap(),
-            b"private",
-            "the same file gives the same key"
-        );
+        assert_eq!(b.open(&sealed).unwrap(), b"private", "the same file gives the same key");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let other = SecretsKey::load_or_create(&dir.path().join("other.key")).unwrap();
         assert!(other.open(&sealed).is_err(), "another key cannot open it");
         assert!(a.open(&sealed[..5]).is_err());

@@ -45,8 +45,7 @@ pub async fn run(
     let (store, mut embedded) = open_database(&config).await?;
     let secrets = keys::SecretsKey::load_or_create(&config.secrets_key_file)?;
     let keys = Arc::new(keys::load_or_create(&store, &secrets).await?);
-    let http = meridian_regions::client::http_client(config.ca_cert.as_deref())
-        .map_err(anyhow::Error::msg)?;
+    let http = meridian_regions::client::http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let stop = CancellationToken::new();
     let (check_now, check_rx) = tokio::sync::mpsc::unbounded_channel();
     let checker = health::Checker {
@@ -56,12 +55,7 @@ pub async fn run(
         replica_expiry: config.replica_expiry,
     };
     let checker = tokio::spawn(checker.run(check_rx, stop.clone()));
-    let app = api::router(api::AppState {
-        store,
-        config: config.clone(),
-        check_now,
-        keys,
-    });
+    let app = api::router(api::AppState { store, config: config.clone(), check_now, keys });
 
     let handle = axum_server::Handle::new();
     let server = serve(&config, listener, app, handle.clone());
@@ -96,24 +90,10 @@ async fn serve(
         Some((cert, key)) => {
             let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
                 .await
-                .with_context(|| {
-                    format!(
-                        "cannot load TLS certificate {} and key {}",
-                        cert.display(),
-                        key.display()
-                    )
-                })?;
-            axum_server::from_tcp_rustls(listener, tls)
-                .handle(handle)
-                .serve(service)
-                .await?
+                .with_context(|| format!("cannot load TLS certificate {} and key {}", cert.display(), key.display()))?;
+            axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(service).await?
         }
-        None => {
-            axum_server::from_tcp(listener)
-                .handle(handle)
-                .serve(service)
-                .await?
-        }
+        None => axum_server::from_tcp(listener).handle(handle).serve(service).await?,
     }
     Ok(())
 }
@@ -123,10 +103,7 @@ async fn open_database(config: &Config) -> anyhow::Result<(Store, Option<Embedde
     match &config.database {
         Database::External(url) => {
             let options = url.expose().parse().context("invalid --postgres-url")?;
-            Ok((
-                Store::connect(options, DATABASE_START_DEADLINE).await?,
-                None,
-            ))
+            Ok((Store::connect(options, DATABASE_START_DEADLINE).await?, None))
         }
         Database::Embedded { data_dir, bin_dir } => {
             let bins = PgBinaries::find(bin_dir.as_deref())?;

@@ -24,13 +24,7 @@ pub fn new_token(id: Uuid) -> (Token, Vec<u8>) {
     rand::rng().fill_bytes(&mut bytes);
     let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
     let hash = hash_secret(&secret);
-    (
-        Token {
-            id,
-            secret: Secret::new(secret),
-        },
-        hash,
-    )
+    (Token { id, secret: Secret::new(secret) }, hash)
 }
 
 pub fn hash_secret(secret: &str) -> Vec<u8> {
@@ -72,11 +66,7 @@ pub async fn verify_password(password: Secret, stored: Option<String>) -> bool {
         let exists = stored.is_some();
         let stored = stored.unwrap_or_else(|| DECOY_HASH.clone());
         let ok = PasswordHash::new(&stored)
-            .map(|h| {
-                Argon2::default()
-                    .verify_password(password.expose().as_bytes(), &h)
-                    .is_ok()
-            })
+            .map(|h| Argon2::default().verify_password(password.expose().as_bytes(), &h).is_ok())
             .unwrap_or(false);
         ok && exists
     })
@@ -93,10 +83,7 @@ mod tests {
         let (token, hash) = new_token(Uuid::new_v4());
         assert!(secret_matches(token.secret.expose(), &hash));
         assert!(!secret_matches("wrong", &hash));
-        assert!(
-            !secret_matches(token.secret.expose(), &hash[..31]),
-            "short hash never matches"
-        );
+        assert!(!secret_matches(token.secret.expose(), &hash[..31]), "short hash never matches");
         let (other, _) = new_token(Uuid::new_v4());
         assert_ne!(token.secret, other.secret);
     }
@@ -108,9 +95,6 @@ mod tests {
         assert!(verify_password(Secret::new("correct horse"), Some(hash.clone())).await);
         assert!(!verify_password(Secret::new("Correct horse"), Some(hash)).await);
         assert!(!verify_password(Secret::new("x"), Some("not a hash".into())).await);
-        assert!(
-            !verify_password(Secret::new("correct horse"), None).await,
-            "no user never matches"
-        );
+        assert!(!verify_password(Secret::new("correct horse"), None).await, "no user never matches");
     }
 }

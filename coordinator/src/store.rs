@@ -4,6 +4,7 @@
 //! database. Migrations in `coordinator/migrations/` are embedded in the binary
 //! and applied at start ([`Store::connect`]).
 
+mod agents;
 mod apps;
 mod keys;
 mod regions;
@@ -32,10 +33,7 @@ impl Store {
     /// Connects (retrying until `deadline` passes, for a Postgres that is
     /// still starting) and applies pending migrations.
     pub async fn connect(options: PgConnectOptions, deadline: Duration) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(ACQUIRE_TIMEOUT)
-            .connect_lazy_with(options);
+        let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options);
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {

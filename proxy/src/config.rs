@@ -49,6 +49,12 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub drain_timeout: Option<Duration>,
+    /// Address agents attach to (this region's relay) [default: 127.0.0.1, any free port].
+    #[arg(long, env = "MERIDIAN_RELAY_LISTEN")]
+    pub relay_listen: Option<SocketAddr>,
+    /// Where browsers sign in: the primary's access URL [default: --coordinator-url].
+    #[arg(long, env = "MERIDIAN_LOGIN_URL")]
+    pub login_url: Option<Url>,
     /// Worker threads for the data plane [default: 2].
     #[arg(long, env = "MERIDIAN_THREADS")]
     pub threads: Option<usize>,
@@ -67,6 +73,8 @@ pub struct Config {
     pub replica_id: Uuid,
     pub drain_timeout: Duration,
     pub threads: usize,
+    pub relay_listen: SocketAddr,
+    pub login_url: Url,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -84,8 +92,8 @@ impl Args {
         let Some(path) = &self.config else {
             return Ok(self);
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         Ok(self.or(Self::from_toml(&text)?))
     }
 
@@ -103,21 +111,17 @@ impl Args {
             replica_id: self.replica_id.or(file.replica_id),
             drain_timeout: self.drain_timeout.or(file.drain_timeout),
             threads: self.threads.or(file.threads),
+            relay_listen: self.relay_listen.or(file.relay_listen),
+            login_url: self.login_url.or(file.login_url),
         }
     }
 
     pub fn resolve(self) -> Result<Config, ConfigError> {
-        let coordinator_url = self
-            .coordinator_url
-            .ok_or_else(|| ConfigError("--coordinator-url is required".into()))?;
-        let proxy_token = self
-            .proxy_token
-            .ok_or_else(|| ConfigError("--proxy-token is required".into()))?;
-        Token::parse(proxy_token.expose())
-            .map_err(|e| ConfigError(format!("--proxy-token: {e}")))?;
-        let listen = self
-            .listen
-            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7081)));
+        let coordinator_url =
+            self.coordinator_url.ok_or_else(|| ConfigError("--coordinator-url is required".into()))?;
+        let proxy_token = self.proxy_token.ok_or_else(|| ConfigError("--proxy-token is required".into()))?;
+        Token::parse(proxy_token.expose()).map_err(|e| ConfigError(format!("--proxy-token: {e}")))?;
+        let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7081)));
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -126,17 +130,11 @@ impl Args {
         let scheme = if tls.is_some() { "https" } else { "http" };
         let access_url = match self.access_url {
             Some(u) => u,
-            None => Url::parse(&format!("{scheme}://{listen}"))
-                .map_err(|e| ConfigError(e.to_string()))?,
+            None => Url::parse(&format!("{scheme}://{listen}")).map_err(|e| ConfigError(e.to_string()))?,
         };
-        for (flag, url) in [
-            ("--coordinator-url", &coordinator_url),
-            ("--access-url", &access_url),
-        ] {
+        for (flag, url) in [("--coordinator-url", &coordinator_url), ("--access-url", &access_url)] {
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                return Err(ConfigError(format!(
-                    "{flag} {url} must be an http(s) URL with a host"
-                )));
+                return Err(ConfigError(format!("{flag} {url} must be an http(s) URL with a host")));
             }
         }
         if let Some(w) = &self.wildcard_access_url {
@@ -147,9 +145,8 @@ impl Args {
         if !(1..=256).contains(&threads) {
             return Err(ConfigError("--threads must be between 1 and 256".into()));
         }
-        let replica_id = self
-            .replica_id
-            .unwrap_or_else(|| default_replica_id(listen, &access_url));
+        let replica_id = self.replica_id.unwrap_or_else(|| default_replica_id(listen, &access_url));
+        let login_url = self.login_url.unwrap_or_else(|| coordinator_url.clone());
         Ok(Config {
             coordinator_url,
             proxy_token,
@@ -161,6 +158,8 @@ impl Args {
             replica_id,
             drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(15)),
             threads,
+            relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            login_url,
         })
     }
 }
@@ -168,9 +167,7 @@ impl Args {
 /// A replica id that stays the same when the same proxy restarts on the same
 /// host, and differs between replicas on different hosts or ports.
 fn default_replica_id(listen: SocketAddr, access_url: &Url) -> Uuid {
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let host = nix::unistd::gethostname().map(|h| h.to_string_lossy().into_owned()).unwrap_or_default();
     let identity = format!("meridian-proxy://{host}/{listen}/{access_url}");
     Uuid::new_v5(&Uuid::NAMESPACE_URL, identity.as_bytes())
 }
@@ -183,28 +180,15 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_defaults() {
-        let toml =
-            format!("coordinator_url = \"http://127.0.0.1:7080\"\nproxy_token = \"{TOKEN}\"\n");
+        let toml = format!("coordinator_url = \"http://127.0.0.1:7080\"\nproxy_token = \"{TOKEN}\"\n");
         let c = Args::from_toml(&toml).unwrap().resolve().unwrap();
         assert_eq!(c.listen.port(), 7081);
         assert_eq!(c.access_url.as_str(), "http://127.0.0.1:7081/");
-        assert!(
-            !format!("{c:?}").contains("s3cret"),
-            "the token never prints"
-        );
+        assert!(!format!("{c:?}").contains("s3cret"), "the token never prints");
         let again = Args::from_toml(&toml).unwrap().resolve().unwrap();
-        assert_eq!(
-            c.replica_id, again.replica_id,
-            "a restart keeps the replica id"
-        );
-        let other = Args::from_toml(&format!("{toml}listen = \"127.0.0.1:7082\"\n"))
-            .unwrap()
-            .resolve()
-            .unwrap();
-        assert_ne!(
-            c.replica_id, other.replica_id,
-            "another port is another replica"
-        );
+        assert_eq!(c.replica_id, again.replica_id, "a restart keeps the replica id");
+        let other = Args::from_toml(&format!("{toml}listen = \"127.0.0.1:7082\"\n")).unwrap().resolve().unwrap();
+        assert_ne!(c.replica_id, other.replica_id, "another port is another replica");
     }
 
     #[test]
@@ -218,10 +202,7 @@ mod tests {
             format!("coordinator_url = \"http://x\"\nproxy_token = \"{TOKEN}\"\nthreads = 0"),
         ];
         for bad in cases {
-            assert!(
-                Args::from_toml(&bad).and_then(Args::resolve).is_err(),
-                "{bad}"
-            );
+            assert!(Args::from_toml(&bad).and_then(Args::resolve).is_err(), "{bad}");
         }
         assert!(Args::from_toml("bogus = 1").is_err());
     }

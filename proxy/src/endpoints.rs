@@ -21,23 +21,12 @@ pub struct Local {
 impl Local {
     pub fn json(status: u16, value: &impl serde::Serialize) -> Self {
         let body = serde_json::to_vec(value).unwrap_or_default();
-        Self {
-            status,
-            content_type: "application/json",
-            body: body.into(),
-            headers: &[],
-        }
+        Self { status, content_type: "application/json", body: body.into(), headers: &[] }
     }
 
     /// A JSON error in the API's `{message, detail}` form.
     pub fn error(status: u16, message: &str) -> Self {
-        Self::json(
-            status,
-            &ErrorBody {
-                message: message.to_owned(),
-                detail: String::new(),
-            },
-        )
+        Self::json(status, &ErrorBody { message: message.to_owned(), detail: String::new() })
     }
 
     pub async fn write(self, session: &mut Session) -> Result<()> {
@@ -49,9 +38,7 @@ impl Local {
             resp.insert_header(*name, *value)?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
-        session
-            .write_response_header(Box::new(resp), head_only)
-            .await?;
+        session.write_response_header(Box::new(resp), head_only).await?;
         if !head_only {
             session.write_response_body(Some(self.body), true).await?;
         }
@@ -62,29 +49,17 @@ impl Local {
 /// The local answer for `path`, if it is one of the proxy's own endpoints.
 pub fn answer(path: &str, state: &ProxyState) -> Option<Local> {
     Some(match path {
-        "/healthz" => Local {
-            status: 200,
-            content_type: "text/plain",
-            body: Bytes::from_static(b"ok"),
-            headers: &[],
-        },
+        "/healthz" => Local { status: 200, content_type: "text/plain", body: Bytes::from_static(b"ok"), headers: &[] },
         "/healthz-report" => Local::json(200, &report(state)),
         "/latency-check" => Local {
             status: 200,
             content_type: "text/plain",
             body: Bytes::new(),
-            headers: &[
-                ("access-control-allow-origin", "*"),
-                ("timing-allow-origin", "*"),
-            ],
+            headers: &[("access-control-allow-origin", "*"), ("timing-allow-origin", "*")],
         },
-        "/api/v2/buildinfo" => Local::json(
-            200,
-            &BuildInfo {
-                version: meridian_regions::VERSION.into(),
-                role: "proxy".into(),
-            },
-        ),
+        "/api/v2/buildinfo" => {
+            Local::json(200, &BuildInfo { version: meridian_regions::VERSION.into(), role: "proxy".into() })
+        }
         _ => return None,
     })
 }
@@ -99,12 +74,7 @@ pub fn report(state: &ProxyState) -> HealthReport {
     }
     let errors: Vec<String> = Vec::new();
     HealthReport {
-        status: if errors.is_empty() && warnings.is_empty() {
-            "ok"
-        } else {
-            "degraded"
-        }
-        .into(),
+        status: if errors.is_empty() && warnings.is_empty() { "ok" } else { "degraded" }.into(),
         errors,
         warnings,
         coordinator_reachable: reg.coordinator_reachable,

@@ -2,32 +2,52 @@
 //!
 //! - [`config`]: options and their validation.
 //! - [`service`]: the pingora `ProxyHttp` dispatcher and per-request context.
+//! - [`routing`]: host and path → app, own endpoint, or refusal.
+//! - [`auth`]: tickets, app sessions, and app tokens verified from a moka cache.
+//! - [`upstream`]: app connections through agent tunnels; [`relay`]: where agents attach.
+//! - [`hygiene`]: what is stripped and set between client and app; [`pages`]: error pages.
 //! - [`endpoints`]: the proxy's own endpoints (`/healthz`, `/healthz-report`, ...).
 //! - [`registration`]: register, heartbeat and deregister with the coordinator.
-//! - [`lifecycle`]: signals, the shutdown drain, and the background service
-//!   that ties registration to the server's life.
+//! - [`lifecycle`]: signals, the shutdown drain, and the background services
+//!   that tie registration and the relay to the server's life.
 //! - [`state`]: what the data plane and the registration loop share.
 
+pub mod auth;
 pub mod config;
 pub mod endpoints;
+pub mod hygiene;
 pub mod lifecycle;
+pub mod pages;
 pub mod registration;
+pub mod relay;
+pub mod routing;
 pub mod service;
 pub mod state;
+pub mod upstream;
 
 use anyhow::Context;
 use config::Config;
+use meridian_regions::client::{http_client, Client, Credential};
 use pingora::listeners::tls::TlsSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
+use pingora::services::background::background_service;
 use state::ProxyState;
+use std::sync::Arc;
 
 /// Runs the proxy until SIGTERM or SIGINT, then drains, deregisters and
 /// exits. Blocks the calling thread; pingora makes its own runtimes.
 pub fn run(config: Config) -> anyhow::Result<()> {
     let state = ProxyState::new();
-    let registrar =
-        registration::Registrar::new(&config, state.clone()).map_err(anyhow::Error::msg)?;
+    let http = http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
+    let coordinator = Client::new(config.coordinator_url.as_str(), Credential::Proxy(config.proxy_token.clone()), http);
+    let auth = Arc::new(auth::Auth::new(coordinator.clone(), config.login_url.as_str(), config.tls.is_some()));
+    let relay = relay::Relay::new(coordinator.clone());
+    let relay_listener = std::net::TcpListener::bind(config.relay_listen)
+        .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
+    relay_listener.set_nonblocking(true)?;
+    let relay_addr = advertised(relay_listener.local_addr()?, &config.access_url);
+    let registrar = registration::Registrar::new(&config, state.clone(), coordinator, auth.clone(), relay_addr.clone());
 
     let drain_secs = config.drain_timeout.as_secs().max(1);
     let conf = ServerConf {
@@ -41,11 +61,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let wildcard_base = config.wildcard_access_url.as_deref().and_then(meridian_regions::app_url::wildcard_base);
     let mut proxy = pingora::proxy::http_proxy_service(
         &server.configuration,
-        service::MeridianProxy {
-            state: state.clone(),
-        },
+        service::MeridianProxy { state: state.clone(), auth, relay: relay.clone(), wildcard_base },
     );
     let addr = config.listen.to_string();
     match &config.tls {
@@ -58,19 +77,29 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         }
         None => proxy.add_tcp(&addr),
     }
-    tracing::info!(listen = %addr, access_url = %config.access_url, replica = %config.replica_id, "proxy listening");
+    tracing::info!(listen = %addr, access_url = %config.access_url, relay = %relay_addr,
+        replica = %config.replica_id, "proxy listening");
     server.add_service(proxy);
-    server.add_service(pingora::services::background::background_service(
+    server.add_service(background_service(
         "lifecycle",
         lifecycle::Lifecycle::new(registrar, state, config.listen, config.drain_timeout),
     ));
-    server.run(RunArgs {
-        shutdown_signal: Box::new(lifecycle::Signals),
-    });
+    server.add_service(background_service("relay", lifecycle::RelayService::new(relay, relay_listener)));
+    server.run(RunArgs { shutdown_signal: Box::new(lifecycle::Signals) });
     Ok(())
 }
 
+/// The relay URL agents should dial: the bound address, with an unspecified
+/// IP replaced by the access URL's host.
+fn advertised(addr: std::net::SocketAddr, access_url: &url::Url) -> String {
+    if addr.ip().is_unspecified() {
+        let host = access_url.host_str().unwrap_or("127.0.0.1");
+        format!("http://{host}:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
+}
+
 fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
-    p.to_str()
-        .with_context(|| format!("{} is not UTF-8", p.display()))
+    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
 }

@@ -28,10 +28,7 @@ pub struct Signals;
 impl ShutdownSignalWatch for Signals {
     async fn recv(&self) -> ShutdownSignal {
         use tokio::signal::unix::{signal, SignalKind};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
@@ -39,9 +36,7 @@ impl ShutdownSignalWatch for Signals {
                 }
             }
             _ => {
-                tracing::error!(
-                    "cannot install signal handlers; only SIGKILL will stop this proxy"
-                );
+                tracing::error!("cannot install signal handlers; only SIGKILL will stop this proxy");
                 std::future::pending::<()>().await;
             }
         }
@@ -57,18 +52,8 @@ pub struct Lifecycle {
 }
 
 impl Lifecycle {
-    pub fn new(
-        registrar: Registrar,
-        state: Arc<ProxyState>,
-        listen: SocketAddr,
-        drain_timeout: Duration,
-    ) -> Self {
-        Self {
-            registrar,
-            state,
-            listen,
-            drain_timeout,
-        }
+    pub fn new(registrar: Registrar, state: Arc<ProxyState>, listen: SocketAddr, drain_timeout: Duration) -> Self {
+        Self { registrar, state, listen, drain_timeout }
     }
 
     /// Waits until our listener accepts connections, so the coordinator's first
@@ -96,10 +81,7 @@ impl Lifecycle {
         }
         match self.state.in_flight() {
             0 => tracing::info!("drained"),
-            n => tracing::warn!(
-                in_flight = n,
-                "drain deadline passed; closing remaining requests"
-            ),
+            n => tracing::warn!(in_flight = n, "drain deadline passed; closing remaining requests"),
         }
     }
 }
@@ -118,5 +100,31 @@ impl BackgroundService for Lifecycle {
         self.drain().await;
         tracing::info!("proxy stopped");
         std::process::exit(0);
+    }
+}
+
+/// Runs the relay on its listener (bound before start, so its address could be
+/// registered) until shutdown.
+pub struct RelayService {
+    relay: Arc<crate::relay::Relay>,
+    listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+}
+
+impl RelayService {
+    pub fn new(relay: Arc<crate::relay::Relay>, listener: std::net::TcpListener) -> Self {
+        Self { relay, listener: std::sync::Mutex::new(Some(listener)) }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for RelayService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let Some(listener) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+            return;
+        };
+        match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => self.relay.clone().serve(l, shutdown).await,
+            Err(e) => tracing::error!(error = %e, "cannot start the relay listener"),
+        }
     }
 }

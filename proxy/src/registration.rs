@@ -34,29 +34,26 @@ pub struct Registrar {
     pub client: Client,
     pub request: RegisterProxy,
     pub state: Arc<ProxyState>,
+    /// Receives the token-verification keys from each registration.
+    pub auth: Arc<crate::auth::Auth>,
 }
 
 impl Registrar {
-    pub fn new(config: &Config, state: Arc<ProxyState>) -> Result<Self, String> {
-        use meridian_regions::client::{http_client, Credential};
-        let http = http_client(config.ca_cert.as_deref())?;
-        let client = Client::new(
-            config.coordinator_url.as_str(),
-            Credential::Proxy(config.proxy_token.clone()),
-            http,
-        );
+    pub fn new(
+        config: &Config,
+        state: Arc<ProxyState>,
+        client: Client,
+        auth: Arc<crate::auth::Auth>,
+        relay_address: String,
+    ) -> Self {
         let request = RegisterProxy {
             replica_id: config.replica_id,
             access_url: config.access_url.as_str().trim_end_matches('/').to_owned(),
             wildcard_hostname: config.wildcard_access_url.clone().unwrap_or_default(),
-            relay_address: None,
+            relay_address: Some(relay_address),
             version: meridian_regions::VERSION.into(),
         };
-        Ok(Self {
-            client,
-            request,
-            state,
-        })
+        Self { client, request, state, auth }
     }
 
     /// Heartbeats until a fatal answer (returned) or until `stop` fires
@@ -73,6 +70,7 @@ impl Registrar {
                     interval = Duration::from_millis(resp.heartbeat_interval_ms)
                         .clamp(Duration::from_millis(100), Duration::from_secs(3600));
                     backoff = FIRST_BACKOFF;
+                    self.auth.set_keys(&resp.keys);
                     self.state.update_registration(|r| {
                         if first || !r.coordinator_reachable {
                             tracing::info!(region = %resp.region_name, "registered with the coordinator");
@@ -113,9 +111,7 @@ impl Registrar {
 
     /// Tells the coordinator this replica is going away (best effort, bounded).
     pub async fn deregister(&self) {
-        let req = DeregisterProxy {
-            replica_id: self.request.replica_id,
-        };
+        let req = DeregisterProxy { replica_id: self.request.replica_id };
         match tokio::time::timeout(Duration::from_secs(5), self.client.deregister(&req)).await {
             Ok(Ok(())) => tracing::info!("deregistered from the coordinator"),
             Ok(Err(e)) => tracing::warn!(error = %e, "deregistration failed"),
@@ -127,10 +123,9 @@ impl Registrar {
 fn fatal(e: ClientError) -> Fatal {
     let status = e.status().map(|s| s.as_u16());
     match status {
-        Some(401) | Some(403) => Fatal {
-            exit_code: EXIT_TOKEN_REFUSED,
-            message: format!("the coordinator refused the proxy token: {e}"),
-        },
+        Some(401) | Some(403) => {
+            Fatal { exit_code: EXIT_TOKEN_REFUSED, message: format!("the coordinator refused the proxy token: {e}") }
+        }
         _ => Fatal {
             exit_code: EXIT_REGISTRATION_REFUSED,
             message: format!("the coordinator refused the registration: {e}"),

@@ -1,20 +1,40 @@
 //! The pingora `ProxyHttp` implementation: a dispatcher over the modules that
-//! do the work. Per-request state lives in [`Ctx`].
+//! do the work (`routing`, `auth`, `upstream`, `hygiene`, `pages`).
+//! Per-request state lives in [`Ctx`].
 
-use crate::endpoints::{self, Local};
+use crate::auth::{Auth, Decision};
+use crate::pages::Reply;
+use crate::relay::Relay;
+use crate::routing::{self, AppRoute, Route};
 use crate::state::{InFlight, ProxyState};
+use crate::{hygiene, upstream};
 use async_trait::async_trait;
+use meridian_regions::app_token::AppClaims;
 use pingora::prelude::*;
+use pingora::proxy::FailToProxy;
 use std::sync::Arc;
 
 pub struct MeridianProxy {
     pub state: Arc<ProxyState>,
+    pub auth: Arc<Auth>,
+    pub relay: Arc<Relay>,
+    /// The wildcard base host, e.g. `sydney.localhost`, if subdomain apps are served.
+    pub wildcard_base: Option<String>,
 }
 
 /// Per-request state.
 pub struct Ctx {
     /// Keeps the request counted for the shutdown drain.
     _in_flight: InFlight,
+    app: Option<Served>,
+}
+
+/// An authorized app request on its way to the app.
+struct Served {
+    claims: Arc<AppClaims>,
+    route: AppRoute,
+    host: String,
+    set_cookie: Option<String>,
 }
 
 #[async_trait]
@@ -22,23 +42,80 @@ impl ProxyHttp for MeridianProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx {
-            _in_flight: self.state.enter(),
-        }
+        Ctx { _in_flight: self.state.enter(), app: None }
     }
 
-    /// Answers the proxy's own endpoints; anything else is not (yet) an app
-    /// this proxy serves.
-    async fn request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<bool> {
-        let path = session.req_header().uri.path().to_owned();
-        let local = endpoints::answer(&path, &self.state)
-            .unwrap_or_else(|| Local::error(404, "Nothing is served at this address."));
-        local.write(session).await?;
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let host = routing::request_host(req).unwrap_or_default();
+        let reply = match routing::route(req, self.wildcard_base.as_deref(), &self.state) {
+            Route::Own(local) => {
+                local.write(session).await?;
+                return Ok(true);
+            }
+            Route::Reject { status, message } => Reply::page(status, &message),
+            Route::Redirect { status, location } => Reply::redirect(status, &location),
+            Route::App(route) => match self.auth.authorize(req, &host, &route).await {
+                Decision::Serve { claims, set_cookie } => {
+                    ctx.app = Some(Served { claims, route, host, set_cookie });
+                    return Ok(false);
+                }
+                Decision::Respond(reply) => reply,
+            },
+        };
+        reply.write(session).await?;
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        // request_filter answers every request, so no request reaches here.
-        Error::e_explain(ErrorType::InternalError, "no upstream is routed")
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let served = ctx.app.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no app routed"))?;
+        upstream::peer(&self.relay, served.claims.agent_id, &served.claims.upstream)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(served) = &ctx.app else {
+            return Ok(());
+        };
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        hygiene::request(up, client_ip, self.auth.scheme(), &served.host)?;
+        if let Some((_, rest)) = &served.route.path {
+            let uri = rest.parse().map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad app path"))?;
+            up.set_uri(uri);
+        }
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        hygiene::response(resp)?;
+        if let Some(cookie) = ctx.app.as_mut().and_then(|s| s.set_cookie.take()) {
+            resp.append_header("set-cookie", cookie)?;
+        }
+        Ok(())
+    }
+
+    /// A clear page for each way the app can be out of reach.
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let (status, message) = match e.etype() {
+            ErrorType::ConnectRefused => (502, "The workspace agent is not connected to this region."),
+            ErrorType::ConnectError | ErrorType::ConnectTimedout => {
+                (502, "The app is not reachable: is it running in the workspace?")
+            }
+            ErrorType::ReadTimedout | ErrorType::WriteTimedout => (504, "The app did not answer in time."),
+            ErrorType::HTTPStatus(code) => (*code, "The request could not be proxied."),
+            _ if matches!(e.esource(), pingora::ErrorSource::Downstream) => (400, "The request was malformed."),
+            _ => (502, "The app closed the connection before answering."),
+        };
+        let code = if session.response_written().is_some() {
+            0 // headers already went out: the client sees an aborted response
+        } else {
+            let _ = Reply::page(status, message).write(session).await;
+            status
+        };
+        FailToProxy { error_code: code, can_reuse_downstream: false }
     }
 }

@@ -26,10 +26,7 @@ impl ProxyState {
     }
 
     pub fn registration(&self) -> Registration {
-        self.registration
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.registration.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn update_registration(&self, f: impl FnOnce(&mut Registration)) {

@@ -286,3 +286,37 @@ pub struct CreateWorkspaceResponse {
 pub struct WorkspaceList {
     pub workspaces: Vec<Workspace>,
 }
+
+/// `GET /api/v2/agents/me/connection-info` (agent token): where to attach.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentConnectionInfo {
+    pub agent_id: Uuid,
+    /// The apps this agent serves; it opens streams only to these and to ports ≥ 1024.
+    pub apps: Vec<App>,
+    /// Relays to attach to, preferred first.
+    pub relays: Vec<RelayInfo>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelayInfo {
+    pub region: String,
+    /// e.g. `http://127.0.0.1:7091`.
+    pub url: String,
+}
+
+/// `POST /api/v2/proxies/me/agent-attach`: a relay vouches for an agent's token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentAttach {
+    pub agent_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentAttachResponse {
+    pub agent_id: Uuid,
+}
+
+/// `POST /api/v2/proxies/me/agent-detach`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentDetach {
+    pub agent_id: Uuid,
+}

@@ -79,10 +79,7 @@ pub struct Signer {
 impl Signer {
     /// `pkcs8_der` is the Ed25519 private key in PKCS#8 DER form.
     pub fn new(kid: &str, pkcs8_der: &[u8]) -> Self {
-        Self {
-            kid: kid.to_owned(),
-            key: EncodingKey::from_ed_der(pkcs8_der),
-        }
+        Self { kid: kid.to_owned(), key: EncodingKey::from_ed_der(pkcs8_der) }
     }
 
     pub fn sign(&self, claims: &AppClaims) -> Result<String, TokenError> {
@@ -103,9 +100,7 @@ impl Verifier {
         let keys = keys
             .iter()
             .filter_map(|k| {
-                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-                    .decode(&k.x)
-                    .ok()?;
+                let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&k.x).ok()?;
                 (raw.len() == 32).then(|| (k.kid.clone(), DecodingKey::from_ed_der(&raw)))
             })
             .collect();
@@ -126,26 +121,20 @@ impl Verifier {
     pub fn verify(&self, token: &str, binding: &str) -> Result<AppClaims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let kid = Self::key_id(token).ok_or(TokenError::Malformed)?;
-        let key = self
-            .keys
-            .get(&kid)
-            .ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        let key = self.keys.get(&kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss"]);
-        let data =
-            jsonwebtoken::decode::<AppClaims>(token, key, &validation).map_err(|e| {
-                match e.kind() {
-                    ErrorKind::ExpiredSignature => TokenError::Expired,
-                    ErrorKind::ImmatureSignature => TokenError::NotYetValid,
-                    ErrorKind::InvalidSignature
-                    | ErrorKind::InvalidAlgorithm
-                    | ErrorKind::InvalidAlgorithmName => TokenError::BadSignature,
-                    _ => TokenError::Malformed,
-                }
-            })?;
+        let data = jsonwebtoken::decode::<AppClaims>(token, key, &validation).map_err(|e| match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+            ErrorKind::InvalidSignature | ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                TokenError::BadSignature
+            }
+            _ => TokenError::Malformed,
+        })?;
         if data.claims.binding != binding {
             return Err(TokenError::WrongApp);
         }
@@ -157,19 +146,9 @@ impl Verifier {
 pub fn generate_key(kid: &str, seed: [u8; 32]) -> (Vec<u8>, PublicKey) {
     use ed25519_dalek::pkcs8::EncodePrivateKey;
     let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let der = signing
-        .to_pkcs8_der()
-        .map(|d| d.as_bytes().to_vec())
-        .unwrap_or_default();
-    let x =
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
-    (
-        der,
-        PublicKey {
-            kid: kid.to_owned(),
-            x,
-        },
-    )
+    let der = signing.to_pkcs8_der().map(|d| d.as_bytes().to_vec()).unwrap_or_default();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(signing.verifying_key().as_bytes());
+    (der, PublicKey { kid: kid.to_owned(), x })
 }
 
 #[cfg(test)]
@@ -192,10 +171,7 @@ mod tests {
     }
 
     fn now() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs() as i64
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
     }
 
     fn setup() -> (Signer, Verifier) {
@@ -212,10 +188,7 @@ mod tests {
         let other = subdomain_binding("code--main--dev--bob.sydney.localhost");
         assert_eq!(verifier.verify(&token, &other), Err(TokenError::WrongApp));
         assert_eq!(subdomain_binding("A.B"), subdomain_binding("a.b"));
-        assert_ne!(
-            path_binding("h", "/@a/w/apps/x/"),
-            subdomain_binding("h/@a/w/apps/x/")
-        );
+        assert_ne!(path_binding("h", "/@a/w/apps/x/"), subdomain_binding("h/@a/w/apps/x/"));
     }
 
     #[test]
@@ -227,28 +200,11 @@ mod tests {
         let token = signer.sign(&good).unwrap();
         let parts: Vec<&str> = token.split('.').collect();
 
-        let expired = signer
-            .sign(&AppClaims {
-                exp: n - 120,
-                nbf: n - 600,
-                ..good.clone()
-            })
-            .unwrap();
+        let expired = signer.sign(&AppClaims { exp: n - 120, nbf: n - 600, ..good.clone() }).unwrap();
         assert_eq!(verifier.verify(&expired, &b), Err(TokenError::Expired));
-        let within_skew = signer
-            .sign(&AppClaims {
-                exp: n - 5,
-                ..good.clone()
-            })
-            .unwrap();
+        let within_skew = signer.sign(&AppClaims { exp: n - 5, ..good.clone() }).unwrap();
         assert!(verifier.verify(&within_skew, &b).is_ok(), "skew tolerated");
-        let future = signer
-            .sign(&AppClaims {
-                nbf: n + 600,
-                exp: n + 900,
-                ..good.clone()
-            })
-            .unwrap();
+        let future = signer.sign(&AppClaims { nbf: n + 600, exp: n + 900, ..good.clone() }).unwrap();
         assert_eq!(verifier.verify(&future, &b), Err(TokenError::NotYetValid));
 
         // Tampered payload: same signature, another user.
@@ -256,10 +212,7 @@ mod tests {
         evil.sub = Uuid::new_v4().to_string();
         let evil_payload = B64.encode(serde_json::to_vec(&evil).unwrap());
         let tampered = format!("{}.{}.{}", parts[0], evil_payload, parts[2]);
-        assert_eq!(
-            verifier.verify(&tampered, &b),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verifier.verify(&tampered, &b), Err(TokenError::BadSignature));
         // Tampered signature.
         let mut sig = B64.decode(parts[2]).unwrap();
         sig[0] ^= 1;
@@ -274,16 +227,10 @@ mod tests {
         // Unknown key id, and a key we never trusted.
         let (der2, _) = generate_key("k2", [9u8; 32]);
         let stranger = Signer::new("k2", &der2).sign(&good).unwrap();
-        assert_eq!(
-            verifier.verify(&stranger, &b),
-            Err(TokenError::UnknownKey("k2".into()))
-        );
+        assert_eq!(verifier.verify(&stranger, &b), Err(TokenError::UnknownKey("k2".into())));
         let (der3, _) = generate_key("k1", [9u8; 32]);
         let impostor = Signer::new("k1", &der3).sign(&good).unwrap();
-        assert_eq!(
-            verifier.verify(&impostor, &b),
-            Err(TokenError::BadSignature)
-        );
+        assert_eq!(verifier.verify(&impostor, &b), Err(TokenError::BadSignature));
         for junk in ["", "a.b", "a.b.c", "....", &"x".repeat(5000)] {
             assert!(verifier.verify(junk, &b).is_err(), "{junk:?}");
         }

@@ -96,19 +96,14 @@ fn strip_port(host: &str) -> &str {
 
 fn parse_label(label: &str) -> Result<AppRequest, AppUrlError> {
     if label.is_empty() || label.contains('.') {
-        return Err(AppUrlError::BadHost(
-            "expected one label before the wildcard base",
-        ));
+        return Err(AppUrlError::BadHost("expected one label before the wildcard base"));
     }
     let parts: Vec<&str> = label.split("--").collect();
     let [app, agent, workspace, user] = parts[..] else {
-        return Err(AppUrlError::BadHost(
-            "expected {app}--{agent}--{workspace}--{user}",
-        ));
+        return Err(AppUrlError::BadHost("expected {app}--{agent}--{workspace}--{user}"));
     };
     for part in [agent, workspace, user] {
-        Name::parse(part)
-            .map_err(|_| AppUrlError::BadHost("agent, workspace and user must be names"))?;
+        Name::parse(part).map_err(|_| AppUrlError::BadHost("agent, workspace and user must be names"))?;
     }
     if user == "me" {
         return Err(AppUrlError::AtMe);
@@ -128,9 +123,7 @@ fn parse_app(app: &str) -> Result<AppTarget, AppUrlError> {
         _ => (app, false),
     };
     if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
-        let port: u16 = digits
-            .parse()
-            .map_err(|_| AppUrlError::BadHost("port out of range"))?;
+        let port: u16 = digits.parse().map_err(|_| AppUrlError::BadHost("port out of range"))?;
         if port < MIN_APP_PORT {
             return Err(AppUrlError::LowPort(port));
         }
@@ -162,11 +155,8 @@ pub fn parse_path(path: &str) -> PathMatch {
     };
     let mut segs = after_at.splitn(4, '/');
     let (user, ws_agent, apps, rest) = (segs.next(), segs.next(), segs.next(), segs.next());
-    let (Some(user), Some(ws_agent), Some("apps"), Some(rest)) = (user, ws_agent, apps, rest)
-    else {
-        return PathMatch::Invalid(AppUrlError::BadPath(
-            "expected /@{user}/{workspace}[.{agent}]/apps/{app}/",
-        ));
+    let (Some(user), Some(ws_agent), Some("apps"), Some(rest)) = (user, ws_agent, apps, rest) else {
+        return PathMatch::Invalid(AppUrlError::BadPath("expected /@{user}/{workspace}[.{agent}]/apps/{app}/"));
     };
     if user == "me" {
         return PathMatch::Invalid(AppUrlError::AtMe);
@@ -179,14 +169,9 @@ pub fn parse_path(path: &str) -> PathMatch {
         Some((w, a)) => (w, Some(a)),
         None => (ws_agent, None),
     };
-    let names_ok = [user, workspace, app]
-        .into_iter()
-        .chain(agent)
-        .all(|n| Name::parse(n).is_ok());
+    let names_ok = [user, workspace, app].into_iter().chain(agent).all(|n| Name::parse(n).is_ok());
     if !names_ok {
-        return PathMatch::Invalid(AppUrlError::BadPath(
-            "user, workspace, agent and app must be names",
-        ));
+        return PathMatch::Invalid(AppUrlError::BadPath("user, workspace, agent and app must be names"));
     }
     let prefix = format!("/@{user}/{ws_agent}/apps/{app}/");
     let Some(tail) = tail else {
@@ -198,11 +183,7 @@ pub fn parse_path(path: &str) -> PathMatch {
         agent: agent.map(str::to_owned),
         target: AppTarget::Slug(app.to_owned()),
     };
-    PathMatch::App {
-        req,
-        rest: format!("/{tail}"),
-        prefix,
-    }
+    PathMatch::App { req, rest: format!("/{tail}"), prefix }
 }
 
 #[cfg(test)]
@@ -210,12 +191,7 @@ mod tests {
     use super::*;
 
     fn app(user: &str, ws: &str, agent: Option<&str>, target: AppTarget) -> AppRequest {
-        AppRequest {
-            user: user.into(),
-            workspace: ws.into(),
-            agent: agent.map(Into::into),
-            target,
-        }
+        AppRequest { user: user.into(), workspace: ws.into(), agent: agent.map(Into::into), target }
     }
 
     fn slug(s: &str) -> AppTarget {
@@ -240,76 +216,38 @@ mod tests {
             ),
             (
                 "8080--main--dev--alice.sydney.localhost",
-                HostMatch::App(app(
-                    "alice",
-                    "dev",
-                    Some("main"),
-                    AppTarget::Port {
-                        port: 8080,
-                        https: false,
-                    },
-                )),
+                HostMatch::App(app("alice", "dev", Some("main"), AppTarget::Port { port: 8080, https: false })),
             ),
             (
                 "8443s--main--dev--alice.sydney.localhost",
-                HostMatch::App(app(
-                    "alice",
-                    "dev",
-                    Some("main"),
-                    AppTarget::Port {
-                        port: 8443,
-                        https: true,
-                    },
-                )),
+                HostMatch::App(app("alice", "dev", Some("main"), AppTarget::Port { port: 8443, https: true })),
             ),
-            (
-                "80--main--dev--alice.sydney.localhost",
-                HostMatch::Invalid(AppUrlError::LowPort(80)),
-            ),
-            (
-                "1023s--main--dev--alice.sydney.localhost",
-                HostMatch::Invalid(AppUrlError::LowPort(1023)),
-            ),
-            (
-                "99999--main--dev--alice.sydney.localhost",
-                HostMatch::Invalid(AppUrlError::BadHost("port out of range")),
-            ),
-            (
-                "code--main--dev--me.sydney.localhost",
-                HostMatch::Invalid(AppUrlError::AtMe),
-            ),
+            ("80--main--dev--alice.sydney.localhost", HostMatch::Invalid(AppUrlError::LowPort(80))),
+            ("1023s--main--dev--alice.sydney.localhost", HostMatch::Invalid(AppUrlError::LowPort(1023))),
+            ("99999--main--dev--alice.sydney.localhost", HostMatch::Invalid(AppUrlError::BadHost("port out of range"))),
+            ("code--main--dev--me.sydney.localhost", HostMatch::Invalid(AppUrlError::AtMe)),
             ("sydney.localhost", HostMatch::NotAnApp),
             ("127.0.0.1:7081", HostMatch::NotAnApp),
             ("evilsydney.localhost", HostMatch::NotAnApp),
             (
                 "code--dev--alice.sydney.localhost",
-                HostMatch::Invalid(AppUrlError::BadHost(
-                    "expected {app}--{agent}--{workspace}--{user}",
-                )),
+                HostMatch::Invalid(AppUrlError::BadHost("expected {app}--{agent}--{workspace}--{user}")),
             ),
             (
                 "x--code--main--dev--alice.sydney.localhost",
-                HostMatch::Invalid(AppUrlError::BadHost(
-                    "expected {app}--{agent}--{workspace}--{user}",
-                )),
+                HostMatch::Invalid(AppUrlError::BadHost("expected {app}--{agent}--{workspace}--{user}")),
             ),
             (
                 "a.code--main--dev--alice.sydney.localhost",
-                HostMatch::Invalid(AppUrlError::BadHost(
-                    "expected one label before the wildcard base",
-                )),
+                HostMatch::Invalid(AppUrlError::BadHost("expected one label before the wildcard base")),
             ),
             (
                 ".sydney.localhost",
-                HostMatch::Invalid(AppUrlError::BadHost(
-                    "expected one label before the wildcard base",
-                )),
+                HostMatch::Invalid(AppUrlError::BadHost("expected one label before the wildcard base")),
             ),
             (
                 "code--main--d_v--alice.sydney.localhost",
-                HostMatch::Invalid(AppUrlError::BadHost(
-                    "agent, workspace and user must be names",
-                )),
+                HostMatch::Invalid(AppUrlError::BadHost("agent, workspace and user must be names")),
             ),
             (
                 "c_de--main--dev--alice.sydney.localhost",
@@ -340,34 +278,23 @@ mod tests {
                     rest: "/x/y?z".into(),
                 },
             ),
-            (
-                "/@alice/dev/apps/code",
-                PathMatch::AddSlash("/@alice/dev/apps/code/".into()),
-            ),
+            ("/@alice/dev/apps/code", PathMatch::AddSlash("/@alice/dev/apps/code/".into())),
             ("/@me/dev/apps/code/", PathMatch::Invalid(AppUrlError::AtMe)),
             (
                 "/@alice/dev/files/code/",
-                PathMatch::Invalid(AppUrlError::BadPath(
-                    "expected /@{user}/{workspace}[.{agent}]/apps/{app}/",
-                )),
+                PathMatch::Invalid(AppUrlError::BadPath("expected /@{user}/{workspace}[.{agent}]/apps/{app}/")),
             ),
             (
                 "/@alice/dev",
-                PathMatch::Invalid(AppUrlError::BadPath(
-                    "expected /@{user}/{workspace}[.{agent}]/apps/{app}/",
-                )),
+                PathMatch::Invalid(AppUrlError::BadPath("expected /@{user}/{workspace}[.{agent}]/apps/{app}/")),
             ),
             (
                 "/@alice/d..ev/apps/code/",
-                PathMatch::Invalid(AppUrlError::BadPath(
-                    "user, workspace, agent and app must be names",
-                )),
+                PathMatch::Invalid(AppUrlError::BadPath("user, workspace, agent and app must be names")),
             ),
             (
                 "/@alice/dev/apps/../",
-                PathMatch::Invalid(AppUrlError::BadPath(
-                    "user, workspace, agent and app must be names",
-                )),
+                PathMatch::Invalid(AppUrlError::BadPath("user, workspace, agent and app must be names")),
             ),
             ("/healthz", PathMatch::NotAnApp),
             ("/api/v2/regions", PathMatch::NotAnApp),
@@ -379,14 +306,8 @@ mod tests {
 
     #[test]
     fn wildcard_bases() {
-        assert_eq!(
-            wildcard_base("*.sydney.localhost:7081").as_deref(),
-            Some("sydney.localhost")
-        );
-        assert_eq!(
-            wildcard_base("*.Apps.Example.com").as_deref(),
-            Some("apps.example.com")
-        );
+        assert_eq!(wildcard_base("*.sydney.localhost:7081").as_deref(), Some("sydney.localhost"));
+        assert_eq!(wildcard_base("*.Apps.Example.com").as_deref(), Some("apps.example.com"));
         assert_eq!(wildcard_base("apps.example.com"), None);
     }
 

@@ -28,11 +28,7 @@ pub enum ClientError {
     },
     /// The coordinator answered with an error status. `retryable` is true for 5xx.
     #[error("{message} (HTTP {status}){}", if .detail.is_empty() { String::new() } else { format!(": {}", .detail) })]
-    Api {
-        status: StatusCode,
-        message: String,
-        detail: String,
-    },
+    Api { status: StatusCode, message: String, detail: String },
     /// The coordinator answered 2xx with a body this client cannot read.
     #[error("unreadable answer from the coordinator: {0}")]
     Decode(String),
@@ -60,19 +56,14 @@ impl ClientError {
 /// An HTTP client for control-plane calls that trusts the public roots and,
 /// if given, one extra PEM CA file (for self-signed deployments).
 pub fn http_client(ca_cert: Option<&Path>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder()
-        .timeout(DEFAULT_TIMEOUT)
-        .connect_timeout(Duration::from_secs(5));
+    let mut builder = reqwest::Client::builder().timeout(DEFAULT_TIMEOUT).connect_timeout(Duration::from_secs(5));
     if let Some(path) = ca_cert {
-        let pem = std::fs::read(path)
-            .map_err(|e| format!("cannot read CA certificate {}: {e}", path.display()))?;
+        let pem = std::fs::read(path).map_err(|e| format!("cannot read CA certificate {}: {e}", path.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem)
             .map_err(|e| format!("{} is not a PEM certificate: {e}", path.display()))?;
         builder = builder.add_root_certificate(cert);
     }
-    builder
-        .build()
-        .map_err(|e| format!("cannot build HTTP client: {e}"))
+    builder.build().map_err(|e| format!("cannot build HTTP client: {e}"))
 }
 
 /// Which credential a client sends.
@@ -81,6 +72,7 @@ pub enum Credential {
     None,
     Session(Secret),
     Proxy(Secret),
+    Agent(Secret),
 }
 
 /// A coordinator API client bound to one base URL and one credential.
@@ -95,11 +87,7 @@ impl Client {
     /// `base` is the coordinator's access URL, e.g. `http://127.0.0.1:7080`;
     /// `http` comes from [`http_client`].
     pub fn new(base: &str, credential: Credential, http: reqwest::Client) -> Self {
-        Self {
-            http,
-            base: base.trim_end_matches('/').to_owned(),
-            credential,
-        }
+        Self { http, base: base.trim_end_matches('/').to_owned(), credential }
     }
 
     pub fn base_url(&self) -> &str {
@@ -107,43 +95,25 @@ impl Client {
     }
 
     pub async fn buildinfo(&self) -> Result<BuildInfo, ClientError> {
-        self.call(Method::GET, "/api/v2/buildinfo", None::<&()>)
-            .await
+        self.call(Method::GET, "/api/v2/buildinfo", None::<&()>).await
     }
 
-    pub async fn first_user(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<FirstUserResponse, ClientError> {
+    pub async fn first_user(&self, username: &str, password: &str) -> Result<FirstUserResponse, ClientError> {
         let body = serde_json::json!({ "username": username, "password": password });
-        self.call(Method::POST, "/api/v2/users/first", Some(&body))
-            .await
+        self.call(Method::POST, "/api/v2/users/first", Some(&body)).await
     }
 
-    pub async fn login(
-        &self,
-        username: &str,
-        password: &str,
-    ) -> Result<LoginResponse, ClientError> {
+    pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse, ClientError> {
         let body = serde_json::json!({ "username": username, "password": password });
-        self.call(Method::POST, "/api/v2/users/login", Some(&body))
-            .await
+        self.call(Method::POST, "/api/v2/users/login", Some(&body)).await
     }
 
     pub async fn me(&self) -> Result<User, ClientError> {
-        self.call(Method::GET, "/api/v2/users/me", None::<&()>)
-            .await
+        self.call(Method::GET, "/api/v2/users/me", None::<&()>).await
     }
 
-    pub async fn create_user(
-        &self,
-        username: &str,
-        password: &str,
-        admin: bool,
-    ) -> Result<User, ClientError> {
-        let body =
-            serde_json::json!({ "username": username, "password": password, "admin": admin });
+    pub async fn create_user(&self, username: &str, password: &str, admin: bool) -> Result<User, ClientError> {
+        let body = serde_json::json!({ "username": username, "password": password, "admin": admin });
         self.call(Method::POST, "/api/v2/users", Some(&body)).await
     }
 
@@ -151,34 +121,22 @@ impl Client {
         self.call(Method::GET, "/api/v2/regions", None::<&()>).await
     }
 
-    pub async fn create_region(
-        &self,
-        req: &CreateRegion,
-    ) -> Result<CreateRegionResponse, ClientError> {
+    pub async fn create_region(&self, req: &CreateRegion) -> Result<CreateRegionResponse, ClientError> {
         self.call(Method::POST, "/api/v2/regions", Some(req)).await
     }
 
     pub async fn delete_region(&self, name: &str) -> Result<(), ClientError> {
         let path = format!("/api/v2/regions/{name}");
-        self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>)
-            .await
-            .map(drop)
+        self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>).await.map(drop)
     }
 
-    pub async fn regenerate_token(
-        &self,
-        name: &str,
-    ) -> Result<RegenerateTokenResponse, ClientError> {
+    pub async fn regenerate_token(&self, name: &str) -> Result<RegenerateTokenResponse, ClientError> {
         let path = format!("/api/v2/regions/{name}/regenerate-token");
         self.call(Method::POST, &path, None::<&()>).await
     }
 
-    pub async fn create_workspace(
-        &self,
-        req: &CreateWorkspace,
-    ) -> Result<CreateWorkspaceResponse, ClientError> {
-        self.call(Method::POST, "/api/v2/workspaces", Some(req))
-            .await
+    pub async fn create_workspace(&self, req: &CreateWorkspace) -> Result<CreateWorkspaceResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/workspaces", Some(req)).await
     }
 
     /// The caller's workspaces, or another user's (admins), or `all` (admins).
@@ -192,23 +150,48 @@ impl Client {
 
     pub async fn delete_workspace(&self, owner: &str, name: &str) -> Result<(), ClientError> {
         let path = format!("/api/v2/workspaces/{owner}/{name}");
-        self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>)
-            .await
-            .map(drop)
+        self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>).await.map(drop)
     }
 
-    pub async fn register(
+    /// As an agent: where to attach.
+    pub async fn agent_connection_info(
         &self,
-        req: &RegisterProxy,
-    ) -> Result<RegisterProxyResponse, ClientError> {
-        self.call(Method::POST, "/api/v2/proxies/me/register", Some(req))
-            .await
+        preferred_region: Option<&str>,
+    ) -> Result<AgentConnectionInfo, ClientError> {
+        let path = match preferred_region {
+            Some(r) => format!("/api/v2/agents/me/connection-info?region={r}"),
+            None => "/api/v2/agents/me/connection-info".to_owned(),
+        };
+        self.call(Method::GET, &path, None::<&()>).await
+    }
+
+    /// As a proxy: check an agent's token and record that it attached here.
+    pub async fn agent_attach(&self, req: &AgentAttach) -> Result<AgentAttachResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/proxies/me/agent-attach", Some(req)).await
+    }
+
+    pub async fn agent_detach(&self, req: &AgentDetach) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(Method::POST, "/api/v2/proxies/me/agent-detach", Some(req)).await.map(drop)
+    }
+
+    pub async fn keys(&self) -> Result<KeysResponse, ClientError> {
+        self.call(Method::GET, "/api/v2/proxies/me/keys", None::<&()>).await
+    }
+
+    pub async fn redeem_ticket(&self, req: &RedeemTicket) -> Result<RedeemTicketResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/proxies/me/redeem-ticket", Some(req)).await
+    }
+
+    pub async fn issue_app_token(&self, req: &IssueAppToken) -> Result<IssueAppTokenResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/proxies/me/issue-app-token", Some(req)).await
+    }
+
+    pub async fn register(&self, req: &RegisterProxy) -> Result<RegisterProxyResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/proxies/me/register", Some(req)).await
     }
 
     pub async fn deregister(&self, req: &DeregisterProxy) -> Result<(), ClientError> {
-        self.call::<serde_json::Value>(Method::POST, "/api/v2/proxies/me/deregister", Some(req))
-            .await
-            .map(drop)
+        self.call::<serde_json::Value>(Method::POST, "/api/v2/proxies/me/deregister", Some(req)).await.map(drop)
     }
 
     async fn call<T: DeserializeOwned>(
@@ -223,25 +206,14 @@ impl Client {
             Credential::None => req,
             Credential::Session(s) => req.header(headers::SESSION_TOKEN, s.expose()),
             Credential::Proxy(s) => req.header(headers::PROXY_TOKEN, s.expose()),
+            Credential::Agent(s) => req.header(headers::AGENT_TOKEN, s.expose()),
         };
         if let Some(body) = body {
             req = req.json(body);
         }
-        let resp = req
-            .send()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let resp = req.send().await.map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
         let status = resp.status();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
         if !status.is_success() {
             let (message, detail) = match serde_json::from_slice::<ErrorBody>(&bytes) {
                 Ok(e) => (e.message, e.detail),
@@ -250,18 +222,10 @@ impl Client {
                     String::from_utf8_lossy(&bytes).chars().take(200).collect(),
                 ),
             };
-            return Err(ClientError::Api {
-                status,
-                message,
-                detail,
-            });
+            return Err(ClientError::Api { status, message, detail });
         }
         // An empty 2xx body reads as JSON null, for calls that return nothing.
-        let bytes = if bytes.is_empty() {
-            &b"null"[..]
-        } else {
-            &bytes[..]
-        };
+        let bytes = if bytes.is_empty() { &b"null"[..] } else { &bytes[..] };
         serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 }

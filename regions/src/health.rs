@@ -95,22 +95,13 @@ mod tests {
             (&[Unreachable, Unreachable], Unreachable),
         ];
         for (replicas, want) in cases {
-            assert_eq!(
-                Status::combine(replicas.iter().copied()),
-                *want,
-                "{replicas:?}"
-            );
+            assert_eq!(Status::combine(replicas.iter().copied()), *want, "{replicas:?}");
         }
     }
 
     #[test]
     fn stored_form_round_trips() {
-        for s in [
-            Status::Ok,
-            Status::Unhealthy,
-            Status::Unreachable,
-            Status::Unregistered,
-        ] {
+        for s in [Status::Ok, Status::Unhealthy, Status::Unreachable, Status::Unregistered] {
             assert_eq!(Status::from_stored(s.as_str()), s);
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }

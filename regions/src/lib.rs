@@ -7,6 +7,7 @@
 //! - [`api`]: the JSON wire types of the coordinator API (`/api/v2/...`).
 //! - [`token`]: the proxy token `<region-id>:<secret>` and the secret newtype.
 //! - [`client`]: a typed HTTP client of the coordinator API, used by proxies and the CLI.
+//! - [`tunnel`]: the agent tunnel protocol (HTTP/2 CONNECT streams over an upgraded connection).
 //! - [`headers`]: header and cookie names of the external contract.
 //! - [`wildcard`]: the wildcard access URL pattern (`*.sydney.localhost:7081`).
 
@@ -18,6 +19,7 @@ pub mod headers;
 pub mod health;
 pub mod name;
 pub mod token;
+pub mod tunnel;
 pub mod wildcard;
 
 /// The name of the coordinator's own region. Always listed first, never created or deleted.

@@ -39,10 +39,7 @@ impl Name {
         if !first.is_ascii_lowercase() {
             return Err(NameError::BadStart);
         }
-        if let Some(c) = raw
-            .chars()
-            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-        {
+        if let Some(c) = raw.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
             return Err(NameError::BadChar(c));
         }
         if raw.ends_with('-') || raw.contains("--") {

@@ -68,18 +68,12 @@ pub struct Token {
 
 impl Token {
     pub fn parse(raw: &str) -> Result<Self, TokenFormatError> {
-        let (id, secret) = raw
-            .trim()
-            .split_once(':')
-            .ok_or(TokenFormatError::MissingSeparator)?;
+        let (id, secret) = raw.trim().split_once(':').ok_or(TokenFormatError::MissingSeparator)?;
         let id = Uuid::parse_str(id).map_err(|_| TokenFormatError::BadId)?;
         if secret.is_empty() {
             return Err(TokenFormatError::EmptySecret);
         }
-        Ok(Self {
-            id,
-            secret: Secret::new(secret),
-        })
+        Ok(Self { id, secret: Secret::new(secret) })
     }
 
     /// The wire form, `<region-id>:<secret>`.
@@ -98,10 +92,7 @@ mod tests {
         let cases: &[(String, Result<(), TokenFormatError>)] = &[
             (format!("{id}:s3cret"), Ok(())),
             (format!(" {id}:s3cret\n"), Ok(())),
-            (
-                format!("{id}s3cret"),
-                Err(TokenFormatError::MissingSeparator),
-            ),
+            (format!("{id}s3cret"), Err(TokenFormatError::MissingSeparator)),
             ("not-a-uuid:s3cret".into(), Err(TokenFormatError::BadId)),
             (format!("{id}:"), Err(TokenFormatError::EmptySecret)),
             (String::new(), Err(TokenFormatError::MissingSeparator)),

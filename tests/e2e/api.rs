@@ -14,162 +14,53 @@ async fn refusals_have_the_right_status() {
     // Nothing but the first-user call works before the first user exists.
     anon.get("/api/v2/regions").await.expect_status(401);
     let admin = coord.admin().await;
-    let again = anon
-        .post(
-            "/api/v2/users/first",
-            json!({"username": "eve", "password": "password123"}),
-        )
-        .await;
-    assert_eq!(
-        again.status, 409,
-        "a second first-user call is refused: {}",
-        again.body
-    );
-    assert!(again.body["message"]
-        .as_str()
-        .unwrap()
-        .contains("first user"));
+    let again = anon.post("/api/v2/users/first", json!({"username": "eve", "password": "password123"})).await;
+    assert_eq!(again.status, 409, "a second first-user call is refused: {}", again.body);
+    assert!(again.body["message"].as_str().unwrap().contains("first user"));
 
     // Unauthenticated and bad-token listing → 401.
     let unauth = anon.get("/api/v2/regions").await.expect_status(401);
     assert!(unauth["message"].is_string());
-    Api::with_token(&coord.url, "garbage")
-        .get("/api/v2/regions")
-        .await
-        .expect_status(401);
+    Api::with_token(&coord.url, "garbage").get("/api/v2/regions").await.expect_status(401);
     let forged = format!("{}:forged", uuid::Uuid::new_v4());
-    Api::with_token(&coord.url, &forged)
-        .get("/api/v2/regions")
-        .await
-        .expect_status(401);
+    Api::with_token(&coord.url, &forged).get("/api/v2/regions").await.expect_status(401);
 
     // Admin creates a member; the member can list but not create regions.
-    admin
-        .post(
-            "/api/v2/users",
-            json!({"username": "bob", "password": "bob-password"}),
-        )
-        .await
-        .expect_status(201);
-    let login = anon
-        .post(
-            "/api/v2/users/login",
-            json!({"username": "bob", "password": "bob-password"}),
-        )
-        .await;
-    let bob = Api::with_token(
-        &coord.url,
-        login.expect_status(200)["session_token"].as_str().unwrap(),
-    );
-    assert_eq!(
-        bob.get("/api/v2/users/me").await.expect_status(200)["admin"],
-        false
-    );
+    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
+    let login = anon.post("/api/v2/users/login", json!({"username": "bob", "password": "bob-password"})).await;
+    let bob = Api::with_token(&coord.url, login.expect_status(200)["session_token"].as_str().unwrap());
+    assert_eq!(bob.get("/api/v2/users/me").await.expect_status(200)["admin"], false);
     bob.get("/api/v2/regions").await.expect_status(200);
-    bob.post("/api/v2/regions", json!({"name": "sydney"}))
-        .await
-        .expect_status(403);
-    bob.post(
-        "/api/v2/users",
-        json!({"username": "mallory", "password": "password123"}),
-    )
-    .await
-    .expect_status(403);
-    bob.delete("/api/v2/regions/primary")
-        .await
-        .expect_status(403);
+    bob.post("/api/v2/regions", json!({"name": "sydney"})).await.expect_status(403);
+    bob.post("/api/v2/users", json!({"username": "mallory", "password": "password123"})).await.expect_status(403);
+    bob.delete("/api/v2/regions/primary").await.expect_status(403);
 
     // Wrong password and unknown user look the same.
-    let wrong = anon
-        .post(
-            "/api/v2/users/login",
-            json!({"username": "bob", "password": "nope-nope"}),
-        )
-        .await;
-    let unknown = anon
-        .post(
-            "/api/v2/users/login",
-            json!({"username": "zed", "password": "nope-nope"}),
-        )
-        .await;
+    let wrong = anon.post("/api/v2/users/login", json!({"username": "bob", "password": "nope-nope"})).await;
+    let unknown = anon.post("/api/v2/users/login", json!({"username": "zed", "password": "nope-nope"})).await;
     assert_eq!((wrong.status, unknown.status), (401, 401));
     assert_eq!(wrong.body, unknown.body);
 
     // Duplicates → 409; invalid names and bodies → 400.
     admin.create_region("sydney").await;
-    admin
-        .post("/api/v2/regions", json!({"name": "sydney"}))
-        .await
-        .expect_status(409);
-    admin
-        .post("/api/v2/regions", json!({"name": "primary"}))
-        .await
-        .expect_status(409);
-    admin
-        .post(
-            "/api/v2/users",
-            json!({"username": "bob", "password": "password123"}),
-        )
-        .await
-        .expect_status(409);
-    for name in [
-        "",
-        "Sydney",
-        "syd ney",
-        "syd--ney",
-        "-x",
-        "x-",
-        "a/b",
-        &"a".repeat(33),
-    ] {
+    admin.post("/api/v2/regions", json!({"name": "sydney"})).await.expect_status(409);
+    admin.post("/api/v2/regions", json!({"name": "primary"})).await.expect_status(409);
+    admin.post("/api/v2/users", json!({"username": "bob", "password": "password123"})).await.expect_status(409);
+    for name in ["", "Sydney", "syd ney", "syd--ney", "-x", "x-", "a/b", &"a".repeat(33)] {
         let r = admin.post("/api/v2/regions", json!({ "name": name })).await;
         assert_eq!(r.status, 400, "region name {name:?}: {}", r.body);
-        assert!(
-            r.body["message"].as_str().unwrap().contains("name"),
-            "{}",
-            r.body
-        );
+        assert!(r.body["message"].as_str().unwrap().contains("name"), "{}", r.body);
     }
-    admin
-        .post(
-            "/api/v2/regions",
-            json!({"name": "ok-name", "display_name": "bad\nname"}),
-        )
-        .await
-        .expect_status(400);
-    admin
-        .post(
-            "/api/v2/users",
-            json!({"username": "short", "password": "1234"}),
-        )
-        .await
-        .expect_status(400);
-    admin
-        .post("/api/v2/regions", json!({"nom": "x"}))
-        .await
-        .expect_status(400);
-    admin
-        .post("/api/v2/regions", json!("not an object"))
-        .await
-        .expect_status(400);
+    admin.post("/api/v2/regions", json!({"name": "ok-name", "display_name": "bad\nname"})).await.expect_status(400);
+    admin.post("/api/v2/users", json!({"username": "short", "password": "1234"})).await.expect_status(400);
+    admin.post("/api/v2/regions", json!({"nom": "x"})).await.expect_status(400);
+    admin.post("/api/v2/regions", json!("not an object")).await.expect_status(400);
 
     // Unknown regions and routes → 404; the primary cannot be deleted or re-tokened.
-    admin
-        .delete("/api/v2/regions/atlantis")
-        .await
-        .expect_status(404);
-    admin
-        .post("/api/v2/regions/atlantis/regenerate-token", json!({}))
-        .await
-        .expect_status(404);
-    admin
-        .delete("/api/v2/regions/primary")
-        .await
-        .expect_status(400);
-    admin
-        .post("/api/v2/regions/primary/regenerate-token", json!({}))
-        .await
-        .expect_status(400);
+    admin.delete("/api/v2/regions/atlantis").await.expect_status(404);
+    admin.post("/api/v2/regions/atlantis/regenerate-token", json!({})).await.expect_status(404);
+    admin.delete("/api/v2/regions/primary").await.expect_status(400);
+    admin.post("/api/v2/regions/primary/regenerate-token", json!({})).await.expect_status(400);
     admin.get("/api/v2/nowhere").await.expect_status(404);
 
     // The primary is listed first, ok, with the coordinator's URL.
@@ -200,12 +91,7 @@ async fn login_sets_the_session_cookie_and_the_cookie_authenticates() {
     assert!(set_cookie.starts_with("meridian_session="), "{set_cookie}");
     assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
     let cookie = set_cookie.split(';').next().unwrap();
-    let me = http
-        .get(format!("{}/api/v2/users/me", coord.url))
-        .header("cookie", cookie)
-        .send()
-        .await
-        .unwrap();
+    let me = http.get(format!("{}/api/v2/users/me", coord.url)).header("cookie", cookie).send().await.unwrap();
     assert_eq!(me.status(), 200);
     let me: serde_json::Value = me.json().await.unwrap();
     assert_eq!(me["username"], "admin");
@@ -228,57 +114,28 @@ async fn cli_drives_the_api() {
             .unwrap();
         (
             out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
         )
     };
     let (ok, out) = cli(&["regions", "list"]);
     assert!(!ok && out.contains("meridian login"), "{out}");
-    let (ok, out) = cli(&[
-        "login",
-        &coord.url,
-        "--username",
-        "admin",
-        "--password",
-        "password123",
-        "--first-user",
-    ]);
+    let (ok, out) = cli(&["login", &coord.url, "--username", "admin", "--password", "password123", "--first-user"]);
     assert!(ok, "{out}");
-    let mode = std::fs::metadata(cfg.join("session.json"))
-        .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
+    let mode =
+        std::fs::metadata(cfg.join("session.json")).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()));
     assert_eq!(mode.unwrap() & 0o077, 0, "the saved session is private");
     let (ok, out) = cli(&["regions", "create", "sydney"]);
     assert!(ok, "{out}");
-    let token = out
-        .lines()
-        .map(str::trim)
-        .find(|l| l.len() > 37 && l.as_bytes()[36] == b':')
-        .unwrap()
-        .to_owned();
+    let token = out.lines().map(str::trim).find(|l| l.len() > 37 && l.as_bytes()[36] == b':').unwrap().to_owned();
     let _proxy = Proxy::start(dir.path(), &coord.url, &token).await;
-    let table = wait_for(
-        std::time::Duration::from_secs(5),
-        "sydney ok in the table",
-        || {
-            let (ok, out) = cli(&["regions", "list"]);
-            async move {
-                (ok && out
-                    .lines()
-                    .any(|l| l.starts_with("sydney") && l.contains(" ok ")))
-                .then_some(out)
-            }
-        },
-    )
+    let table = wait_for(std::time::Duration::from_secs(5), "sydney ok in the table", || {
+        let (ok, out) = cli(&["regions", "list"]);
+        async move { (ok && out.lines().any(|l| l.starts_with("sydney") && l.contains(" ok "))).then_some(out) }
+    })
     .await;
     assert!(table.starts_with("NAME"), "{table}");
-    assert!(
-        table.contains("LAST HEARTBEAT") && table.contains("s ago"),
-        "{table}"
-    );
-    assert!(
-        table.lines().nth(1).unwrap().starts_with("primary"),
-        "{table}"
-    );
+    assert!(table.contains("LAST HEARTBEAT") && table.contains("s ago"), "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("primary"), "{table}");
     let (ok, out) = cli(&["regions", "create", "sydney"]);
     assert!(!ok && out.contains("already exists"), "{out}");
     let (ok, out) = cli(&["users", "create", "carol", "--password", "carol-password"]);
@@ -295,19 +152,12 @@ async fn cli_drives_the_api() {
     assert!(ok && out.contains("Agent main's token"), "{out}");
     let (ok, out) = cli(&["workspaces", "list"]);
     assert!(
-        ok && out.lines().any(|l| l.starts_with("admin")
-            && l.contains("dev")
-            && l.contains("offline")
-            && l.contains("code,nb")),
+        ok && out
+            .lines()
+            .any(|l| l.starts_with("admin") && l.contains("dev") && l.contains("offline") && l.contains("code,nb")),
         "{out}"
     );
-    let (ok, out) = cli(&[
-        "workspaces",
-        "create",
-        "dev",
-        "--app",
-        "code=8080,share=everyone",
-    ]);
+    let (ok, out) = cli(&["workspaces", "create", "dev", "--app", "code=8080,share=everyone"]);
     assert!(!ok && out.contains("share="), "{out}");
     let (ok, out) = cli(&["workspaces", "delete", "dev"]);
     assert!(ok, "{out}");

@@ -21,13 +21,7 @@ async fn world() -> World {
     let pg = Postgres::start().await;
     let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
     let admin = coord.admin().await;
-    admin
-        .post(
-            "/api/v2/users",
-            json!({"username": "bob", "password": "bob-password"}),
-        )
-        .await
-        .expect_status(201);
+    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
     let bob = Api::login(&coord.url, "bob", "bob-password").await;
     let token = admin.create_region("sydney").await;
     let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
@@ -38,21 +32,10 @@ async fn world() -> World {
         {"slug": "pathy", "url": "http://127.0.0.1:8083", "subdomain": false},
     ]);
     admin
-        .post(
-            "/api/v2/workspaces",
-            json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}),
-        )
+        .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
         .await
         .expect_status(201);
-    World {
-        coord,
-        proxy,
-        token,
-        admin,
-        bob,
-        _pg: pg,
-        _dir: dir,
-    }
+    World { coord, proxy, token, admin, bob, _pg: pg, _dir: dir }
 }
 
 impl World {
@@ -76,37 +59,22 @@ impl World {
             "subdomain": true,
             "binding": subdomain_binding(&self.host(app)),
         });
-        proxy_call(
-            &self.coord.url,
-            &self.token,
-            "/api/v2/proxies/me/issue-app-token",
-            body,
-        )
-        .await
+        proxy_call(&self.coord.url, &self.token, "/api/v2/proxies/me/issue-app-token", body).await
     }
 
     /// The full browser half of the flow for `api`'s user: auth-redirect → ticket → app session.
     async fn app_session(&self, api_token: &str) -> String {
-        let location = auth_redirect(&self.coord.url, Some(api_token), &self.app_url("code"))
-            .await
-            .1;
+        let location = auth_redirect(&self.coord.url, Some(api_token), &self.app_url("code")).await.1;
         let ticket = url::Url::parse(&location)
             .unwrap()
             .query_pairs()
             .find(|(k, _)| k == "meridian_app_ticket")
             .map(|(_, v)| v.into_owned())
             .expect("ticket in the redirect");
-        let reply = proxy_call(
-            &self.coord.url,
-            &self.token,
-            "/api/v2/proxies/me/redeem-ticket",
-            json!({ "ticket": ticket }),
-        )
-        .await;
-        reply.expect_status(200)["app_session_token"]
-            .as_str()
-            .unwrap()
-            .to_owned()
+        let reply =
+            proxy_call(&self.coord.url, &self.token, "/api/v2/proxies/me/redeem-ticket", json!({ "ticket": ticket }))
+                .await;
+        reply.expect_status(200)["app_session_token"].as_str().unwrap().to_owned()
     }
 }
 
@@ -119,30 +87,19 @@ async fn proxy_call(base: &str, proxy_token: &str, path: &str, body: Value) -> R
         .await
         .unwrap();
     let status = resp.status().as_u16();
-    Reply {
-        status,
-        body: resp.json().await.unwrap_or(Value::Null),
-    }
+    Reply { status, body: resp.json().await.unwrap_or(Value::Null) }
 }
 
 /// GETs auth-redirect with an optional session cookie; returns (status, Location).
 async fn auth_redirect(base: &str, session: Option<&str>, redirect_uri: &str) -> (u16, String) {
-    let http = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let mut req = http
-        .get(format!("{base}/api/v2/applications/auth-redirect"))
-        .query(&[("redirect_uri", redirect_uri)]);
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let mut req =
+        http.get(format!("{base}/api/v2/applications/auth-redirect")).query(&[("redirect_uri", redirect_uri)]);
     if let Some(s) = session {
         req = req.header("cookie", format!("meridian_session={s}"));
     }
     let resp = req.send().await.unwrap();
-    let location = resp
-        .headers()
-        .get("location")
-        .map(|l| l.to_str().unwrap().to_owned())
-        .unwrap_or_default();
+    let location = resp.headers().get("location").map(|l| l.to_str().unwrap().to_owned()).unwrap_or_default();
     (resp.status().as_u16(), location)
 }
 
@@ -159,20 +116,9 @@ async fn auth_redirect_issues_one_time_tickets_only_for_app_hosts() {
     // Signed out → the login page, which comes back here.
     let (status, location) = auth_redirect(&w.coord.url, None, &target).await;
     assert_eq!(status, 303);
-    assert!(
-        location.starts_with("/login?redirect=%2Fapi%2Fv2%2Fapplications%2Fauth-redirect"),
-        "{location}"
-    );
-    let page = reqwest::get(format!("{}{location}", w.coord.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        page.contains("/api/v2/users/login") && page.contains("auth-redirect"),
-        "{page}"
-    );
+    assert!(location.starts_with("/login?redirect=%2Fapi%2Fv2%2Fapplications%2Fauth-redirect"), "{location}");
+    let page = reqwest::get(format!("{}{location}", w.coord.url)).await.unwrap().text().await.unwrap();
+    assert!(page.contains("/api/v2/users/login") && page.contains("auth-redirect"), "{page}");
 
     // Signed in → back to the same URL with one fresh ticket.
     let (status, location) = auth_redirect(&w.coord.url, Some(&admin_session), &target).await;
@@ -180,53 +126,21 @@ async fn auth_redirect_issues_one_time_tickets_only_for_app_hosts() {
     let back = url::Url::parse(&location).unwrap();
     assert_eq!(back.host_str(), Some(w.host("code").as_str()));
     assert_eq!(back.path(), "/x");
-    let pairs: Vec<(String, String)> = back
-        .query_pairs()
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect();
-    assert_eq!(
-        pairs
-            .iter()
-            .filter(|(k, _)| k == "meridian_app_ticket")
-            .count(),
-        1,
-        "{location}"
-    );
+    let pairs: Vec<(String, String)> = back.query_pairs().map(|(k, v)| (k.into(), v.into())).collect();
+    assert_eq!(pairs.iter().filter(|(k, _)| k == "meridian_app_ticket").count(), 1, "{location}");
     assert!(pairs.contains(&("keep".into(), "1".into())));
-    let ticket = &pairs
-        .iter()
-        .find(|(k, _)| k == "meridian_app_ticket")
-        .unwrap()
-        .1;
+    let ticket = &pairs.iter().find(|(k, _)| k == "meridian_app_ticket").unwrap().1;
     assert_ne!(ticket, "stale");
 
     let redeem = |t: String, proxy_token: String| {
         let base = w.coord.url.clone();
-        async move {
-            proxy_call(
-                &base,
-                &proxy_token,
-                "/api/v2/proxies/me/redeem-ticket",
-                json!({ "ticket": t }),
-            )
-            .await
-        }
+        async move { proxy_call(&base, &proxy_token, "/api/v2/proxies/me/redeem-ticket", json!({ "ticket": t })).await }
     };
-    redeem(ticket.clone(), "nobody:nothing".into())
-        .await
-        .expect_status(401);
-    redeem(ticket.clone(), w.token.clone())
-        .await
-        .expect_status(200);
+    redeem(ticket.clone(), "nobody:nothing".into()).await.expect_status(401);
+    redeem(ticket.clone(), w.token.clone()).await.expect_status(200);
     let again = redeem(ticket.clone(), w.token.clone()).await;
-    assert_eq!(
-        again.status, 401,
-        "a used ticket is refused: {}",
-        again.body
-    );
-    redeem("garbage".into(), w.token.clone())
-        .await
-        .expect_status(401);
+    assert_eq!(again.status, 401, "a used ticket is refused: {}", again.body);
+    redeem("garbage".into(), w.token.clone()).await.expect_status(401);
 
     // Open redirects: never anything but an exact app address.
     let p = w.proxy.port;
@@ -248,9 +162,7 @@ async fn auth_redirect_issues_one_time_tickets_only_for_app_hosts() {
     }
     let (status, _) = auth_redirect(&w.coord.url, None, "https://evil.example/").await;
     assert_eq!(status, 400, "checked before sending anyone to log in");
-    let missing = reqwest::get(format!("{}/api/v2/applications/auth-redirect", w.coord.url))
-        .await
-        .unwrap();
+    let missing = reqwest::get(format!("{}/api/v2/applications/auth-redirect", w.coord.url)).await.unwrap();
     assert_eq!(missing.status(), 400);
 }
 
@@ -271,11 +183,7 @@ async fn app_tokens_follow_the_sharing_rules() {
     ];
     for (app, o, b, anon) in matrix {
         assert_eq!(w.issue(app, Some(&owner)).await.status, o, "{app} as owner");
-        assert_eq!(
-            w.issue(app, Some(&other)).await.status,
-            b,
-            "{app} as another user"
-        );
+        assert_eq!(w.issue(app, Some(&other)).await.status, b, "{app} as another user");
         assert_eq!(w.issue(app, None).await.status, anon, "{app} anonymously");
     }
 
@@ -288,52 +196,21 @@ async fn app_tokens_follow_the_sharing_rules() {
     )
     .await
     .expect_status(200);
-    let keys: Vec<meridian_regions::app_token::PublicKey> =
-        serde_json::from_value(reg["keys"].clone()).unwrap();
+    let keys: Vec<meridian_regions::app_token::PublicKey> = serde_json::from_value(reg["keys"].clone()).unwrap();
     let verifier = Verifier::new(&keys);
-    let token = w.issue("code", Some(&owner)).await.expect_status(200)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let claims = verifier
-        .verify(&token, &subdomain_binding(&w.host("code")))
-        .unwrap();
+    let token = w.issue("code", Some(&owner)).await.expect_status(200)["token"].as_str().unwrap().to_owned();
+    let claims = verifier.verify(&token, &subdomain_binding(&w.host("code"))).unwrap();
     assert_eq!(claims.upstream, "http://127.0.0.1:8080");
     assert!(claims.exp - claims.iat <= 600, "short-lived");
-    assert!(
-        verifier
-            .verify(&token, &subdomain_binding(&w.host("shared")))
-            .is_err(),
-        "bound to one app"
-    );
-    assert!(verifier
-        .verify(&token, &path_binding("127.0.0.1", "/@admin/dev/apps/code/"))
-        .is_err());
-    let anon = w.issue("open", None).await.expect_status(200)["token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(
-        verifier
-            .verify(&anon, &subdomain_binding(&w.host("open")))
-            .unwrap()
-            .sub,
-        "anonymous"
-    );
+    assert!(verifier.verify(&token, &subdomain_binding(&w.host("shared"))).is_err(), "bound to one app");
+    assert!(verifier.verify(&token, &path_binding("127.0.0.1", "/@admin/dev/apps/code/")).is_err());
+    let anon = w.issue("open", None).await.expect_status(200)["token"].as_str().unwrap().to_owned();
+    assert_eq!(verifier.verify(&anon, &subdomain_binding(&w.host("open"))).unwrap().sub, "anonymous");
 
     // Scopes do not mix: a user session is not an app session, and vice versa.
-    assert_eq!(
-        w.issue("code", Some(&session_of(&w.admin))).await.status,
-        401
-    );
-    Api::with_token(&w.coord.url, &owner)
-        .get("/api/v2/users/me")
-        .await
-        .expect_status(401);
+    assert_eq!(w.issue("code", Some(&session_of(&w.admin))).await.status, 401);
+    Api::with_token(&w.coord.url, &owner).get("/api/v2/users/me").await.expect_status(401);
     // Only proxies may ask.
-    let as_user = w
-        .admin
-        .post("/api/v2/proxies/me/issue-app-token", json!({}))
-        .await;
+    let as_user = w.admin.post("/api/v2/proxies/me/issue-app-token", json!({})).await;
     assert_eq!(as_user.status, 401);
 }

@@ -16,32 +16,18 @@ async fn proxies_reregister_after_the_coordinator_restarts() {
     coord.proc.signal(Signal::SIGKILL);
     // The proxy keeps running and says it is degraded.
     let report = wait_for(Duration::from_secs(10), "proxy to notice", || async {
-        proxy
-            .report()
-            .await
-            .filter(|r| r["coordinator_reachable"] == false)
+        proxy.report().await.filter(|r| r["coordinator_reachable"] == false)
     })
     .await;
     assert_eq!(report["status"], "degraded");
-    assert!(
-        report["warnings"][0]
-            .as_str()
-            .unwrap()
-            .contains("coordinator"),
-        "{report}"
-    );
+    assert!(report["warnings"][0].as_str().unwrap().contains("coordinator"), "{report}");
     let before = report["last_registration_at"].as_str().map(str::to_owned);
-    assert!(
-        proxy.proc.child.try_wait().unwrap().is_none(),
-        "the proxy never exits for this"
-    );
+    assert!(proxy.proc.child.try_wait().unwrap().is_none(), "the proxy never exits for this");
 
     coord.restart().await;
     proxy.wait_registered_after(before).await;
     assert_eq!(proxy.report().await.unwrap()["status"], "ok");
-    admin
-        .wait_status("sydney", "ok", Duration::from_secs(5))
-        .await;
+    admin.wait_status("sydney", "ok", Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -55,29 +41,12 @@ async fn api_answers_503_while_postgres_is_down_and_recovers() {
     pg.pg.stop().unwrap();
     let down = admin.get("/api/v2/regions").await;
     assert_eq!(down.status, 503, "{}", down.body);
-    assert!(
-        down.body["message"].as_str().unwrap().contains("database"),
-        "{}",
-        down.body
-    );
+    assert!(down.body["message"].as_str().unwrap().contains("database"), "{}", down.body);
     // Liveness does not depend on the database; the primary's report names it.
-    assert_eq!(
-        reqwest::get(format!("{}/healthz", coord.url))
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    let report: serde_json::Value = reqwest::get(format!("{}/healthz-report", coord.url))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert!(
-        report["errors"][0].as_str().unwrap().contains("database"),
-        "{report}"
-    );
+    assert_eq!(reqwest::get(format!("{}/healthz", coord.url)).await.unwrap().status(), 200);
+    let report: serde_json::Value =
+        reqwest::get(format!("{}/healthz-report", coord.url)).await.unwrap().json().await.unwrap();
+    assert!(report["errors"][0].as_str().unwrap().contains("database"), "{report}");
 
     pg.pg.start().unwrap();
     wait_for(Duration::from_secs(15), "API recovery", || async {
@@ -86,8 +55,5 @@ async fn api_answers_503_while_postgres_is_down_and_recovers() {
     .await;
     admin.create_region("after-outage").await;
     let mut coord = coord;
-    assert!(
-        coord.proc.child.try_wait().unwrap().is_none(),
-        "the coordinator recovered without a restart"
-    );
+    assert!(coord.proc.child.try_wait().unwrap().is_none(), "the coordinator recovered without a restart");
 }

@@ -19,20 +19,13 @@ fn example_configs_parse() {
                     .map(drop)
                     .map_err(|e| e.to_string())
             }
-            n if n.starts_with("proxy") && n.ends_with(".toml") => {
-                meridian_proxy::config::Args::from_toml(&text)
-                    .and_then(|a| a.resolve())
-                    .map(drop)
-                    .map_err(|e| e.to_string())
-            }
+            n if n.starts_with("proxy") && n.ends_with(".toml") => meridian_proxy::config::Args::from_toml(&text)
+                .and_then(|a| a.resolve())
+                .map(drop)
+                .map_err(|e| e.to_string()),
             _ => continue,
         };
-        assert!(
-            result.is_ok(),
-            "{}: {}",
-            path.display(),
-            result.unwrap_err()
-        );
+        assert!(result.is_ok(), "{}: {}", path.display(), result.unwrap_err());
         seen += 1;
     }
     assert!(seen >= 2, "an example config per role, found {seen}");

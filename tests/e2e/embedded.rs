@@ -10,16 +10,11 @@ async fn embedded_postgres_is_created_reused_and_stopped() {
     let dir = tempdir();
     let data = dir.path().join("data");
     let port = free_port();
-    let args: Vec<String> = [
-        "coordinator",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> =
+        ["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", data.to_str().unwrap()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
     let url = format!("http://127.0.0.1:{port}");
     let mut coord = Coordinator::start_with(dir.path(), args.clone(), url.clone()).await;
     let admin = coord.admin().await;
@@ -29,18 +24,12 @@ async fn embedded_postgres_is_created_reused_and_stopped() {
     coord.proc.signal(Signal::SIGTERM);
     let status = coord.proc.wait_exit(Duration::from_secs(30)).await;
     assert!(status.success(), "{status:?}");
-    assert!(
-        !data.join("postgres/postmaster.pid").exists(),
-        "Postgres stopped with the coordinator"
-    );
+    assert!(!data.join("postgres/postmaster.pid").exists(), "Postgres stopped with the coordinator");
 
     // Same data directory: the user and the region are still there.
     let coord = Coordinator::start_with(dir.path(), args, url).await;
     let login = Api::anonymous(&coord.url)
-        .post(
-            "/api/v2/users/login",
-            serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}),
-        )
+        .post("/api/v2/users/login", serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
         .await
         .expect_status(200);
     let admin = Api::with_token(&coord.url, login["session_token"].as_str().unwrap());
@@ -68,10 +57,7 @@ async fn missing_postgres_is_one_clear_line() {
     let status = proc.wait_exit(Duration::from_secs(10)).await;
     assert!(!status.success());
     let out = proc.output();
-    assert!(
-        out.contains("apt-get install postgresql"),
-        "says what to install: {out}"
-    );
+    assert!(out.contains("apt-get install postgresql"), "says what to install: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -86,22 +72,13 @@ async fn data_dir_the_server_user_cannot_reach_is_one_clear_line() {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let data = dir.path().join("data");
-    let args: Vec<String> = [
-        "coordinator",
-        "--listen",
-        "127.0.0.1:0",
-        "--data-dir",
-        data.to_str().unwrap(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let args: Vec<String> = ["coordinator", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut proc = Process::spawn("coordinator", dir.path(), &args);
     let status = proc.wait_exit(Duration::from_secs(10)).await;
     assert!(!status.success());
     let out = proc.output();
-    assert!(
-        out.contains("cannot enter") && out.contains("--data-dir"),
-        "{out}"
-    );
+    assert!(out.contains("cannot enter") && out.contains("--data-dir"), "{out}");
 }

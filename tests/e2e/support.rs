@@ -18,11 +18,7 @@ pub const ADMIN_PASSWORD: &str = "admin-password";
 /// A free loopback port (bound and released; the OS does not hand it out
 /// again right away).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// Polls `f` until it returns `Some`, at most `deadline`; panics naming `what`.
@@ -36,10 +32,7 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(
-            start.elapsed() < deadline,
-            "timed out after {deadline:?} waiting for {what}"
-        );
+        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
@@ -52,10 +45,7 @@ pub struct Postgres {
 
 impl Postgres {
     pub async fn start() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("meridian-pg")
-            .tempdir()
-            .unwrap();
+        let dir = tempfile::Builder::new().prefix("meridian-pg").tempdir().unwrap();
         let mut pg = EmbeddedPostgres::new(dir.path(), PgBinaries::find(None).unwrap()).unwrap();
         tokio::task::block_in_place(|| pg.start()).unwrap();
         pg.ensure_database().await.unwrap();
@@ -88,11 +78,7 @@ impl Process {
             .stderr(out)
             .spawn()
             .unwrap();
-        Self {
-            child,
-            log,
-            name: name.into(),
-        }
+        Self { child, log, name: name.into() }
     }
 
     pub fn pid(&self) -> nix::unistd::Pid {
@@ -168,12 +154,7 @@ impl Coordinator {
 
     pub async fn start_with(dir: &Path, args: Vec<String>, url: String) -> Self {
         let proc = Process::spawn("coordinator", dir, &args);
-        let mut c = Self {
-            proc,
-            url,
-            args,
-            dir: dir.to_owned(),
-        };
+        let mut c = Self { proc, url, args, dir: dir.to_owned() };
         c.wait_ready().await;
         c
     }
@@ -183,18 +164,9 @@ impl Coordinator {
         let proc = &mut self.proc;
         wait_for(Duration::from_secs(30), "coordinator /healthz", || {
             let exited = proc.child.try_wait().unwrap();
-            assert!(
-                exited.is_none(),
-                "coordinator exited: {exited:?}\n{}",
-                proc.output()
-            );
+            assert!(exited.is_none(), "coordinator exited: {exited:?}\n{}", proc.output());
             let url = url.clone();
-            async move {
-                reqwest::get(&url)
-                    .await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-            }
+            async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()) }
         })
         .await;
     }
@@ -209,10 +181,7 @@ impl Coordinator {
     /// Creates the first user and returns an admin client.
     pub async fn admin(&self) -> Api {
         let resp: Value = Api::anonymous(&self.url)
-            .post(
-                "/api/v2/users/first",
-                json!({"username": "admin", "password": ADMIN_PASSWORD}),
-            )
+            .post("/api/v2/users/first", json!({"username": "admin", "password": ADMIN_PASSWORD}))
             .await
             .expect_status(201);
         Api::with_token(&self.url, resp["session_token"].as_str().unwrap())
@@ -249,19 +218,9 @@ impl Proxy {
         .map(|s| s.to_string())
         .collect();
         args.extend(extra.iter().map(|s| s.to_string()));
-        let scheme = if extra.contains(&"--tls-cert") {
-            "https"
-        } else {
-            "http"
-        };
+        let scheme = if extra.contains(&"--tls-cert") { "https" } else { "http" };
         let proc = Process::spawn("proxy", dir, &args);
-        Self {
-            proc,
-            url: format!("{scheme}://127.0.0.1:{port}"),
-            port,
-            args,
-            dir: dir.to_owned(),
-        }
+        Self { proc, url: format!("{scheme}://127.0.0.1:{port}"), port, args, dir: dir.to_owned() }
     }
 
     /// Starts the same proxy again (same port, same replica) after it died.
@@ -279,12 +238,7 @@ impl Proxy {
     }
 
     pub async fn report(&self) -> Option<Value> {
-        reqwest::get(format!("{}/healthz-report", self.url))
-            .await
-            .ok()?
-            .json()
-            .await
-            .ok()
+        reqwest::get(format!("{}/healthz-report", self.url)).await.ok()?.json().await.ok()
     }
 
     /// Waits until the proxy's report shows a registration newer than `after`.
@@ -293,11 +247,7 @@ impl Proxy {
         let proc = &mut self.proc;
         wait_for(Duration::from_secs(30), "proxy registration", || {
             let exited = proc.child.try_wait().unwrap();
-            assert!(
-                exited.is_none(),
-                "proxy exited: {exited:?}\n{}",
-                proc.output()
-            );
+            assert!(exited.is_none(), "proxy exited: {exited:?}\n{}", proc.output());
             let (url, after) = (url.clone(), after.clone());
             async move {
                 let r: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
@@ -328,39 +278,24 @@ pub struct Reply {
 impl Reply {
     /// The body, after checking the status (printing the body if it differs).
     pub fn expect_status(self, status: u16) -> Value {
-        assert_eq!(
-            self.status, status,
-            "unexpected status; body: {}",
-            self.body
-        );
+        assert_eq!(self.status, status, "unexpected status; body: {}", self.body);
         self.body
     }
 }
 
 impl Api {
     pub fn anonymous(base: &str) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: base.into(),
-            token: None,
-        }
+        Self { http: reqwest::Client::new(), base: base.into(), token: None }
     }
 
     pub fn with_token(base: &str, token: &str) -> Self {
-        Self {
-            http: reqwest::Client::new(),
-            base: base.into(),
-            token: Some(token.into()),
-        }
+        Self { http: reqwest::Client::new(), base: base.into(), token: Some(token.into()) }
     }
 
     /// Signs in as `username` and returns a client with that session.
     pub async fn login(base: &str, username: &str, password: &str) -> Self {
         let body = serde_json::json!({ "username": username, "password": password });
-        let reply = Self::anonymous(base)
-            .post("/api/v2/users/login", body)
-            .await
-            .expect_status(200);
+        let reply = Self::anonymous(base).post("/api/v2/users/login", body).await.expect_status(200);
         Self::with_token(base, reply["session_token"].as_str().unwrap())
     }
 
@@ -375,11 +310,8 @@ impl Api {
         let resp = req.send().await.expect("request to the coordinator failed");
         let status = resp.status().as_u16();
         let text = resp.text().await.unwrap_or_default();
-        let body = if text.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_str(&text).unwrap_or(Value::String(text))
-        };
+        let body =
+            if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
         Reply { status, body }
     }
 
@@ -402,44 +334,27 @@ impl Api {
 
     /// Creates a region and returns its proxy token.
     pub async fn create_region(&self, name: &str) -> String {
-        let body = self
-            .post(
-                "/api/v2/regions",
-                json!({"name": name, "display_name": name}),
-            )
-            .await
-            .expect_status(201);
+        let body = self.post("/api/v2/regions", json!({"name": name, "display_name": name})).await.expect_status(201);
         body["proxy_token"].as_str().unwrap().to_owned()
     }
 
     /// The region named `name` as the API lists it.
     pub async fn region(&self, name: &str) -> Value {
         let list = self.get("/api/v2/regions").await.expect_status(200);
-        list["regions"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == name)
-            .cloned()
-            .expect("region listed")
+        list["regions"].as_array().unwrap().iter().find(|r| r["name"] == name).cloned().expect("region listed")
     }
 
     /// Waits until region `name` has `status`; returns how long that took.
     pub async fn wait_status(&self, name: &str, status: &str, deadline: Duration) -> Duration {
         let start = Instant::now();
-        wait_for(
-            deadline,
-            &format!("region {name} to be {status}"),
-            || async { (self.region(name).await["status"] == status).then_some(()) },
-        )
+        wait_for(deadline, &format!("region {name} to be {status}"), || async {
+            (self.region(name).await["status"] == status).then_some(())
+        })
         .await;
         start.elapsed()
     }
 }
 
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix("meridian-e2e")
-        .tempdir()
-        .unwrap()
+    tempfile::Builder::new().prefix("meridian-e2e").tempdir().unwrap()
 }

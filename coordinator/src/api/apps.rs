@@ -45,47 +45,27 @@ pub async fn auth_redirect(
     }
 }
 
-async fn auth_redirect_inner(
-    state: &AppState,
-    q: AuthRedirectQuery,
-    parts: &Parts,
-) -> ApiResult<Response> {
-    let raw = q
-        .redirect_uri
-        .ok_or_else(|| ApiError::BadRequest("redirect_uri is missing.".into()))?;
+async fn auth_redirect_inner(state: &AppState, q: AuthRedirectQuery, parts: &Parts) -> ApiResult<Response> {
+    let raw = q.redirect_uri.ok_or_else(|| ApiError::BadRequest("redirect_uri is missing.".into()))?;
     let hosts = app_hosts(state).await?;
-    let mut target =
-        redirect::validate(&raw, &hosts).map_err(|e| ApiError::BadRequest(format!("{e}.")))?;
+    let mut target = redirect::validate(&raw, &hosts).map_err(|e| ApiError::BadRequest(format!("{e}.")))?;
     let Some(user) = optional_user(parts, state).await? else {
-        let back = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
+        let back = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let login = format!("/login?redirect={}", urlencode(back));
         return Ok(see_other(&login));
     };
     let host = target.host_str().unwrap_or_default().to_owned();
     let ticket = state.store.create_ticket(user.id, &host).await?;
-    let kept: Vec<(String, String)> = target
-        .query_pairs()
-        .filter(|(k, _)| k != APP_TICKET_PARAM)
-        .map(|(k, v)| (k.into(), v.into()))
-        .collect();
-    target
-        .query_pairs_mut()
-        .clear()
-        .extend_pairs(kept)
-        .append_pair(APP_TICKET_PARAM, ticket.encode().expose());
+    let kept: Vec<(String, String)> =
+        target.query_pairs().filter(|(k, _)| k != APP_TICKET_PARAM).map(|(k, v)| (k.into(), v.into())).collect();
+    target.query_pairs_mut().clear().extend_pairs(kept).append_pair(APP_TICKET_PARAM, ticket.encode().expose());
     Ok(see_other(target.as_str()))
 }
 
 /// Every app address Meridian serves: the primary's and each region's.
 async fn app_hosts(state: &AppState) -> ApiResult<AppHosts> {
     let mut hosts = AppHosts::default();
-    hosts
-        .wildcards
-        .extend(state.config.wildcard_access_url.clone());
+    hosts.wildcards.extend(state.config.wildcard_access_url.clone());
     hosts.access_urls.push(state.config.access_url.clone());
     for region in state.store.regions().await? {
         for replica in &region.replicas {
@@ -93,9 +73,7 @@ async fn app_hosts(state: &AppState) -> ApiResult<AppHosts> {
                 hosts.access_urls.push(u);
             }
         }
-        hosts
-            .wildcards
-            .extend(region.wildcard_hostname.filter(|w| !w.is_empty()));
+        hosts.wildcards.extend(region.wildcard_hostname.filter(|w| !w.is_empty()));
     }
     Ok(hosts)
 }
@@ -107,29 +85,19 @@ pub struct LoginQuery {
 
 /// `GET /login`: a sign-in form that returns to `redirect` (a same-origin path only).
 pub async fn login_page(Query(q): Query<LoginQuery>) -> Html<String> {
-    let back = q
-        .redirect
-        .filter(|r| is_local_path(r))
-        .unwrap_or_else(|| "/api/v2/users/me".into());
+    let back = q.redirect.filter(|r| is_local_path(r)).unwrap_or_else(|| "/api/v2/users/me".into());
     // JSON-encode, then escape `<` so the value cannot close the script element.
-    let back = serde_json::to_string(&back)
-        .unwrap_or_default()
-        .replace('<', "\\u003c");
+    let back = serde_json::to_string(&back).unwrap_or_default().replace('<', "\\u003c");
     Html(LOGIN_PAGE.replace("__REDIRECT__", &back))
 }
 
 /// A path on this host: starts with one `/`, never `//` or `/\` (scheme-relative).
 pub fn is_local_path(p: &str) -> bool {
-    p.starts_with('/')
-        && !p.starts_with("//")
-        && !p.starts_with("/\\")
-        && !p.chars().any(char::is_control)
+    p.starts_with('/') && !p.starts_with("//") && !p.starts_with("/\\") && !p.chars().any(char::is_control)
 }
 
 pub async fn keys(State(state): State<AppState>, _proxy: ProxyRegion) -> axum::Json<KeysResponse> {
-    axum::Json(KeysResponse {
-        keys: state.keys.public.clone(),
-    })
+    axum::Json(KeysResponse { keys: state.keys.public.clone() })
 }
 
 pub async fn redeem_ticket(
@@ -137,14 +105,9 @@ pub async fn redeem_ticket(
     ProxyRegion(region): ProxyRegion,
     Json(req): Json<RedeemTicket>,
 ) -> ApiResult<axum::Json<RedeemTicketResponse>> {
-    let refused =
-        || ApiError::Unauthorized("The login ticket is invalid, expired or already used.".into());
+    let refused = || ApiError::Unauthorized("The login ticket is invalid, expired or already used.".into());
     let ticket = Token::parse(&req.ticket).map_err(|_| refused())?;
-    let (user_id, host) = state
-        .store
-        .redeem_ticket(&ticket)
-        .await?
-        .ok_or_else(refused)?;
+    let (user_id, host) = state.store.redeem_ticket(&ticket).await?.ok_or_else(refused)?;
     let session = state.store.create_session(user_id, Scope::App).await?;
     tracing::info!(region = %region.name, %host, "login ticket redeemed");
     Ok(axum::Json(RedeemTicketResponse {
@@ -162,19 +125,13 @@ pub async fn issue_app_token(
 ) -> ApiResult<axum::Json<IssueAppTokenResponse>> {
     let expected_kind = if req.subdomain { "host:" } else { "path:" };
     if !req.binding.starts_with(expected_kind) {
-        return Err(ApiError::BadRequest(
-            "binding does not match the request kind.".into(),
-        ));
+        return Err(ApiError::BadRequest("binding does not match the request kind.".into()));
     }
     let user = match req.app_session_token.as_deref().map(Token::parse) {
         Some(Ok(t)) => state.store.session_user(&t, Scope::App).await?,
         _ => None,
     };
-    let app = state
-        .store
-        .resolve_app(&req.app)
-        .await?
-        .filter(|a| a.subdomain == req.subdomain);
+    let app = state.store.resolve_app(&req.app).await?.filter(|a| a.subdomain == req.subdomain);
     let allowed = app.as_ref().is_some_and(|a| match a.share {
         Share::Public => true,
         Share::Authenticated => user.is_some(),
@@ -182,11 +139,7 @@ pub async fn issue_app_token(
     });
     let app = match (app, allowed, &user) {
         (Some(app), true, _) => app,
-        (_, _, Some(_)) => {
-            return Err(ApiError::NotFound(
-                "No such app, or you may not open it.".into(),
-            ))
-        }
+        (_, _, Some(_)) => return Err(ApiError::NotFound("No such app, or you may not open it.".into())),
         (_, _, None) => return Err(ApiError::Unauthorized("Sign in to open this app.".into())),
     };
     let now = chrono::Utc::now();
@@ -201,25 +154,12 @@ pub async fn issue_app_token(
         nbf: now.timestamp(),
         exp: (now + APP_TOKEN_LIFETIME).timestamp(),
     };
-    let token = state
-        .keys
-        .signer
-        .sign(&claims)
-        .map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(axum::Json(IssueAppTokenResponse {
-        token,
-        expires_at: now + APP_TOKEN_LIFETIME,
-    }))
+    let token = state.keys.signer.sign(&claims).map_err(|e| ApiError::Internal(e.into()))?;
+    Ok(axum::Json(IssueAppTokenResponse { token, expires_at: now + APP_TOKEN_LIFETIME }))
 }
 
 fn see_other(location: &str) -> Response {
-    (
-        StatusCode::SEE_OTHER,
-        [
-            (header::LOCATION, location.to_owned()),
-            (header::CACHE_CONTROL, "no-store".to_owned()),
-        ],
-    )
+    (StatusCode::SEE_OTHER, [(header::LOCATION, location.to_owned()), (header::CACHE_CONTROL, "no-store".to_owned())])
         .into_response()
 }
 
@@ -233,19 +173,13 @@ fn error_page(e: ApiError) -> Response {
         ),
         _ => return e.into_response(),
     };
-    let body = format!(
-        "<!doctype html><title>Meridian</title><h1>{}</h1><p>{}</p>",
-        status.as_u16(),
-        html_escape(&message)
-    );
+    let body =
+        format!("<!doctype html><title>Meridian</title><h1>{}</h1><p>{}</p>", status.as_u16(), html_escape(&message));
     (status, Html(body)).into_response()
 }
 
 fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn urlencode(s: &str) -> String {
@@ -275,21 +209,10 @@ document.getElementById("f").onsubmit = async (ev) => {
 mod tests {
     #[test]
     fn local_paths() {
-        for ok in [
-            "/",
-            "/x?y",
-            "/api/v2/applications/auth-redirect?redirect_uri=http%3A%2F%2Fa",
-        ] {
+        for ok in ["/", "/x?y", "/api/v2/applications/auth-redirect?redirect_uri=http%3A%2F%2Fa"] {
             assert!(super::is_local_path(ok), "{ok}");
         }
-        for bad in [
-            "//evil.example",
-            "/\\evil.example",
-            "https://evil.example",
-            "evil",
-            "",
-            "/a\r\nb",
-        ] {
+        for bad in ["//evil.example", "/\\evil.example", "https://evil.example", "evil", "", "/a\r\nb"] {
             assert!(!super::is_local_path(bad), "{bad:?}");
         }
     }

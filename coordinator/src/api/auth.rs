@@ -16,6 +16,23 @@ pub struct CurrentUser(pub UserRow);
 /// A signed-in admin.
 pub struct Admin(pub UserRow);
 
+/// The agent whose token came in `Meridian-Agent-Token`.
+pub struct AgentIdentity(pub uuid::Uuid);
+
+impl FromRequestParts<AppState> for AgentIdentity {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let refused = || {
+            ApiError::Unauthorized("The agent token is invalid: its workspace was deleted, or it is mistyped.".into())
+        };
+        let raw = header(parts, headers::AGENT_TOKEN).ok_or_else(refused)?;
+        let token = Token::parse(&raw).map_err(|_| refused())?;
+        let id = state.store.agent_for_token(&token).await?.ok_or_else(refused)?;
+        Ok(AgentIdentity(id))
+    }
+}
+
 /// The region whose proxy token came in `Meridian-Proxy-Token`.
 pub struct ProxyRegion(pub RegionRow);
 
@@ -33,20 +50,10 @@ impl CurrentUser {
     async fn check(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
         let raw = header(parts, headers::SESSION_TOKEN)
             .or_else(|| cookie(parts, headers::SESSION_COOKIE))
-            .ok_or_else(|| {
-                ApiError::Unauthorized("Sign in first: no session token was sent.".into())
-            })?;
-        let invalid = || {
-            ApiError::Unauthorized(
-                "The session token is invalid or has expired; sign in again.".into(),
-            )
-        };
+            .ok_or_else(|| ApiError::Unauthorized("Sign in first: no session token was sent.".into()))?;
+        let invalid = || ApiError::Unauthorized("The session token is invalid or has expired; sign in again.".into());
         let token = Token::parse(&raw).map_err(|_| invalid())?;
-        let user = state
-            .store
-            .session_user(&token, Scope::User)
-            .await?
-            .ok_or_else(invalid)?;
+        let user = state.store.session_user(&token, Scope::User).await?.ok_or_else(invalid)?;
         Ok(CurrentUser(user))
     }
 }
@@ -76,13 +83,10 @@ impl FromRequestParts<AppState> for ProxyRegion {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let raw = header(parts, headers::PROXY_TOKEN).ok_or_else(|| {
-            ApiError::Unauthorized(format!(
-                "No proxy token: send it in the {} header.",
-                headers::PROXY_TOKEN
-            ))
+            ApiError::Unauthorized(format!("No proxy token: send it in the {} header.", headers::PROXY_TOKEN))
         })?;
-        let token = Token::parse(&raw)
-            .map_err(|e| ApiError::Unauthorized(format!("The proxy token is malformed: {e}.")))?;
+        let token =
+            Token::parse(&raw).map_err(|e| ApiError::Unauthorized(format!("The proxy token is malformed: {e}.")))?;
         let region = state.store.region_for_token(&token).await?.ok_or_else(|| {
             ApiError::Unauthorized(
                 "The proxy token is not valid: its region was deleted or the token was regenerated.".into(),

@@ -43,8 +43,5 @@ pub async fn latency_check() -> impl IntoResponse {
 }
 
 pub async fn buildinfo() -> Json<BuildInfo> {
-    Json(BuildInfo {
-        version: meridian_regions::VERSION.into(),
-        role: "coordinator".into(),
-    })
+    Json(BuildInfo { version: meridian_regions::VERSION.into(), role: "coordinator".into() })
 }

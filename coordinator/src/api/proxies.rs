@@ -29,13 +29,7 @@ pub async fn register(
     let sibling_replicas = regions
         .iter()
         .find(|r| r.id == region.id)
-        .map(|r| {
-            r.replicas
-                .iter()
-                .filter(|x| x.id != req.replica_id)
-                .cloned()
-                .collect()
-        })
+        .map(|r| r.replicas.iter().filter(|x| x.id != req.replica_id).cloned().collect())
         .unwrap_or_default();
     Ok(axum::Json(RegisterProxyResponse {
         region_id: region.id,
@@ -53,26 +47,19 @@ pub async fn deregister(
     ProxyRegion(region): ProxyRegion,
     Json(req): Json<DeregisterProxy>,
 ) -> ApiResult<StatusCode> {
-    state
-        .store
-        .delete_replica(region.id, req.replica_id)
-        .await?;
+    state.store.delete_replica(region.id, req.replica_id).await?;
     tracing::info!(region = %region.name, replica = %req.replica_id, "replica deregistered");
     Ok(StatusCode::NO_CONTENT)
 }
 
 fn validate(req: &RegisterProxy) -> ApiResult<()> {
-    let url = url::Url::parse(&req.access_url)
-        .map_err(|e| ApiError::BadRequest(format!("access_url is not a URL: {e}.")))?;
+    let url =
+        url::Url::parse(&req.access_url).map_err(|e| ApiError::BadRequest(format!("access_url is not a URL: {e}.")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(ApiError::BadRequest(
-            "access_url must be an http or https URL with a host.".into(),
-        ));
+        return Err(ApiError::BadRequest("access_url must be an http or https URL with a host.".into()));
     }
     if req.access_url.len() > MAX_URL || req.wildcard_hostname.len() > MAX_URL {
-        return Err(ApiError::BadRequest(
-            "access_url or wildcard_hostname is too long.".into(),
-        ));
+        return Err(ApiError::BadRequest("access_url or wildcard_hostname is too long.".into()));
     }
     if !req.wildcard_hostname.is_empty() && !req.wildcard_hostname.starts_with("*.") {
         return Err(ApiError::BadRequest(

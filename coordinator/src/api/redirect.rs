@@ -23,10 +23,7 @@ pub fn validate(raw: &str, hosts: &AppHosts) -> Result<Url, &'static str> {
     if raw.len() > MAX_LEN {
         return Err("redirect_uri is too long");
     }
-    if raw
-        .chars()
-        .any(|c| c.is_control() || c == '\\' || c.is_whitespace())
-    {
+    if raw.chars().any(|c| c.is_control() || c == '\\' || c.is_whitespace()) {
         return Err("redirect_uri holds control characters, spaces or backslashes");
     }
     let url = Url::parse(raw).map_err(|_| "redirect_uri must be an absolute URL")?;
@@ -69,10 +66,7 @@ mod tests {
     #[test]
     fn only_exact_app_addresses() {
         let hosts = AppHosts {
-            wildcards: vec![
-                "*.sydney.localhost:7081".into(),
-                "*.apps.example.com".into(),
-            ],
+            wildcards: vec!["*.sydney.localhost:7081".into(), "*.apps.example.com".into()],
             access_urls: vec![Url::parse("http://127.0.0.1:7080").unwrap()],
         };
         let ok = [
@@ -82,11 +76,7 @@ mod tests {
             "http://127.0.0.1:7080/@alice/dev/apps/code/",
         ];
         for u in ok {
-            assert!(
-                validate(u, &hosts).is_ok(),
-                "{u}: {:?}",
-                validate(u, &hosts)
-            );
+            assert!(validate(u, &hosts).is_ok(), "{u}: {:?}", validate(u, &hosts));
         }
         let bad = [
             "//evil.example",
@@ -113,10 +103,6 @@ mod tests {
         for u in bad {
             assert!(validate(u, &hosts).is_err(), "{u:?} must be refused");
         }
-        assert!(validate(
-            &format!("http://127.0.0.1:7080/@a/w/apps/x/{}", "a".repeat(5000)),
-            &hosts
-        )
-        .is_err());
+        assert!(validate(&format!("http://127.0.0.1:7080/@a/w/apps/x/{}", "a".repeat(5000)), &hosts).is_err());
     }
 }

@@ -8,9 +8,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::RegionWithReplicas;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use meridian_regions::api::{
-    CreateRegion, CreateRegionResponse, RegenerateTokenResponse, Region, RegionList,
-};
+use meridian_regions::api::{CreateRegion, CreateRegionResponse, RegenerateTokenResponse, Region, RegionList};
 use meridian_regions::health::Status;
 use meridian_regions::name::Name;
 use meridian_regions::PRIMARY_REGION;
@@ -18,13 +16,8 @@ use meridian_regions::PRIMARY_REGION;
 /// Longest display name accepted.
 const MAX_DISPLAY_NAME: usize = 64;
 
-pub async fn list(
-    State(state): State<AppState>,
-    _user: CurrentUser,
-) -> ApiResult<axum::Json<RegionList>> {
-    Ok(axum::Json(RegionList {
-        regions: region_list(&state).await?,
-    }))
+pub async fn list(State(state): State<AppState>, _user: CurrentUser) -> ApiResult<axum::Json<RegionList>> {
+    Ok(axum::Json(RegionList { regions: region_list(&state).await? }))
 }
 
 /// Every region in API form, the primary first.
@@ -38,17 +31,12 @@ pub async fn create(
     Admin(admin): Admin,
     Json(req): Json<CreateRegion>,
 ) -> ApiResult<(StatusCode, axum::Json<CreateRegionResponse>)> {
-    let name = Name::parse(&req.name)
-        .map_err(|e| ApiError::BadRequest(format!("Invalid region name: {e}.")))?;
+    let name = Name::parse(&req.name).map_err(|e| ApiError::BadRequest(format!("Invalid region name: {e}.")))?;
     if name.as_str() == PRIMARY_REGION {
-        return Err(ApiError::Conflict(
-            "\"primary\" is the coordinator's own region.".into(),
-        ));
+        return Err(ApiError::Conflict("\"primary\" is the coordinator's own region.".into()));
     }
     let display = req.display_name.unwrap_or_else(|| name.to_string());
-    if display.trim().is_empty()
-        || display.chars().count() > MAX_DISPLAY_NAME
-        || display.chars().any(char::is_control)
+    if display.trim().is_empty() || display.chars().count() > MAX_DISPLAY_NAME || display.chars().any(char::is_control)
     {
         return Err(ApiError::BadRequest(format!(
             "Invalid display name: 1 to {MAX_DISPLAY_NAME} printable characters."
@@ -56,18 +44,8 @@ pub async fn create(
     }
     let (row, token) = state.store.create_region(name.as_str(), &display).await?;
     tracing::info!(region = %row.name, by = %admin.username, "region created");
-    let region = to_api(
-        &state,
-        RegionWithReplicas {
-            region: row,
-            replicas: Vec::new(),
-            wildcard_hostname: None,
-        },
-    );
-    let body = CreateRegionResponse {
-        region,
-        proxy_token: token.encode().expose().to_owned(),
-    };
+    let region = to_api(&state, RegionWithReplicas { region: row, replicas: Vec::new(), wildcard_hostname: None });
+    let body = CreateRegionResponse { region, proxy_token: token.encode().expose().to_owned() };
     Ok((StatusCode::CREATED, axum::Json(body)))
 }
 
@@ -88,9 +66,7 @@ pub async fn regenerate_token(
 ) -> ApiResult<axum::Json<RegenerateTokenResponse>> {
     let token = state.store.regenerate_token(&name).await?;
     tracing::info!(region = %name, by = %admin.username, "proxy token regenerated");
-    Ok(axum::Json(RegenerateTokenResponse {
-        proxy_token: token.encode().expose().to_owned(),
-    }))
+    Ok(axum::Json(RegenerateTokenResponse { proxy_token: token.encode().expose().to_owned() }))
 }
 
 /// The API form of a region. The primary is the coordinator answering this
@@ -99,20 +75,9 @@ pub async fn regenerate_token(
 fn to_api(state: &AppState, r: RegionWithReplicas) -> Region {
     let primary = r.region.name == PRIMARY_REGION;
     let freshest = r.replicas.first();
-    let status = if primary {
-        Status::Ok
-    } else {
-        Status::combine(r.replicas.iter().map(|x| x.status))
-    };
+    let status = if primary { Status::Ok } else { Status::combine(r.replicas.iter().map(|x| x.status)) };
     let access_url = if primary {
-        Some(
-            state
-                .config
-                .access_url
-                .to_string()
-                .trim_end_matches('/')
-                .to_owned(),
-        )
+        Some(state.config.access_url.to_string().trim_end_matches('/').to_owned())
     } else {
         freshest.map(|x| x.access_url.clone())
     };
@@ -124,21 +89,9 @@ fn to_api(state: &AppState, r: RegionWithReplicas) -> Region {
         healthy: status == Status::Ok,
         path_app_url: access_url.clone(),
         access_url,
-        wildcard_hostname: if primary {
-            state.config.wildcard_access_url.clone()
-        } else {
-            r.wildcard_hostname
-        },
-        version: if primary {
-            Some(meridian_regions::VERSION.into())
-        } else {
-            freshest.map(|x| x.version.clone())
-        },
-        last_heartbeat_at: if primary {
-            Some(chrono::Utc::now())
-        } else {
-            freshest.map(|x| x.last_heartbeat_at)
-        },
+        wildcard_hostname: if primary { state.config.wildcard_access_url.clone() } else { r.wildcard_hostname },
+        version: if primary { Some(meridian_regions::VERSION.into()) } else { freshest.map(|x| x.version.clone()) },
+        last_heartbeat_at: if primary { Some(chrono::Utc::now()) } else { freshest.map(|x| x.last_heartbeat_at) },
         replicas: r.replicas,
     }
 }

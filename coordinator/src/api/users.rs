@@ -15,33 +15,20 @@ use meridian_regions::name::Name;
 use meridian_regions::token::Secret;
 
 /// `POST /api/v2/users/first`: only while no user exists; the first user is admin.
-pub async fn first(
-    State(state): State<AppState>,
-    Json(req): Json<Credentials>,
-) -> ApiResult<Response> {
+pub async fn first(State(state): State<AppState>, Json(req): Json<Credentials>) -> ApiResult<Response> {
     let (username, hash) = validated(&req.username, req.password).await?;
-    let user = state
-        .store
-        .create_first_user(username.as_str(), &hash)
-        .await?;
+    let user = state.store.create_first_user(username.as_str(), &hash).await?;
     let token = state.store.create_session(user.id, Scope::User).await?;
     tracing::info!(user = %user.username, "first user created");
-    let body = FirstUserResponse {
-        user: user.into(),
-        session_token: token.encode().expose().to_owned(),
-    };
+    let body = FirstUserResponse { user: user.into(), session_token: token.encode().expose().to_owned() };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
 /// `POST /api/v2/users/login`: a session token in the body and the `meridian_session` cookie.
-pub async fn login(
-    State(state): State<AppState>,
-    Json(req): Json<Credentials>,
-) -> ApiResult<Response> {
+pub async fn login(State(state): State<AppState>, Json(req): Json<Credentials>) -> ApiResult<Response> {
     let refused = || ApiError::Unauthorized("Incorrect username or password.".into());
     let user = state.store.user_by_name(&req.username).await?;
-    let ok =
-        secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await;
+    let ok = secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await;
     let user = user.filter(|_| ok).ok_or_else(refused)?;
     let token = state.store.create_session(user.id, Scope::User).await?;
     let value = token.encode();
@@ -52,9 +39,7 @@ pub async fn login(
         .secure(secure)
         .same_site(cookie::SameSite::Lax)
         .build();
-    let body = LoginResponse {
-        session_token: value.expose().to_owned(),
-    };
+    let body = LoginResponse { session_token: value.expose().to_owned() };
     Ok(([(header::SET_COOKIE, cookie.to_string())], axum::Json(body)).into_response())
 }
 
@@ -70,17 +55,13 @@ pub async fn create(
     Json(req): Json<CreateUser>,
 ) -> ApiResult<(StatusCode, axum::Json<User>)> {
     let (username, hash) = validated(&req.username, req.password).await?;
-    let user = state
-        .store
-        .create_user(username.as_str(), &hash, req.admin)
-        .await?;
+    let user = state.store.create_user(username.as_str(), &hash, req.admin).await?;
     tracing::info!(user = %user.username, admin = user.admin, by = %admin.username, "user created");
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 
 async fn validated(username: &str, password: Secret) -> ApiResult<(Name, String)> {
-    let name = Name::parse(username)
-        .map_err(|e| ApiError::BadRequest(format!("Invalid username: {e}.")))?;
+    let name = Name::parse(username).map_err(|e| ApiError::BadRequest(format!("Invalid username: {e}.")))?;
     if password.expose().chars().count() < secret::MIN_PASSWORD_LEN {
         return Err(ApiError::BadRequest(format!(
             "Password must be at least {} characters.",

@@ -22,10 +22,7 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, axum::Json<CreateWorkspaceResponse>)> {
     validate(&req)?;
     let owner = owner_for(&state, &caller, req.owner.as_deref()).await?;
-    let (id, agent_tokens) = state
-        .store
-        .create_workspace(owner.id, &req.name, &req.agents)
-        .await?;
+    let (id, agent_tokens) = state.store.create_workspace(owner.id, &req.name, &req.agents).await?;
     tracing::info!(workspace = %req.name, owner = %owner.username, by = %caller.username, "workspace created");
     let workspace = state
         .store
@@ -34,13 +31,7 @@ pub async fn create(
         .into_iter()
         .find(|w| w.id == id)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("created workspace vanished")))?;
-    Ok((
-        StatusCode::CREATED,
-        axum::Json(CreateWorkspaceResponse {
-            workspace,
-            agent_tokens,
-        }),
-    ))
+    Ok((StatusCode::CREATED, axum::Json(CreateWorkspaceResponse { workspace, agent_tokens })))
 }
 
 #[derive(serde::Deserialize)]
@@ -56,16 +47,10 @@ pub async fn list(
 ) -> ApiResult<axum::Json<WorkspaceList>> {
     let owner = match q.owner.as_deref() {
         Some("all") if caller.admin => None,
-        Some("all") => {
-            return Err(ApiError::Forbidden(
-                "Only admins may list everyone's workspaces.".into(),
-            ))
-        }
+        Some("all") => return Err(ApiError::Forbidden("Only admins may list everyone's workspaces.".into())),
         other => Some(owner_for(&state, &caller, other).await?.id),
     };
-    Ok(axum::Json(WorkspaceList {
-        workspaces: state.store.workspaces(owner).await?,
-    }))
+    Ok(axum::Json(WorkspaceList { workspaces: state.store.workspaces(owner).await? }))
 }
 
 pub async fn delete(
@@ -84,29 +69,25 @@ async fn owner_for(state: &AppState, caller: &UserRow, owner: Option<&str>) -> A
     match owner {
         None => Ok(caller.clone()),
         Some(name) if name == caller.username => Ok(caller.clone()),
-        Some(_) if !caller.admin => Err(ApiError::Forbidden(
-            "Only admins may act on another user's workspaces.".into(),
-        )),
-        Some(name) => state
-            .store
-            .user_by_name(name)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("No user named {name:?}."))),
+        Some(_) if !caller.admin => {
+            Err(ApiError::Forbidden("Only admins may act on another user's workspaces.".into()))
+        }
+        Some(name) => {
+            state.store.user_by_name(name).await?.ok_or_else(|| ApiError::NotFound(format!("No user named {name:?}.")))
+        }
     }
 }
 
 fn validate(req: &CreateWorkspace) -> ApiResult<()> {
     let bad = |m: String| Err(ApiError::BadRequest(m));
-    Name::parse(&req.name)
-        .map_err(|e| ApiError::BadRequest(format!("Invalid workspace name: {e}.")))?;
+    Name::parse(&req.name).map_err(|e| ApiError::BadRequest(format!("Invalid workspace name: {e}.")))?;
     if req.agents.is_empty() || req.agents.len() > MAX_AGENTS {
         return bad(format!("A workspace needs 1 to {MAX_AGENTS} agents."));
     }
     let mut agent_names = HashSet::new();
     for agent in &req.agents {
-        Name::parse(&agent.name).map_err(|e| {
-            ApiError::BadRequest(format!("Invalid agent name {:?}: {e}.", agent.name))
-        })?;
+        Name::parse(&agent.name)
+            .map_err(|e| ApiError::BadRequest(format!("Invalid agent name {:?}: {e}.", agent.name)))?;
         if !agent_names.insert(&agent.name) {
             return bad(format!("Agent {:?} is declared twice.", agent.name));
         }
@@ -117,10 +98,7 @@ fn validate(req: &CreateWorkspace) -> ApiResult<()> {
         for app in &agent.apps {
             validate_app(app)?;
             if !slugs.insert(&app.slug) {
-                return bad(format!(
-                    "App {:?} is declared twice on agent {:?}.",
-                    app.slug, agent.name
-                ));
+                return bad(format!("App {:?} is declared twice on agent {:?}.", app.slug, agent.name));
             }
         }
     }
@@ -131,25 +109,20 @@ fn validate(req: &CreateWorkspace) -> ApiResult<()> {
 /// or an http(s) URL on the workspace's loopback.
 fn validate_app(app: &App) -> ApiResult<()> {
     let bad = |m: String| Err(ApiError::BadRequest(m));
-    Name::parse(&app.slug)
-        .map_err(|e| ApiError::BadRequest(format!("Invalid app slug {:?}: {e}.", app.slug)))?;
+    Name::parse(&app.slug).map_err(|e| ApiError::BadRequest(format!("Invalid app slug {:?}: {e}.", app.slug)))?;
     match (&app.port, &app.url) {
         (Some(0), None) => bad(format!("App {:?}: port must be from 1 to 65535.", app.slug)),
         (Some(_), None) => Ok(()),
         (None, Some(url)) => {
-            let u = url::Url::parse(url).map_err(|e| {
-                ApiError::BadRequest(format!("App {:?}: invalid url: {e}.", app.slug))
-            })?;
+            let u = url::Url::parse(url)
+                .map_err(|e| ApiError::BadRequest(format!("App {:?}: invalid url: {e}.", app.slug)))?;
             let loopback = match u.host() {
                 Some(url::Host::Domain(d)) => d == "localhost",
                 Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
                 Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
                 None => false,
             };
-            if !matches!(u.scheme(), "http" | "https")
-                || !loopback
-                || u.port_or_known_default().is_none()
-            {
+            if !matches!(u.scheme(), "http" | "https") || !loopback || u.port_or_known_default().is_none() {
                 return bad(format!(
                     "App {:?}: url must be http(s) on the workspace's loopback (127.0.0.1, [::1] or localhost).",
                     app.slug
@@ -157,9 +130,6 @@ fn validate_app(app: &App) -> ApiResult<()> {
             }
             Ok(())
         }
-        _ => bad(format!(
-            "App {:?} needs exactly one of port and url.",
-            app.slug
-        )),
+        _ => bad(format!("App {:?} needs exactly one of port and url.", app.slug)),
     }
 }

@@ -102,13 +102,12 @@ impl Store {
             }
             AppTarget::Slug(slug) => slug,
         };
-        let app: Option<AppMatch> = sqlx::query_as(
-            "SELECT port, url, share, subdomain FROM apps WHERE agent_id = $1 AND slug = $2",
-        )
-        .bind(agent.agent_id)
-        .bind(slug)
-        .fetch_optional(&self.pool)
-        .await?;
+        let app: Option<AppMatch> =
+            sqlx::query_as("SELECT port, url, share, subdomain FROM apps WHERE agent_id = $1 AND slug = $2")
+                .bind(agent.agent_id)
+                .bind(slug)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(app.map(|a| ResolvedApp {
             owner_id: agent.owner_id,
             agent_id: agent.agent_id,

@@ -78,17 +78,13 @@ impl Store {
         .bind(PRIMARY_REGION)
         .fetch_all(&self.pool)
         .await?;
-        let replicas: Vec<ReplicaRow> =
-            sqlx::query_as("SELECT * FROM region_replicas ORDER BY last_heartbeat_at DESC")
-                .fetch_all(&self.pool)
-                .await?;
+        let replicas: Vec<ReplicaRow> = sqlx::query_as("SELECT * FROM region_replicas ORDER BY last_heartbeat_at DESC")
+            .fetch_all(&self.pool)
+            .await?;
         Ok(regions
             .into_iter()
             .map(|region| {
-                let mine: Vec<&ReplicaRow> = replicas
-                    .iter()
-                    .filter(|r| r.region_id == region.id)
-                    .collect();
+                let mine: Vec<&ReplicaRow> = replicas.iter().filter(|r| r.region_id == region.id).collect();
                 RegionWithReplicas {
                     wildcard_hostname: mine.first().map(|r| r.wildcard_hostname.clone()),
                     replicas: mine.into_iter().cloned().map(Replica::from).collect(),
@@ -99,11 +95,7 @@ impl Store {
     }
 
     /// Creates a region and its first proxy token.
-    pub async fn create_region(
-        &self,
-        name: &str,
-        display_name: &str,
-    ) -> ApiResult<(RegionRow, Token)> {
+    pub async fn create_region(&self, name: &str, display_name: &str) -> ApiResult<(RegionRow, Token)> {
         let (token, hash) = secret::new_token(Uuid::new_v4());
         let row = sqlx::query_as(
             "INSERT INTO regions (id, name, display_name, token_hash) VALUES ($1, $2, $3, $4) \
@@ -128,11 +120,8 @@ impl Store {
     /// Deletes a region, its token and its replicas. The primary cannot be deleted.
     pub async fn delete_region(&self, name: &str) -> ApiResult<()> {
         refuse_primary(name)?;
-        let deleted = sqlx::query("DELETE FROM regions WHERE name = $1")
-            .bind(name)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+        let deleted =
+            sqlx::query("DELETE FROM regions WHERE name = $1").bind(name).execute(&self.pool).await?.rows_affected();
         if deleted == 0 {
             return Err(not_found(name));
         }
@@ -142,28 +131,21 @@ impl Store {
     /// Replaces a region's token; the old one stops working at once.
     pub async fn regenerate_token(&self, name: &str) -> ApiResult<Token> {
         refuse_primary(name)?;
-        let id: Option<Uuid> = sqlx::query_scalar("SELECT id FROM regions WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let id: Option<Uuid> =
+            sqlx::query_scalar("SELECT id FROM regions WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
         let id = id.ok_or_else(|| not_found(name))?;
         let (token, hash) = secret::new_token(id);
-        sqlx::query("UPDATE regions SET token_hash = $2 WHERE id = $1")
-            .bind(id)
-            .bind(hash)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("UPDATE regions SET token_hash = $2 WHERE id = $1").bind(id).bind(hash).execute(&self.pool).await?;
         Ok(token)
     }
 
     /// The region a proxy token belongs to, if the token is current.
     pub async fn region_for_token(&self, token: &Token) -> ApiResult<Option<RegionRow>> {
-        let row: Option<TokenJoin> = sqlx::query_as(
-            "SELECT token_hash, id, name, display_name, created_at FROM regions WHERE id = $1",
-        )
-        .bind(token.id)
-        .fetch_optional(&self.pool)
-        .await?;
+        let row: Option<TokenJoin> =
+            sqlx::query_as("SELECT token_hash, id, name, display_name, created_at FROM regions WHERE id = $1")
+                .bind(token.id)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(row.and_then(|r| {
             // The primary has no token hash, so no token ever matches it.
             let hash = r.token_hash?;
@@ -208,25 +190,16 @@ impl Store {
     }
 
     pub async fn replicas_to_check(&self) -> ApiResult<Vec<ReplicaCheck>> {
-        Ok(sqlx::query_as("SELECT id, access_url FROM region_replicas")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(sqlx::query_as("SELECT id, access_url FROM region_replicas").fetch_all(&self.pool).await?)
     }
 
-    pub async fn record_health(
-        &self,
-        replica_id: Uuid,
-        status: Status,
-        error: Option<&str>,
-    ) -> ApiResult<()> {
-        sqlx::query(
-            "UPDATE region_replicas SET status = $2, error = $3, checked_at = now() WHERE id = $1",
-        )
-        .bind(replica_id)
-        .bind(status.as_str())
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
+    pub async fn record_health(&self, replica_id: Uuid, status: Status, error: Option<&str>) -> ApiResult<()> {
+        sqlx::query("UPDATE region_replicas SET status = $2, error = $3, checked_at = now() WHERE id = $1")
+            .bind(replica_id)
+            .bind(status.as_str())
+            .bind(error)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
@@ -235,8 +208,7 @@ impl Store {
     /// should not linger. The last replica of a region is kept, so a dead
     /// region shows as `unreachable`, never silently as `unregistered`.
     pub async fn prune_stale_replicas(&self, expiry: std::time::Duration) -> ApiResult<u64> {
-        let expiry =
-            chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
+        let expiry = chrono::Duration::from_std(expiry).map_err(|e| ApiError::Internal(e.into()))?;
         Ok(sqlx::query(
             "DELETE FROM region_replicas r WHERE r.last_heartbeat_at < now() - $1::interval \
              AND EXISTS (SELECT 1 FROM region_replicas n WHERE n.region_id = r.region_id \
@@ -252,8 +224,7 @@ impl Store {
 fn refuse_primary(name: &str) -> ApiResult<()> {
     if name == PRIMARY_REGION {
         return Err(ApiError::BadRequest(
-            "The primary region is the coordinator itself; it has no token and cannot be deleted."
-                .into(),
+            "The primary region is the coordinator itself; it has no token and cannot be deleted.".into(),
         ));
     }
     Ok(())

@@ -22,30 +22,17 @@ pub struct UserRow {
 
 impl From<UserRow> for User {
     fn from(r: UserRow) -> Self {
-        User {
-            id: r.id,
-            username: r.username,
-            admin: r.admin,
-            created_at: r.created_at,
-        }
+        User { id: r.id, username: r.username, admin: r.admin, created_at: r.created_at }
     }
 }
 
 impl Store {
     /// Creates the first user, as admin, only while no user exists. The table
     /// lock makes two concurrent first-user calls create one user.
-    pub async fn create_first_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-    ) -> ApiResult<UserRow> {
+    pub async fn create_first_user(&self, username: &str, password_hash: &str) -> ApiResult<UserRow> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("LOCK TABLE users IN EXCLUSIVE MODE")
-            .execute(&mut *tx)
-            .await?;
-        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)")
-            .fetch_one(&mut *tx)
-            .await?;
+        sqlx::query("LOCK TABLE users IN EXCLUSIVE MODE").execute(&mut *tx).await?;
+        let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)").fetch_one(&mut *tx).await?;
         if any {
             return Err(ApiError::Conflict(
                 "The first user already exists; sign in and ask an admin to create users.".into(),
@@ -56,35 +43,25 @@ impl Store {
         Ok(row)
     }
 
-    pub async fn create_user(
-        &self,
-        username: &str,
-        password_hash: &str,
-        admin: bool,
-    ) -> ApiResult<UserRow> {
+    pub async fn create_user(&self, username: &str, password_hash: &str, admin: bool) -> ApiResult<UserRow> {
         insert_user(&self.pool, username, password_hash, admin).await
     }
 
     pub async fn user_by_name(&self, username: &str) -> ApiResult<Option<UserRow>> {
-        Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1")
-            .bind(username)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1").bind(username).fetch_optional(&self.pool).await?)
     }
 
     /// Starts a session for `user_id`; the returned token is shown once.
     pub async fn create_session(&self, user_id: Uuid, scope: Scope) -> ApiResult<Token> {
         let (token, hash) = secret::new_token(Uuid::new_v4());
-        sqlx::query(
-            "INSERT INTO sessions (id, user_id, secret_hash, expires_at, scope) VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(token.id)
-        .bind(user_id)
-        .bind(hash)
-        .bind(Utc::now() + SESSION_LIFETIME)
-        .bind(scope.as_str())
-        .execute(&self.pool)
-        .await?;
+        sqlx::query("INSERT INTO sessions (id, user_id, secret_hash, expires_at, scope) VALUES ($1, $2, $3, $4, $5)")
+            .bind(token.id)
+            .bind(user_id)
+            .bind(hash)
+            .bind(Utc::now() + SESSION_LIFETIME)
+            .bind(scope.as_str())
+            .execute(&self.pool)
+            .await?;
         Ok(token)
     }
 
@@ -98,9 +75,7 @@ impl Store {
         .bind(scope.as_str())
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|j| {
-            secret::secret_matches(token.secret.expose(), &j.secret_hash).then_some(j.user)
-        }))
+        Ok(row.and_then(|j| secret::secret_matches(token.secret.expose(), &j.secret_hash).then_some(j.user)))
     }
 }
 

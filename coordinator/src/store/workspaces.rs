@@ -27,7 +27,7 @@ struct AgentRow {
 }
 
 #[derive(sqlx::FromRow)]
-struct AppRow {
+pub(super) struct AppRow {
     agent_id: Uuid,
     slug: String,
     port: Option<i32>,
@@ -67,9 +67,7 @@ impl Store {
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    ApiError::Conflict(format!(
-                        "A workspace named {name:?} already exists for this owner."
-                    ))
+                    ApiError::Conflict(format!("A workspace named {name:?} already exists for this owner."))
                 } else {
                     e.into()
                 }
@@ -77,15 +75,13 @@ impl Store {
         let mut tokens = BTreeMap::new();
         for agent in agents {
             let (token, hash) = secret::new_token(Uuid::new_v4());
-            sqlx::query(
-                "INSERT INTO agents (id, workspace_id, name, token_hash) VALUES ($1, $2, $3, $4)",
-            )
-            .bind(token.id)
-            .bind(id)
-            .bind(&agent.name)
-            .bind(hash)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query("INSERT INTO agents (id, workspace_id, name, token_hash) VALUES ($1, $2, $3, $4)")
+                .bind(token.id)
+                .bind(id)
+                .bind(&agent.name)
+                .bind(hash)
+                .execute(&mut *tx)
+                .await?;
             for app in &agent.apps {
                 sqlx::query(
                     "INSERT INTO apps (id, agent_id, slug, port, url, subdomain, share) \
@@ -136,10 +132,7 @@ impl Store {
         .await?;
         let mut apps_by_agent: BTreeMap<Uuid, Vec<App>> = BTreeMap::new();
         for app in apps {
-            apps_by_agent
-                .entry(app.agent_id)
-                .or_default()
-                .push(app.into());
+            apps_by_agent.entry(app.agent_id).or_default().push(app.into());
         }
         let mut agents_by_ws: BTreeMap<Uuid, Vec<Agent>> = BTreeMap::new();
         for a in agents {

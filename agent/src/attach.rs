@@ -1,0 +1,96 @@
+//! Dialing a relay and serving the tunnel (the agent is the HTTP/2 server).
+
+use crate::policy::Policy;
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::upgrade::Upgraded;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_regions::headers::AGENT_TOKEN;
+use meridian_regions::token::Secret;
+use meridian_regions::tunnel::{PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL};
+use std::convert::Infallible;
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Longest wait for a TCP connection, to the relay or to an app.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `relay_url` and upgrades to the tunnel protocol.
+pub async fn dial(relay_url: &str, token: &Secret) -> anyhow::Result<Upgraded> {
+    let url = url::Url::parse(relay_url)?;
+    if url.scheme() != "http" {
+        anyhow::bail!("relay {relay_url}: only http relays are supported so far");
+    }
+    let host = url.host_str().ok_or_else(|| anyhow::anyhow!("relay URL has no host"))?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await??;
+    tcp.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let req = Request::get(TUNNEL_PATH)
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, UPGRADE_PROTOCOL)
+        .header(AGENT_TOKEN, token.expose())
+        .body(Empty::<Bytes>::new())?;
+    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req)).await??;
+    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+        anyhow::bail!("relay answered HTTP {} instead of switching to the tunnel", resp.status());
+    }
+    Ok(hyper::upgrade::on(resp).await?)
+}
+
+/// Serves the relay's streams until the tunnel closes.
+pub async fn serve(io: Upgraded, policy: Policy) {
+    let service = hyper::service::service_fn(move |req| handle(req, policy.clone()));
+    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .serve_connection(io, service)
+        .await;
+    if let Err(e) = result {
+        tracing::debug!(error = %e, "tunnel ended");
+    }
+}
+
+/// One `CONNECT host:port` stream: check the target, connect, then pipe bytes.
+async fn handle(mut req: Request<hyper::body::Incoming>, policy: Policy) -> Result<Response<Empty<Bytes>>, Infallible> {
+    let status = |s: StatusCode| {
+        let mut r = Response::new(Empty::new());
+        *r.status_mut() = s;
+        Ok(r)
+    };
+    if req.method() != Method::CONNECT {
+        return status(StatusCode::METHOD_NOT_ALLOWED);
+    }
+    let target = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
+    let addr = match policy.check(&target) {
+        Ok(a) => a,
+        Err(why) => {
+            tracing::warn!(%target, why, "refused a stream");
+            return status(StatusCode::FORBIDDEN);
+        }
+    };
+    let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%target, error = %e, "app refused the connection");
+            return status(StatusCode::BAD_GATEWAY);
+        }
+        Err(_) => return status(StatusCode::GATEWAY_TIMEOUT),
+    };
+    let _ = app.set_nodelay(true);
+    tokio::spawn(async move {
+        match hyper::upgrade::on(&mut req).await {
+            Ok(up) => {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(up), &mut app).await;
+            }
+            Err(e) => tracing::debug!(error = %e, "stream upgrade failed"),
+        }
+    });
+    status(StatusCode::OK)
+}

@@ -1,0 +1,45 @@
+//! The agent's options: flags or `MERIDIAN_*` environment variables.
+
+use meridian_regions::token::{Secret, Token};
+use std::path::PathBuf;
+use url::Url;
+
+/// `meridian agent` options.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// The coordinator's URL.
+    #[arg(long, env = "MERIDIAN_COORDINATOR_URL")]
+    pub coordinator_url: Url,
+    /// This agent's token, printed by `meridian workspaces create`.
+    #[arg(long, env = "MERIDIAN_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Secret,
+    /// Region to attach to first [default: the coordinator's choice, the primary first].
+    #[arg(long, env = "MERIDIAN_REGION")]
+    pub region: Option<String>,
+    /// Extra PEM CA certificate to trust for HTTPS [default: public roots only].
+    #[arg(long, env = "MERIDIAN_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub coordinator_url: Url,
+    pub agent_token: Secret,
+    pub region: Option<String>,
+    pub ca_cert: Option<PathBuf>,
+}
+
+impl Args {
+    pub fn resolve(self) -> Result<Config, String> {
+        Token::parse(self.agent_token.expose()).map_err(|e| format!("--agent-token: {e}"))?;
+        if !matches!(self.coordinator_url.scheme(), "http" | "https") {
+            return Err("--coordinator-url must be http or https".into());
+        }
+        Ok(Config {
+            coordinator_url: self.coordinator_url,
+            agent_token: self.agent_token,
+            region: self.region,
+            ca_cert: self.ca_cert,
+        })
+    }
+}

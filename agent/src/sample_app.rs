@@ -1,0 +1,101 @@
+//! A small app to put behind Meridian: the demo's sample app and the tests'
+//! upstream. It shows the request it received, and takes its behaviour from
+//! request headers so one suite can exercise every case:
+//!
+//! - `x-sample-status: 503` → that status;
+//! - `x-sample-delay-ms: 2000` → wait before answering;
+//! - `x-sample-body-bytes: 10485760` → a body of that many bytes (streamed);
+//! - `x-sample-set-cookie: meridian_app_token=evil` → a `Set-Cookie` of that value;
+//! - `POST /upload` → the received body's length and SHA-256;
+//! - `GET /ws` → WebSocket echo.
+
+use axum::body::{Body, Bytes};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::Request;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::Router;
+use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+
+/// Serves the sample app on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = Router::new().route("/ws", get(ws)).route("/upload", post(upload)).fallback(any(echo));
+    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+}
+
+async fn echo(req: Request) -> Response {
+    let headers = req.headers().clone();
+    if let Some(ms) = number(&headers, "x-sample-delay-ms") {
+        tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
+    }
+    let status =
+        number(&headers, "x-sample-status").and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
+    let mut resp = if let Some(n) = number(&headers, "x-sample-body-bytes") {
+        let chunk = Bytes::from(vec![b'm'; 64 * 1024]);
+        let chunks = (n / chunk.len() as u64) as usize;
+        let tail = Bytes::from(vec![b'm'; (n % chunk.len() as u64) as usize]);
+        let stream = futures_util::stream::iter(
+            std::iter::repeat_n(chunk, chunks).chain(std::iter::once(tail)).map(Ok::<_, std::io::Error>),
+        );
+        let mut r = Response::new(Body::from_stream(stream));
+        r.headers_mut().insert("content-length", n.into());
+        r
+    } else {
+        let seen = serde_json::json!({
+            "method": req.method().as_str(),
+            "uri": req.uri().to_string(),
+            "headers": headers.iter().map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned())).collect::<Vec<_>>(),
+        });
+        let mut r = axum::Json(seen).into_response();
+        r.headers_mut().insert("x-sample-app", "meridian".parse().unwrap_or_else(|_| unreachable!()));
+        r
+    };
+    if let Some(cookie) = headers.get("x-sample-set-cookie") {
+        resp.headers_mut().append("set-cookie", cookie.clone());
+        resp.headers_mut().append("set-cookie", "sample=1; Path=/".parse().unwrap_or_else(|_| unreachable!()));
+    }
+    *resp.status_mut() = status;
+    resp
+}
+
+async fn upload(body: Body) -> Response {
+    let mut stream = body.into_data_stream();
+    let (mut len, mut hash) = (0u64, Sha256::new());
+    while let Some(chunk) = stream.next().await {
+        match chunk {
+            Ok(c) => {
+                len += c.len() as u64;
+                hash.update(&c);
+            }
+            Err(_) => return StatusCode::BAD_REQUEST.into_response(),
+        }
+    }
+    let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    axum::Json(serde_json::json!({ "bytes": len, "sha256": sha256 })).into_response()
+}
+
+async fn ws(upgrade: WebSocketUpgrade) -> Response {
+    upgrade.on_upgrade(|mut socket: WebSocket| async move {
+        while let Some(Ok(msg)) = socket.recv().await {
+            let reply = match msg {
+                Message::Text(t) => Message::Text(t),
+                Message::Binary(b) => Message::Binary(b),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if socket.send(reply).await.is_err() {
+                break;
+            }
+        }
+    })
+}
+
+fn number(headers: &HeaderMap, name: &str) -> Option<u64> {
+    headers.get(name)?.to_str().ok()?.parse().ok()
+}

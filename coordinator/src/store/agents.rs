@@ -1,0 +1,64 @@
+//! Agents: their tokens, and where their tunnels are attached.
+
+use super::workspaces::AppRow;
+use super::Store;
+use crate::error::ApiResult;
+use crate::secret;
+use meridian_regions::api::{App, RelayInfo};
+use meridian_regions::token::Token;
+use uuid::Uuid;
+
+impl Store {
+    /// The agent holding `token`, if it is current.
+    pub async fn agent_for_token(&self, token: &Token) -> ApiResult<Option<Uuid>> {
+        let row: Option<(Vec<u8>,)> = sqlx::query_as("SELECT token_hash FROM agents WHERE id = $1")
+            .bind(token.id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.and_then(|(hash,)| secret::secret_matches(token.secret.expose(), &hash).then_some(token.id)))
+    }
+
+    pub async fn agent_apps(&self, agent_id: Uuid) -> ApiResult<Vec<App>> {
+        let rows: Vec<AppRow> = sqlx::query_as(
+            "SELECT agent_id, slug, port, url, subdomain, share FROM apps WHERE agent_id = $1 ORDER BY slug",
+        )
+        .bind(agent_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.into_iter().map(App::from).collect())
+    }
+
+    /// Relays of healthy regions, `preferred` first, then by name.
+    pub async fn relays(&self, preferred: Option<&str>) -> ApiResult<Vec<RelayInfo>> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "SELECT DISTINCT ON (r.name, p.relay_address) r.name, p.relay_address \
+             FROM region_replicas p JOIN regions r ON r.id = p.region_id \
+             WHERE p.status = 'ok' AND p.relay_address IS NOT NULL \
+             ORDER BY r.name, p.relay_address",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut relays: Vec<RelayInfo> = rows.into_iter().map(|(region, url)| RelayInfo { region, url }).collect();
+        relays.sort_by_key(|r| Some(r.region.as_str()) != preferred);
+        Ok(relays)
+    }
+
+    pub async fn set_agent_attached(&self, agent_id: Uuid, region_id: Uuid) -> ApiResult<()> {
+        sqlx::query("UPDATE agents SET region_id = $2, connected = true, last_connected_at = now() WHERE id = $1")
+            .bind(agent_id)
+            .bind(region_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Marks the agent offline, unless it has since attached to another region.
+    pub async fn set_agent_detached(&self, agent_id: Uuid, region_id: Uuid) -> ApiResult<()> {
+        sqlx::query("UPDATE agents SET connected = false WHERE id = $1 AND region_id = $2")
+            .bind(agent_id)
+            .bind(region_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}

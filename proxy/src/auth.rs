@@ -1,0 +1,216 @@
+//! App authorization on the proxy.
+//!
+//! In order: a `meridian_app_ticket` in the query is redeemed for an app
+//! session (cookie) and the browser sent back to the clean URL; a valid
+//! `meridian_app_token` cookie for exactly this app is served from a moka
+//! cache without any coordinator call; otherwise the proxy asks the
+//! coordinator for a token (with the app session, or anonymously for public
+//! apps), and a refusal becomes a login redirect (anonymous) or 404 (signed in).
+
+use crate::pages::Reply;
+use crate::routing::AppRoute;
+use arc_swap::ArcSwap;
+use meridian_regions::api::{IssueAppToken, RedeemTicket};
+use meridian_regions::app_token::{AppClaims, TokenError, Verifier};
+use meridian_regions::client::{Client, ClientError};
+use meridian_regions::headers::{APP_SESSION_COOKIE, APP_TICKET_PARAM, APP_TOKEN_COOKIE};
+use pingora::http::RequestHeader;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Verified tokens kept, and for how long at most (each hit still checks expiry).
+const CACHE_CAPACITY: u64 = 100_000;
+const CACHE_TTL: Duration = Duration::from_secs(60);
+
+pub enum Decision {
+    /// Serve the app; `set_cookie` carries a freshly issued token.
+    Serve { claims: Arc<AppClaims>, set_cookie: Option<String> },
+    /// Answer without reaching the app.
+    Respond(Reply),
+}
+
+pub struct Auth {
+    coordinator: Client,
+    verifier: ArcSwap<Verifier>,
+    cache: moka::sync::Cache<String, Arc<AppClaims>>,
+    /// Where browsers log in: the primary's access URL.
+    login_url: String,
+    /// This proxy's scheme as browsers see it.
+    scheme: &'static str,
+}
+
+impl Auth {
+    pub fn new(coordinator: Client, login_url: &str, tls: bool) -> Self {
+        Self {
+            coordinator,
+            verifier: ArcSwap::from_pointee(Verifier::default()),
+            cache: moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build(),
+            login_url: login_url.trim_end_matches('/').to_owned(),
+            scheme: if tls { "https" } else { "http" },
+        }
+    }
+
+    pub fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+
+    /// Installs the verification keys received at registration.
+    pub fn set_keys(&self, keys: &[meridian_regions::app_token::PublicKey]) {
+        self.verifier.store(Arc::new(Verifier::new(keys)));
+    }
+
+    pub async fn authorize(&self, req: &RequestHeader, host: &str, route: &AppRoute) -> Decision {
+        if let Some(ticket) = query_param(req, APP_TICKET_PARAM) {
+            return Decision::Respond(self.redeem(req, &ticket).await);
+        }
+        if let Some(token) = cookie(req, APP_TOKEN_COOKIE) {
+            if let Some(claims) = self.verify(&token, &route.binding).await {
+                return Decision::Serve { claims, set_cookie: None };
+            }
+        }
+        self.issue(req, host, route).await
+    }
+
+    /// The hot path: a cache hit costs a hash lookup and two comparisons.
+    async fn verify(&self, token: &str, binding: &str) -> Option<Arc<AppClaims>> {
+        let now = chrono::Utc::now().timestamp();
+        if let Some(c) = self.cache.get(token) {
+            return (c.binding == binding && c.exp > now).then_some(c);
+        }
+        let claims = match self.verifier.load().verify(token, binding) {
+            Err(TokenError::UnknownKey(kid)) => {
+                // One refetch for a key we have not seen (the coordinator rotated), then refuse.
+                let keys = self.coordinator.keys().await.ok()?;
+                self.set_keys(&keys.keys);
+                if !self.verifier.load().knows(&kid) {
+                    return None;
+                }
+                self.verifier.load().verify(token, binding).ok()?
+            }
+            other => other.ok()?,
+        };
+        let claims = Arc::new(claims);
+        self.cache.insert(token.to_owned(), claims.clone());
+        Some(claims)
+    }
+
+    async fn redeem(&self, req: &RequestHeader, ticket: &str) -> Reply {
+        let clean = local_location(req, APP_TICKET_PARAM);
+        match self.coordinator.redeem_ticket(&RedeemTicket { ticket: ticket.to_owned() }).await {
+            Ok(r) => {
+                let cookie =
+                    session_cookie(APP_SESSION_COOKIE, &r.app_session_token, "/", None, self.scheme == "https");
+                Reply::redirect(303, &clean).with_cookie(cookie)
+            }
+            Err(ClientError::Api { status, .. }) if status.is_client_error() => {
+                // A stale or replayed ticket: start the login again from the clean URL.
+                Reply::redirect(303, &clean)
+            }
+            Err(e) => coordinator_down(&e),
+        }
+    }
+
+    async fn issue(&self, req: &RequestHeader, host: &str, route: &AppRoute) -> Decision {
+        let ask = IssueAppToken {
+            app_session_token: cookie(req, APP_SESSION_COOKIE),
+            app: route.req.clone(),
+            subdomain: route.subdomain,
+            binding: route.binding.clone(),
+        };
+        match self.coordinator.issue_app_token(&ask).await {
+            Ok(resp) => match self.verify(&resp.token, &route.binding).await {
+                Some(claims) => {
+                    let path = route.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str());
+                    let max_age = (claims.exp - chrono::Utc::now().timestamp()).max(0);
+                    let cookie =
+                        session_cookie(APP_TOKEN_COOKIE, &resp.token, path, Some(max_age), self.scheme == "https");
+                    Decision::Serve { claims, set_cookie: Some(cookie) }
+                }
+                None => Decision::Respond(Reply::page(502, "The coordinator issued a token this proxy cannot verify.")),
+            },
+            Err(ClientError::Api { status, .. }) if status.as_u16() == 401 => {
+                let original =
+                    format!("{}://{host}{}", self.scheme, req.uri.path_and_query().map_or("/", |p| p.as_str()));
+                let encoded: String = url::form_urlencoded::byte_serialize(original.as_bytes()).collect();
+                let location = format!("{}/api/v2/applications/auth-redirect?redirect_uri={encoded}", self.login_url);
+                Decision::Respond(Reply::redirect(303, &location))
+            }
+            Err(ClientError::Api { status, .. }) if status.as_u16() == 404 || status.as_u16() == 403 => {
+                Decision::Respond(Reply::page(404, "There is no such app, or you may not open it."))
+            }
+            Err(e) => Decision::Respond(coordinator_down(&e)),
+        }
+    }
+}
+
+fn coordinator_down(e: &ClientError) -> Reply {
+    tracing::warn!(error = %e, "cannot reach the coordinator to sign a user in");
+    Reply::page(503, "Meridian cannot sign you in right now: the coordinator is unreachable. Try again shortly.")
+}
+
+/// A cookie the app never sees: HttpOnly, SameSite=Lax, Secure over HTTPS.
+fn session_cookie(name: &str, value: &str, path: &str, max_age: Option<i64>, secure: bool) -> String {
+    let mut c =
+        cookie::Cookie::build((name, value)).path(path).http_only(true).secure(secure).same_site(cookie::SameSite::Lax);
+    if let Some(s) = max_age {
+        c = c.max_age(cookie::time::Duration::seconds(s));
+    }
+    c.build().to_string()
+}
+
+/// The value of cookie `name`, if sent.
+pub fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
+    req.headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .flatten()
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+fn query_param(req: &RequestHeader, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(req.uri.query()?.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+}
+
+/// This request's path and query without parameter `drop`, as a same-host
+/// location: always one leading `/`, never `//` or `/\` (scheme-relative).
+pub fn local_location(req: &RequestHeader, drop: &str) -> String {
+    let path = format!("/{}", req.uri.path().trim_start_matches(['/', '\\']));
+    let kept: Vec<(String, String)> = req
+        .uri
+        .query()
+        .map(|q| {
+            url::form_urlencoded::parse(q.as_bytes())
+                .filter(|(k, _)| k != drop)
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect()
+        })
+        .unwrap_or_default();
+    if kept.is_empty() {
+        return path;
+    }
+    let query: String = url::form_urlencoded::Serializer::new(String::new()).extend_pairs(kept).finish();
+    format!("{path}?{query}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_stay_on_this_host() {
+        let cases = [
+            ("/x?meridian_app_ticket=t", "/x"),
+            ("/x?a=1&meridian_app_ticket=t&b=2", "/x?a=1&b=2"),
+            ("//evil.example/?meridian_app_ticket=t", "/evil.example/"),
+            ("/\\evil.example?meridian_app_ticket=t", "/evil.example"),
+            ("/", "/"),
+        ];
+        for (uri, want) in cases {
+            let req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
+            assert_eq!(local_location(&req, APP_TICKET_PARAM), want, "{uri}");
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Which handler a request goes to, from its host and path: an app (by
+//! subdomain or path), the proxy's own endpoints, or a refusal with the
+//! documented status.
+
+use crate::endpoints;
+use crate::state::ProxyState;
+use meridian_regions::app_token::{path_binding, subdomain_binding};
+use meridian_regions::app_url::{parse_host, parse_path, AppRequest, HostMatch, PathMatch};
+use pingora::http::RequestHeader;
+
+/// A request for an app.
+#[derive(Debug, Clone)]
+pub struct AppRoute {
+    pub req: AppRequest,
+    pub subdomain: bool,
+    /// What the app token must be bound to.
+    pub binding: String,
+    /// For path apps: the base path (cookie path) and the path the app sees.
+    pub path: Option<(String, String)>,
+}
+
+pub enum Route {
+    App(AppRoute),
+    Own(endpoints::Local),
+    Reject { status: u16, message: String },
+    Redirect { status: u16, location: String },
+}
+
+/// Routes by `Host` (or HTTP/2 `:authority`) against the wildcard base, then by path.
+pub fn route(req: &RequestHeader, wildcard_base: Option<&str>, state: &ProxyState) -> Route {
+    let host = request_host(req).unwrap_or_default();
+    if let Some(base) = wildcard_base {
+        match parse_host(&host, base) {
+            HostMatch::App(app) => {
+                return Route::App(AppRoute {
+                    binding: subdomain_binding(strip_port(&host)),
+                    req: app,
+                    subdomain: true,
+                    path: None,
+                })
+            }
+            HostMatch::Invalid(e) => return Route::Reject { status: e.status(), message: e.to_string() },
+            HostMatch::NotAnApp => {}
+        }
+    }
+    let path = req.uri.path();
+    match parse_path(path) {
+        PathMatch::App { req: app, prefix, rest } => {
+            let rest = match req.uri.query() {
+                Some(q) => format!("{rest}?{q}"),
+                None => rest,
+            };
+            Route::App(AppRoute {
+                binding: path_binding(strip_port(&host), &prefix),
+                req: app,
+                subdomain: false,
+                path: Some((prefix, rest)),
+            })
+        }
+        PathMatch::AddSlash(prefix) => {
+            let location = match req.uri.query() {
+                Some(q) => format!("{prefix}?{q}"),
+                None => prefix,
+            };
+            Route::Redirect { status: 307, location }
+        }
+        PathMatch::Invalid(e) => Route::Reject { status: e.status(), message: e.to_string() },
+        PathMatch::NotAnApp => match endpoints::answer(path, state) {
+            Some(local) => Route::Own(local),
+            None => Route::Own(endpoints::Local::error(404, "Nothing is served at this address.")),
+        },
+    }
+}
+
+/// The request's host: `Host`, or the URI authority (HTTP/2 `:authority`).
+pub fn request_host(req: &RequestHeader) -> Option<String> {
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| req.uri.authority().map(|a| a.as_str().to_owned()))
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
+}

@@ -1,0 +1,107 @@
+//! Upstream connections through agent tunnels. Pingora speaks HTTP (or TLS)
+//! over a tunnel stream exactly as over TCP, and pools the streams per
+//! (agent, app address) like TCP connections.
+
+use crate::relay::{DialError, Relay};
+use async_trait::async_trait;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::TokioIo;
+use pingora::connectors::L4Connect;
+use pingora::protocols::l4::socket::SocketAddr as L4Addr;
+use pingora::protocols::l4::stream::Stream;
+use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+use pingora::upstreams::peer::HttpPeer;
+use pingora::{Error, ErrorType, Result};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use uuid::Uuid;
+
+/// Longest wait for the agent to open a stream to the app.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The peer for an app at `upstream` (e.g. `http://127.0.0.1:8080`) behind `agent_id`.
+pub fn peer(relay: &Arc<Relay>, agent_id: Uuid, upstream: &str) -> Result<Box<HttpPeer>> {
+    let url =
+        url::Url::parse(upstream).map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream in token"))?;
+    let host = url.host_str().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']').to_owned();
+    let port = url.port_or_known_default().unwrap_or(80);
+    let tls = url.scheme() == "https";
+    // The address only keys the connection pool; the connector ignores it.
+    let ip: std::net::IpAddr = host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut peer = HttpPeer::new(std::net::SocketAddr::new(ip, port), tls, host.clone());
+    peer.group_key = agent_id.as_u64_pair().0 ^ agent_id.as_u64_pair().1;
+    peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+    // Apps in a workspace serve self-signed certificates; the tunnel is the trust boundary.
+    peer.options.verify_cert = false;
+    peer.options.verify_hostname = false;
+    let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
+    peer.options.custom_l4 = Some(Arc::new(TunnelConnector { relay: relay.clone(), agent_id, target }));
+    Ok(Box::new(peer))
+}
+
+#[derive(Debug)]
+struct TunnelConnector {
+    relay: Arc<Relay>,
+    agent_id: Uuid,
+    target: String,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relay")
+    }
+}
+
+#[async_trait]
+impl L4Connect for TunnelConnector {
+    async fn connect(&self, _addr: &L4Addr) -> Result<Stream> {
+        let io = self.relay.open(self.agent_id, &self.target).await.map_err(|e| {
+            let kind = match &e {
+                DialError::NotAttached => ErrorType::ConnectRefused,
+                DialError::Stream(_) => ErrorType::ConnectError,
+            };
+            Error::explain(kind, e.to_string())
+        })?;
+        Ok(Stream::from(VirtualSocketStream::new(Box::new(TunnelSocket(Mutex::new(io))))))
+    }
+}
+
+/// A tunnel stream as pingora's virtual socket. The mutex only adds `Sync`;
+/// every access goes through `&mut self`, so it is never locked.
+#[derive(Debug)]
+struct TunnelSocket(Mutex<TokioIo<Upgraded>>);
+
+impl TunnelSocket {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut TokioIo<Upgraded>> {
+        Pin::new(self.get_mut().0.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+impl AsyncRead for TunnelSocket {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TunnelSocket {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+}
+
+impl VirtualSocket for TunnelSocket {
+    fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! The agent tunnel: one multiplexed connection from an agent to a relay.
+//!
+//! The agent dials the relay and sends `GET /api/v2/agents/me/tunnel` with
+//! `Upgrade: meridian-tunnel` and its `Meridian-Agent-Token`. After `101`, the
+//! roles flip: the relay is the HTTP/2 *client* and the agent the HTTP/2
+//! *server*, so the relay can open streams to an agent that only dials out.
+//! Each stream is one `CONNECT host:port` (RFC 9113 §8.5): after `200` it is a
+//! raw byte pipe to that address on the workspace's loopback, over which the
+//! proxy speaks HTTP (or TLS) exactly as it would over TCP.
+
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::time::Duration;
+
+/// The upgrade request's path and protocol token.
+pub const TUNNEL_PATH: &str = "/api/v2/agents/me/tunnel";
+pub const UPGRADE_PROTOCOL: &str = "meridian-tunnel";
+/// Keep-alive pings on the tunnel: a dead peer is noticed within
+/// interval + timeout, even with no traffic.
+pub const PING_INTERVAL: Duration = Duration::from_secs(5);
+pub const PING_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("the agent's tunnel is gone: {0}")]
+    TunnelClosed(String),
+    /// The agent answered, but refused or could not reach the target.
+    #[error("the agent could not open {target}: HTTP {status}")]
+    Refused { target: String, status: u16 },
+}
+
+/// The relay's handle on one agent tunnel: cheap to clone, one per agent.
+#[derive(Clone, Debug)]
+pub struct Tunnel {
+    sender: SendRequest<Empty<Bytes>>,
+}
+
+impl Tunnel {
+    /// Starts the relay (HTTP/2 client) side on an upgraded connection. The
+    /// returned future drives the connection and ends when the tunnel does.
+    pub async fn client<T>(io: T) -> hyper::Result<(Self, impl std::future::Future<Output = ()>)>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(hyper_util::rt::TokioTimer::new())
+            .keep_alive_interval(PING_INTERVAL)
+            .keep_alive_timeout(PING_TIMEOUT)
+            .keep_alive_while_idle(true)
+            .handshake(io)
+            .await?;
+        let driver = async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "tunnel connection ended");
+            }
+        };
+        Ok((Self { sender }, driver))
+    }
+
+    /// Whether the tunnel can still carry new streams.
+    pub fn is_open(&self) -> bool {
+        !self.sender.is_closed()
+    }
+
+    /// Opens a byte stream to `target` (`host:port` inside the workspace).
+    pub async fn open(&self, target: &str) -> Result<TokioIo<Upgraded>, StreamError> {
+        let req = hyper::Request::builder()
+            .method(hyper::Method::CONNECT)
+            .uri(target)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        let mut sender = self.sender.clone();
+        sender.ready().await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        if resp.status() != hyper::StatusCode::OK {
+            return Err(StreamError::Refused { target: target.to_owned(), status: resp.status().as_u16() });
+        }
+        let upgraded = hyper::upgrade::on(resp).await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        Ok(TokioIo::new(upgraded))
+    }
+}
