@@ -7,6 +7,7 @@ mod support;
 
 mod api;
 mod app_auth;
+mod apps;
 mod coordinator_outages;
 mod deploy_configs;
 mod embedded;

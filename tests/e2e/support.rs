@@ -358,3 +358,110 @@ impl Api {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("meridian-e2e").tempdir().unwrap()
 }
+
+/// The sample app (the tests' upstream) on an ephemeral port.
+pub struct SampleApp {
+    pub proc: Process,
+    pub port: u16,
+}
+
+impl SampleApp {
+    pub async fn start(dir: &Path) -> Self {
+        let port = free_port();
+        let args = vec!["sample-app".to_owned(), "--listen".to_owned(), format!("127.0.0.1:{port}")];
+        let proc = Process::spawn("sample-app", dir, &args);
+        wait_for(Duration::from_secs(10), "sample app", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+        })
+        .await;
+        Self { proc, port }
+    }
+}
+
+/// A workspace agent process.
+pub struct Agent {
+    pub proc: Process,
+    args: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Agent {
+    pub fn spawn(dir: &Path, coordinator: &str, token: &str, region: Option<&str>) -> Self {
+        let mut args: Vec<String> = ["agent", "--coordinator-url", coordinator, "--agent-token", token]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        if let Some(r) = region {
+            args.extend(["--region".to_owned(), r.to_owned()]);
+        }
+        Self { proc: Process::spawn("agent", dir, &args), args, dir: dir.to_owned() }
+    }
+
+    /// Starts the same agent again after it died.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Process::spawn("agent", &self.dir, &self.args);
+    }
+}
+
+impl Api {
+    /// Waits until `owner`'s workspace `ws` has its agent connected to `region`.
+    pub async fn wait_agent_on(&self, ws: &str, region: &str) {
+        wait_for(Duration::from_secs(20), &format!("agent of {ws} on {region}"), || async {
+            let list = self.get("/api/v2/workspaces?owner=all").await.body;
+            let found = list["workspaces"].as_array()?.iter().find(|w| w["name"] == ws)?.clone();
+            let agent = found["agents"][0].clone();
+            (agent["connected"] == true && agent["region"] == region).then_some(())
+        })
+        .await;
+    }
+}
+
+/// Resolves every name to loopback: `*.localhost` app hosts work as in a
+/// browser, and no test can send traffic anywhere else.
+struct LoopbackResolver;
+
+impl reqwest::dns::Resolve for LoopbackResolver {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let addrs: reqwest::dns::Addrs = Box::new(std::iter::once(std::net::SocketAddr::from(([127, 0, 0, 1], 0))));
+        Box::pin(std::future::ready(Ok(addrs)))
+    }
+}
+
+/// A browser-like client: a cookie jar, no automatic redirects, loopback only.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(LoopbackResolver))
+        .build()
+        .unwrap()
+}
+
+/// Follows redirects by hand (at most 10), returning every hop's status and the final response.
+pub async fn follow(client: &reqwest::Client, url: &str) -> (Vec<(u16, String)>, reqwest::Response) {
+    let mut url = reqwest::Url::parse(url).unwrap();
+    let mut hops = Vec::new();
+    for _ in 0..10 {
+        let resp = client.get(url.clone()).send().await.unwrap();
+        let status = resp.status().as_u16();
+        hops.push((status, url.to_string()));
+        if !(300..400).contains(&status) {
+            return (hops, resp);
+        }
+        let location = resp.headers()["location"].to_str().unwrap().to_owned();
+        url = url.join(&location).unwrap();
+    }
+    panic!("redirect loop: {hops:?}");
+}
+
+/// Signs `client`'s cookie jar in at the coordinator (as a browser's login form does).
+pub async fn browser_login(client: &reqwest::Client, coordinator: &str, username: &str, password: &str) {
+    let resp = client
+        .post(format!("{coordinator}/api/v2/users/login"))
+        .json(&serde_json::json!({ "username": username, "password": password }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

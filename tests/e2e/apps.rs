@@ -1,0 +1,307 @@
+//! The app behaviour suite: one set of checks on serving workspace apps, run
+//! against each deployment (a regional proxy; the primary). The sample app's
+//! behaviour is chosen by request headers.
+
+use crate::support::*;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sha2::Digest;
+use std::time::Duration;
+
+/// Where the suite sends its requests.
+#[derive(Clone, Copy, Debug)]
+pub enum Deployment {
+    /// A regional proxy, with the agent attached to its relay.
+    Region,
+}
+
+pub struct World {
+    pub coord: Coordinator,
+    /// `http://127.0.0.1:PORT` of the deployment under test.
+    pub base: String,
+    /// The wildcard base host (`region.localhost`) and port apps are served under.
+    pub wildcard: (String, u16),
+    pub agent: Agent,
+    pub app: SampleApp,
+    _proxies: Vec<Proxy>,
+    _pg: Postgres,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn world(deployment: Deployment) -> World {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
+    let token = admin.create_region("sydney").await;
+    let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
+    admin.wait_status("sydney", "ok", Duration::from_secs(10)).await;
+    let app = SampleApp::start(dir.path()).await;
+    let apps = json!([
+        {"slug": "code", "port": app.port},
+        {"slug": "shared", "port": app.port, "share": "authenticated"},
+        {"slug": "open", "port": app.port, "share": "public"},
+        {"slug": "pathy", "port": app.port, "subdomain": false},
+    ]);
+    let created = admin
+        .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
+        .await
+        .expect_status(201);
+    let agent_token = created["agent_tokens"]["main"].as_str().unwrap();
+    let (region, base, port) = match deployment {
+        Deployment::Region => ("sydney", proxy.url.clone(), proxy.port),
+    };
+    let agent = Agent::spawn(dir.path(), &coord.url, agent_token, Some(region));
+    admin.wait_agent_on("dev", region).await;
+    World {
+        coord,
+        base,
+        wildcard: ("region.localhost".into(), port),
+        agent,
+        app,
+        _proxies: vec![proxy],
+        _pg: pg,
+        _dir: dir,
+    }
+}
+
+impl World {
+    /// The URL of subdomain app `label` (`code--main--dev--admin`) at `path`.
+    pub fn sub(&self, label: &str, path: &str) -> String {
+        format!("http://{label}.{}:{}{path}", self.wildcard.0, self.wildcard.1)
+    }
+
+    pub fn app_url(&self, slug: &str, path: &str) -> String {
+        self.sub(&format!("{slug}--main--dev--admin"), path)
+    }
+
+    /// A browser signed in as `user` (or anonymous with `None`).
+    pub async fn browser(&self, user: Option<(&str, &str)>) -> reqwest::Client {
+        let b = browser();
+        if let Some((u, p)) = user {
+            browser_login(&b, &self.coord.url, u, p).await;
+        }
+        b
+    }
+
+    pub async fn owner(&self) -> reqwest::Client {
+        self.browser(Some(("admin", ADMIN_PASSWORD))).await
+    }
+}
+
+/// GETs `url` through the whole login dance; the final status and body.
+async fn open(client: &reqwest::Client, url: &str) -> (u16, Value, Vec<(u16, String)>) {
+    let (hops, resp) = follow(client, url).await;
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    (status, body, hops)
+}
+
+async fn url_forms(w: &World) {
+    let anon = w.browser(None).await;
+    let get = |url: String| {
+        let c = anon.clone();
+        async move { c.get(url).send().await.unwrap() }
+    };
+    // A public subdomain app, anonymously.
+    let r = get(w.app_url("open", "/x?y=1")).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["uri"], "/x?y=1");
+    // Refusals by grammar.
+    for (label, status) in [
+        ("8080s--main--dev--admin", 303), // a valid port URL: owner only, so log in
+        ("80--main--dev--admin", 400),
+        ("open--dev--admin", 400),
+        ("x--open--main--dev--admin", 400),
+        ("open--main--dev--me", 404),
+        ("Open--Main--Dev--Admin", 200),
+    ] {
+        assert_eq!(get(w.sub(label, "/")).await.status(), status, "host {label}");
+    }
+    // Path apps: trailing slash, @me, and the app seeing its own path.
+    let r = get(format!("{}/@admin/dev/apps/pathy", w.base)).await;
+    assert_eq!(r.status(), 307);
+    assert_eq!(r.headers()["location"], "/@admin/dev/apps/pathy/");
+    assert_eq!(get(format!("{}/@me/dev/apps/pathy/", w.base)).await.status(), 404);
+    let owner = w.owner().await;
+    let (status, body, _) = open(&owner, &format!("{}/@admin/dev.main/apps/pathy/a/b?c=d", w.base)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["uri"], "/a/b?c=d", "the app sees its path without the prefix");
+    let (status, body, _) = open(&owner, &w.app_url(&format!("{}", w.app.port), "/p")).await;
+    assert_eq!(status, 200, "port URL for the owner: {body}");
+}
+
+async fn login_flow(w: &World) {
+    let owner = w.owner().await;
+    let (status, body, hops) = open(&owner, &w.app_url("code", "/here?q=1")).await;
+    assert_eq!(status, 200, "{hops:?}");
+    let codes: Vec<u16> = hops.iter().map(|h| h.0).collect();
+    assert_eq!(codes, [303, 303, 303, 200], "{hops:?}");
+    assert!(hops[1].1.contains("/api/v2/applications/auth-redirect"), "{hops:?}");
+    assert!(hops[2].1.contains("meridian_app_ticket="), "{hops:?}");
+    assert!(!hops[3].1.contains("meridian_app_ticket"), "the final URL never carries the ticket: {hops:?}");
+    assert_eq!(body["uri"], "/here?q=1");
+    // Now the token cookie serves directly.
+    let r = owner.get(w.app_url("code", "/again")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    // A used ticket is refused: replayed in a fresh browser, it gives no session.
+    let replay = w.browser(None).await;
+    let r = replay.get(&hops[2].1).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers().get("set-cookie").is_none(), "no session from a used ticket");
+    let r = replay.get(w.app_url("code", "/here?q=1")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert!(r.headers()["location"].to_str().unwrap().contains("auth-redirect"));
+}
+
+async fn sharing_matrix(w: &World) {
+    let owner = w.owner().await;
+    let bob = w.browser(Some(("bob", "bob-password"))).await;
+    let anon = w.browser(None).await;
+    // (app, owner, bob, anonymous): anonymous denial ends on the login page (200 HTML at the coordinator).
+    for (app, o, b) in [("code", 200, 404), ("shared", 200, 200), ("open", 200, 200)] {
+        assert_eq!(open(&owner, &w.app_url(app, "/")).await.0, o, "{app} as owner");
+        assert_eq!(open(&bob, &w.app_url(app, "/")).await.0, b, "{app} as bob");
+    }
+    for (app, public) in [("code", false), ("shared", false), ("open", true)] {
+        let (status, _, hops) = open(&anon, &w.app_url(app, "/")).await;
+        if public {
+            assert_eq!((status, hops.len()), (200, 1), "{app} anonymously: {hops:?}");
+        } else {
+            let last = &hops.last().unwrap().1;
+            assert!(last.contains("/login?redirect="), "{app} anonymously goes to log in: {hops:?}");
+        }
+    }
+}
+
+async fn tokens_are_bound(w: &World) {
+    // The final response of a fresh login carries the new token's cookie.
+    let (_, resp) = follow(&w.owner().await, &w.app_url("code", "/")).await;
+    assert_eq!(resp.status(), 200);
+    let token = resp
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.strip_prefix("meridian_app_token="))
+        .map(|c| c.split(';').next().unwrap().to_owned())
+        .next()
+        .expect("a token cookie");
+    // Presented by a client with no session: good only on its own app, and only untouched.
+    let stranger = w.browser(None).await;
+    let (header, payload_and_sig) = token.split_once('.').unwrap();
+    for (url, tok) in [
+        (w.app_url("shared", "/"), token.clone()),
+        (w.app_url("code", "/"), format!("{token}x")),
+        (w.app_url("code", "/"), format!("{header}.e30{payload_and_sig}")),
+        (w.app_url("code", "/"), "not.a.token".to_owned()),
+    ] {
+        let r = stranger.get(&url).header("cookie", format!("meridian_app_token={tok}")).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{url} with a foreign or damaged token goes to log in");
+    }
+    let r = stranger.get(w.app_url("code", "/")).header("cookie", format!("meridian_app_token={token}")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the genuine token works on its own app");
+}
+
+async fn hygiene(w: &World) {
+    let anon = w.browser(None).await;
+    let r = anon
+        .get(w.app_url("open", "/h"))
+        .header("cookie", "meridian_session=s; keep=1; meridian_app_session=x")
+        .header("Meridian-Session-Token", "secret")
+        .header("X-Forwarded-For", "6.6.6.6")
+        .header("Forwarded", "for=6.6.6.6")
+        .header("x-sample-set-cookie", "meridian_app_token=evil; Path=/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let set: Vec<String> = r.headers().get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_owned()).collect();
+    assert!(set.iter().all(|c| !c.to_ascii_lowercase().starts_with("meridian_app_token=evil")), "{set:?}");
+    assert!(set.iter().any(|c| c.starts_with("sample=1")), "the app's own cookies pass: {set:?}");
+    let seen: Value = r.json().await.unwrap();
+    let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+    let get = |name: &str| headers.iter().filter(|(k, _)| k == name).map(|(_, v)| v.clone()).collect::<Vec<_>>();
+    assert_eq!(get("cookie"), ["keep=1"]);
+    assert!(get("meridian-session-token").is_empty());
+    assert!(get("forwarded").is_empty());
+    assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
+    assert_eq!(get("x-forwarded-proto"), ["http"]);
+}
+
+async fn websocket_and_large_bodies(w: &World) {
+    // WebSocket echo through the region.
+    let port = w.wildcard.1;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let url = format!("ws://open--main--dev--admin.{}:{port}/ws", w.wildcard.0);
+    let (mut ws, resp) = tokio_tungstenite::client_async(url, tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    for msg in ["hello", "world"] {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(msg)).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(10), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), msg);
+    }
+    ws.close(None).await.unwrap();
+
+    // 10 MiB each way, intact.
+    let anon = w.browser(None).await;
+    const N: usize = 10 * 1024 * 1024;
+    let r = anon.get(w.app_url("open", "/big")).header("x-sample-body-bytes", N.to_string()).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.bytes().await.unwrap();
+    assert_eq!(body.len(), N);
+    assert!(body.iter().all(|b| *b == b'm'));
+    let upload: Vec<u8> = (0..N).map(|i| (i % 251) as u8).collect();
+    let want = format!("{:x}", sha2::Sha256::digest(&upload));
+    let r = anon.post(w.app_url("open", "/upload")).body(upload).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    assert_eq!(got["bytes"], N);
+    assert_eq!(got["sha256"], want);
+}
+
+async fn agent_outage(w: &mut World) {
+    let anon = w.browser(None).await;
+    // A request in flight when the agent dies fails cleanly and promptly.
+    let slow = {
+        let c = anon.clone();
+        let url = w.app_url("open", "/slow");
+        tokio::spawn(async move { c.get(url).header("x-sample-delay-ms", "5000").send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await; // let the request reach the app
+    w.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    let outcome = tokio::time::timeout(Duration::from_secs(15), slow).await.expect("no hang").unwrap();
+    match outcome {
+        Ok(r) => assert_eq!(r.status(), 502, "in-flight request fails with 502"),
+        Err(e) => panic!("expected a 502 page, got a transport error: {e}"),
+    }
+    let r = anon.get(w.app_url("open", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("agent"), "the page names the problem");
+
+    // Back again without restarting any proxy.
+    w.agent.restart();
+    wait_for(Duration::from_secs(20), "app served again", || {
+        let c = anon.clone();
+        let url = w.app_url("open", "/");
+        async move { (c.get(url).send().await.ok()?.status() == 200).then_some(()) }
+    })
+    .await;
+}
+
+async fn suite(deployment: Deployment) {
+    let mut w = world(deployment).await;
+    url_forms(&w).await;
+    login_flow(&w).await;
+    sharing_matrix(&w).await;
+    tokens_are_bound(&w).await;
+    hygiene(&w).await;
+    websocket_and_large_bodies(&w).await;
+    agent_outage(&mut w).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apps_through_a_region() {
+    suite(Deployment::Region).await;
+}
