@@ -59,23 +59,15 @@ fn main() -> ExitCode {
 }
 
 fn run_coordinator(args: meridian_coordinator::config::Args) -> ExitCode {
-    let mut config = match args.with_file().and_then(|a| a.resolve()) {
+    let config = match args.with_file().and_then(|a| a.resolve()) {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
-    let listener = match std::net::TcpListener::bind(config.listen) {
-        Ok(l) => l,
-        Err(e) => return config_error(format!("cannot listen on {}: {e}", config.listen)),
-    };
-    if let Ok(addr) = listener.local_addr() {
-        config.bound_to(addr);
-    }
-    tracing::info!(listen = %config.listen, access_url = %config.access_url, "coordinator listening");
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => return failure(format!("cannot start the runtime: {e}")),
     };
-    match runtime.block_on(meridian_coordinator::run(config, listener, shutdown_signal())) {
+    match runtime.block_on(meridian_coordinator::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => failure(format!("{e:#}")),
     }

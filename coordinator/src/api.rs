@@ -35,6 +35,8 @@ pub struct AppState {
     pub check_now: mpsc::UnboundedSender<Uuid>,
     /// The app-token signing key and the public keys proxies trust.
     pub keys: Arc<crate::keys::Keys>,
+    /// Hash of the in-memory token of this process's primary proxy.
+    pub primary_token_hash: Arc<Vec<u8>>,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -59,6 +59,9 @@ pub struct Args {
     /// Extra PEM CA certificate to trust when polling proxies over HTTPS [default: public roots only].
     #[arg(long, env = "MERIDIAN_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// Address agents attach to (the primary region's relay) [default: 127.0.0.1, any free port].
+    #[arg(long, env = "MERIDIAN_RELAY_LISTEN")]
+    pub relay_listen: Option<SocketAddr>,
     /// File holding the key that seals secrets in the database; every coordinator
     /// replica needs the same one. Created if missing [default: <data-dir>/secrets.key].
     #[arg(long, env = "MERIDIAN_SECRETS_KEY_FILE")]
@@ -85,19 +88,7 @@ pub struct Config {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub ca_cert: Option<PathBuf>,
     pub secrets_key_file: PathBuf,
-    /// Whether `access_url` was derived from `listen` (and so follows the bound port).
-    access_url_from_listen: bool,
-}
-
-impl Config {
-    /// Records the address actually bound (`--listen 127.0.0.1:0` gets a real
-    /// port), updating a derived access URL to match.
-    pub fn bound_to(&mut self, addr: SocketAddr) {
-        self.listen = addr;
-        if self.access_url_from_listen {
-            let _ = self.access_url.set_port(Some(addr.port()));
-        }
-    }
+    pub relay_listen: SocketAddr,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -138,6 +129,7 @@ impl Args {
             tls_key: self.tls_key.or(file.tls_key),
             ca_cert: self.ca_cert.or(file.ca_cert),
             secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
+            relay_listen: self.relay_listen.or(file.relay_listen),
         }
     }
 
@@ -145,7 +137,6 @@ impl Args {
     pub fn resolve(self) -> Result<Config, ConfigError> {
         let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080)));
         let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
-        let access_url_from_listen = self.access_url.is_none();
         let access_url = match self.access_url {
             Some(u) => u,
             None => Url::parse(&format!("{scheme}://{listen}")).map_err(|e| ConfigError(e.to_string()))?,
@@ -185,7 +176,7 @@ impl Args {
             tls,
             ca_cert: self.ca_cert,
             secrets_key_file,
-            access_url_from_listen,
+            relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
         };
         for (name, d) in [
             ("--proxy-health-interval", config.proxy_health_interval),

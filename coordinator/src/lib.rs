@@ -10,6 +10,7 @@
 //! - [`api`]: the axum router and handlers; [`error`] maps failures to statuses.
 //! - [`health`]: the region health checker.
 //! - [`secret`]: token and password hashing.
+//! - [`primary`]: the primary region's own proxy and relay, run in this process.
 
 pub mod api;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod embedded_postgres;
 pub mod error;
 pub mod health;
 pub mod keys;
+pub mod primary;
 pub mod secret;
 pub mod store;
 
@@ -34,13 +36,11 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for an external Postgres at start before giving up.
 const DATABASE_START_DEADLINE: Duration = Duration::from_secs(30);
 
-/// Serves the coordinator on `listener` until `shutdown` resolves, then
-/// drains in-flight requests and stops the embedded Postgres, if any.
-pub async fn run(
-    config: Config,
-    listener: std::net::TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+/// Serves the coordinator until `shutdown` resolves: the API on an internal
+/// loopback listener, and in front of it, on `--listen`, the primary region's
+/// proxy (apps, relay, TLS), which passes everything else to the API. Then
+/// drains the proxy, stops the API and the embedded Postgres, if any.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let config = Arc::new(config);
     let (store, mut embedded) = open_database(&config).await?;
     let secrets = keys::SecretsKey::load_or_create(&config.secrets_key_file)?;
@@ -55,46 +55,37 @@ pub async fn run(
         replica_expiry: config.replica_expiry,
     };
     let checker = tokio::spawn(checker.run(check_rx, stop.clone()));
-    let app = api::router(api::AppState { store, config: config.clone(), check_now, keys });
+    let primary_token = primary::token();
+    let state = api::AppState {
+        store,
+        config: config.clone(),
+        check_now,
+        keys,
+        primary_token_hash: Arc::new(secret::hash_secret(primary_token.secret.expose())),
+    };
+    let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let api_addr = api_listener.local_addr()?;
+    let api_stop = stop.clone();
+    let api = tokio::spawn(async move {
+        axum::serve(api_listener, api::router(state)).with_graceful_shutdown(api_stop.cancelled_owned()).await
+    });
+    let proxy = primary::start(&config, primary_token, api_addr)?;
+    tracing::info!(listen = %config.listen, access_url = %config.access_url, "coordinator listening");
 
-    let handle = axum_server::Handle::new();
-    let server = serve(&config, listener, app, handle.clone());
-    tokio::pin!(server);
     tokio::select! {
-        res = &mut server => res?,
-        () = shutdown => {
-            tracing::info!("shutting down: draining requests for up to {DRAIN_TIMEOUT:?}");
-            handle.graceful_shutdown(Some(DRAIN_TIMEOUT));
-            server.await?;
-        }
+        () = shutdown => {}
+        () = proxy.exited() => anyhow::bail!("the primary proxy stopped unexpectedly"),
     }
+    tracing::info!("shutting down: draining requests for up to {DRAIN_TIMEOUT:?}");
+    proxy.stop(DRAIN_TIMEOUT + Duration::from_secs(5)).await;
     stop.cancel();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, api).await;
     let _ = checker.await;
     if let Some(pg) = embedded.as_mut() {
         tracing::info!("stopping embedded PostgreSQL");
         tokio::task::block_in_place(|| pg.stop())?;
     }
     tracing::info!("coordinator stopped");
-    Ok(())
-}
-
-async fn serve(
-    config: &Config,
-    listener: std::net::TcpListener,
-    app: axum::Router,
-    handle: axum_server::Handle,
-) -> anyhow::Result<()> {
-    listener.set_nonblocking(true)?;
-    let service = app.into_make_service();
-    match &config.tls {
-        Some((cert, key)) => {
-            let tls = axum_server::tls_rustls::RustlsConfig::from_pem_file(cert, key)
-                .await
-                .with_context(|| format!("cannot load TLS certificate {} and key {}", cert.display(), key.display()))?;
-            axum_server::from_tcp_rustls(listener, tls).handle(handle).serve(service).await?
-        }
-        None => axum_server::from_tcp(listener).handle(handle).serve(service).await?,
-    }
     Ok(())
 }
 

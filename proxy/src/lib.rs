@@ -35,9 +35,30 @@ use pingora::services::background::background_service;
 use state::ProxyState;
 use std::sync::Arc;
 
-/// Runs the proxy until SIGTERM or SIGINT, then drains, deregisters and
-/// exits. Blocks the calling thread; pingora makes its own runtimes.
+/// How the proxy runs.
+pub enum Mode {
+    /// On its own: SIGTERM or SIGINT drains, deregisters and exits the process.
+    Standalone,
+    /// Inside the coordinator, as the primary region's proxy and relay: it
+    /// stops when `shutdown` turns true and reports on `stopped`; whatever is
+    /// not an app goes to the coordinator API at `api_upstream`.
+    Embedded {
+        shutdown: tokio::sync::watch::Receiver<bool>,
+        stopped: std::sync::mpsc::Sender<()>,
+        api_upstream: std::net::SocketAddr,
+    },
+}
+
+/// Runs a standalone proxy until SIGTERM or SIGINT, then drains, deregisters
+/// and exits. Blocks the calling thread; pingora makes its own runtimes.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    run_with(config, Mode::Standalone)
+}
+
+/// Runs the proxy in `mode`; blocks the calling thread.
+pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
+    // Pingora panics if it cannot bind; say so in one line first instead.
+    drop(std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
     let state = ProxyState::new();
     let http = http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let coordinator = Client::new(config.coordinator_url.as_str(), Credential::Proxy(config.proxy_token.clone()), http);
@@ -64,7 +85,16 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     let wildcard_base = config.wildcard_access_url.as_deref().and_then(meridian_regions::app_url::wildcard_base);
     let mut proxy = pingora::proxy::http_proxy_service(
         &server.configuration,
-        service::MeridianProxy { state: state.clone(), auth, relay: relay.clone(), wildcard_base },
+        service::MeridianProxy {
+            state: state.clone(),
+            auth,
+            relay: relay.clone(),
+            wildcard_base,
+            api_upstream: match &mode {
+                Mode::Embedded { api_upstream, .. } => Some(*api_upstream),
+                Mode::Standalone => None,
+            },
+        },
     );
     let addr = config.listen.to_string();
     match &config.tls {
@@ -80,12 +110,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
     tracing::info!(listen = %addr, access_url = %config.access_url, relay = %relay_addr,
         replica = %config.replica_id, "proxy listening");
     server.add_service(proxy);
+    let (on_stopped, signal): (_, Box<dyn pingora::server::ShutdownSignalWatch>) = match mode {
+        Mode::Standalone => (lifecycle::OnStopped::Exit, Box::new(lifecycle::Signals)),
+        Mode::Embedded { shutdown, stopped, .. } => {
+            (lifecycle::OnStopped::Notify(stopped), Box::new(lifecycle::WatchSignal(shutdown)))
+        }
+    };
     server.add_service(background_service(
         "lifecycle",
-        lifecycle::Lifecycle::new(registrar, state, config.listen, config.drain_timeout),
+        lifecycle::Lifecycle::new(registrar, state, config.listen, config.drain_timeout, on_stopped),
     ));
     server.add_service(background_service("relay", lifecycle::RelayService::new(relay, relay_listener)));
-    server.run(RunArgs { shutdown_signal: Box::new(lifecycle::Signals) });
+    server.run(RunArgs { shutdown_signal: signal });
     Ok(())
 }
 

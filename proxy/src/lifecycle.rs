@@ -44,16 +44,31 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+/// What the lifecycle does once drained.
+pub enum OnStopped {
+    /// Exit the process (a standalone proxy; pingora would otherwise sleep its grace period).
+    Exit,
+    /// Tell the embedding process, which finishes its own shutdown.
+    Notify(std::sync::mpsc::Sender<()>),
+}
+
 pub struct Lifecycle {
     registrar: Registrar,
     state: Arc<ProxyState>,
+    on_stopped: std::sync::Mutex<Option<OnStopped>>,
     listen: SocketAddr,
     drain_timeout: Duration,
 }
 
 impl Lifecycle {
-    pub fn new(registrar: Registrar, state: Arc<ProxyState>, listen: SocketAddr, drain_timeout: Duration) -> Self {
-        Self { registrar, state, listen, drain_timeout }
+    pub fn new(
+        registrar: Registrar,
+        state: Arc<ProxyState>,
+        listen: SocketAddr,
+        drain_timeout: Duration,
+        on_stopped: OnStopped,
+    ) -> Self {
+        Self { registrar, state, on_stopped: std::sync::Mutex::new(Some(on_stopped)), listen, drain_timeout }
     }
 
     /// Waits until our listener accepts connections, so the coordinator's first
@@ -99,7 +114,24 @@ impl BackgroundService for Lifecycle {
         self.registrar.deregister().await;
         self.drain().await;
         tracing::info!("proxy stopped");
-        std::process::exit(0);
+        match self.on_stopped.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            Some(OnStopped::Notify(done)) => {
+                let _ = done.send(());
+            }
+            _ => std::process::exit(0),
+        }
+    }
+}
+
+/// Shutdown on a channel, for an embedded proxy: the embedding process decides when.
+pub struct WatchSignal(pub tokio::sync::watch::Receiver<bool>);
+
+#[async_trait]
+impl ShutdownSignalWatch for WatchSignal {
+    async fn recv(&self) -> ShutdownSignal {
+        let mut rx = self.0.clone();
+        let _ = rx.wait_for(|stop| *stop).await;
+        ShutdownSignal::GracefulTerminate
     }
 }
 

@@ -21,13 +21,22 @@ pub struct AppRoute {
 
 pub enum Route {
     App(AppRoute),
+    /// Not an app, on the primary: the coordinator's API and pages.
+    Api,
     Own(endpoints::Local),
-    Reject { status: u16, message: String },
-    Redirect { status: u16, location: String },
+    Reject {
+        status: u16,
+        message: String,
+    },
+    Redirect {
+        status: u16,
+        location: String,
+    },
 }
 
 /// Routes by `Host` (or HTTP/2 `:authority`) against the wildcard base, then by path.
-pub fn route(req: &RequestHeader, wildcard_base: Option<&str>, state: &ProxyState) -> Route {
+/// With `api_passthrough` (the primary), whatever is not an app goes to the API.
+pub fn route(req: &RequestHeader, wildcard_base: Option<&str>, api_passthrough: bool, state: &ProxyState) -> Route {
     let host = request_host(req).unwrap_or_default();
     if let Some(base) = wildcard_base {
         match parse_host(&host, base) {
@@ -65,6 +74,7 @@ pub fn route(req: &RequestHeader, wildcard_base: Option<&str>, state: &ProxyStat
             Route::Redirect { status: 307, location }
         }
         PathMatch::Invalid(e) => Route::Reject { status: e.status(), message: e.to_string() },
+        PathMatch::NotAnApp if api_passthrough => Route::Api,
         PathMatch::NotAnApp => match endpoints::answer(path, state) {
             Some(local) => Route::Own(local),
             None => Route::Own(endpoints::Local::error(404, "Nothing is served at this address.")),

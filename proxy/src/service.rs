@@ -20,6 +20,8 @@ pub struct MeridianProxy {
     pub relay: Arc<Relay>,
     /// The wildcard base host, e.g. `sydney.localhost`, if subdomain apps are served.
     pub wildcard_base: Option<String>,
+    /// On the primary: the coordinator API's internal address, for everything that is not an app.
+    pub api_upstream: Option<std::net::SocketAddr>,
 }
 
 /// Per-request state.
@@ -48,7 +50,9 @@ impl ProxyHttp for MeridianProxy {
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
         let host = routing::request_host(req).unwrap_or_default();
-        let reply = match routing::route(req, self.wildcard_base.as_deref(), &self.state) {
+        let passthrough = self.api_upstream.is_some();
+        let reply = match routing::route(req, self.wildcard_base.as_deref(), passthrough, &self.state) {
+            Route::Api => return Ok(false),
             Route::Own(local) => {
                 local.write(session).await?;
                 return Ok(true);
@@ -68,8 +72,11 @@ impl ProxyHttp for MeridianProxy {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let served = ctx.app.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no app routed"))?;
-        upstream::peer(&self.relay, served.claims.agent_id, &served.claims.upstream)
+        match (&ctx.app, self.api_upstream) {
+            (Some(served), _) => upstream::peer(&self.relay, served.claims.agent_id, &served.claims.upstream),
+            (None, Some(api)) => Ok(Box::new(HttpPeer::new(api, false, String::new()))),
+            (None, None) => Error::e_explain(ErrorType::InternalError, "no app routed"),
+        }
     }
 
     async fn upstream_request_filter(
@@ -91,8 +98,10 @@ impl ProxyHttp for MeridianProxy {
     }
 
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        // The API's responses (e.g. the login cookie) pass as they are.
+        let Some(served) = ctx.app.as_mut() else { return Ok(()) };
         hygiene::response(resp)?;
-        if let Some(cookie) = ctx.app.as_mut().and_then(|s| s.set_cookie.take()) {
+        if let Some(cookie) = served.set_cookie.take() {
             resp.append_header("set-cookie", cookie)?;
         }
         Ok(())
@@ -113,6 +122,8 @@ impl ProxyHttp for MeridianProxy {
         let code = if session.response_written().is_some() {
             0 // headers already went out: the client sees an aborted response
         } else {
+            // This connection is not reused: say so, so clients do not reuse it either.
+            session.set_keepalive(None);
             let _ = Reply::page(status, message).write(session).await;
             status
         };

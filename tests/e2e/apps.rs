@@ -200,7 +200,12 @@ async fn tokens_are_bound(w: &World) {
         let r = stranger.get(&url).header("cookie", format!("meridian_app_token={tok}")).send().await.unwrap();
         assert_eq!(r.status(), 303, "{url} with a foreign or damaged token goes to log in");
     }
-    let r = stranger.get(w.app_url("code", "/")).header("cookie", format!("meridian_app_token={token}")).send().await.unwrap();
+    let r = stranger
+        .get(w.app_url("code", "/"))
+        .header("cookie", format!("meridian_app_token={token}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "the genuine token works on its own app");
 }
 

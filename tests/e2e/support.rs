@@ -387,10 +387,8 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(dir: &Path, coordinator: &str, token: &str, region: Option<&str>) -> Self {
-        let mut args: Vec<String> = ["agent", "--coordinator-url", coordinator, "--agent-token", token]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let mut args: Vec<String> =
+            ["agent", "--coordinator-url", coordinator, "--agent-token", token].iter().map(|s| s.to_string()).collect();
         if let Some(r) = region {
             args.extend(["--region".to_owned(), r.to_owned()]);
         }

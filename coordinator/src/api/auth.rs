@@ -87,6 +87,13 @@ impl FromRequestParts<AppState> for ProxyRegion {
         })?;
         let token =
             Token::parse(&raw).map_err(|e| ApiError::Unauthorized(format!("The proxy token is malformed: {e}.")))?;
+        // This process's own primary proxy holds an in-memory token.
+        if token.id == crate::primary::PRIMARY_REGION_ID
+            && crate::secret::secret_matches(token.secret.expose(), &state.primary_token_hash)
+        {
+            let primary = state.store.region_by_id(token.id).await?;
+            return primary.map(ProxyRegion).ok_or_else(|| ApiError::Internal(anyhow::anyhow!("no primary region")));
+        }
         let region = state.store.region_for_token(&token).await?.ok_or_else(|| {
             ApiError::Unauthorized(
                 "The proxy token is not valid: its region was deleted or the token was regenerated.".into(),

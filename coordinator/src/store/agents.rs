@@ -28,7 +28,7 @@ impl Store {
         Ok(rows.into_iter().map(App::from).collect())
     }
 
-    /// Relays of healthy regions, `preferred` first, then by name.
+    /// Relays of healthy regions: `preferred` first, then the primary, then by name.
     pub async fn relays(&self, preferred: Option<&str>) -> ApiResult<Vec<RelayInfo>> {
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT DISTINCT ON (r.name, p.relay_address) r.name, p.relay_address \
@@ -39,7 +39,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let mut relays: Vec<RelayInfo> = rows.into_iter().map(|(region, url)| RelayInfo { region, url }).collect();
-        relays.sort_by_key(|r| Some(r.region.as_str()) != preferred);
+        relays.sort_by_key(|r| (Some(r.region.as_str()) != preferred, r.region != meridian_regions::PRIMARY_REGION));
         Ok(relays)
     }
 

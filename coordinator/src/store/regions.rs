@@ -153,6 +153,13 @@ impl Store {
         }))
     }
 
+    pub async fn region_by_id(&self, id: Uuid) -> ApiResult<Option<RegionRow>> {
+        Ok(sqlx::query_as("SELECT id, name, display_name, created_at FROM regions WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
     /// Records a replica's heartbeat. Returns true when the replica is new or
     /// was not `ok` (e.g. it restarted), so the caller can check its health at
     /// once instead of one interval later.
