@@ -3,6 +3,7 @@
 //! 64 with a one-line reason) → bind and log addresses → run until a signal →
 //! drain under a deadline → exit 0.
 
+mod demo;
 mod ops;
 mod session;
 mod workspaces;
@@ -34,6 +35,8 @@ enum Command {
         #[arg(long, env = "MERIDIAN_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
     },
+    /// Run a whole deployment on loopback: coordinator, regional proxies, a workspace with an agent and a sample app.
+    Demo(demo::DemoArgs),
     /// Sign in to a coordinator and remember the session for later commands.
     Login(ops::LoginArgs),
     /// Manage regions (regional proxies).
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
         Command::Proxy(args) => run_proxy(args),
         Command::Agent(args) => run_agent(args),
         Command::SampleApp { listen } => run_sample_app(listen),
+        Command::Demo(args) => ops::run(demo::run(args, shutdown_signal())),
         Command::Login(args) => ops::run(ops::login(args)),
         Command::Regions(args) => ops::run(ops::regions(args)),
         Command::Users(args) => ops::run(ops::users(args)),

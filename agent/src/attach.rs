@@ -8,39 +8,17 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_regions::headers::AGENT_TOKEN;
 use meridian_regions::token::Secret;
-use meridian_regions::tunnel::{PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL};
+use meridian_regions::tunnel::{dial_upgrade, PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// Longest wait for a TCP connection, to the relay or to an app.
+/// Longest wait for a TCP connection to an app.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Connects to `relay_url` and upgrades to the tunnel protocol.
 pub async fn dial(relay_url: &str, token: &Secret) -> anyhow::Result<Upgraded> {
-    let url = url::Url::parse(relay_url)?;
-    if url.scheme() != "http" {
-        anyhow::bail!("relay {relay_url}: only http relays are supported so far");
-    }
-    let host = url.host_str().ok_or_else(|| anyhow::anyhow!("relay URL has no host"))?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, port))).await??;
-    tcp.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    let req = Request::get(TUNNEL_PATH)
-        .header(hyper::header::HOST, format!("{host}:{port}"))
-        .header(hyper::header::CONNECTION, "upgrade")
-        .header(hyper::header::UPGRADE, UPGRADE_PROTOCOL)
-        .header(AGENT_TOKEN, token.expose())
-        .body(Empty::<Bytes>::new())?;
-    let resp = tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(req)).await??;
-    if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
-        anyhow::bail!("relay answered HTTP {} instead of switching to the tunnel", resp.status());
-    }
-    Ok(hyper::upgrade::on(resp).await?)
+    dial_upgrade(relay_url, TUNNEL_PATH, UPGRADE_PROTOCOL, (AGENT_TOKEN, token.expose())).await
 }
 
 /// Serves the relay's streams until the tunnel closes.

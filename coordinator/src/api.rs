@@ -62,6 +62,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/agents/me/connection-info", get(agents::connection_info))
         .route("/api/v2/proxies/me/agent-attach", post(agents::attach))
         .route("/api/v2/proxies/me/agent-detach", post(agents::detach))
+        .route("/api/v2/proxies/me/verify-peer", post(agents::verify_peer))
         .route("/api/v2/proxies/me/register", post(proxies::register))
         .route("/api/v2/proxies/me/deregister", post(proxies::deregister))
         .fallback(|| async { ApiError::NotFound("No such API endpoint.".into()) })

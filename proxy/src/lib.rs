@@ -63,12 +63,19 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     let http = http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let coordinator = Client::new(config.coordinator_url.as_str(), Credential::Proxy(config.proxy_token.clone()), http);
     let auth = Arc::new(auth::Auth::new(coordinator.clone(), config.login_url.as_str(), config.tls.is_some()));
-    let relay = relay::Relay::new(coordinator.clone());
     let relay_listener = std::net::TcpListener::bind(config.relay_listen)
         .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
     relay_listener.set_nonblocking(true)?;
     let relay_addr = advertised(relay_listener.local_addr()?, &config.access_url);
-    let registrar = registration::Registrar::new(&config, state.clone(), coordinator, auth.clone(), relay_addr.clone());
+    let relay = relay::Relay::new(coordinator.clone(), config.proxy_token.clone(), relay_addr.clone());
+    let registrar = registration::Registrar::new(
+        &config,
+        state.clone(),
+        coordinator,
+        auth.clone(),
+        relay.clone(),
+        relay_addr.clone(),
+    );
 
     let drain_secs = config.drain_timeout.as_secs().max(1);
     let conf = ServerConf {

@@ -36,6 +36,8 @@ pub struct Registrar {
     pub state: Arc<ProxyState>,
     /// Receives the token-verification keys from each registration.
     pub auth: Arc<crate::auth::Auth>,
+    /// Learns where the primary's relay is from each registration.
+    pub relay: Arc<crate::relay::Relay>,
 }
 
 impl Registrar {
@@ -44,6 +46,7 @@ impl Registrar {
         state: Arc<ProxyState>,
         client: Client,
         auth: Arc<crate::auth::Auth>,
+        relay: Arc<crate::relay::Relay>,
         relay_address: String,
     ) -> Self {
         let request = RegisterProxy {
@@ -53,7 +56,7 @@ impl Registrar {
             relay_address: Some(relay_address),
             version: meridian_regions::VERSION.into(),
         };
-        Self { client, request, state, auth }
+        Self { client, request, state, auth, relay }
     }
 
     /// Heartbeats until a fatal answer (returned) or until `stop` fires
@@ -71,6 +74,10 @@ impl Registrar {
                         .clamp(Duration::from_millis(100), Duration::from_secs(3600));
                     backoff = FIRST_BACKOFF;
                     self.auth.set_keys(&resp.keys);
+                    let primary = resp.regions.iter().find(|r| r.name == meridian_regions::PRIMARY_REGION);
+                    self.relay.set_primary_relay(
+                        primary.and_then(|r| r.replicas.iter().find_map(|x| x.relay_address.clone())),
+                    );
                     self.state.update_registration(|r| {
                         if first || !r.coordinator_reachable {
                             tracing::info!(region = %resp.region_name, "registered with the coordinator");

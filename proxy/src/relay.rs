@@ -4,17 +4,22 @@
 //! Agents dial the relay listener and upgrade (`meridian_regions::tunnel`);
 //! the relay checks the agent token with the coordinator, which records the
 //! attachment, and keeps one [`Tunnel`] per agent. [`Relay::open`] is the one
-//! interface the data plane uses to reach an agent.
+//! interface the data plane uses to reach an agent: through this relay's own
+//! tunnel, or, for an agent attached elsewhere, over a link to the primary's
+//! relay (one hop). Peer relays link in with their proxy token.
 
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meridian_regions::api::{AgentAttach, AgentDetach};
+use meridian_regions::api::{AgentAttach, AgentDetach, VerifyPeer};
 use meridian_regions::client::{Client, ClientError};
-use meridian_regions::headers::AGENT_TOKEN;
-use meridian_regions::tunnel::{StreamError, Tunnel, TUNNEL_PATH, UPGRADE_PROTOCOL};
+use meridian_regions::headers::{AGENT_TOKEN, PROXY_TOKEN};
+use meridian_regions::token::Secret;
+use meridian_regions::tunnel::{
+    dial_upgrade, StreamError, Tunnel, AGENT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
+};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use uuid::Uuid;
@@ -30,18 +35,70 @@ pub enum DialError {
 
 pub struct Relay {
     coordinator: Client,
+    /// This proxy's token, presented when linking to another relay.
+    proxy_token: Secret,
+    /// This relay's own URL, so it never links to itself.
+    own_url: String,
     agents: RwLock<HashMap<Uuid, Tunnel>>,
+    /// The primary's relay, learned at registration, and the link to it.
+    primary: RwLock<Option<String>>,
+    link: tokio::sync::Mutex<Option<Tunnel>>,
+}
+
+fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    resp.headers_mut().insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static(protocol));
+    resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
+    resp
 }
 
 impl Relay {
-    pub fn new(coordinator: Client) -> Arc<Self> {
-        Arc::new(Self { coordinator, agents: RwLock::default() })
+    pub fn new(coordinator: Client, proxy_token: Secret, own_url: String) -> Arc<Self> {
+        Arc::new(Self {
+            coordinator,
+            proxy_token,
+            own_url,
+            agents: RwLock::default(),
+            primary: RwLock::default(),
+            link: tokio::sync::Mutex::default(),
+        })
     }
 
-    /// Opens a byte stream to `target` (`host:port`) inside agent `agent_id`'s workspace.
+    /// Records where the primary's relay is (from each registration).
+    pub fn set_primary_relay(&self, url: Option<String>) {
+        let url = url.filter(|u| *u != self.own_url);
+        *self.primary.write().unwrap_or_else(|e| e.into_inner()) = url;
+    }
+
+    /// Opens a byte stream to `target` (`host:port`) inside agent `agent_id`'s
+    /// workspace: through this relay, else through the primary's.
     pub async fn open(&self, agent_id: Uuid, target: &str) -> Result<TokioIo<Upgraded>, DialError> {
-        let tunnel = self.tunnel(agent_id).ok_or(DialError::NotAttached)?;
-        Ok(tunnel.open(target).await?)
+        if let Some(tunnel) = self.tunnel(agent_id) {
+            return Ok(tunnel.open(target, None).await?);
+        }
+        let link = self.link().await.ok_or(DialError::NotAttached)?;
+        match link.open(target, Some(agent_id)).await {
+            Err(StreamError::Refused { status: 404, .. }) => Err(DialError::NotAttached),
+            other => Ok(other?),
+        }
+    }
+
+    /// The link to the primary's relay, dialed on first use and again after it drops.
+    async fn link(&self) -> Option<Tunnel> {
+        let url = self.primary.read().unwrap_or_else(|e| e.into_inner()).clone()?;
+        let mut link = self.link.lock().await;
+        if let Some(t) = link.as_ref().filter(|t| t.is_open()) {
+            return Some(t.clone());
+        }
+        let io = dial_upgrade(&url, LINK_PATH, LINK_PROTOCOL, (PROXY_TOKEN, self.proxy_token.expose()))
+            .await
+            .map_err(|e| tracing::warn!(relay = %url, error = %e, "cannot link to the primary's relay"))
+            .ok()?;
+        let (tunnel, driver) = Tunnel::client(io).await.ok()?;
+        tokio::spawn(driver);
+        *link = Some(tunnel.clone());
+        Some(tunnel)
     }
 
     pub fn is_attached(&self, agent_id: Uuid) -> bool {
@@ -96,11 +153,13 @@ impl Relay {
             *r.status_mut() = status;
             Ok(r)
         };
-        let upgrade_ok = req
-            .headers()
-            .get(hyper::header::UPGRADE)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes()));
-        if req.uri().path() != TUNNEL_PATH || !upgrade_ok {
+        let upgrade = |p: &str| {
+            req.headers().get(hyper::header::UPGRADE).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(p.as_bytes()))
+        };
+        if req.uri().path() == LINK_PATH && upgrade(LINK_PROTOCOL) {
+            return Ok(self.accept_link(req).await);
+        }
+        if req.uri().path() != TUNNEL_PATH || !upgrade(UPGRADE_PROTOCOL) {
             return reply(
                 StatusCode::NOT_FOUND,
                 "This is a Meridian relay; agents upgrade at /api/v2/agents/me/tunnel.",
@@ -125,11 +184,71 @@ impl Relay {
                 Err(e) => tracing::warn!(agent = %agent_id, error = %e, "agent upgrade failed"),
             }
         });
-        let mut resp = Response::new(Full::new(Bytes::new()));
-        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-        resp.headers_mut().insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static(UPGRADE_PROTOCOL));
-        resp.headers_mut().insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
-        Ok(resp)
+        Ok(switching(UPGRADE_PROTOCOL))
+    }
+
+    /// A peer relay links in: check its proxy token, then serve its streams
+    /// from this relay's own tunnels.
+    async fn accept_link(self: Arc<Self>, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        let token = req.headers().get(PROXY_TOKEN).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+        let region = match self.coordinator.verify_peer(&VerifyPeer { proxy_token: token }).await {
+            Ok(r) => r.region,
+            Err(e) => {
+                let status = e
+                    .status()
+                    .filter(|s| s.is_client_error())
+                    .map_or(StatusCode::SERVICE_UNAVAILABLE, |_| StatusCode::UNAUTHORIZED);
+                let mut r = Response::new(Full::new(Bytes::from_static(b"{\"message\":\"link refused\"}")));
+                *r.status_mut() = status;
+                return r;
+            }
+        };
+        tokio::spawn(async move {
+            let Ok(io) = hyper::upgrade::on(&mut req).await else { return };
+            tracing::info!(%region, "relay link up");
+            let relay = self.clone();
+            let service = hyper::service::service_fn(move |req| relay.clone().link_stream(req));
+            let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(meridian_regions::tunnel::PING_INTERVAL)
+                .keep_alive_timeout(meridian_regions::tunnel::PING_TIMEOUT)
+                .serve_connection(io, service)
+                .await;
+            tracing::info!(%region, "relay link down");
+        });
+        switching(LINK_PROTOCOL)
+    }
+
+    /// One stream over a link: `CONNECT target` for the agent in `meridian-agent`.
+    async fn link_stream(
+        self: Arc<Self>,
+        mut req: Request<hyper::body::Incoming>,
+    ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
+        let status = |s: StatusCode| {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            *r.status_mut() = s;
+            Ok(r)
+        };
+        let agent = req.headers().get(AGENT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Uuid>().ok());
+        let target = req.uri().authority().map(|a| a.as_str().to_owned());
+        let (Some(agent), Some(target), true) = (agent, target, req.method() == hyper::Method::CONNECT) else {
+            return status(StatusCode::BAD_REQUEST);
+        };
+        // Only this relay's own tunnels: a link never forwards to another link.
+        let Some(tunnel) = self.tunnel(agent) else { return status(StatusCode::NOT_FOUND) };
+        let mut upstream = match tunnel.open(&target, None).await {
+            Ok(io) => io,
+            Err(StreamError::Refused { status: s, .. }) => {
+                return status(StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY))
+            }
+            Err(_) => return status(StatusCode::BAD_GATEWAY),
+        };
+        tokio::spawn(async move {
+            if let Ok(down) = hyper::upgrade::on(&mut req).await {
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut upstream).await;
+            }
+        });
+        status(StatusCode::OK)
     }
 
     /// Holds one agent's tunnel until it ends, then forgets it (unless a newer

@@ -320,3 +320,15 @@ pub struct AgentAttachResponse {
 pub struct AgentDetach {
     pub agent_id: Uuid,
 }
+
+/// `POST /api/v2/proxies/me/verify-peer`: a relay checks the proxy token a
+/// peer relay presented on a link.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyPeer {
+    pub proxy_token: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VerifyPeerResponse {
+    pub region: String,
+}

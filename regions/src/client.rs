@@ -174,6 +174,10 @@ impl Client {
         self.call::<serde_json::Value>(Method::POST, "/api/v2/proxies/me/agent-detach", Some(req)).await.map(drop)
     }
 
+    pub async fn verify_peer(&self, req: &VerifyPeer) -> Result<VerifyPeerResponse, ClientError> {
+        self.call(Method::POST, "/api/v2/proxies/me/verify-peer", Some(req)).await
+    }
+
     pub async fn keys(&self) -> Result<KeysResponse, ClientError> {
         self.call(Method::GET, "/api/v2/proxies/me/keys", None::<&()>).await
     }

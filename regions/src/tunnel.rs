@@ -18,6 +18,13 @@ use std::time::Duration;
 /// The upgrade request's path and protocol token.
 pub const TUNNEL_PATH: &str = "/api/v2/agents/me/tunnel";
 pub const UPGRADE_PROTOCOL: &str = "meridian-tunnel";
+/// A relay-to-relay link: the dialing relay is the HTTP/2 client and names
+/// the agent of each stream in [`AGENT_HEADER`].
+pub const LINK_PATH: &str = "/api/v2/relays/me/link";
+pub const LINK_PROTOCOL: &str = "meridian-link";
+pub const AGENT_HEADER: &str = "meridian-agent";
+/// Longest wait for a TCP connection or an upgrade answer.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep-alive pings on the tunnel: a dead peer is noticed within
 /// interval + timeout, even with no traffic.
 pub const PING_INTERVAL: Duration = Duration::from_secs(5);
@@ -66,13 +73,14 @@ impl Tunnel {
         !self.sender.is_closed()
     }
 
-    /// Opens a byte stream to `target` (`host:port` inside the workspace).
-    pub async fn open(&self, target: &str) -> Result<TokioIo<Upgraded>, StreamError> {
-        let req = hyper::Request::builder()
-            .method(hyper::Method::CONNECT)
-            .uri(target)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+    /// Opens a byte stream to `target` (`host:port` inside the workspace);
+    /// over a relay link, `agent` names whose workspace.
+    pub async fn open(&self, target: &str, agent: Option<uuid::Uuid>) -> Result<TokioIo<Upgraded>, StreamError> {
+        let mut req = hyper::Request::builder().method(hyper::Method::CONNECT).uri(target);
+        if let Some(agent) = agent {
+            req = req.header(AGENT_HEADER, agent.to_string());
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
         let mut sender = self.sender.clone();
         sender.ready().await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
@@ -82,4 +90,38 @@ impl Tunnel {
         let upgraded = hyper::upgrade::on(resp).await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
         Ok(TokioIo::new(upgraded))
     }
+}
+
+/// Dials `base_url` (http only) and upgrades `path` to `protocol`, sending
+/// `credential` as a header; returns the upgraded connection.
+pub async fn dial_upgrade(
+    base_url: &str,
+    path: &str,
+    protocol: &str,
+    credential: (&str, &str),
+) -> anyhow::Result<Upgraded> {
+    use anyhow::{bail, Context};
+    let url = url::Url::parse(base_url)?;
+    if url.scheme() != "http" {
+        bail!("{base_url}: only http relays are supported so far");
+    }
+    let host = url.host_str().context("relay URL has no host")?;
+    let port = url.port_or_known_default().unwrap_or(80);
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await??;
+    tcp.set_nodelay(true)?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    let req = hyper::Request::get(path)
+        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::CONNECTION, "upgrade")
+        .header(hyper::header::UPGRADE, protocol)
+        .header(credential.0, credential.1)
+        .body(Empty::<Bytes>::new())?;
+    let resp = tokio::time::timeout(DIAL_TIMEOUT, sender.send_request(req)).await??;
+    if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        bail!("{base_url} answered HTTP {} instead of switching protocols", resp.status());
+    }
+    Ok(hyper::upgrade::on(resp).await?)
 }

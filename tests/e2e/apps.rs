@@ -8,11 +8,15 @@ use serde_json::{json, Value};
 use sha2::Digest;
 use std::time::Duration;
 
-/// Where the suite sends its requests.
+/// Where the suite sends its requests, and where the agent attaches.
 #[derive(Clone, Copy, Debug)]
 pub enum Deployment {
     /// A regional proxy, with the agent attached to its relay.
     Region,
+    /// The primary (the coordinator's own proxy), with the agent attached to its relay.
+    Primary,
+    /// A regional proxy, with the agent attached to the primary: one relay hop.
+    ViaPrimary,
 }
 
 pub struct World {
@@ -49,15 +53,18 @@ pub async fn world(deployment: Deployment) -> World {
         .await
         .expect_status(201);
     let agent_token = created["agent_tokens"]["main"].as_str().unwrap();
-    let (region, base, port) = match deployment {
-        Deployment::Region => ("sydney", proxy.url.clone(), proxy.port),
+    let coord_port: u16 = coord.url.rsplit(':').next().unwrap().parse().unwrap();
+    let (region, base, wildcard) = match deployment {
+        Deployment::Region => ("sydney", proxy.url.clone(), ("region.localhost", proxy.port)),
+        Deployment::Primary => ("primary", coord.url.clone(), ("primary.localhost", coord_port)),
+        Deployment::ViaPrimary => ("primary", proxy.url.clone(), ("region.localhost", proxy.port)),
     };
     let agent = Agent::spawn(dir.path(), &coord.url, agent_token, Some(region));
     admin.wait_agent_on("dev", region).await;
     World {
         coord,
         base,
-        wildcard: ("region.localhost".into(), port),
+        wildcard: (wildcard.0.into(), wildcard.1),
         agent,
         app,
         _proxies: vec![proxy],
@@ -309,4 +316,14 @@ async fn suite(deployment: Deployment) {
 #[tokio::test(flavor = "multi_thread")]
 async fn apps_through_a_region() {
     suite(Deployment::Region).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apps_through_the_primary() {
+    suite(Deployment::Primary).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apps_through_a_region_to_an_agent_on_the_primary() {
+    suite(Deployment::ViaPrimary).await;
 }

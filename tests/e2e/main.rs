@@ -9,6 +9,7 @@ mod api;
 mod app_auth;
 mod apps;
 mod coordinator_outages;
+mod demo;
 mod deploy_configs;
 mod embedded;
 mod proxy_lifecycle;

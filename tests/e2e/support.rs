@@ -144,6 +144,8 @@ impl Coordinator {
             interval,
             "--secrets-key-file",
             &dir.join("secrets.key").to_string_lossy(),
+            "--wildcard-access-url",
+            &format!("*.primary.localhost:{port}"),
         ]
         .iter()
         .map(|s| s.to_string())

@@ -7,7 +7,9 @@ use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use meridian_regions::api::{AgentAttach, AgentAttachResponse, AgentConnectionInfo, AgentDetach};
+use meridian_regions::api::{
+    AgentAttach, AgentAttachResponse, AgentConnectionInfo, AgentDetach, VerifyPeer, VerifyPeerResponse,
+};
 use meridian_regions::token::Token;
 
 #[derive(serde::Deserialize)]
@@ -50,4 +52,16 @@ pub async fn detach(
     state.store.set_agent_detached(req.agent_id, region.id).await?;
     tracing::info!(agent = %req.agent_id, region = %region.name, "agent detached");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// A relay asks whether a peer's proxy token is current, before linking.
+pub async fn verify_peer(
+    State(state): State<AppState>,
+    _caller: ProxyRegion,
+    Json(req): Json<VerifyPeer>,
+) -> ApiResult<axum::Json<VerifyPeerResponse>> {
+    let refused = || ApiError::Unauthorized("The peer's proxy token is not valid.".into());
+    let token = Token::parse(&req.proxy_token).map_err(|_| refused())?;
+    let region = state.store.region_for_token(&token).await?.ok_or_else(refused)?;
+    Ok(axum::Json(VerifyPeerResponse { region: region.name }))
 }

@@ -1,0 +1,85 @@
+//! `meridian demo` as a new user runs it: it comes up, prints working URLs and
+//! credentials, a real browser signs in and opens the app, and SIGTERM (as
+//! Ctrl-C) stops every process it started.
+
+use crate::support::*;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_apps_to_a_browser_and_stops_cleanly() {
+    let dir = tempdir();
+    // The demo takes the port and the next one; find two free in a row.
+    let port =
+        (0..50).map(|_| free_port()).find(|p| std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()).unwrap();
+    let out_path = dir.path().join("demo.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut demo = Process {
+        child: Command::new(BIN)
+            .args(["demo", "--regions", "sydney", "--port", &port.to_string(), "--data-dir"])
+            .arg(dir.path().join("state"))
+            .env("MERIDIAN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+        log: out_path.clone(),
+        name: "demo".into(),
+    };
+    let printed = wait_for(Duration::from_secs(120), "the demo to print its URLs", || {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let exited = demo.child.try_wait().unwrap();
+        assert!(exited.is_none(), "demo exited: {exited:?}\n{text}");
+        async move { text.contains("Ctrl-C stops everything").then_some(text) }
+    })
+    .await;
+    let password = printed
+        .lines()
+        .find_map(|l| l.split("password ").nth(1))
+        .map(|p| p.trim().to_owned())
+        .expect("credentials printed");
+    let url_of = |needle: &str| {
+        printed
+            .lines()
+            .find(|l| l.contains(needle))
+            .and_then(|l| l.split_whitespace().find(|w| w.starts_with("http")))
+            .unwrap()
+            .to_owned()
+    };
+
+    // The public app answers with no sign-in.
+    let anon = browser();
+    let public = url_of("public app");
+    assert_eq!(anon.get(&public).send().await.unwrap().status(), 200, "{public}");
+
+    // A real browser opens the sydney app URL, signs in, and is served.
+    let app = url_of("via sydney");
+    let shot = dir.path().join("signed-in.png");
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let run = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .current_dir(&browser_dir)
+            .args(["sign-in.js", &format!("{app}hello"), "demo", &password])
+            .arg(&shot)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let says = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "browser sign-in failed: {says}");
+
+    // SIGTERM stops the demo and everything it started.
+    demo.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = demo.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status:?}\n{}", demo.output());
+    for p in [port, port + 1] {
+        assert!(
+            std::net::TcpStream::connect(("127.0.0.1", p)).is_err(),
+            "port {p} still served after the demo stopped"
+        );
+    }
+    assert!(!dir.path().join("state/data/postgres/postmaster.pid").exists(), "Postgres stopped");
+}
