@@ -59,6 +59,10 @@ pub struct Args {
     /// Extra PEM CA certificate to trust when polling proxies over HTTPS [default: public roots only].
     #[arg(long, env = "MERIDIAN_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// How long an app may take to send each part of its answer before a 504 [default: 60s].
+    #[arg(long, env = "MERIDIAN_APP_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub app_timeout: Option<Duration>,
     /// Address agents attach to (the primary region's relay) [default: 127.0.0.1, any free port].
     #[arg(long, env = "MERIDIAN_RELAY_LISTEN")]
     pub relay_listen: Option<SocketAddr>,
@@ -89,6 +93,7 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     pub secrets_key_file: PathBuf,
     pub relay_listen: SocketAddr,
+    pub app_timeout: Option<Duration>,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -130,6 +135,7 @@ impl Args {
             ca_cert: self.ca_cert.or(file.ca_cert),
             secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
             relay_listen: self.relay_listen.or(file.relay_listen),
+            app_timeout: self.app_timeout.or(file.app_timeout),
         }
     }
 
@@ -177,6 +183,7 @@ impl Args {
             ca_cert: self.ca_cert,
             secrets_key_file,
             relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            app_timeout: self.app_timeout,
         };
         for (name, d) in [
             ("--proxy-health-interval", config.proxy_health_interval),

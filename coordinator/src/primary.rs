@@ -41,6 +41,7 @@ pub fn start(config: &Config, token: Token, api: SocketAddr) -> anyhow::Result<P
         relay_listen: Some(config.relay_listen),
         login_url: Some(config.access_url.clone()),
         drain_timeout: Some(crate::DRAIN_TIMEOUT),
+        app_timeout: config.app_timeout,
         ..Default::default()
     };
     let proxy_config = args.resolve().map_err(|e| anyhow::anyhow!("primary proxy: {e}"))?;

@@ -55,6 +55,11 @@ pub struct Args {
     /// Where browsers sign in: the primary's access URL [default: --coordinator-url].
     #[arg(long, env = "MERIDIAN_LOGIN_URL")]
     pub login_url: Option<Url>,
+    /// How long an app may take to send each part of its answer before the client gets
+    /// a 504 (not applied to WebSockets and other upgraded connections) [default: 60s].
+    #[arg(long, env = "MERIDIAN_APP_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub app_timeout: Option<Duration>,
     /// Worker threads for the data plane [default: 2].
     #[arg(long, env = "MERIDIAN_THREADS")]
     pub threads: Option<usize>,
@@ -75,6 +80,7 @@ pub struct Config {
     pub threads: usize,
     pub relay_listen: SocketAddr,
     pub login_url: Url,
+    pub app_timeout: Duration,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -112,6 +118,7 @@ impl Args {
             drain_timeout: self.drain_timeout.or(file.drain_timeout),
             threads: self.threads.or(file.threads),
             relay_listen: self.relay_listen.or(file.relay_listen),
+            app_timeout: self.app_timeout.or(file.app_timeout),
             login_url: self.login_url.or(file.login_url),
         }
     }
@@ -160,6 +167,7 @@ impl Args {
             threads,
             relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             login_url,
+            app_timeout: self.app_timeout.unwrap_or(Duration::from_secs(60)),
         })
     }
 }

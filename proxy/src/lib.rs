@@ -97,6 +97,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             auth,
             relay: relay.clone(),
             wildcard_base,
+            app_timeout: config.app_timeout,
             api_upstream: match &mode {
                 Mode::Embedded { api_upstream, .. } => Some(*api_upstream),
                 Mode::Standalone => None,

@@ -22,6 +22,8 @@ pub struct MeridianProxy {
     pub wildcard_base: Option<String>,
     /// On the primary: the coordinator API's internal address, for everything that is not an app.
     pub api_upstream: Option<std::net::SocketAddr>,
+    /// Longest wait for each read of an app's answer (→ 504).
+    pub app_timeout: std::time::Duration,
 }
 
 /// Per-request state.
@@ -71,9 +73,12 @@ impl ProxyHttp for MeridianProxy {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         match (&ctx.app, self.api_upstream) {
-            (Some(served), _) => upstream::peer(&self.relay, served.claims.agent_id, &served.claims.upstream),
+            (Some(served), _) => {
+                let timeout = (!session.is_upgrade_req()).then_some(self.app_timeout);
+                upstream::peer(&self.relay, served.claims.agent_id, &served.claims.upstream, timeout)
+            }
             (None, Some(api)) => Ok(Box::new(HttpPeer::new(api, false, String::new()))),
             (None, None) => Error::e_explain(ErrorType::InternalError, "no app routed"),
         }

@@ -22,8 +22,15 @@ use uuid::Uuid;
 /// Longest wait for the agent to open a stream to the app.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The peer for an app at `upstream` (e.g. `http://127.0.0.1:8080`) behind `agent_id`.
-pub fn peer(relay: &Arc<Relay>, agent_id: Uuid, upstream: &str) -> Result<Box<HttpPeer>> {
+/// The peer for an app at `upstream` (e.g. `http://127.0.0.1:8080`) behind
+/// `agent_id`; `read_timeout` bounds each read of the app's answer (`None` for
+/// upgraded connections, which may idle).
+pub fn peer(
+    relay: &Arc<Relay>,
+    agent_id: Uuid,
+    upstream: &str,
+    read_timeout: Option<Duration>,
+) -> Result<Box<HttpPeer>> {
     let url =
         url::Url::parse(upstream).map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream in token"))?;
     let host = url.host_str().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']').to_owned();
@@ -34,6 +41,7 @@ pub fn peer(relay: &Arc<Relay>, agent_id: Uuid, upstream: &str) -> Result<Box<Ht
     let mut peer = HttpPeer::new(std::net::SocketAddr::new(ip, port), tls, host.clone());
     peer.group_key = agent_id.as_u64_pair().0 ^ agent_id.as_u64_pair().1;
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
+    peer.options.read_timeout = read_timeout;
     // Apps in a workspace serve self-signed certificates; the tunnel is the trust boundary.
     peer.options.verify_cert = false;
     peer.options.verify_hostname = false;

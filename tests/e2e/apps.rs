@@ -273,6 +273,29 @@ async fn websocket_and_large_bodies(w: &World) {
     assert_eq!(got["sha256"], want);
 }
 
+async fn app_hangs(w: &World) {
+    // The harness runs every deployment with --app-timeout 3s.
+    let anon = w.browser(None).await;
+    let started = std::time::Instant::now();
+    let r = anon.get(w.app_url("open", "/hang")).header("x-sample-delay-ms", "20000").send().await.unwrap();
+    assert_eq!(r.status(), 504);
+    assert!(started.elapsed() < Duration::from_secs(15), "answered at the timeout, not when the app gave up");
+    assert!(r.text().await.unwrap().contains("did not answer in time"));
+}
+
+async fn ticket_redirect_stays_on_host(w: &World) {
+    let anon = w.browser(None).await;
+    for path in ["//evil.example/x?meridian_app_ticket=bogus", "/%2F%2Fevil.example?meridian_app_ticket=bogus"] {
+        let r = anon.get(format!("{}{path}", w.app_url("code", "").trim_end_matches('/'))).send().await.unwrap();
+        assert_eq!(r.status(), 303, "{path}");
+        let location = r.headers()["location"].to_str().unwrap().to_owned();
+        assert!(
+            location.starts_with('/') && !location.starts_with("//") && !location.starts_with("/\\"),
+            "{path} → {location}"
+        );
+    }
+}
+
 async fn agent_outage(w: &mut World) {
     let anon = w.browser(None).await;
     // A request in flight when the agent dies fails cleanly and promptly.
@@ -310,6 +333,8 @@ async fn suite(deployment: Deployment) {
     tokens_are_bound(&w).await;
     hygiene(&w).await;
     websocket_and_large_bodies(&w).await;
+    app_hangs(&w).await;
+    ticket_redirect_stays_on_host(&w).await;
     agent_outage(&mut w).await;
 }
 

@@ -146,6 +146,8 @@ impl Coordinator {
             &dir.join("secrets.key").to_string_lossy(),
             "--wildcard-access-url",
             &format!("*.primary.localhost:{port}"),
+            "--app-timeout",
+            "3s",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -215,6 +217,8 @@ impl Proxy {
             &format!("*.region.localhost:{port}"),
             "--drain-timeout",
             "5s",
+            "--app-timeout",
+            "3s",
         ]
         .iter()
         .map(|s| s.to_string())
