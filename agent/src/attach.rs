@@ -8,7 +8,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_regions::headers::AGENT_TOKEN;
 use meridian_regions::token::Secret;
-use meridian_regions::tunnel::{dial_upgrade, PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL};
+use meridian_regions::tunnel::{dial_upgrade, TlsClient, PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -16,9 +16,9 @@ use tokio::net::TcpStream;
 /// Longest wait for a TCP connection to an app.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects to `relay_url` and upgrades to the tunnel protocol.
-pub async fn dial(relay_url: &str, token: &Secret) -> anyhow::Result<Upgraded> {
-    dial_upgrade(relay_url, TUNNEL_PATH, UPGRADE_PROTOCOL, (AGENT_TOKEN, token.expose())).await
+/// Connects to `relay_url` (TLS when it is `https`) and upgrades to the tunnel protocol.
+pub async fn dial(relay_url: &str, token: &Secret, tls: &TlsClient) -> anyhow::Result<Upgraded> {
+    dial_upgrade(relay_url, TUNNEL_PATH, UPGRADE_PROTOCOL, (AGENT_TOKEN, token.expose()), tls).await
 }
 
 /// Serves the relay's streams until the tunnel closes.

@@ -40,10 +40,12 @@ pub enum Fatal {
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Fatal> {
     let http = http_client(config.ca_cert.as_deref()).map_err(Fatal::Setup)?;
     let client = Client::new(config.coordinator_url.as_str(), Credential::Agent(config.agent_token.clone()), http);
+    let tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())
+        .map_err(|e| Fatal::Setup(format!("{e:#}")))?;
     tokio::pin!(shutdown);
     let mut backoff = FIRST_BACKOFF;
     loop {
-        let attempt = attach_once(&client, &config, &mut backoff);
+        let attempt = attach_once(&client, &config, &tls, &mut backoff);
         tokio::select! {
             () = &mut shutdown => return Ok(()),
             res = attempt => res?,
@@ -59,7 +61,12 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
 
 /// One round: learn the relays, attach to the first that takes us, serve until
 /// the tunnel ends. Returns `Ok` to be retried, `Err` only for a fatal answer.
-async fn attach_once(client: &Client, config: &Config, backoff: &mut Duration) -> Result<(), Fatal> {
+async fn attach_once(
+    client: &Client,
+    config: &Config,
+    tls: &meridian_regions::tunnel::TlsClient,
+    backoff: &mut Duration,
+) -> Result<(), Fatal> {
     let info = match client.agent_connection_info(config.region.as_deref()).await {
         Ok(info) => info,
         Err(e) if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) => return Err(Fatal::TokenRefused(e)),
@@ -73,7 +80,7 @@ async fn attach_once(client: &Client, config: &Config, backoff: &mut Duration) -
     }
     let policy = policy::Policy::new(&info.apps);
     for relay in &info.relays {
-        match attach::dial(&relay.url, &config.agent_token).await {
+        match attach::dial(&relay.url, &config.agent_token, tls).await {
             Ok(io) => {
                 tracing::info!(region = %relay.region, relay = %relay.url, "attached");
                 *backoff = FIRST_BACKOFF;

@@ -66,8 +66,13 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     let relay_listener = std::net::TcpListener::bind(config.relay_listen)
         .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
     relay_listener.set_nonblocking(true)?;
-    let relay_addr = advertised(relay_listener.local_addr()?, &config.access_url);
-    let relay = relay::Relay::new(coordinator.clone(), config.proxy_token.clone(), relay_addr.clone());
+    let relay_tls = match &config.tls {
+        Some((cert, key)) => Some(meridian_regions::tunnel::tls_acceptor(cert, key)?),
+        None => None,
+    };
+    let relay_addr = advertised(relay_listener.local_addr()?, &config.access_url, relay_tls.is_some());
+    let dial_tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())?;
+    let relay = relay::Relay::new(coordinator.clone(), config.proxy_token.clone(), relay_addr.clone(), dial_tls);
     let registrar = registration::Registrar::new(
         &config,
         state.clone(),
@@ -128,19 +133,20 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         "lifecycle",
         lifecycle::Lifecycle::new(registrar, state, config.listen, config.drain_timeout, on_stopped),
     ));
-    server.add_service(background_service("relay", lifecycle::RelayService::new(relay, relay_listener)));
+    server.add_service(background_service("relay", lifecycle::RelayService::new(relay, relay_listener, relay_tls)));
     server.run(RunArgs { shutdown_signal: signal });
     Ok(())
 }
 
-/// The relay URL agents should dial: the bound address, with an unspecified
-/// IP replaced by the access URL's host.
-fn advertised(addr: std::net::SocketAddr, access_url: &url::Url) -> String {
-    if addr.ip().is_unspecified() {
-        let host = access_url.host_str().unwrap_or("127.0.0.1");
-        format!("http://{host}:{}", addr.port())
-    } else {
-        format!("http://{addr}")
+/// The relay URL agents should dial. Over TLS it names the access URL's host,
+/// which the certificate covers; otherwise the bound address, with an
+/// unspecified IP replaced by the access URL's host.
+fn advertised(addr: std::net::SocketAddr, access_url: &url::Url, tls: bool) -> String {
+    let host = access_url.host_str().unwrap_or("127.0.0.1");
+    match (tls, addr.ip().is_unspecified()) {
+        (true, _) => format!("https://{host}:{}", addr.port()),
+        (false, true) => format!("http://{host}:{}", addr.port()),
+        (false, false) => format!("http://{addr}"),
     }
 }
 

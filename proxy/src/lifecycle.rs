@@ -140,11 +140,16 @@ impl ShutdownSignalWatch for WatchSignal {
 pub struct RelayService {
     relay: Arc<crate::relay::Relay>,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl RelayService {
-    pub fn new(relay: Arc<crate::relay::Relay>, listener: std::net::TcpListener) -> Self {
-        Self { relay, listener: std::sync::Mutex::new(Some(listener)) }
+    pub fn new(
+        relay: Arc<crate::relay::Relay>,
+        listener: std::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Self {
+        Self { relay, listener: std::sync::Mutex::new(Some(listener)), tls }
     }
 }
 
@@ -155,7 +160,7 @@ impl BackgroundService for RelayService {
             return;
         };
         match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => self.relay.clone().serve(l, shutdown).await,
+            Ok(l) => self.relay.clone().serve(l, self.tls.clone(), shutdown).await,
             Err(e) => tracing::error!(error = %e, "cannot start the relay listener"),
         }
     }

@@ -18,7 +18,7 @@ use meridian_regions::client::{Client, ClientError};
 use meridian_regions::headers::{AGENT_TOKEN, PROXY_TOKEN};
 use meridian_regions::token::Secret;
 use meridian_regions::tunnel::{
-    dial_upgrade, StreamError, Tunnel, AGENT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
+    dial_upgrade, StreamError, TlsClient, Tunnel, AGENT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -33,6 +33,9 @@ pub enum DialError {
     Stream(#[from] StreamError),
 }
 
+/// Longest wait for a relay client's TLS handshake or upgrade request.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Relay {
     coordinator: Client,
     /// This proxy's token, presented when linking to another relay.
@@ -43,6 +46,8 @@ pub struct Relay {
     /// The primary's relay, learned at registration, and the link to it.
     primary: RwLock<Option<String>>,
     link: tokio::sync::Mutex<Option<Tunnel>>,
+    /// For dialing an `https` relay.
+    tls: TlsClient,
 }
 
 fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
@@ -54,8 +59,9 @@ fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
 }
 
 impl Relay {
-    pub fn new(coordinator: Client, proxy_token: Secret, own_url: String) -> Arc<Self> {
+    pub fn new(coordinator: Client, proxy_token: Secret, own_url: String, tls: TlsClient) -> Arc<Self> {
         Arc::new(Self {
+            tls,
             coordinator,
             proxy_token,
             own_url,
@@ -91,7 +97,7 @@ impl Relay {
         if let Some(t) = link.as_ref().filter(|t| t.is_open()) {
             return Some(t.clone());
         }
-        let io = dial_upgrade(&url, LINK_PATH, LINK_PROTOCOL, (PROXY_TOKEN, self.proxy_token.expose()))
+        let io = dial_upgrade(&url, LINK_PATH, LINK_PROTOCOL, (PROXY_TOKEN, self.proxy_token.expose()), &self.tls)
             .await
             .map_err(|e| tracing::warn!(relay = %url, error = %e, "cannot link to the primary's relay"))
             .ok()?;
@@ -110,10 +116,12 @@ impl Relay {
         agents.get(&agent_id).filter(|t| t.is_open()).cloned()
     }
 
-    /// Accepts agents on `listener` until `shutdown` flips to true.
+    /// Accepts agents and peer relays on `listener` (over TLS with `tls`) until
+    /// `shutdown` flips to true.
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
         loop {
@@ -128,19 +136,33 @@ impl Relay {
                 },
             };
             let _ = tcp.set_nodelay(true);
-            let relay = self.clone();
+            let (relay, tls) = (self.clone(), tls.clone());
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| relay.clone().handshake(req));
-                let conn = hyper::server::conn::http1::Builder::new()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(std::time::Duration::from_secs(10))
-                    .serve_connection(TokioIo::new(tcp), service)
-                    .with_upgrades();
-                if let Err(e) = conn.await {
+                let result = match tls {
+                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => relay.serve_connection(TokioIo::new(stream)).await,
+                        _ => return tracing::debug!(%peer, "relay TLS handshake failed"),
+                    },
+                    None => relay.serve_connection(TokioIo::new(tcp)).await,
+                };
+                if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "relay connection ended");
                 }
             });
         }
+    }
+
+    async fn serve_connection<T>(self: Arc<Self>, io: T) -> hyper::Result<()>
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let service = hyper::service::service_fn(move |req| self.clone().handshake(req));
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(HANDSHAKE_TIMEOUT)
+            .serve_connection(io, service)
+            .with_upgrades()
+            .await
     }
 
     /// Answers an agent's upgrade request: 101 and a tunnel, or a clear refusal.

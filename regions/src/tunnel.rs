@@ -92,36 +92,99 @@ impl Tunnel {
     }
 }
 
-/// Dials `base_url` (http only) and upgrades `path` to `protocol`, sending
-/// `credential` as a header; returns the upgraded connection.
+/// TLS settings for dialing `https` relays: the public roots plus, if given,
+/// one extra PEM CA (for self-signed deployments).
+#[derive(Clone)]
+pub struct TlsClient(tokio_rustls::TlsConnector);
+
+impl TlsClient {
+    pub fn new(ca_cert: Option<&std::path::Path>) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        use rustls::pki_types::{pem::PemObject, CertificateDer};
+        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+        if let Some(path) = ca_cert {
+            for cert in
+                CertificateDer::pem_file_iter(path).with_context(|| format!("cannot read {}", path.display()))?
+            {
+                roots.add(cert?)?;
+            }
+        }
+        let config =
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        Ok(Self(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))))
+    }
+}
+
+/// TLS settings for a relay listener, from PEM certificate chain and key files.
+pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read {}", key.display()))?;
+    let config =
+        rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_single_cert(certs, key)?;
+    Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
+}
+
+/// Dials `base_url` (`http`, or `https` with `tls`) and upgrades `path` to
+/// `protocol`, sending `credential` as a header; returns the upgraded connection.
 pub async fn dial_upgrade(
     base_url: &str,
     path: &str,
     protocol: &str,
     credential: (&str, &str),
+    tls: &TlsClient,
 ) -> anyhow::Result<Upgraded> {
-    use anyhow::{bail, Context};
+    use anyhow::Context;
     let url = url::Url::parse(base_url)?;
-    if url.scheme() != "http" {
-        bail!("{base_url}: only http relays are supported so far");
-    }
-    let host = url.host_str().context("relay URL has no host")?;
-    let port = url.port_or_known_default().unwrap_or(80);
-    let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((host, port))).await??;
+    let host = url.host_str().context("relay URL has no host")?.to_owned();
+    let port = url.port_or_known_default().context("relay URL has no port")?;
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port))).await??;
     tcp.set_nodelay(true)?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+    let authority = format!("{host}:{port}");
+    match url.scheme() {
+        "http" => upgrade_over(TokioIo::new(tcp), &authority, path, protocol, credential).await,
+        "https" => {
+            let name =
+                rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())?;
+            let stream = tokio::time::timeout(DIAL_TIMEOUT, tls.0.connect(name, tcp)).await??;
+            upgrade_over(TokioIo::new(stream), &authority, path, protocol, credential).await
+        }
+        other => anyhow::bail!("{base_url}: unsupported scheme {other}"),
+    }
+}
+
+async fn upgrade_over<T>(
+    io: T,
+    authority: &str,
+    path: &str,
+    protocol: &str,
+    credential: (&str, &str),
+) -> anyhow::Result<Upgraded>
+where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
     let req = hyper::Request::get(path)
-        .header(hyper::header::HOST, format!("{host}:{port}"))
+        .header(hyper::header::HOST, authority)
         .header(hyper::header::CONNECTION, "upgrade")
         .header(hyper::header::UPGRADE, protocol)
         .header(credential.0, credential.1)
         .body(Empty::<Bytes>::new())?;
     let resp = tokio::time::timeout(DIAL_TIMEOUT, sender.send_request(req)).await??;
     if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        bail!("{base_url} answered HTTP {} instead of switching protocols", resp.status());
+        anyhow::bail!("{authority} answered HTTP {} instead of switching protocols", resp.status());
     }
     Ok(hyper::upgrade::on(resp).await?)
 }

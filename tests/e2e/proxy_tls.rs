@@ -42,6 +42,46 @@ async fn https_proxy_with_wildcard_certificate() {
     assert_eq!(resp.version(), reqwest::Version::HTTP_2, "h2 is negotiated over ALPN");
     // A client that does not trust the CA is refused at the handshake.
     assert!(reqwest::get(format!("{}/healthz", proxy.url)).await.is_err());
+
+    // An agent attaches to the region's relay over TLS (its URL is https), and
+    // an app is served to an HTTP/2 client end to end.
+    let sydney = admin.region("sydney").await;
+    let relay = sydney["replicas"][0]["relay_address"].as_str().unwrap().to_owned();
+    assert!(relay.starts_with("https://"), "{relay}");
+    let app = SampleApp::start(dir.path()).await;
+    let ws = serde_json::json!({"name": "dev", "agents": [{"name": "main", "apps": [
+        {"slug": "open", "port": app.port, "share": "public"}]}]});
+    let created = admin.post("/api/v2/workspaces", ws).await.expect_status(201);
+    let agent_token = created["agent_tokens"]["main"].as_str().unwrap();
+    let args: Vec<String> = [
+        "agent",
+        "--coordinator-url",
+        &coord.url,
+        "--agent-token",
+        agent_token,
+        "--region",
+        "sydney",
+        "--ca-cert",
+        ca_arg,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let _agent = Process::spawn("agent", dir.path(), &args);
+    admin.wait_agent_on("dev", "sydney").await;
+    let client = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca_pem).unwrap()).unwrap())
+        .dns_resolver(std::sync::Arc::new(LoopbackResolver))
+        .build()
+        .unwrap();
+    let url = format!("https://open--main--dev--admin.region.localhost:{}/over-tls", proxy.port);
+    let resp = client.get(&url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(seen["uri"], "/over-tls");
+    let proto: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+    assert!(proto.contains(&("x-forwarded-proto".into(), "https".into())), "{proto:?}");
 }
 
 fn ca_params() -> rcgen::CertificateParams {

@@ -423,7 +423,7 @@ impl Api {
 
 /// Resolves every name to loopback: `*.localhost` app hosts work as in a
 /// browser, and no test can send traffic anywhere else.
-struct LoopbackResolver;
+pub struct LoopbackResolver;
 
 impl reqwest::dns::Resolve for LoopbackResolver {
     fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
