@@ -352,3 +352,22 @@ async fn apps_through_the_primary() {
 async fn apps_through_a_region_to_an_agent_on_the_primary() {
     suite(Deployment::ViaPrimary).await;
 }
+
+/// While a token is valid, serving it needs nothing from the coordinator:
+/// with the coordinator killed, a signed-in browser is still served.
+#[tokio::test(flavor = "multi_thread")]
+async fn valid_tokens_are_served_without_the_coordinator() {
+    let mut w = world(Deployment::Region).await;
+    let owner = w.owner().await;
+    assert_eq!(open(&owner, &w.app_url("code", "/")).await.0, 200);
+    w.coord.proc.signal(nix::sys::signal::Signal::SIGKILL);
+    w.coord.proc.wait_exit(Duration::from_secs(10)).await;
+    for i in 0..20 {
+        let r = owner.get(w.app_url("code", &format!("/{i}"))).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i} with the coordinator down");
+    }
+    // Someone without a token gets a clear 503 instead of a login that cannot work.
+    let r = w.browser(None).await.get(w.app_url("code", "/")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("coordinator is unreachable"));
+}
