@@ -67,9 +67,9 @@ fn run_coordinator(args: meridian_coordinator::config::Args) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => return failure(format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     match runtime.block_on(meridian_coordinator::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
@@ -92,9 +92,9 @@ fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
         Ok(c) => c,
         Err(e) => return config_error(e),
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => return failure(format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     match runtime.block_on(meridian_agent::run(config, shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
@@ -107,9 +107,9 @@ fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
 }
 
 fn run_sample_app(listen: std::net::SocketAddr) -> ExitCode {
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match runtime() {
         Ok(r) => r,
-        Err(e) => return failure(format!("cannot start the runtime: {e}")),
+        Err(code) => return code,
     };
     runtime.block_on(async move {
         let listener = match tokio::net::TcpListener::bind(listen).await {
@@ -122,6 +122,11 @@ fn run_sample_app(listen: std::net::SocketAddr) -> ExitCode {
             Err(e) => failure(e),
         }
     })
+}
+
+/// A multi-threaded runtime for a server role, or the exit code saying why not.
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Runtime::new().map_err(|e| failure(format!("cannot start the runtime: {e}")))
 }
 
 /// Resolves on SIGTERM or SIGINT.

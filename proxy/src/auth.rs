@@ -158,16 +158,8 @@ fn session_cookie(name: &str, value: &str, path: &str, max_age: Option<i64>, sec
     c.build().to_string()
 }
 
-/// The value of cookie `name`, if sent.
-pub fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
-    req.headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .flatten()
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
+fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
+    meridian_regions::headers::cookie(&req.headers, name)
 }
 
 fn query_param(req: &RequestHeader, name: &str) -> Option<String> {

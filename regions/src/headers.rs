@@ -14,3 +14,28 @@ pub const APP_SESSION_COOKIE: &str = "meridian_app_session";
 pub const APP_TOKEN_COOKIE: &str = "meridian_app_token";
 /// Query parameter carrying a one-time login ticket back to a proxy.
 pub const APP_TICKET_PARAM: &str = "meridian_app_ticket";
+
+/// The value of cookie `name` among a request's `Cookie` headers, if sent.
+pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .flatten()
+        .find(|c| c.name() == name)
+        .map(|c| c.value().to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cookie_lookup() {
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::COOKIE, "a=1; meridian_app_token=t".parse().unwrap());
+        h.append(http::header::COOKIE, "b=2".parse().unwrap());
+        assert_eq!(super::cookie(&h, "meridian_app_token").as_deref(), Some("t"));
+        assert_eq!(super::cookie(&h, "b").as_deref(), Some("2"));
+        assert_eq!(super::cookie(&h, "meridian"), None);
+    }
+}

@@ -108,13 +108,5 @@ fn header(parts: &Parts, name: &str) -> Option<String> {
 }
 
 fn cookie(parts: &Parts, name: &str) -> Option<String> {
-    parts
-        .headers
-        .get_all(axum::http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .flatten()
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
+    headers::cookie(&parts.headers, name)
 }
