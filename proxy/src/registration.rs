@@ -85,7 +85,6 @@ impl Registrar {
                         r.coordinator_reachable = true;
                         r.last_success = Some(chrono::Utc::now());
                         r.last_error = None;
-                        r.region_name = Some(resp.region_name.clone());
                     });
                     interval
                 }

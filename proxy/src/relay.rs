@@ -107,10 +107,6 @@ impl Relay {
         Some(tunnel)
     }
 
-    pub fn is_attached(&self, agent_id: Uuid) -> bool {
-        self.tunnel(agent_id).is_some()
-    }
-
     fn tunnel(&self, agent_id: Uuid) -> Option<Tunnel> {
         let agents = self.agents.read().unwrap_or_else(|e| e.into_inner());
         agents.get(&agent_id).filter(|t| t.is_open()).cloned()

@@ -11,7 +11,6 @@ pub struct Registration {
     pub last_success: Option<DateTime<Utc>>,
     /// Why the last attempt failed, if it did.
     pub last_error: Option<String>,
-    pub region_name: Option<String>,
 }
 
 #[derive(Debug, Default)]
