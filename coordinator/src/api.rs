@@ -44,6 +44,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(probes::healthz))
         .route("/healthz-report", get(probes::healthz_report))
         .route("/latency-check", get(probes::latency_check))
+        .route("/metrics", get(probes::metrics))
         .route("/api/v2/buildinfo", get(probes::buildinfo))
         .route("/api/v2/users/first", post(users::first))
         .route("/api/v2/users/login", post(users::login))

@@ -37,16 +37,19 @@ pub struct Auth {
     login_url: String,
     /// This proxy's scheme as browsers see it.
     scheme: &'static str,
+    /// `cached`, `verified`, `refused`.
+    checks: prometheus::IntCounterVec,
 }
 
 impl Auth {
-    pub fn new(coordinator: Client, login_url: &str, tls: bool) -> Self {
+    pub fn new(coordinator: Client, login_url: &str, tls: bool, checks: prometheus::IntCounterVec) -> Self {
         Self {
             coordinator,
             verifier: ArcSwap::from_pointee(Verifier::default()),
             cache: moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build(),
             login_url: login_url.trim_end_matches('/').to_owned(),
             scheme: if tls { "https" } else { "http" },
+            checks,
         }
     }
 
@@ -73,9 +76,21 @@ impl Auth {
 
     /// The hot path: a cache hit costs a hash lookup and two comparisons.
     async fn verify(&self, token: &str, binding: &str) -> Option<Arc<AppClaims>> {
+        let verified = self.verify_uncounted(token, binding).await;
+        let result = match &verified {
+            Some((_, true)) => "cached",
+            Some((_, false)) => "verified",
+            None => "refused",
+        };
+        self.checks.with_label_values(&[result]).inc();
+        verified.map(|(claims, _)| claims)
+    }
+
+    /// The claims, and whether they came from the cache.
+    async fn verify_uncounted(&self, token: &str, binding: &str) -> Option<(Arc<AppClaims>, bool)> {
         let now = chrono::Utc::now().timestamp();
         if let Some(c) = self.cache.get(token) {
-            return (c.binding == binding && c.exp > now).then_some(c);
+            return (c.binding == binding && c.exp > now).then_some((c, true));
         }
         let claims = match self.verifier.load().verify(token, binding) {
             Err(TokenError::UnknownKey(kid)) => {
@@ -91,7 +106,7 @@ impl Auth {
         };
         let claims = Arc::new(claims);
         self.cache.insert(token.to_owned(), claims.clone());
-        Some(claims)
+        Some((claims, false))
     }
 
     async fn redeem(&self, req: &RequestHeader, ticket: &str) -> Reply {

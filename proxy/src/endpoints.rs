@@ -57,6 +57,10 @@ pub fn answer(path: &str, state: &ProxyState) -> Option<Local> {
             body: Bytes::new(),
             headers: &[("access-control-allow-origin", "*"), ("timing-allow-origin", "*")],
         },
+        "/metrics" => {
+            let text = state.metrics.render(state.in_flight(), state.registration().coordinator_reachable);
+            Local { status: 200, content_type: "text/plain; version=0.0.4", body: text.into(), headers: &[] }
+        }
         "/api/v2/buildinfo" => {
             Local::json(200, &BuildInfo { version: meridian_regions::VERSION.into(), role: "proxy".into() })
         }

@@ -10,13 +10,14 @@
 //! - [`registration`]: register, heartbeat and deregister with the coordinator.
 //! - [`lifecycle`]: signals, the shutdown drain, and the background services
 //!   that tie registration and the relay to the server's life.
-//! - [`state`]: what the data plane and the registration loop share.
+//! - [`state`]: what the data plane and the registration loop share; [`metrics`]: `GET /metrics`.
 
 pub mod auth;
 pub mod config;
 pub mod endpoints;
 pub mod hygiene;
 pub mod lifecycle;
+pub mod metrics;
 pub mod pages;
 pub mod registration;
 pub mod relay;
@@ -62,7 +63,12 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     let state = ProxyState::new();
     let http = http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let coordinator = Client::new(config.coordinator_url.as_str(), Credential::Proxy(config.proxy_token.clone()), http);
-    let auth = Arc::new(auth::Auth::new(coordinator.clone(), config.login_url.as_str(), config.tls.is_some()));
+    let auth = Arc::new(auth::Auth::new(
+        coordinator.clone(),
+        config.login_url.as_str(),
+        config.tls.is_some(),
+        state.metrics.tokens.clone(),
+    ));
     let relay_listener = std::net::TcpListener::bind(config.relay_listen)
         .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
     relay_listener.set_nonblocking(true)?;
@@ -72,7 +78,13 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     };
     let relay_addr = advertised(relay_listener.local_addr()?, &config.access_url, relay_tls.is_some());
     let dial_tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())?;
-    let relay = relay::Relay::new(coordinator.clone(), config.proxy_token.clone(), relay_addr.clone(), dial_tls);
+    let relay = relay::Relay::new(
+        coordinator.clone(),
+        config.proxy_token.clone(),
+        relay_addr.clone(),
+        dial_tls,
+        state.metrics.agents.clone(),
+    );
     let registrar = registration::Registrar::new(
         &config,
         state.clone(),

@@ -48,6 +48,8 @@ pub struct Relay {
     link: tokio::sync::Mutex<Option<Tunnel>>,
     /// For dialing an `https` relay.
     tls: TlsClient,
+    /// Attached agents, for `/metrics`.
+    attached: prometheus::IntGauge,
 }
 
 fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
@@ -59,9 +61,16 @@ fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
 }
 
 impl Relay {
-    pub fn new(coordinator: Client, proxy_token: Secret, own_url: String, tls: TlsClient) -> Arc<Self> {
+    pub fn new(
+        coordinator: Client,
+        proxy_token: Secret,
+        own_url: String,
+        tls: TlsClient,
+        attached: prometheus::IntGauge,
+    ) -> Arc<Self> {
         Arc::new(Self {
             tls,
+            attached,
             coordinator,
             proxy_token,
             own_url,
@@ -276,7 +285,11 @@ impl Relay {
             Ok(t) => t,
             Err(e) => return tracing::warn!(agent = %agent_id, error = %e, "tunnel handshake failed"),
         };
-        self.agents.write().unwrap_or_else(|e| e.into_inner()).insert(agent_id, tunnel.clone());
+        {
+            let mut agents = self.agents.write().unwrap_or_else(|e| e.into_inner());
+            agents.insert(agent_id, tunnel.clone());
+            self.attached.set(agents.len() as i64);
+        }
         tracing::info!(agent = %agent_id, "agent attached");
         driver.await;
         let replaced = {
@@ -285,6 +298,7 @@ impl Relay {
                 Some(t) if t.is_open() => true,
                 _ => {
                     agents.remove(&agent_id);
+                    self.attached.set(agents.len() as i64);
                     false
                 }
             }

@@ -41,6 +41,12 @@ struct Served {
     set_cookie: Option<String>,
 }
 
+impl MeridianProxy {
+    fn count(&self, outcome: &str) {
+        self.state.metrics.requests.with_label_values(&[outcome]).inc();
+    }
+}
+
 #[async_trait]
 impl ProxyHttp for MeridianProxy {
     type CTX = Ctx;
@@ -53,22 +59,26 @@ impl ProxyHttp for MeridianProxy {
         let req = session.req_header();
         let host = routing::request_host(req).unwrap_or_default();
         let passthrough = self.api_upstream.is_some();
-        let reply = match routing::route(req, self.wildcard_base.as_deref(), passthrough, &self.state) {
-            Route::Api => return Ok(false),
+        let (outcome, reply) = match routing::route(req, self.wildcard_base.as_deref(), passthrough, &self.state) {
+            Route::Api => ("api", None),
             Route::Own(local) => {
+                self.count("own");
                 local.write(session).await?;
                 return Ok(true);
             }
-            Route::Reject { status, message } => Reply::page(status, &message),
-            Route::Redirect { status, location } => Reply::redirect(status, &location),
+            Route::Reject { status, message } => ("rejected", Some(Reply::page(status, &message))),
+            Route::Redirect { status, location } => ("rejected", Some(Reply::redirect(status, &location))),
             Route::App(route) => match self.auth.authorize(req, &host, &route).await {
                 Decision::Serve { claims, set_cookie } => {
                     ctx.app = Some(Served { claims, route, host, set_cookie });
-                    return Ok(false);
+                    ("app", None)
                 }
-                Decision::Respond(reply) => reply,
+                Decision::Respond(reply) if reply.status == 404 => ("denied", Some(reply)),
+                Decision::Respond(reply) => ("login", Some(reply)),
             },
         };
+        self.count(outcome);
+        let Some(reply) = reply else { return Ok(false) };
         reply.write(session).await?;
         Ok(true)
     }

@@ -13,10 +13,17 @@ pub struct Registration {
     pub last_error: Option<String>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct ProxyState {
     registration: Mutex<Registration>,
     in_flight: AtomicUsize,
+    pub metrics: crate::metrics::Metrics,
+}
+
+impl std::fmt::Debug for ProxyState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyState").field("in_flight", &self.in_flight()).finish_non_exhaustive()
+    }
 }
 
 impl ProxyState {

@@ -325,6 +325,33 @@ async fn agent_outage(w: &mut World) {
     .await;
 }
 
+/// `/metrics` on the deployment: Prometheus text whose counters moved with the suite's traffic.
+async fn metrics(w: &World, deployment: Deployment) {
+    let text = reqwest::get(format!("{}/metrics", w.base)).await.unwrap().text().await.unwrap();
+    let value = |name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    };
+    match deployment {
+        // The primary's /metrics is the coordinator's: the control plane's view.
+        Deployment::Primary => {
+            assert_eq!(value("meridian_agents_connected"), 1.0);
+            assert_eq!(value("meridian_database_up"), 1.0);
+            assert!(value("meridian_regions{status=\"ok\"}") >= 2.0, "{text}");
+        }
+        Deployment::Region | Deployment::ViaPrimary => {
+            assert!(value("meridian_proxy_requests_total{outcome=\"app\"}") >= 10.0, "{text}");
+            assert!(value("meridian_proxy_requests_total{outcome=\"login\"}") >= 1.0, "{text}");
+            assert!(value("meridian_proxy_token_checks_total{result=\"cached\"}") >= 1.0, "{text}");
+            let attached = if matches!(deployment, Deployment::Region) { 1.0 } else { 0.0 };
+            assert_eq!(value("meridian_relay_agents_attached"), attached, "{text}");
+        }
+    }
+}
+
 async fn suite(deployment: Deployment) {
     let mut w = world(deployment).await;
     url_forms(&w).await;
@@ -335,6 +362,7 @@ async fn suite(deployment: Deployment) {
     websocket_and_large_bodies(&w).await;
     app_hangs(&w).await;
     ticket_redirect_stays_on_host(&w).await;
+    metrics(&w, deployment).await;
     agent_outage(&mut w).await;
 }
 

@@ -45,3 +45,33 @@ pub async fn latency_check() -> impl IntoResponse {
 pub async fn buildinfo() -> Json<BuildInfo> {
     Json(BuildInfo { version: meridian_regions::VERSION.into(), role: "coordinator".into() })
 }
+
+/// `GET /metrics`: the control plane's state in Prometheus text format, read
+/// from the store at scrape time (so every coordinator replica agrees).
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    use prometheus::{Encoder, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder};
+    let registry = Registry::new();
+    let regions = IntGaugeVec::new(Opts::new("meridian_regions", "Regions by health status"), &["status"])
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+    let gauge =
+        |name: &str, help: &str| IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
+    let replicas = gauge("meridian_region_replicas", "Registered proxy replicas");
+    let agents = gauge("meridian_agents_connected", "Agents with a tunnel attached to some relay");
+    let db_up = gauge("meridian_database_up", "1 if the coordinator can query Postgres");
+    let _ = registry.register(Box::new(regions.clone()));
+    for g in [&replicas, &agents, &db_up] {
+        let _ = registry.register(Box::new(g.clone()));
+    }
+    if let (Ok(list), Ok(connected)) = (super::regions::region_list(&state).await, state.store.connected_agents().await)
+    {
+        db_up.set(1);
+        for s in ["ok", "unhealthy", "unreachable", "unregistered"] {
+            regions.with_label_values(&[s]).set(list.iter().filter(|r| r.status.as_str() == s).count() as i64);
+        }
+        replicas.set(list.iter().map(|r| r.replicas.len() as i64).sum());
+        agents.set(connected);
+    }
+    let mut out = Vec::new();
+    let _ = TextEncoder::new().encode(&registry.gather(), &mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}

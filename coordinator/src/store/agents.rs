@@ -43,6 +43,10 @@ impl Store {
         Ok(relays)
     }
 
+    pub async fn connected_agents(&self) -> ApiResult<i64> {
+        Ok(sqlx::query_scalar("SELECT count(*) FROM agents WHERE connected").fetch_one(&self.pool).await?)
+    }
+
     pub async fn set_agent_attached(&self, agent_id: Uuid, region_id: Uuid) -> ApiResult<()> {
         sqlx::query("UPDATE agents SET region_id = $2, connected = true, last_connected_at = now() WHERE id = $1")
             .bind(agent_id)

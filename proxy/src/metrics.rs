@@ -1,0 +1,61 @@
+//! Prometheus metrics of one proxy process, served at `GET /metrics`.
+//! Counters are bumped where things happen; gauges are read from the live
+//! state when scraped, so nothing is counted twice.
+
+use prometheus::{Encoder, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+pub struct Metrics {
+    registry: Registry,
+    /// Requests by how they were answered: `app`, `login`, `denied`, `rejected`, `own`, `api`.
+    pub requests: IntCounterVec,
+    /// Token checks on the hot path: `cached`, `verified`, `refused`.
+    pub tokens: IntCounterVec,
+    /// Agents whose tunnel this relay holds.
+    pub agents: IntGauge,
+    in_flight: IntGauge,
+    coordinator_reachable: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new("meridian_proxy_requests_total", "Requests by how the proxy answered them"),
+            &["outcome"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let tokens = IntCounterVec::new(
+            Opts::new("meridian_proxy_token_checks_total", "App token checks: cached, verified or refused"),
+            &["result"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let gauge =
+            |name: &str, help: &str| IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let agents = gauge("meridian_relay_agents_attached", "Agents whose tunnel this relay holds");
+        let in_flight = gauge("meridian_proxy_requests_in_flight", "Requests being served");
+        let coordinator_reachable =
+            gauge("meridian_proxy_coordinator_reachable", "1 if the last coordinator call succeeded");
+        for c in [Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>, Box::new(tokens.clone())] {
+            let _ = registry.register(c);
+        }
+        for g in [&agents, &in_flight, &coordinator_reachable] {
+            let _ = registry.register(Box::new(g.clone()));
+        }
+        Self { registry, requests, tokens, agents, in_flight, coordinator_reachable }
+    }
+
+    /// The text exposition, with gauges read from the live state.
+    pub fn render(&self, in_flight: usize, coordinator_reachable: bool) -> String {
+        self.in_flight.set(in_flight as i64);
+        self.coordinator_reachable.set(i64::from(coordinator_reachable));
+        let mut out = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
