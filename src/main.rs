@@ -34,6 +34,12 @@ enum Command {
         /// Address to listen on.
         #[arg(long, env = "MERIDIAN_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// PEM certificate chain: serve HTTPS (for `{port}s--` URLs) instead of HTTP.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<std::path::PathBuf>,
+        /// PEM private key for --tls-cert.
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<std::path::PathBuf>,
     },
     /// Run a whole deployment on loopback: coordinator, regional proxies, a workspace with an agent and a sample app.
     Demo(demo::DemoArgs),
@@ -53,7 +59,7 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => run_coordinator(args),
         Command::Proxy(args) => run_proxy(args),
         Command::Agent(args) => run_agent(args),
-        Command::SampleApp { listen } => run_sample_app(listen),
+        Command::SampleApp { listen, tls_cert, tls_key } => run_sample_app(listen, tls_cert.zip(tls_key)),
         Command::Demo(args) => ops::run(demo::run(args, shutdown_signal())),
         Command::Login(args) => ops::run(ops::login(args)),
         Command::Regions(args) => ops::run(ops::regions(args)),
@@ -106,7 +112,7 @@ fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
     }
 }
 
-fn run_sample_app(listen: std::net::SocketAddr) -> ExitCode {
+fn run_sample_app(listen: std::net::SocketAddr, tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> ExitCode {
     let runtime = match runtime() {
         Ok(r) => r,
         Err(code) => return code,
@@ -116,8 +122,15 @@ fn run_sample_app(listen: std::net::SocketAddr) -> ExitCode {
             Ok(l) => l,
             Err(e) => return config_error(format!("cannot listen on {listen}: {e}")),
         };
-        tracing::info!(%listen, "sample app listening");
-        match meridian_agent::sample_app::serve(listener, shutdown_signal()).await {
+        tracing::info!(%listen, tls = tls.is_some(), "sample app listening");
+        let served = match tls {
+            Some((cert, key)) => match meridian_regions::tunnel::tls_acceptor(&cert, &key) {
+                Ok(acceptor) => meridian_agent::sample_app::serve_tls(listener, acceptor, shutdown_signal()).await,
+                Err(e) => return config_error(format!("{e:#}")),
+            },
+            None => meridian_agent::sample_app::serve(listener, shutdown_signal()).await,
+        };
+        match served {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => failure(e),
         }

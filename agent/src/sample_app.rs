@@ -20,13 +20,42 @@ use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 use std::time::Duration;
 
+fn router() -> Router {
+    Router::new().route("/ws", get(ws)).route("/upload", post(upload)).fallback(any(echo))
+}
+
 /// Serves the sample app on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = Router::new().route("/ws", get(ws)).route("/upload", post(upload)).fallback(any(echo));
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router()).with_graceful_shutdown(shutdown).await
+}
+
+/// Serves the sample app over TLS (an app that speaks HTTPS itself, reached
+/// through `{port}s--` URLs) until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: tokio_rustls::TlsAcceptor,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::service::TowerToHyperService;
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, _) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            accepted = listener.accept() => accepted?,
+        };
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let Ok(stream) = tls.accept(tcp).await else { return };
+            let service = TowerToHyperService::new(router());
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
 }
 
 async fn echo(req: Request) -> Response {

@@ -27,6 +27,8 @@ pub struct World {
     pub wildcard: (String, u16),
     pub agent: Agent,
     pub app: SampleApp,
+    /// The sample app speaking HTTPS itself.
+    pub tls_app: SampleApp,
     _proxies: Vec<Proxy>,
     _pg: Postgres,
     _dir: tempfile::TempDir,
@@ -42,6 +44,7 @@ pub async fn world(deployment: Deployment) -> World {
     let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
     admin.wait_status("sydney", "ok", Duration::from_secs(10)).await;
     let app = SampleApp::start(dir.path()).await;
+    let tls_app = SampleApp::start_tls(dir.path()).await;
     let apps = json!([
         {"slug": "code", "port": app.port},
         {"slug": "shared", "port": app.port, "share": "authenticated"},
@@ -67,6 +70,7 @@ pub async fn world(deployment: Deployment) -> World {
         wildcard: (wildcard.0.into(), wildcard.1),
         agent,
         app,
+        tls_app,
         _proxies: vec![proxy],
         _pg: pg,
         _dir: dir,
@@ -137,6 +141,13 @@ async fn url_forms(w: &World) {
     assert_eq!(body["uri"], "/a/b?c=d", "the app sees its path without the prefix");
     let (status, body, _) = open(&owner, &w.app_url(&format!("{}", w.app.port), "/p")).await;
     assert_eq!(status, 200, "port URL for the owner: {body}");
+    // `{port}s--`: the app itself speaks HTTPS; the proxy speaks TLS to it through the tunnel.
+    let (status, body, _) = open(&owner, &w.app_url(&format!("{}s", w.tls_app.port), "/secure?x=1")).await;
+    assert_eq!(status, 200, "https port URL for the owner: {body}");
+    assert_eq!(body["uri"], "/secure?x=1");
+    // The same port over plain HTTP reaches a TLS server: a clean 502, not a hang.
+    let (status, _, hops) = open(&owner, &w.app_url(&format!("{}", w.tls_app.port), "/")).await;
+    assert_eq!(status, 502, "{hops:?}");
 }
 
 async fn login_flow(w: &World) {

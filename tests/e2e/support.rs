@@ -373,8 +373,33 @@ pub struct SampleApp {
 
 impl SampleApp {
     pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, Vec::new()).await
+    }
+
+    /// The sample app serving HTTPS with a self-signed certificate (an app
+    /// that speaks TLS itself, for `{port}s--` URLs).
+    pub async fn start_tls(dir: &Path) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("app-cert.pem"), dir.join("app-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let extra = vec![
+            "--tls-cert".to_owned(),
+            cert_path.display().to_string(),
+            "--tls-key".to_owned(),
+            key_path.display().to_string(),
+        ];
+        Self::start_with(dir, extra).await
+    }
+
+    async fn start_with(dir: &Path, extra: Vec<String>) -> Self {
         let port = free_port();
-        let args = vec!["sample-app".to_owned(), "--listen".to_owned(), format!("127.0.0.1:{port}")];
+        let mut args = vec!["sample-app".to_owned(), "--listen".to_owned(), format!("127.0.0.1:{port}")];
+        args.extend(extra);
         let proc = Process::spawn("sample-app", dir, &args);
         wait_for(Duration::from_secs(10), "sample app", || async move {
             tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
