@@ -34,15 +34,20 @@ pub enum Route {
     },
 }
 
-/// Routes by `Host` (or HTTP/2 `:authority`) against the wildcard base, then by path.
+/// Routes by `host` (the request's, see [`request_host`]) against the wildcard base, then by path.
 /// With `api_passthrough` (the primary), whatever is not an app goes to the API.
-pub fn route(req: &RequestHeader, wildcard_base: Option<&str>, api_passthrough: bool, state: &ProxyState) -> Route {
-    let host = request_host(req).unwrap_or_default();
+pub fn route(
+    req: &RequestHeader,
+    host: &str,
+    wildcard_base: Option<&str>,
+    api_passthrough: bool,
+    state: &ProxyState,
+) -> Route {
     if let Some(base) = wildcard_base {
-        match parse_host(&host, base) {
+        match parse_host(host, base) {
             HostMatch::App(app) => {
                 return Route::App(AppRoute {
-                    binding: subdomain_binding(strip_port(&host)),
+                    binding: subdomain_binding(strip_port(host)),
                     req: app,
                     subdomain: true,
                     path: None,
@@ -60,7 +65,7 @@ pub fn route(req: &RequestHeader, wildcard_base: Option<&str>, api_passthrough: 
                 None => rest,
             };
             Route::App(AppRoute {
-                binding: path_binding(strip_port(&host), &prefix),
+                binding: path_binding(strip_port(host), &prefix),
                 req: app,
                 subdomain: false,
                 path: Some((prefix, rest)),

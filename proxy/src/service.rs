@@ -59,7 +59,8 @@ impl ProxyHttp for MeridianProxy {
         let req = session.req_header();
         let host = routing::request_host(req).unwrap_or_default();
         let passthrough = self.api_upstream.is_some();
-        let (outcome, reply) = match routing::route(req, self.wildcard_base.as_deref(), passthrough, &self.state) {
+        let (outcome, reply) = match routing::route(req, &host, self.wildcard_base.as_deref(), passthrough, &self.state)
+        {
             Route::Api => ("api", None),
             Route::Own(local) => {
                 self.count("own");
