@@ -83,7 +83,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         config.proxy_token.clone(),
         relay_addr.clone(),
         dial_tls,
-        state.metrics.agents.clone(),
+        &state.metrics,
     );
     let registrar = registration::Registrar::new(
         &config,

@@ -12,6 +12,8 @@ pub struct Metrics {
     pub tokens: IntCounterVec,
     /// Agents whose tunnel this relay holds.
     pub agents: IntGauge,
+    /// Streams opened to apps through tunnels (pooled streams are not counted again).
+    pub streams: prometheus::IntCounter,
     in_flight: IntGauge,
     coordinator_reachable: IntGauge,
 }
@@ -32,6 +34,12 @@ impl Metrics {
         let gauge =
             |name: &str, help: &str| IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let agents = gauge("meridian_relay_agents_attached", "Agents whose tunnel this relay holds");
+        let streams = prometheus::IntCounter::new(
+            "meridian_relay_streams_opened_total",
+            "Streams opened to apps through tunnels",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = registry.register(Box::new(streams.clone()));
         let in_flight = gauge("meridian_proxy_requests_in_flight", "Requests being served");
         let coordinator_reachable =
             gauge("meridian_proxy_coordinator_reachable", "1 if the last coordinator call succeeded");
@@ -41,7 +49,7 @@ impl Metrics {
         for g in [&agents, &in_flight, &coordinator_reachable] {
             let _ = registry.register(Box::new(g.clone()));
         }
-        Self { registry, requests, tokens, agents, in_flight, coordinator_reachable }
+        Self { registry, requests, tokens, agents, streams, in_flight, coordinator_reachable }
     }
 
     /// The text exposition, with gauges read from the live state.

@@ -48,8 +48,9 @@ pub struct Relay {
     link: tokio::sync::Mutex<Option<Tunnel>>,
     /// For dialing an `https` relay.
     tls: TlsClient,
-    /// Attached agents, for `/metrics`.
+    /// Attached agents and streams opened, for `/metrics`.
     attached: prometheus::IntGauge,
+    streams: prometheus::IntCounter,
 }
 
 fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
@@ -66,11 +67,12 @@ impl Relay {
         proxy_token: Secret,
         own_url: String,
         tls: TlsClient,
-        attached: prometheus::IntGauge,
+        metrics: &crate::metrics::Metrics,
     ) -> Arc<Self> {
         Arc::new(Self {
             tls,
-            attached,
+            attached: metrics.agents.clone(),
+            streams: metrics.streams.clone(),
             coordinator,
             proxy_token,
             own_url,
@@ -89,6 +91,7 @@ impl Relay {
     /// Opens a byte stream to `target` (`host:port`) inside agent `agent_id`'s
     /// workspace: through this relay, else through the primary's.
     pub async fn open(&self, agent_id: Uuid, target: &str) -> Result<TokioIo<Upgraded>, DialError> {
+        self.streams.inc();
         if let Some(tunnel) = self.tunnel(agent_id) {
             return Ok(tunnel.open(target, None).await?);
         }

@@ -354,6 +354,22 @@ async fn metrics(w: &World, deployment: Deployment) {
             assert!(value("meridian_regions{status=\"ok\"}") >= 2.0, "{text}");
         }
         Deployment::Region | Deployment::ViaPrimary => {
+            // Tunnel streams are pooled like TCP connections: sequential requests on one
+            // keep-alive client connection reuse one stream.
+            let opened = value("meridian_relay_streams_opened_total");
+            let client = w.browser(None).await;
+            for i in 0..20 {
+                let r = client.get(w.app_url("open", &format!("/reuse/{i}"))).send().await.unwrap();
+                assert_eq!(r.status(), 200);
+                r.bytes().await.unwrap();
+            }
+            let after = reqwest::get(format!("{}/metrics", w.base)).await.unwrap().text().await.unwrap();
+            let now: f64 = after
+                .lines()
+                .find(|l| l.starts_with("meridian_relay_streams_opened_total"))
+                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                .unwrap();
+            assert!(now - opened <= 2.0, "20 sequential requests opened {} tunnel streams", now - opened);
             assert!(value("meridian_proxy_requests_total{outcome=\"app\"}") >= 10.0, "{text}");
             assert!(value("meridian_proxy_requests_total{outcome=\"login\"}") >= 1.0, "{text}");
             assert!(value("meridian_proxy_token_checks_total{result=\"cached\"}") >= 1.0, "{text}");
