@@ -61,6 +61,12 @@ fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
     resp
 }
 
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Relay")
+    }
+}
+
 impl Relay {
     pub fn new(
         coordinator: Client,

@@ -57,12 +57,6 @@ struct TunnelConnector {
     target: String,
 }
 
-impl std::fmt::Debug for Relay {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Relay")
-    }
-}
-
 #[async_trait]
 impl L4Connect for TunnelConnector {
     async fn connect(&self, _addr: &L4Addr) -> Result<Stream> {
