@@ -21,15 +21,26 @@ pub async fn dial(relay_url: &str, token: &Secret, tls: &TlsClient) -> anyhow::R
     dial_upgrade(relay_url, TUNNEL_PATH, UPGRADE_PROTOCOL, (AGENT_TOKEN, token.expose()), tls).await
 }
 
-/// Serves the relay's streams until the tunnel closes.
-pub async fn serve(io: Upgraded, policy: Policy) {
+/// Longest time open streams get to finish when the agent leaves a relay on purpose.
+const LEAVE_DRAIN: Duration = Duration::from_secs(30);
+
+/// Serves the relay's streams until the tunnel closes, or, once `leave` is
+/// cancelled, closes it gracefully (GOAWAY; open streams may finish).
+pub async fn serve(io: Upgraded, policy: Policy, leave: tokio_util::sync::CancellationToken) {
     let service = hyper::service::service_fn(move |req| handle(req, policy.clone()));
-    let result = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(PING_INTERVAL)
         .keep_alive_timeout(PING_TIMEOUT)
-        .serve_connection(io, service)
-        .await;
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = leave.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            tokio::time::timeout(LEAVE_DRAIN, conn).await.unwrap_or(Ok(()))
+        }
+    };
     if let Err(e) = result {
         tracing::debug!(error = %e, "tunnel ended");
     }

@@ -2,6 +2,7 @@
 
 use meridian_regions::token::{Secret, Token};
 use std::path::PathBuf;
+use std::time::Duration;
 use url::Url;
 
 /// `meridian agent` options.
@@ -19,6 +20,10 @@ pub struct Args {
     /// Extra PEM CA certificate to trust for HTTPS [default: public roots only].
     #[arg(long, env = "MERIDIAN_CA_CERT")]
     pub ca_cert: Option<PathBuf>,
+    /// After failing over, move back to the preferred region once it has been
+    /// healthy this long (hysteresis, so a flapping region is not followed).
+    #[arg(long, env = "MERIDIAN_FAILBACK_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub failback_after: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -27,6 +32,7 @@ pub struct Config {
     pub agent_token: Secret,
     pub region: Option<String>,
     pub ca_cert: Option<PathBuf>,
+    pub failback_after: Duration,
 }
 
 impl Args {
@@ -40,6 +46,7 @@ impl Args {
             agent_token: self.agent_token,
             region: self.region,
             ca_cert: self.ca_cert,
+            failback_after: self.failback_after,
         })
     }
 }

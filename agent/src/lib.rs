@@ -17,9 +17,11 @@ pub mod policy;
 pub mod sample_app;
 
 use config::Config;
+use meridian_regions::api::{AgentConnectionInfo, RelayInfo};
 use meridian_regions::client::{http_client, Client, ClientError, Credential};
 use rand::Rng;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 /// Exit status when the coordinator refuses the agent token (sysexits EX_NOPERM).
 pub const EXIT_TOKEN_REFUSED: i32 = 77;
@@ -36,62 +38,133 @@ pub enum Fatal {
     Setup(String),
 }
 
+/// How long to wait for `connection-info` before using the cached answer.
+const INFO_TIMEOUT: Duration = Duration::from_secs(2);
+/// While away from the preferred region, how often to ask whether it is back.
+const FAILBACK_CHECK: Duration = Duration::from_secs(2);
+
 /// Attaches and re-attaches until `shutdown` resolves or the token is refused.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Fatal> {
     let http = http_client(config.ca_cert.as_deref()).map_err(Fatal::Setup)?;
     let client = Client::new(config.coordinator_url.as_str(), Credential::Agent(config.agent_token.clone()), http);
     let tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())
         .map_err(|e| Fatal::Setup(format!("{e:#}")))?;
-    tokio::pin!(shutdown);
-    let mut backoff = FIRST_BACKOFF;
-    loop {
-        let attempt = attach_once(&client, &config, &tls, &mut backoff);
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            res = attempt => res?,
-        }
-        let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
-        backoff = (backoff * 2).min(MAX_BACKOFF);
-        tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            () = tokio::time::sleep(wait) => {}
-        }
+    let mut attacher = Attacher { client, config, tls, cached: None, backoff: FIRST_BACKOFF };
+    tokio::select! {
+        () = shutdown => Ok(()),
+        res = attacher.run() => res,
     }
 }
 
-/// One round: learn the relays, attach to the first that takes us, serve until
-/// the tunnel ends. Returns `Ok` to be retried, `Err` only for a fatal answer.
-async fn attach_once(
-    client: &Client,
-    config: &Config,
-    tls: &meridian_regions::tunnel::TlsClient,
-    backoff: &mut Duration,
-) -> Result<(), Fatal> {
-    let info = match client.agent_connection_info(config.region.as_deref()).await {
-        Ok(info) => info,
-        Err(e) if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) => return Err(Fatal::TokenRefused(e)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot reach the coordinator; retrying");
-            return Ok(());
-        }
-    };
-    if info.relays.is_empty() {
-        tracing::warn!("no healthy region offers a relay yet; retrying");
-    }
-    let policy = policy::Policy::new(&info.apps);
-    for relay in &info.relays {
-        match attach::dial(&relay.url, &config.agent_token, tls).await {
-            Ok(io) => {
-                tracing::info!(region = %relay.region, relay = %relay.url, "attached");
-                *backoff = FIRST_BACKOFF;
-                attach::serve(io, policy.clone()).await;
-                tracing::warn!(region = %relay.region, "tunnel closed; re-attaching");
-                return Ok(());
+/// The attach loop's state.
+struct Attacher {
+    client: Client,
+    config: Config,
+    tls: meridian_regions::tunnel::TlsClient,
+    /// The last connection info, used while the coordinator is unreachable.
+    cached: Option<AgentConnectionInfo>,
+    backoff: Duration,
+}
+
+impl Attacher {
+    /// Attaches to the first relay that takes us, preferred region first;
+    /// holds the tunnel until it drops (then moves on, to another region if
+    /// need be) or until the preferred region has been healthy for
+    /// `--failback-after` (then attaches there before leaving this one).
+    async fn run(&mut self) -> Result<(), Fatal> {
+        let mut leaving: Option<CancellationToken> = None;
+        loop {
+            let Some(info) = self.info().await? else {
+                self.pause().await;
+                continue;
+            };
+            let policy = policy::Policy::new(&info.apps);
+            let Some((relay, io)) = self.dial_first(&info.relays).await else {
+                self.pause().await;
+                continue;
+            };
+            self.backoff = FIRST_BACKOFF;
+            let leave = CancellationToken::new();
+            let mut tunnel = tokio::spawn(attach::serve(io, policy, leave.clone()));
+            // Make before break: the old tunnel drains only once the new one is up.
+            if let Some(old) = leaving.take() {
+                old.cancel();
             }
-            Err(e) => {
-                tracing::warn!(region = %relay.region, relay = %relay.url, error = %e, "cannot attach")
+            let preferred = info.preferred_region.clone();
+            let away = preferred.as_ref().is_some_and(|p| *p != relay.region);
+            loop {
+                tokio::select! {
+                    _ = &mut tunnel => {
+                        tracing::warn!(region = %relay.region, "tunnel closed; re-attaching");
+                        break;
+                    }
+                    () = tokio::time::sleep(FAILBACK_CHECK), if away => {
+                        if self.preferred_is_back(preferred.as_deref()).await {
+                            tracing::info!(region = ?preferred, "preferred region is healthy again; moving back");
+                            leaving = Some(leave);
+                            break;
+                        }
+                    }
+                }
             }
         }
     }
-    Ok(())
+
+    /// Fresh connection info, or the cached one if the coordinator does not
+    /// answer in time; `None` when there is neither.
+    async fn info(&mut self) -> Result<Option<AgentConnectionInfo>, Fatal> {
+        let ask = self.client.agent_connection_info(self.config.region.as_deref());
+        match tokio::time::timeout(INFO_TIMEOUT, ask).await {
+            Ok(Ok(info)) => {
+                if info.relays.is_empty() {
+                    tracing::warn!("no healthy region offers a relay yet; retrying");
+                }
+                self.cached = Some(info.clone());
+                Ok(Some(info))
+            }
+            Ok(Err(e)) if matches!(e.status().map(|s| s.as_u16()), Some(401 | 403)) => Err(Fatal::TokenRefused(e)),
+            failed => {
+                let why = failed.err().map_or_else(|| "timed out".to_owned(), |_| "unreachable".to_owned());
+                tracing::warn!(coordinator = why, cached = self.cached.is_some(), "cannot ask where to attach");
+                Ok(self.cached.clone())
+            }
+        }
+    }
+
+    async fn dial_first(&self, relays: &[RelayInfo]) -> Option<(RelayInfo, hyper::upgrade::Upgraded)> {
+        for relay in relays {
+            match attach::dial(&relay.url, &self.config.agent_token, &self.tls).await {
+                Ok(io) => {
+                    tracing::info!(region = %relay.region, relay = %relay.url, "attached");
+                    return Some((relay.clone(), io));
+                }
+                Err(e) => tracing::warn!(region = %relay.region, relay = %relay.url, error = %e, "cannot attach"),
+            }
+        }
+        None
+    }
+
+    /// Whether a relay of the preferred region has been healthy for `--failback-after`.
+    async fn preferred_is_back(&mut self, preferred: Option<&str>) -> bool {
+        let Ok(Ok(info)) = tokio::time::timeout(INFO_TIMEOUT, self.client.agent_connection_info(preferred)).await
+        else {
+            return false;
+        };
+        let back = info.relays.iter().any(|r| {
+            Some(r.region.as_str()) == preferred
+                && r.healthy_since.is_some_and(|since| {
+                    chrono::Utc::now().signed_duration_since(since).to_std().unwrap_or_default()
+                        >= self.config.failback_after
+                })
+        });
+        self.cached = Some(info);
+        back
+    }
+
+    /// Waits a jittered, growing backoff before the next round.
+    async fn pause(&mut self) {
+        let wait = self.backoff.mul_f64(rand::rng().random_range(0.5..1.5));
+        self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
+        tokio::time::sleep(wait).await;
+    }
 }

@@ -37,6 +37,8 @@ pub struct AppState {
     pub keys: Arc<crate::keys::Keys>,
     /// Hash of the in-memory token of this process's primary proxy.
     pub primary_token_hash: Arc<Vec<u8>>,
+    /// Bumped on every route change any coordinator replica made (see [`crate::routes`]).
+    pub route_changes: tokio::sync::watch::Sender<u64>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -63,7 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/agents/me/connection-info", get(agents::connection_info))
         .route("/api/v2/proxies/me/agent-attach", post(agents::attach))
         .route("/api/v2/proxies/me/agent-detach", post(agents::detach))
-        .route("/api/v2/proxies/me/verify-peer", post(agents::verify_peer))
+        .route("/api/v2/proxies/me/routes", get(agents::routes))
         .route("/api/v2/proxies/me/register", post(proxies::register))
         .route("/api/v2/proxies/me/deregister", post(proxies::deregister))
         .fallback(|| async { ApiError::NotFound("No such API endpoint.".into()) })

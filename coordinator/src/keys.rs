@@ -58,6 +58,15 @@ impl SecretsKey {
         Ok([&nonce[..], &sealed].concat())
     }
 
+    /// The mesh secret relays present to each other: HMAC-SHA256 of a fixed
+    /// label under the secrets key, so every coordinator replica derives the
+    /// same one without storing it, and it changes with the secrets key.
+    pub fn mesh_secret(&self) -> meridian_regions::token::Secret {
+        let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, self.0.as_slice());
+        let tag = ring::hmac::sign(&key, b"meridian relay mesh secret v1");
+        meridian_regions::token::Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref()))
+    }
+
     fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
         if sealed.len() < NONCE_LEN {
             bail!("sealed value is truncated");
@@ -73,6 +82,8 @@ impl SecretsKey {
 pub struct Keys {
     pub signer: Signer,
     pub public: Vec<PublicKey>,
+    /// Handed to proxies at registration for their relay links.
+    pub mesh_secret: meridian_regions::token::Secret,
 }
 
 /// Loads the signing key, creating it on first start.
@@ -96,7 +107,7 @@ pub async fn load_or_create(store: &Store, secrets: &SecretsKey) -> Result<Keys>
             x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(x),
         })
         .collect();
-    Ok(Keys { signer, public })
+    Ok(Keys { signer, public, mesh_secret: secrets.mesh_secret() })
 }
 
 #[cfg(test)]
@@ -116,6 +127,8 @@ mod tests {
         let other = SecretsKey::load_or_create(&dir.path().join("other.key")).unwrap();
         assert!(other.open(&sealed).is_err(), "another key cannot open it");
         assert!(a.open(&sealed[..5]).is_err());
+        assert_eq!(a.mesh_secret(), b.mesh_secret(), "replicas derive the same mesh secret");
+        assert_ne!(a.mesh_secret(), other.mesh_secret());
         std::fs::write(dir.path().join("bad.key"), "nope").unwrap();
         assert!(SecretsKey::load_or_create(&dir.path().join("bad.key")).is_err());
     }

@@ -11,6 +11,7 @@
 //! - [`health`]: the region health checker.
 //! - [`secret`]: token and password hashing.
 //! - [`primary`]: the primary region's own proxy and relay, run in this process.
+//! - [`routes`]: route change notifications (Postgres LISTEN/NOTIFY) for the proxies' route feed.
 
 pub mod api;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod keys;
 pub mod primary;
+pub mod routes;
 pub mod secret;
 pub mod store;
 
@@ -55,6 +57,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         replica_expiry: config.replica_expiry,
     };
     let checker = tokio::spawn(checker.run(check_rx, stop.clone()));
+    let (route_changes, _) = tokio::sync::watch::channel(0u64);
+    let listener = tokio::spawn(routes::listen(store.pool().clone(), route_changes.clone(), stop.clone()));
     let primary_token = primary::token();
     let state = api::AppState {
         store,
@@ -62,6 +66,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         check_now,
         keys,
         primary_token_hash: Arc::new(secret::hash_secret(primary_token.secret.expose())),
+        route_changes,
     };
     let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let api_addr = api_listener.local_addr()?;
@@ -81,6 +86,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     stop.cancel();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, api).await;
     let _ = checker.await;
+    let _ = listener.await;
     if let Some(pg) = embedded.as_mut() {
         tracing::info!("stopping embedded PostgreSQL");
         tokio::task::block_in_place(|| pg.stop())?;

@@ -6,6 +6,10 @@
 //! cache without any coordinator call; otherwise the proxy asks the
 //! coordinator for a token (with the app session, or anonymously for public
 //! apps), and a refusal becomes a login redirect (anonymous) or 404 (signed in).
+//!
+//! Degraded mode: while the coordinator cannot be reached, a token that
+//! expired at most `--offline-grace` ago (its signature still valid) is served
+//! rather than renewed, so users already signed in keep working through an outage.
 
 use crate::pages::Reply;
 use crate::routing::AppRoute;
@@ -37,19 +41,31 @@ pub struct Auth {
     login_url: String,
     /// This proxy's scheme as browsers see it.
     scheme: &'static str,
-    /// `cached`, `verified`, `refused`.
+    /// `cached`, `verified`, `refused`, `grace`.
     checks: prometheus::IntCounterVec,
+    /// How long past expiry a token stays good while the coordinator is unreachable.
+    offline_grace: Duration,
+    /// Whether the registration loop reaches the coordinator.
+    state: Arc<crate::state::ProxyState>,
 }
 
 impl Auth {
-    pub fn new(coordinator: Client, login_url: &str, tls: bool, checks: prometheus::IntCounterVec) -> Self {
+    pub fn new(
+        coordinator: Client,
+        login_url: &str,
+        tls: bool,
+        offline_grace: Duration,
+        state: Arc<crate::state::ProxyState>,
+    ) -> Self {
         Self {
+            checks: state.metrics.tokens.clone(),
+            offline_grace,
+            state,
             coordinator,
             verifier: ArcSwap::from_pointee(Verifier::default()),
             cache: moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build(),
             login_url: login_url.trim_end_matches('/').to_owned(),
             scheme: if tls { "https" } else { "http" },
-            checks,
         }
     }
 
@@ -66,12 +82,33 @@ impl Auth {
         if let Some(ticket) = query_param(req, APP_TICKET_PARAM) {
             return Decision::Respond(self.redeem(req, &ticket).await);
         }
-        if let Some(token) = cookie(req, APP_TOKEN_COOKIE) {
-            if let Some(claims) = self.verify(&token, &route.binding).await {
+        let token = cookie(req, APP_TOKEN_COOKIE);
+        if let Some(token) = &token {
+            if let Some(claims) = self.verify(token, &route.binding).await {
                 return Decision::Serve { claims, set_cookie: None };
             }
+            // Known to be down: do not wait for it before falling back to the grace.
+            if !self.state.registration().coordinator_reachable {
+                if let Some(claims) = self.offline(token, &route.binding) {
+                    return Decision::Serve { claims, set_cookie: None };
+                }
+            }
         }
-        self.issue(req, host, route).await
+        match self.issue(req, host, route).await {
+            Err(e) => match token.and_then(|t| self.offline(&t, &route.binding)) {
+                Some(claims) => Decision::Serve { claims, set_cookie: None },
+                None => Decision::Respond(coordinator_down(&e)),
+            },
+            Ok(decision) => decision,
+        }
+    }
+
+    /// The claims of a token that is valid but for having expired within the
+    /// offline grace, for use only while the coordinator cannot renew it.
+    fn offline(&self, token: &str, binding: &str) -> Option<Arc<AppClaims>> {
+        let claims = self.verifier.load().verify_with_grace(token, binding, self.offline_grace.as_secs()).ok()?;
+        self.checks.with_label_values(&["grace"]).inc();
+        Some(Arc::new(claims))
     }
 
     /// The hot path: a cache hit costs a hash lookup and two comparisons.
@@ -125,14 +162,15 @@ impl Auth {
         }
     }
 
-    async fn issue(&self, req: &RequestHeader, host: &str, route: &AppRoute) -> Decision {
+    /// Asks the coordinator for a token; `Err` when it could not answer.
+    async fn issue(&self, req: &RequestHeader, host: &str, route: &AppRoute) -> Result<Decision, ClientError> {
         let ask = IssueAppToken {
             app_session_token: cookie(req, APP_SESSION_COOKIE),
             app: route.req.clone(),
             subdomain: route.subdomain,
             binding: route.binding.clone(),
         };
-        match self.coordinator.issue_app_token(&ask).await {
+        Ok(match self.coordinator.issue_app_token(&ask).await {
             Ok(resp) => match self.verify(&resp.token, &route.binding).await {
                 Some(claims) => {
                     let path = route.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str());
@@ -153,8 +191,8 @@ impl Auth {
             Err(ClientError::Api { status, .. }) if status.as_u16() == 404 || status.as_u16() == 403 => {
                 Decision::Respond(Reply::page(404, "There is no such app, or you may not open it."))
             }
-            Err(e) => Decision::Respond(coordinator_down(&e)),
-        }
+            Err(e) => return Err(e),
+        })
     }
 }
 

@@ -63,6 +63,11 @@ pub struct Args {
     /// Worker threads for the data plane [default: 2].
     #[arg(long, env = "MERIDIAN_THREADS")]
     pub threads: Option<usize>,
+    /// While the coordinator is unreachable, keep accepting app tokens that expired
+    /// up to this long ago (their signature must still be valid) [default: 1h].
+    #[arg(long, env = "MERIDIAN_OFFLINE_GRACE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub offline_grace: Option<Duration>,
 }
 
 /// A validated configuration.
@@ -81,6 +86,7 @@ pub struct Config {
     pub relay_listen: SocketAddr,
     pub login_url: Url,
     pub app_timeout: Duration,
+    pub offline_grace: Duration,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -120,6 +126,7 @@ impl Args {
             relay_listen: self.relay_listen.or(file.relay_listen),
             app_timeout: self.app_timeout.or(file.app_timeout),
             login_url: self.login_url.or(file.login_url),
+            offline_grace: self.offline_grace.or(file.offline_grace),
         }
     }
 
@@ -168,6 +175,7 @@ impl Args {
             relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             login_url,
             app_timeout: self.app_timeout.unwrap_or(Duration::from_secs(60)),
+            offline_grace: self.offline_grace.unwrap_or(Duration::from_secs(3600)),
         })
     }
 }

@@ -4,7 +4,8 @@
 //! - [`service`]: the pingora `ProxyHttp` dispatcher and per-request context.
 //! - [`routing`]: host and path → app, own endpoint, or refusal.
 //! - [`auth`]: tickets, app sessions, and app tokens verified from a moka cache.
-//! - [`upstream`]: app connections through agent tunnels; [`relay`]: where agents attach.
+//! - [`upstream`]: app connections through agent tunnels; [`relay`]: where agents attach;
+//!   [`routes`]: where every agent is (pushed by the coordinator); [`mesh`]: links to peer relays.
 //! - [`hygiene`]: what is stripped and set between client and app; [`pages`]: error pages.
 //! - [`endpoints`]: the proxy's own endpoints (`/healthz`, `/healthz-report`, ...).
 //! - [`registration`]: register, heartbeat and deregister with the coordinator.
@@ -17,10 +18,12 @@ pub mod config;
 pub mod endpoints;
 pub mod hygiene;
 pub mod lifecycle;
+pub mod mesh;
 pub mod metrics;
 pub mod pages;
 pub mod registration;
 pub mod relay;
+pub mod routes;
 pub mod routing;
 pub mod service;
 pub mod state;
@@ -67,7 +70,8 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         coordinator.clone(),
         config.login_url.as_str(),
         config.tls.is_some(),
-        state.metrics.tokens.clone(),
+        config.offline_grace,
+        state.clone(),
     ));
     let relay_listener = std::net::TcpListener::bind(config.relay_listen)
         .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
@@ -80,15 +84,15 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     let dial_tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())?;
     let relay = relay::Relay::new(
         coordinator.clone(),
-        config.proxy_token.clone(),
+        config.replica_id,
         relay_addr.clone(),
-        dial_tls,
+        mesh::Mesh::new(dial_tls),
         &state.metrics,
     );
     let registrar = registration::Registrar::new(
         &config,
         state.clone(),
-        coordinator,
+        coordinator.clone(),
         auth.clone(),
         relay.clone(),
         relay_addr.clone(),
@@ -145,7 +149,10 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         "lifecycle",
         lifecycle::Lifecycle::new(registrar, state, config.listen, config.drain_timeout, on_stopped),
     ));
-    server.add_service(background_service("relay", lifecycle::RelayService::new(relay, relay_listener, relay_tls)));
+    server.add_service(background_service(
+        "relay",
+        lifecycle::RelayService::new(relay, relay_listener, relay_tls, coordinator),
+    ));
     server.run(RunArgs { shutdown_signal: signal });
     Ok(())
 }

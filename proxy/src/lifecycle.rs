@@ -136,11 +136,12 @@ impl ShutdownSignalWatch for WatchSignal {
 }
 
 /// Runs the relay on its listener (bound before start, so its address could be
-/// registered) until shutdown.
+/// registered) and follows the coordinator's route feed, until shutdown.
 pub struct RelayService {
     relay: Arc<crate::relay::Relay>,
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    coordinator: meridian_regions::client::Client,
 }
 
 impl RelayService {
@@ -148,8 +149,9 @@ impl RelayService {
         relay: Arc<crate::relay::Relay>,
         listener: std::net::TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        coordinator: meridian_regions::client::Client,
     ) -> Self {
-        Self { relay, listener: std::sync::Mutex::new(Some(listener)), tls }
+        Self { relay, listener: std::sync::Mutex::new(Some(listener)), tls, coordinator }
     }
 }
 
@@ -159,9 +161,14 @@ impl BackgroundService for RelayService {
         let Some(listener) = self.listener.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return;
         };
-        match tokio::net::TcpListener::from_std(listener) {
-            Ok(l) => self.relay.clone().serve(l, self.tls.clone(), shutdown).await,
-            Err(e) => tracing::error!(error = %e, "cannot start the relay listener"),
-        }
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => return tracing::error!(error = %e, "cannot start the relay listener"),
+        };
+        let routes = self.relay.routes.clone();
+        tokio::join!(
+            self.relay.clone().serve(listener, self.tls.clone(), shutdown.clone()),
+            routes.follow(&self.coordinator, shutdown),
+        );
     }
 }

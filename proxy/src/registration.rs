@@ -36,7 +36,7 @@ pub struct Registrar {
     pub state: Arc<ProxyState>,
     /// Receives the token-verification keys from each registration.
     pub auth: Arc<crate::auth::Auth>,
-    /// Learns where the primary's relay is from each registration.
+    /// Receives the mesh secret and the current relays from each registration.
     pub relay: Arc<crate::relay::Relay>,
 }
 
@@ -74,10 +74,9 @@ impl Registrar {
                         .clamp(Duration::from_millis(100), Duration::from_secs(3600));
                     backoff = FIRST_BACKOFF;
                     self.auth.set_keys(&resp.keys);
-                    let primary = resp.regions.iter().find(|r| r.name == meridian_regions::PRIMARY_REGION);
-                    self.relay.set_primary_relay(
-                        primary.and_then(|r| r.replicas.iter().find_map(|x| x.relay_address.clone())),
-                    );
+                    self.relay.mesh.set_secret(resp.mesh_secret.clone());
+                    let relays = resp.regions.iter().flat_map(|r| &r.replicas).filter_map(|x| x.relay_address.clone());
+                    self.relay.mesh.retain(&relays.collect());
                     self.state.update_registration(|r| {
                         if first || !r.coordinator_reachable {
                             tracing::info!(region = %resp.region_name, "registered with the coordinator");

@@ -3,22 +3,24 @@
 //!
 //! Agents dial the relay listener and upgrade (`meridian_regions::tunnel`);
 //! the relay checks the agent token with the coordinator, which records the
-//! attachment, and keeps one [`Tunnel`] per agent. [`Relay::open`] is the one
-//! interface the data plane uses to reach an agent: through this relay's own
-//! tunnel, or, for an agent attached elsewhere, over a link to the primary's
-//! relay (one hop). Peer relays link in with their proxy token.
+//! attachment (a route change every proxy hears of), and keeps one [`Tunnel`]
+//! per agent. [`Relay::open`] is the one interface the data plane uses to
+//! reach an agent: through this relay's own tunnel, or, for an agent attached
+//! elsewhere, over a mesh link to the relay the route table names (one hop,
+//! see [`crate::mesh`]). Peer relays link in with the mesh secret.
 
+use crate::mesh::Mesh;
+use crate::routes::RouteTable;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use meridian_regions::api::{AgentAttach, AgentDetach, VerifyPeer};
+use meridian_regions::api::{AgentAttach, AgentDetach};
 use meridian_regions::client::{Client, ClientError};
-use meridian_regions::headers::{AGENT_TOKEN, PROXY_TOKEN};
-use meridian_regions::token::Secret;
+use meridian_regions::headers::{AGENT_TOKEN, MESH_SECRET};
 use meridian_regions::tunnel::{
-    dial_upgrade, StreamError, TlsClient, Tunnel, AGENT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
+    StreamError, Tunnel, AGENT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -27,8 +29,10 @@ use uuid::Uuid;
 /// Why the data plane could not reach an agent.
 #[derive(Debug, thiserror::Error)]
 pub enum DialError {
-    #[error("the workspace agent is not connected to this region")]
+    #[error("the workspace agent is not connected to any region")]
     NotAttached,
+    #[error("the region holding the workspace agent's tunnel ({0}) cannot be reached")]
+    PeerUnreachable(String),
     #[error(transparent)]
     Stream(#[from] StreamError),
 }
@@ -38,16 +42,14 @@ const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10
 
 pub struct Relay {
     coordinator: Client,
-    /// This proxy's token, presented when linking to another relay.
-    proxy_token: Secret,
+    /// This replica, named when recording an attach or detach.
+    replica_id: Uuid,
     /// This relay's own URL, so it never links to itself.
     own_url: String,
     agents: RwLock<HashMap<Uuid, Tunnel>>,
-    /// The primary's relay, learned at registration, and the link to it.
-    primary: RwLock<Option<String>>,
-    link: tokio::sync::Mutex<Option<Tunnel>>,
-    /// For dialing an `https` relay.
-    tls: TlsClient,
+    /// Where agents attached elsewhere are, and the links to reach them.
+    pub routes: Arc<RouteTable>,
+    pub mesh: Mesh,
     /// Attached agents and streams opened, for `/metrics`.
     attached: prometheus::IntGauge,
     streams: prometheus::IntCounter,
@@ -70,59 +72,37 @@ impl std::fmt::Debug for Relay {
 impl Relay {
     pub fn new(
         coordinator: Client,
-        proxy_token: Secret,
+        replica_id: Uuid,
         own_url: String,
-        tls: TlsClient,
+        mesh: Mesh,
         metrics: &crate::metrics::Metrics,
     ) -> Arc<Self> {
         Arc::new(Self {
-            tls,
             attached: metrics.agents.clone(),
             streams: metrics.streams.clone(),
             coordinator,
-            proxy_token,
+            replica_id,
             own_url,
             agents: RwLock::default(),
-            primary: RwLock::default(),
-            link: tokio::sync::Mutex::default(),
+            routes: Arc::default(),
+            mesh,
         })
     }
 
-    /// Records where the primary's relay is (from each registration).
-    pub fn set_primary_relay(&self, url: Option<String>) {
-        let url = url.filter(|u| *u != self.own_url);
-        *self.primary.write().unwrap_or_else(|e| e.into_inner()) = url;
-    }
-
     /// Opens a byte stream to `target` (`host:port`) inside agent `agent_id`'s
-    /// workspace: through this relay, else through the primary's.
+    /// workspace: through this relay's own tunnel, else over a mesh link to
+    /// the relay the route table names.
     pub async fn open(&self, agent_id: Uuid, target: &str) -> Result<TokioIo<Upgraded>, DialError> {
         self.streams.inc();
         if let Some(tunnel) = self.tunnel(agent_id) {
             return Ok(tunnel.open(target, None).await?);
         }
-        let link = self.link().await.ok_or(DialError::NotAttached)?;
+        let route = self.routes.get(agent_id).filter(|r| r.relay_url != self.own_url).ok_or(DialError::NotAttached)?;
+        let link = self.mesh.link(&route.relay_url).await.ok_or(DialError::PeerUnreachable(route.region.clone()))?;
         match link.open(target, Some(agent_id)).await {
             Err(StreamError::Refused { status: 404, .. }) => Err(DialError::NotAttached),
             other => Ok(other?),
         }
-    }
-
-    /// The link to the primary's relay, dialed on first use and again after it drops.
-    async fn link(&self) -> Option<Tunnel> {
-        let url = self.primary.read().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let mut link = self.link.lock().await;
-        if let Some(t) = link.as_ref().filter(|t| t.is_open()) {
-            return Some(t.clone());
-        }
-        let io = dial_upgrade(&url, LINK_PATH, LINK_PROTOCOL, (PROXY_TOKEN, self.proxy_token.expose()), &self.tls)
-            .await
-            .map_err(|e| tracing::warn!(relay = %url, error = %e, "cannot link to the primary's relay"))
-            .ok()?;
-        let (tunnel, driver) = Tunnel::client(io).await.ok()?;
-        tokio::spawn(driver);
-        *link = Some(tunnel.clone());
-        Some(tunnel)
     }
 
     fn tunnel(&self, agent_id: Uuid) -> Option<Tunnel> {
@@ -204,7 +184,11 @@ impl Relay {
         let Some(token) = req.headers().get(AGENT_TOKEN).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return reply(StatusCode::UNAUTHORIZED, "No agent token.");
         };
-        let agent_id = match self.coordinator.agent_attach(&AgentAttach { agent_token: token }).await {
+        let agent_id = match self
+            .coordinator
+            .agent_attach(&AgentAttach { agent_token: token, replica_id: Some(self.replica_id) })
+            .await
+        {
             Ok(r) => r.agent_id,
             Err(ClientError::Api { status, message, .. }) if status.is_client_error() => {
                 return reply(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::UNAUTHORIZED), &message)
@@ -223,25 +207,19 @@ impl Relay {
         Ok(switching(UPGRADE_PROTOCOL))
     }
 
-    /// A peer relay links in: check its proxy token, then serve its streams
+    /// A peer relay links in: check the mesh secret, then serve its streams
     /// from this relay's own tunnels.
     async fn accept_link(self: Arc<Self>, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
-        let token = req.headers().get(PROXY_TOKEN).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
-        let region = match self.coordinator.verify_peer(&VerifyPeer { proxy_token: token }).await {
-            Ok(r) => r.region,
-            Err(e) => {
-                let status = e
-                    .status()
-                    .filter(|s| s.is_client_error())
-                    .map_or(StatusCode::SERVICE_UNAVAILABLE, |_| StatusCode::UNAUTHORIZED);
-                let mut r = Response::new(Full::new(Bytes::from_static(b"{\"message\":\"link refused\"}")));
-                *r.status_mut() = status;
-                return r;
-            }
-        };
+        let presented = req.headers().get(MESH_SECRET).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !self.mesh.admits(presented) {
+            let mut r =
+                Response::new(Full::new(Bytes::from_static(b"{\"message\":\"link refused: wrong mesh secret\"}")));
+            *r.status_mut() = StatusCode::UNAUTHORIZED;
+            return r;
+        }
         tokio::spawn(async move {
             let Ok(io) = hyper::upgrade::on(&mut req).await else { return };
-            tracing::info!(%region, "relay link up");
+            tracing::info!("peer relay linked in");
             let relay = self.clone();
             let service = hyper::service::service_fn(move |req| relay.clone().link_stream(req));
             let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
@@ -250,7 +228,7 @@ impl Relay {
                 .keep_alive_timeout(meridian_regions::tunnel::PING_TIMEOUT)
                 .serve_connection(io, service)
                 .await;
-            tracing::info!(%region, "relay link down");
+            tracing::info!("peer relay link closed");
         });
         switching(LINK_PROTOCOL)
     }
@@ -314,7 +292,8 @@ impl Relay {
         };
         tracing::info!(agent = %agent_id, "agent detached");
         if !replaced {
-            if let Err(e) = self.coordinator.agent_detach(&AgentDetach { agent_id }).await {
+            let detach = AgentDetach { agent_id, replica_id: Some(self.replica_id) };
+            if let Err(e) = self.coordinator.agent_detach(&detach).await {
                 tracing::debug!(agent = %agent_id, error = %e, "cannot record the detach");
             }
         }

@@ -63,7 +63,7 @@ impl L4Connect for TunnelConnector {
         let io = self.relay.open(self.agent_id, &self.target).await.map_err(|e| {
             let kind = match &e {
                 DialError::NotAttached => ErrorType::ConnectRefused,
-                DialError::Stream(_) => ErrorType::ConnectError,
+                DialError::PeerUnreachable(_) | DialError::Stream(_) => ErrorType::ConnectError,
             };
             Error::explain(kind, e.to_string())
         })?;

@@ -142,6 +142,8 @@ pub struct RegisterProxyResponse {
     /// Public keys that verify app tokens.
     #[serde(default)]
     pub keys: Vec<crate::app_token::PublicKey>,
+    /// What relays present to each other on mesh links (`Meridian-Mesh-Secret`).
+    pub mesh_secret: crate::token::Secret,
 }
 
 /// `GET /api/v2/proxies/me/keys`.
@@ -291,6 +293,9 @@ pub struct WorkspaceList {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentConnectionInfo {
     pub agent_id: Uuid,
+    /// The region this agent should attach to when it is healthy.
+    #[serde(default)]
+    pub preferred_region: Option<String>,
     /// The apps this agent serves; it opens streams only to these and to ports ≥ 1024.
     pub apps: Vec<App>,
     /// Relays to attach to, preferred first.
@@ -302,12 +307,19 @@ pub struct RelayInfo {
     pub region: String,
     /// e.g. `http://127.0.0.1:7091`.
     pub url: String,
+    /// Since when this relay's replica has been healthy (agents wait a while
+    /// before moving back to their preferred region).
+    #[serde(default)]
+    pub healthy_since: Option<DateTime<Utc>>,
 }
 
 /// `POST /api/v2/proxies/me/agent-attach`: a relay vouches for an agent's token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentAttach {
     pub agent_token: String,
+    /// The relay's replica, so routes name the exact relay holding the tunnel.
+    #[serde(default)]
+    pub replica_id: Option<Uuid>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -319,16 +331,25 @@ pub struct AgentAttachResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentDetach {
     pub agent_id: Uuid,
+    #[serde(default)]
+    pub replica_id: Option<Uuid>,
 }
 
-/// `POST /api/v2/proxies/me/verify-peer`: a relay checks the proxy token a
-/// peer relay presented on a link.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyPeer {
-    pub proxy_token: String,
+/// `GET /api/v2/proxies/me/routes?after=V&wait=MS`: the route changes after
+/// version `V` (all current routes when `V` is 0), answered as soon as there
+/// are any, or empty after `wait`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RouteUpdate {
+    /// Ask with this next time.
+    pub version: i64,
+    pub routes: Vec<AgentRoute>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct VerifyPeerResponse {
-    pub region: String,
+/// Where one agent is attached; `relay_url` is `None` once it detached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentRoute {
+    pub agent_id: Uuid,
+    pub region: Option<String>,
+    pub replica_id: Option<Uuid>,
+    pub relay_url: Option<String>,
 }

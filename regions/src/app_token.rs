@@ -119,12 +119,20 @@ impl Verifier {
     /// Checks signature, algorithm (EdDSA only: `none` and HMAC are refused),
     /// issuer, time (with [`LEEWAY_SECS`]) and that the token is bound to `binding`.
     pub fn verify(&self, token: &str, binding: &str) -> Result<AppClaims, TokenError> {
+        self.verify_with_grace(token, binding, 0)
+    }
+
+    /// [`Verifier::verify`], but a token that expired up to `grace_secs` ago
+    /// still passes (for a proxy that cannot reach the coordinator to renew
+    /// it). Not-yet-valid tokens get no grace.
+    pub fn verify_with_grace(&self, token: &str, binding: &str, grace_secs: u64) -> Result<AppClaims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let kid = Self::key_id(token).ok_or(TokenError::Malformed)?;
         let key = self.keys.get(&kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
-        validation.leeway = LEEWAY_SECS;
-        validation.validate_nbf = true;
+        validation.leeway = LEEWAY_SECS.saturating_add(grace_secs);
+        // nbf is checked below, with the plain leeway.
+        validation.validate_nbf = false;
         validation.set_issuer(&[ISSUER]);
         validation.set_required_spec_claims(&["exp", "nbf", "iss"]);
         let data = jsonwebtoken::decode::<AppClaims>(token, key, &validation).map_err(|e| match e.kind() {
@@ -135,6 +143,10 @@ impl Verifier {
             }
             _ => TokenError::Malformed,
         })?;
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        if data.claims.nbf > now.saturating_add(LEEWAY_SECS as i64) {
+            return Err(TokenError::NotYetValid);
+        }
         if data.claims.binding != binding {
             return Err(TokenError::WrongApp);
         }
@@ -204,6 +216,8 @@ mod tests {
         assert_eq!(verifier.verify(&expired, &b), Err(TokenError::Expired));
         let within_skew = signer.sign(&AppClaims { exp: n - 5, ..good.clone() }).unwrap();
         assert!(verifier.verify(&within_skew, &b).is_ok(), "skew tolerated");
+        assert!(verifier.verify_with_grace(&expired, &b, 3600).is_ok(), "offline grace covers a recent expiry");
+        assert_eq!(verifier.verify_with_grace(&expired, &b, 60), Err(TokenError::Expired), "grace is bounded");
         let future = signer.sign(&AppClaims { nbf: n + 600, exp: n + 900, ..good.clone() }).unwrap();
         assert_eq!(verifier.verify(&future, &b), Err(TokenError::NotYetValid));
 

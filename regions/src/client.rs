@@ -174,8 +174,10 @@ impl Client {
         self.call::<serde_json::Value>(Method::POST, "/api/v2/proxies/me/agent-detach", Some(req)).await.map(drop)
     }
 
-    pub async fn verify_peer(&self, req: &VerifyPeer) -> Result<VerifyPeerResponse, ClientError> {
-        self.call(Method::POST, "/api/v2/proxies/me/verify-peer", Some(req)).await
+    /// Route changes after `after`, waiting up to `wait` for one (a long poll).
+    pub async fn routes(&self, after: i64, wait: Duration) -> Result<RouteUpdate, ClientError> {
+        let path = format!("/api/v2/proxies/me/routes?after={after}&wait_ms={}", wait.as_millis());
+        self.call_timeout(Method::GET, &path, None::<&()>, Some(wait + DEFAULT_TIMEOUT)).await
     }
 
     pub async fn keys(&self) -> Result<KeysResponse, ClientError> {
@@ -204,8 +206,22 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
+        self.call_timeout(method, path, body, None).await
+    }
+
+    /// [`Client::call`] with a timeout other than the client's own.
+    async fn call_timeout<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        timeout: Option<Duration>,
+    ) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method, &url);
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         req = match &self.credential {
             Credential::None => req,
             Credential::Session(s) => req.header(headers::SESSION_TOKEN, s.expose()),

@@ -6,6 +6,8 @@ pub const SESSION_TOKEN: &str = "Meridian-Session-Token";
 pub const PROXY_TOKEN: &str = "Meridian-Proxy-Token";
 /// Header carrying a workspace agent's token.
 pub const AGENT_TOKEN: &str = "Meridian-Agent-Token";
+/// Header carrying the mesh secret on a link between two relays.
+pub const MESH_SECRET: &str = "Meridian-Mesh-Secret";
 /// Cookie holding a user's session on the primary's host.
 pub const SESSION_COOKIE: &str = "meridian_session";
 /// Cookie holding an app-scoped session on an app host.

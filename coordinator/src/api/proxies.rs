@@ -38,6 +38,7 @@ pub async fn register(
         regions,
         sibling_replicas,
         keys: state.keys.public.clone(),
+        mesh_secret: state.keys.mesh_secret.clone(),
     }))
 }
 

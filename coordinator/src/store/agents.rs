@@ -4,7 +4,7 @@ use super::workspaces::AppRow;
 use super::Store;
 use crate::error::ApiResult;
 use crate::secret;
-use meridian_regions::api::{App, RelayInfo};
+use meridian_regions::api::{AgentRoute, App, RelayInfo, RouteUpdate};
 use meridian_regions::token::Token;
 use uuid::Uuid;
 
@@ -30,15 +30,18 @@ impl Store {
 
     /// Relays of healthy regions: `preferred` first, then the primary, then by name.
     pub async fn relays(&self, preferred: Option<&str>) -> ApiResult<Vec<RelayInfo>> {
-        let rows: Vec<(String, String)> = sqlx::query_as(
-            "SELECT DISTINCT ON (r.name, p.relay_address) r.name, p.relay_address \
+        let rows: Vec<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT DISTINCT ON (r.name, p.relay_address) r.name, p.relay_address, p.status_since \
              FROM region_replicas p JOIN regions r ON r.id = p.region_id \
              WHERE p.status = 'ok' AND p.relay_address IS NOT NULL \
              ORDER BY r.name, p.relay_address",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut relays: Vec<RelayInfo> = rows.into_iter().map(|(region, url)| RelayInfo { region, url }).collect();
+        let mut relays: Vec<RelayInfo> = rows
+            .into_iter()
+            .map(|(region, url, since)| RelayInfo { region, url, healthy_since: Some(since) })
+            .collect();
         relays.sort_by_key(|r| (Some(r.region.as_str()) != preferred, r.region != meridian_regions::PRIMARY_REGION));
         Ok(relays)
     }
@@ -47,22 +50,61 @@ impl Store {
         Ok(sqlx::query_scalar("SELECT count(*) FROM agents WHERE connected").fetch_one(&self.pool).await?)
     }
 
-    pub async fn set_agent_attached(&self, agent_id: Uuid, region_id: Uuid) -> ApiResult<()> {
-        sqlx::query("UPDATE agents SET region_id = $2, connected = true, last_connected_at = now() WHERE id = $1")
-            .bind(agent_id)
-            .bind(region_id)
-            .execute(&self.pool)
-            .await?;
+    /// Records the agent's tunnel at `replica_id` of `region_id` (a route change).
+    pub async fn set_agent_attached(&self, agent_id: Uuid, region_id: Uuid, replica_id: Option<Uuid>) -> ApiResult<()> {
+        sqlx::query(
+            "UPDATE agents SET region_id = $2, replica_id = $3, connected = true, last_connected_at = now() \
+             WHERE id = $1",
+        )
+        .bind(agent_id)
+        .bind(region_id)
+        .bind(replica_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
-    /// Marks the agent offline, unless it has since attached to another region.
-    pub async fn set_agent_detached(&self, agent_id: Uuid, region_id: Uuid) -> ApiResult<()> {
-        sqlx::query("UPDATE agents SET connected = false WHERE id = $1 AND region_id = $2")
-            .bind(agent_id)
-            .bind(region_id)
-            .execute(&self.pool)
-            .await?;
+    /// Marks the agent offline, unless it has since attached to another relay.
+    pub async fn set_agent_detached(&self, agent_id: Uuid, region_id: Uuid, replica_id: Option<Uuid>) -> ApiResult<()> {
+        sqlx::query(
+            "UPDATE agents SET connected = false \
+             WHERE id = $1 AND region_id = $2 AND replica_id IS NOT DISTINCT FROM $3",
+        )
+        .bind(agent_id)
+        .bind(region_id)
+        .bind(replica_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
+    }
+
+    /// Route changes after version `after`; with `after` = 0, every current route.
+    pub async fn route_changes(&self, after: i64) -> ApiResult<RouteUpdate> {
+        type Row = (Uuid, Option<String>, Option<Uuid>, Option<String>, bool, i64);
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT a.id, r.name, a.replica_id, p.relay_address, a.connected, a.route_version \
+             FROM agents a LEFT JOIN regions r ON r.id = a.region_id \
+             LEFT JOIN region_replicas p ON p.id = a.replica_id \
+             WHERE a.route_version > $1 AND ($1 > 0 OR a.connected) ORDER BY a.route_version",
+        )
+        .bind(after)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut version = rows.last().map_or(after, |r| r.5);
+        if after == 0 {
+            // Detached agents are left out of a snapshot, but not out of its version.
+            version =
+                sqlx::query_scalar("SELECT coalesce(max(route_version), 0) FROM agents").fetch_one(&self.pool).await?;
+        }
+        let routes = rows
+            .into_iter()
+            .map(|(agent_id, region, replica_id, relay_url, connected, _)| AgentRoute {
+                agent_id,
+                region: region.filter(|_| connected),
+                replica_id: replica_id.filter(|_| connected),
+                relay_url: relay_url.filter(|_| connected),
+            })
+            .collect();
+        Ok(RouteUpdate { version, routes })
     }
 }

@@ -201,12 +201,15 @@ impl Store {
     }
 
     pub async fn record_health(&self, replica_id: Uuid, status: Status, error: Option<&str>) -> ApiResult<()> {
-        sqlx::query("UPDATE region_replicas SET status = $2, error = $3, checked_at = now() WHERE id = $1")
-            .bind(replica_id)
-            .bind(status.as_str())
-            .bind(error)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE region_replicas SET status = $2, error = $3, checked_at = now(), \
+             status_since = CASE WHEN status = $2 THEN status_since ELSE now() END WHERE id = $1",
+        )
+        .bind(replica_id)
+        .bind(status.as_str())
+        .bind(error)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 

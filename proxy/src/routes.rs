@@ -1,0 +1,123 @@
+//! The route table: which relay holds each agent's tunnel, as pushed by the
+//! coordinator (`proxies/me/routes`, a long poll woken by Postgres NOTIFY).
+//!
+//! The data plane only reads it; nothing on the hot path asks the
+//! coordinator. While the coordinator is unreachable the table keeps its last
+//! contents (degraded mode) and the follower retries with jittered backoff.
+
+use meridian_regions::api::{AgentRoute, RouteUpdate};
+use meridian_regions::client::Client;
+use rand::Rng;
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// How long each long poll waits for a change before asking again.
+const POLL_WAIT: Duration = Duration::from_secs(20);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Where one agent's tunnel is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    pub region: String,
+    pub relay_url: String,
+}
+
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    routes: RwLock<HashMap<Uuid, Route>>,
+}
+
+impl RouteTable {
+    pub fn get(&self, agent: Uuid) -> Option<Route> {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).get(&agent).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.routes.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies an update; a snapshot (`replace`) drops every route it does not name.
+    pub fn apply(&self, update: &RouteUpdate, replace: bool) {
+        let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());
+        if replace {
+            routes.clear();
+        }
+        for r in &update.routes {
+            match route(r) {
+                Some(route) => routes.insert(r.agent_id, route),
+                None => routes.remove(&r.agent_id),
+            };
+        }
+    }
+
+    /// Follows the coordinator's route feed until `stop` turns true.
+    pub async fn follow(&self, client: &Client, mut stop: tokio::sync::watch::Receiver<bool>) {
+        let mut version = 0;
+        let mut backoff = FIRST_BACKOFF;
+        while !*stop.borrow() {
+            let wait = tokio::select! {
+                _ = stop.changed() => return,
+                update = client.routes(version, POLL_WAIT) => match update {
+                    Ok(update) => {
+                        if !update.routes.is_empty() {
+                            tracing::debug!(from = version, to = update.version, changes = update.routes.len(), "routes updated");
+                        }
+                        self.apply(&update, version == 0);
+                        version = update.version;
+                        backoff = FIRST_BACKOFF;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot follow routes; keeping the cached ones");
+                        let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                        wait
+                    }
+                },
+            };
+            tokio::select! {
+                _ = stop.changed() => return,
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+}
+
+fn route(r: &AgentRoute) -> Option<Route> {
+    Some(Route { region: r.region.clone()?, relay_url: r.relay_url.clone()? })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(agent: Uuid, relay: Option<&str>) -> AgentRoute {
+        AgentRoute {
+            agent_id: agent,
+            region: relay.map(|_| "sydney".into()),
+            replica_id: relay.map(|_| Uuid::nil()),
+            relay_url: relay.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn updates_move_and_drop_routes_and_snapshots_replace() {
+        let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+        let table = RouteTable::default();
+        table.apply(&RouteUpdate { version: 2, routes: vec![at(a, Some("http://x")), at(b, Some("http://x"))] }, true);
+        table.apply(&RouteUpdate { version: 3, routes: vec![at(a, Some("http://y"))] }, false);
+        assert_eq!(table.get(a).unwrap().relay_url, "http://y", "a later change wins");
+        assert_eq!(table.get(b).unwrap().relay_url, "http://x", "a delta keeps other routes");
+        table.apply(&RouteUpdate { version: 4, routes: vec![at(b, None)] }, false);
+        assert_eq!(table.get(b), None, "a detach removes the route");
+        table.apply(&RouteUpdate { version: 9, routes: vec![at(b, Some("http://z"))] }, true);
+        assert_eq!((table.get(a), table.len()), (None, 1), "a snapshot replaces everything");
+    }
+}
