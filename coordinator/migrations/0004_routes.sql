@@ -30,3 +30,7 @@ CREATE TRIGGER agents_route_changed BEFORE UPDATE ON agents
 -- When a replica's status last changed, so agents can wait until their
 -- preferred region has been healthy for a while before moving back.
 ALTER TABLE region_replicas ADD COLUMN status_since timestamptz NOT NULL DEFAULT now();
+
+-- Where peer relays link in, when a replica sets it apart from where agents
+-- attach (a private backbone address, or the demo's simulated-latency link).
+ALTER TABLE region_replicas ADD COLUMN mesh_address text;

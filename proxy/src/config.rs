@@ -52,6 +52,14 @@ pub struct Args {
     /// Address agents attach to (this region's relay) [default: 127.0.0.1, any free port].
     #[arg(long, env = "MERIDIAN_RELAY_LISTEN")]
     pub relay_listen: Option<SocketAddr>,
+    /// The relay URL agents dial, when they reach it through a load balancer or
+    /// NAT [default: http(s)://<access URL host>:<relay port>].
+    #[arg(long, env = "MERIDIAN_RELAY_URL")]
+    pub relay_url: Option<Url>,
+    /// The URL other regions' relays link to, when inter-region traffic takes
+    /// another path than agents (a private backbone) [default: --relay-url].
+    #[arg(long, env = "MERIDIAN_MESH_URL")]
+    pub mesh_url: Option<Url>,
     /// Where browsers sign in: the primary's access URL [default: --coordinator-url].
     #[arg(long, env = "MERIDIAN_LOGIN_URL")]
     pub login_url: Option<Url>,
@@ -84,6 +92,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     pub threads: usize,
     pub relay_listen: SocketAddr,
+    pub relay_url: Option<Url>,
+    pub mesh_url: Option<Url>,
     pub login_url: Url,
     pub app_timeout: Duration,
     pub offline_grace: Duration,
@@ -124,6 +134,8 @@ impl Args {
             drain_timeout: self.drain_timeout.or(file.drain_timeout),
             threads: self.threads.or(file.threads),
             relay_listen: self.relay_listen.or(file.relay_listen),
+            relay_url: self.relay_url.or(file.relay_url),
+            mesh_url: self.mesh_url.or(file.mesh_url),
             app_timeout: self.app_timeout.or(file.app_timeout),
             login_url: self.login_url.or(file.login_url),
             offline_grace: self.offline_grace.or(file.offline_grace),
@@ -173,6 +185,8 @@ impl Args {
             drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(15)),
             threads,
             relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            relay_url: self.relay_url,
+            mesh_url: self.mesh_url,
             login_url,
             app_timeout: self.app_timeout.unwrap_or(Duration::from_secs(60)),
             offline_grace: self.offline_grace.unwrap_or(Duration::from_secs(3600)),

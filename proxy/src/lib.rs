@@ -80,12 +80,17 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         Some((cert, key)) => Some(meridian_regions::tunnel::tls_acceptor(cert, key)?),
         None => None,
     };
-    let relay_addr = advertised(relay_listener.local_addr()?, &config.access_url, relay_tls.is_some());
+    let relay_addr = match &config.relay_url {
+        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+        None => advertised(relay_listener.local_addr()?, &config.access_url, relay_tls.is_some()),
+    };
+    let mesh_addr =
+        config.mesh_url.as_ref().map_or(relay_addr.clone(), |u| u.as_str().trim_end_matches('/').to_owned());
     let dial_tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())?;
     let relay = relay::Relay::new(
         coordinator.clone(),
         config.replica_id,
-        relay_addr.clone(),
+        mesh_addr.clone(),
         mesh::Mesh::new(dial_tls),
         &state.metrics,
     );
@@ -96,6 +101,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         auth.clone(),
         relay.clone(),
         relay_addr.clone(),
+        mesh_addr,
     );
 
     let drain_secs = config.drain_timeout.as_secs().max(1);

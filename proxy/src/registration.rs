@@ -48,11 +48,13 @@ impl Registrar {
         auth: Arc<crate::auth::Auth>,
         relay: Arc<crate::relay::Relay>,
         relay_address: String,
+        mesh_address: String,
     ) -> Self {
         let request = RegisterProxy {
             replica_id: config.replica_id,
             access_url: config.access_url.as_str().trim_end_matches('/').to_owned(),
             wildcard_hostname: config.wildcard_access_url.clone().unwrap_or_default(),
+            mesh_address: Some(mesh_address).filter(|m| *m != relay_address),
             relay_address: Some(relay_address),
             version: meridian_regions::VERSION.into(),
         };
@@ -75,7 +77,7 @@ impl Registrar {
                     backoff = FIRST_BACKOFF;
                     self.auth.set_keys(&resp.keys);
                     self.relay.mesh.set_secret(resp.mesh_secret.clone());
-                    let relays = resp.regions.iter().flat_map(|r| &r.replicas).filter_map(|x| x.relay_address.clone());
+                    let relays = resp.regions.iter().flat_map(|r| &r.replicas).filter_map(|x| x.mesh_address.clone());
                     self.relay.mesh.retain(&relays.collect());
                     self.state.update_registration(|r| {
                         if first || !r.coordinator_reachable {

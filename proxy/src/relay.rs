@@ -37,6 +37,9 @@ pub enum DialError {
     Stream(#[from] StreamError),
 }
 
+/// How long a request waits for an unreachable agent's route to change.
+const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Longest wait for a relay client's TLS handshake or upgrade request.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -91,9 +94,26 @@ impl Relay {
 
     /// Opens a byte stream to `target` (`host:port`) inside agent `agent_id`'s
     /// workspace: through this relay's own tunnel, else over a mesh link to
-    /// the relay the route table names.
+    /// the relay the route table names. An agent that is not reachable right
+    /// now gets [`ROUTE_WAIT`] to show up (it may be re-attaching, and its new
+    /// route a few milliseconds away) before the request fails.
     pub async fn open(&self, agent_id: Uuid, target: &str) -> Result<TokioIo<Upgraded>, DialError> {
         self.streams.inc();
+        let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
+        let mut changes = self.routes.subscribe();
+        loop {
+            match self.try_open(agent_id, target).await {
+                Err(DialError::NotAttached | DialError::PeerUnreachable(_))
+                    if tokio::time::timeout_at(deadline, changes.changed()).await.is_ok_and(|r| r.is_ok()) =>
+                {
+                    continue
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_open(&self, agent_id: Uuid, target: &str) -> Result<TokioIo<Upgraded>, DialError> {
         if let Some(tunnel) = self.tunnel(agent_id) {
             return Ok(tunnel.open(target, None).await?);
         }

@@ -25,12 +25,25 @@ pub struct Route {
     pub relay_url: String,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct RouteTable {
     routes: RwLock<HashMap<Uuid, Route>>,
+    /// Bumped after every applied update, for requests waiting on a route.
+    changed: tokio::sync::watch::Sender<u64>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        Self { routes: RwLock::default(), changed: tokio::sync::watch::channel(0).0 }
+    }
 }
 
 impl RouteTable {
+    /// Fires after the next applied update.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
     pub fn get(&self, agent: Uuid) -> Option<Route> {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).get(&agent).cloned()
     }
@@ -54,6 +67,10 @@ impl RouteTable {
                 Some(route) => routes.insert(r.agent_id, route),
                 None => routes.remove(&r.agent_id),
             };
+        }
+        drop(routes);
+        if !update.routes.is_empty() || replace {
+            self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
 

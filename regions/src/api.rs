@@ -84,7 +84,11 @@ pub struct Region {
 pub struct Replica {
     pub id: Uuid,
     pub access_url: String,
+    /// Where agents attach.
     pub relay_address: Option<String>,
+    /// Where peer relays link in (the relay address unless set apart).
+    #[serde(default)]
+    pub mesh_address: Option<String>,
     pub version: String,
     pub status: Status,
     /// The health checker's last error for this replica, if any.
@@ -126,6 +130,9 @@ pub struct RegisterProxy {
     pub wildcard_hostname: String,
     #[serde(default)]
     pub relay_address: Option<String>,
+    /// Where peer relays should link in, if not at `relay_address`.
+    #[serde(default)]
+    pub mesh_address: Option<String>,
     pub version: String,
 }
 

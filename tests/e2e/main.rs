@@ -12,6 +12,7 @@ mod coordinator_outages;
 mod demo;
 mod deploy_configs;
 mod embedded;
+mod failover;
 mod proxy_lifecycle;
 mod proxy_tls;
 mod tokens;

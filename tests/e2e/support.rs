@@ -204,7 +204,16 @@ pub struct Proxy {
 impl Proxy {
     /// Spawns a proxy; it may exit on its own (e.g. a refused token).
     pub fn spawn(dir: &Path, coordinator: &str, token: &str, extra: &[&str]) -> Self {
-        let port = free_port();
+        Self::spawn_named(dir, coordinator, token, "region", extra)
+    }
+
+    /// Spawns a proxy serving apps under `*.{name}.localhost:PORT`.
+    pub fn spawn_named(dir: &Path, coordinator: &str, token: &str, name: &str, extra: &[&str]) -> Self {
+        Self::spawn_on(dir, coordinator, token, name, free_port(), extra)
+    }
+
+    /// [`Proxy::spawn_named`] listening on `port`.
+    pub fn spawn_on(dir: &Path, coordinator: &str, token: &str, name: &str, port: u16, extra: &[&str]) -> Self {
         let mut args: Vec<String> = [
             "proxy",
             "--coordinator-url",
@@ -214,7 +223,7 @@ impl Proxy {
             "--listen",
             &format!("127.0.0.1:{port}"),
             "--wildcard-access-url",
-            &format!("*.region.localhost:{port}"),
+            &format!("*.{name}.localhost:{port}"),
             "--drain-timeout",
             "5s",
             "--app-timeout",
@@ -418,11 +427,14 @@ pub struct Agent {
 
 impl Agent {
     pub fn spawn(dir: &Path, coordinator: &str, token: &str, region: Option<&str>) -> Self {
+        let region: Vec<&str> = region.map(|r| vec!["--region", r]).unwrap_or_default();
+        Self::spawn_with(dir, coordinator, token, &region)
+    }
+
+    pub fn spawn_with(dir: &Path, coordinator: &str, token: &str, extra: &[&str]) -> Self {
         let mut args: Vec<String> =
             ["agent", "--coordinator-url", coordinator, "--agent-token", token].iter().map(|s| s.to_string()).collect();
-        if let Some(r) = region {
-            args.extend(["--region".to_owned(), r.to_owned()]);
-        }
+        args.extend(extra.iter().map(|s| s.to_string()));
         Self { proc: Process::spawn("agent", dir, &args), args, dir: dir.to_owned() }
     }
 
@@ -435,14 +447,21 @@ impl Agent {
 
 impl Api {
     /// Waits until `owner`'s workspace `ws` has its agent connected to `region`.
-    pub async fn wait_agent_on(&self, ws: &str, region: &str) {
-        wait_for(Duration::from_secs(20), &format!("agent of {ws} on {region}"), || async {
+    pub async fn wait_agent_on(&self, ws: &str, region: &str) -> Duration {
+        self.wait_agent_within(ws, region, Duration::from_secs(20)).await
+    }
+
+    /// [`Api::wait_agent_on`] with a deadline; returns how long it took.
+    pub async fn wait_agent_within(&self, ws: &str, region: &str, deadline: Duration) -> Duration {
+        let start = Instant::now();
+        wait_for(deadline, &format!("agent of {ws} on {region}"), || async {
             let list = self.get("/api/v2/workspaces?owner=all").await.body;
             let found = list["workspaces"].as_array()?.iter().find(|w| w["name"] == ws)?.clone();
             let agent = found["agents"][0].clone();
             (agent["connected"] == true && agent["region"] == region).then_some(())
         })
         .await;
+        start.elapsed()
     }
 }
 
@@ -493,4 +512,67 @@ pub async fn browser_login(client: &reqwest::Client, coordinator: &str, username
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+}
+
+/// A user-space network link (latency, stalls, resets) in front of `upstream`.
+pub async fn link_to(upstream: &str) -> meridian_netsim::Link {
+    let url = reqwest::Url::parse(upstream).unwrap();
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], url.port_or_known_default().unwrap()));
+    meridian_netsim::Link::start("127.0.0.1:0".parse().unwrap(), addr).await.unwrap()
+}
+
+/// What steady traffic saw for one target.
+#[derive(Debug, Default, Clone)]
+pub struct TrafficStats {
+    pub ok: u64,
+    /// Each failure: milliseconds since the start, and what happened.
+    pub failed: Vec<(u128, String)>,
+}
+
+/// Steady synthetic traffic: one request every `every` to each target, each
+/// bounded by a timeout, so a hang is counted as a failure, never waited out.
+pub struct Traffic {
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<(String, tokio::task::JoinHandle<TrafficStats>)>,
+}
+
+impl Traffic {
+    pub fn start(targets: Vec<(String, reqwest::Client, String)>, every: Duration) -> Self {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let started = Instant::now();
+        let tasks = targets
+            .into_iter()
+            .map(|(name, client, url)| {
+                let stopped = stopped.clone();
+                let task = tokio::spawn(async move {
+                    let mut stats = TrafficStats::default();
+                    while !*stopped.borrow() {
+                        let sent = client.get(&url).timeout(Duration::from_secs(5)).send().await;
+                        match sent {
+                            Ok(r) if r.status() == 200 => match r.bytes().await {
+                                Ok(_) => stats.ok += 1,
+                                Err(e) => stats.failed.push((started.elapsed().as_millis(), format!("body: {e}"))),
+                            },
+                            Ok(r) => stats.failed.push((started.elapsed().as_millis(), format!("HTTP {}", r.status()))),
+                            Err(e) => stats.failed.push((started.elapsed().as_millis(), format!("{e:?}"))),
+                        }
+                        tokio::time::sleep(every).await;
+                    }
+                    stats
+                });
+                (name, task)
+            })
+            .collect();
+        Self { stop, tasks }
+    }
+
+    /// Stops and returns each target's stats.
+    pub async fn stop(self) -> Vec<(String, TrafficStats)> {
+        let _ = self.stop.send(true);
+        let mut out = Vec::new();
+        for (name, task) in self.tasks {
+            out.push((name, tokio::time::timeout(Duration::from_secs(10), task).await.unwrap().unwrap()));
+        }
+        out
+    }
 }

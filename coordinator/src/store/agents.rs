@@ -82,7 +82,7 @@ impl Store {
     pub async fn route_changes(&self, after: i64) -> ApiResult<RouteUpdate> {
         type Row = (Uuid, Option<String>, Option<Uuid>, Option<String>, bool, i64);
         let rows: Vec<Row> = sqlx::query_as(
-            "SELECT a.id, r.name, a.replica_id, p.relay_address, a.connected, a.route_version \
+            "SELECT a.id, r.name, a.replica_id, coalesce(p.mesh_address, p.relay_address), a.connected, a.route_version \
              FROM agents a LEFT JOIN regions r ON r.id = a.region_id \
              LEFT JOIN region_replicas p ON p.id = a.replica_id \
              WHERE a.route_version > $1 AND ($1 > 0 OR a.connected) ORDER BY a.route_version",

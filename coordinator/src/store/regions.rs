@@ -25,6 +25,7 @@ struct ReplicaRow {
     access_url: String,
     wildcard_hostname: String,
     relay_address: Option<String>,
+    mesh_address: Option<String>,
     version: String,
     status: String,
     error: Option<String>,
@@ -59,6 +60,7 @@ impl From<ReplicaRow> for Replica {
         Replica {
             id: r.id,
             access_url: r.access_url,
+            mesh_address: r.mesh_address.or_else(|| r.relay_address.clone()),
             relay_address: r.relay_address,
             version: r.version,
             status: Status::from_stored(&r.status),
@@ -166,11 +168,12 @@ impl Store {
     pub async fn upsert_replica(&self, region_id: Uuid, req: &RegisterProxy) -> ApiResult<bool> {
         let inserted: bool = sqlx::query_scalar(
             "INSERT INTO region_replicas \
-               (id, region_id, access_url, wildcard_hostname, relay_address, version, status, error) \
-             VALUES ($1, $2, $3, $4, $5, $6, 'unreachable', 'not checked yet') \
+               (id, region_id, access_url, wildcard_hostname, relay_address, version, status, error, mesh_address) \
+             VALUES ($1, $2, $3, $4, $5, $6, 'unreachable', 'not checked yet', $7) \
              ON CONFLICT (id) DO UPDATE SET \
                access_url = EXCLUDED.access_url, wildcard_hostname = EXCLUDED.wildcard_hostname, \
                relay_address = EXCLUDED.relay_address, version = EXCLUDED.version, \
+               mesh_address = EXCLUDED.mesh_address, \
                last_heartbeat_at = now() \
              WHERE region_replicas.region_id = EXCLUDED.region_id \
              RETURNING (xmax = 0 OR status <> 'ok')",
@@ -181,6 +184,7 @@ impl Store {
         .bind(&req.wildcard_hostname)
         .bind(&req.relay_address)
         .bind(&req.version)
+        .bind(&req.mesh_address)
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| ApiError::Conflict("That replica id belongs to another region.".into()))?;

@@ -1,0 +1,252 @@
+//! User-space network simulation on loopback, in the spirit of toxiproxy:
+//! a [`Link`] is a TCP forwarder between a listening address and an upstream
+//! address that can add one-way latency, stall (a partition: nothing flows in
+//! either direction, new connections hang), refuse new connections, or reset
+//! every open connection. The kernel's netem is not available on the machines
+//! Meridian is tested on, and tests may only use loopback.
+//!
+//! Latency is added per chunk in each direction, without stop-and-wait, so a
+//! link with latency L adds about 2·L to a round trip and keeps throughput.
+//! A stall pauses reading and delivery: bytes wait in kernel buffers and flow
+//! again when the partition heals, as retransmissions would.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+/// What a link does with traffic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Forward, with the configured latency.
+    Pass,
+    /// A partition: nothing flows, new connections are accepted but hang.
+    Stall,
+    /// New connections are closed at once (open ones keep flowing).
+    Refuse,
+}
+
+/// Chunks in flight per direction before the reader waits (bounds memory).
+const QUEUE: usize = 64;
+const CHUNK: usize = 64 * 1024;
+
+#[derive(Debug)]
+struct Shared {
+    latency_us: AtomicU64,
+    mode: watch::Sender<Mode>,
+    /// Bumped to reset every open connection.
+    resets: watch::Sender<u64>,
+    upstream: SocketAddr,
+}
+
+/// A running link; dropping it stops accepting (open connections end when
+/// their peers close).
+#[derive(Debug, Clone)]
+pub struct Link {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+}
+
+impl Link {
+    /// Listens on `listen` (port 0 picks one) and forwards to `upstream`.
+    pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<Link> {
+        let listener = TcpListener::bind(listen).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            latency_us: AtomicU64::new(0),
+            mode: watch::channel(Mode::Pass).0,
+            resets: watch::channel(0).0,
+            upstream,
+        });
+        let (stop, stopped) = watch::channel(false);
+        tokio::spawn(accept(listener, shared.clone(), stopped));
+        Ok(Link { addr, shared, stop })
+    }
+
+    /// Where clients connect.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn upstream(&self) -> SocketAddr {
+        self.shared.upstream
+    }
+
+    /// One-way latency added in each direction.
+    pub fn set_latency(&self, one_way: Duration) {
+        self.shared.latency_us.store(one_way.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn latency(&self) -> Duration {
+        Duration::from_micros(self.shared.latency_us.load(Ordering::Relaxed))
+    }
+
+    pub fn set_mode(&self, mode: Mode) {
+        self.shared.mode.send_replace(mode);
+    }
+
+    pub fn mode(&self) -> Mode {
+        *self.shared.mode.borrow()
+    }
+
+    /// Resets (RST) every connection open now.
+    pub fn reset_all(&self) {
+        self.shared.resets.send_modify(|n| *n += 1);
+    }
+
+    /// Stops accepting new connections.
+    pub fn close(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        tracing::trace!(upstream = %self.upstream, "link closed");
+    }
+}
+
+async fn accept(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.changed() => return,
+            a = listener.accept() => a,
+        };
+        let Ok((client, _)) = accepted else { continue };
+        if *shared.mode.borrow() == Mode::Refuse {
+            drop(client);
+            continue;
+        }
+        tokio::spawn(connection(client, shared.clone()));
+    }
+}
+
+/// One forwarded connection: waits out a stall before dialing upstream, then
+/// pumps both directions until either side closes or the link resets it.
+async fn connection(client: TcpStream, shared: Arc<Shared>) {
+    let mut resets = shared.resets.subscribe();
+    let mut mode = shared.mode.subscribe();
+    if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+        return;
+    }
+    let Ok(mut upstream) = TcpStream::connect(shared.upstream).await else { return };
+    let mut client = client;
+    let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+    let reset = {
+        let (cr, cw) = client.split();
+        let (ur, uw) = upstream.split();
+        let pumps = async {
+            tokio::join!(pump(cr, uw, &shared), pump(ur, cw, &shared));
+        };
+        tokio::select! {
+            () = pumps => false,
+            _ = resets.changed() => true,
+        }
+    };
+    if reset {
+        // Zero linger: closing sends RST, as a reset in the network would.
+        let _ = (client.set_zero_linger(), upstream.set_zero_linger());
+    }
+}
+
+/// Copies `from` → `to`, each chunk delivered `latency` after it was read,
+/// pausing while the link stalls.
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+    shared: &Shared,
+) {
+    let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUE);
+    let reader_shared = shared;
+    let reader = async move {
+        let mut mode = reader_shared.mode.subscribe();
+        loop {
+            if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
+                return;
+            }
+            let mut buf = vec![0u8; CHUNK];
+            let n = match from.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => n,
+            };
+            buf.truncate(n);
+            let due = Instant::now() + Duration::from_micros(reader_shared.latency_us.load(Ordering::Relaxed));
+            if tx.send((due, buf)).await.is_err() {
+                return;
+            }
+        }
+    };
+    let writer = async move {
+        let mut mode = shared.mode.subscribe();
+        while let Some((due, chunk)) = rx.recv().await {
+            tokio::time::sleep_until(due).await;
+            if mode.wait_for(|m| *m != Mode::Stall).await.is_err() || to.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+        let _ = to.shutdown().await;
+    };
+    tokio::join!(reader, writer);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn echo() -> SocketAddr {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        addr
+    }
+
+    async fn round_trip(s: &mut TcpStream) -> Duration {
+        let start = Instant::now();
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+        start.elapsed()
+    }
+
+    #[tokio::test]
+    async fn latency_stall_and_reset() {
+        let link = Link::start("127.0.0.1:0".parse().unwrap(), echo().await).await.unwrap();
+        let mut s = TcpStream::connect(link.addr()).await.unwrap();
+        assert!(round_trip(&mut s).await < Duration::from_millis(40), "no latency by default");
+        link.set_latency(Duration::from_millis(50));
+        let rtt = round_trip(&mut s).await;
+        assert!(rtt >= Duration::from_millis(100), "one-way latency applies in both directions: {rtt:?}");
+
+        link.set_latency(Duration::ZERO);
+        link.set_mode(Mode::Stall);
+        s.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        let stalled = tokio::time::timeout(Duration::from_millis(300), s.read_exact(&mut buf)).await;
+        assert!(stalled.is_err(), "a stalled link delivers nothing");
+        link.set_mode(Mode::Pass);
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(&buf, b"ping", "bytes sent during the stall arrive after it heals");
+
+        link.reset_all();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "a reset closes open connections");
+
+        link.set_mode(Mode::Refuse);
+        let mut refused = TcpStream::connect(link.addr()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut buf)).await.unwrap();
+        assert!(matches!(n, Ok(0) | Err(_)), "a refusing link closes new connections");
+    }
+}

@@ -1,0 +1,256 @@
+//! The relay mesh and the failure table of ARCHITECTURE.md: requests cross the
+//! mesh to agents attached anywhere, and outages of a region, the coordinator
+//! or Postgres are survived by users who already hold a token. Latency and
+//! partitions come from user-space links (`meridian_netsim`).
+
+use crate::support::*;
+use meridian_netsim::Mode;
+use nix::sys::signal::Signal;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// The health interval of these deployments (also the heartbeat interval).
+const INTERVAL: Duration = Duration::from_secs(1);
+
+/// A coordinator, regions, one workspace whose agent serves the sample app.
+struct Mesh {
+    coord: Coordinator,
+    admin: Api,
+    agent_token: String,
+    _app: SampleApp,
+    pg: Postgres,
+    dir: tempfile::TempDir,
+}
+
+impl Mesh {
+    async fn start() -> Self {
+        let dir = tempdir();
+        let pg = Postgres::start().await;
+        let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+        let admin = coord.admin().await;
+        let app = SampleApp::start(dir.path()).await;
+        let created = admin
+            .post(
+                "/api/v2/workspaces",
+                json!({"name": "dev", "agents": [{"name": "main", "apps": [{"slug": "code", "port": app.port}]}]}),
+            )
+            .await
+            .expect_status(201);
+        let agent_token = created["agent_tokens"]["main"].as_str().unwrap().to_owned();
+        Self { coord, admin, agent_token, _app: app, pg, dir }
+    }
+
+    /// Creates region `name` and starts its proxy with `extra` flags.
+    async fn region(&self, name: &str, extra: &[&str]) -> Proxy {
+        self.region_via(name, &self.coord.url.clone(), extra).await
+    }
+
+    /// A region whose proxy reaches the coordinator at `coordinator_url`.
+    async fn region_via(&self, name: &str, coordinator_url: &str, extra: &[&str]) -> Proxy {
+        let token = self.admin.create_region(name).await;
+        let mut proxy = Proxy::spawn_named(self.dir.path(), coordinator_url, &token, name, extra);
+        proxy.wait_registered().await;
+        self.admin.wait_status(name, "ok", Duration::from_secs(10)).await;
+        proxy
+    }
+
+    fn agent(&self, extra: &[&str]) -> Agent {
+        Agent::spawn_with(self.dir.path(), &self.coord.url, &self.agent_token, extra)
+    }
+
+    /// A browser signed in as the owner that has opened the app through
+    /// `proxy` once (so it holds an app token for that region's host).
+    async fn user_of(&self, region: &str, proxy: &Proxy) -> (reqwest::Client, String) {
+        let url = app_url(region, proxy);
+        let client = browser();
+        browser_login(&client, &self.coord.url, "admin", ADMIN_PASSWORD).await;
+        let (hops, resp) = follow(&client, &url).await;
+        assert_eq!(resp.status(), 200, "{hops:?}");
+        (client, url)
+    }
+}
+
+fn app_url(region: &str, proxy: &Proxy) -> String {
+    format!("http://code--main--dev--admin.{region}.localhost:{}/", proxy.port)
+}
+
+/// Median time of `n` GETs of `url`, each of which must succeed.
+async fn median_latency(client: &reqwest::Client, url: &str, n: usize) -> Duration {
+    let mut times = Vec::with_capacity(n);
+    for _ in 0..n {
+        let start = Instant::now();
+        let resp = client.get(url).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        resp.bytes().await.unwrap();
+        times.push(start.elapsed());
+    }
+    times.sort();
+    times[n / 2]
+}
+
+/// Waits until `url` answers 200, then checks `n` more in a row do.
+async fn serves(client: &reqwest::Client, url: &str, n: usize, deadline: Duration) {
+    wait_for(deadline, &format!("{url} to answer 200"), || async {
+        client.get(url).send().await.ok().filter(|r| r.status() == 200)
+    })
+    .await;
+    for _ in 0..n {
+        assert_eq!(client.get(url).send().await.unwrap().status(), 200, "{url}");
+    }
+}
+
+async fn last_registration(proxy: &Proxy) -> Option<String> {
+    proxy.report().await.unwrap()["last_registration_at"].as_str().map(str::to_owned)
+}
+
+fn assert_no_failures(stats: &[(String, TrafficStats)]) {
+    for (name, s) in stats {
+        assert!(s.ok > 0, "no traffic went through {name}");
+        assert!(s.failed.is_empty(), "{name}: {} ok, failures: {:?}", s.ok, s.failed);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_crosses_one_mesh_hop_to_an_agent_attached_elsewhere() {
+    let m = Mesh::start().await;
+    let sydney = m.region("sydney", &[]).await;
+    // Frankfurt's relay is 50 ms (one way) from the other regions.
+    let relay_port = free_port();
+    let relay = format!("http://127.0.0.1:{relay_port}");
+    let hop = link_to(&relay).await;
+    hop.set_latency(Duration::from_millis(50));
+    let mesh_url = format!("http://{}", hop.addr());
+    let relay_listen = format!("127.0.0.1:{relay_port}");
+    let frankfurt =
+        m.region("frankfurt", &["--relay-listen", &relay_listen, "--relay-url", &relay, "--mesh-url", &mesh_url]).await;
+    let _agent = m.agent(&["--region", "frankfurt"]);
+    m.admin.wait_agent_on("dev", "frankfurt").await;
+
+    let (via_sydney, sydney_url) = m.user_of("sydney", &sydney).await;
+    let (in_frankfurt, frankfurt_url) = m.user_of("frankfurt", &frankfurt).await;
+    median_latency(&via_sydney, &sydney_url, 3).await; // warm: link and pooled stream
+    let crossing = median_latency(&via_sydney, &sydney_url, 9).await;
+    let local = median_latency(&in_frankfurt, &frankfurt_url, 9).await;
+    let added = crossing.saturating_sub(local);
+    eprintln!("through sydney {crossing:?}, in frankfurt {local:?}: the hop adds {added:?}");
+    // One round trip over the sydney → frankfurt link is 2 × 50 ms.
+    assert!(added >= Duration::from_millis(90), "the request did not cross the link: {added:?}");
+    assert!(added < Duration::from_millis(200), "more than one hop: {added:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_region_is_detected_and_its_agents_move_and_come_back() {
+    let m = Mesh::start().await;
+    let sydney = m.region("sydney", &[]).await;
+    let mut frankfurt = m.region("frankfurt", &[]).await;
+    let _agent = m.agent(&["--region", "frankfurt", "--failback-after", "3s"]);
+    m.admin.wait_agent_on("dev", "frankfurt").await;
+    let (user, url) = m.user_of("sydney", &sydney).await;
+    serves(&user, &url, 3, Duration::from_secs(5)).await;
+
+    frankfurt.proc.signal(Signal::SIGKILL);
+    let killed = Instant::now();
+    let (detect, reattach) = tokio::join!(
+        m.admin.wait_status("frankfurt", "unreachable", 2 * INTERVAL + Duration::from_millis(500)),
+        m.admin.wait_agent_within("dev", "primary", Duration::from_secs(5)),
+    );
+    eprintln!("killed region: unreachable after {detect:?}, agent re-attached after {reattach:?}");
+    serves(&user, &url, 10, Duration::from_secs(5)).await;
+    eprintln!("requests through sydney succeed again {:?} after the kill", killed.elapsed());
+
+    // Frankfurt returns: the agent waits out --failback-after, then moves back.
+    frankfurt.restart().await;
+    m.admin.wait_status("frankfurt", "ok", Duration::from_secs(5)).await;
+    let back = m.admin.wait_agent_within("dev", "frankfurt", Duration::from_secs(15)).await;
+    eprintln!("agent back on frankfurt {back:?} after it was healthy");
+    assert!(back >= Duration::from_millis(2500), "moved back before the region was healthy for 3 s: {back:?}");
+    serves(&user, &url, 10, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signed_in_users_see_no_errors_while_the_coordinator_is_down_for_15s() {
+    let mut m = Mesh::start().await;
+    let mut sydney = m.region("sydney", &[]).await;
+    let mut frankfurt = m.region("frankfurt", &[]).await;
+    let _agent = m.agent(&["--region", "frankfurt"]);
+    m.admin.wait_agent_on("dev", "frankfurt").await;
+    let (a, a_url) = m.user_of("sydney", &sydney).await;
+    let (b, b_url) = m.user_of("frankfurt", &frankfurt).await;
+    serves(&a, &a_url, 3, Duration::from_secs(5)).await;
+    let (s, f) = (last_registration(&sydney).await, last_registration(&frankfurt).await);
+    let traffic =
+        Traffic::start(vec![("sydney".into(), a, a_url), ("frankfurt".into(), b, b_url)], Duration::from_millis(20));
+
+    m.coord.proc.signal(Signal::SIGKILL);
+    tokio::time::sleep(Duration::from_secs(15)).await; // the outage being rehearsed
+    let report = sydney.report().await.unwrap();
+    assert_eq!(report["status"], "degraded", "{report}");
+    m.coord.restart().await;
+    sydney.wait_registered_after(s).await;
+    frankfurt.wait_registered_after(f).await;
+    assert_no_failures(&traffic.stop().await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_data_plane_ignores_postgres_being_down_for_10s() {
+    let mut m = Mesh::start().await;
+    let sydney = m.region("sydney", &[]).await;
+    let frankfurt = m.region("frankfurt", &[]).await;
+    let _agent = m.agent(&["--region", "frankfurt"]);
+    m.admin.wait_agent_on("dev", "frankfurt").await;
+    let (a, a_url) = m.user_of("sydney", &sydney).await;
+    let (b, b_url) = m.user_of("frankfurt", &frankfurt).await;
+    serves(&a, &a_url, 3, Duration::from_secs(5)).await;
+    let traffic =
+        Traffic::start(vec![("sydney".into(), a, a_url), ("frankfurt".into(), b, b_url)], Duration::from_millis(20));
+
+    m.pg.pg.stop().unwrap();
+    let stopped = Instant::now();
+    let down = m.admin.get("/api/v2/regions").await;
+    assert_eq!(down.status, 503, "{}", down.body);
+    tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await; // the outage
+    m.pg.pg.start().unwrap();
+    wait_for(Duration::from_secs(15), "API recovery", || async {
+        (m.admin.get("/api/v2/regions").await.status == 200).then_some(())
+    })
+    .await;
+    assert_no_failures(&traffic.stop().await);
+    assert!(m.coord.proc.child.try_wait().unwrap().is_none(), "recovered without a restart");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_cut_off_from_the_coordinator_keeps_serving_and_heals() {
+    let m = Mesh::start().await;
+    // Sydney reaches the coordinator, and the coordinator reaches sydney, only
+    // through links the test can cut; users reach sydney directly.
+    let to_coordinator = link_to(&m.coord.url).await;
+    let port = free_port();
+    let from_coordinator = link_to(&format!("http://127.0.0.1:{port}")).await;
+    let token = m.admin.create_region("sydney").await;
+    let (via, access) = (format!("http://{}", to_coordinator.addr()), format!("http://{}", from_coordinator.addr()));
+    let extra = ["--login-url", &m.coord.url, "--access-url", &access];
+    let mut sydney = Proxy::spawn_on(m.dir.path(), &via, &token, "sydney", port, &extra);
+    sydney.wait_registered().await;
+    m.admin.wait_status("sydney", "ok", Duration::from_secs(10)).await;
+    let _agent = m.agent(&["--region", "sydney"]);
+    m.admin.wait_agent_on("dev", "sydney").await;
+    let (user, url) = m.user_of("sydney", &sydney).await;
+    let traffic = Traffic::start(vec![("sydney".into(), user, url)], Duration::from_millis(20));
+
+    for link in [&to_coordinator, &from_coordinator] {
+        link.set_mode(Mode::Stall);
+    }
+    let detect = m.admin.wait_status("sydney", "unreachable", 2 * INTERVAL + Duration::from_millis(500)).await;
+    eprintln!("partitioned region shown unreachable after {detect:?}");
+    wait_for(Duration::from_secs(20), "sydney to report itself degraded", || async {
+        sydney.report().await.filter(|r| r["status"] == "degraded")
+    })
+    .await;
+
+    for link in [&to_coordinator, &from_coordinator] {
+        link.set_mode(Mode::Pass);
+    }
+    let heal = m.admin.wait_status("sydney", "ok", Duration::from_secs(15)).await;
+    eprintln!("healed region shown ok after {heal:?}");
+    assert_no_failures(&traffic.stop().await);
+}
