@@ -26,7 +26,7 @@ enum Command {
     /// Run the coordinator: API, Postgres store, region health checker.
     Coordinator(meridian_coordinator::config::Args),
     /// Run a regional proxy that registers with the coordinator.
-    Proxy(meridian_proxy::config::Args),
+    Proxy(Box<meridian_proxy::config::Args>),
     /// Run a workspace agent: attach to a region's relay and serve the workspace's apps.
     Agent(meridian_agent::config::Args),
     /// Run the sample app (the demo's): echoes requests, WebSocket echo at /ws.
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
     init_tracing();
     match Cli::parse().command {
         Command::Coordinator(args) => run_coordinator(args),
-        Command::Proxy(args) => run_proxy(args),
+        Command::Proxy(args) => run_proxy(*args),
         Command::Agent(args) => run_agent(args),
         Command::SampleApp { listen, tls_cert, tls_key } => run_sample_app(listen, tls_cert.zip(tls_key)),
         Command::Demo(args) => ops::run(demo::run(args, shutdown_signal())),
