@@ -24,7 +24,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the coordinator: API, Postgres store, region health checker.
-    Coordinator(meridian_coordinator::config::Args),
+    Coordinator(Box<meridian_coordinator::config::Args>),
     /// Run a regional proxy that registers with the coordinator.
     Proxy(Box<meridian_proxy::config::Args>),
     /// Run a workspace agent: attach to a region's relay and serve the workspace's apps.
@@ -56,7 +56,7 @@ enum Command {
 fn main() -> ExitCode {
     init_tracing();
     match Cli::parse().command {
-        Command::Coordinator(args) => run_coordinator(args),
+        Command::Coordinator(args) => run_coordinator(*args),
         Command::Proxy(args) => run_proxy(*args),
         Command::Agent(args) => run_agent(args),
         Command::SampleApp { listen, tls_cert, tls_key } => run_sample_app(listen, tls_cert.zip(tls_key)),
