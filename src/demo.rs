@@ -2,91 +2,78 @@
 //! this binary — a coordinator on an embedded PostgreSQL, one proxy per
 //! region, the sample app, and a workspace agent — with every URL and the
 //! credentials printed. Ctrl-C stops them in order (agent, proxies, coordinator).
+//!
+//! Regions sit behind user-space links that add each region's latency from
+//! the topology ([`topology`]), so latency-based selection and cross-region
+//! hops are visible on one machine; [`control`] lets `meridian drill` kill,
+//! partition and heal parts of the running demo; [`children`] runs the processes.
+
+pub mod children;
+pub mod control;
+pub mod topology;
 
 use anyhow::{bail, Context, Result};
+use children::{Children, Spec};
 use clap::Args;
+use control::{DemoInfo, Faults, RegionLinks};
+use meridian_netsim::Link;
 use meridian_regions::api::{AgentSpec, App, CreateRegion, CreateWorkspace, Share};
 use meridian_regions::client::{http_client, Client, ClientError, Credential};
 use meridian_regions::token::Secret;
-use std::os::unix::process::CommandExt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use topology::Topology;
 
 const USER: &str = "demo";
 
 #[derive(Args)]
 pub struct DemoArgs {
-    /// Regional proxies to run, besides the primary.
-    #[arg(long, env = "MERIDIAN_REGIONS", value_delimiter = ',', default_value = "sydney,frankfurt")]
-    regions: Vec<String>,
+    /// Regional proxies to run, besides the primary [default: the topology's regions].
+    #[arg(long, env = "MERIDIAN_REGIONS", value_delimiter = ',')]
+    regions: Option<Vec<String>>,
+    /// Simulated geography: each region's added latency (see deploy/local/topology.toml)
+    /// [default: that file's three regions].
+    #[arg(long, env = "MERIDIAN_TOPOLOGY")]
+    topology: Option<PathBuf>,
     /// First port: the coordinator takes it, each region the next ones.
     #[arg(long, env = "MERIDIAN_PORT", default_value_t = 7080)]
     port: u16,
     /// Where the demo keeps its database, logs and password [default: <data dir>/demo].
     #[arg(long, env = "MERIDIAN_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// How often the coordinator checks region health (and proxies heartbeat).
+    #[arg(long, env = "MERIDIAN_PROXY_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    proxy_health_interval: Duration,
 }
 
-/// Child processes, stopped in reverse order of start on drop.
-struct Children(Vec<(String, Child)>);
-
-impl Children {
-    /// Starts this binary with `args`; `secret` goes in the environment, never on
-    /// the command line, where any local user could read it.
-    fn spawn(&mut self, name: &str, dir: &Path, args: &[String], secret: Option<(&str, &str)>) -> Result<()> {
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let mut cmd = Command::new(std::env::current_exe()?);
-        if let Some((var, value)) = secret {
-            cmd.env(var, value);
-        }
-        let child = cmd
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            // Its own process group: Ctrl-C reaches the demo only, which stops children in order.
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot start {name}"))?;
-        self.0.push((name.to_owned(), child));
-        Ok(())
-    }
-}
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (name, child) in self.0.iter_mut().rev() {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(child.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("{name} did not stop; killing it");
-                let _ = child.kill();
-            }
-            let _ = child.wait();
-        }
-    }
+/// One region's ports: where users reach it (a link), and where its proxy listens.
+struct RegionPlan {
+    name: String,
+    latency: Duration,
+    links: RegionLinks,
+    listen: SocketAddr,
+    relay: SocketAddr,
 }
 
 pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
+    let mut topology = Topology::load(args.topology.as_deref())?;
+    if let Some(names) = &args.regions {
+        topology = topology.restricted_to(names)?;
+    }
     let dir = match args.data_dir {
         Some(d) => d,
         None => default_dir()?,
     };
     std::fs::create_dir_all(&dir)?;
     let base = format!("http://127.0.0.1:{}", args.port);
-    let mut children = Children(Vec::new());
+    let interval = humantime::format_duration(args.proxy_health_interval).to_string();
+    let mut children = Children::new(dir.clone());
     let s = |v: &str| v.to_owned();
-    children.spawn(
-        "coordinator",
-        &dir,
-        &[
+    children.spawn(Spec {
+        name: s("coordinator"),
+        args: vec![
             s("coordinator"),
             s("--listen"),
             format!("127.0.0.1:{}", args.port),
@@ -95,12 +82,12 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
             s("--wildcard-access-url"),
             format!("*.localhost:{}", args.port),
             s("--proxy-health-interval"),
-            s("2s"),
+            interval.clone(),
             s("--heartbeat-interval"),
-            s("2s"),
+            interval,
         ],
-        None,
-    )?;
+        secret: None,
+    })?;
     let http = http_client(None).map_err(anyhow::Error::msg)?;
     wait("the coordinator", Duration::from_secs(60), || async {
         Client::new(&base, Credential::None, http.clone()).buildinfo().await.ok()
@@ -114,30 +101,119 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     };
     let api = Client::new(&base, Credential::Session(Secret::new(token)), http.clone());
 
-    let mut region_urls = Vec::new();
-    for (i, name) in args.regions.iter().enumerate() {
-        let port = args.port + 1 + i as u16;
-        let proxy_token = region_token(&api, name).await?;
-        children.spawn(
-            &format!("proxy-{name}"),
-            &dir,
-            &[
-                s("proxy"),
-                s("--coordinator-url"),
-                base.clone(),
-                s("--listen"),
-                format!("127.0.0.1:{port}"),
-                s("--wildcard-access-url"),
-                format!("*.{name}.localhost:{port}"),
-                s("--login-url"),
-                base.clone(),
-            ],
-            Some(("MERIDIAN_PROXY_TOKEN", &proxy_token)),
-        )?;
-        region_urls.push((name.clone(), port));
+    let coordinator: SocketAddr = ([127, 0, 0, 1], args.port).into();
+    let mut plans = Vec::new();
+    for (i, region) in topology.regions.iter().enumerate() {
+        let plan = plan_region(region, args.port + 1 + i as u16, coordinator).await?;
+        let proxy_token = region_token(&api, &plan.name).await?;
+        children.spawn(proxy_spec(&plan, &base, proxy_token))?;
+        plans.push(plan);
     }
     let app_port = free_port()?;
-    children.spawn("sample-app", &dir, &[s("sample-app"), s("--listen"), format!("127.0.0.1:{app_port}")], None)?;
+    children.spawn(Spec {
+        name: s("sample-app"),
+        args: vec![s("sample-app"), s("--listen"), format!("127.0.0.1:{app_port}")],
+        secret: None,
+    })?;
+    let agent_token = workspace(&api, app_port).await?;
+    children.spawn(Spec {
+        name: s("agent"),
+        args: vec![s("agent"), s("--coordinator-url"), base.clone(), s("--region"), topology.agent_region().to_owned()],
+        secret: Some(("MERIDIAN_AGENT_TOKEN", agent_token)),
+    })?;
+    wait("every region to be healthy", Duration::from_secs(60), || async {
+        let list = api.regions().await.ok()?;
+        list.regions.iter().all(|r| r.healthy).then_some(())
+    })
+    .await?;
+    wait("the agent to attach", Duration::from_secs(60), || async {
+        let list = api.workspaces(None).await.ok()?;
+        list.workspaces.first()?.agents.first()?.connected.then_some(())
+    })
+    .await?;
+
+    let region_ports: Vec<(String, Duration, u16)> =
+        plans.iter().map(|p| (p.name.clone(), p.latency, p.links.users.addr().port())).collect();
+    let faults = Arc::new(Faults {
+        children: Mutex::new(children),
+        regions: plans.into_iter().map(|p| p.links).collect(),
+        postgres_dir: dir.join("data"),
+    });
+    let control_token = Secret::new(uuid::Uuid::new_v4().simple().to_string());
+    let control_url = control::serve(faults.clone(), control_token.clone()).await?;
+    DemoInfo {
+        coordinator_url: base.clone(),
+        username: USER.into(),
+        app: format!("code--main--dev--{USER}"),
+        control_url,
+        control_token,
+    }
+    .save(&dir)?;
+    print_urls(&dir, &base, args.port, &password, &region_ports, topology.agent_region());
+    shutdown.await;
+    println!("stopping...");
+    let _ = std::fs::remove_file(dir.join(control::INFO_FILE));
+    let children = match Arc::try_unwrap(faults) {
+        Ok(f) => f.children.into_inner().unwrap_or_else(|e| e.into_inner()),
+        Err(shared) => {
+            std::mem::replace(&mut *shared.children.lock().unwrap_or_else(|e| e.into_inner()), Children::new(dir))
+        }
+    };
+    drop(children);
+    Ok(())
+}
+
+/// Binds the region's links: users on `user_port` (printed, stable), the rest on free ports.
+async fn plan_region(region: &topology::RegionSpec, user_port: u16, coordinator: SocketAddr) -> Result<RegionPlan> {
+    let any: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let relay: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+    let users = Link::start(([127, 0, 0, 1], user_port).into(), listen)
+        .await
+        .with_context(|| format!("cannot listen on 127.0.0.1:{user_port} for region {}", region.name))?;
+    let links = RegionLinks {
+        name: region.name.clone(),
+        users,
+        mesh: Link::start(any, relay).await?,
+        agents: Link::start(any, relay).await?,
+        coordinator: Link::start(any, coordinator).await?,
+    };
+    links.users.set_latency(region.latency);
+    links.mesh.set_latency(region.latency);
+    Ok(RegionPlan { name: region.name.clone(), latency: region.latency, links, listen, relay })
+}
+
+fn proxy_spec(plan: &RegionPlan, base: &str, proxy_token: String) -> Spec {
+    let user_port = plan.links.users.addr().port();
+    let args = [
+        "proxy".to_owned(),
+        "--coordinator-url".into(),
+        format!("http://{}", plan.links.coordinator.addr()),
+        "--listen".into(),
+        plan.listen.to_string(),
+        "--access-url".into(),
+        format!("http://127.0.0.1:{user_port}"),
+        "--wildcard-access-url".into(),
+        format!("*.{}.localhost:{user_port}", plan.name),
+        "--relay-listen".into(),
+        plan.relay.to_string(),
+        "--relay-url".into(),
+        format!("http://{}", plan.links.agents.addr()),
+        "--mesh-url".into(),
+        format!("http://{}", plan.links.mesh.addr()),
+        "--login-url".into(),
+        base.to_owned(),
+    ];
+    Spec {
+        name: format!("proxy-{}", plan.name),
+        args: args.to_vec(),
+        secret: Some(("MERIDIAN_PROXY_TOKEN", proxy_token)),
+    }
+}
+
+/// (Re)creates the demo workspace and returns its agent's token.
+async fn workspace(api: &Client, app_port: u16) -> Result<String> {
+    let s = |v: &str| v.to_owned();
     let _ = api.delete_workspace(USER, "dev").await;
     let apps = vec![
         App { slug: s("code"), port: Some(app_port), url: None, subdomain: true, share: Share::Owner },
@@ -151,47 +227,27 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
             agents: vec![AgentSpec { name: s("main"), apps }],
         })
         .await?;
-    let agent_token = ws.agent_tokens.get("main").context("no agent token")?.clone();
-    // Attached to the primary, the agent is one relay hop from every region.
-    children.spawn(
-        "agent",
-        &dir,
-        &[s("agent"), s("--coordinator-url"), base.clone()],
-        Some(("MERIDIAN_AGENT_TOKEN", &agent_token)),
-    )?;
-    wait("every region to be healthy", Duration::from_secs(60), || async {
-        let list = api.regions().await.ok()?;
-        list.regions.iter().all(|r| r.healthy).then_some(())
-    })
-    .await?;
-    wait("the agent to attach", Duration::from_secs(60), || async {
-        let list = api.workspaces(None).await.ok()?;
-        list.workspaces.first()?.agents.first()?.connected.then_some(())
-    })
-    .await?;
+    Ok(ws.agent_tokens.get("main").context("no agent token")?.clone())
+}
 
+fn print_urls(dir: &Path, base: &str, port: u16, password: &Secret, regions: &[(String, Duration, u16)], agent: &str) {
     println!("\nMeridian demo is running (logs in {}).\n", dir.display());
     println!("  sign in         {base}/login   username {USER}   password {}", password.expose());
     println!("  coordinator     {base}   (the primary region; API under /api/v2)");
-    for (name, port) in &region_urls {
-        println!("  region {:<8} http://127.0.0.1:{port}", name);
+    for (name, latency, port) in regions {
+        println!("  region {name:<8} http://127.0.0.1:{port}   (+{} ms each way)", latency.as_millis());
     }
-    println!("\nThe workspace dev (agent main, attached to the primary) serves the sample app:");
-    for (name, port) in &region_urls {
+    println!("\nThe workspace dev (agent main, attached to {agent}) serves the sample app:");
+    for (name, _, port) in regions {
         println!("  via {name:<11} http://code--main--dev--{USER}.{name}.localhost:{port}/   (sign in first)");
     }
-    println!("  public app      http://public--main--dev--{USER}.localhost:{}/   (no sign-in)", args.port);
+    println!("  public app      http://public--main--dev--{USER}.localhost:{port}/   (no sign-in)");
     println!("  path app        {base}/@{USER}/dev/apps/docs/");
-    println!("  WebSocket echo  ws://public--main--dev--{USER}.localhost:{}/ws", args.port);
-    println!(
-        "\nCLI: meridian login {base} --username {USER} --password '{}'; meridian regions list",
-        password.expose()
-    );
+    println!("  WebSocket echo  ws://public--main--dev--{USER}.localhost:{port}/ws");
+    println!("\nCLI: meridian login {base} --username {USER} --password '{}'", password.expose());
+    println!("     meridian regions ping              (which region is nearest)");
+    println!("     meridian drill kill-region --region {agent}   (rehearse an outage; see --help)");
     println!("Ctrl-C stops everything.");
-    shutdown.await;
-    println!("stopping...");
-    drop(children);
-    Ok(())
 }
 
 /// The region's proxy token: created with the region, or regenerated if it exists.
@@ -218,7 +274,7 @@ fn password(dir: &Path) -> Result<Secret> {
     Ok(Secret::new(p))
 }
 
-fn default_dir() -> Result<PathBuf> {
+pub fn default_dir() -> Result<PathBuf> {
     let base = if nix::unistd::geteuid().is_root() {
         PathBuf::from("/var/lib/meridian")
     } else {

@@ -4,6 +4,7 @@
 //! drain under a deadline → exit 0.
 
 mod demo;
+mod drill;
 mod ops;
 mod session;
 mod workspaces;
@@ -43,6 +44,9 @@ enum Command {
     },
     /// Run a whole deployment on loopback: coordinator, regional proxies, a workspace with an agent and a sample app.
     Demo(demo::DemoArgs),
+    /// Rehearse an outage (kill-region, partition-region, kill-coordinator, stop-postgres) under
+    /// steady traffic through every region, and report detection, errors and recovery.
+    Drill(Box<drill::DrillArgs>),
     /// Sign in to a coordinator and remember the session for later commands.
     Login(ops::LoginArgs),
     /// Manage regions (regional proxies).
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::SampleApp { listen, tls_cert, tls_key } => run_sample_app(listen, tls_cert.zip(tls_key)),
         Command::Demo(args) => ops::run(demo::run(args, shutdown_signal())),
+        Command::Drill(args) => ops::run(drill::run(*args)),
         Command::Login(args) => ops::run(ops::login(args)),
         Command::Regions(args) => ops::run(ops::regions(args)),
         Command::Users(args) => ops::run(ops::users(args)),

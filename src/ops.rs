@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Where and as whom operator commands talk to the coordinator.
-#[derive(Args)]
+#[derive(Args, Default)]
 pub struct Target {
     /// Coordinator URL [default: the one `meridian login` saved].
     #[arg(long, env = "MERIDIAN_URL", global = true)]
@@ -27,6 +27,13 @@ pub struct Target {
 
 impl Target {
     pub fn client(self) -> Result<Client> {
+        let http = http_client(self.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
+        let (url, token) = self.resolve()?;
+        Ok(Client::new(&url, Credential::Session(token), http))
+    }
+
+    /// The coordinator URL and session token: flags, else the saved login.
+    pub fn resolve(self) -> Result<(String, Secret)> {
         let stored = session::load()?;
         let url = self
             .url
@@ -36,8 +43,7 @@ impl Target {
             .session_token
             .or_else(|| stored.map(|s| Secret::new(s.session_token)))
             .context("not signed in: run `meridian login` or pass --session-token")?;
-        let http = http_client(self.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
-        Ok(Client::new(&url, Credential::Session(token), http))
+        Ok((url, token))
     }
 }
 
@@ -83,6 +89,15 @@ enum RegionsCommand {
     Delete { name: String },
     /// Replace a region's proxy token; the old one stops working at once.
     RegenerateToken { name: String },
+    /// Measure latency from here to every healthy region and mark the best.
+    Ping {
+        /// Timed checks per region (after one that opens the connection).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..=100))]
+        count: u16,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Args)]
@@ -135,6 +150,7 @@ pub async fn login(args: LoginArgs) -> Result<()> {
 }
 
 pub async fn regions(args: RegionsArgs) -> Result<()> {
+    let ca_cert = args.target.ca_cert.clone();
     let client = args.target.client()?;
     match args.command {
         RegionsCommand::List { json } => {
@@ -160,6 +176,16 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
             client.delete_region(&name).await?;
             println!("Deleted region {name}.");
         }
+        RegionsCommand::Ping { count, json } => {
+            let regions = client.regions().await?.regions;
+            let http = http_client(ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
+            let pings = meridian_regions::selection::ping_all(&http, &regions, count.into()).await;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "regions": pings }))?);
+            } else {
+                print!("{}", ping_table(&pings));
+            }
+        }
         RegionsCommand::RegenerateToken { name } => {
             let resp = client.regenerate_token(&name).await?;
             println!("New proxy token for {name} (the old one no longer works):");
@@ -184,6 +210,28 @@ pub async fn users(args: UsersArgs) -> Result<()> {
     Ok(())
 }
 
+/// Ping results as a table, the best region marked.
+fn ping_table(pings: &[meridian_regions::selection::Ping]) -> String {
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+    let mut rows = vec![["REGION", "STATUS", "LATENCY", "MIN", ""].map(String::from)];
+    for p in pings {
+        let note = if p.best { "<- best".to_owned() } else { p.error.clone().unwrap_or_default() };
+        rows.push([p.region.clone(), p.status.clone(), ms(p.latency_ms), ms(p.min_ms), note]);
+    }
+    aligned(&rows)
+}
+
+/// Rows as left-aligned columns, two spaces apart.
+fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+    rows.iter()
+        .map(|r| {
+            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+            format!("{}\n", line.join("  ").trim_end())
+        })
+        .collect()
+}
+
 /// Regions as an aligned table: name, status, access URL, replicas, last heartbeat.
 fn region_table(regions: &[Region]) -> String {
     let now = chrono::Utc::now();
@@ -203,11 +251,5 @@ fn region_table(regions: &[Region]) -> String {
             heartbeat,
         ]);
     }
-    let widths: Vec<usize> = (0..5).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-    rows.iter()
-        .map(|r| {
-            let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-            format!("{}\n", line.join("  ").trim_end())
-        })
-        .collect()
+    aligned(&rows)
 }

@@ -6,7 +6,7 @@ use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use meridian_regions::headers::AGENT_TOKEN;
+use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN};
 use meridian_regions::token::Secret;
 use meridian_regions::tunnel::{dial_upgrade, TlsClient, PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL};
 use std::convert::Infallible;
@@ -16,9 +16,20 @@ use tokio::net::TcpStream;
 /// Longest wait for a TCP connection to an app.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects to `relay_url` (TLS when it is `https`) and upgrades to the tunnel protocol.
-pub async fn dial(relay_url: &str, token: &Secret, tls: &TlsClient) -> anyhow::Result<Upgraded> {
-    dial_upgrade(relay_url, TUNNEL_PATH, UPGRADE_PROTOCOL, (AGENT_TOKEN, token.expose()), tls).await
+/// Connects to `relay_url` (TLS when it is `https`) and upgrades to the tunnel
+/// protocol, with the agent token and, if it has one, the attach token that
+/// lets the relay admit it while the coordinator is unreachable.
+pub async fn dial(
+    relay_url: &str,
+    token: &Secret,
+    attach: Option<&Secret>,
+    tls: &TlsClient,
+) -> anyhow::Result<Upgraded> {
+    let mut credentials = vec![(AGENT_TOKEN, token.expose())];
+    if let Some(a) = attach {
+        credentials.push((AGENT_ATTACH_TOKEN, a.expose()));
+    }
+    dial_upgrade(relay_url, TUNNEL_PATH, UPGRADE_PROTOCOL, &credentials, tls).await
 }
 
 /// Longest time open streams get to finish when the agent leaves a relay on purpose.

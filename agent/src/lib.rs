@@ -40,6 +40,8 @@ pub enum Fatal {
 
 /// How long to wait for `connection-info` before using the cached answer.
 const INFO_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the attached agent renews its connection info (and attach token).
+const INFO_REFRESH: Duration = Duration::from_secs(600);
 /// While away from the preferred region, how often to ask whether it is back.
 const FAILBACK_CHECK: Duration = Duration::from_secs(2);
 
@@ -79,7 +81,7 @@ impl Attacher {
                 continue;
             };
             let policy = policy::Policy::new(&info.apps);
-            let Some((relay, io)) = self.dial_first(&info.relays).await else {
+            let Some((relay, io)) = self.dial_first(&info).await else {
                 self.pause().await;
                 continue;
             };
@@ -92,8 +94,13 @@ impl Attacher {
             }
             let preferred = info.preferred_region.clone();
             let away = preferred.as_ref().is_some_and(|p| *p != relay.region);
+            let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + INFO_REFRESH, INFO_REFRESH);
             loop {
                 tokio::select! {
+                    _ = refresh.tick() => {
+                        // Keeps the attach token fresh for an outage to come.
+                        let _ = self.info().await;
+                    }
                     _ = &mut tunnel => {
                         tracing::warn!(region = %relay.region, "tunnel closed; re-attaching");
                         break;
@@ -131,9 +138,9 @@ impl Attacher {
         }
     }
 
-    async fn dial_first(&self, relays: &[RelayInfo]) -> Option<(RelayInfo, hyper::upgrade::Upgraded)> {
-        for relay in relays {
-            match attach::dial(&relay.url, &self.config.agent_token, &self.tls).await {
+    async fn dial_first(&self, info: &AgentConnectionInfo) -> Option<(RelayInfo, hyper::upgrade::Upgraded)> {
+        for relay in &info.relays {
+            match attach::dial(&relay.url, &self.config.agent_token, info.attach_token.as_ref(), &self.tls).await {
                 Ok(io) => {
                     tracing::info!(region = %relay.region, relay = %relay.url, "attached");
                     return Some((relay.clone(), io));

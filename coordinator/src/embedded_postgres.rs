@@ -165,6 +165,21 @@ impl EmbeddedPostgres {
         Ok(())
     }
 
+    /// Stops the cluster even if another process started it (the demo's
+    /// `stop-postgres` drill stops the coordinator's cluster this way).
+    pub fn stop_started_elsewhere(&mut self) -> Result<()> {
+        self.running = true;
+        self.stop()
+    }
+
+    /// Starts the cluster for another process to use: dropping this handle
+    /// leaves it running (the drill's heal gives it back to the coordinator).
+    pub fn start_for_elsewhere(&mut self) -> Result<()> {
+        self.start()?;
+        self.running = false;
+        Ok(())
+    }
+
     fn init(&self) -> Result<()> {
         let dir = self.cluster_dir();
         std::fs::create_dir_all(&dir)?;

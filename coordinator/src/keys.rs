@@ -84,6 +84,8 @@ pub struct Keys {
     pub public: Vec<PublicKey>,
     /// Handed to proxies at registration for their relay links.
     pub mesh_secret: meridian_regions::token::Secret,
+    /// Checks attach tokens relays vouch with.
+    pub verifier: meridian_regions::app_token::Verifier,
 }
 
 /// Loads the signing key, creating it on first start.
@@ -100,14 +102,15 @@ pub async fn load_or_create(store: &Store, secrets: &SecretsKey) -> Result<Keys>
     let rows = store.signing_keys().await?;
     let (kid, _, sealed) = rows.first().context("no signing key")?;
     let signer = Signer::new(kid, &secrets.open(sealed)?);
-    let public = rows
+    let public: Vec<PublicKey> = rows
         .iter()
         .map(|(kid, x, _)| PublicKey {
             kid: kid.clone(),
             x: base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(x),
         })
         .collect();
-    Ok(Keys { signer, public, mesh_secret: secrets.mesh_secret() })
+    let verifier = meridian_regions::app_token::Verifier::new(&public);
+    Ok(Keys { signer, public, mesh_secret: secrets.mesh_secret(), verifier })
 }
 
 #[cfg(test)]

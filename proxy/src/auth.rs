@@ -103,6 +103,11 @@ impl Auth {
         }
     }
 
+    /// The agent an attach token admits, checked with the cached keys.
+    pub fn verify_attach(&self, token: &str) -> Option<uuid::Uuid> {
+        self.verifier.load().verify_attach(token).ok()
+    }
+
     /// The claims of a token that is valid but for having expired within the
     /// offline grace, for use only while the coordinator cannot renew it.
     fn offline(&self, token: &str, binding: &str) -> Option<Arc<AppClaims>> {

@@ -92,7 +92,8 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         config.replica_id,
         mesh_addr.clone(),
         mesh::Mesh::new(dial_tls),
-        &state.metrics,
+        auth.clone(),
+        state.clone(),
     );
     let registrar = registration::Registrar::new(
         &config,

@@ -12,7 +12,7 @@
 use meridian_regions::headers::MESH_SECRET;
 use meridian_regions::token::Secret;
 use meridian_regions::tunnel::{dial_upgrade, TlsClient, Tunnel, LINK_PATH, LINK_PROTOCOL};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ type Slot = Arc<tokio::sync::Mutex<Option<Tunnel>>>;
 
 pub struct Mesh {
     secret: RwLock<Option<Secret>>,
+    /// Every live relay's mesh URL and region, from the last registration.
+    peers: RwLock<HashMap<String, String>>,
     /// One slot per peer relay URL; the slot's lock serializes dialing.
     links: Mutex<HashMap<String, Slot>>,
     tls: TlsClient,
@@ -36,7 +38,7 @@ impl std::fmt::Debug for Mesh {
 
 impl Mesh {
     pub fn new(tls: TlsClient) -> Self {
-        Self { tls, secret: RwLock::default(), links: Mutex::default() }
+        Self { tls, secret: RwLock::default(), peers: RwLock::default(), links: Mutex::default() }
     }
 
     /// Installs the mesh secret from a registration.
@@ -49,10 +51,17 @@ impl Mesh {
         self.secret.read().unwrap_or_else(|e| e.into_inner()).as_ref().is_some_and(|s| s.matches(presented))
     }
 
-    /// Closes links to relays not in `current` (they deregistered or were pruned).
-    pub fn retain(&self, current: &HashSet<String>) {
+    /// Installs the live relays (mesh URL → region) and closes links to
+    /// relays that are gone (they deregistered or were pruned).
+    pub fn set_peers(&self, current: HashMap<String, String>) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        links.retain(|url, _| current.contains(url));
+        links.retain(|url, _| current.contains_key(url));
+        *self.peers.write().unwrap_or_else(|e| e.into_inner()) = current;
+    }
+
+    /// The live relays: mesh URL → region.
+    pub fn peers(&self) -> HashMap<String, String> {
+        self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The open link to `url`, dialing it if there is none.
@@ -63,7 +72,8 @@ impl Mesh {
             return Some(t.clone());
         }
         let secret = self.secret.read().unwrap_or_else(|e| e.into_inner()).clone()?;
-        let dial = dial_upgrade(url, LINK_PATH, LINK_PROTOCOL, (MESH_SECRET, secret.expose()), &self.tls);
+        let credentials = [(MESH_SECRET, secret.expose())];
+        let dial = dial_upgrade(url, LINK_PATH, LINK_PROTOCOL, &credentials, &self.tls);
         let io = match tokio::time::timeout(DIAL_TIMEOUT, dial).await {
             Ok(Ok(io)) => io,
             Ok(Err(e)) => {

@@ -77,8 +77,11 @@ impl Registrar {
                     backoff = FIRST_BACKOFF;
                     self.auth.set_keys(&resp.keys);
                     self.relay.mesh.set_secret(resp.mesh_secret.clone());
-                    let relays = resp.regions.iter().flat_map(|r| &r.replicas).filter_map(|x| x.mesh_address.clone());
-                    self.relay.mesh.retain(&relays.collect());
+                    self.relay.record_offline_attachments().await;
+                    let peers = resp.regions.iter().flat_map(|r| {
+                        r.replicas.iter().filter_map(|x| Some((x.mesh_address.clone()?, r.name.clone())))
+                    });
+                    self.relay.mesh.set_peers(peers.collect());
                     self.state.update_registration(|r| {
                         if first || !r.coordinator_reachable {
                             tracing::info!(region = %resp.region_name, "registered with the coordinator");

@@ -10,7 +10,7 @@
 //! see [`crate::mesh`]). Peer relays link in with the mesh secret.
 
 use crate::mesh::Mesh;
-use crate::routes::RouteTable;
+use crate::routes::{Route, RouteTable};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::upgrade::Upgraded;
@@ -18,7 +18,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meridian_regions::api::{AgentAttach, AgentDetach};
 use meridian_regions::client::{Client, ClientError};
-use meridian_regions::headers::{AGENT_TOKEN, MESH_SECRET};
+use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN, MESH_SECRET};
 use meridian_regions::tunnel::{
     StreamError, Tunnel, AGENT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
 };
@@ -37,6 +37,12 @@ pub enum DialError {
     Stream(#[from] StreamError),
 }
 
+/// Longest a search of the peer relays for a moved agent may take.
+const SEARCH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
+
+/// Pause between searches for an agent that is re-attaching somewhere.
+const SEARCH_AGAIN: std::time::Duration = std::time::Duration::from_millis(200);
+
 /// How long a request waits for an unreachable agent's route to change.
 const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -53,6 +59,13 @@ pub struct Relay {
     /// Where agents attached elsewhere are, and the links to reach them.
     pub routes: Arc<RouteTable>,
     pub mesh: Mesh,
+    /// Checks attach tokens when the coordinator cannot vouch for an agent.
+    auth: Arc<crate::auth::Auth>,
+    /// Whether the coordinator is reachable (when it is not, routes may be stale).
+    state: Arc<crate::state::ProxyState>,
+    /// Agents admitted while the coordinator was unreachable, with their
+    /// attach tokens, until the coordinator has recorded them.
+    unrecorded: std::sync::Mutex<HashMap<Uuid, String>>,
     /// Attached agents and streams opened, for `/metrics`.
     attached: prometheus::IntGauge,
     streams: prometheus::IntCounter,
@@ -78,18 +91,45 @@ impl Relay {
         replica_id: Uuid,
         own_url: String,
         mesh: Mesh,
-        metrics: &crate::metrics::Metrics,
+        auth: Arc<crate::auth::Auth>,
+        state: Arc<crate::state::ProxyState>,
     ) -> Arc<Self> {
         Arc::new(Self {
-            attached: metrics.agents.clone(),
-            streams: metrics.streams.clone(),
+            attached: state.metrics.agents.clone(),
+            streams: state.metrics.streams.clone(),
+            state,
             coordinator,
             replica_id,
             own_url,
             agents: RwLock::default(),
             routes: Arc::default(),
             mesh,
+            auth,
+            unrecorded: std::sync::Mutex::default(),
         })
+    }
+
+    /// Tells the coordinator about agents admitted while it was unreachable
+    /// (called after each successful registration), so routes catch up.
+    pub async fn record_offline_attachments(&self) {
+        let pending: Vec<(Uuid, String)> =
+            self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()).iter().map(|(k, v)| (*k, v.clone())).collect();
+        for (agent_id, attach_token) in pending {
+            if self.tunnel(agent_id).is_some() {
+                let ask = AgentAttach {
+                    agent_token: String::new(),
+                    attach_token: Some(attach_token),
+                    replica_id: Some(self.replica_id),
+                };
+                if let Err(e) = self.coordinator.agent_attach(&ask).await {
+                    if e.is_retryable() {
+                        continue;
+                    }
+                    tracing::warn!(agent = %agent_id, error = %e, "the coordinator refused an offline attachment");
+                }
+            }
+            self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()).remove(&agent_id);
+        }
     }
 
     /// Opens a byte stream to `target` (`host:port`) inside agent `agent_id`'s
@@ -102,14 +142,48 @@ impl Relay {
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         let mut changes = self.routes.subscribe();
         loop {
-            match self.try_open(agent_id, target).await {
-                Err(DialError::NotAttached | DialError::PeerUnreachable(_))
-                    if tokio::time::timeout_at(deadline, changes.changed()).await.is_ok_and(|r| r.is_ok()) =>
-                {
-                    continue
-                }
+            let e = match self.try_open(agent_id, target).await {
+                Err(e @ (DialError::NotAttached | DialError::PeerUnreachable(_))) => e,
                 other => return other,
+            };
+            // A dead peer relay, or no coordinator to push the new route: ask
+            // the peers. Otherwise the coordinator's route update is on its way.
+            let stale = matches!(e, DialError::PeerUnreachable(_)) || !self.state.registration().coordinator_reachable;
+            if stale && self.search(agent_id).await {
+                continue;
             }
+            let retry = if stale { SEARCH_AGAIN } else { ROUTE_WAIT };
+            let woken = tokio::time::timeout(retry, changes.changed());
+            if tokio::time::timeout_at(deadline, woken).await.is_err() {
+                return Err(e);
+            }
+        }
+    }
+
+    /// Asks every known peer relay whether it holds `agent_id`'s tunnel and
+    /// routes to the first that does (until the coordinator says otherwise).
+    async fn search(&self, agent_id: Uuid) -> bool {
+        let peers = self.mesh.peers();
+        let probes = peers.iter().filter(|(url, _)| **url != self.own_url).map(|(url, region)| async move {
+            let link = self.mesh.link(url).await?;
+            link.probe(agent_id).await.then(|| Route { region: region.clone(), relay_url: url.clone() })
+        });
+        let found = tokio::time::timeout(SEARCH_TIMEOUT, async {
+            let mut probes: futures_util::stream::FuturesUnordered<_> = probes.collect();
+            while let Some(found) = futures_util::StreamExt::next(&mut probes).await {
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        });
+        match found.await {
+            Ok(Some(route)) => {
+                tracing::info!(agent = %agent_id, region = %route.region, "found a moved agent by asking the peer relays");
+                self.routes.learn(agent_id, route);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -204,19 +278,28 @@ impl Relay {
         let Some(token) = req.headers().get(AGENT_TOKEN).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
             return reply(StatusCode::UNAUTHORIZED, "No agent token.");
         };
-        let agent_id = match self
-            .coordinator
-            .agent_attach(&AgentAttach { agent_token: token, replica_id: Some(self.replica_id) })
-            .await
-        {
+        let attach_token = req.headers().get(AGENT_ATTACH_TOKEN).and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let ask = AgentAttach { agent_token: token, attach_token: None, replica_id: Some(self.replica_id) };
+        let agent_id = match self.coordinator.agent_attach(&ask).await {
             Ok(r) => r.agent_id,
             Err(ClientError::Api { status, message, .. }) if status.is_client_error() => {
                 return reply(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::UNAUTHORIZED), &message)
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check an agent token with the coordinator");
-                return reply(StatusCode::SERVICE_UNAVAILABLE, "The coordinator is unreachable; try again shortly.");
-            }
+            // The coordinator cannot answer: an attach token it signed earlier still admits the agent.
+            Err(e) => match attach_token.and_then(|t| Some((self.auth.verify_attach(&t)?, t))) {
+                Some((agent_id, t)) => {
+                    tracing::warn!(agent = %agent_id, error = %e, "coordinator unreachable; admitted the agent by its attach token");
+                    self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()).insert(agent_id, t);
+                    agent_id
+                }
+                None => {
+                    tracing::warn!(error = %e, "cannot check an agent token with the coordinator");
+                    return reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The coordinator is unreachable; try again shortly.",
+                    );
+                }
+            },
         };
         tokio::spawn(async move {
             match hyper::upgrade::on(&mut req).await {
@@ -264,6 +347,9 @@ impl Relay {
             Ok(r)
         };
         let agent = req.headers().get(AGENT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Uuid>().ok());
+        if let (Some(agent), true) = (agent, req.method() == hyper::Method::OPTIONS) {
+            return status(if self.tunnel(agent).is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND });
+        }
         let target = req.uri().authority().map(|a| a.as_str().to_owned());
         let (Some(agent), Some(target), true) = (agent, target, req.method() == hyper::Method::CONNECT) else {
             return status(StatusCode::BAD_REQUEST);

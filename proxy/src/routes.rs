@@ -56,6 +56,13 @@ impl RouteTable {
         self.len() == 0
     }
 
+    /// Records where an agent was found without the coordinator; its next
+    /// route update replaces this.
+    pub fn learn(&self, agent: Uuid, route: Route) {
+        self.routes.write().unwrap_or_else(|e| e.into_inner()).insert(agent, route);
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Applies an update; a snapshot (`replace`) drops every route it does not name.
     pub fn apply(&self, update: &RouteUpdate, replace: bool) {
         let mut routes = self.routes.write().unwrap_or_else(|e| e.into_inner());

@@ -307,6 +307,10 @@ pub struct AgentConnectionInfo {
     pub apps: Vec<App>,
     /// Relays to attach to, preferred first.
     pub relays: Vec<RelayInfo>,
+    /// Lets relays admit this agent while the coordinator is unreachable
+    /// (sent in `Meridian-Agent-Attach-Token`); short-lived, refreshed with this info.
+    #[serde(default)]
+    pub attach_token: Option<crate::token::Secret>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -323,7 +327,12 @@ pub struct RelayInfo {
 /// `POST /api/v2/proxies/me/agent-attach`: a relay vouches for an agent's token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentAttach {
+    /// The agent's own token, or empty when the relay admitted it offline
+    /// with an attach token and records that afterwards.
+    #[serde(default)]
     pub agent_token: String,
+    #[serde(default)]
+    pub attach_token: Option<String>,
     /// The relay's replica, so routes name the exact relay holding the tunnel.
     #[serde(default)]
     pub replica_id: Option<Uuid>,

@@ -36,6 +36,22 @@ pub struct AppClaims {
     pub exp: i64,
 }
 
+/// Audience of attach tokens: relays, and nothing else.
+pub const ATTACH_AUDIENCE: &str = "meridian-relay";
+
+/// What an attach token says: agent `agent_id` may attach to any relay until
+/// `exp`. Agents get one with their connection info, so relays can admit them
+/// while the coordinator is unreachable (checked with the app-token keys; its
+/// `aud` keeps it from ever passing as an app token, and the reverse).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachClaims {
+    pub iss: String,
+    pub aud: String,
+    pub agent_id: Uuid,
+    pub iat: i64,
+    pub exp: i64,
+}
+
 /// A public key as handed to proxies: key id and the raw Ed25519 key, base64url.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKey {
@@ -83,6 +99,14 @@ impl Signer {
     }
 
     pub fn sign(&self, claims: &AppClaims) -> Result<String, TokenError> {
+        self.sign_any(claims)
+    }
+
+    pub fn sign_attach(&self, claims: &AttachClaims) -> Result<String, TokenError> {
+        self.sign_any(claims)
+    }
+
+    fn sign_any(&self, claims: &impl Serialize) -> Result<String, TokenError> {
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.kid.clone());
         jsonwebtoken::encode(&header, claims, &self.key).map_err(|_| TokenError::Malformed)
@@ -120,6 +144,23 @@ impl Verifier {
     /// issuer, time (with [`LEEWAY_SECS`]) and that the token is bound to `binding`.
     pub fn verify(&self, token: &str, binding: &str) -> Result<AppClaims, TokenError> {
         self.verify_with_grace(token, binding, 0)
+    }
+
+    /// The agent an attach token admits, if it is signed by a known key,
+    /// meant for relays and current.
+    pub fn verify_attach(&self, token: &str) -> Result<Uuid, TokenError> {
+        let kid = Self::key_id(token).ok_or(TokenError::Malformed)?;
+        let key = self.keys.get(&kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = LEEWAY_SECS;
+        validation.set_issuer(&[ISSUER]);
+        validation.set_audience(&[ATTACH_AUDIENCE]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        match jsonwebtoken::decode::<AttachClaims>(token, key, &validation) {
+            Ok(data) => Ok(data.claims.agent_id),
+            Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
+            Err(_) => Err(TokenError::BadSignature),
+        }
     }
 
     /// [`Verifier::verify`], but a token that expired up to `grace_secs` ago
@@ -201,6 +242,25 @@ mod tests {
         assert_eq!(verifier.verify(&token, &other), Err(TokenError::WrongApp));
         assert_eq!(subdomain_binding("A.B"), subdomain_binding("a.b"));
         assert_ne!(path_binding("h", "/@a/w/apps/x/"), subdomain_binding("h/@a/w/apps/x/"));
+    }
+
+    #[test]
+    fn attach_tokens_admit_their_agent_only_and_never_pass_as_app_tokens() {
+        let (signer, verifier) = setup();
+        let n = now();
+        let agent_id = Uuid::new_v4();
+        let attach = |aud: &str, exp: i64| AttachClaims { iss: ISSUER.into(), aud: aud.into(), agent_id, iat: n, exp };
+        let good = signer.sign_attach(&attach(ATTACH_AUDIENCE, n + 600)).unwrap();
+        assert_eq!(verifier.verify_attach(&good), Ok(agent_id));
+        assert!(verifier.verify(&good, "host:x").is_err(), "an attach token is no app token");
+        let app = signer.sign(&claims(n)).unwrap();
+        assert!(verifier.verify_attach(&app).is_err(), "an app token is no attach token");
+        assert!(verifier.verify_attach(&signer.sign_attach(&attach("other", n + 600)).unwrap()).is_err());
+        let expired = signer.sign_attach(&attach(ATTACH_AUDIENCE, n - 120)).unwrap();
+        assert_eq!(verifier.verify_attach(&expired), Err(TokenError::Expired));
+        let (other_der, _) = generate_key("k1", [9u8; 32]);
+        let forged = Signer::new("k1", &other_der).sign_attach(&attach(ATTACH_AUDIENCE, n + 600)).unwrap();
+        assert_eq!(verifier.verify_attach(&forged), Err(TokenError::BadSignature));
     }
 
     #[test]

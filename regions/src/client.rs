@@ -56,7 +56,10 @@ impl ClientError {
 /// An HTTP client for control-plane calls that trusts the public roots and,
 /// if given, one extra PEM CA file (for self-signed deployments).
 pub fn http_client(ca_cert: Option<&Path>) -> Result<reqwest::Client, String> {
-    let mut builder = reqwest::Client::builder().timeout(DEFAULT_TIMEOUT).connect_timeout(Duration::from_secs(5));
+    let mut builder = reqwest::Client::builder()
+        .timeout(DEFAULT_TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .dns_resolver(crate::resolve::for_reqwest());
     if let Some(path) = ca_cert {
         let pem = std::fs::read(path).map_err(|e| format!("cannot read CA certificate {}: {e}", path.display()))?;
         let cert = reqwest::Certificate::from_pem(&pem)

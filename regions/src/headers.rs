@@ -6,6 +6,8 @@ pub const SESSION_TOKEN: &str = "Meridian-Session-Token";
 pub const PROXY_TOKEN: &str = "Meridian-Proxy-Token";
 /// Header carrying a workspace agent's token.
 pub const AGENT_TOKEN: &str = "Meridian-Agent-Token";
+/// Header carrying an agent's attach token (see `app_token::AttachClaims`).
+pub const AGENT_ATTACH_TOKEN: &str = "Meridian-Agent-Attach-Token";
 /// Header carrying the mesh secret on a link between two relays.
 pub const MESH_SECRET: &str = "Meridian-Mesh-Secret";
 /// Cookie holding a user's session on the primary's host.

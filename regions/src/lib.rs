@@ -10,6 +10,8 @@
 //! - [`tunnel`]: the agent tunnel protocol (HTTP/2 CONNECT streams over an upgraded connection).
 //! - [`headers`]: header and cookie names of the external contract.
 //! - [`wildcard`]: the wildcard access URL pattern (`*.sydney.localhost:7081`).
+//! - [`resolve`]: name resolution (hickory), with `.localhost` as loopback.
+//! - [`selection`]: region selection by measured latency (`meridian regions ping`).
 
 pub mod api;
 pub mod app_token;
@@ -18,6 +20,8 @@ pub mod client;
 pub mod headers;
 pub mod health;
 pub mod name;
+pub mod resolve;
+pub mod selection;
 pub mod token;
 pub mod tunnel;
 pub mod wildcard;

@@ -74,6 +74,22 @@ impl Tunnel {
         !self.sender.is_closed()
     }
 
+    /// Over a relay link: whether the peer holds agent `agent`'s tunnel
+    /// (an `OPTIONS` request answered 200 or 404).
+    pub async fn probe(&self, agent: uuid::Uuid) -> bool {
+        let req = hyper::Request::builder()
+            .method(hyper::Method::OPTIONS)
+            .uri("http://relay/")
+            .header(AGENT_HEADER, agent.to_string())
+            .body(Empty::<Bytes>::new());
+        let Ok(req) = req else { return false };
+        let mut sender = self.sender.clone();
+        if sender.ready().await.is_err() {
+            return false;
+        }
+        sender.send_request(req).await.is_ok_and(|r| r.status() == hyper::StatusCode::OK)
+    }
+
     /// Opens a byte stream to `target` (`host:port` inside the workspace);
     /// over a relay link, `agent` names whose workspace.
     pub async fn open(&self, target: &str, agent: Option<uuid::Uuid>) -> Result<TokioIo<Upgraded>, StreamError> {
@@ -136,28 +152,28 @@ pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Re
 }
 
 /// Dials `base_url` (`http`, or `https` with `tls`) and upgrades `path` to
-/// `protocol`, sending `credential` as a header; returns the upgraded connection.
+/// `protocol`, sending `credentials` as headers; returns the upgraded connection.
 pub async fn dial_upgrade(
     base_url: &str,
     path: &str,
     protocol: &str,
-    credential: (&str, &str),
+    credentials: &[(&str, &str)],
     tls: &TlsClient,
 ) -> anyhow::Result<Upgraded> {
     use anyhow::Context;
     let url = url::Url::parse(base_url)?;
     let host = url.host_str().context("relay URL has no host")?.to_owned();
     let port = url.port_or_known_default().context("relay URL has no port")?;
-    let tcp = tokio::time::timeout(DIAL_TIMEOUT, tokio::net::TcpStream::connect((host.as_str(), port))).await??;
+    let tcp = tokio::time::timeout(DIAL_TIMEOUT, crate::resolve::connect(&host, port)).await??;
     tcp.set_nodelay(true)?;
     let authority = format!("{host}:{port}");
     match url.scheme() {
-        "http" => upgrade_over(TokioIo::new(tcp), &authority, path, protocol, credential).await,
+        "http" => upgrade_over(TokioIo::new(tcp), &authority, path, protocol, credentials).await,
         "https" => {
             let name =
                 rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())?;
             let stream = tokio::time::timeout(DIAL_TIMEOUT, tls.0.connect(name, tcp)).await??;
-            upgrade_over(TokioIo::new(stream), &authority, path, protocol, credential).await
+            upgrade_over(TokioIo::new(stream), &authority, path, protocol, credentials).await
         }
         other => anyhow::bail!("{base_url}: unsupported scheme {other}"),
     }
@@ -168,7 +184,7 @@ async fn upgrade_over<T>(
     authority: &str,
     path: &str,
     protocol: &str,
-    credential: (&str, &str),
+    credentials: &[(&str, &str)],
 ) -> anyhow::Result<Upgraded>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
@@ -177,12 +193,14 @@ where
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
-    let req = hyper::Request::get(path)
+    let mut req = hyper::Request::get(path)
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONNECTION, "upgrade")
-        .header(hyper::header::UPGRADE, protocol)
-        .header(credential.0, credential.1)
-        .body(Empty::<Bytes>::new())?;
+        .header(hyper::header::UPGRADE, protocol);
+    for (name, value) in credentials {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     let resp = tokio::time::timeout(DIAL_TIMEOUT, sender.send_request(req)).await??;
     if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
         anyhow::bail!("{authority} answered HTTP {} instead of switching protocols", resp.status());

@@ -254,3 +254,35 @@ async fn a_region_cut_off_from_the_coordinator_keeps_serving_and_heals() {
     eprintln!("healed region shown ok after {heal:?}");
     assert_no_failures(&traffic.stop().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn without_the_coordinator_an_agent_still_moves_and_is_found() {
+    let mut m = Mesh::start().await;
+    let mut sydney = m.region("sydney", &[]).await;
+    let mut frankfurt = m.region("frankfurt", &[]).await;
+    let virginia = m.region("virginia", &[]).await;
+    let _agent = m.agent(&["--region", "frankfurt"]);
+    m.admin.wait_agent_on("dev", "frankfurt").await;
+    let (user, url) = m.user_of("virginia", &virginia).await;
+    serves(&user, &url, 3, Duration::from_secs(5)).await;
+    let before = last_registration(&sydney).await;
+
+    // The coordinator goes, then the agent's region: the agent attaches to
+    // sydney on its attach token, and virginia finds it by asking its peers.
+    m.coord.proc.signal(Signal::SIGKILL);
+    wait_for(Duration::from_secs(10), "virginia to notice the coordinator is gone", || async {
+        virginia.report().await.filter(|r| r["coordinator_reachable"] == false)
+    })
+    .await;
+    frankfurt.proc.kill();
+    let moved = Instant::now();
+    serves(&user, &url, 10, Duration::from_secs(10)).await;
+    eprintln!("served through virginia again {:?} after the agent's region died", moved.elapsed());
+    assert!(sydney.proc.output().contains("admitted the agent by its attach token"), "{}", sydney.proc.output());
+
+    // When the coordinator returns, sydney records the attachment: the route is real again.
+    m.coord.restart().await;
+    sydney.wait_registered_after(before).await;
+    m.admin.wait_agent_on("dev", "sydney").await;
+    serves(&user, &url, 5, Duration::from_secs(5)).await;
+}

@@ -9,7 +9,11 @@ use crate::error::{ApiError, ApiResult};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use meridian_regions::api::{AgentAttach, AgentAttachResponse, AgentConnectionInfo, AgentDetach, RouteUpdate};
-use meridian_regions::token::Token;
+use meridian_regions::app_token::{AttachClaims, ATTACH_AUDIENCE, ISSUER};
+use meridian_regions::token::{Secret, Token};
+
+/// How long an attach token lets relays admit an agent without the coordinator.
+const ATTACH_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::hours(12);
 use std::time::Duration;
 
 #[derive(serde::Deserialize)]
@@ -23,7 +27,17 @@ pub async fn connection_info(
     AgentIdentity(agent_id): AgentIdentity,
     Query(q): Query<InfoQuery>,
 ) -> ApiResult<axum::Json<AgentConnectionInfo>> {
+    let now = chrono::Utc::now();
+    let claims = AttachClaims {
+        iss: ISSUER.into(),
+        aud: ATTACH_AUDIENCE.into(),
+        agent_id,
+        iat: now.timestamp(),
+        exp: (now + ATTACH_TOKEN_LIFETIME).timestamp(),
+    };
+    let attach_token = state.keys.signer.sign_attach(&claims).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(axum::Json(AgentConnectionInfo {
+        attach_token: Some(Secret::new(attach_token)),
         agent_id,
         preferred_region: q.region.clone(),
         apps: state.store.agent_apps(agent_id).await?,
@@ -38,8 +52,14 @@ pub async fn attach(
 ) -> ApiResult<axum::Json<AgentAttachResponse>> {
     let refused =
         || ApiError::Unauthorized("The agent token is invalid: its workspace was deleted, or it is mistyped.".into());
-    let token = Token::parse(&req.agent_token).map_err(|_| refused())?;
-    let agent_id = state.store.agent_for_token(&token).await?.ok_or_else(refused)?;
+    let agent_id = match (&req.attach_token, req.agent_token.is_empty()) {
+        // A relay that admitted the agent offline records it now.
+        (Some(attach), true) => state.keys.verifier.verify_attach(attach).map_err(|_| refused())?,
+        _ => {
+            let token = Token::parse(&req.agent_token).map_err(|_| refused())?;
+            state.store.agent_for_token(&token).await?.ok_or_else(refused)?
+        }
+    };
     state.store.set_agent_attached(agent_id, region.id, req.replica_id).await?;
     tracing::info!(agent = %agent_id, region = %region.name, "agent attached");
     Ok(axum::Json(AgentAttachResponse { agent_id }))
@@ -57,9 +77,8 @@ pub async fn detach(
 
 #[derive(serde::Deserialize)]
 pub struct RoutesQuery {
-    /// The version the proxy holds; 0 for a full snapshot.
-    #[serde(default)]
-    after: i64,
+    /// The version the proxy holds; without it, a full snapshot.
+    after: Option<i64>,
     /// How long to wait for a change, in milliseconds (at most [`MAX_ROUTE_WAIT`]).
     #[serde(default)]
     wait_ms: u64,
@@ -70,7 +89,8 @@ pub const MAX_ROUTE_WAIT: Duration = Duration::from_secs(25);
 
 /// `GET /api/v2/proxies/me/routes?after=V&wait_ms=W`: answers at once when
 /// routes changed after `V`, else when one changes (a NOTIFY from any
-/// coordinator replica), else empty after `W`.
+/// coordinator replica), else empty after `W`. Without `after`: every
+/// current route and the version to follow from.
 pub async fn routes(
     State(state): State<AppState>,
     _caller: ProxyRegion,
@@ -79,14 +99,17 @@ pub async fn routes(
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_ROUTE_WAIT);
     // Subscribed before the first query, so a change between the two still wakes us.
     let mut changed = state.route_changes.subscribe();
+    let Some(after) = q.after else {
+        return Ok(axum::Json(state.store.route_snapshot().await?));
+    };
     loop {
-        let update = state.store.route_changes(q.after.max(0)).await?;
-        if q.after <= 0 || !update.routes.is_empty() {
+        let update = state.store.route_changes(after).await?;
+        if !update.routes.is_empty() {
             return Ok(axum::Json(update));
         }
         match tokio::time::timeout_at(deadline, changed.changed()).await {
             Ok(Ok(())) => continue,
-            _ => return Ok(axum::Json(RouteUpdate { version: q.after, routes: Vec::new() })),
+            _ => return Ok(axum::Json(RouteUpdate { version: after, routes: Vec::new() })),
         }
     }
 }

@@ -8,6 +8,27 @@ use meridian_regions::api::{AgentRoute, App, RelayInfo, RouteUpdate};
 use meridian_regions::token::Token;
 use uuid::Uuid;
 
+/// agent, region, replica, the relay URL peers use, connected, route version.
+type RouteRow = (Uuid, Option<String>, Option<Uuid>, Option<String>, bool, i64);
+
+/// The route query's head, as a literal for `concat!` (sqlx takes only literal SQL).
+macro_rules! route_select {
+    () => {
+        "SELECT a.id, r.name, a.replica_id, coalesce(p.mesh_address, p.relay_address), a.connected, a.route_version \
+         FROM agents a LEFT JOIN regions r ON r.id = a.region_id LEFT JOIN region_replicas p ON p.id = a.replica_id"
+    };
+}
+
+/// A route as proxies get it; a detached agent has none.
+fn route((agent_id, region, replica_id, relay_url, connected, _): RouteRow) -> AgentRoute {
+    AgentRoute {
+        agent_id,
+        region: region.filter(|_| connected),
+        replica_id: replica_id.filter(|_| connected),
+        relay_url: relay_url.filter(|_| connected),
+    }
+}
+
 impl Store {
     /// The agent holding `token`, if it is current.
     pub async fn agent_for_token(&self, token: &Token) -> ApiResult<Option<Uuid>> {
@@ -78,33 +99,27 @@ impl Store {
         Ok(())
     }
 
-    /// Route changes after version `after`; with `after` = 0, every current route.
+    /// Every current route, and the version they are current at.
+    pub async fn route_snapshot(&self) -> ApiResult<RouteUpdate> {
+        // One snapshot for both reads, so no change falls between the rows and the version.
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
+        let version: i64 =
+            sqlx::query_scalar("SELECT coalesce(max(route_version), 0) FROM agents").fetch_one(&mut *tx).await?;
+        let rows: Vec<RouteRow> =
+            sqlx::query_as(concat!(route_select!(), " WHERE a.connected")).fetch_all(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(RouteUpdate { version, routes: rows.into_iter().map(route).collect() })
+    }
+
+    /// Route changes after version `after`, oldest first.
     pub async fn route_changes(&self, after: i64) -> ApiResult<RouteUpdate> {
-        type Row = (Uuid, Option<String>, Option<Uuid>, Option<String>, bool, i64);
-        let rows: Vec<Row> = sqlx::query_as(
-            "SELECT a.id, r.name, a.replica_id, coalesce(p.mesh_address, p.relay_address), a.connected, a.route_version \
-             FROM agents a LEFT JOIN regions r ON r.id = a.region_id \
-             LEFT JOIN region_replicas p ON p.id = a.replica_id \
-             WHERE a.route_version > $1 AND ($1 > 0 OR a.connected) ORDER BY a.route_version",
-        )
-        .bind(after)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut version = rows.last().map_or(after, |r| r.5);
-        if after == 0 {
-            // Detached agents are left out of a snapshot, but not out of its version.
-            version =
-                sqlx::query_scalar("SELECT coalesce(max(route_version), 0) FROM agents").fetch_one(&self.pool).await?;
-        }
-        let routes = rows
-            .into_iter()
-            .map(|(agent_id, region, replica_id, relay_url, connected, _)| AgentRoute {
-                agent_id,
-                region: region.filter(|_| connected),
-                replica_id: replica_id.filter(|_| connected),
-                relay_url: relay_url.filter(|_| connected),
-            })
-            .collect();
-        Ok(RouteUpdate { version, routes })
+        let rows: Vec<RouteRow> =
+            sqlx::query_as(concat!(route_select!(), " WHERE a.route_version > $1 ORDER BY a.route_version"))
+                .bind(after)
+                .fetch_all(&self.pool)
+                .await?;
+        let version = rows.last().map_or(after, |r| r.5);
+        Ok(RouteUpdate { version, routes: rows.into_iter().map(route).collect() })
     }
 }

@@ -1,0 +1,93 @@
+//! The demo's child processes: started from this binary, each in its own
+//! process group, remembered by name so a drill can kill and restart them,
+//! and stopped in reverse order of start.
+
+use anyhow::{Context, Result};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How to (re)start one child.
+#[derive(Clone)]
+pub struct Spec {
+    pub name: String,
+    pub args: Vec<String>,
+    /// An environment variable carrying a secret: never on the command line,
+    /// where any local user could read it.
+    pub secret: Option<(&'static str, String)>,
+}
+
+pub struct Children {
+    dir: PathBuf,
+    running: Vec<(Spec, Option<Child>)>,
+}
+
+impl Children {
+    pub fn new(dir: PathBuf) -> Self {
+        Self { dir, running: Vec::new() }
+    }
+
+    pub fn spawn(&mut self, spec: Spec) -> Result<()> {
+        let child = self.start(&spec)?;
+        self.running.push((spec, Some(child)));
+        Ok(())
+    }
+
+    fn start(&self, spec: &Spec) -> Result<Child> {
+        let log =
+            std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}.log", spec.name)))?;
+        let mut cmd = Command::new(std::env::current_exe()?);
+        if let Some((var, value)) = &spec.secret {
+            cmd.env(var, value);
+        }
+        cmd.args(&spec.args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            // Its own process group: Ctrl-C reaches the demo only, which stops children in order.
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot start {}", spec.name))
+    }
+
+    /// SIGKILLs child `name` (as a crash would) and reaps it.
+    pub fn kill(&mut self, name: &str) -> Result<()> {
+        let (_, child) =
+            self.running.iter_mut().find(|(s, _)| s.name == name).with_context(|| format!("no child {name}"))?;
+        if let Some(mut c) = child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        Ok(())
+    }
+
+    /// Starts child `name` again with the same arguments, if it is not running.
+    pub fn restart(&mut self, name: &str) -> Result<()> {
+        let i = self.running.iter().position(|(s, _)| s.name == name).with_context(|| format!("no child {name}"))?;
+        if self.running[i].1.is_none() {
+            let child = self.start(&self.running[i].0)?;
+            self.running[i].1 = Some(child);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (spec, child) in self.running.iter_mut().rev() {
+            let Some(child) = child else { continue };
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                eprintln!("{} did not stop; killing it", spec.name);
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `meridian drill SCENARIO`: rehearse an outage against a running deployment
+//! (the demo, or any deployment given commands that break and heal it) while
+//! steady synthetic users go through every region, and report how long the
+//! system took to notice and to recover, and what the users saw.
+//!
+//! [`traffic`] sends the requests; [`report`] sums them up.
+
+mod report;
+mod traffic;
+
+use crate::demo::control::{Action, DemoInfo, FaultRequest, Scenario};
+use crate::ops::Target;
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use meridian_regions::api::Region;
+use meridian_regions::client::{http_client, Client, Credential};
+use meridian_regions::token::Secret;
+use report::{RegionReport, Report};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+#[derive(Args)]
+pub struct DrillArgs {
+    /// What to break.
+    #[arg(value_enum)]
+    scenario: Scenario,
+    /// The region to kill or partition.
+    #[arg(long)]
+    region: Option<String>,
+    /// How long the fault is held before healing.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    duration: Duration,
+    /// Longest wait for recovery after healing.
+    #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+    settle: Duration,
+    /// Requests per second through each region.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    rate: u32,
+    /// A request without a complete answer after this long counts as hung.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    timeout: Duration,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// The demo's data directory [default: the demo's].
+    #[arg(long, env = "MERIDIAN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Not the demo: a shell command that injects the fault (it gets
+    /// MERIDIAN_DRILL_SCENARIO and MERIDIAN_DRILL_REGION in its environment).
+    #[arg(long, requires_all = ["heal_cmd", "app"])]
+    fault_cmd: Option<String>,
+    /// Not the demo: a shell command that heals it.
+    #[arg(long, requires = "fault_cmd")]
+    heal_cmd: Option<String>,
+    /// The app to send traffic to, as `{app}--{agent}--{workspace}--{user}` [default: the demo's].
+    #[arg(long)]
+    app: Option<String>,
+    #[command(flatten)]
+    target: Target,
+}
+
+/// Who breaks and heals things.
+enum Faults {
+    Demo { url: String, token: Secret },
+    Commands { fault: String, heal: String },
+}
+
+impl Faults {
+    async fn act(&self, action: Action, scenario: Scenario, region: Option<&str>) -> Result<()> {
+        match self {
+            Faults::Demo { url, token } => {
+                let req = FaultRequest { action, scenario, region: region.map(str::to_owned) };
+                let resp = reqwest::Client::new()
+                    .post(format!("{url}/fault"))
+                    .bearer_auth(token.expose())
+                    .json(&req)
+                    .timeout(Duration::from_secs(90))
+                    .send()
+                    .await
+                    .context("cannot reach the demo's fault controller (is the demo still running?)")?;
+                if !resp.status().is_success() {
+                    bail!("the demo refused to {action:?} {scenario}: {}", resp.text().await.unwrap_or_default());
+                }
+                Ok(())
+            }
+            Faults::Commands { fault, heal } => {
+                let cmd = if action == Action::Inject { fault } else { heal };
+                let status = tokio::process::Command::new("sh")
+                    .args(["-c", cmd])
+                    .env("MERIDIAN_DRILL_SCENARIO", scenario.to_string())
+                    .env("MERIDIAN_DRILL_REGION", region.unwrap_or_default())
+                    .status()
+                    .await?;
+                if !status.success() {
+                    bail!("`{cmd}` failed ({status})");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Everything the drill needs to know before it starts.
+struct Setup {
+    api: Client,
+    session: Secret,
+    app: String,
+    faults: Faults,
+}
+
+async fn setup(args: &mut DrillArgs) -> Result<Setup> {
+    let http = http_client(None).map_err(anyhow::Error::msg)?;
+    if let (Some(fault), Some(heal)) = (args.fault_cmd.take(), args.heal_cmd.take()) {
+        let target = std::mem::take(&mut args.target);
+        let (url, session) = target.resolve()?;
+        let api = Client::new(&url, Credential::Session(session.clone()), http);
+        let app = args.app.clone().context("--app is required with --fault-cmd")?;
+        return Ok(Setup { api, session, app, faults: Faults::Commands { fault, heal } });
+    }
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => crate::demo::default_dir()?,
+    };
+    let info = DemoInfo::load(&dir)?;
+    let password = std::fs::read_to_string(dir.join("demo-password")).context("cannot read the demo's password")?;
+    let anon = Client::new(&info.coordinator_url, Credential::None, http.clone());
+    let session = Secret::new(anon.login(&info.username, password.trim()).await?.session_token);
+    let api = Client::new(&info.coordinator_url, Credential::Session(session.clone()), http);
+    let app = args.app.clone().unwrap_or(info.app);
+    Ok(Setup { api, session, app, faults: Faults::Demo { url: info.control_url, token: info.control_token } })
+}
+
+pub async fn run(mut args: DrillArgs) -> Result<()> {
+    let setup = setup(&mut args).await?;
+    let regions = setup.api.regions().await.context("cannot list regions")?.regions;
+    if args.scenario.needs_region() {
+        let name = args.region.as_deref().with_context(|| format!("{} needs --region", args.scenario))?;
+        if !regions.iter().any(|r| r.name == name) || name == meridian_regions::PRIMARY_REGION {
+            let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).filter(|n| *n != "primary").collect();
+            bail!("no region {name:?} to {}; regions: {}", args.scenario, names.join(", "));
+        }
+    }
+    let browser = signed_in_browser(setup.api.base_url(), &setup.session)?;
+    let targets = app_urls(&regions, &setup.app);
+    for (region, url) in &targets {
+        open(&browser, url)
+            .await
+            .with_context(|| format!("the app does not open through {region} before the drill"))?;
+    }
+    let report = drill(&args, &setup, &browser, &regions, targets).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.table());
+    }
+    Ok(())
+}
+
+async fn drill(
+    args: &DrillArgs,
+    setup: &Setup,
+    browser: &reqwest::Client,
+    regions: &[Region],
+    targets: Vec<(String, String)>,
+) -> Result<Report> {
+    let epoch = Instant::now();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let streams: Vec<traffic::Stream> = targets
+        .into_iter()
+        .map(|(region, url)| {
+            traffic::start(region, browser.clone(), url, args.rate, args.timeout, epoch, stopped.clone())
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(1)).await; // a baseline before the fault
+    let http = http_client(None).map_err(anyhow::Error::msg)?;
+    let watch = Watch { api: &setup.api, http, regions, scenario: args.scenario, region: args.region.as_deref() };
+
+    let fault_at = epoch.elapsed();
+    let fault_unix = chrono::Utc::now().timestamp_millis();
+    setup.faults.act(Action::Inject, args.scenario, args.region.as_deref()).await?;
+    let detected = tokio::time::timeout(args.duration + args.settle, watch.until(true));
+    let (detect, ()) = tokio::join!(
+        async { detected.await.ok().map(|_| epoch.elapsed().saturating_sub(fault_at)) },
+        tokio::time::sleep(args.duration.saturating_sub(epoch.elapsed().saturating_sub(fault_at))),
+    );
+    let healed_at = epoch.elapsed();
+    let healed_unix = chrono::Utc::now().timestamp_millis();
+    setup.faults.act(Action::Heal, args.scenario, args.region.as_deref()).await?;
+    let recovered = tokio::time::timeout(args.settle, async {
+        watch.until(false).await;
+        while !streams.iter().all(|s| s.healthy_tail(5)) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    let recover = recovered.ok().map(|()| epoch.elapsed().saturating_sub(healed_at));
+
+    let _ = stop.send(true);
+    let mut per_region = Vec::new();
+    for s in streams {
+        let (region, samples) = s.finish().await;
+        per_region.push(RegionReport::new(region, &samples, fault_at));
+    }
+    Ok(Report {
+        scenario: args.scenario.to_string(),
+        region: args.region.clone(),
+        held_ms: healed_at.saturating_sub(fault_at).as_millis() as u64,
+        fault_at_unix_ms: fault_unix,
+        healed_at_unix_ms: healed_unix,
+        detect_ms: detect.map(|d| d.as_millis() as u64),
+        detected_by: watch.describe().into(),
+        recover_ms: recover.map(|d| d.as_millis() as u64),
+        lost: per_region.iter().map(|r| r.lost).sum(),
+        hung: per_region.iter().map(|r| r.hung).sum(),
+        regions: per_region,
+    })
+}
+
+/// How the drill tells that the system noticed the fault, and that it is over.
+struct Watch<'a> {
+    api: &'a Client,
+    http: reqwest::Client,
+    regions: &'a [Region],
+    scenario: Scenario,
+    region: Option<&'a str>,
+}
+
+impl Watch<'_> {
+    fn describe(&self) -> &'static str {
+        match self.scenario {
+            Scenario::KillRegion | Scenario::PartitionRegion => "the coordinator marks the region unhealthy",
+            Scenario::KillCoordinator => "the regions report the coordinator unreachable",
+            Scenario::StopPostgres => "the API answers 503",
+        }
+    }
+
+    /// Polls until the system has noticed the fault (`noticed`), or until it
+    /// is over (`!noticed`).
+    async fn until(&self, noticed: bool) {
+        loop {
+            let done = if noticed { self.noticed().await } else { self.over().await };
+            if done {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn noticed(&self) -> bool {
+        match self.scenario {
+            Scenario::KillRegion | Scenario::PartitionRegion => self.region_healthy().await == Some(false),
+            Scenario::StopPostgres => self.api_status().await == Some(503),
+            Scenario::KillCoordinator => self.regions_degraded().await > 0,
+        }
+    }
+
+    async fn over(&self) -> bool {
+        match self.scenario {
+            Scenario::KillRegion | Scenario::PartitionRegion => self.region_healthy().await == Some(true),
+            Scenario::StopPostgres => self.api_status().await == Some(200),
+            Scenario::KillCoordinator => self.api_status().await == Some(200) && self.regions_degraded().await == 0,
+        }
+    }
+
+    /// The regions API's status; `None` when it does not answer.
+    async fn api_status(&self) -> Option<u16> {
+        match tokio::time::timeout(Duration::from_secs(2), self.api.regions()).await {
+            Ok(Ok(_)) => Some(200),
+            Ok(Err(e)) => e.status().map(|s| s.as_u16()),
+            Err(_) => None,
+        }
+    }
+
+    async fn region_healthy(&self) -> Option<bool> {
+        let list = tokio::time::timeout(Duration::from_secs(2), self.api.regions()).await.ok()?.ok()?;
+        list.regions.iter().find(|r| Some(r.name.as_str()) == self.region).map(|r| r.healthy)
+    }
+
+    /// How many regions say, in their health report, that they cannot reach the coordinator.
+    async fn regions_degraded(&self) -> usize {
+        let mut degraded = 0;
+        for r in self.regions.iter().filter(|r| r.name != meridian_regions::PRIMARY_REGION) {
+            let Some(url) = &r.access_url else { continue };
+            let report = self.http.get(format!("{url}/healthz-report")).timeout(Duration::from_secs(2)).send().await;
+            if let Ok(resp) = report {
+                let v = resp.json::<serde_json::Value>().await.unwrap_or_default();
+                degraded += usize::from(v["coordinator_reachable"] == false);
+            }
+        }
+        degraded
+    }
+}
+
+/// The app's URL through every region that serves subdomain apps.
+fn app_urls(regions: &[Region], app: &str) -> Vec<(String, String)> {
+    regions
+        .iter()
+        .filter_map(|r| {
+            let pattern = r.wildcard_hostname.as_deref().filter(|w| !w.is_empty())?;
+            let host = pattern.strip_prefix("*.")?;
+            let scheme =
+                if r.access_url.as_deref().unwrap_or_default().starts_with("https") { "https" } else { "http" };
+            Some((r.name.clone(), format!("{scheme}://{app}.{host}/")))
+        })
+        .collect()
+}
+
+/// A browser-like client signed in with `session` at the coordinator.
+fn signed_in_browser(coordinator: &str, session: &Secret) -> Result<reqwest::Client> {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let url: reqwest::Url = coordinator.parse()?;
+    jar.add_cookie_str(&format!("{}={}; Path=/", meridian_regions::headers::SESSION_COOKIE, session.expose()), &url);
+    Ok(reqwest::Client::builder()
+        .cookie_provider(jar)
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(meridian_regions::resolve::for_reqwest())
+        .pool_max_idle_per_host(64)
+        .build()?)
+}
+
+/// Opens `url` through the login redirects, so the jar holds an app token.
+async fn open(browser: &reqwest::Client, url: &str) -> Result<()> {
+    let mut url = reqwest::Url::parse(url)?;
+    for _ in 0..10 {
+        let resp = browser.get(url.clone()).timeout(Duration::from_secs(10)).send().await?;
+        match resp.status().as_u16() {
+            200 => return Ok(()),
+            300..=399 => {
+                let location = resp
+                    .headers()
+                    .get("location")
+                    .and_then(|v| v.to_str().ok())
+                    .context("redirect without Location")?;
+                url = url.join(location)?;
+            }
+            s => bail!("HTTP {s} from {url}"),
+        }
+    }
+    bail!("too many redirects opening {url}")
+}
