@@ -115,17 +115,18 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
         args: vec![s("sample-app"), s("--listen"), format!("127.0.0.1:{app_port}")],
         secret: None,
     })?;
+    wait("every region to be healthy", Duration::from_secs(60), || async {
+        let list = api.regions().await.ok()?;
+        list.regions.iter().all(|r| r.healthy).then_some(())
+    })
+    .await?;
+    // Started once every region is up, so it attaches to its preferred region at once.
     let agent_token = workspace(&api, app_port).await?;
     children.spawn(Spec {
         name: s("agent"),
         args: vec![s("agent"), s("--coordinator-url"), base.clone(), s("--region"), topology.agent_region().to_owned()],
         secret: Some(("MERIDIAN_AGENT_TOKEN", agent_token)),
     })?;
-    wait("every region to be healthy", Duration::from_secs(60), || async {
-        let list = api.regions().await.ok()?;
-        list.regions.iter().all(|r| r.healthy).then_some(())
-    })
-    .await?;
     wait("the agent to attach", Duration::from_secs(60), || async {
         let list = api.workspaces(None).await.ok()?;
         list.workspaces.first()?.agents.first()?.connected.then_some(())

@@ -330,6 +330,10 @@ impl Api {
         Reply { status, body }
     }
 
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
     /// The session token this client sends.
     pub fn token(&self) -> &str {
         self.token.as_deref().unwrap_or_default()
@@ -538,6 +542,15 @@ pub struct Traffic {
 
 impl Traffic {
     pub fn start(targets: Vec<(String, reqwest::Client, String)>, every: Duration) -> Self {
+        Self::start_with_timeout(targets, every, Duration::from_secs(5))
+    }
+
+    /// [`Traffic::start`] where a request slower than `timeout` counts as failed.
+    pub fn start_with_timeout(
+        targets: Vec<(String, reqwest::Client, String)>,
+        every: Duration,
+        timeout: Duration,
+    ) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let started = Instant::now();
         let tasks = targets
@@ -547,7 +560,7 @@ impl Traffic {
                 let task = tokio::spawn(async move {
                     let mut stats = TrafficStats::default();
                     while !*stopped.borrow() {
-                        let sent = client.get(&url).timeout(Duration::from_secs(5)).send().await;
+                        let sent = client.get(&url).timeout(timeout).send().await;
                         match sent {
                             Ok(r) if r.status() == 200 => match r.bytes().await {
                                 Ok(_) => stats.ok += 1,

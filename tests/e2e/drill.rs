@@ -1,0 +1,189 @@
+//! `meridian drill` against a running `meridian demo`: every scenario runs,
+//! and its report agrees with what this test saw on its own, through its own
+//! requests and its own polling of the API and the regions' health reports.
+
+use crate::support::*;
+use serde_json::Value;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the test saw at one moment (unix ms).
+#[derive(Debug, Clone)]
+struct Seen {
+    at: i64,
+    /// The regions API's status, or 0 when it did not answer.
+    api: u16,
+    sydney_healthy: Option<bool>,
+    /// Whether frankfurt's proxy says it reaches the coordinator.
+    frankfurt_reaches_coordinator: Option<bool>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// Polls every 100 ms until dropped.
+fn observe(api: Api, frankfurt: String) -> (Arc<Mutex<Vec<Seen>>>, tokio::task::JoinHandle<()>) {
+    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let out = seen.clone();
+    let task = tokio::spawn(async move {
+        let http = reqwest::Client::builder().timeout(Duration::from_secs(1)).build().unwrap();
+        loop {
+            let at = now_ms();
+            let regions = http
+                .get(format!("{}/api/v2/regions", api.base()))
+                .header("Meridian-Session-Token", api.token())
+                .send()
+                .await;
+            let (status, body) = match regions {
+                Ok(r) => (r.status().as_u16(), r.json::<Value>().await.unwrap_or_default()),
+                Err(_) => (0, Value::Null),
+            };
+            let sydney = body["regions"].as_array().and_then(|rs| rs.iter().find(|r| r["name"] == "sydney").cloned());
+            let report = http.get(format!("{frankfurt}/healthz-report")).send().await;
+            let reaches = match report {
+                Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["coordinator_reachable"].as_bool()),
+                Err(_) => None,
+            };
+            out.lock().unwrap().push(Seen {
+                at,
+                api: status,
+                sydney_healthy: sydney.and_then(|s| s["healthy"].as_bool()),
+                frankfurt_reaches_coordinator: reaches,
+            });
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    (seen, task)
+}
+
+/// The first moment after `from` at which `cond` held.
+fn first(seen: &[Seen], from: i64, cond: impl Fn(&Seen) -> bool) -> Option<i64> {
+    seen.iter().find(|s| s.at >= from && cond(s)).map(|s| s.at)
+}
+
+/// Runs one drill and returns its JSON report.
+fn drill(data_dir: &std::path::Path, args: &[&str]) -> Value {
+    let out = Command::new(BIN)
+        .arg("drill")
+        .args(args)
+        .args(["--duration", "3s", "--rate", "10", "--settle", "30s", "--json", "--data-dir"])
+        .arg(data_dir)
+        .env_remove("MERIDIAN_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "drill {args:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("drill printed no JSON ({e}): {stdout}"))
+}
+
+/// Failures the report counts for `region` (errors, hung and lost).
+fn failures(report: &Value, region: &str) -> u64 {
+    let r = report["regions"].as_array().unwrap().iter().find(|r| r["region"] == region).expect("region in report");
+    ["errors", "hung", "lost"].iter().map(|k| r[k].as_u64().unwrap()).sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_drill_scenario_reports_what_a_bystander_sees() {
+    let dir = tempdir();
+    let port = (0..50)
+        .map(|_| free_port())
+        .find(|p| (1..=2).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+        .unwrap();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(
+        &topology,
+        "[[region]]\nname = \"sydney\"\nlatency = \"5ms\"\n[[region]]\nname = \"frankfurt\"\nlatency = \"2ms\"\n\
+         [agent]\nregion = \"frankfurt\"\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let out_path = dir.path().join("demo.out");
+    let out = std::fs::File::create(&out_path).unwrap();
+    let mut demo = Process {
+        child: Command::new(BIN)
+            .args(["demo", "--port", &port.to_string(), "--proxy-health-interval", "1s", "--topology"])
+            .arg(&topology)
+            .arg("--data-dir")
+            .arg(&state)
+            .env("MERIDIAN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+        log: out_path.clone(),
+        name: "demo".into(),
+    };
+    wait_for(Duration::from_secs(120), "the demo to start", || {
+        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+        let exited = demo.child.try_wait().unwrap();
+        assert!(exited.is_none(), "demo exited: {exited:?}\n{text}");
+        async move { text.contains("Ctrl-C stops everything").then_some(()) }
+    })
+    .await;
+    let coordinator = format!("http://127.0.0.1:{port}");
+    let password = std::fs::read_to_string(state.join("demo-password")).unwrap();
+    let api = Api::login(&coordinator, "demo", password.trim()).await;
+    let frankfurt = format!("http://127.0.0.1:{}", port + 2);
+
+    // The bystander: its own signed-in users in every region, and its own polling.
+    let mut targets = Vec::new();
+    for (region, host) in [
+        ("primary", format!("localhost:{port}")),
+        ("sydney", format!("sydney.localhost:{}", port + 1)),
+        ("frankfurt", format!("frankfurt.localhost:{}", port + 2)),
+    ] {
+        let client = browser();
+        browser_login(&client, &coordinator, "demo", password.trim()).await;
+        let url = format!("http://code--main--dev--demo.{host}/");
+        let (hops, resp) = follow(&client, &url).await;
+        assert_eq!(resp.status(), 200, "{region}: {hops:?}");
+        targets.push((region.to_owned(), client, url));
+    }
+    let (seen, observer) = observe(Api::with_token(&coordinator, api.token()), frankfurt);
+
+    // Each scenario: (arguments, regions whose users must see failures, what the bystander calls "noticed").
+    type Noticed = fn(&Seen) -> bool;
+    let scenarios: [(&[&str], &[&str], Noticed); 4] = [
+        (&["kill-region", "--region", "sydney"], &["sydney"], |s| s.sydney_healthy == Some(false)),
+        (&["partition-region", "--region", "sydney"], &["sydney"], |s| s.sydney_healthy == Some(false)),
+        (&["kill-coordinator"], &["primary"], |s| s.frankfurt_reaches_coordinator == Some(false)),
+        (&["stop-postgres"], &[], |s| s.api == 503),
+    ];
+    for (args, failing, noticed) in scenarios {
+        let traffic = Traffic::start_with_timeout(targets.clone(), Duration::from_millis(100), Duration::from_secs(2));
+        let started = Instant::now();
+        let report = tokio::task::spawn_blocking({
+            let state = state.clone();
+            move || drill(&state, args)
+        })
+        .await
+        .unwrap();
+        let stats = traffic.stop().await;
+        eprintln!("{args:?} took {:?}: {report}", started.elapsed());
+
+        let fault_at = report["fault_at_unix_ms"].as_i64().unwrap();
+        let detect = report["detect_ms"].as_i64().expect("the drill saw the fault noticed");
+        assert!(report["recover_ms"].as_i64().is_some(), "the drill saw recovery: {report}");
+        let seen_at = first(&seen.lock().unwrap(), fault_at, noticed).expect("the bystander saw the fault noticed");
+        let gap = (fault_at + detect - seen_at).abs();
+        assert!(
+            gap <= 750,
+            "{args:?}: drill says noticed after {detect} ms, bystander after {} ms",
+            seen_at - fault_at
+        );
+
+        for (region, s) in &stats {
+            let expected = failing.contains(&region.as_str());
+            assert_eq!(failures(&report, region) > 0, expected, "{args:?}: the drill's count for {region}: {report}");
+            assert_eq!(!s.failed.is_empty(), expected, "{args:?}: the bystander in {region}: {:?}", s.failed);
+        }
+        assert_eq!(report["lost"], 0, "{report}");
+    }
+    observer.abort();
+    demo.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(demo.wait_exit(Duration::from_secs(60)).await.success());
+}
