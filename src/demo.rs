@@ -69,7 +69,7 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     std::fs::create_dir_all(&dir)?;
     let base = format!("http://127.0.0.1:{}", args.port);
     let interval = humantime::format_duration(args.proxy_health_interval).to_string();
-    let mut children = Children::new(dir.clone());
+    let mut children = Children::new(dir.clone())?;
     let s = |v: &str| v.to_owned();
     children.spawn(Spec {
         name: s("coordinator"),
@@ -154,13 +154,7 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     shutdown.await;
     println!("stopping...");
     let _ = std::fs::remove_file(dir.join(control::INFO_FILE));
-    let children = match Arc::try_unwrap(faults) {
-        Ok(f) => f.children.into_inner().unwrap_or_else(|e| e.into_inner()),
-        Err(shared) => {
-            std::mem::replace(&mut *shared.children.lock().unwrap_or_else(|e| e.into_inner()), Children::new(dir))
-        }
-    };
-    drop(children);
+    faults.children.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
     Ok(())
 }
 

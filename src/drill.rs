@@ -147,12 +147,21 @@ pub async fn run(mut args: DrillArgs) -> Result<()> {
             .await
             .with_context(|| format!("the app does not open through {region} before the drill"))?;
     }
-    let report = drill(&args, &setup, &browser, &regions, targets).await?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-    } else {
-        print!("{}", report.table());
-    }
+    let watch = Watch::new(&setup.api, &regions, args.scenario, args.region.as_deref())?;
+    // Start from a healthy deployment, or the report would blame this drill for an older fault.
+    tokio::time::timeout(args.settle, watch.until(false)).await.map_err(|_| {
+        anyhow::anyhow!("the deployment is not healthy before the drill ({} does not hold)", watch.healthy_means())
+    })?;
+    let report = tokio::select! {
+        report = drill(&args, &setup, &browser, &watch, targets) => report?,
+        () = crate::shutdown_signal() => {
+            eprintln!("interrupted: healing before exiting");
+            setup.faults.act(Action::Heal, args.scenario, args.region.as_deref()).await?;
+            bail!("drill interrupted; the fault was healed");
+        }
+    };
+    let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { report.table() };
+    crate::ops::print(&text);
     Ok(())
 }
 
@@ -160,7 +169,7 @@ async fn drill(
     args: &DrillArgs,
     setup: &Setup,
     browser: &reqwest::Client,
-    regions: &[Region],
+    watch: &Watch<'_>,
     targets: Vec<(String, String)>,
 ) -> Result<Report> {
     let epoch = Instant::now();
@@ -172,8 +181,6 @@ async fn drill(
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await; // a baseline before the fault
-    let http = http_client(None).map_err(anyhow::Error::msg)?;
-    let watch = Watch { api: &setup.api, http, regions, scenario: args.scenario, region: args.region.as_deref() };
 
     let fault_at = epoch.elapsed();
     let fault_unix = chrono::Utc::now().timestamp_millis();
@@ -225,7 +232,20 @@ struct Watch<'a> {
     region: Option<&'a str>,
 }
 
-impl Watch<'_> {
+impl<'a> Watch<'a> {
+    fn new(api: &'a Client, regions: &'a [Region], scenario: Scenario, region: Option<&'a str>) -> Result<Self> {
+        let http = http_client(None).map_err(anyhow::Error::msg)?;
+        Ok(Self { api, http, regions, scenario, region })
+    }
+
+    fn healthy_means(&self) -> &'static str {
+        match self.scenario {
+            Scenario::KillRegion | Scenario::PartitionRegion => "the region is healthy",
+            Scenario::KillCoordinator => "the API answers and every region reaches the coordinator",
+            Scenario::StopPostgres => "the API answers",
+        }
+    }
+
     fn describe(&self) -> &'static str {
         match self.scenario {
             Scenario::KillRegion | Scenario::PartitionRegion => "the coordinator marks the region unhealthy",

@@ -120,6 +120,13 @@ enum UsersCommand {
     },
 }
 
+/// Writes `text` to stdout; a closed pipe (`| head`) ends the output quietly.
+pub fn print(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
+}
+
 /// Runs an operator command on a small runtime; errors print one line, exit 1.
 pub fn run(fut: impl std::future::Future<Output = Result<()>>) -> ExitCode {
     let result = tokio::runtime::Builder::new_current_thread()

@@ -20,12 +20,17 @@ pub struct Spec {
 
 pub struct Children {
     dir: PathBuf,
+    /// This binary, resolved once: a rebuild while the demo runs unlinks the
+    /// running file, and restarts then use the new one at the same path.
+    exe: PathBuf,
     running: Vec<(Spec, Option<Child>)>,
 }
 
 impl Children {
-    pub fn new(dir: PathBuf) -> Self {
-        Self { dir, running: Vec::new() }
+    pub fn new(dir: PathBuf) -> Result<Self> {
+        let exe = std::env::current_exe()?;
+        let exe = exe.to_str().and_then(|s| s.strip_suffix(" (deleted)")).map(PathBuf::from).unwrap_or(exe);
+        Ok(Self { dir, exe, running: Vec::new() })
     }
 
     pub fn spawn(&mut self, spec: Spec) -> Result<()> {
@@ -37,7 +42,7 @@ impl Children {
     fn start(&self, spec: &Spec) -> Result<Child> {
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}.log", spec.name)))?;
-        let mut cmd = Command::new(std::env::current_exe()?);
+        let mut cmd = Command::new(&self.exe);
         if let Some((var, value)) = &spec.secret {
             cmd.env(var, value);
         }
@@ -75,6 +80,13 @@ impl Children {
 
 impl Drop for Children {
     fn drop(&mut self) {
+        self.stop_all();
+    }
+}
+
+impl Children {
+    /// SIGTERMs every child, last started first, each given 20 s to exit.
+    pub fn stop_all(&mut self) {
         for (spec, child) in self.running.iter_mut().rev() {
             let Some(child) = child else { continue };
             let pid = nix::unistd::Pid::from_raw(child.id() as i32);
@@ -89,5 +101,6 @@ impl Drop for Children {
             }
             let _ = child.wait();
         }
+        self.running.clear();
     }
 }

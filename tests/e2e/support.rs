@@ -112,6 +112,15 @@ impl Process {
 
 impl Drop for Process {
     fn drop(&mut self) {
+        if self.name == "demo" {
+            // The demo's children live in their own process groups: only the
+            // demo can stop them, so it gets SIGTERM and time to do so.
+            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
         self.kill();
         if std::thread::panicking() {
             eprintln!("---- {} log ----\n{}", self.name, self.output());
