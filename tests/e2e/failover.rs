@@ -286,3 +286,44 @@ async fn without_the_coordinator_an_agent_still_moves_and_is_found() {
     m.admin.wait_agent_on("dev", "sydney").await;
     serves(&user, &url, 5, Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_of_one_region_reach_each_others_agents() {
+    let m = Mesh::start().await;
+    let token = m.admin.create_region("sydney").await;
+    let mut a = Proxy::spawn_named(m.dir.path(), &m.coord.url, &token, "sydney", &[]);
+    a.wait_registered().await;
+    m.admin.wait_status("sydney", "ok", Duration::from_secs(10)).await;
+    let _agent = m.agent(&["--region", "sydney"]);
+    m.admin.wait_agent_on("dev", "sydney").await;
+    // A second replica joins; the agent is attached to the first, not to it.
+    let mut b = Proxy::spawn_named(m.dir.path(), &m.coord.url, &token, "sydney", &[]);
+    b.wait_registered().await;
+    let attached = |p: &Proxy| {
+        let url = format!("{}/metrics", p.url);
+        async move {
+            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+            text.lines().find_map(|l| l.strip_prefix("meridian_relay_agents_attached ")).unwrap().trim().to_owned()
+        }
+    };
+    assert_eq!((attached(&a).await, attached(&b).await), ("1".to_owned(), "0".to_owned()));
+    let (user, url) = m.user_of("sydney", &b).await;
+    serves(&user, &url, 5, Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_route_change_made_through_one_coordinator_replica_reaches_proxies_of_another() {
+    let m = Mesh::start().await;
+    // A second coordinator replica on the same database (and the same secrets key).
+    let second = Coordinator::start(m.dir.path(), &m.pg.url(), "1s", &[]).await;
+    let sydney = m.region("sydney", &[]).await; // follows routes from the first
+    let token = m.admin.create_region("frankfurt").await;
+    let mut frankfurt = Proxy::spawn_named(m.dir.path(), &second.url, &token, "frankfurt", &[]);
+    frankfurt.wait_registered().await;
+    m.admin.wait_status("frankfurt", "ok", Duration::from_secs(10)).await;
+    // The agent attaches through frankfurt, whose coordinator is the second replica.
+    let _agent = Agent::spawn_with(m.dir.path(), &second.url, &m.agent_token, &["--region", "frankfurt"]);
+    m.admin.wait_agent_on("dev", "frankfurt").await;
+    let (user, url) = m.user_of("sydney", &sydney).await;
+    serves(&user, &url, 5, Duration::from_secs(5)).await;
+}
