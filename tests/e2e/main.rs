@@ -8,6 +8,7 @@ mod support;
 mod api;
 mod app_auth;
 mod apps;
+mod bench_quick;
 mod coordinator_outages;
 mod demo;
 mod deploy_configs;

@@ -1,0 +1,97 @@
+//! The few coordinator calls a benchmark run needs, and a signed-in app cookie.
+
+use anyhow::{bail, Context, Result};
+use meridian_regions::api::{AgentSpec, App, CreateRegion, CreateWorkspace, Share};
+use meridian_regions::client::{Client, Credential};
+use meridian_regions::token::Secret;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const PASSWORD: &str = "bench-password";
+
+pub struct Api {
+    base: String,
+    client: Client,
+}
+
+impl Api {
+    pub async fn first_user(base: &str) -> Result<Self> {
+        let http = meridian_regions::client::http_client(None).map_err(anyhow::Error::msg)?;
+        let anon = Client::new(base, Credential::None, http.clone());
+        let session = anon.first_user("admin", PASSWORD).await?.session_token;
+        Ok(Self { base: base.to_owned(), client: Client::new(base, Credential::Session(Secret::new(session)), http) })
+    }
+
+    pub async fn create_region(&self, name: &str) -> Result<String> {
+        Ok(self.client.create_region(&CreateRegion { name: name.into(), display_name: None }).await?.proxy_token)
+    }
+
+    pub async fn create_workspace(&self, app_port: u16) -> Result<String> {
+        let app = App { slug: "code".into(), port: Some(app_port), url: None, subdomain: true, share: Share::Owner };
+        let ws = CreateWorkspace {
+            name: "bench".into(),
+            owner: None,
+            agents: vec![AgentSpec { name: "main".into(), apps: vec![app] }],
+        };
+        let created = self.client.create_workspace(&ws).await?;
+        Ok(created.agent_tokens.get("main").context("no agent token")?.clone())
+    }
+
+    pub async fn wait_healthy(&self) -> Result<()> {
+        self.poll("every region to be healthy", || async {
+            self.client.regions().await.is_ok_and(|l| l.regions.iter().all(|r| r.healthy))
+        })
+        .await
+    }
+
+    pub async fn wait_agent(&self, region: &str) -> Result<()> {
+        self.poll("the agent to attach", || async {
+            let Ok(list) = self.client.workspaces(None).await else { return false };
+            list.workspaces.iter().flat_map(|w| &w.agents).any(|a| a.connected && a.region.as_deref() == Some(region))
+        })
+        .await
+    }
+
+    async fn poll<F, Fut>(&self, what: &str, mut f: F) -> Result<()>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let start = Instant::now();
+        while !f().await {
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("timed out waiting for {what}");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Signs in as a browser would, opens `app_url` through the login
+    /// redirects, and returns the `Cookie` header that now opens it.
+    pub async fn app_cookie(&self, app_url: &str, ca: &Path) -> Result<String> {
+        let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+        let browser = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .dns_resolver(meridian_regions::resolve::for_reqwest())
+            .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(ca)?)?)
+            .build()?;
+        let login = serde_json::json!({ "username": "admin", "password": PASSWORD });
+        browser.post(format!("{}/api/v2/users/login", self.base)).json(&login).send().await?.error_for_status()?;
+        let mut url = reqwest::Url::parse(app_url)?;
+        for _ in 0..10 {
+            let resp = browser.get(url.clone()).send().await?;
+            match resp.status().as_u16() {
+                200 => {
+                    use reqwest::cookie::CookieStore;
+                    let cookies = jar.cookies(&reqwest::Url::parse(app_url)?).context("no app cookies")?;
+                    return Ok(cookies.to_str()?.to_owned());
+                }
+                300..=399 => url = url.join(resp.headers().get("location").context("no Location")?.to_str()?)?,
+                s => bail!("HTTP {s} opening {url}"),
+            }
+        }
+        bail!("too many redirects opening {app_url}")
+    }
+}

@@ -1,0 +1,214 @@
+//! Everything a benchmark run talks to, on loopback: the sample app (plain
+//! and TLS), nginx in front of it (plain and TLS), and Meridian — a
+//! coordinator on an embedded PostgreSQL, regions `sydney` (the agent's),
+//! `frankfurt` (one mesh hop away) and `secure` (TLS), each one worker thread.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A child process, killed on drop.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.0.id() as i32), nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Proc {
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+/// One way to reach the app: a URL plus the headers that route and authorize it.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: &'static str,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+pub struct Stack {
+    pub dir: tempfile::TempDir,
+    pub direct: Target,
+    pub direct_tls: Target,
+    pub nginx: Target,
+    pub nginx_tls: Target,
+    pub meridian: Target,
+    pub meridian_tls: Target,
+    /// Through frankfurt to the agent on sydney.
+    pub meridian_hop: Target,
+    /// The sydney proxy's process (for its memory).
+    pub sydney_pid: u32,
+    pub sydney_port: u16,
+    procs: Vec<Proc>,
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str, env: &[(&str, &str)]) -> Result<Proc> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    let mut cmd = Command::new(bin);
+    cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
+    Ok(Proc(cmd.spawn().with_context(|| format!("cannot start {name} ({})", bin.display()))?))
+}
+
+async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !f().await {
+        if start.elapsed() > deadline {
+            bail!("timed out waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+async fn listening(port: u16) -> bool {
+    tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+}
+
+/// A self-signed certificate for `localhost` names, as PEM files in `dir`.
+fn certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
+    let key = rcgen::KeyPair::generate()?;
+    let names = vec!["localhost".into(), "*.secure.localhost".into(), "127.0.0.1".into()];
+    let cert = rcgen::CertificateParams::new(names)?.self_signed(&key)?;
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&c, cert.pem())?;
+    std::fs::write(&k, key.serialize_pem())?;
+    Ok((c, k))
+}
+
+impl Stack {
+    pub async fn start(meridian: &Path) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("meridian-bench").tempdir()?;
+        let d = dir.path().to_owned();
+        let (cert, key) = certificate(&d)?;
+        let s = |v: &str| v.to_owned();
+        let mut procs = Vec::new();
+
+        let app = free_port()?;
+        procs.push(spawn(meridian, &[s("sample-app"), s("--listen"), format!("127.0.0.1:{app}")], &d, "app", &[])?);
+        let app_tls = free_port()?;
+        let tls_args = [s("--tls-cert"), cert.display().to_string(), s("--tls-key"), key.display().to_string()];
+        let mut args = vec![s("sample-app"), s("--listen"), format!("127.0.0.1:{app_tls}")];
+        args.extend(tls_args.iter().cloned());
+        procs.push(spawn(meridian, &args, &d, "app-tls", &[])?);
+
+        let (nginx_port, nginx_tls) = (free_port()?, free_port()?);
+        procs.push(crate::nginx::start(&d, app, nginx_port, nginx_tls, &cert, &key)?);
+
+        let coord = free_port()?;
+        let base = format!("http://127.0.0.1:{coord}");
+        let coord_args = [
+            s("coordinator"),
+            s("--listen"),
+            format!("127.0.0.1:{coord}"),
+            s("--data-dir"),
+            d.join("data").display().to_string(),
+            s("--wildcard-access-url"),
+            format!("*.localhost:{coord}"),
+            // It health-checks the TLS region, whose certificate is self-signed.
+            s("--ca-cert"),
+            cert.display().to_string(),
+        ];
+        procs.push(spawn(meridian, &coord_args, &d, "coordinator", &[])?);
+        for port in [app, app_tls, nginx_port, nginx_tls] {
+            wait_until("a listener", Duration::from_secs(20), || listening(port)).await?;
+        }
+        let http = reqwest::Client::new();
+        wait_until("the coordinator", Duration::from_secs(60), || {
+            let url = format!("{base}/healthz");
+            let http = http.clone();
+            async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .await?;
+        let api = crate::api::Api::first_user(&base).await?;
+        let mut ports = std::collections::HashMap::new();
+        let mut sydney_pid = 0;
+        for (name, tls) in [("sydney", false), ("frankfurt", false), ("secure", true)] {
+            let token = api.create_region(name).await?;
+            let port = free_port()?;
+            let mut args = vec![
+                s("proxy"),
+                s("--coordinator-url"),
+                base.clone(),
+                s("--listen"),
+                format!("127.0.0.1:{port}"),
+                s("--wildcard-access-url"),
+                format!("*.{name}.localhost:{port}"),
+                s("--threads"),
+                s("1"),
+            ];
+            if tls {
+                args.extend(tls_args.iter().cloned());
+                args.extend([s("--ca-cert"), cert.display().to_string()]);
+            }
+            let proc = spawn(meridian, &args, &d, name, &[("MERIDIAN_PROXY_TOKEN", &token)])?;
+            if name == "sydney" {
+                sydney_pid = proc.pid();
+            }
+            procs.push(proc);
+            ports.insert(name, port);
+        }
+        api.wait_healthy().await?;
+        let agent_token = api.create_workspace(app).await?;
+        let agent_args = [s("agent"), s("--coordinator-url"), base.clone(), s("--region"), s("sydney")];
+        procs.push(spawn(meridian, &agent_args, &d, "agent", &[("MERIDIAN_AGENT_TOKEN", &agent_token)])?);
+        api.wait_agent("sydney").await?;
+
+        let through = |name: &'static str, region: &str, scheme: &str| {
+            let port = ports[region];
+            let host = format!("code--main--bench--admin.{region}.localhost:{port}");
+            (name, format!("{scheme}://{host}/"), format!("{scheme}://127.0.0.1:{port}/"), host)
+        };
+        let mut signed = Vec::new();
+        for (name, app_url, url, host) in [
+            through("meridian", "sydney", "http"),
+            through("meridian-hop", "frankfurt", "http"),
+            through("meridian-tls", "secure", "https"),
+        ] {
+            let cookie = api.app_cookie(&app_url, &cert).await?;
+            signed.push(Target { name, url, headers: vec![(s("Host"), host), (s("Cookie"), cookie)] });
+        }
+        let plain = |name: &'static str, url: String| Target { name, url, headers: Vec::new() };
+        let mut signed = signed.into_iter();
+        Ok(Stack {
+            direct: plain("direct", format!("http://127.0.0.1:{app}/")),
+            direct_tls: plain("direct", format!("https://127.0.0.1:{app_tls}/")),
+            nginx: plain("nginx", format!("http://127.0.0.1:{nginx_port}/")),
+            nginx_tls: plain("nginx", format!("https://127.0.0.1:{nginx_tls}/")),
+            meridian: signed.next().context("meridian target")?,
+            meridian_hop: signed.next().context("hop target")?,
+            meridian_tls: signed.next().context("tls target")?,
+            sydney_pid,
+            sydney_port: ports["sydney"],
+            procs,
+            dir,
+        })
+    }
+
+    pub fn log_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn process_count(&self) -> usize {
+        self.procs.len()
+    }
+}

@@ -1,0 +1,17 @@
+//! The load benchmark's `--quick` mode: every workload runs through every
+//! target without a failed request. It proves the harness works; the
+//! figures of a debug build mean nothing and nothing is asserted about them.
+
+use crate::support::BIN;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_benchmark_harness_runs_every_workload() {
+    let opts = meridian_bench::Options { quick: true, meridian: BIN.into() };
+    let report = meridian_bench::run(&opts).await.expect("the quick benchmark runs");
+    let count = |target: &str| report.rows.iter().filter(|r| r.target == target).count();
+    assert_eq!((count("direct"), count("nginx"), count("meridian")), (5, 4, 4), "{:?}", report.rows);
+    assert_eq!((count("meridian-tls"), count("meridian-hop")), (1, 1));
+    assert!(report.rows.iter().all(|r| r.figures.requests_per_sec > 0.0 && r.figures.p99_ms >= r.figures.p50_ms));
+    assert!(report.memory.rss_after_kib > 0 && report.memory.connections == 200);
+    assert!(report.markdown().contains("| meridian |"));
+}
