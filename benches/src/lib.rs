@@ -6,8 +6,10 @@
 //! - [`stack`]: starts everything; [`nginx`]: its config; [`api`]: coordinator calls.
 //! - [`wrk`]: running wrk and reading its report; [`ws`]: WebSocket round trips.
 //! - [`memory`]: a proxy's memory with many idle connections.
+//! - [`control_plane`]: the coordinator with 1,000 replicas and 10,000 agents, simulated.
 
 pub mod api;
+pub mod control_plane;
 pub mod memory;
 pub mod nginx;
 pub mod stack;

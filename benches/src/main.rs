@@ -11,6 +11,10 @@ struct Args {
     /// Print the report as JSON instead of Markdown.
     #[arg(long)]
     json: bool,
+    /// Instead of the load benchmark: the control plane with 100 regions of
+    /// 10 replicas heartbeating and 10,000 agents attached.
+    #[arg(long)]
+    control_plane: bool,
     /// The meridian binary [default: `meridian` next to this one].
     #[arg(long)]
     meridian: Option<PathBuf>,
@@ -25,18 +29,52 @@ fn main() -> std::process::ExitCode {
             .unwrap_or_else(|| "meridian".into())
     });
     let opts = meridian_bench::Options { quick: args.quick, meridian };
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
-    let result = runtime.map_err(anyhow::Error::from).and_then(|rt| rt.block_on(meridian_bench::run(&opts)));
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("meridian-bench: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let json = |v: &dyn erased::Json| v.to_json();
+    let result = if args.control_plane {
+        let scale = meridian_bench::control_plane::Scale {
+            regions: if args.quick { 5 } else { 100 },
+            replicas: if args.quick { 20 } else { 1000 },
+            agents: if args.quick { 200 } else { 10_000 },
+            window: std::time::Duration::from_secs(if args.quick { 3 } else { 30 }),
+        };
+        rt.block_on(meridian_bench::control_plane::simulate(&opts.meridian, scale)).map(|r| {
+            if args.json {
+                json(&r)
+            } else {
+                r.markdown()
+            }
+        })
+    } else {
+        rt.block_on(meridian_bench::run(&opts)).map(|r| if args.json { json(&r) } else { r.markdown() })
+    };
     match result {
-        Ok(report) => {
-            let text =
-                if args.json { serde_json::to_string_pretty(&report).unwrap_or_default() } else { report.markdown() };
+        Ok(text) => {
             println!("{text}");
             std::process::ExitCode::SUCCESS
         }
         Err(e) => {
             eprintln!("meridian-bench: {e:#}");
             std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+mod erased {
+    /// Pretty JSON of any serializable report.
+    pub trait Json {
+        fn to_json(&self) -> String;
+    }
+
+    impl<T: serde::Serialize> Json for T {
+        fn to_json(&self) -> String {
+            serde_json::to_string_pretty(self).unwrap_or_default()
         }
     }
 }

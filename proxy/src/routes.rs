@@ -83,7 +83,7 @@ impl RouteTable {
 
     /// Follows the coordinator's route feed until `stop` turns true.
     pub async fn follow(&self, client: &Client, mut stop: tokio::sync::watch::Receiver<bool>) {
-        let mut version = 0;
+        let mut version = None;
         let mut backoff = FIRST_BACKOFF;
         while !*stop.borrow() {
             let wait = tokio::select! {
@@ -91,10 +91,10 @@ impl RouteTable {
                 update = client.routes(version, POLL_WAIT) => match update {
                     Ok(update) => {
                         if !update.routes.is_empty() {
-                            tracing::debug!(from = version, to = update.version, changes = update.routes.len(), "routes updated");
+                            tracing::debug!(from = ?version, to = update.version, changes = update.routes.len(), "routes updated");
                         }
-                        self.apply(&update, version == 0);
-                        version = update.version;
+                        self.apply(&update, version.is_none());
+                        version = Some(update.version);
                         backoff = FIRST_BACKOFF;
                         continue;
                     }

@@ -177,9 +177,13 @@ impl Client {
         self.call::<serde_json::Value>(Method::POST, "/api/v2/proxies/me/agent-detach", Some(req)).await.map(drop)
     }
 
-    /// Route changes after `after`, waiting up to `wait` for one (a long poll).
-    pub async fn routes(&self, after: i64, wait: Duration) -> Result<RouteUpdate, ClientError> {
-        let path = format!("/api/v2/proxies/me/routes?after={after}&wait_ms={}", wait.as_millis());
+    /// Route changes after `after`, waiting up to `wait` for one (a long
+    /// poll); with `after` = `None`, every current route at once.
+    pub async fn routes(&self, after: Option<i64>, wait: Duration) -> Result<RouteUpdate, ClientError> {
+        let path = match after {
+            Some(v) => format!("/api/v2/proxies/me/routes?after={v}&wait_ms={}", wait.as_millis()),
+            None => "/api/v2/proxies/me/routes".to_owned(),
+        };
         self.call_timeout(Method::GET, &path, None::<&()>, Some(wait + DEFAULT_TIMEOUT)).await
     }
 

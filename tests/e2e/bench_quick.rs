@@ -15,3 +15,16 @@ async fn the_benchmark_harness_runs_every_workload() {
     assert!(report.memory.rss_after_kib > 0 && report.memory.connections == 200);
     assert!(report.markdown().contains("| meridian |"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_control_plane_simulation_runs() {
+    let scale = meridian_bench::control_plane::Scale {
+        regions: 3,
+        replicas: 9,
+        agents: 30,
+        window: std::time::Duration::from_secs(2),
+    };
+    let report = meridian_bench::control_plane::simulate(BIN.as_ref(), scale).await.expect("the simulation runs");
+    assert_eq!((report.regions, report.replicas, report.agents), (3, 9, 30));
+    assert!(report.coordinator_rss_kib > 0 && report.postgres_transactions_per_sec > 0.0, "{report:?}");
+}

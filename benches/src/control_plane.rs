@@ -1,0 +1,251 @@
+//! Control-plane scale, simulated in one process: a real coordinator (and
+//! its embedded PostgreSQL) with 1,000 region replicas heartbeating and
+//! following routes like real proxies, and 10,000 agents attached; reports
+//! the coordinator's CPU and memory and PostgreSQL's transactions per second.
+//!
+//! The replicas are tasks here, not processes; their health reports come from
+//! one small HTTP server that answers for all of them.
+
+use crate::stack::Proc;
+use anyhow::{bail, Context, Result};
+use meridian_regions::api::{AgentAttach, AgentSpec, App, CreateRegion, CreateWorkspace, RegisterProxy, Share};
+use meridian_regions::client::{http_client, Client, Credential};
+use meridian_regions::token::Secret;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy)]
+pub struct Scale {
+    pub regions: usize,
+    pub replicas: usize,
+    pub agents: usize,
+    /// How long the steady state is measured.
+    pub window: Duration,
+}
+
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ControlPlane {
+    pub regions: usize,
+    pub replicas: usize,
+    pub agents: usize,
+    pub window_secs: f64,
+    /// Coordinator CPU over the window, as a share of one core (1.0 = a whole core).
+    pub coordinator_cpu_cores: f64,
+    pub coordinator_rss_kib: u64,
+    pub postgres_transactions_per_sec: f64,
+    pub heartbeats_per_sec: f64,
+}
+
+const INTERVAL: &str = "10s";
+
+pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
+    let dir = tempfile::Builder::new().prefix("meridian-cp").tempdir()?;
+    let farm = health_farm().await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let base = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data");
+    let args = [
+        "coordinator".to_owned(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--proxy-health-interval".into(),
+        INTERVAL.into(),
+        "--heartbeat-interval".into(),
+        INTERVAL.into(),
+    ];
+    let log = std::fs::File::create(dir.path().join("coordinator.log"))?;
+    let coordinator = Proc(
+        std::process::Command::new(meridian)
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start the coordinator")?,
+    );
+    let http = http_client(None).map_err(anyhow::Error::msg)?;
+    let anon = Client::new(&base, Credential::None, http.clone());
+    let start = Instant::now();
+    while anon.buildinfo().await.is_err() {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the coordinator did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let session = anon.first_user("admin", "bench-password").await?.session_token;
+    let admin = Client::new(&base, Credential::Session(Secret::new(session)), http.clone());
+
+    let mut tokens = Vec::new();
+    for i in 0..scale.regions {
+        let region = CreateRegion { name: format!("r{i}"), display_name: None };
+        tokens.push(admin.create_region(&region).await?.proxy_token);
+    }
+    let replicas: Vec<(Client, RegisterProxy)> = (0..scale.replicas)
+        .map(|i| {
+            let client =
+                Client::new(&base, Credential::Proxy(Secret::new(tokens[i % scale.regions].clone())), http.clone());
+            let req = RegisterProxy {
+                replica_id: uuid::Uuid::new_v4(),
+                access_url: format!("http://{farm}/replica/{i}"),
+                wildcard_hostname: format!("*.r{}.localhost:1", i % scale.regions),
+                relay_address: Some(format!("http://127.0.0.1:1/{i}")),
+                mesh_address: None,
+                version: meridian_regions::VERSION.into(),
+            };
+            (client, req)
+        })
+        .collect();
+    for (client, req) in &replicas {
+        client.register(req).await?;
+    }
+    let agent_tokens = agents(&admin, scale.agents).await?;
+    for (i, token) in agent_tokens.iter().enumerate() {
+        let (client, replica) = &replicas[i % replicas.len()];
+        let attach =
+            AgentAttach { agent_token: token.clone(), attach_token: None, replica_id: Some(replica.replica_id) };
+        client.agent_attach(&attach).await?;
+    }
+
+    // Steady state: every replica heartbeats each interval and long-polls routes.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let beats = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (client, req)) in replicas.into_iter().enumerate() {
+        let (stop, beats) = (stop.clone(), beats.clone());
+        let offset = Duration::from_millis((i as u64 * 10_000) / scale.replicas as u64);
+        tasks.spawn(async move {
+            let follow = async {
+                let mut version = None;
+                loop {
+                    match client.routes(version, Duration::from_secs(20)).await {
+                        Ok(u) => version = Some(u.version),
+                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                    }
+                }
+            };
+            let heartbeat = async {
+                tokio::time::sleep(offset).await;
+                loop {
+                    if client.register(&req).await.is_ok() {
+                        beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            };
+            tokio::select! { _ = stop.notified() => {}, _ = follow => {}, _ = heartbeat => {} }
+        });
+    }
+    tokio::time::sleep(Duration::from_secs(10)).await; // every replica has beaten once
+    let pg = postgres(&data).await?;
+    let (cpu0, tx0, beats0, t0) = (
+        cpu_seconds(coordinator.pid())?,
+        transactions(&pg).await?,
+        beats.load(std::sync::atomic::Ordering::Relaxed),
+        Instant::now(),
+    );
+    tokio::time::sleep(scale.window).await;
+    let window = t0.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(coordinator.pid())? - cpu0;
+    let tx = transactions(&pg).await? - tx0;
+    let heartbeats = beats.load(std::sync::atomic::Ordering::Relaxed) - beats0;
+    let rss = crate::memory::rss_kib(coordinator.pid())?;
+    stop.notify_waiters();
+    tasks.abort_all();
+    Ok(ControlPlane {
+        regions: scale.regions,
+        replicas: scale.replicas,
+        agents: scale.agents,
+        window_secs: window,
+        coordinator_cpu_cores: cpu / window,
+        coordinator_rss_kib: rss,
+        postgres_transactions_per_sec: tx as f64 / window,
+        heartbeats_per_sec: heartbeats as f64 / window,
+    })
+}
+
+/// Creates workspaces of 10 agents each until there are `n` agents; their tokens.
+async fn agents(admin: &Client, n: usize) -> Result<Vec<String>> {
+    let mut tokens = Vec::with_capacity(n);
+    for w in 0..n.div_ceil(10) {
+        let count = (n - w * 10).min(10);
+        let app = App { slug: "code".into(), port: Some(8080), url: None, subdomain: true, share: Share::Owner };
+        let agents = (0..count).map(|a| AgentSpec { name: format!("a{a}"), apps: vec![app.clone()] }).collect();
+        let created = admin.create_workspace(&CreateWorkspace { name: format!("w{w}"), owner: None, agents }).await?;
+        tokens.extend(created.agent_tokens.into_values());
+    }
+    Ok(tokens)
+}
+
+/// One server answering every replica's `/healthz-report` with a healthy report.
+async fn health_farm() -> Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let report = serde_json::json!({
+        "status": "ok", "errors": [], "warnings": [], "coordinator_reachable": true,
+        "last_registration_at": null, "version": meridian_regions::VERSION,
+    })
+    .to_string();
+    let response = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{report}",
+        report.len()
+    );
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let response = response.clone();
+            tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = vec![0u8; 4096];
+                while let Ok(n) = s.read(&mut buf).await {
+                    if n == 0 || s.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+async fn postgres(data: &Path) -> Result<sqlx::PgPool> {
+    let options =
+        sqlx::postgres::PgConnectOptions::new().socket(data.join("run")).username("meridian").database("meridian");
+    Ok(sqlx::postgres::PgPoolOptions::new().max_connections(1).connect_with(options).await?)
+}
+
+async fn transactions(pg: &sqlx::PgPool) -> Result<i64> {
+    Ok(sqlx::query_scalar(
+        "SELECT (xact_commit + xact_rollback)::bigint FROM pg_stat_database WHERE datname = 'meridian'",
+    )
+    .fetch_one(pg)
+    .await?)
+}
+
+/// User plus system CPU time of `pid`, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').context("bad stat")?.1.split_whitespace().collect();
+    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    Ok(ticks / hz)
+}
+
+impl ControlPlane {
+    pub fn markdown(&self) -> String {
+        format!(
+            "### Control plane: {} regions, {} replicas heartbeating every {INTERVAL} and following routes, {} agents attached\n\n\
+             | measured over {:.0} s | value |\n|---|---|\n\
+             | coordinator CPU | {:.0}% of one core |\n| coordinator RSS | {} MiB |\n\
+             | PostgreSQL transactions/s | {:.0} |\n| heartbeats/s | {:.0} |\n",
+            self.regions,
+            self.replicas,
+            self.agents,
+            self.window_secs,
+            self.coordinator_cpu_cores * 100.0,
+            self.coordinator_rss_kib / 1024,
+            self.postgres_transactions_per_sec,
+            self.heartbeats_per_sec,
+        )
+    }
+}
