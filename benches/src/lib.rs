@@ -114,17 +114,30 @@ pub async fn run(opts: &Options) -> Result<Report> {
         figures: mean(&runs),
     }));
     let memory = memory::idle_connections(stack.sydney_pid, stack.sydney_port, idle).await?;
-    for r in &rows {
-        ensure!(
-            r.figures.errors == 0,
-            "{} through {}: {} failed requests (logs in {})",
-            r.workload,
-            r.target,
-            r.figures.errors,
-            stack.log_dir().display()
-        );
+    // Failed requests are reported, not fatal, except in --quick (a check of the harness).
+    if opts.quick {
+        for r in &rows {
+            let (w, t, n, log) = (r.workload, r.target, r.figures.errors, stack.log_dir().display());
+            ensure!(n == 0, "{w} through {t}: {n} failed requests (logs in {log})");
+        }
     }
     Ok(Report { rounds, seconds_per_round: secs, rows, memory })
+}
+
+/// Starts the stack, prints how to load each target, waits for Ctrl-C.
+pub async fn hold(meridian: &std::path::Path) -> Result<()> {
+    let stack = Stack::start(meridian).await?;
+    for t in [&stack.direct, &stack.nginx, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls] {
+        let headers: String = t.headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect();
+        println!("{}: wrk -t1 -c32 -d10s --latency{headers} {}", t.name, t.url);
+    }
+    println!("sydney proxy pid {}; logs in {}; Ctrl-C or SIGTERM stops", stack.sydney_pid, stack.log_dir().display());
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }
 
 /// Requests/s and percentiles averaged over rounds; errors summed.
@@ -146,7 +159,7 @@ impl Report {
         workloads.dedup();
         for w in workloads {
             let rows: Vec<&Row> = self.rows.iter().filter(|r| r.workload == w).collect();
-            let _ = writeln!(out, "\n### {w}\n\n| target | requests/s | p50 ms | p99 ms | requests/s vs nginx | vs direct |\n|---|---|---|---|---|---|");
+            let _ = writeln!(out, "\n### {w}\n\n| target | requests/s | p50 ms | p99 ms | failed | requests/s vs nginx | vs direct |\n|---|---|---|---|---|---|---|");
             let rps = |name: &str| rows.iter().find(|r| r.target == name).map(|r| r.figures.requests_per_sec);
             for r in &rows {
                 let ratio = |other: Option<f64>| match other {
@@ -162,11 +175,12 @@ impl Report {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0}{mb} | {:.2} | {:.2} | {} | {} |",
+                    "| {} | {:.0}{mb} | {:.2} | {:.2} | {} | {} | {} |",
                     r.target,
                     r.figures.requests_per_sec,
                     r.figures.p50_ms,
                     r.figures.p99_ms,
+                    r.figures.errors,
                     ratio(rps("nginx")),
                     ratio(rps("direct"))
                 );

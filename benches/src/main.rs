@@ -15,6 +15,10 @@ struct Args {
     /// 10 replicas heartbeating and 10,000 agents attached.
     #[arg(long)]
     control_plane: bool,
+    /// Only start the stack, print a wrk command per target, and wait for
+    /// Ctrl-C: for profiling by hand (see BENCHMARKS.md).
+    #[arg(long)]
+    hold: bool,
     /// The meridian binary [default: `meridian` next to this one].
     #[arg(long)]
     meridian: Option<PathBuf>,
@@ -37,6 +41,15 @@ fn main() -> std::process::ExitCode {
         }
     };
     let json = |v: &dyn erased::Json| v.to_json();
+    if args.hold {
+        return match rt.block_on(meridian_bench::hold(&opts.meridian)) {
+            Ok(()) => std::process::ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("meridian-bench: {e:#}");
+                std::process::ExitCode::FAILURE
+            }
+        };
+    }
     let result = if args.control_plane {
         let scale = meridian_bench::control_plane::Scale {
             regions: if args.quick { 5 } else { 100 },
