@@ -154,7 +154,10 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     shutdown.await;
     println!("stopping...");
     let _ = std::fs::remove_file(dir.join(control::INFO_FILE));
-    faults.children.lock().unwrap_or_else(|e| e.into_inner()).stop_all();
+    // On a blocking thread: this runtime must keep forwarding the regions'
+    // links while the proxies deregister through them.
+    let stopping = faults.clone();
+    tokio::task::spawn_blocking(move || stopping.children.lock().unwrap_or_else(|e| e.into_inner()).stop_all()).await?;
     Ok(())
 }
 
@@ -230,11 +233,11 @@ fn print_urls(dir: &Path, base: &str, port: u16, password: &Secret, regions: &[(
     println!("  sign in         {base}/login   username {USER}   password {}", password.expose());
     println!("  coordinator     {base}   (the primary region; API under /api/v2)");
     for (name, latency, port) in regions {
-        println!("  region {name:<8} http://127.0.0.1:{port}   (+{} ms each way)", latency.as_millis());
+        println!("  region {name:<9} http://127.0.0.1:{port}   (+{} ms each way)", latency.as_millis());
     }
     println!("\nThe workspace dev (agent main, attached to {agent}) serves the sample app:");
     for (name, _, port) in regions {
-        println!("  via {name:<11} http://code--main--dev--{USER}.{name}.localhost:{port}/   (sign in first)");
+        println!("  via {name:<12}http://code--main--dev--{USER}.{name}.localhost:{port}/   (sign in first)");
     }
     println!("  public app      http://public--main--dev--{USER}.localhost:{port}/   (no sign-in)");
     println!("  path app        {base}/@{USER}/dev/apps/docs/");
