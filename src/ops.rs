@@ -163,9 +163,9 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
         RegionsCommand::List { json } => {
             let list = client.regions().await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                print(&(serde_json::to_string_pretty(&list)? + "\n"));
             } else {
-                print!("{}", region_table(&list.regions));
+                print(&region_table(&list.regions));
             }
         }
         RegionsCommand::Create { name, display_name } => {
@@ -188,9 +188,9 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
             let http = http_client(ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
             let pings = meridian_regions::selection::ping_all(&http, &regions, count.into()).await;
             if json {
-                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "regions": pings }))?);
+                print(&(serde_json::to_string_pretty(&serde_json::json!({ "regions": pings }))? + "\n"));
             } else {
-                print!("{}", ping_table(&pings));
+                print(&ping_table(&pings));
             }
         }
         RegionsCommand::RegenerateToken { name } => {

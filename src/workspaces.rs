@@ -61,10 +61,10 @@ pub async fn run(args: WorkspacesArgs) -> Result<()> {
         WorkspacesCommand::List { owner, json } => {
             let list = client.workspaces(owner.as_deref()).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&list)?);
+                crate::ops::print(&(serde_json::to_string_pretty(&list)? + "\n"));
                 return Ok(());
             }
-            println!("{:<12} {:<16} {:<10} {:<12} APPS", "OWNER", "WORKSPACE", "AGENT", "STATUS");
+            let mut out = format!("{:<12} {:<16} {:<10} {:<12} APPS\n", "OWNER", "WORKSPACE", "AGENT", "STATUS");
             for w in &list.workspaces {
                 for a in &w.agents {
                     let status = match (&a.region, a.connected) {
@@ -72,9 +72,17 @@ pub async fn run(args: WorkspacesArgs) -> Result<()> {
                         _ => "offline".to_owned(),
                     };
                     let apps: Vec<&str> = a.apps.iter().map(|x| x.slug.as_str()).collect();
-                    println!("{:<12} {:<16} {:<10} {:<12} {}", w.owner, w.name, a.name, status, apps.join(","));
+                    out.push_str(&format!(
+                        "{:<12} {:<16} {:<10} {:<12} {}\n",
+                        w.owner,
+                        w.name,
+                        a.name,
+                        status,
+                        apps.join(",")
+                    ));
                 }
             }
+            crate::ops::print(&out);
         }
         WorkspacesCommand::Delete { name, owner } => {
             let owner = match owner {
