@@ -1,13 +1,16 @@
 //! The few coordinator calls a benchmark run needs, and a signed-in app cookie.
 
+use crate::stack::wait_until;
 use anyhow::{bail, Context, Result};
 use meridian_regions::api::{AgentSpec, App, CreateRegion, CreateWorkspace, Share};
 use meridian_regions::client::{Client, Credential};
 use meridian_regions::token::Secret;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PASSWORD: &str = "bench-password";
+/// Longest wait for the deployment to settle.
+const DEADLINE: Duration = Duration::from_secs(60);
 
 pub struct Api {
     base: String,
@@ -38,33 +41,18 @@ impl Api {
     }
 
     pub async fn wait_healthy(&self) -> Result<()> {
-        self.poll("every region to be healthy", || async {
+        wait_until("every region to be healthy", DEADLINE, || async {
             self.client.regions().await.is_ok_and(|l| l.regions.iter().all(|r| r.healthy))
         })
         .await
     }
 
     pub async fn wait_agent(&self, region: &str) -> Result<()> {
-        self.poll("the agent to attach", || async {
+        wait_until("the agent to attach", DEADLINE, || async {
             let Ok(list) = self.client.workspaces(None).await else { return false };
             list.workspaces.iter().flat_map(|w| &w.agents).any(|a| a.connected && a.region.as_deref() == Some(region))
         })
         .await
-    }
-
-    async fn poll<F, Fut>(&self, what: &str, mut f: F) -> Result<()>
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        let start = Instant::now();
-        while !f().await {
-            if start.elapsed() > Duration::from_secs(60) {
-                bail!("timed out waiting for {what}");
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        Ok(())
     }
 
     /// Signs in as a browser would, opens `app_url` through the login

@@ -51,7 +51,8 @@ pub struct Stack {
     /// The sydney proxy's process (for its memory).
     pub sydney_pid: u32,
     pub sydney_port: u16,
-    procs: Vec<Proc>,
+    /// Held to be stopped (SIGTERM, then SIGKILL) when the stack drops.
+    _procs: Vec<Proc>,
 }
 
 fn free_port() -> Result<u16> {
@@ -65,7 +66,8 @@ fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str, env: &[(&str, &str
     Ok(Proc(cmd.spawn().with_context(|| format!("cannot start {name} ({})", bin.display()))?))
 }
 
-async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<()>
+/// Polls `f` every 50 ms until it holds, at most `deadline`.
+pub(crate) async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<()>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -199,16 +201,12 @@ impl Stack {
             meridian_tls: signed.next().context("tls target")?,
             sydney_pid,
             sydney_port: ports["sydney"],
-            procs,
+            _procs: procs,
             dir,
         })
     }
 
     pub fn log_dir(&self) -> &Path {
         self.dir.path()
-    }
-
-    pub fn process_count(&self) -> usize {
-        self.procs.len()
     }
 }

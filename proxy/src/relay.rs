@@ -146,6 +146,9 @@ impl Relay {
                 Err(e @ (DialError::NotAttached | DialError::PeerUnreachable(_))) => e,
                 other => return other,
             };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(e);
+            }
             // A dead peer relay, or no coordinator to push the new route: ask
             // the peers. Otherwise the coordinator's route update is on its way.
             let stale = matches!(e, DialError::PeerUnreachable(_)) || !self.state.registration().coordinator_reachable;
