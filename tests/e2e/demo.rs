@@ -4,37 +4,16 @@
 
 use crate::support::*;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn demo_serves_apps_to_a_browser_and_stops_cleanly() {
     let dir = tempdir();
-    // The demo takes the port and the next one; find two free in a row.
-    let port =
-        (0..50).map(|_| free_port()).find(|p| std::net::TcpListener::bind(("127.0.0.1", p + 1)).is_ok()).unwrap();
-    let out_path = dir.path().join("demo.out");
-    let out = std::fs::File::create(&out_path).unwrap();
-    let mut demo = Process {
-        child: Command::new(BIN)
-            .args(["demo", "--regions", "sydney", "--port", &port.to_string(), "--data-dir"])
-            .arg(dir.path().join("state"))
-            .env("MERIDIAN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-        log: out_path.clone(),
-        name: "demo".into(),
-    };
-    let printed = wait_for(Duration::from_secs(120), "the demo to print its URLs", || {
-        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let exited = demo.child.try_wait().unwrap();
-        assert!(exited.is_none(), "demo exited: {exited:?}\n{text}");
-        async move { text.contains("Ctrl-C stops everything").then_some(text) }
-    })
-    .await;
+    let state = dir.path().join("state");
+    let args = ["--regions".to_owned(), "sydney".into(), "--data-dir".into(), state.display().to_string()];
+    let mut demo = Demo::start(dir.path(), 1, &args).await;
+    let (printed, port) = (demo.printed.clone(), demo.port);
     let password = printed
         .lines()
         .find_map(|l| l.split("password ").nth(1))
@@ -72,9 +51,9 @@ async fn demo_serves_apps_to_a_browser_and_stops_cleanly() {
     assert!(run.status.success(), "browser sign-in failed: {says}");
 
     // SIGTERM stops the demo and everything it started.
-    demo.signal(nix::sys::signal::Signal::SIGTERM);
-    let status = demo.wait_exit(Duration::from_secs(60)).await;
-    assert!(status.success(), "{status:?}\n{}", demo.output());
+    demo.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let status = demo.proc.wait_exit(Duration::from_secs(60)).await;
+    assert!(status.success(), "{status:?}\n{}", demo.proc.output());
     for p in [port, port + 1] {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", p)).is_err(),

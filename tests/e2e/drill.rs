@@ -88,10 +88,6 @@ fn failures(report: &Value, region: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread")]
 async fn every_drill_scenario_reports_what_a_bystander_sees() {
     let dir = tempdir();
-    let port = (0..50)
-        .map(|_| free_port())
-        .find(|p| (1..=2).all(|i| std::net::TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
-        .unwrap();
     let topology = dir.path().join("topology.toml");
     std::fs::write(
         &topology,
@@ -100,30 +96,11 @@ async fn every_drill_scenario_reports_what_a_bystander_sees() {
     )
     .unwrap();
     let state = dir.path().join("state");
-    let out_path = dir.path().join("demo.out");
-    let out = std::fs::File::create(&out_path).unwrap();
-    let mut demo = Process {
-        child: Command::new(BIN)
-            .args(["demo", "--port", &port.to_string(), "--proxy-health-interval", "1s", "--topology"])
-            .arg(&topology)
-            .arg("--data-dir")
-            .arg(&state)
-            .env("MERIDIAN_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap(),
-        log: out_path.clone(),
-        name: "demo".into(),
-    };
-    wait_for(Duration::from_secs(120), "the demo to start", || {
-        let text = std::fs::read_to_string(&out_path).unwrap_or_default();
-        let exited = demo.child.try_wait().unwrap();
-        assert!(exited.is_none(), "demo exited: {exited:?}\n{text}");
-        async move { text.contains("Ctrl-C stops everything").then_some(()) }
-    })
-    .await;
+    let args = ["--proxy-health-interval", "1s", "--topology", &topology.display().to_string(), "--data-dir"];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push(state.display().to_string());
+    let mut demo = Demo::start(dir.path(), 2, &args).await;
+    let port = demo.port;
     let coordinator = format!("http://127.0.0.1:{port}");
     let password = std::fs::read_to_string(state.join("demo-password")).unwrap();
     let api = Api::login(&coordinator, "demo", password.trim()).await;
@@ -184,6 +161,6 @@ async fn every_drill_scenario_reports_what_a_bystander_sees() {
         assert_eq!(report["lost"], 0, "{report}");
     }
     observer.abort();
-    demo.signal(nix::sys::signal::Signal::SIGTERM);
-    assert!(demo.wait_exit(Duration::from_secs(60)).await.success());
+    demo.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(demo.proc.wait_exit(Duration::from_secs(60)).await.success());
 }

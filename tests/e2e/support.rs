@@ -598,3 +598,35 @@ impl Traffic {
         out
     }
 }
+
+/// `meridian demo` as a user starts it, on a free run of ports.
+pub struct Demo {
+    pub proc: Process,
+    /// The coordinator's port; region `i` (from 1) is at `port + i`.
+    pub port: u16,
+    /// Everything it printed by the time it was ready.
+    pub printed: String,
+}
+
+impl Demo {
+    /// Starts `meridian demo --port P <args>` where P and the `regions` ports
+    /// after it are free, and waits until it prints its URLs.
+    pub async fn start(dir: &Path, regions: u16, args: &[String]) -> Self {
+        let port = (0..50)
+            .map(|_| free_port())
+            .find(|p| (1..=regions).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+            .unwrap();
+        let mut all = vec!["demo".to_owned(), "--port".into(), port.to_string()];
+        all.extend(args.iter().cloned());
+        let mut proc = Process::spawn("demo", dir, &all);
+        let log = proc.log.clone();
+        let printed = wait_for(Duration::from_secs(120), "the demo to print its URLs", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let exited = proc.child.try_wait().unwrap();
+            assert!(exited.is_none(), "demo exited: {exited:?}\n{text}");
+            async move { text.contains("Ctrl-C stops everything").then_some(text) }
+        })
+        .await;
+        Self { proc, port, printed }
+    }
+}
