@@ -3,7 +3,7 @@
 //! - [`auth`]: extractors for the three credentials (user session, admin, proxy token).
 //! - [`json`]: a JSON body extractor whose rejections use the API's error format.
 //! - [`users`], [`regions`], [`proxies`], [`workspaces`]: the handlers, one file per resource.
-//! - [`apps`]: app login (auth-redirect, tickets) and app tokens; [`redirect`] validates where it may send browsers.
+//! - [`apps`]: app login (auth-redirect, tickets) and app tokens; `meridian_regions::redirect` validates where it may send browsers.
 //! - [`probes`]: `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
 
 mod agents;
@@ -12,7 +12,6 @@ mod auth;
 mod json;
 mod probes;
 mod proxies;
-mod redirect;
 mod regions;
 mod users;
 mod workspaces;

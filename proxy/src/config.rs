@@ -76,6 +76,37 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_OFFLINE_GRACE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub offline_grace: Option<Duration>,
+    /// Most open client connections in all [default: 16384].
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
+    /// Most open connections from one client address [default: 512].
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<usize>,
+    /// Longest time a client may take to send a whole request head (slowloris cut-off)
+    /// before a 408 [default: 10s].
+    #[arg(long, env = "MERIDIAN_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub header_timeout: Option<Duration>,
+    /// Longest request line in bytes; longer gets a 414 [default: 8192].
+    #[arg(long, env = "MERIDIAN_MAX_REQUEST_LINE")]
+    pub max_request_line: Option<usize>,
+    /// Most bytes of request header fields; more gets a 431 [default: 32768].
+    #[arg(long, env = "MERIDIAN_MAX_HEADER_BYTES")]
+    pub max_header_bytes: Option<usize>,
+    /// Most request header fields; more gets a 431 [default: 100].
+    #[arg(long, env = "MERIDIAN_MAX_HEADERS")]
+    pub max_headers: Option<usize>,
+}
+
+/// Limits on what one client may hold or send.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
+    pub header_timeout: Duration,
+    pub max_request_line: usize,
+    pub max_header_bytes: usize,
+    pub max_headers: usize,
 }
 
 /// A validated configuration.
@@ -97,6 +128,7 @@ pub struct Config {
     pub login_url: Url,
     pub app_timeout: Duration,
     pub offline_grace: Duration,
+    pub limits: Limits,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -139,6 +171,12 @@ impl Args {
             app_timeout: self.app_timeout.or(file.app_timeout),
             login_url: self.login_url.or(file.login_url),
             offline_grace: self.offline_grace.or(file.offline_grace),
+            max_connections: self.max_connections.or(file.max_connections),
+            max_connections_per_client: self.max_connections_per_client.or(file.max_connections_per_client),
+            header_timeout: self.header_timeout.or(file.header_timeout),
+            max_request_line: self.max_request_line.or(file.max_request_line),
+            max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
+            max_headers: self.max_headers.or(file.max_headers),
         }
     }
 
@@ -173,6 +211,30 @@ impl Args {
         }
         let replica_id = self.replica_id.unwrap_or_else(|| default_replica_id(listen, &access_url));
         let login_url = self.login_url.unwrap_or_else(|| coordinator_url.clone());
+        let limits = Limits {
+            max_connections: self.max_connections.unwrap_or(16_384),
+            max_connections_per_client: self.max_connections_per_client.unwrap_or(512),
+            header_timeout: self.header_timeout.unwrap_or(Duration::from_secs(10)),
+            max_request_line: self.max_request_line.unwrap_or(8 * 1024),
+            max_header_bytes: self.max_header_bytes.unwrap_or(32 * 1024),
+            max_headers: self.max_headers.unwrap_or(100),
+        };
+        let positive = [
+            ("--max-connections", limits.max_connections),
+            ("--max-connections-per-client", limits.max_connections_per_client),
+            ("--max-request-line", limits.max_request_line),
+            ("--max-header-bytes", limits.max_header_bytes),
+            ("--max-headers", limits.max_headers),
+        ];
+        if let Some((flag, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(ConfigError(format!("{flag} must be at least 1")));
+        }
+        if limits.max_headers > 250 {
+            return Err(ConfigError("--max-headers can be at most 250".into()));
+        }
+        if limits.header_timeout.is_zero() {
+            return Err(ConfigError("--header-timeout must be more than 0s".into()));
+        }
         Ok(Config {
             coordinator_url,
             proxy_token,
@@ -190,6 +252,7 @@ impl Args {
             login_url,
             app_timeout: self.app_timeout.unwrap_or(Duration::from_secs(60)),
             offline_grace: self.offline_grace.unwrap_or(Duration::from_secs(3600)),
+            limits,
         })
     }
 }
@@ -230,6 +293,8 @@ mod tests {
             format!("coordinator_url = \"ftp://x\"\nproxy_token = \"{TOKEN}\""),
             format!("coordinator_url = \"http://x\"\nproxy_token = \"{TOKEN}\"\nwildcard_access_url = \"x.com\""),
             format!("coordinator_url = \"http://x\"\nproxy_token = \"{TOKEN}\"\nthreads = 0"),
+            format!("coordinator_url = \"http://x\"\nproxy_token = \"{TOKEN}\"\nmax_headers = 0"),
+            format!("coordinator_url = \"http://x\"\nproxy_token = \"{TOKEN}\"\nheader_timeout = \"0s\""),
         ];
         for bad in cases {
             assert!(Args::from_toml(&bad).and_then(Args::resolve).is_err(), "{bad}");

@@ -6,6 +6,7 @@
 //! - [`auth`]: tickets, app sessions, and app tokens verified from a moka cache.
 //! - [`upstream`]: app connections through agent tunnels; [`relay`]: where agents attach;
 //!   [`routes`]: where every agent is (pushed by the coordinator); [`mesh`]: links to peer relays.
+//! - [`gate`]: framing, host, path and SNI checks before routing; connection caps and head limits.
 //! - [`hygiene`]: what is stripped and set between client and app; [`pages`]: error pages.
 //! - [`endpoints`]: the proxy's own endpoints (`/healthz`, `/healthz-report`, ...).
 //! - [`registration`]: register, heartbeat and deregister with the coordinator.
@@ -16,6 +17,7 @@
 pub mod auth;
 pub mod config;
 pub mod endpoints;
+pub mod gate;
 pub mod hygiene;
 pub mod lifecycle;
 pub mod mesh;
@@ -118,7 +120,8 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     server.bootstrap();
 
     let wildcard_base = config.wildcard_access_url.as_deref().and_then(meridian_regions::app_url::wildcard_base);
-    let mut proxy = pingora::proxy::http_proxy_service(
+    pingora::protocols::http::v1::server::set_head_limits(gate::head_limits(&config.limits));
+    let app = pingora::proxy::http_proxy(
         &server.configuration,
         service::MeridianProxy {
             state: state.clone(),
@@ -132,11 +135,20 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             },
         },
     );
+    let capped = gate::Capped {
+        inner: Arc::new(app),
+        max_total: config.limits.max_connections,
+        max_per_client: config.limits.max_connections_per_client,
+        open: Default::default(),
+    };
+    let mut proxy = pingora::services::listening::Service::new("Meridian proxy".into(), capped);
     let addr = config.listen.to_string();
     match &config.tls {
         Some((cert, key)) => {
             let (cert, key) = (path_str(cert)?, path_str(key)?);
-            let mut tls = TlsSettings::intermediate(cert, key)
+            let mut tls = TlsSettings::with_callbacks(Box::new(gate::RecordSni))?;
+            tls.set_certificate_chain_file(cert)
+                .and_then(|()| tls.set_private_key_file(key))
                 .with_context(|| format!("cannot load TLS certificate {cert} and key {key}"))?;
             tls.enable_h2();
             proxy.add_tls_with_settings(&addr, None, tls);

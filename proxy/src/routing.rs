@@ -6,7 +6,6 @@ use crate::endpoints;
 use crate::state::ProxyState;
 use meridian_regions::app_token::{path_binding, subdomain_binding};
 use meridian_regions::app_url::{parse_host, parse_path, AppRequest, HostMatch, PathMatch};
-use pingora::http::RequestHeader;
 
 /// A request for an app.
 #[derive(Debug, Clone)]
@@ -34,11 +33,13 @@ pub enum Route {
     },
 }
 
-/// Routes by `host` (the request's, see [`request_host`]) against the wildcard base, then by path.
-/// With `api_passthrough` (the primary), whatever is not an app goes to the API.
+/// Routes a checked request (see [`crate::gate::check`]: `host` and the
+/// normalized `path`) against the wildcard base, then by path. With
+/// `api_passthrough` (the primary), whatever is not an app goes to the API.
 pub fn route(
-    req: &RequestHeader,
     host: &str,
+    path: &str,
+    query: Option<&str>,
     wildcard_base: Option<&str>,
     api_passthrough: bool,
     state: &ProxyState,
@@ -57,10 +58,9 @@ pub fn route(
             HostMatch::NotAnApp => {}
         }
     }
-    let path = req.uri.path();
     match parse_path(path) {
         PathMatch::App { req: app, prefix, rest } => {
-            let rest = match req.uri.query() {
+            let rest = match query {
                 Some(q) => format!("{rest}?{q}"),
                 None => rest,
             };
@@ -72,7 +72,7 @@ pub fn route(
             })
         }
         PathMatch::AddSlash(prefix) => {
-            let location = match req.uri.query() {
+            let location = match query {
                 Some(q) => format!("{prefix}?{q}"),
                 None => prefix,
             };
@@ -85,15 +85,6 @@ pub fn route(
             None => Route::Own(endpoints::Local::error(404, "Nothing is served at this address.")),
         },
     }
-}
-
-/// The request's host: `Host`, or the URI authority (HTTP/2 `:authority`).
-pub fn request_host(req: &RequestHeader) -> Option<String> {
-    req.headers
-        .get(http::header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| req.uri.authority().map(|a| a.as_str().to_owned()))
 }
 
 fn strip_port(host: &str) -> &str {

@@ -7,7 +7,7 @@ use crate::pages::Reply;
 use crate::relay::Relay;
 use crate::routing::{self, AppRoute, Route};
 use crate::state::{InFlight, ProxyState};
-use crate::{hygiene, upstream};
+use crate::{gate, hygiene, upstream};
 use async_trait::async_trait;
 use meridian_regions::app_token::AppClaims;
 use pingora::prelude::*;
@@ -31,6 +31,8 @@ pub struct Ctx {
     /// Keeps the request counted for the shutdown drain.
     _in_flight: InFlight,
     app: Option<Served>,
+    /// The normalized path and query, when they differ from what the client sent.
+    forward_path: Option<String>,
 }
 
 /// An authorized app request on its way to the app.
@@ -52,15 +54,32 @@ impl ProxyHttp for MeridianProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { _in_flight: self.state.enter(), app: None }
+        Ctx { _in_flight: self.state.enter(), app: None, forward_path: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let checked = match gate::check(session) {
+            Ok(c) => c,
+            Err(refused) => {
+                self.count("rejected");
+                // Nothing behind a refused request is read: the connection closes.
+                session.set_keepalive(None);
+                Reply::page(refused.status, &refused.message).write(session).await?;
+                return Ok(true);
+            }
+        };
         let req = session.req_header();
-        let host = routing::request_host(req).unwrap_or_default();
+        let (host, query) = (checked.host, req.uri.query());
         let passthrough = self.api_upstream.is_some();
-        let (outcome, reply) = match routing::route(req, &host, self.wildcard_base.as_deref(), passthrough, &self.state)
-        {
+        let route =
+            routing::route(&host, &checked.path, query, self.wildcard_base.as_deref(), passthrough, &self.state);
+        if checked.path != req.uri.path() {
+            ctx.forward_path = Some(match query {
+                Some(q) => format!("{}?{q}", checked.path),
+                None => checked.path,
+            });
+        }
+        let (outcome, reply) = match route {
             Route::Api => ("api", None),
             Route::Own(local) => {
                 self.count("own");
@@ -69,7 +88,7 @@ impl ProxyHttp for MeridianProxy {
             }
             Route::Reject { status, message } => ("rejected", Some(Reply::page(status, &message))),
             Route::Redirect { status, location } => ("rejected", Some(Reply::redirect(status, &location))),
-            Route::App(route) => match self.auth.authorize(req, &host, &route).await {
+            Route::App(route) => match self.auth.authorize(session.req_header(), &host, &route).await {
                 Decision::Serve { claims, set_cookie } => {
                     ctx.app = Some(Served { claims, route, host, set_cookie });
                     ("app", None)
@@ -101,14 +120,17 @@ impl ProxyHttp for MeridianProxy {
         up: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        let bad_path = || Error::explain(ErrorType::InvalidHTTPHeader, "bad app path");
+        if let Some(path) = &ctx.forward_path {
+            up.set_uri(path.parse().map_err(|_| bad_path())?);
+        }
         let Some(served) = &ctx.app else {
             return Ok(());
         };
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
         hygiene::request(up, client_ip, self.auth.scheme(), &served.host)?;
         if let Some((_, rest)) = &served.route.path {
-            let uri = rest.parse().map_err(|_| Error::explain(ErrorType::InvalidHTTPHeader, "bad app path"))?;
-            up.set_uri(uri);
+            up.set_uri(rest.parse().map_err(|_| bad_path())?);
         }
         Ok(())
     }

@@ -12,6 +12,8 @@
 //! - [`wildcard`]: the wildcard access URL pattern (`*.sydney.localhost:7081`).
 //! - [`resolve`]: name resolution (hickory), with `.localhost` as loopback.
 //! - [`selection`]: region selection by measured latency (`meridian regions ping`).
+//! - [`request`]: framing, host and path checks of a received request (one normalisation).
+//! - [`redirect`]: where the login flow may send a browser (no open redirect).
 
 pub mod api;
 pub mod app_token;
@@ -20,6 +22,8 @@ pub mod client;
 pub mod headers;
 pub mod health;
 pub mod name;
+pub mod redirect;
+pub mod request;
 pub mod resolve;
 pub mod selection;
 pub mod token;

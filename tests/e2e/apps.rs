@@ -296,8 +296,9 @@ async fn app_hangs(w: &World) {
 
 async fn ticket_redirect_stays_on_host(w: &World) {
     let anon = w.browser(None).await;
-    for path in ["//evil.example/x?meridian_app_ticket=bogus", "/%2F%2Fevil.example?meridian_app_ticket=bogus"] {
-        let r = anon.get(format!("{}{path}", w.app_url("code", "").trim_end_matches('/'))).send().await.unwrap();
+    let base = w.app_url("code", "");
+    for path in ["//evil.example/x?meridian_app_ticket=bogus", "/.//evil.example?meridian_app_ticket=bogus"] {
+        let r = anon.get(format!("{}{path}", base.trim_end_matches('/'))).send().await.unwrap();
         assert_eq!(r.status(), 303, "{path}");
         let location = r.headers()["location"].to_str().unwrap().to_owned();
         assert!(
@@ -305,6 +306,9 @@ async fn ticket_redirect_stays_on_host(w: &World) {
             "{path} → {location}"
         );
     }
+    // An encoded separator is refused before any redirect is built.
+    let r = anon.get(format!("{}/%2F%2Fevil.example?meridian_app_ticket=bogus", base.trim_end_matches('/')));
+    assert_eq!(r.send().await.unwrap().status(), 400);
 }
 
 async fn agent_outage(w: &mut World) {

@@ -11,7 +11,6 @@
 
 use super::auth::{optional_user, ProxyRegion};
 use super::json::Json;
-use super::redirect::{self, AppHosts};
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::store::Scope;
@@ -24,6 +23,7 @@ use meridian_regions::api::{
 };
 use meridian_regions::app_token::{AppClaims, ISSUER};
 use meridian_regions::headers::APP_TICKET_PARAM;
+use meridian_regions::redirect::{self, AppHosts};
 use meridian_regions::token::Token;
 
 /// How long an app token lasts; proxies renew it from the app session.

@@ -347,7 +347,16 @@ where
             }
             Err(mut e) => {
                 e.as_down();
-                if matches!(e.etype, InvalidHTTPHeader) {
+                // Meridian patch: a head refused by a limit (414, 431, 408) gets that status.
+                if let HTTPStatus(code) = e.etype {
+                    debug!("Refused request head: {e}");
+                    downstream_session
+                        .respond_error(code)
+                        .await
+                        .unwrap_or_else(|e| {
+                            error!("failed to send error response to downstream: {e}");
+                        });
+                } else if matches!(e.etype, InvalidHTTPHeader) {
                     debug!(
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()

@@ -29,8 +29,58 @@ use pingora_timeout::timeout;
 use regex::bytes::Regex;
 use std::any::Any;
 use std::collections::VecDeque;
+use std::sync::OnceLock;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Meridian patch: limits on a request's head, enforced while it is read.
+/// Each refusal is an `HTTPStatus` error with the status to answer.
+#[derive(Debug, Clone, Copy)]
+pub struct HeadLimits {
+    /// Longest request line (method, target, version) → 414.
+    pub max_request_line: usize,
+    /// Most bytes of header fields after the request line → 431.
+    pub max_header_bytes: usize,
+    /// Most header fields → 431.
+    pub max_headers: usize,
+    /// Longest time to receive a whole head, from its first byte (from the
+    /// connection's start for its first request) → 408.
+    pub deadline: Option<Duration>,
+}
+
+static HEAD_LIMITS: OnceLock<HeadLimits> = OnceLock::new();
+
+/// Sets the process-wide [`HeadLimits`] (first call wins); without it only
+/// pingora's own ceilings apply.
+pub fn set_head_limits(limits: HeadLimits) {
+    let _ = HEAD_LIMITS.set(limits);
+}
+
+/// Checks a partial or complete head in `buf` against the limits.
+fn check_head(buf: &[u8], headers: Option<usize>, limits: &HeadLimits) -> Result<()> {
+    let line_end = buf.iter().position(|b| *b == b'\n');
+    let line_len = line_end.unwrap_or(buf.len());
+    if line_len > limits.max_request_line {
+        return Error::e_explain(
+            HTTPStatus(414),
+            format!("request line longer than {} bytes", limits.max_request_line),
+        );
+    }
+    let header_bytes = buf.len() - line_end.map_or(buf.len(), |e| e + 1);
+    if header_bytes > limits.max_header_bytes {
+        return Error::e_explain(
+            HTTPStatus(431),
+            format!("header fields larger than {} bytes", limits.max_header_bytes),
+        );
+    }
+    if headers.is_some_and(|n| n > limits.max_headers) {
+        return Error::e_explain(
+            HTTPStatus(431),
+            format!("more than {} header fields", limits.max_headers),
+        );
+    }
+    Ok(())
+}
 
 use super::body::{BodyReader, BodyWriter};
 use super::common::*;
@@ -304,6 +354,13 @@ impl HttpSession {
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
+        let limits = HEAD_LIMITS.get().copied();
+        // A new connection's first head is timed from now; a reused one's from its first byte.
+        let first_request = matches!(self.keepalive_timeout, KeepaliveStatus::Off);
+        let mut deadline = limits
+            .and_then(|l| l.deadline)
+            .filter(|_| first_request || already_read > 0)
+            .map(|d| tokio::time::Instant::now() + d);
         loop {
             if already_read > MAX_HEADER_SIZE {
                 /* NOTE: this check only blocks second read. The first large read is allowed
@@ -323,10 +380,30 @@ impl HttpSession {
             // this request and is waiting for our response).
             if skip_next_read {
                 skip_next_read = false;
-            } else if let Some(n) = self.read_request_buf(&mut buf, already_read).await? {
-                already_read += n;
             } else {
-                return Ok(None);
+                let read = self.read_request_buf(&mut buf, already_read);
+                let read = match deadline {
+                    Some(at) => match tokio::time::timeout_at(at, read).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            return Error::e_explain(
+                                HTTPStatus(408),
+                                "request head not received within the header deadline",
+                            )
+                        }
+                    },
+                    None => read.await,
+                };
+                if let Some(n) = read? {
+                    already_read += n;
+                } else {
+                    return Ok(None);
+                }
+                if deadline.is_none() {
+                    deadline = limits
+                        .and_then(|l| l.deadline)
+                        .map(|d| tokio::time::Instant::now() + d);
+                }
             }
 
             // Use loop as GOTO to retry escaped request buffer, not a real loop
@@ -334,6 +411,21 @@ impl HttpSession {
                 let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
                 let mut req = httparse::Request::new(&mut headers);
                 let parsed = parse_req_buffer(&mut req, &buf);
+                if let Some(limits) = &limits {
+                    match &parsed {
+                        HeaderParseState::Complete(s) => {
+                            check_head(&buf[..*s], Some(req.headers.len()), limits)?
+                        }
+                        HeaderParseState::Partial => check_head(&buf, None, limits)?,
+                        HeaderParseState::Invalid(httparse::Error::TooManyHeaders) => {
+                            return Error::e_explain(
+                                HTTPStatus(431),
+                                format!("more than {} header fields", limits.max_headers),
+                            )
+                        }
+                        HeaderParseState::Invalid(_) => {}
+                    }
+                }
                 match parsed {
                     HeaderParseState::Complete(s) => {
                         self.raw_header = Some(BufRef(0, s));

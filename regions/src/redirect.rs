@@ -3,7 +3,7 @@
 //! a registered wildcard (same port), or a path app under a registered access
 //! URL. Never a prefix match, never userinfo, never a scheme other than http(s).
 
-use meridian_regions::app_url::{parse_host, parse_path, wildcard_base, HostMatch, PathMatch};
+use crate::app_url::{parse_host, parse_path, wildcard_base, HostMatch, PathMatch};
 use url::Url;
 
 /// Longest `redirect_uri` accepted.

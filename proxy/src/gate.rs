@@ -1,0 +1,201 @@
+//! What a request must pass before anything routes on it, and what a
+//! connection must pass before it is served:
+//!
+//! - [`check`]: the head's framing (no smuggling), one exact host (`Host` and
+//!   `:authority` agree, the TLS SNI names it too, else 421), and the one
+//!   normalized path that is both authorized and forwarded.
+//! - [`Capped`]: global and per-client caps on open connections.
+//! - [`head_limits`]: request line, header size and count, and the deadline
+//!   for a whole head (enforced by the patched pingora, see `vendor/`).
+
+use crate::config::Limits;
+use async_trait::async_trait;
+use meridian_regions::request::{check_framing, normalize_path, parse_authority, RequestError};
+use pingora::apps::ServerApp;
+use pingora::listeners::TlsAccept;
+use pingora::protocols::http::v1::server::HeadLimits;
+use pingora::protocols::tls::TlsRef;
+use pingora::protocols::Stream;
+use pingora::proxy::Session;
+use pingora::server::ShutdownWatch;
+use std::any::Any;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::AsyncWriteExt;
+
+/// A request that passed [`check`].
+#[derive(Debug)]
+pub struct Checked {
+    /// `host[:port]`, lower case, without a trailing dot.
+    pub host: String,
+    /// The normalized path (no query).
+    pub path: String,
+}
+
+/// A refusal: status and a message naming the problem.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    pub status: u16,
+    pub message: String,
+}
+
+impl From<RequestError> for Refused {
+    fn from(e: RequestError) -> Self {
+        Refused { status: e.status(), message: e.to_string() }
+    }
+}
+
+/// Checks the framing, host and path of the request in `session`.
+pub fn check(session: &Session) -> Result<Checked, Refused> {
+    if let Some(h1) = session.as_downstream().as_http1() {
+        check_framing(&h1.get_headers_raw_bytes())?;
+    }
+    let req = session.req_header();
+    let mut hosts = req.headers.get_all(http::header::HOST).iter();
+    let header = match (hosts.next(), hosts.next()) {
+        (_, Some(_)) => return Err(refused(400, "more than one Host header")),
+        (Some(v), None) => Some(v.to_str().map_err(|_| refused(400, "invalid Host: not ASCII"))?),
+        (None, None) => None,
+    };
+    let uri_authority = req.uri.authority().map(|a| a.as_str());
+    let raw = match (header, uri_authority) {
+        (Some(h), Some(a)) if !h.eq_ignore_ascii_case(a) => {
+            return Err(refused(400, "the request names two different hosts (Host and the target's authority)"))
+        }
+        (Some(h), _) => h,
+        (None, Some(a)) => a,
+        (None, None) => return Err(refused(400, "the Host header is missing")),
+    };
+    let authority = parse_authority(raw)?;
+    if let Some(sni) = sni(session) {
+        let sni = sni.trim_end_matches('.');
+        if !sni.eq_ignore_ascii_case(&authority.host) {
+            return Err(refused(
+                421,
+                &format!("this connection was opened for {sni}; open {} on a new connection", authority.host),
+            ));
+        }
+    }
+    let path = normalize_path(req.uri.path())?;
+    Ok(Checked { host: authority.to_host_port(), path })
+}
+
+fn refused(status: u16, message: &str) -> Refused {
+    Refused { status, message: message.to_owned() }
+}
+
+/// The TLS server name the client asked for, recorded by [`RecordSni`].
+fn sni(session: &Session) -> Option<&str> {
+    let digest = session.digest()?.ssl_digest.as_ref()?;
+    digest.extension.get::<Sni>()?.0.as_deref()
+}
+
+/// The SNI of a TLS connection, kept in its digest.
+#[derive(Debug)]
+struct Sni(Option<String>);
+
+/// Keeps each TLS connection's SNI for [`check`].
+pub struct RecordSni;
+
+#[async_trait]
+impl TlsAccept for RecordSni {
+    async fn handshake_complete_callback(&self, tls: &TlsRef) -> Option<Arc<dyn Any + Send + Sync>> {
+        Some(Arc::new(Sni(tls.server_name().map(str::to_owned))))
+    }
+}
+
+/// The patched pingora's head limits from the configuration.
+pub fn head_limits(limits: &Limits) -> HeadLimits {
+    HeadLimits {
+        max_request_line: limits.max_request_line,
+        max_header_bytes: limits.max_header_bytes,
+        max_headers: limits.max_headers,
+        deadline: Some(limits.header_timeout),
+    }
+}
+
+/// Open connections, in all and per client address.
+#[derive(Debug, Default)]
+pub struct Connections {
+    total: usize,
+    by_client: HashMap<IpAddr, usize>,
+}
+
+/// A pingora app served only while the caps on open connections hold; a
+/// connection over a cap gets a plain 503 (HTTP/1) or is closed.
+pub struct Capped<A> {
+    pub inner: Arc<A>,
+    pub max_total: usize,
+    pub max_per_client: usize,
+    pub open: Arc<Mutex<Connections>>,
+}
+
+/// Counts one connection while it lives.
+struct Admitted {
+    open: Arc<Mutex<Connections>>,
+    client: Option<IpAddr>,
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.total -= 1;
+        if let Some(ip) = self.client {
+            if let Some(n) = open.by_client.get_mut(&ip) {
+                *n -= 1;
+                if *n == 0 {
+                    open.by_client.remove(&ip);
+                }
+            }
+        }
+    }
+}
+
+impl<A> Capped<A> {
+    fn admit(&self, client: Option<IpAddr>) -> Result<Admitted, &'static str> {
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        if open.total >= self.max_total {
+            return Err("This proxy is at its connection limit; try again shortly.");
+        }
+        if let Some(ip) = client {
+            let n = open.by_client.entry(ip).or_default();
+            if *n >= self.max_per_client {
+                return Err("Too many open connections from your address; close some and try again.");
+            }
+            *n += 1;
+        }
+        open.total += 1;
+        Ok(Admitted { open: self.open.clone(), client })
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let client =
+            stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()).and_then(|a| a.as_inet().map(|a| a.ip()));
+        let _admitted = match self.admit(client) {
+            Ok(a) => a,
+            Err(message) => {
+                tracing::debug!(?client, message, "connection refused by a cap");
+                let h2 = stream.selected_alpn_proto().is_some_and(|p| p == pingora::protocols::ALPN::H2);
+                if !h2 {
+                    let reply = format!(
+                        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\n\
+                         Content-Length: {}\r\nConnection: close\r\nRetry-After: 1\r\n\r\n{message}\n",
+                        message.len() + 1
+                    );
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                    let _ = stream.flush().await;
+                }
+                return None;
+            }
+        };
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
