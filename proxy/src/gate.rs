@@ -81,6 +81,30 @@ pub fn check(session: &Session) -> Result<Checked, Refused> {
     Ok(Checked { host: authority.to_host_port(), path })
 }
 
+/// For a chunked HTTP/1 request about to be forwarded: reads the first piece
+/// of its body (kept and replayed to the app by pingora's retry buffer), so a
+/// malformed chunk is refused here with a 400 before any byte goes upstream.
+/// A client that waits for `100 Continue` is not waited for.
+pub async fn first_chunk(session: &mut Session, timeout: std::time::Duration) -> Result<(), Refused> {
+    let req = session.req_header();
+    let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
+    let expects_continue = req
+        .headers
+        .get(http::header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !chunked || expects_continue || session.as_downstream().as_http1().is_none() {
+        return Ok(());
+    }
+    let downstream = session.as_downstream_mut();
+    downstream.enable_retry_buffering();
+    match tokio::time::timeout(timeout, downstream.read_request_body()).await {
+        Ok(Ok(_)) if !downstream.retry_buffer_truncated() => Ok(()),
+        Ok(Ok(_)) => Err(refused(413, "the first chunk of the request body is too large to check")),
+        Ok(Err(e)) => Err(refused(400, &format!("malformed chunked request body ({})", e.etype().as_str()))),
+        Err(_) => Err(refused(408, "the request body did not start within the header deadline")),
+    }
+}
+
 fn refused(status: u16, message: &str) -> Refused {
     Refused { status, message: message.to_owned() }
 }

@@ -129,6 +129,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             relay: relay.clone(),
             wildcard_base,
             app_timeout: config.app_timeout,
+            header_timeout: config.limits.header_timeout,
             api_upstream: match &mode {
                 Mode::Embedded { api_upstream, .. } => Some(*api_upstream),
                 Mode::Standalone => None,

@@ -24,6 +24,8 @@ pub struct MeridianProxy {
     pub api_upstream: Option<std::net::SocketAddr>,
     /// Longest wait for each read of an app's answer (→ 504).
     pub app_timeout: std::time::Duration,
+    /// Longest wait for a request head, and for the first piece of a chunked body.
+    pub header_timeout: std::time::Duration,
 }
 
 /// Per-request state.
@@ -31,7 +33,7 @@ pub struct Ctx {
     /// Keeps the request counted for the shutdown drain.
     _in_flight: InFlight,
     app: Option<Served>,
-    /// The normalized path and query, when they differ from what the client sent.
+    /// The normalized origin-form target, when it differs from what the client sent.
     forward_path: Option<String>,
 }
 
@@ -73,11 +75,13 @@ impl ProxyHttp for MeridianProxy {
         let passthrough = self.api_upstream.is_some();
         let route =
             routing::route(&host, &checked.path, query, self.wildcard_base.as_deref(), passthrough, &self.state);
-        if checked.path != req.uri.path() {
-            ctx.forward_path = Some(match query {
-                Some(q) => format!("{}?{q}", checked.path),
-                None => checked.path,
-            });
+        // Forward in origin form (never absolute-form) with the normalized path.
+        let target = match query {
+            Some(q) => format!("{}?{q}", checked.path),
+            None => checked.path.clone(),
+        };
+        if req.raw_path() != target.as_bytes() {
+            ctx.forward_path = Some(target);
         }
         let (outcome, reply) = match route {
             Route::Api => ("api", None),
@@ -98,7 +102,16 @@ impl ProxyHttp for MeridianProxy {
             },
         };
         self.count(outcome);
-        let Some(reply) = reply else { return Ok(false) };
+        let reply = match reply {
+            Some(reply) => reply,
+            None => match gate::first_chunk(session, self.header_timeout).await {
+                Ok(()) => return Ok(false),
+                Err(refused) => {
+                    session.set_keepalive(None);
+                    Reply::page(refused.status, &refused.message)
+                }
+            },
+        };
         reply.write(session).await?;
         Ok(true)
     }

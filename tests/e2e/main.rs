@@ -15,6 +15,7 @@ mod deploy_configs;
 mod drill;
 mod embedded;
 mod failover;
+mod fixtures;
 mod proxy_lifecycle;
 mod proxy_tls;
 mod regions_ping;

@@ -1,0 +1,339 @@
+//! The bad-input fixture tables (`tests/fixtures/*.yaml`, see their README),
+//! driven raw against a real proxy, agent and a recording app: what the client
+//! got, whether the connection closed, and what reached the app.
+
+use crate::support::*;
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Longest wait for any one answer.
+const ANSWER: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RequestCase {
+    name: String,
+    raw: String,
+    status: u16,
+    #[serde(default)]
+    close: bool,
+    reaches_app: Option<bool>,
+    forwarded: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UpstreamCase {
+    name: String,
+    method: String,
+    response: String,
+}
+
+fn load<T: serde::de::DeserializeOwned>(file: &str) -> Vec<T> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(file);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// An app that records every byte and request head it receives, answers
+/// `{"conn": N, "target": "..."}`, and answers `/bad/{i}` with upstream case
+/// `i`'s raw response.
+struct RecordingApp {
+    port: u16,
+    bytes: Arc<AtomicU64>,
+    raw: Arc<Mutex<Vec<u8>>>,
+    /// (connection number, request target), in arrival order.
+    seen: Arc<Mutex<Vec<(u64, String)>>>,
+}
+
+impl RecordingApp {
+    async fn start(bad: Vec<String>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let app = RecordingApp {
+            port,
+            bytes: Default::default(),
+            raw: Default::default(),
+            seen: Default::default(),
+        };
+        let (bytes, raw, seen, bad) = (app.bytes.clone(), app.raw.clone(), app.seen.clone(), Arc::new(bad));
+        tokio::spawn(async move {
+            for conn in 1u64.. {
+                let Ok((stream, _)) = listener.accept().await else { return };
+                let (bytes, raw, seen, bad) = (bytes.clone(), raw.clone(), seen.clone(), bad.clone());
+                tokio::spawn(async move {
+                    let _ = serve(conn, stream, &bytes, &raw, &seen, &bad).await;
+                });
+            }
+        });
+        app
+    }
+
+    fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::SeqCst)
+    }
+
+    fn raw_since(&self, from: u64) -> String {
+        let raw = self.raw.lock().unwrap();
+        String::from_utf8_lossy(&raw[from as usize..]).into_owned()
+    }
+
+    fn seen(&self) -> Vec<(u64, String)> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// One app connection: minimal HTTP/1.1 (httparse for heads; bodies by
+/// Content-Length or to the last chunk).
+async fn serve(
+    conn: u64,
+    mut stream: TcpStream,
+    bytes: &AtomicU64,
+    raw: &Mutex<Vec<u8>>,
+    seen: &Mutex<Vec<(u64, String)>>,
+    bad: &[String],
+) -> std::io::Result<()> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16 * 1024];
+    loop {
+        // A whole head, then its body.
+        let (head_len, target, method, body) = loop {
+            let mut headers = [httparse::EMPTY_HEADER; 256];
+            let mut req = httparse::Request::new(&mut headers);
+            if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
+                let header = |name: &str| {
+                    req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| h.value.to_vec())
+                };
+                let body = match (header("content-length"), header("transfer-encoding")) {
+                    (_, Some(_)) => None,
+                    (Some(cl), None) => Some(String::from_utf8_lossy(&cl).trim().parse::<usize>().unwrap_or(0)),
+                    (None, None) => Some(0),
+                };
+                break (n, req.path.unwrap_or("").to_owned(), req.method.unwrap_or("").to_owned(), body);
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            bytes.fetch_add(n as u64, Ordering::SeqCst);
+            raw.lock().unwrap().extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let end = loop {
+            let rest = &buf[head_len..];
+            let end = match body {
+                Some(len) => (rest.len() >= len).then_some(head_len + len),
+                None => rest.windows(5).position(|w| w == b"0\r\n\r\n").map(|p| head_len + p + 5),
+            };
+            if let Some(end) = end {
+                break end;
+            }
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            bytes.fetch_add(n as u64, Ordering::SeqCst);
+            raw.lock().unwrap().extend_from_slice(&chunk[..n]);
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        buf.drain(..end);
+        seen.lock().unwrap().push((conn, target.clone()));
+        let bad_case = target.strip_prefix("/bad/").and_then(|i| i.parse::<usize>().ok()).and_then(|i| bad.get(i));
+        let response = match bad_case {
+            Some(raw) => raw.clone(),
+            None => {
+                let body = json!({"conn": conn, "target": target}).to_string();
+                let body = if method == "HEAD" { String::new() } else { body };
+                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+            }
+        };
+        stream.write_all(response.as_bytes()).await?;
+    }
+}
+
+struct World {
+    app: RecordingApp,
+    proxy: Proxy,
+    vars: Vec<(&'static str, String)>,
+    /// A client holding the public apps' token cookies.
+    client: reqwest::Client,
+    host: String,
+    _rest: (Agent, Coordinator, Postgres, tempfile::TempDir),
+}
+
+async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("fixture").await;
+    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "fixture", proxy_args);
+    proxy.wait_registered().await;
+    let app = RecordingApp::start(bad).await;
+    let apps = json!([
+        {"slug": "raw", "port": app.port, "share": "public"},
+        {"slug": "rawp", "port": app.port, "share": "public", "subdomain": false},
+        {"slug": "private", "port": app.port, "subdomain": false},
+    ]);
+    let created = admin
+        .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
+        .await
+        .expect_status(201);
+    let agent = Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("fixture"));
+    admin.wait_agent_on("dev", "fixture").await;
+
+    // Open both public apps once, signed out, to get their token cookies.
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(LoopbackResolver))
+        .build()
+        .unwrap();
+    let (app_label, base, port) = ("raw--main--dev--admin", "fixture.localhost", proxy.port);
+    let host = format!("{app_label}.{base}:{port}");
+    let sub_url = format!("http://{host}/");
+    let path_url = format!("http://127.0.0.1:{port}/@admin/dev/apps/rawp/");
+    let mut cookies = Vec::new();
+    for url in [&sub_url, &path_url] {
+        let (hops, resp) = follow(&client, url).await;
+        assert_eq!(resp.status(), 200, "{url}: {hops:?}");
+        let cookie = reqwest::cookie::CookieStore::cookies(&*jar, &url.parse().unwrap()).expect("a token cookie");
+        cookies.push(cookie.to_str().unwrap().to_owned());
+    }
+    let vars = vec![
+        ("{host}", host.clone()),
+        ("{cookie}", cookies[0].clone()),
+        ("{path_cookie}", cookies[1].clone()),
+        ("{proxy}", format!("127.0.0.1:{port}")),
+        ("{app}", app_label.to_owned()),
+        ("{base}", base.to_owned()),
+        ("{port}", port.to_string()),
+    ];
+    World { app, proxy, vars, client, host, _rest: (agent, coord, pg, dir) }
+}
+
+/// Fills the placeholders of a raw request.
+fn expand(raw: &str, vars: &[(&str, String)]) -> Vec<u8> {
+    let mut s = raw.to_owned();
+    while let Some(start) = s.find("{{repeat:") {
+        let end = start + s[start..].find("}}").expect("unclosed {{repeat:N:TEXT}}");
+        let (n, text) = s[start + 9..end].split_once(':').expect("{{repeat:N:TEXT}}");
+        let repeated = text.repeat(n.parse().expect("a repeat count"));
+        s.replace_range(start..end + 2, &repeated);
+    }
+    for (k, v) in vars {
+        s = s.replace(k, v);
+    }
+    s.into_bytes()
+}
+
+/// Sends `raw` on a new connection; the first response's status, and whether
+/// the proxy then closed the connection with nothing more sent (only waited
+/// for when `expect_close`).
+async fn exchange(port: u16, raw: &[u8], expect_close: bool) -> (u16, Option<bool>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    // The proxy may refuse before reading everything: a failed write is fine.
+    let _ = s.write_all(raw).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let (status, end) = loop {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(n)) = resp.parse(&buf) {
+            let len = resp
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+            break (resp.code.unwrap(), n + len);
+        }
+        let n = tokio::time::timeout(ANSWER, s.read(&mut chunk)).await.expect("an answer in time").unwrap_or(0);
+        assert!(n > 0, "connection closed without an answer: {:?}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    if !expect_close {
+        return (status, None);
+    }
+    // Read to the end: only the one response may come, then EOF.
+    let closed = loop {
+        match tokio::time::timeout(ANSWER, s.read(&mut chunk)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Err(_) => break false,
+        }
+    };
+    let after = String::from_utf8_lossy(buf.get(end..).unwrap_or_default()).into_owned();
+    assert!(after.is_empty(), "bytes after the one response: {after:?}");
+    (status, Some(closed))
+}
+
+async fn run_request_cases(w: &World, file: &str) {
+    let cases: Vec<RequestCase> = load(file);
+    assert!(!cases.is_empty());
+    let mut failures = Vec::new();
+    for case in &cases {
+        let raw = expand(&case.raw, &w.vars);
+        let (bytes_before, seen_before) = (w.app.bytes(), w.app.seen().len());
+        let (status, closed) = exchange(w.proxy.port, &raw, case.close).await;
+        let mut wrong = Vec::new();
+        if status != case.status {
+            wrong.push(format!("status {status}, want {}", case.status));
+        }
+        if closed == Some(false) {
+            wrong.push("the connection stayed open".to_owned());
+        }
+        let reached = w.app.bytes() > bytes_before;
+        if reached != case.reaches_app.unwrap_or(case.status < 400) {
+            wrong.push(format!("reached the app: {reached}"));
+        }
+        if case.close && w.app.raw_since(bytes_before).contains("smuggled") {
+            wrong.push("a request pipelined behind it reached the app".to_owned());
+        }
+        if let Some(want) = &case.forwarded {
+            let seen: Vec<String> = w.app.seen()[seen_before..].iter().map(|(_, t)| t.clone()).collect();
+            if seen.first() != Some(want) {
+                wrong.push(format!("the app saw {seen:?}, want {want:?}"));
+            }
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("{file}: {}: {}", case.name, wrong.join("; ")));
+        }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_hosts_and_paths_get_their_documented_answers() {
+    let w = world(Vec::new(), &[]).await;
+    for file in ["requests.yaml", "hosts.yaml", "paths.yaml"] {
+        run_request_cases(&w, file).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poisoned_upstream_connections_are_never_reused() {
+    let cases: Vec<UpstreamCase> = load("upstream.yaml");
+    let w = world(cases.iter().map(|c| c.response.clone()).collect(), &[]).await;
+    for (i, case) in cases.iter().enumerate() {
+        let method = reqwest::Method::from_bytes(case.method.as_bytes()).unwrap();
+        // Whatever the client gets for the bad answer (it may be an error)...
+        let _ = w.client.request(method, format!("http://{}/bad/{i}", w.host)).send().await;
+        let bad_conn = w.app.seen().iter().rev().find(|(_, t)| *t == format!("/bad/{i}")).map(|(c, _)| *c);
+        let bad_conn = bad_conn.unwrap_or_else(|| panic!("{}: the app never got the request", case.name));
+        // ...the next request is answered by the app, on another connection.
+        let next = w.client.get(format!("http://{}/after/{i}", w.host)).send().await.unwrap();
+        assert_eq!(next.status(), 200, "{}", case.name);
+        let body = next.text().await.unwrap();
+        assert!(!body.contains("SMUGGLED"), "{}: a leftover answer was served: {body}", case.name);
+        let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(answer["target"], format!("/after/{i}"), "{}", case.name);
+        assert_ne!(answer["conn"], bad_conn, "{}: the poisoned connection was reused", case.name);
+    }
+}
