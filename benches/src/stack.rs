@@ -157,6 +157,11 @@ impl Stack {
                 format!("*.{name}.localhost:{port}"),
                 s("--threads"),
                 s("1"),
+                // The memory workload holds 10,000 connections from one address.
+                s("--max-connections-per-client"),
+                s("20000"),
+                s("--max-connections"),
+                s("20000"),
             ];
             if tls {
                 args.extend(tls_args.iter().cloned());

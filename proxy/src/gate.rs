@@ -88,10 +88,8 @@ pub fn check(session: &Session) -> Result<Checked, Refused> {
 pub async fn first_chunk(session: &mut Session, timeout: std::time::Duration) -> Result<(), Refused> {
     let req = session.req_header();
     let chunked = req.headers.contains_key(http::header::TRANSFER_ENCODING);
-    let expects_continue = req
-        .headers
-        .get(http::header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    let expects_continue =
+        req.headers.get(http::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     if !chunked || expects_continue || session.as_downstream().as_http1().is_none() {
         return Ok(());
     }

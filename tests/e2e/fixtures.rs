@@ -55,12 +55,7 @@ impl RecordingApp {
     async fn start(bad: Vec<String>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let app = RecordingApp {
-            port,
-            bytes: Default::default(),
-            raw: Default::default(),
-            seen: Default::default(),
-        };
+        let app = RecordingApp { port, bytes: Default::default(), raw: Default::default(), seen: Default::default() };
         let (bytes, raw, seen, bad) = (app.bytes.clone(), app.raw.clone(), app.seen.clone(), Arc::new(bad));
         tokio::spawn(async move {
             for conn in 1u64.. {
@@ -149,7 +144,10 @@ async fn serve(
             None => {
                 let body = json!({"conn": conn, "target": target}).to_string();
                 let body = if method == "HEAD" { String::new() } else { body };
-                format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                )
             }
         };
         stream.write_all(response.as_bytes()).await?;
@@ -184,7 +182,8 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
         .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
         .await
         .expect_status(201);
-    let agent = Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("fixture"));
+    let agent =
+        Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("fixture"));
     admin.wait_agent_on("dev", "fixture").await;
 
     // Open both public apps once, signed out, to get their token cookies.

@@ -16,6 +16,7 @@ mod drill;
 mod embedded;
 mod failover;
 mod fixtures;
+mod limits;
 mod proxy_lifecycle;
 mod proxy_tls;
 mod regions_ping;

@@ -82,6 +82,62 @@ async fn https_proxy_with_wildcard_certificate() {
     assert_eq!(seen["uri"], "/over-tls");
     let proto: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
     assert!(proto.contains(&("x-forwarded-proto".into(), "https".into())), "{proto:?}");
+
+    // Host routing is exact over TLS too: a connection opened (SNI) for one
+    // app host cannot ask for another (421), and HTTP/2's `:authority` and a
+    // `host` header must agree (400).
+    let open = format!("open--main--dev--admin.region.localhost:{}", proxy.port);
+    let other = format!("other--main--dev--admin.region.localhost:{}", proxy.port);
+    let tls = tls_connector(&ca_pem, &[]);
+    assert_eq!(h1_status(&tls, proxy.port, &open, &open).await, 200, "SNI = Host");
+    assert_eq!(h1_status(&tls, proxy.port, &open, &other).await, 421, "SNI ≠ Host");
+    assert_eq!(h1_status(&tls, proxy.port, &open, &open.to_uppercase()).await, 200, "case does not matter");
+    let h2 = tls_connector(&ca_pem, &[b"h2"]);
+    assert_eq!(h2_status(&h2, proxy.port, &open, None).await, 200, ":authority alone");
+    assert_eq!(h2_status(&h2, proxy.port, &open, Some(&open)).await, 200, ":authority = host");
+    assert_eq!(h2_status(&h2, proxy.port, &open, Some(&other)).await, 400, ":authority ≠ host");
+}
+
+fn tls_connector(ca: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Opens TLS with SNI `sni` (host:port), sends an HTTP/1.1 GET with `Host: host`; the status.
+async fn h1_status(tls: &tokio_rustls::TlsConnector, port: u16, sni: &str, host: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.split(':').next().unwrap().to_owned()).unwrap();
+    let mut s = tls.connect(name, tcp).await.unwrap();
+    s.write_all(format!("GET /sni HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    answer.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or_else(|| panic!("no status in {answer:?}"))
+}
+
+/// An HTTP/2 GET for `https://{authority}/` with an optional `host` header; the status.
+async fn h2_status(tls: &tokio_rustls::TlsConnector, port: u16, authority: &str, host: Option<&str>) -> u16 {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(authority.split(':').next().unwrap().to_owned()).unwrap();
+    let s = tls.connect(name, tcp).await.unwrap();
+    let (mut client, conn) = h2::client::handshake(s).await.unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(format!("https://{authority}/h2"));
+    if let Some(h) = host {
+        req = req.header("host", h);
+    }
+    let (resp, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), resp).await.unwrap().unwrap().status().as_u16()
 }
 
 fn ca_params() -> rcgen::CertificateParams {

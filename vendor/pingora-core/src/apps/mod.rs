@@ -349,8 +349,10 @@ where
                 // stop downstream from reusing if this service is shutting down soon
                 session.set_keepalive(None);
             } else {
-                // default 60s
-                session.set_keepalive(Some(60));
+                // default 60s; Meridian patch: the head deadline, when one is set
+                let wait = crate::protocols::http::v1::server::first_request_wait()
+                    .map_or(60, |d| d.as_secs().max(1));
+                session.set_keepalive(Some(wait));
             }
             session.set_keepalive_reuses_remaining(
                 self.server_options()

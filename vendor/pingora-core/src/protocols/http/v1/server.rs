@@ -43,8 +43,9 @@ pub struct HeadLimits {
     pub max_header_bytes: usize,
     /// Most header fields → 431.
     pub max_headers: usize,
-    /// Longest time to receive a whole head, from its first byte (from the
-    /// connection's start for its first request) → 408.
+    /// Longest time to receive a whole head, from its first byte → 408. A new
+    /// connection must also start its first request within this time (else it
+    /// is closed), see `apps::HttpServerApp`'s `process_new`.
     pub deadline: Option<Duration>,
 }
 
@@ -54,6 +55,11 @@ static HEAD_LIMITS: OnceLock<HeadLimits> = OnceLock::new();
 /// pingora's own ceilings apply.
 pub fn set_head_limits(limits: HeadLimits) {
     let _ = HEAD_LIMITS.set(limits);
+}
+
+/// How long a new connection may wait before its first request starts.
+pub(crate) fn first_request_wait() -> Option<Duration> {
+    HEAD_LIMITS.get().and_then(|l| l.deadline)
 }
 
 /// Checks a partial or complete head in `buf` against the limits.
@@ -355,11 +361,10 @@ impl HttpSession {
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
         let limits = HEAD_LIMITS.get().copied();
-        // A new connection's first head is timed from now; a reused one's from its first byte.
-        let first_request = matches!(self.keepalive_timeout, KeepaliveStatus::Off);
+        // The head is timed from its first byte.
         let mut deadline = limits
             .and_then(|l| l.deadline)
-            .filter(|_| first_request || already_read > 0)
+            .filter(|_| already_read > 0)
             .map(|d| tokio::time::Instant::now() + d);
         loop {
             if already_read > MAX_HEADER_SIZE {

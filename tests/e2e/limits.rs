@@ -1,0 +1,116 @@
+//! Bounded resources: a slow client is cut off at the header deadline, and
+//! open connections are capped per client address and in all.
+
+use crate::support::*;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpSocket, TcpStream};
+
+async fn proxy(extra: &[&str]) -> (Proxy, Coordinator, Postgres, tempfile::TempDir) {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let token = coord.admin().await.create_region("sydney").await;
+    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, extra);
+    proxy.wait_registered().await;
+    (proxy, coord, pg, dir)
+}
+
+/// Reads until EOF (bounded); what came.
+async fn read_to_close(s: &mut TcpStream, within: Duration) -> String {
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(within, s.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection stayed open; got {:?}", String::from_utf8_lossy(&buf));
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slowloris_client_is_cut_off_at_the_header_deadline() {
+    let (proxy, ..) = proxy(&["--header-timeout", "2s"]).await;
+    // One byte every 500 ms: each read is quick, the head never completes.
+    // The answer is read while trickling (a write after the close would reset
+    // the connection and drop what was not read yet).
+    let s = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let started = Instant::now();
+    let (mut r, mut w) = s.into_split();
+    w.write_all(b"GET /healthz HTTP/1.1\r\n").await.unwrap();
+    let trickle = tokio::spawn(async move {
+        for b in b"X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".iter().cycle().take(16) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if w.write_all(&[*b]).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), r.read_to_end(&mut buf)).await;
+    let elapsed = started.elapsed();
+    trickle.abort();
+    assert!(read.is_ok(), "still open after 10s");
+    let answer = String::from_utf8_lossy(&buf);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+    assert!(elapsed < Duration::from_secs(6), "cut after {elapsed:?}, deadline 2s");
+
+    // A connection that never sends anything is cut at the same deadline.
+    let mut idle = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let answer = read_to_close(&mut idle, Duration::from_secs(5)).await;
+    assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 408"), "{answer:?}");
+
+    // A client sending at a normal pace is served.
+    let ok = reqwest::get(format!("{}/healthz", proxy.url)).await.unwrap();
+    assert_eq!(ok.status(), 200);
+}
+
+/// A connection from `ip`, checked to be served (a request answered with 200, kept open).
+async fn served_from(ip: [u8; 4], port: u16) -> Result<TcpStream, String> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind((ip, 0).into()).unwrap();
+    let mut s = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.expect("an answer").unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).into_owned();
+    if answer.starts_with("HTTP/1.1 200") {
+        Ok(s)
+    } else {
+        Err(answer)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_connections_are_capped_per_client_and_in_all() {
+    let (proxy, ..) = proxy(&["--max-connections-per-client", "3", "--max-connections", "5"]).await;
+    let port = proxy.port;
+    // The proxy's own health check from the coordinator may hold a connection
+    // from 127.0.0.1 too; use other loopback addresses as clients.
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(served_from([127, 0, 0, 2], port).await.expect("within the per-client cap"));
+    }
+    let refused = served_from([127, 0, 0, 2], port).await.expect_err("a 4th connection from one address");
+    assert!(refused.starts_with("HTTP/1.1 503"), "{refused:?}");
+    assert!(refused.contains("Too many open connections from your address"), "{refused:?}");
+
+    // Another address still gets in, up to the global cap of 5 (a health
+    // check connection may take one of them).
+    let mut others = Vec::new();
+    let global = loop {
+        match served_from([127, 0, 0, 3], port).await {
+            Ok(s) => others.push(s),
+            Err(answer) => break answer,
+        }
+        assert!(others.len() <= 2, "more than 5 connections were served");
+    };
+    assert!(global.contains("connection limit"), "{global:?}");
+
+    // Closing one frees its place (the proxy notices the close promptly).
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match served_from([127, 0, 0, 2], port).await {
+            Ok(s) => break held.push(s),
+            Err(_) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(answer) => panic!("a freed place was not reused: {answer:?}"),
+        }
+    }
+}
