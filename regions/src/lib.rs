@@ -19,6 +19,8 @@ pub mod api;
 pub mod app_token;
 pub mod app_url;
 pub mod client;
+#[doc(hidden)]
+pub mod fuzz_checks;
 pub mod headers;
 pub mod health;
 pub mod name;
