@@ -15,6 +15,7 @@ mod deploy_configs;
 mod drill;
 mod embedded;
 mod failover;
+mod faults;
 mod fixtures;
 mod limits;
 mod proxy_lifecycle;

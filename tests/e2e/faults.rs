@@ -1,0 +1,155 @@
+//! Faults on the app's path, injected by user-space links (`meridian-netsim`)
+//! between the agent and the app and between the agent and the relay: each
+//! ends in a clear status or an aborted response, never a hang or a
+//! truncated 200.
+
+use crate::support::*;
+use meridian_netsim::{Link, Mode};
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+/// The proxy's `--app-timeout` in the harness (`Proxy::spawn`).
+const APP_TIMEOUT: Duration = Duration::from_secs(3);
+
+struct World {
+    /// agent → app
+    app_link: Link,
+    /// agent → relay
+    relay_link: Link,
+    client: reqwest::Client,
+    url: String,
+    _rest: (Agent, SampleApp, Proxy, Coordinator, Postgres, tempfile::TempDir),
+}
+
+async fn world() -> World {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    let relay_port = free_port();
+    let relay_link =
+        Link::start("127.0.0.1:0".parse().unwrap(), ([127, 0, 0, 1], relay_port).into()).await.unwrap();
+    let relay_listen = format!("127.0.0.1:{relay_port}");
+    let relay_url = format!("http://{}", relay_link.addr());
+    let mut proxy = Proxy::spawn(
+        dir.path(),
+        &coord.url,
+        &token,
+        &["--relay-listen", &relay_listen, "--relay-url", &relay_url],
+    );
+    proxy.wait_registered().await;
+    let app = SampleApp::start(dir.path()).await;
+    let app_link = link_to(&format!("http://127.0.0.1:{}", app.port)).await;
+    let apps = json!([{"slug": "open", "port": app_link.addr().port(), "share": "public"}]);
+    let created = admin
+        .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
+        .await
+        .expect_status(201);
+    let agent = Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("sydney"));
+    admin.wait_agent_on("dev", "sydney").await;
+    let client = browser();
+    let url = format!("http://open--main--dev--admin.region.localhost:{}", proxy.port);
+    let (hops, resp) = follow(&client, &format!("{url}/")).await;
+    assert_eq!(resp.status(), 200, "{hops:?}");
+    World { app_link, relay_link, client, url, _rest: (agent, app, proxy, coord, pg, dir) }
+}
+
+impl World {
+    async fn get(&self, path: &str) -> reqwest::Response {
+        let req = self.client.get(format!("{}{path}", self.url)).timeout(Duration::from_secs(15));
+        req.send().await.unwrap()
+    }
+
+    /// Closes every agent → app connection (and so every pooled stream to the app).
+    async fn fresh_app_connections(&self) {
+        self.app_link.reset_all();
+        // The agent notices the resets promptly; a probe request confirms.
+        wait_for(Duration::from_secs(5), "the app served again", || async {
+            (self.get("/probe").await.status() == 200).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn faults_between_agent_app_and_relay_end_clearly() {
+    let w = world().await;
+
+    // The app's side accepts and closes at once: 502 naming the problem.
+    w.fresh_app_connections().await;
+    w.app_link.reset_all();
+    w.app_link.set_mode(Mode::Refuse);
+    let r = w.get("/dropped").await;
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("closed the connection before answering"), "the page names it");
+    w.app_link.set_mode(Mode::Pass);
+
+    // The app hangs (a partition): 504 at the app timeout, not later.
+    w.fresh_app_connections().await;
+    w.app_link.set_mode(Mode::Stall);
+    let started = Instant::now();
+    let r = w.get("/hang").await;
+    let took = started.elapsed();
+    assert_eq!(r.status(), 504);
+    assert!(took >= APP_TIMEOUT - Duration::from_millis(100), "answered after {took:?}, before the timeout");
+    assert!(took < APP_TIMEOUT + Duration::from_secs(3), "answered after {took:?}");
+    w.app_link.set_mode(Mode::Pass);
+    w.fresh_app_connections().await;
+
+    // The app's connection resets mid-body: the client sees an aborted
+    // response, never a complete-looking 200 with fewer bytes.
+    let size: u64 = 256 << 20;
+    let mut resp = w
+        .client
+        .get(format!("{}/big", w.url))
+        .header("x-sample-body-bytes", size.to_string())
+        .timeout(Duration::from_secs(15))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let first = resp.chunk().await.unwrap().expect("a first chunk");
+    w.app_link.reset_all();
+    let mut got = first.len() as u64;
+    let outcome = loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => got += c.len() as u64,
+            Ok(None) => break Ok(got),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(outcome.is_err(), "the body ended cleanly after {got} of {size} bytes");
+    assert!(got < size);
+
+    // The agent's tunnel drops: requests in flight fail cleanly (a 502 page
+    // or an aborted response, within bounds), new ones use the re-attached tunnel.
+    w.fresh_app_connections().await;
+    let in_flight = {
+        let (client, url) = (w.client.clone(), w.url.clone());
+        tokio::spawn(async move {
+            let req = client.get(format!("{url}/slow")).header("x-sample-delay-ms", "1500");
+            req.timeout(Duration::from_secs(15)).send().await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    w.relay_link.reset_all();
+    match in_flight.await.unwrap() {
+        Ok(r) => assert_eq!(r.status(), 502, "an in-flight request through the dropped tunnel"),
+        Err(e) => assert!(!e.is_timeout(), "it failed at once, not by timing out: {e}"),
+    }
+    let started = Instant::now();
+    wait_for(Duration::from_secs(10), "served through the re-attached tunnel", || async {
+        (w.get("/after-drop").await.status() == 200).then_some(())
+    })
+    .await;
+    eprintln!("served again {:?} after the tunnel dropped", started.elapsed());
+
+    // Nothing listens where the app should be (connection refused): 502 naming it.
+    w.app_link.close();
+    w.app_link.reset_all();
+    let refused = w.get("/refused").await;
+    assert_eq!(refused.status(), 502);
+    let page = refused.text().await.unwrap();
+    assert!(page.contains("not reachable: is it running"), "the page names the problem: {page}");
+}
