@@ -8,7 +8,9 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN};
 use meridian_regions::token::Secret;
-use meridian_regions::tunnel::{dial_upgrade, TlsClient, PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL};
+use meridian_regions::tunnel::{
+    dial_upgrade, TlsClient, LEAVE_PATH, PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL,
+};
 use std::convert::Infallible;
 use std::time::Duration;
 use tokio::net::TcpStream;
@@ -36,9 +38,25 @@ pub async fn dial(
 const LEAVE_DRAIN: Duration = Duration::from_secs(30);
 
 /// Serves the relay's streams until the tunnel closes, or, once `leave` is
-/// cancelled, closes it gracefully (GOAWAY; open streams may finish).
-pub async fn serve(io: Upgraded, policy: Policy, leave: tokio_util::sync::CancellationToken) {
-    let service = hyper::service::service_fn(move |req| handle(req, policy.clone()));
+/// cancelled, closes it gracefully (GOAWAY; open streams may finish). When the
+/// relay asks the agent to go elsewhere, `asked` is cancelled.
+pub async fn serve(
+    io: Upgraded,
+    policy: Policy,
+    leave: tokio_util::sync::CancellationToken,
+    asked: tokio_util::sync::CancellationToken,
+) {
+    let service = hyper::service::service_fn(move |req| {
+        let (policy, asked) = (policy.clone(), asked.clone());
+        async move {
+            if req.method() == Method::POST && req.uri().path() == LEAVE_PATH {
+                tracing::info!("the relay is shutting down and asked us to attach elsewhere");
+                asked.cancel();
+                return Ok(Response::new(Empty::new()));
+            }
+            handle(req, policy).await
+        }
+    });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(PING_INTERVAL)

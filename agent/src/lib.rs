@@ -75,19 +75,21 @@ impl Attacher {
     /// `--failback-after` (then attaches there before leaving this one).
     async fn run(&mut self) -> Result<(), Fatal> {
         let mut leaving: Option<CancellationToken> = None;
+        // A relay that asked us to leave: not dialed in the next round.
+        let mut avoid: Option<String> = None;
         loop {
             let Some(info) = self.info().await? else {
                 self.pause().await;
                 continue;
             };
             let policy = policy::Policy::new(&info.apps);
-            let Some((relay, io)) = self.dial_first(&info).await else {
+            let Some((relay, io)) = self.dial_first(&info, avoid.take().as_deref()).await else {
                 self.pause().await;
                 continue;
             };
             self.backoff = FIRST_BACKOFF;
-            let leave = CancellationToken::new();
-            let mut tunnel = tokio::spawn(attach::serve(io, policy, leave.clone()));
+            let (leave, asked) = (CancellationToken::new(), CancellationToken::new());
+            let mut tunnel = tokio::spawn(attach::serve(io, policy, leave.clone(), asked.clone()));
             // Make before break: the old tunnel drains only once the new one is up.
             if let Some(old) = leaving.take() {
                 old.cancel();
@@ -103,6 +105,13 @@ impl Attacher {
                     }
                     _ = &mut tunnel => {
                         tracing::warn!(region = %relay.region, "tunnel closed; re-attaching");
+                        break;
+                    }
+                    () = asked.cancelled() => {
+                        // Make before break: this tunnel serves until the next one is up.
+                        tracing::info!(region = %relay.region, relay = %relay.url, "moving to another relay");
+                        avoid = Some(relay.url.clone());
+                        leaving = Some(leave);
                         break;
                     }
                     () = tokio::time::sleep(FAILBACK_CHECK), if away => {
@@ -138,8 +147,17 @@ impl Attacher {
         }
     }
 
-    async fn dial_first(&self, info: &AgentConnectionInfo) -> Option<(RelayInfo, hyper::upgrade::Upgraded)> {
-        for relay in &info.relays {
+    /// Attaches to the first relay of `info` that takes us, skipping `avoid`
+    /// (unless it is the only one).
+    async fn dial_first(
+        &self,
+        info: &AgentConnectionInfo,
+        avoid: Option<&str>,
+    ) -> Option<(RelayInfo, hyper::upgrade::Upgraded)> {
+        let others = info.relays.iter().filter(|r| Some(r.url.as_str()) != avoid);
+        let order: Vec<&RelayInfo> =
+            if others.clone().next().is_some() { others.collect() } else { info.relays.iter().collect() };
+        for relay in order {
             match attach::dial(&relay.url, &self.config.agent_token, info.attach_token.as_ref(), &self.tls).await {
                 Ok(io) => {
                     tracing::info!(region = %relay.region, relay = %relay.url, "attached");

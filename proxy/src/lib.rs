@@ -167,7 +167,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     };
     server.add_service(background_service(
         "lifecycle",
-        lifecycle::Lifecycle::new(registrar, state, config.listen, config.drain_timeout, on_stopped),
+        lifecycle::Lifecycle::new(registrar, state, relay.clone(), config.listen, config.drain_timeout, on_stopped),
     ));
     server.add_service(background_service(
         "relay",

@@ -1,6 +1,7 @@
 //! The proxy's life after start: register once the listener is up, heartbeat,
-//! and on SIGTERM or SIGINT stop accepting, deregister, drain in-flight
-//! requests under the drain deadline, and exit 0.
+//! and on SIGTERM or SIGINT stop accepting, deregister, ask attached agents to
+//! move to another relay, drain in-flight requests and those agents' tunnels
+//! under the drain deadline, and exit 0.
 //!
 //! Pingora's own graceful shutdown sleeps its full grace period even when idle;
 //! this service exits as soon as the drain is done, so an idle proxy stops in
@@ -55,6 +56,7 @@ pub enum OnStopped {
 pub struct Lifecycle {
     registrar: Registrar,
     state: Arc<ProxyState>,
+    relay: Arc<crate::relay::Relay>,
     on_stopped: std::sync::Mutex<Option<OnStopped>>,
     listen: SocketAddr,
     drain_timeout: Duration,
@@ -64,11 +66,13 @@ impl Lifecycle {
     pub fn new(
         registrar: Registrar,
         state: Arc<ProxyState>,
+        relay: Arc<crate::relay::Relay>,
         listen: SocketAddr,
         drain_timeout: Duration,
         on_stopped: OnStopped,
     ) -> Self {
-        Self { registrar, state, on_stopped: std::sync::Mutex::new(Some(on_stopped)), listen, drain_timeout }
+        let on_stopped = std::sync::Mutex::new(Some(on_stopped));
+        Self { registrar, state, relay, on_stopped, listen, drain_timeout }
     }
 
     /// Waits until our listener accepts connections, so the coordinator's first
@@ -88,15 +92,21 @@ impl Lifecycle {
         tracing::warn!(%addr, "listener not reachable yet; registering anyway");
     }
 
+    /// Waits, up to the drain deadline, until no request is in flight here and
+    /// every agent that was attached has moved to another relay and closed its
+    /// tunnel here (other regions' requests may still be using it).
     async fn drain(&self) {
         let deadline = Instant::now() + self.drain_timeout;
+        self.relay.ask_agents_to_leave().await;
         // This service's own context is not a request; nothing else counts here.
-        while self.state.in_flight() > 0 && Instant::now() < deadline {
+        while (self.state.in_flight() > 0 || self.relay.attached() > 0) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        match self.state.in_flight() {
-            0 => tracing::info!("drained"),
-            n => tracing::warn!(in_flight = n, "drain deadline passed; closing remaining requests"),
+        match (self.state.in_flight(), self.relay.attached()) {
+            (0, 0) => tracing::info!("drained"),
+            (requests, agents) => {
+                tracing::warn!(requests, agents, "drain deadline passed; closing what is left")
+            }
         }
     }
 }

@@ -49,6 +49,9 @@ const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest wait for a relay client's TLS handshake or upgrade request.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Longest wait for an agent to acknowledge a request to leave.
+const LEAVE_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub struct Relay {
     coordinator: Client,
     /// This replica, named when recording an attach or detach.
@@ -200,6 +203,39 @@ impl Relay {
             Err(StreamError::Refused { status: 404, .. }) => Err(DialError::NotAttached),
             other => Ok(other?),
         }
+    }
+
+    /// Keys pooled app connections by the path they take: this relay's own
+    /// tunnel, or the relay the route names. When an agent moves, new requests
+    /// get new connections on the new path, and connections on the old path
+    /// idle out instead of carrying requests into a relay that is leaving.
+    pub fn path_key(&self, agent_id: Uuid) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        agent_id.hash(&mut h);
+        if self.tunnel(agent_id).is_some() {
+            self.replica_id.hash(&mut h);
+        } else {
+            self.routes.relay_hash(agent_id, &mut h);
+        }
+        h.finish()
+    }
+
+    /// Agents attached here now.
+    pub fn attached(&self) -> usize {
+        self.agents.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// Shutting down: asks every attached agent to attach elsewhere (each
+    /// moves make-before-break, then closes this tunnel once its streams end).
+    pub async fn ask_agents_to_leave(&self) {
+        let tunnels: Vec<(Uuid, Tunnel)> =
+            self.agents.read().unwrap_or_else(|e| e.into_inner()).iter().map(|(a, t)| (*a, t.clone())).collect();
+        let asks = tunnels.into_iter().map(|(agent, tunnel)| async move {
+            let agreed = tokio::time::timeout(LEAVE_ASK_TIMEOUT, tunnel.ask_to_leave()).await.unwrap_or(false);
+            tracing::info!(%agent, agreed, "asked an agent to attach elsewhere");
+        });
+        futures_util::future::join_all(asks).await;
     }
 
     fn tunnel(&self, agent_id: Uuid) -> Option<Tunnel> {

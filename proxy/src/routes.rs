@@ -48,6 +48,14 @@ impl RouteTable {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).get(&agent).cloned()
     }
 
+    /// Feeds the relay URL of `agent`'s route (if any) into `h`, without cloning it.
+    pub fn relay_hash(&self, agent: Uuid, h: &mut impl std::hash::Hasher) {
+        use std::hash::Hash;
+        if let Some(r) = self.routes.read().unwrap_or_else(|e| e.into_inner()).get(&agent) {
+            r.relay_url.hash(h);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.routes.read().unwrap_or_else(|e| e.into_inner()).len()
     }

@@ -39,7 +39,7 @@ pub fn peer(
     // The address only keys the connection pool; the connector ignores it.
     let ip: std::net::IpAddr = host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
     let mut peer = HttpPeer::new(std::net::SocketAddr::new(ip, port), tls, host.clone());
-    peer.group_key = agent_id.as_u64_pair().0 ^ agent_id.as_u64_pair().1;
+    peer.group_key = relay.path_key(agent_id);
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.read_timeout = read_timeout;
     // Apps in a workspace serve self-signed certificates; the tunnel is the trust boundary.

@@ -23,6 +23,9 @@ pub const UPGRADE_PROTOCOL: &str = "meridian-tunnel";
 pub const LINK_PATH: &str = "/api/v2/relays/me/link";
 pub const LINK_PROTOCOL: &str = "meridian-link";
 pub const AGENT_HEADER: &str = "meridian-agent";
+/// Relay → agent over the tunnel: `POST` here asks the agent to attach
+/// elsewhere (the relay is shutting down); it moves make-before-break.
+pub const LEAVE_PATH: &str = "/meridian/leave";
 /// Longest wait for a TCP connection or an upgrade answer.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep-alive pings on the tunnel: a dead or partitioned peer is noticed
@@ -82,6 +85,17 @@ impl Tunnel {
             .uri("http://relay/")
             .header(AGENT_HEADER, agent.to_string())
             .body(Empty::<Bytes>::new());
+        let Ok(req) = req else { return false };
+        let mut sender = self.sender.clone();
+        if sender.ready().await.is_err() {
+            return false;
+        }
+        sender.send_request(req).await.is_ok_and(|r| r.status() == hyper::StatusCode::OK)
+    }
+
+    /// Asks the agent to attach elsewhere ([`LEAVE_PATH`]); whether it agreed.
+    pub async fn ask_to_leave(&self) -> bool {
+        let req = hyper::Request::builder().method(hyper::Method::POST).uri(LEAVE_PATH).body(Empty::<Bytes>::new());
         let Ok(req) = req else { return false };
         let mut sender = self.sender.clone();
         if sender.ready().await.is_err() {

@@ -28,16 +28,11 @@ async fn world() -> World {
     let admin = coord.admin().await;
     let token = admin.create_region("sydney").await;
     let relay_port = free_port();
-    let relay_link =
-        Link::start("127.0.0.1:0".parse().unwrap(), ([127, 0, 0, 1], relay_port).into()).await.unwrap();
+    let relay_link = Link::start("127.0.0.1:0".parse().unwrap(), ([127, 0, 0, 1], relay_port).into()).await.unwrap();
     let relay_listen = format!("127.0.0.1:{relay_port}");
     let relay_url = format!("http://{}", relay_link.addr());
-    let mut proxy = Proxy::spawn(
-        dir.path(),
-        &coord.url,
-        &token,
-        &["--relay-listen", &relay_listen, "--relay-url", &relay_url],
-    );
+    let mut proxy =
+        Proxy::spawn(dir.path(), &coord.url, &token, &["--relay-listen", &relay_listen, "--relay-url", &relay_url]);
     proxy.wait_registered().await;
     let app = SampleApp::start(dir.path()).await;
     let app_link = link_to(&format!("http://127.0.0.1:{}", app.port)).await;

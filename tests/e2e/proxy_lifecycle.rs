@@ -100,3 +100,108 @@ async fn proxy_serves_its_own_endpoints() {
     let body: serde_json::Value = missing.json().await.unwrap();
     assert!(body["message"].is_string());
 }
+
+/// One user's requests through a region of several replicas behind a
+/// client-side balancer: round robin, and a replica that refuses the
+/// connection (it is not listening) is skipped, as a load balancer would.
+/// Every other error, any status but 200, or an echo of another request is a
+/// failure.
+fn balanced_traffic(
+    client: reqwest::Client,
+    urls: Vec<String>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<(u64, Vec<String>)> {
+    tokio::spawn(async move {
+        let (mut ok, mut failed) = (0u64, Vec::new());
+        for n in 0u64.. {
+            if *stop.borrow() {
+                break;
+            }
+            let path = format!("/rolling/{n}");
+            let mut answered = None;
+            for attempt in 0..urls.len() {
+                let url = &urls[(n as usize + attempt) % urls.len()];
+                let req = client.get(format!("{url}{path}")).header("x-sample-delay-ms", "100");
+                match req.timeout(Duration::from_secs(10)).send().await {
+                    Err(e) if e.is_connect() => continue,
+                    other => {
+                        answered = Some(other);
+                        break;
+                    }
+                }
+            }
+            match answered {
+                Some(Ok(r)) if r.status() == 200 => {
+                    let seen: serde_json::Value = r.json().await.unwrap_or_default();
+                    if seen["uri"] == path.as_str() {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{path}: echo of {}", seen["uri"]));
+                    }
+                }
+                Some(Ok(r)) => {
+                    let status = r.status();
+                    let page = r.text().await.unwrap_or_default();
+                    let why = page.split("<p>").nth(1).and_then(|p| p.split("</p>").next()).unwrap_or_default();
+                    failed.push(format!("{path}: {status} {why}"));
+                }
+                Some(Err(e)) => failed.push(format!("{path}: {e}")),
+                None => failed.push(format!("{path}: no replica accepted the connection")),
+            }
+        }
+        (ok, failed)
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_restart_of_both_replicas_fails_no_request() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let mut p = Proxy::spawn_named(dir.path(), &coord.url, &token, "sydney", &[]);
+        p.wait_registered().await;
+        replicas.push(p);
+    }
+    let app = SampleApp::start(dir.path()).await;
+    let apps = serde_json::json!([{"slug": "open", "port": app.port, "share": "public"}]);
+    let created = admin
+        .post("/api/v2/workspaces", serde_json::json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
+        .await
+        .expect_status(201);
+    let _agent =
+        Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("sydney"));
+    admin.wait_agent_on("dev", "sydney").await;
+    let urls: Vec<String> =
+        replicas.iter().map(|p| format!("http://open--main--dev--admin.sydney.localhost:{}", p.port)).collect();
+    // One sign-in (the token cookie is for the host, whichever replica serves it).
+    let login = browser();
+    let (hops, resp) = follow(&login, &format!("{}/", urls[0])).await;
+    assert_eq!(resp.status(), 200, "{hops:?}");
+
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let users: Vec<_> = (0..4).map(|_| balanced_traffic(login.clone(), urls.clone(), stop.clone())).collect();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for i in 0..replicas.len() {
+        replicas[i].restart_gracefully(Duration::from_secs(15)).await;
+        wait_for(Duration::from_secs(10), "both replicas ok", || async {
+            let r = admin.region("sydney").await;
+            let all = r["replicas"].as_array()?.clone();
+            (all.len() == 2 && all.iter().all(|x| x["status"] == "ok")).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    stop_tx.send(true).unwrap();
+    let (mut ok, mut failed) = (0, Vec::new());
+    for u in users {
+        let (o, f) = u.await.unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok + failed.len() as u64);
+    assert!(ok > 40, "only {ok} requests were served");
+}

@@ -254,6 +254,15 @@ impl Proxy {
         self.wait_registered().await;
     }
 
+    /// SIGTERM, waits for the exit (which must be 0), and starts the same proxy again.
+    pub async fn restart_gracefully(&mut self, drain_within: Duration) {
+        self.proc.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.proc.wait_exit(drain_within).await;
+        assert!(status.success(), "{} exited with {status:?}", self.proc.name);
+        self.proc = Process::spawn("proxy", &self.dir, &self.args);
+        self.wait_registered().await;
+    }
+
     /// Spawns a proxy and waits until it has registered.
     pub async fn start(dir: &Path, coordinator: &str, token: &str) -> Self {
         let mut p = Self::spawn(dir, coordinator, token, &[]);
