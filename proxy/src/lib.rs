@@ -165,13 +165,21 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             (lifecycle::OnStopped::Notify(stopped), Box::new(lifecycle::WatchSignal(shutdown)))
         }
     };
+    let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
     server.add_service(background_service(
         "lifecycle",
-        lifecycle::Lifecycle::new(registrar, state, relay.clone(), config.listen, config.drain_timeout, on_stopped),
+        lifecycle::Lifecycle::new(
+            registrar,
+            state,
+            (relay.clone(), drained_tx),
+            config.listen,
+            config.drain_timeout,
+            on_stopped,
+        ),
     ));
     server.add_service(background_service(
         "relay",
-        lifecycle::RelayService::new(relay, relay_listener, relay_tls, coordinator),
+        lifecycle::RelayService::new(relay, relay_listener, relay_tls, coordinator, drained_rx),
     ));
     server.run(RunArgs { shutdown_signal: signal });
     Ok(())

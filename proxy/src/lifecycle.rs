@@ -19,6 +19,11 @@ use tokio::time::Instant;
 
 /// Longest wait for the coordinator to acknowledge deregistration.
 pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Once agents have moved, how long streams relayed for peers may still finish.
+/// Peers stop starting requests through a relay their route no longer names
+/// (pooled connections are keyed by path), so this only covers requests
+/// already under way.
+const RELAY_SETTLE: Duration = Duration::from_secs(2);
 /// Longest wait for our own listener before registering anyway.
 const LISTENER_WAIT: Duration = Duration::from_secs(10);
 
@@ -57,6 +62,9 @@ pub struct Lifecycle {
     registrar: Registrar,
     state: Arc<ProxyState>,
     relay: Arc<crate::relay::Relay>,
+    /// Flipped once drained: the route feed is followed until then, so the
+    /// drain sees agents move.
+    drained: tokio::sync::watch::Sender<bool>,
     on_stopped: std::sync::Mutex<Option<OnStopped>>,
     listen: SocketAddr,
     drain_timeout: Duration,
@@ -66,13 +74,13 @@ impl Lifecycle {
     pub fn new(
         registrar: Registrar,
         state: Arc<ProxyState>,
-        relay: Arc<crate::relay::Relay>,
+        (relay, drained): (Arc<crate::relay::Relay>, tokio::sync::watch::Sender<bool>),
         listen: SocketAddr,
         drain_timeout: Duration,
         on_stopped: OnStopped,
     ) -> Self {
         let on_stopped = std::sync::Mutex::new(Some(on_stopped));
-        Self { registrar, state, relay, on_stopped, listen, drain_timeout }
+        Self { registrar, state, relay, drained, on_stopped, listen, drain_timeout }
     }
 
     /// Waits until our listener accepts connections, so the coordinator's first
@@ -93,16 +101,21 @@ impl Lifecycle {
     }
 
     /// Waits, up to the drain deadline, until no request is in flight here and
-    /// every agent that was attached has moved to another relay and closed its
-    /// tunnel here (other regions' requests may still be using it).
+    /// every attached agent has attached to another relay; then gives streams
+    /// that peer relays still have open through this relay (requests they
+    /// started before the agent moved) up to [`RELAY_SETTLE`] to finish.
     async fn drain(&self) {
         let deadline = Instant::now() + self.drain_timeout;
         self.relay.ask_agents_to_leave().await;
         // This service's own context is not a request; nothing else counts here.
-        while (self.state.in_flight() > 0 || self.relay.attached() > 0) && Instant::now() < deadline {
+        while (self.state.in_flight() > 0 || self.relay.agents_staying() > 0) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        match (self.state.in_flight(), self.relay.attached()) {
+        let settle = deadline.min(Instant::now() + RELAY_SETTLE);
+        while self.relay.relayed_streams() > 0 && Instant::now() < settle {
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        match (self.state.in_flight(), self.relay.agents_staying()) {
             (0, 0) => tracing::info!("drained"),
             (requests, agents) => {
                 tracing::warn!(requests, agents, "drain deadline passed; closing what is left")
@@ -123,6 +136,7 @@ impl BackgroundService for Lifecycle {
         // Pingora has stopped accepting; tell the coordinator, then drain.
         self.registrar.deregister().await;
         self.drain().await;
+        self.drained.send_replace(true);
         tracing::info!("proxy stopped");
         match self.on_stopped.lock().unwrap_or_else(|e| e.into_inner()).take() {
             Some(OnStopped::Notify(done)) => {
@@ -152,6 +166,8 @@ pub struct RelayService {
     listener: std::sync::Mutex<Option<std::net::TcpListener>>,
     tls: Option<tokio_rustls::TlsAcceptor>,
     coordinator: meridian_regions::client::Client,
+    /// Routes are followed until the lifecycle has drained, past shutdown.
+    drained: tokio::sync::watch::Receiver<bool>,
 }
 
 impl RelayService {
@@ -160,8 +176,9 @@ impl RelayService {
         listener: std::net::TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
         coordinator: meridian_regions::client::Client,
+        drained: tokio::sync::watch::Receiver<bool>,
     ) -> Self {
-        Self { relay, listener: std::sync::Mutex::new(Some(listener)), tls, coordinator }
+        Self { relay, listener: std::sync::Mutex::new(Some(listener)), tls, coordinator, drained }
     }
 }
 
@@ -178,7 +195,7 @@ impl BackgroundService for RelayService {
         let routes = self.relay.routes.clone();
         tokio::join!(
             self.relay.clone().serve(listener, self.tls.clone(), shutdown.clone()),
-            routes.follow(&self.coordinator, shutdown),
+            routes.follow(&self.coordinator, self.drained.clone()),
         );
     }
 }

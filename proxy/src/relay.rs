@@ -49,6 +49,22 @@ const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 /// Longest wait for a relay client's TLS handshake or upgrade request.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Counts one stream relayed for a peer while it is open.
+struct Relayed(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Relayed {
+    fn new(count: &Arc<std::sync::atomic::AtomicUsize>) -> Self {
+        count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(count.clone())
+    }
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Longest wait for an agent to acknowledge a request to leave.
 const LEAVE_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -72,6 +88,8 @@ pub struct Relay {
     /// Attached agents and streams opened, for `/metrics`.
     attached: prometheus::IntGauge,
     streams: prometheus::IntCounter,
+    /// Streams open now for peer relays (through this relay's tunnels).
+    relayed: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
@@ -105,6 +123,7 @@ impl Relay {
             replica_id,
             own_url,
             agents: RwLock::default(),
+            relayed: Arc::default(),
             routes: Arc::default(),
             mesh,
             auth,
@@ -221,9 +240,16 @@ impl Relay {
         h.finish()
     }
 
-    /// Agents attached here now.
-    pub fn attached(&self) -> usize {
-        self.agents.read().unwrap_or_else(|e| e.into_inner()).len()
+    /// Agents attached here that have not (yet) attached to another relay:
+    /// their route does not name another relay.
+    pub fn agents_staying(&self) -> usize {
+        let agents = self.agents.read().unwrap_or_else(|e| e.into_inner());
+        agents.keys().filter(|a| self.routes.get(**a).is_none_or(|r| r.relay_url == self.own_url)).count()
+    }
+
+    /// Streams open now for peer relays.
+    pub fn relayed_streams(&self) -> usize {
+        self.relayed.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Shutting down: asks every attached agent to attach elsewhere (each
@@ -402,7 +428,9 @@ impl Relay {
             }
             Err(_) => return status(StatusCode::BAD_GATEWAY),
         };
+        let relayed = Relayed::new(&self.relayed);
         tokio::spawn(async move {
+            let _relayed = relayed;
             if let Ok(down) = hyper::upgrade::on(&mut req).await {
                 let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut upstream).await;
             }

@@ -205,3 +205,61 @@ async fn a_rolling_restart_of_both_replicas_fails_no_request() {
     assert!(failed.is_empty(), "{} of {} requests failed: {failed:?}", failed.len(), ok + failed.len() as u64);
     assert!(ok > 40, "only {ok} requests were served");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_requests_and_websockets_then_exits_0() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    // A drain period long enough to tell "waited for the WebSocket" from "hit the deadline".
+    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &["--drain-timeout", "20s"]);
+    proxy.wait_registered().await;
+    let app = SampleApp::start(dir.path()).await;
+    let apps = serde_json::json!([{"slug": "open", "port": app.port, "share": "public"}]);
+    let created = admin
+        .post("/api/v2/workspaces", serde_json::json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
+        .await
+        .expect_status(201);
+    let _agent =
+        Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("sydney"));
+    admin.wait_agent_on("dev", "sydney").await;
+    let host = format!("open--main--dev--admin.region.localhost:{}", proxy.port);
+
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{host}/ws"), tcp).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    let slow = {
+        let client = browser();
+        let url = format!("http://{host}/slow");
+        tokio::spawn(async move { client.get(url).header("x-sample-delay-ms", "1500").send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stopped_at = std::time::Instant::now();
+    proxy.proc.signal(Signal::SIGTERM);
+
+    // The request in flight completes.
+    let r = tokio::time::timeout(Duration::from_secs(10), slow).await.unwrap().unwrap().unwrap();
+    assert_eq!(r.status(), 200, "the in-flight request was served");
+    // New connections are refused, while the WebSocket keeps working.
+    wait_for(Duration::from_secs(5), "the listener to close", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.is_err().then_some(())
+    })
+    .await;
+    ws.send(Message::text("still here")).await.unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!(back.into_text().unwrap().as_str(), "still here");
+    assert!(proxy.proc.child.try_wait().unwrap().is_none(), "the proxy waits for the WebSocket");
+    // Once the WebSocket closes, the drain ends and the proxy exits 0, well before the deadline.
+    ws.close(None).await.unwrap();
+    let status = proxy.proc.wait_exit(Duration::from_secs(25)).await;
+    assert!(status.success(), "{status:?}");
+    let took = stopped_at.elapsed();
+    assert!(took < Duration::from_secs(15), "exited {took:?} after SIGTERM: it waited out the deadline");
+    // It deregistered: the region has no replica left.
+    let region = admin.region("sydney").await;
+    assert!(region["replicas"].as_array().is_none_or(|r| r.is_empty()), "{region}");
+}

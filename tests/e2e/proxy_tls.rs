@@ -96,6 +96,30 @@ async fn https_proxy_with_wildcard_certificate() {
     assert_eq!(h2_status(&h2, proxy.port, &open, None).await, 200, ":authority alone");
     assert_eq!(h2_status(&h2, proxy.port, &open, Some(&open)).await, 200, ":authority = host");
     assert_eq!(h2_status(&h2, proxy.port, &open, Some(&other)).await, 400, ":authority ≠ host");
+
+    // SIGTERM: an HTTP/2 connection gets GOAWAY, its request in flight
+    // completes, new streams on it are refused, and the proxy exits 0.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(open.split(':').next().unwrap().to_owned()).unwrap();
+    let (mut client, conn) = h2::client::handshake(h2.connect(name, tcp).await.unwrap()).await.unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("https://{open}/slow")).header("x-sample-delay-ms", "1500");
+    let (in_flight, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut proxy = proxy;
+    proxy.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    let resp = tokio::time::timeout(Duration::from_secs(10), in_flight).await.unwrap().unwrap();
+    assert_eq!(resp.status(), 200, "the request in flight completes");
+    let after = async {
+        let mut c = client.clone().ready().await?;
+        let (resp, _) = c.send_request(http::Request::get(format!("https://{open}/late")).body(()).unwrap(), true)?;
+        resp.await
+    };
+    let late = tokio::time::timeout(Duration::from_secs(10), after).await.unwrap();
+    assert!(late.is_err(), "a stream opened after GOAWAY is refused: {late:?}");
+    let goaway = tokio::time::timeout(Duration::from_secs(10), conn).await.unwrap().unwrap();
+    assert!(goaway.is_ok(), "the connection ends with GOAWAY, not an error: {goaway:?}");
+    assert!(proxy.proc.wait_exit(Duration::from_secs(15)).await.success());
 }
 
 fn tls_connector(ca: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {

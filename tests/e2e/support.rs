@@ -233,14 +233,16 @@ impl Proxy {
             &format!("127.0.0.1:{port}"),
             "--wildcard-access-url",
             &format!("*.{name}.localhost:{port}"),
-            "--drain-timeout",
-            "5s",
-            "--app-timeout",
-            "3s",
         ]
         .iter()
         .map(|s| s.to_string())
         .collect();
+        // Harness defaults, unless the test sets its own.
+        for (flag, value) in [("--drain-timeout", "5s"), ("--app-timeout", "3s")] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let scheme = if extra.contains(&"--tls-cert") { "https" } else { "http" };
         let proc = Process::spawn("proxy", dir, &args);
