@@ -25,6 +25,9 @@ use std::time::Duration;
 /// Verified tokens kept, and for how long at most (each hit still checks expiry).
 const CACHE_CAPACITY: u64 = 100_000;
 const CACHE_TTL: Duration = Duration::from_secs(60);
+/// At most one key refetch per this interval, however many tokens name
+/// unknown key ids (a forged `kid` must not make the proxy hammer the coordinator).
+const KEY_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 
 pub enum Decision {
     /// Serve the app; `set_cookie` carries a freshly issued token.
@@ -47,6 +50,8 @@ pub struct Auth {
     offline_grace: Duration,
     /// Whether the registration loop reaches the coordinator.
     state: Arc<crate::state::ProxyState>,
+    /// When keys were last refetched for an unknown key id.
+    last_refetch: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Auth {
@@ -66,6 +71,7 @@ impl Auth {
             cache: moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build(),
             login_url: login_url.trim_end_matches('/').to_owned(),
             scheme: if tls { "https" } else { "http" },
+            last_refetch: std::sync::Mutex::new(None),
         }
     }
 
@@ -137,6 +143,10 @@ impl Auth {
         let claims = match self.verifier.load().verify(token, binding) {
             Err(TokenError::UnknownKey(kid)) => {
                 // One refetch for a key we have not seen (the coordinator rotated), then refuse.
+                if !self.may_refetch() {
+                    return None;
+                }
+                self.state.metrics.key_refetches.inc();
                 let keys = self.coordinator.keys().await.ok()?;
                 self.set_keys(&keys.keys);
                 if !self.verifier.load().knows(&kid) {
@@ -149,6 +159,17 @@ impl Auth {
         let claims = Arc::new(claims);
         self.cache.insert(token.to_owned(), claims.clone());
         Some((claims, false))
+    }
+
+    /// Whether a key refetch is allowed now (and if so, records it).
+    fn may_refetch(&self) -> bool {
+        let mut last = self.last_refetch.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < KEY_REFETCH_INTERVAL) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     async fn redeem(&self, req: &RequestHeader, ticket: &str) -> Reply {

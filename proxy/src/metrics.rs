@@ -14,6 +14,8 @@ pub struct Metrics {
     pub agents: IntGauge,
     /// Streams opened to apps through tunnels (pooled streams are not counted again).
     pub streams: prometheus::IntCounter,
+    /// Fetches of the coordinator's keys for a token naming an unknown key id.
+    pub key_refetches: prometheus::IntCounter,
     in_flight: IntGauge,
     coordinator_reachable: IntGauge,
 }
@@ -40,6 +42,12 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let _ = registry.register(Box::new(streams.clone()));
+        let key_refetches = prometheus::IntCounter::new(
+            "meridian_proxy_key_refetches_total",
+            "Key fetches for tokens naming a key id this proxy did not know",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+        let _ = registry.register(Box::new(key_refetches.clone()));
         let in_flight = gauge("meridian_proxy_requests_in_flight", "Requests being served");
         let coordinator_reachable =
             gauge("meridian_proxy_coordinator_reachable", "1 if the last coordinator call succeeded");
@@ -49,7 +57,7 @@ impl Metrics {
         for g in [&agents, &in_flight, &coordinator_reachable] {
             let _ = registry.register(Box::new(g.clone()));
         }
-        Self { registry, requests, tokens, agents, streams, in_flight, coordinator_reachable }
+        Self { registry, requests, tokens, agents, streams, key_refetches, in_flight, coordinator_reachable }
     }
 
     /// The text exposition, with gauges read from the live state.

@@ -204,6 +204,34 @@ pub fn generate_key(kid: &str, seed: [u8; 32]) -> (Vec<u8>, PublicKey) {
     (der, PublicKey { kid: kid.to_owned(), x })
 }
 
+/// Edits of a signed token for the token matrix (`tests/fixtures/tokens.yaml`):
+/// `header`, `payload`, `signature`, `alg_none`, `alg_hs256`, `kid_unknown`.
+#[doc(hidden)]
+pub fn tamper(token: &str, how: &str) -> Option<String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+    let edit_json = |part: usize, edit: &dyn Fn(&mut serde_json::Value)| -> Option<String> {
+        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+        let mut json: serde_json::Value = serde_json::from_slice(&B64.decode(parts.get(part)?).ok()?).ok()?;
+        edit(&mut json);
+        parts[part] = B64.encode(serde_json::to_vec(&json).ok()?);
+        Some(parts.join("."))
+    };
+    match how {
+        "header" => edit_json(0, &|h| h["typ"] = "JOSE".into()),
+        "payload" => edit_json(1, &|p| p["sub"] = Uuid::new_v4().to_string().into()),
+        "signature" => {
+            let (rest, sig) = token.rsplit_once('.')?;
+            let mut sig = B64.decode(sig).ok()?;
+            *sig.first_mut()? ^= 1;
+            Some(format!("{rest}.{}", B64.encode(sig)))
+        }
+        "alg_none" => Some(format!("{}.", edit_json(0, &|h| h["alg"] = "none".into())?.rsplit_once('.')?.0)),
+        "alg_hs256" => edit_json(0, &|h| h["alg"] = "HS256".into()),
+        "kid_unknown" => edit_json(0, &|h| h["kid"] = "k-unknown".into()),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

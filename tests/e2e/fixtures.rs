@@ -161,6 +161,7 @@ struct World {
     /// A client holding the public apps' token cookies.
     client: reqwest::Client,
     host: String,
+    coord_url: String,
     _rest: (Agent, Coordinator, Postgres, tempfile::TempDir),
 }
 
@@ -177,6 +178,7 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
         {"slug": "raw", "port": app.port, "share": "public"},
         {"slug": "rawp", "port": app.port, "share": "public", "subdomain": false},
         {"slug": "private", "port": app.port, "subdomain": false},
+        {"slug": "code", "port": app.port},
     ]);
     let created = admin
         .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
@@ -214,7 +216,7 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
         ("{base}", base.to_owned()),
         ("{port}", port.to_string()),
     ];
-    World { app, proxy, vars, client, host, _rest: (agent, coord, pg, dir) }
+    World { app, proxy, vars, client, host, coord_url: coord.url.clone(), _rest: (agent, coord, pg, dir) }
 }
 
 /// Fills the placeholders of a raw request.
@@ -314,6 +316,72 @@ async fn bad_requests_hosts_and_paths_get_their_documented_answers() {
     for file in ["requests.yaml", "hosts.yaml", "paths.yaml"] {
         run_request_cases(&w, file).await;
     }
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenCase {
+    name: String,
+    tamper: Option<String>,
+    expect: String,
+    #[serde(default)]
+    proxy: bool,
+}
+
+async fn refetches(w: &World) -> u64 {
+    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", w.proxy.port)).await.unwrap().text().await.unwrap();
+    let line = text.lines().find(|l| l.starts_with("meridian_proxy_key_refetches_total ")).unwrap_or_default();
+    line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_token_matrix_through_the_proxy() {
+    let w = world(Vec::new(), &[]).await;
+    // The owner's genuine token for the owner-only app `code`.
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let owner = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(LoopbackResolver))
+        .build()
+        .unwrap();
+    browser_login(&owner, &w.coord_url, "admin", ADMIN_PASSWORD).await;
+    let url = format!("http://code--main--dev--admin.fixture.localhost:{}/", w.proxy.port);
+    let (hops, resp) = follow(&owner, &url).await;
+    assert_eq!(resp.status(), 200, "{hops:?}");
+    let cookies = reqwest::cookie::CookieStore::cookies(&*jar, &url.parse().unwrap()).unwrap();
+    let token = cookies
+        .to_str()
+        .unwrap()
+        .split("; ")
+        .find_map(|c| c.strip_prefix("meridian_app_token="))
+        .expect("an app token")
+        .to_owned();
+
+    // Presented without a session: served only if the token holds, else sent to log in.
+    let stranger = browser();
+    let cases: Vec<TokenCase> = load("tokens.yaml");
+    let mut checked = 0;
+    for case in cases.iter().filter(|c| c.proxy) {
+        let presented = match &case.tamper {
+            Some(how) => meridian_regions::app_token::tamper(&token, how).expect("a tamperable token"),
+            None => token.clone(),
+        };
+        let before = refetches(&w).await;
+        let r = stranger.get(&url).header("cookie", format!("meridian_app_token={presented}")).send().await.unwrap();
+        let want = if case.expect == "ok" { 200 } else { 303 };
+        assert_eq!(r.status(), want, "{}", case.name);
+        let refetched = refetches(&w).await - before;
+        let want_refetch = u64::from(case.expect == "unknown_key");
+        assert_eq!(refetched, want_refetch, "{}: key refetches", case.name);
+        checked += 1;
+    }
+    assert!(checked >= 6, "only {checked} cases go through the proxy");
+    // Another unknown key id at once: refused without another refetch.
+    let unknown = meridian_regions::app_token::tamper(&token, "kid_unknown").unwrap();
+    let before = refetches(&w).await;
+    let r = stranger.get(&url).header("cookie", format!("meridian_app_token={unknown}")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(refetches(&w).await, before, "key refetches are rate-limited");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
