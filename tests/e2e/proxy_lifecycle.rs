@@ -185,8 +185,8 @@ async fn a_rolling_restart_of_both_replicas_fails_no_request() {
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let users: Vec<_> = (0..4).map(|_| balanced_traffic(login.clone(), urls.clone(), stop.clone())).collect();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    for i in 0..replicas.len() {
-        replicas[i].restart_gracefully(Duration::from_secs(15)).await;
+    for replica in &mut replicas {
+        replica.restart_gracefully(Duration::from_secs(15)).await;
         wait_for(Duration::from_secs(10), "both replicas ok", || async {
             let r = admin.region("sydney").await;
             let all = r["replicas"].as_array()?.clone();
