@@ -87,6 +87,10 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_HEADER_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub header_timeout: Option<Duration>,
+    /// How long an idle keep-alive connection stays open between requests [default: 60s].
+    #[arg(long, env = "MERIDIAN_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle_timeout: Option<Duration>,
     /// Longest request line in bytes; longer gets a 414 [default: 8192].
     #[arg(long, env = "MERIDIAN_MAX_REQUEST_LINE")]
     pub max_request_line: Option<usize>,
@@ -104,6 +108,7 @@ pub struct Limits {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub header_timeout: Duration,
+    pub idle_timeout: Duration,
     pub max_request_line: usize,
     pub max_header_bytes: usize,
     pub max_headers: usize,
@@ -174,6 +179,7 @@ impl Args {
             max_connections: self.max_connections.or(file.max_connections),
             max_connections_per_client: self.max_connections_per_client.or(file.max_connections_per_client),
             header_timeout: self.header_timeout.or(file.header_timeout),
+            idle_timeout: self.idle_timeout.or(file.idle_timeout),
             max_request_line: self.max_request_line.or(file.max_request_line),
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             max_headers: self.max_headers.or(file.max_headers),
@@ -215,6 +221,7 @@ impl Args {
             max_connections: self.max_connections.unwrap_or(16_384),
             max_connections_per_client: self.max_connections_per_client.unwrap_or(512),
             header_timeout: self.header_timeout.unwrap_or(Duration::from_secs(10)),
+            idle_timeout: self.idle_timeout.unwrap_or(Duration::from_secs(60)),
             max_request_line: self.max_request_line.unwrap_or(8 * 1024),
             max_header_bytes: self.max_header_bytes.unwrap_or(32 * 1024),
             max_headers: self.max_headers.unwrap_or(100),
@@ -232,8 +239,8 @@ impl Args {
         if limits.max_headers > 250 {
             return Err(ConfigError("--max-headers can be at most 250".into()));
         }
-        if limits.header_timeout.is_zero() {
-            return Err(ConfigError("--header-timeout must be more than 0s".into()));
+        if limits.header_timeout.is_zero() || limits.idle_timeout < Duration::from_secs(1) {
+            return Err(ConfigError("--header-timeout and --idle-timeout must be at least 1s".into()));
         }
         Ok(Config {
             coordinator_url,

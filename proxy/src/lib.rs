@@ -130,6 +130,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             wildcard_base,
             app_timeout: config.app_timeout,
             header_timeout: config.limits.header_timeout,
+            idle_timeout_secs: config.limits.idle_timeout.as_secs(),
             api_upstream: match &mode {
                 Mode::Embedded { api_upstream, .. } => Some(*api_upstream),
                 Mode::Standalone => None,

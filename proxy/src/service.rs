@@ -26,6 +26,8 @@ pub struct MeridianProxy {
     pub app_timeout: std::time::Duration,
     /// Longest wait for a request head, and for the first piece of a chunked body.
     pub header_timeout: std::time::Duration,
+    /// How long a keep-alive connection may idle between requests, in seconds.
+    pub idle_timeout_secs: u64,
 }
 
 /// Per-request state.
@@ -70,6 +72,10 @@ impl ProxyHttp for MeridianProxy {
                 return Ok(true);
             }
         };
+        // Keep-alive (when the client wants it) until idle this long, never forever.
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(self.idle_timeout_secs));
+        }
         let req = session.req_header();
         let (host, query) = (checked.host, req.uri.query());
         let passthrough = self.api_upstream.is_some();

@@ -61,6 +61,16 @@ async fn a_slowloris_client_is_cut_off_at_the_header_deadline() {
     assert_eq!(ok.status(), 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_keep_alive_connections_are_closed() {
+    let (proxy, ..) = proxy(&["--idle-timeout", "1s"]).await;
+    let mut s = served_from([127, 0, 0, 2], proxy.port).await.expect("served");
+    let started = Instant::now();
+    let rest = read_to_close(&mut s, Duration::from_secs(5)).await;
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "closed after {:?}", started.elapsed());
+}
+
 /// A connection from `ip`, checked to be served (a request answered with 200, kept open).
 async fn served_from(ip: [u8; 4], port: u16) -> Result<TcpStream, String> {
     let socket = TcpSocket::new_v4().unwrap();
