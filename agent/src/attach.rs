@@ -9,7 +9,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN};
 use meridian_regions::token::Secret;
 use meridian_regions::tunnel::{
-    dial_upgrade, TlsClient, LEAVE_PATH, PING_INTERVAL, PING_TIMEOUT, TUNNEL_PATH, UPGRADE_PROTOCOL,
+    dial_upgrade, TlsClient, CONNECTION_WINDOW, LEAVE_PATH, MAX_FRAME, PING_INTERVAL, PING_TIMEOUT, SEND_BUFFER,
+    STREAM_WINDOW, TUNNEL_PATH, UPGRADE_PROTOCOL,
 };
 use std::convert::Infallible;
 use std::time::Duration;
@@ -61,6 +62,10 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .keep_alive_interval(PING_INTERVAL)
         .keep_alive_timeout(PING_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(SEND_BUFFER)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {

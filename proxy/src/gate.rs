@@ -137,6 +137,16 @@ pub fn head_limits(limits: &Limits) -> HeadLimits {
     }
 }
 
+/// HTTP/2 gets the same header budget: the header list may not exceed the
+/// request line and header limits together (a larger HEADERS frame is refused),
+/// and one connection may not open more than 100 streams at once.
+pub fn h2_options(limits: &Limits) -> pingora::protocols::http::v2::server::H2Options {
+    let mut h2 = pingora::protocols::http::v2::server::default_h2_options();
+    h2.max_header_list_size((limits.max_request_line + limits.max_header_bytes) as u32);
+    h2.max_concurrent_streams(100);
+    h2
+}
+
 /// Open connections, in all and per client address.
 #[derive(Debug, Default)]
 pub struct Connections {

@@ -137,6 +137,8 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             },
         },
     );
+    let mut app = app;
+    app.h2_options = Some(gate::h2_options(&config.limits));
     let capped = gate::Capped {
         inner: Arc::new(app),
         max_total: config.limits.max_connections,

@@ -394,6 +394,10 @@ impl Relay {
                 .timer(TokioTimer::new())
                 .keep_alive_interval(meridian_regions::tunnel::PING_INTERVAL)
                 .keep_alive_timeout(meridian_regions::tunnel::PING_TIMEOUT)
+                .initial_stream_window_size(meridian_regions::tunnel::STREAM_WINDOW)
+                .initial_connection_window_size(meridian_regions::tunnel::CONNECTION_WINDOW)
+                .max_frame_size(meridian_regions::tunnel::MAX_FRAME)
+                .max_send_buf_size(meridian_regions::tunnel::SEND_BUFFER)
                 .serve_connection(io, service)
                 .await;
             tracing::info!("peer relay link closed");

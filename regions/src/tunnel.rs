@@ -33,6 +33,15 @@ pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// another region within seconds. A ping is a 17-byte frame.
 pub const PING_INTERVAL: Duration = Duration::from_secs(2);
 pub const PING_TIMEOUT: Duration = Duration::from_secs(3);
+/// HTTP/2 flow control and framing on tunnels and links, for both ends: a
+/// stream may have 4 MiB in flight (a 1 MiB answer never waits for a window
+/// update), the connection 16 MiB, and DATA frames carry up to 256 KiB (the
+/// default 16 KiB costs a frame header and a wake-up per 16 KiB).
+pub const STREAM_WINDOW: u32 = 4 << 20;
+pub const CONNECTION_WINDOW: u32 = 16 << 20;
+pub const MAX_FRAME: u32 = 256 << 10;
+/// Bytes an HTTP/2 sender buffers per stream before waiting for the peer.
+pub const SEND_BUFFER: usize = 1 << 20;
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +71,10 @@ impl Tunnel {
             .keep_alive_interval(PING_INTERVAL)
             .keep_alive_timeout(PING_TIMEOUT)
             .keep_alive_while_idle(true)
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .max_send_buf_size(SEND_BUFFER)
             .handshake(io)
             .await?;
         let driver = async move {

@@ -96,6 +96,18 @@ async fn https_proxy_with_wildcard_certificate() {
     assert_eq!(h2_status(&h2, proxy.port, &open, None).await, 200, ":authority alone");
     assert_eq!(h2_status(&h2, proxy.port, &open, Some(&open)).await, 200, ":authority = host");
     assert_eq!(h2_status(&h2, proxy.port, &open, Some(&other)).await, 400, ":authority ≠ host");
+    // HTTP/2 headers get the same budget as HTTP/1 (8 KiB + 32 KiB).
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(open.split(':').next().unwrap().to_owned()).unwrap();
+    let (mut big, conn) = h2::client::handshake(h2.connect(name, tcp).await.unwrap()).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("https://{open}/big-headers")).header("x-big", "b".repeat(48 * 1024));
+    let sent = big.send_request(req.body(()).unwrap(), true);
+    let answer = match sent {
+        Ok((resp, _)) => tokio::time::timeout(Duration::from_secs(5), resp).await.unwrap().map(|r| r.status().as_u16()),
+        Err(e) => Err(e),
+    };
+    assert!(matches!(answer, Ok(431) | Err(_)), "48 KiB of HTTP/2 headers: {answer:?}");
 
     // SIGTERM: an HTTP/2 connection gets GOAWAY, its request in flight
     // completes, new streams on it are refused, and the proxy exits 0.
