@@ -35,6 +35,8 @@ use anyhow::Context;
 use config::Config;
 use meridian_regions::client::{http_client, Client, Credential};
 use pingora::listeners::tls::TlsSettings;
+use pingora::listeners::ListenerConfig;
+use pingora::protocols::l4::stream::L4BufferSettings;
 use pingora::server::configuration::ServerConf;
 use pingora::server::{RunArgs, Server};
 use pingora::services::background::background_service;
@@ -147,6 +149,9 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     };
     let mut proxy = pingora::services::listening::Service::new("Meridian proxy".into(), capped);
     let addr = config.listen.to_string();
+    // No L4 read buffer: pingora's HTTP layer reads into its own buffers, and
+    // the default 64 KiB per connection would dominate an idle connection's memory.
+    let listener = ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings { read: Some(0), write: None });
     match &config.tls {
         Some((cert, key)) => {
             let (cert, key) = (path_str(cert)?, path_str(key)?);
@@ -155,9 +160,9 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
                 .and_then(|()| tls.set_private_key_file(key))
                 .with_context(|| format!("cannot load TLS certificate {cert} and key {key}"))?;
             tls.enable_h2();
-            proxy.add_tls_with_settings(&addr, None, tls);
+            proxy.add_listener(listener.tls(tls));
         }
-        None => proxy.add_tcp(&addr),
+        None => proxy.add_listener(listener),
     }
     tracing::info!(listen = %addr, access_url = %config.access_url, relay = %relay_addr,
         replica = %config.replica_id, "proxy listening");
