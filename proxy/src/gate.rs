@@ -127,7 +127,10 @@ impl TlsAccept for RecordSni {
     }
 }
 
-/// The patched pingora's head limits from the configuration.
+/// The patched pingora's head limits from the configuration. They are set
+/// process-wide (the one global here, against the house style): pingora reads a
+/// request head before any hook of the proxy runs, and its HTTP session has no
+/// per-service settings to carry them.
 pub fn head_limits(limits: &Limits) -> HeadLimits {
     HeadLimits {
         max_request_line: limits.max_request_line,
