@@ -1,4 +1,4 @@
-//! The properties the fuzz targets (`fuzz/`) check on arbitrary input, kept
+//! The properties the fuzz targets (`regions/fuzz/`) check on arbitrary input, kept
 //! here so `cargo test` replays the same checks over the seed corpus
 //! (`regions/tests/fuzz_corpus.rs`). Each function panics when a property
 //! breaks; none may panic otherwise.

@@ -4,7 +4,7 @@
 //! to one HTTP status; what passes is what is authorized *and* forwarded, so
 //! the two can never disagree.
 //!
-//! These are pure functions over untrusted bytes: fuzzed (`fuzz/`) and fed the
+//! These are pure functions over untrusted bytes: fuzzed (`regions/fuzz/`) and fed the
 //! fixture tables (`tests/fixtures/*.yaml`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};

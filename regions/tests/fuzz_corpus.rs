@@ -1,11 +1,11 @@
-//! Replays the fuzz targets' corpus (`fuzz/corpus/<target>/`) through the same
+//! Replays the fuzz targets' corpus (`regions/fuzz/corpus/<target>/`) through the same
 //! checks the targets run, so `cargo test` keeps every input fuzzing kept.
 
 use meridian_regions::fuzz_checks;
 use std::path::Path;
 
 fn replay(target: &str, check: fn(&[u8])) {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus").join(target);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
