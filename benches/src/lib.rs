@@ -93,6 +93,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         let mut sums = vec![Vec::new(); targets.len()];
         for _ in 0..rounds {
             for (i, t) in targets.iter().enumerate() {
+                let t = stack.fresh(t).await?;
                 let load =
                     wrk::Load { url: t.url.clone(), headers: t.headers.clone(), connections: *connections, duration };
                 sums[i].push(wrk::run(&load).await?);
@@ -104,7 +105,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let mut sums = vec![Vec::new(); ws_targets.len()];
     for _ in 0..rounds {
         for (i, t) in ws_targets.iter().enumerate() {
-            sums[i].push(ws::echo(t, duration).await?);
+            sums[i].push(ws::echo(&stack.fresh(t).await?, duration).await?);
         }
     }
     let ws_name = "WebSocket echo round trips, 1 connection";

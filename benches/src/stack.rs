@@ -36,6 +36,9 @@ pub struct Target {
     pub name: &'static str,
     pub url: String,
     pub headers: Vec<(String, String)>,
+    /// For Meridian targets: the app URL whose token cookie goes in `headers`
+    /// (tokens live 5 minutes, so each run gets a fresh one, see [`Stack::fresh`]).
+    pub app_url: Option<String>,
 }
 
 pub struct Stack {
@@ -48,6 +51,9 @@ pub struct Stack {
     pub meridian_tls: Target,
     /// Through frankfurt to the agent on sydney.
     pub meridian_hop: Target,
+    /// Signs in again for fresh app tokens.
+    api: crate::api::Api,
+    cert: PathBuf,
     /// The sydney proxy's process (for its memory).
     pub sydney_pid: u32,
     pub sydney_port: u16,
@@ -192,9 +198,10 @@ impl Stack {
             through("meridian-tls", "secure", "https"),
         ] {
             let cookie = api.app_cookie(&app_url, &cert).await?;
-            signed.push(Target { name, url, headers: vec![(s("Host"), host), (s("Cookie"), cookie)] });
+            let headers = vec![(s("Host"), host), (s("Cookie"), cookie)];
+            signed.push(Target { name, url, headers, app_url: Some(app_url) });
         }
-        let plain = |name: &'static str, url: String| Target { name, url, headers: Vec::new() };
+        let plain = |name: &'static str, url: String| Target { name, url, headers: Vec::new(), app_url: None };
         let mut signed = signed.into_iter();
         Ok(Stack {
             direct: plain("direct", format!("http://127.0.0.1:{app}/")),
@@ -204,11 +211,28 @@ impl Stack {
             meridian: signed.next().context("meridian target")?,
             meridian_hop: signed.next().context("hop target")?,
             meridian_tls: signed.next().context("tls target")?,
+            api,
+            cert,
             sydney_pid,
             sydney_port: ports["sydney"],
             _procs: procs,
             dir,
         })
+    }
+
+    /// `t` with a freshly issued app token cookie (Meridian targets only): an
+    /// expired token would send every request to the coordinator for a new one.
+    pub async fn fresh(&self, t: &Target) -> Result<Target> {
+        let mut t = t.clone();
+        if let Some(app_url) = &t.app_url {
+            let cookie = self.api.app_cookie(app_url, &self.cert).await?;
+            for (name, value) in &mut t.headers {
+                if name == "Cookie" {
+                    *value = cookie.clone();
+                }
+            }
+        }
+        Ok(t)
     }
 
     pub fn log_dir(&self) -> &Path {
