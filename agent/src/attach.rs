@@ -9,8 +9,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN};
 use meridian_regions::token::Secret;
 use meridian_regions::tunnel::{
-    dial_upgrade, TlsClient, CONNECTION_WINDOW, LEAVE_PATH, MAX_FRAME, PING_INTERVAL, PING_TIMEOUT, SEND_BUFFER,
-    STREAM_WINDOW, TUNNEL_PATH, UPGRADE_PROTOCOL,
+    dial_upgrade, TlsClient, CONNECTION_WINDOW, LEAVE_PATH, MAX_FRAME, MAX_STREAMS, PING_INTERVAL, PING_TIMEOUT,
+    SEND_BUFFER, STREAM_WINDOW, TUNNEL_PATH, UPGRADE_PROTOCOL,
 };
 use std::convert::Infallible;
 use std::time::Duration;
@@ -66,6 +66,7 @@ pub async fn serve(
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(SEND_BUFFER)
+        .max_concurrent_streams(MAX_STREAMS)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {

@@ -398,6 +398,7 @@ impl Relay {
                 .initial_connection_window_size(meridian_regions::tunnel::CONNECTION_WINDOW)
                 .max_frame_size(meridian_regions::tunnel::MAX_FRAME)
                 .max_send_buf_size(meridian_regions::tunnel::SEND_BUFFER)
+                .max_concurrent_streams(meridian_regions::tunnel::MAX_STREAMS)
                 .serve_connection(io, service)
                 .await;
             tracing::info!("peer relay link closed");

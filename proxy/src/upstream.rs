@@ -21,6 +21,9 @@ use uuid::Uuid;
 
 /// Longest wait for the agent to open a stream to the app.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an idle pooled app connection is kept: it holds a stream (and an
+/// app connection in the workspace) open.
+const POOL_IDLE: Duration = Duration::from_secs(60);
 
 /// The peer for an app at `upstream` (e.g. `http://127.0.0.1:8080`) behind
 /// `agent_id`; `read_timeout` bounds each read of the app's answer (`None` for
@@ -42,6 +45,7 @@ pub fn peer(
     peer.group_key = relay.path_key(agent_id);
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.read_timeout = read_timeout;
+    peer.options.idle_timeout = Some(POOL_IDLE);
     // Apps in a workspace serve self-signed certificates; the tunnel is the trust boundary.
     peer.options.verify_cert = false;
     peer.options.verify_hostname = false;

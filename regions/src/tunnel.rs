@@ -42,6 +42,10 @@ pub const CONNECTION_WINDOW: u32 = 16 << 20;
 pub const MAX_FRAME: u32 = 256 << 10;
 /// Bytes an HTTP/2 sender buffers per stream before waiting for the peer.
 pub const SEND_BUFFER: usize = 1 << 20;
+/// Streams one tunnel or link may carry at once. Pooled idle app connections
+/// hold their stream open, and every region's proxy keeps its own pool, so
+/// hyper's default of 200 could make new requests queue behind idle streams.
+pub const MAX_STREAMS: u32 = 4096;
 
 /// Why a stream could not be opened.
 #[derive(Debug, thiserror::Error)]

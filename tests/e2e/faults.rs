@@ -148,3 +148,29 @@ async fn faults_between_agent_app_and_relay_end_clearly() {
     let page = refused.text().await.unwrap();
     assert!(page.contains("not reachable: is it running"), "the page names the problem: {page}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundreds_of_long_lived_streams_do_not_block_new_requests() {
+    use futures_util::{SinkExt, StreamExt};
+    let w = world().await;
+    let authority = w.url.trim_start_matches("http://").to_owned();
+    let port: u16 = authority.rsplit(':').next().unwrap().parse().unwrap();
+    // 250 WebSockets, each holding a stream of the one tunnel open (hyper's
+    // default limit per HTTP/2 connection is 200).
+    let mut sockets = Vec::new();
+    for i in 0..250 {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let open = tokio_tungstenite::client_async(format!("ws://{authority}/ws"), tcp);
+        let opened = tokio::time::timeout(Duration::from_secs(5), open).await;
+        let (ws, resp) = opened.unwrap_or_else(|_| panic!("WebSocket {i} waited for a stream")).unwrap();
+        assert_eq!(resp.status(), 101);
+        sockets.push(ws);
+    }
+    let last = sockets.last_mut().unwrap();
+    last.send(tokio_tungstenite::tungstenite::Message::text("ping")).await.unwrap();
+    let echo = tokio::time::timeout(Duration::from_secs(5), last.next()).await.expect("the 250th stream works");
+    assert_eq!(echo.unwrap().unwrap().into_text().unwrap().as_str(), "ping");
+    // A plain request still gets a stream at once.
+    let r = w.client.get(format!("{}/beside", w.url)).timeout(Duration::from_secs(5)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+}
