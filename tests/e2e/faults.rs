@@ -5,7 +5,6 @@
 
 use crate::support::*;
 use meridian_netsim::{Link, Mode};
-use serde_json::json;
 use std::time::{Duration, Instant};
 
 /// The proxy's `--app-timeout` in the harness (`Proxy::spawn`).
@@ -36,13 +35,7 @@ async fn world() -> World {
     proxy.wait_registered().await;
     let app = SampleApp::start(dir.path()).await;
     let app_link = link_to(&format!("http://127.0.0.1:{}", app.port)).await;
-    let apps = json!([{"slug": "open", "port": app_link.addr().port(), "share": "public"}]);
-    let created = admin
-        .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
-        .await
-        .expect_status(201);
-    let agent = Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("sydney"));
-    admin.wait_agent_on("dev", "sydney").await;
+    let agent = admin.public_app_workspace(dir.path(), &coord.url, app_link.addr().port(), "sydney").await;
     let client = browser();
     let url = format!("http://open--main--dev--admin.region.localhost:{}", proxy.port);
     let (hops, resp) = follow(&client, &format!("{url}/")).await;

@@ -83,6 +83,22 @@ impl RecordingApp {
     }
 }
 
+/// Reads what comes next on `stream` into `buf`, counting and keeping it;
+/// false at the end of the stream.
+async fn record(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    bytes: &AtomicU64,
+    raw: &Mutex<Vec<u8>>,
+) -> std::io::Result<bool> {
+    let mut chunk = [0u8; 16 * 1024];
+    let n = stream.read(&mut chunk).await?;
+    bytes.fetch_add(n as u64, Ordering::SeqCst);
+    raw.lock().unwrap().extend_from_slice(&chunk[..n]);
+    buf.extend_from_slice(&chunk[..n]);
+    Ok(n > 0)
+}
+
 /// One app connection: minimal HTTP/1.1 (httparse for heads; bodies by
 /// Content-Length or to the last chunk).
 async fn serve(
@@ -94,7 +110,6 @@ async fn serve(
     bad: &[String],
 ) -> std::io::Result<()> {
     let mut buf = Vec::new();
-    let mut chunk = [0u8; 16 * 1024];
     loop {
         // A whole head, then its body.
         let (head_len, target, method, body) = loop {
@@ -111,13 +126,9 @@ async fn serve(
                 };
                 break (n, req.path.unwrap_or("").to_owned(), req.method.unwrap_or("").to_owned(), body);
             }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+            if !record(&mut stream, &mut buf, bytes, raw).await? {
                 return Ok(());
             }
-            bytes.fetch_add(n as u64, Ordering::SeqCst);
-            raw.lock().unwrap().extend_from_slice(&chunk[..n]);
-            buf.extend_from_slice(&chunk[..n]);
         };
         let end = loop {
             let rest = &buf[head_len..];
@@ -128,13 +139,9 @@ async fn serve(
             if let Some(end) = end {
                 break end;
             }
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
+            if !record(&mut stream, &mut buf, bytes, raw).await? {
                 return Ok(());
             }
-            bytes.fetch_add(n as u64, Ordering::SeqCst);
-            raw.lock().unwrap().extend_from_slice(&chunk[..n]);
-            buf.extend_from_slice(&chunk[..n]);
         };
         buf.drain(..end);
         seen.lock().unwrap().push((conn, target.clone()));

@@ -167,14 +167,7 @@ async fn a_rolling_restart_of_both_replicas_fails_no_request() {
         replicas.push(p);
     }
     let app = SampleApp::start(dir.path()).await;
-    let apps = serde_json::json!([{"slug": "open", "port": app.port, "share": "public"}]);
-    let created = admin
-        .post("/api/v2/workspaces", serde_json::json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
-        .await
-        .expect_status(201);
-    let _agent =
-        Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("sydney"));
-    admin.wait_agent_on("dev", "sydney").await;
+    let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;
     let urls: Vec<String> =
         replicas.iter().map(|p| format!("http://open--main--dev--admin.sydney.localhost:{}", p.port)).collect();
     // One sign-in (the token cookie is for the host, whichever replica serves it).
@@ -219,14 +212,7 @@ async fn sigterm_drains_requests_and_websockets_then_exits_0() {
     let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &["--drain-timeout", "20s"]);
     proxy.wait_registered().await;
     let app = SampleApp::start(dir.path()).await;
-    let apps = serde_json::json!([{"slug": "open", "port": app.port, "share": "public"}]);
-    let created = admin
-        .post("/api/v2/workspaces", serde_json::json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
-        .await
-        .expect_status(201);
-    let _agent =
-        Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("sydney"));
-    admin.wait_agent_on("dev", "sydney").await;
+    let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;
     let host = format!("open--main--dev--admin.region.localhost:{}", proxy.port);
 
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();

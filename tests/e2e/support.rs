@@ -470,6 +470,19 @@ impl Agent {
 }
 
 impl Api {
+    /// Creates workspace `dev` (agent `main`) with the public app `open` on
+    /// `app_port`, starts its agent preferring `region`, and waits until it is attached.
+    pub async fn public_app_workspace(&self, dir: &Path, coordinator: &str, app_port: u16, region: &str) -> Agent {
+        let apps = json!([{"slug": "open", "port": app_port, "share": "public"}]);
+        let created = self
+            .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
+            .await
+            .expect_status(201);
+        let agent = Agent::spawn(dir, coordinator, created["agent_tokens"]["main"].as_str().unwrap(), Some(region));
+        self.wait_agent_on("dev", region).await;
+        agent
+    }
+
     /// Waits until `owner`'s workspace `ws` has its agent connected to `region`.
     pub async fn wait_agent_on(&self, ws: &str, region: &str) -> Duration {
         self.wait_agent_within(ws, region, Duration::from_secs(20)).await
