@@ -103,6 +103,19 @@ pub async fn first_chunk(session: &mut Session, timeout: std::time::Duration) ->
     }
 }
 
+/// Whether `raw` (a request target as received) is exactly `path[?query]`.
+pub fn is_target(raw: &[u8], path: &str, query: Option<&str>) -> bool {
+    match query {
+        None => raw == path.as_bytes(),
+        Some(q) => {
+            raw.len() == path.len() + 1 + q.len()
+                && raw.starts_with(path.as_bytes())
+                && raw[path.len()] == b'?'
+                && raw.ends_with(q.as_bytes())
+        }
+    }
+}
+
 fn refused(status: u16, message: &str) -> Refused {
     Refused { status, message: message.to_owned() }
 }
@@ -232,5 +245,20 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
 
     async fn cleanup(&self) {
         self.inner.cleanup().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_target;
+
+    #[test]
+    fn targets_compare_without_building_them() {
+        assert!(is_target(b"/a/b", "/a/b", None));
+        assert!(is_target(b"/a?x=1", "/a", Some("x=1")));
+        assert!(!is_target(b"/a/../b", "/b", None));
+        assert!(!is_target(b"http://h/a", "/a", None));
+        assert!(!is_target(b"/a", "/a", Some("")));
+        assert!(!is_target(b"/ax=1", "/a", Some("=1")));
     }
 }

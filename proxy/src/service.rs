@@ -82,12 +82,12 @@ impl ProxyHttp for MeridianProxy {
         let route =
             routing::route(&host, &checked.path, query, self.wildcard_base.as_deref(), passthrough, &self.state);
         // Forward in origin form (never absolute-form) with the normalized path.
-        let target = match query {
-            Some(q) => format!("{}?{q}", checked.path),
-            None => checked.path.clone(),
-        };
-        if req.raw_path() != target.as_bytes() {
-            ctx.forward_path = Some(target);
+        // Only a target that changes is built (no allocation for the common case).
+        if !gate::is_target(req.raw_path(), &checked.path, query) {
+            ctx.forward_path = Some(match query {
+                Some(q) => format!("{}?{q}", checked.path),
+                None => checked.path.clone(),
+            });
         }
         let (outcome, reply) = match route {
             Route::Api => ("api", None),

@@ -196,13 +196,7 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
     admin.wait_agent_on("dev", "fixture").await;
 
     // Open both public apps once, signed out, to get their token cookies.
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let client = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(LoopbackResolver))
-        .build()
-        .unwrap();
+    let (client, jar) = client_with_jar();
     let (app_label, base, port) = ("raw--main--dev--admin", "fixture.localhost", proxy.port);
     let host = format!("{app_label}.{base}:{port}");
     let sub_url = format!("http://{host}/");
@@ -224,6 +218,18 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
         ("{port}", port.to_string()),
     ];
     World { app, proxy, vars, client, host, coord_url: coord.url.clone(), _rest: (agent, coord, pg, dir) }
+}
+
+/// A browser-like client (loopback names, no automatic redirects) whose cookies can be read.
+fn client_with_jar() -> (reqwest::Client, Arc<reqwest::cookie::Jar>) {
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(LoopbackResolver))
+        .build()
+        .unwrap();
+    (client, jar)
 }
 
 /// Fills the placeholders of a raw request.
@@ -344,13 +350,7 @@ async fn refetches(w: &World) -> u64 {
 async fn the_token_matrix_through_the_proxy() {
     let w = world(Vec::new(), &[]).await;
     // The owner's genuine token for the owner-only app `code`.
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let owner = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(LoopbackResolver))
-        .build()
-        .unwrap();
+    let (owner, jar) = client_with_jar();
     browser_login(&owner, &w.coord_url, "admin", ADMIN_PASSWORD).await;
     let url = format!("http://code--main--dev--admin.fixture.localhost:{}/", w.proxy.port);
     let (hops, resp) = follow(&owner, &url).await;
