@@ -105,7 +105,7 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     let mut plans = Vec::new();
     for (i, region) in topology.regions.iter().enumerate() {
         let plan = plan_region(region, args.port + 1 + i as u16, coordinator).await?;
-        let proxy_token = region_token(&api, &plan.name).await?;
+        let proxy_token = region_token(&api, &plan).await?;
         children.spawn(proxy_spec(&plan, &base, proxy_token))?;
         plans.push(plan);
     }
@@ -248,12 +248,19 @@ fn print_urls(dir: &Path, base: &str, port: u16, password: &Secret, regions: &[(
     println!("Ctrl-C stops everything.");
 }
 
-/// The region's proxy token: created with the region, or regenerated if it exists.
-async fn region_token(api: &Client, name: &str) -> Result<String> {
-    match api.create_region(&CreateRegion { name: name.to_owned(), display_name: None }).await {
+/// The region's proxy token: created with the region (and its hostnames, as
+/// an admin sets them), or regenerated if it exists.
+async fn region_token(api: &Client, plan: &RegionPlan) -> Result<String> {
+    let user_port = plan.links.users.addr().port();
+    let hosts = meridian_regions::api::RegionHosts {
+        access_url: Some(format!("http://127.0.0.1:{user_port}")),
+        wildcard_hostname: Some(format!("*.{}.localhost:{user_port}", plan.name)),
+    };
+    let name = plan.name.clone();
+    match api.create_region(&CreateRegion { name: name.clone(), display_name: None, hosts }).await {
         Ok(r) => Ok(r.proxy_token),
         Err(ClientError::Api { status, .. }) if status.as_u16() == 409 => {
-            Ok(api.regenerate_token(name).await?.proxy_token)
+            Ok(api.regenerate_token(&name).await?.proxy_token)
         }
         Err(e) => Err(e.into()),
     }

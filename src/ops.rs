@@ -84,6 +84,14 @@ enum RegionsCommand {
         name: String,
         #[arg(long)]
         display_name: Option<String>,
+        /// The URL the region's proxies serve at, e.g. https://sydney.example.com
+        /// [default: pinned by the region's first registration].
+        #[arg(long)]
+        access_url: Option<String>,
+        /// The region's wildcard app host, e.g. `*.sydney.example.com`
+        /// [default: pinned by the region's first registration].
+        #[arg(long)]
+        wildcard_hostname: Option<String>,
     },
     /// Delete a region; its proxies' token stops working.
     Delete { name: String },
@@ -168,8 +176,9 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
                 print(&region_table(&list.regions));
             }
         }
-        RegionsCommand::Create { name, display_name } => {
-            let resp = client.create_region(&CreateRegion { name, display_name }).await?;
+        RegionsCommand::Create { name, display_name, access_url, wildcard_hostname } => {
+            let hosts = meridian_regions::api::RegionHosts { access_url, wildcard_hostname };
+            let resp = client.create_region(&CreateRegion { name, display_name, hosts }).await?;
             println!("Created region {}. Its proxy token (shown once, store it safely):", resp.region.name);
             println!();
             println!("  {}", resp.proxy_token);

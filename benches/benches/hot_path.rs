@@ -27,6 +27,7 @@ fn tokens(c: &mut Criterion) {
         agent_id: uuid::Uuid::new_v4(),
         upstream: "http://127.0.0.1:8080".into(),
         share: meridian_regions::api::Share::Owner,
+        sandbox: false,
         iat: now,
         nbf: now,
         exp: now + 300,

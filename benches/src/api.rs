@@ -26,7 +26,11 @@ impl Api {
     }
 
     pub async fn create_region(&self, name: &str) -> Result<String> {
-        Ok(self.client.create_region(&CreateRegion { name: name.into(), display_name: None }).await?.proxy_token)
+        Ok(self
+            .client
+            .create_region(&CreateRegion { name: name.into(), display_name: None, hosts: Default::default() })
+            .await?
+            .proxy_token)
     }
 
     pub async fn create_workspace(&self, app_port: u16) -> Result<String> {

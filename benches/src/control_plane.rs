@@ -79,7 +79,7 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
 
     let mut tokens = Vec::new();
     for i in 0..scale.regions {
-        let region = CreateRegion { name: format!("r{i}"), display_name: None };
+        let region = CreateRegion { name: format!("r{i}"), display_name: None, hosts: Default::default() };
         tokens.push(admin.create_region(&region).await?.proxy_token);
     }
     let replicas: Vec<(Client, RegisterProxy)> = (0..scale.replicas)

@@ -4,11 +4,15 @@
 //! - [`json`]: a JSON body extractor whose rejections use the API's error format.
 //! - [`users`], [`regions`], [`proxies`], [`workspaces`]: the handlers, one file per resource.
 //! - [`apps`]: app login (auth-redirect, tickets) and app tokens; `meridian_regions::redirect` validates where it may send browsers.
+//! - [`guard`]: what every request passes first: its `Host`, its `Origin` (CSRF), and security headers on answers.
+//! - [`hosts`]: which hosts a region serves; what keeps a proxy token to them.
 //! - [`probes`]: `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
 
 mod agents;
 mod apps;
 mod auth;
+mod guard;
+mod hosts;
 mod json;
 mod probes;
 mod proxies;
@@ -49,10 +53,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/buildinfo", get(probes::buildinfo))
         .route("/api/v2/users/first", post(users::first))
         .route("/api/v2/users/login", post(users::login))
+        .route("/api/v2/users/logout", post(users::logout))
         .route("/api/v2/users/me", get(users::me))
         .route("/api/v2/users", post(users::create))
         .route("/api/v2/regions", get(regions::list).post(regions::create))
-        .route("/api/v2/regions/{name}", delete(regions::delete))
+        .route("/api/v2/regions/{name}", delete(regions::delete).patch(regions::update))
         .route("/api/v2/regions/{name}/regenerate-token", post(regions::regenerate_token))
         .route("/api/v2/workspaces", get(workspaces::list).post(workspaces::create))
         .route("/api/v2/workspaces/{owner}/{name}", delete(workspaces::delete))
@@ -68,5 +73,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/proxies/me/register", post(proxies::register))
         .route("/api/v2/proxies/me/deregister", post(proxies::deregister))
         .fallback(|| async { ApiError::NotFound("No such API endpoint.".into()) })
+        .layer(axum::extract::DefaultBodyLimit::max(json::MAX_BODY))
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
         .with_state(state)
 }

@@ -70,6 +70,19 @@ pub struct Args {
     /// replica needs the same one. Created if missing [default: <data-dir>/secrets.key].
     #[arg(long, env = "MERIDIAN_SECRETS_KEY_FILE")]
     pub secrets_key_file: Option<PathBuf>,
+    /// More host names the API answers at besides --access-url's (e.g. an
+    /// internal load-balancer name proxies use); IP addresses and `localhost`
+    /// are always accepted. Any other `Host` gets 421, which stops DNS rebinding.
+    #[arg(long = "allowed-host", env = "MERIDIAN_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// Serve path apps to users other than their owner, as their `share` says.
+    /// Off by default: path apps of every user share one origin per region
+    /// (the dashboard's, on the primary). Even when on, such apps run in a CSP
+    /// sandbox for everyone but their owner.
+    #[arg(long, env = "MERIDIAN_DANGEROUS_ALLOW_PATH_APP_SHARING")]
+    #[serde(default)]
+    pub dangerous_allow_path_app_sharing: bool,
 }
 
 /// Where the database is.
@@ -94,6 +107,9 @@ pub struct Config {
     pub secrets_key_file: PathBuf,
     pub relay_listen: SocketAddr,
     pub app_timeout: Option<Duration>,
+    /// Host names (lowercase, no port) the API answers at besides the access URL's.
+    pub allowed_hosts: Vec<String>,
+    pub allow_path_app_sharing: bool,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -136,6 +152,9 @@ impl Args {
             secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
             relay_listen: self.relay_listen.or(file.relay_listen),
             app_timeout: self.app_timeout.or(file.app_timeout),
+            allowed_hosts: if self.allowed_hosts.is_empty() { file.allowed_hosts } else { self.allowed_hosts },
+            dangerous_allow_path_app_sharing: self.dangerous_allow_path_app_sharing
+                || file.dangerous_allow_path_app_sharing,
         }
     }
 
@@ -184,6 +203,8 @@ impl Args {
             secrets_key_file,
             relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             app_timeout: self.app_timeout,
+            allowed_hosts: self.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
+            allow_path_app_sharing: self.dangerous_allow_path_app_sharing,
         };
         for (name, d) in [
             ("--proxy-health-interval", config.proxy_health_interval),

@@ -25,6 +25,12 @@ pub enum ApiError {
     /// The thing exists already (duplicate name) or the state forbids it.
     #[error("{0}")]
     Conflict(String),
+    /// The body is over the API's size limit.
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    /// The request names a host this coordinator does not answer for.
+    #[error("{0}")]
+    Misdirected(String),
     /// Postgres is down or unreachable; safe to retry.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sqlx::Error),
@@ -40,6 +46,8 @@ impl ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }

@@ -15,7 +15,7 @@ use crate::pages::Reply;
 use crate::routing::AppRoute;
 use arc_swap::ArcSwap;
 use meridian_regions::api::{IssueAppToken, RedeemTicket};
-use meridian_regions::app_token::{AppClaims, TokenError, Verifier};
+use meridian_regions::app_token::{stream_target, AppClaims, TokenError, Verifier};
 use meridian_regions::client::{Client, ClientError};
 use meridian_regions::headers::{APP_SESSION_COOKIE, APP_TICKET_PARAM, APP_TOKEN_COOKIE};
 use pingora::http::RequestHeader;
@@ -30,8 +30,9 @@ const CACHE_TTL: Duration = Duration::from_secs(60);
 const KEY_REFETCH_INTERVAL: Duration = Duration::from_secs(10);
 
 pub enum Decision {
-    /// Serve the app; `set_cookie` carries a freshly issued token.
-    Serve { claims: Arc<AppClaims>, set_cookie: Option<String> },
+    /// Serve the app: `token` is the verified app token (it authorizes the
+    /// relay stream), and `set_cookie` carries it when freshly issued.
+    Serve { claims: Arc<AppClaims>, token: Arc<str>, set_cookie: Option<String> },
     /// Answer without reaching the app.
     Respond(Reply),
 }
@@ -86,27 +87,45 @@ impl Auth {
 
     pub async fn authorize(&self, req: &RequestHeader, host: &str, route: &AppRoute) -> Decision {
         if let Some(ticket) = query_param(req, APP_TICKET_PARAM) {
-            return Decision::Respond(self.redeem(req, &ticket).await);
+            return Decision::Respond(self.redeem(req, host, &ticket).await);
         }
-        let token = cookie(req, APP_TOKEN_COOKIE);
+        let token = match unique_cookie(req, APP_TOKEN_COOKIE) {
+            Ok(token) => token,
+            Err(reply) => return Decision::Respond(reply),
+        };
+        let serve = |claims, token: &str| Decision::Serve { claims, token: token.into(), set_cookie: None };
         if let Some(token) = &token {
             if let Some(claims) = self.verify(token, &route.binding).await {
-                return Decision::Serve { claims, set_cookie: None };
+                return serve(claims, token);
             }
             // Known to be down: do not wait for it before falling back to the grace.
             if !self.state.registration().coordinator_reachable {
                 if let Some(claims) = self.offline(token, &route.binding) {
-                    return Decision::Serve { claims, set_cookie: None };
+                    return serve(claims, token);
                 }
             }
         }
         match self.issue(req, host, route).await {
-            Err(e) => match token.and_then(|t| self.offline(&t, &route.binding)) {
-                Some(claims) => Decision::Serve { claims, set_cookie: None },
+            Err(e) => match token.as_deref().and_then(|t| Some((self.offline(t, &route.binding)?, t))) {
+                Some((claims, t)) => serve(claims, t),
                 None => Decision::Respond(coordinator_down(&e)),
             },
             Ok(decision) => decision,
         }
+    }
+
+    /// Whether a peer relay may open a stream to `target` in agent `agent`'s
+    /// workspace: `grant` must be an app token for exactly that app, signed
+    /// by the coordinator and current (or within the offline grace, which
+    /// the asking proxy may be using while it cannot reach the coordinator).
+    pub fn admits_stream(&self, grant: &str, agent: uuid::Uuid, target: &str) -> bool {
+        if let Some(c) = self.cache.get(grant) {
+            let now = chrono::Utc::now().timestamp();
+            let fresh = c.exp.saturating_add(self.offline_grace.as_secs() as i64) > now;
+            return fresh && c.agent_id == agent && stream_target(&c.upstream).as_deref() == Some(target);
+        }
+        let verified = self.verifier.load().verify_stream(grant, agent, target, self.offline_grace.as_secs());
+        verified.is_ok()
     }
 
     /// The agent an attach token admits, checked with the cached keys.
@@ -172,9 +191,10 @@ impl Auth {
         true
     }
 
-    async fn redeem(&self, req: &RequestHeader, ticket: &str) -> Reply {
+    async fn redeem(&self, req: &RequestHeader, host: &str, ticket: &str) -> Reply {
         let clean = local_location(req, APP_TICKET_PARAM);
-        match self.coordinator.redeem_ticket(&RedeemTicket { ticket: ticket.to_owned() }).await {
+        let ask = RedeemTicket { ticket: ticket.to_owned(), host: strip_port(host).to_owned() };
+        match self.coordinator.redeem_ticket(&ask).await {
             Ok(r) => {
                 let cookie =
                     session_cookie(APP_SESSION_COOKIE, &r.app_session_token, "/", None, self.scheme == "https");
@@ -190,8 +210,12 @@ impl Auth {
 
     /// Asks the coordinator for a token; `Err` when it could not answer.
     async fn issue(&self, req: &RequestHeader, host: &str, route: &AppRoute) -> Result<Decision, ClientError> {
+        let session = match unique_cookie(req, APP_SESSION_COOKIE) {
+            Ok(session) => session,
+            Err(reply) => return Ok(Decision::Respond(reply)),
+        };
         let ask = IssueAppToken {
-            app_session_token: cookie(req, APP_SESSION_COOKIE),
+            app_session_token: session,
             app: route.req.clone(),
             subdomain: route.subdomain,
             binding: route.binding.clone(),
@@ -203,7 +227,7 @@ impl Auth {
                     let max_age = (claims.exp - chrono::Utc::now().timestamp()).max(0);
                     let cookie =
                         session_cookie(APP_TOKEN_COOKIE, &resp.token, path, Some(max_age), self.scheme == "https");
-                    Decision::Serve { claims, set_cookie: Some(cookie) }
+                    Decision::Serve { claims, token: resp.token.into(), set_cookie: Some(cookie) }
                 }
                 None => Decision::Respond(Reply::page(502, "The coordinator issued a token this proxy cannot verify.")),
             },
@@ -216,6 +240,11 @@ impl Auth {
             }
             Err(ClientError::Api { status, .. }) if status.as_u16() == 404 || status.as_u16() == 403 => {
                 Decision::Respond(Reply::page(404, "There is no such app, or you may not open it."))
+            }
+            // The coordinator refused the request itself (e.g. a path app asked
+            // for at a host that is not this region's access URL).
+            Err(ClientError::Api { status, message, .. }) if status.as_u16() == 400 => {
+                Decision::Respond(Reply::page(400, &message))
             }
             Err(e) => return Err(e),
         })
@@ -237,8 +266,19 @@ fn session_cookie(name: &str, value: &str, path: &str, max_age: Option<i64>, sec
     c.build().to_string()
 }
 
-fn cookie(req: &RequestHeader, name: &str) -> Option<String> {
-    meridian_regions::headers::cookie(&req.headers, name)
+/// Cookie `name`, refusing a request that sends it twice: a sibling app on a
+/// parent domain (or another path) can plant a second one, and which of the
+/// two a server reads first is not what the user chose (400).
+fn unique_cookie(req: &RequestHeader, name: &str) -> Result<Option<String>, Reply> {
+    meridian_regions::headers::unique_cookie(&req.headers, name)
+        .map_err(|_| Reply::page(400, &format!("The request carries the {name} cookie more than once.")))
+}
+
+fn strip_port(host: &str) -> &str {
+    match host.rsplit_once(':') {
+        Some((h, p)) if p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => host,
+    }
 }
 
 fn query_param(req: &RequestHeader, name: &str) -> Option<String> {

@@ -1,13 +1,26 @@
 //! Header hygiene between client and app: Meridian's credentials never reach
-//! the app, forwarding headers are the proxy's own, and an app can never set a
-//! Meridian cookie.
+//! the app, forwarding headers are the proxy's own, an app can never set a
+//! Meridian cookie, a WebSocket to an app comes from that app's own pages,
+//! and a path app shown to someone other than its owner runs sandboxed.
 
 use meridian_regions::headers;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
 /// Headers that carry Meridian credentials.
-const CREDENTIAL_HEADERS: [&str; 3] = [headers::SESSION_TOKEN, headers::PROXY_TOKEN, headers::AGENT_TOKEN];
+const CREDENTIAL_HEADERS: [&str; 5] = [
+    headers::SESSION_TOKEN,
+    headers::PROXY_TOKEN,
+    headers::AGENT_TOKEN,
+    headers::AGENT_ATTACH_TOKEN,
+    headers::MESH_SECRET,
+];
+/// The policy on a sandboxed app's answers: its pages run scripts and submit
+/// forms, but in an opaque origin, so they cannot read or send the viewer's
+/// cookies for this origin (the dashboard's session on the primary, the
+/// viewer's other apps elsewhere). No `allow-same-origin`, ever.
+const SANDBOX_POLICY: &str =
+    "sandbox allow-scripts allow-forms allow-popups allow-popups-to-escape-sandbox allow-modals allow-downloads";
 /// Forwarding headers a client could spoof.
 const FORWARDING_HEADERS: [&str; 5] =
     ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"];
@@ -43,8 +56,37 @@ pub fn request(req: &mut RequestHeader, client_ip: Option<String>, proto: &str, 
     Ok(())
 }
 
-/// Drops any `Set-Cookie` of a Meridian cookie from the app's response.
-pub fn response(resp: &mut ResponseHeader) -> Result<()> {
+/// Whether a request may go on as far as its `Origin` goes: anything but a
+/// WebSocket upgrade, an upgrade without `Origin` (not a browser), or one
+/// from the app's own origin. A page on another origin must not open a
+/// socket that rides the user's app cookies (cross-site WebSocket hijacking).
+pub fn same_origin_upgrade(req: &RequestHeader, scheme: &str, host: &str) -> bool {
+    let upgrade =
+        req.headers.get(http::header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+    let Some(origin) = req.headers.get(http::header::ORIGIN) else { return true };
+    if !upgrade {
+        return true;
+    }
+    let origin = origin.as_bytes();
+    let own = [scheme.as_bytes(), b"://", host.as_bytes()].concat();
+    origin.eq_ignore_ascii_case(&own) || default_port_origin(origin, scheme, host)
+}
+
+/// `Origin: http://h` matches `Host: h:80` (and https with 443).
+fn default_port_origin(origin: &[u8], scheme: &str, host: &str) -> bool {
+    let default = if scheme == "https" { ":443" } else { ":80" };
+    host.strip_suffix(default)
+        .is_some_and(|h| origin.eq_ignore_ascii_case([scheme.as_bytes(), b"://", h.as_bytes()].concat().as_slice()))
+}
+
+/// Drops any `Set-Cookie` of a Meridian cookie from the app's response and,
+/// with `sandbox`, adds [`SANDBOX_POLICY`] (on top of any policy of the app's
+/// own: browsers enforce every policy sent) and drops `Service-Worker-Allowed`.
+pub fn response(resp: &mut ResponseHeader, sandbox: bool) -> Result<()> {
+    if sandbox {
+        resp.append_header(http::header::CONTENT_SECURITY_POLICY, SANDBOX_POLICY)?;
+        resp.remove_header("service-worker-allowed");
+    }
     let kept: Vec<http::HeaderValue> = resp
         .headers
         .get_all(http::header::SET_COOKIE)
@@ -72,11 +114,15 @@ mod tests {
         req.insert_header("cookie", "a=1; meridian_app_token=t; Meridian_Session=s; b=2").unwrap();
         req.append_header("cookie", "meridian_app_session=x").unwrap();
         req.insert_header("meridian-session-token", "secret").unwrap();
+        req.insert_header("meridian-mesh-secret", "secret").unwrap();
+        req.insert_header("meridian-agent-attach-token", "secret").unwrap();
         req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
         req.insert_header("forwarded", "for=6.6.6.6").unwrap();
         request(&mut req, Some("127.0.0.1".into()), "https", "app.example").unwrap();
         assert_eq!(req.headers["cookie"], "a=1; b=2");
-        assert!(req.headers.get("meridian-session-token").is_none());
+        for h in ["meridian-session-token", "meridian-mesh-secret", "meridian-agent-attach-token"] {
+            assert!(req.headers.get(h).is_none(), "{h} reached the app");
+        }
         assert!(req.headers.get("forwarded").is_none());
         assert_eq!(req.headers["x-forwarded-for"], "127.0.0.1");
         assert_eq!(req.headers["x-forwarded-proto"], "https");
@@ -94,8 +140,46 @@ mod tests {
         resp.append_header("set-cookie", "ok=1; Path=/").unwrap();
         resp.append_header("set-cookie", "meridian_app_token=evil; Path=/").unwrap();
         resp.append_header("set-cookie", " MERIDIAN_SESSION=evil").unwrap();
-        response(&mut resp).unwrap();
+        response(&mut resp, false).unwrap();
         let cookies: Vec<_> = resp.headers.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["ok=1; Path=/"]);
+        assert!(resp.headers.get("content-security-policy").is_none());
+    }
+
+    #[test]
+    fn sandboxed_answers_keep_the_apps_policy_and_add_ours() {
+        let mut resp = ResponseHeader::build(200, None).unwrap();
+        resp.append_header("content-security-policy", "default-src 'self'").unwrap();
+        resp.append_header("service-worker-allowed", "/").unwrap();
+        response(&mut resp, true).unwrap();
+        let policies: Vec<_> = resp.headers.get_all("content-security-policy").iter().collect();
+        assert_eq!(policies, ["default-src 'self'", SANDBOX_POLICY]);
+        assert!(!SANDBOX_POLICY.contains("allow-same-origin"));
+        assert!(resp.headers.get("service-worker-allowed").is_none());
+    }
+
+    #[test]
+    fn websocket_origins() {
+        let cases = [
+            (Some("websocket"), Some("http://app.r.localhost:7081"), "app.r.localhost:7081", true),
+            (Some("websocket"), Some("HTTP://APP.r.localhost:7081"), "app.r.localhost:7081", true),
+            (Some("websocket"), Some("http://app.r.localhost"), "app.r.localhost:80", true),
+            (Some("websocket"), None, "app.r.localhost:7081", true), // not a browser
+            (Some("websocket"), Some("http://other.r.localhost:7081"), "app.r.localhost:7081", false),
+            (Some("websocket"), Some("http://app.r.localhost:7082"), "app.r.localhost:7081", false),
+            (Some("websocket"), Some("https://app.r.localhost:7081"), "app.r.localhost:7081", false),
+            (Some("websocket"), Some("null"), "app.r.localhost:7081", false),
+            (None, Some("http://other.example"), "app.r.localhost:7081", true), // CORS is the app's business
+        ];
+        for (upgrade, origin, host, ok) in cases {
+            let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+            if let Some(u) = upgrade {
+                req.insert_header("upgrade", u).unwrap();
+            }
+            if let Some(o) = origin {
+                req.insert_header("origin", o).unwrap();
+            }
+            assert_eq!(same_origin_upgrade(&req, "http", host), ok, "{upgrade:?} {origin:?} {host}");
+        }
     }
 }

@@ -20,7 +20,7 @@ use meridian_regions::api::{AgentAttach, AgentDetach};
 use meridian_regions::client::{Client, ClientError};
 use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN, MESH_SECRET};
 use meridian_regions::tunnel::{
-    StreamError, Tunnel, AGENT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
+    StreamError, Tunnel, AGENT_HEADER, GRANT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
 };
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -156,15 +156,17 @@ impl Relay {
 
     /// Opens a byte stream to `target` (`host:port`) inside agent `agent_id`'s
     /// workspace: through this relay's own tunnel, else over a mesh link to
-    /// the relay the route table names. An agent that is not reachable right
-    /// now gets [`ROUTE_WAIT`] to show up (it may be re-attaching, and its new
-    /// route a few milliseconds away) before the request fails.
-    pub async fn open(&self, agent_id: Uuid, target: &str) -> Result<TokioIo<Upgraded>, DialError> {
+    /// the relay the route table names, which admits the stream only with
+    /// `grant`, the verified app token of the request. An agent that is not
+    /// reachable right now gets [`ROUTE_WAIT`] to show up (it may be
+    /// re-attaching, and its new route a few milliseconds away) before the
+    /// request fails.
+    pub async fn open(&self, agent_id: Uuid, target: &str, grant: &str) -> Result<TokioIo<Upgraded>, DialError> {
         self.streams.inc();
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         let mut changes = self.routes.subscribe();
         loop {
-            let e = match self.try_open(agent_id, target).await {
+            let e = match self.try_open(agent_id, target, grant).await {
                 Err(e @ (DialError::NotAttached | DialError::PeerUnreachable(_))) => e,
                 other => return other,
             };
@@ -212,13 +214,13 @@ impl Relay {
         }
     }
 
-    async fn try_open(&self, agent_id: Uuid, target: &str) -> Result<TokioIo<Upgraded>, DialError> {
+    async fn try_open(&self, agent_id: Uuid, target: &str, grant: &str) -> Result<TokioIo<Upgraded>, DialError> {
         if let Some(tunnel) = self.tunnel(agent_id) {
             return Ok(tunnel.open(target, None).await?);
         }
         let route = self.routes.get(agent_id).filter(|r| r.relay_url != self.own_url).ok_or(DialError::NotAttached)?;
         let link = self.mesh.link(&route.relay_url).await.ok_or(DialError::PeerUnreachable(route.region.clone()))?;
-        match link.open(target, Some(agent_id)).await {
+        match link.open(target, Some((agent_id, grant))).await {
             Err(StreamError::Refused { status: 404, .. }) => Err(DialError::NotAttached),
             other => Ok(other?),
         }
@@ -424,6 +426,13 @@ impl Relay {
         let (Some(agent), Some(target), true) = (agent, target, req.method() == hyper::Method::CONNECT) else {
             return status(StatusCode::BAD_REQUEST);
         };
+        // A user's request must stand behind every stream: the mesh secret
+        // only admits the link, never a stream by itself.
+        let grant = req.headers().get(GRANT_HEADER).and_then(|v| v.to_str().ok()).unwrap_or_default();
+        if !self.auth.admits_stream(grant, agent, &target) {
+            tracing::warn!(%agent, %target, "refused a link stream without a valid grant");
+            return status(StatusCode::FORBIDDEN);
+        }
         // Only this relay's own tunnels: a link never forwards to another link.
         let Some(tunnel) = self.tunnel(agent) else { return status(StatusCode::NOT_FOUND) };
         let mut upstream = match tunnel.open(&target, None).await {

@@ -42,6 +42,8 @@ pub struct Ctx {
 /// An authorized app request on its way to the app.
 struct Served {
     claims: Arc<AppClaims>,
+    /// The verified app token: it authorizes the stream at the relay holding the tunnel.
+    token: Arc<str>,
     route: AppRoute,
     host: String,
     set_cookie: Option<String>,
@@ -98,9 +100,13 @@ impl ProxyHttp for MeridianProxy {
             }
             Route::Reject { status, message } => ("rejected", Some(Reply::page(status, &message))),
             Route::Redirect { status, location } => ("rejected", Some(Reply::redirect(status, &location))),
+            Route::App(_) if !hygiene::same_origin_upgrade(session.req_header(), self.auth.scheme(), &host) => (
+                "rejected",
+                Some(Reply::page(403, "A WebSocket to an app must come from a page of that app (Origin differs).")),
+            ),
             Route::App(route) => match self.auth.authorize(session.req_header(), &host, &route).await {
-                Decision::Serve { claims, set_cookie } => {
-                    ctx.app = Some(Served { claims, route, host, set_cookie });
+                Decision::Serve { claims, token, set_cookie } => {
+                    ctx.app = Some(Served { claims, token, route, host, set_cookie });
                     ("app", None)
                 }
                 Decision::Respond(reply) if reply.status == 404 => ("denied", Some(reply)),
@@ -126,7 +132,7 @@ impl ProxyHttp for MeridianProxy {
         match (&ctx.app, self.api_upstream) {
             (Some(served), _) => {
                 let timeout = (!session.is_upgrade_req()).then_some(self.app_timeout);
-                upstream::peer(&self.relay, served.claims.agent_id, &served.claims.upstream, timeout)
+                upstream::peer(&self.relay, &served.claims, &served.token, timeout)
             }
             (None, Some(api)) => Ok(Box::new(HttpPeer::new(api, false, String::new()))),
             (None, None) => Error::e_explain(ErrorType::InternalError, "no app routed"),
@@ -157,7 +163,7 @@ impl ProxyHttp for MeridianProxy {
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
         // The API's responses (e.g. the login cookie) pass as they are.
         let Some(served) = ctx.app.as_mut() else { return Ok(()) };
-        hygiene::response(resp)?;
+        hygiene::response(resp, served.claims.sandbox)?;
         if let Some(cookie) = served.set_cookie.take() {
             resp.append_header("set-cookie", cookie)?;
         }

@@ -6,6 +6,7 @@ use crate::relay::{DialError, Relay};
 use async_trait::async_trait;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use meridian_regions::app_token::{stream_target, AppClaims};
 use pingora::connectors::L4Connect;
 use pingora::protocols::l4::socket::SocketAddr as L4Addr;
 use pingora::protocols::l4::stream::Stream;
@@ -25,17 +26,20 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// app connection in the workspace) open.
 const POOL_IDLE: Duration = Duration::from_secs(60);
 
-/// The peer for an app at `upstream` (e.g. `http://127.0.0.1:8080`) behind
-/// `agent_id`; `read_timeout` bounds each read of the app's answer (`None` for
-/// upgraded connections, which may idle).
+/// The peer for the app a verified token (`grant`, whose claims are
+/// `claims`) opens; `read_timeout` bounds each read of the app's answer
+/// (`None` for upgraded connections, which may idle). A relay in another
+/// region admits the stream only with the grant.
 pub fn peer(
     relay: &Arc<Relay>,
-    agent_id: Uuid,
-    upstream: &str,
+    claims: &AppClaims,
+    grant: &Arc<str>,
     read_timeout: Option<Duration>,
 ) -> Result<Box<HttpPeer>> {
-    let url =
-        url::Url::parse(upstream).map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream in token"))?;
+    let bad = || Error::explain(ErrorType::InternalError, "bad upstream in token");
+    let (agent_id, upstream) = (claims.agent_id, claims.upstream.as_str());
+    let url = url::Url::parse(upstream).map_err(|_| bad())?;
+    let target = stream_target(upstream).ok_or_else(bad)?;
     let host = url.host_str().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']').to_owned();
     let port = url.port_or_known_default().unwrap_or(80);
     let tls = url.scheme() == "https";
@@ -49,22 +53,31 @@ pub fn peer(
     // Apps in a workspace serve self-signed certificates; the tunnel is the trust boundary.
     peer.options.verify_cert = false;
     peer.options.verify_hostname = false;
-    let target = if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") };
-    peer.options.custom_l4 = Some(Arc::new(TunnelConnector { relay: relay.clone(), agent_id, target }));
+    let connector = TunnelConnector { relay: relay.clone(), agent_id, target, grant: grant.clone() };
+    peer.options.custom_l4 = Some(Arc::new(connector));
     Ok(Box::new(peer))
 }
 
-#[derive(Debug)]
 struct TunnelConnector {
     relay: Arc<Relay>,
     agent_id: Uuid,
     target: String,
+    /// The app token of the request that dials; a pooled connection may
+    /// later carry other users' requests for the same app, each authorized.
+    grant: Arc<str>,
+}
+
+impl std::fmt::Debug for TunnelConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The grant is a credential: never printed.
+        f.debug_struct("TunnelConnector").field("agent_id", &self.agent_id).field("target", &self.target).finish()
+    }
 }
 
 #[async_trait]
 impl L4Connect for TunnelConnector {
     async fn connect(&self, _addr: &L4Addr) -> Result<Stream> {
-        let io = self.relay.open(self.agent_id, &self.target).await.map_err(|e| {
+        let io = self.relay.open(self.agent_id, &self.target, &self.grant).await.map_err(|e| {
             let kind = match &e {
                 DialError::NotAttached => ErrorType::ConnectRefused,
                 DialError::PeerUnreachable(_) | DialError::Stream(_) => ErrorType::ConnectError,

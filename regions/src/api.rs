@@ -107,6 +107,33 @@ pub struct CreateRegion {
     pub name: String,
     #[serde(default)]
     pub display_name: Option<String>,
+    /// The region's hostnames ([`RegionHosts`]); unset ones are pinned by
+    /// the region's first registration.
+    #[serde(flatten)]
+    pub hosts: RegionHosts,
+}
+
+/// The hostnames a region serves, set by an admin (or pinned by the region's
+/// first registration). A replica may register any port on these hosts, never
+/// another host, so a proxy token cannot claim app hosts it was not given.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionHosts {
+    /// e.g. `https://sydney.example.com`: where path apps are served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_url: Option<String>,
+    /// e.g. `*.sydney.example.com`: where subdomain apps are served; `""` for none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wildcard_hostname: Option<String>,
+}
+
+/// `PATCH /api/v2/regions/{name}` (admins): change the display name or the
+/// region's hostnames.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct PatchRegion {
+    #[serde(default)]
+    pub display_name: Option<String>,
+    #[serde(flatten)]
+    pub hosts: RegionHosts,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +190,10 @@ pub struct KeysResponse {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RedeemTicket {
     pub ticket: String,
+    /// The host the ticket arrived at (without port): a ticket is good only
+    /// at the host it was minted for, and only for the region serving it.
+    #[serde(default)]
+    pub host: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

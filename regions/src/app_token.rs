@@ -31,9 +31,27 @@ pub struct AppClaims {
     /// The app's address inside the workspace, e.g. `http://127.0.0.1:8080`.
     pub upstream: String,
     pub share: Share,
+    /// Serve the app's answers inside a CSP sandbox: a path app opened by
+    /// someone other than its owner shares an origin with that person's other
+    /// apps (or the dashboard), so its scripts must not act as them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub sandbox: bool,
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+}
+
+/// The `host:port` a relay opens inside the workspace for an app's
+/// `upstream` (`http://127.0.0.1:8080` → `127.0.0.1:8080`, IPv6 bracketed).
+/// The proxy dials it and the relay holding the tunnel checks it against the
+/// token, so both must derive it the same way: here.
+pub fn stream_target(upstream: &str) -> Option<String> {
+    let url = url::Url::parse(upstream).ok()?;
+    let port = url.port_or_known_default()?;
+    match url.host()? {
+        url::Host::Ipv6(ip) => Some(format!("[{ip}]:{port}")),
+        host => Some(format!("{host}:{port}")),
+    }
 }
 
 /// Audience of attach tokens: relays, and nothing else.
@@ -146,6 +164,25 @@ impl Verifier {
         self.verify_with_grace(token, binding, 0)
     }
 
+    /// Checks a token presented for one relay stream: a valid signature and
+    /// time (expired at most `grace_secs` ago), for agent `agent` and an app
+    /// whose upstream is exactly `target`. The binding is not checked: the
+    /// relay holding the tunnel does not know which host the user came by,
+    /// only that some user was authorized for this app.
+    pub fn verify_stream(
+        &self,
+        token: &str,
+        agent: Uuid,
+        target: &str,
+        grace_secs: u64,
+    ) -> Result<AppClaims, TokenError> {
+        let claims = self.verify_unbound(token, grace_secs)?;
+        if claims.agent_id != agent || stream_target(&claims.upstream).as_deref() != Some(target) {
+            return Err(TokenError::WrongApp);
+        }
+        Ok(claims)
+    }
+
     /// The agent an attach token admits, if it is signed by a known key,
     /// meant for relays and current.
     pub fn verify_attach(&self, token: &str) -> Result<Uuid, TokenError> {
@@ -167,6 +204,15 @@ impl Verifier {
     /// still passes (for a proxy that cannot reach the coordinator to renew
     /// it). Not-yet-valid tokens get no grace.
     pub fn verify_with_grace(&self, token: &str, binding: &str, grace_secs: u64) -> Result<AppClaims, TokenError> {
+        let claims = self.verify_unbound(token, grace_secs)?;
+        if claims.binding != binding {
+            return Err(TokenError::WrongApp);
+        }
+        Ok(claims)
+    }
+
+    /// Signature, algorithm, issuer and time; the caller checks what the token is for.
+    fn verify_unbound(&self, token: &str, grace_secs: u64) -> Result<AppClaims, TokenError> {
         use jsonwebtoken::errors::ErrorKind;
         let kid = Self::key_id(token).ok_or(TokenError::Malformed)?;
         let key = self.keys.get(&kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
@@ -187,9 +233,6 @@ impl Verifier {
         let now = jsonwebtoken::get_current_timestamp() as i64;
         if data.claims.nbf > now.saturating_add(LEEWAY_SECS as i64) {
             return Err(TokenError::NotYetValid);
-        }
-        if data.claims.binding != binding {
-            return Err(TokenError::WrongApp);
         }
         Ok(data.claims)
     }
@@ -245,6 +288,7 @@ mod tests {
             agent_id: Uuid::nil(),
             upstream: "http://127.0.0.1:8080".into(),
             share: Share::Owner,
+            sandbox: false,
             iat: now,
             nbf: now,
             exp: now + 300,
@@ -270,6 +314,41 @@ mod tests {
         assert_eq!(verifier.verify(&token, &other), Err(TokenError::WrongApp));
         assert_eq!(subdomain_binding("A.B"), subdomain_binding("a.b"));
         assert_ne!(path_binding("h", "/@a/w/apps/x/"), subdomain_binding("h/@a/w/apps/x/"));
+    }
+
+    #[test]
+    fn stream_grants_name_one_agent_and_one_upstream() {
+        let (signer, verifier) = setup();
+        let c = claims(now());
+        let token = signer.sign(&c).unwrap();
+        assert_eq!(verifier.verify_stream(&token, c.agent_id, "127.0.0.1:8080", 0).unwrap(), c);
+        let cases = [
+            (Uuid::new_v4(), "127.0.0.1:8080"), // another agent
+            (c.agent_id, "127.0.0.1:8081"),     // another port of the same agent
+            (c.agent_id, "localhost:8080"),     // another spelling of the host
+        ];
+        for (agent, target) in cases {
+            assert_eq!(verifier.verify_stream(&token, agent, target, 0), Err(TokenError::WrongApp), "{target}");
+        }
+        let tampered = tamper(&token, "payload").unwrap();
+        assert_eq!(verifier.verify_stream(&tampered, c.agent_id, "127.0.0.1:8080", 0), Err(TokenError::BadSignature));
+        let expired = signer.sign(&AppClaims { exp: now() - 600, nbf: now() - 900, ..c.clone() }).unwrap();
+        assert_eq!(verifier.verify_stream(&expired, c.agent_id, "127.0.0.1:8080", 0), Err(TokenError::Expired));
+        assert!(verifier.verify_stream(&expired, c.agent_id, "127.0.0.1:8080", 3600).is_ok(), "offline grace");
+    }
+
+    #[test]
+    fn stream_targets() {
+        let cases = [
+            ("http://127.0.0.1:8080", Some("127.0.0.1:8080")),
+            ("https://127.0.0.1", Some("127.0.0.1:443")),
+            ("http://[::1]:9000/x", Some("[::1]:9000")),
+            ("http://localhost:3000", Some("localhost:3000")),
+            ("not a url", None),
+        ];
+        for (upstream, want) in cases {
+            assert_eq!(stream_target(upstream).as_deref(), want, "{upstream}");
+        }
     }
 
     #[test]

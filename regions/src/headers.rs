@@ -31,6 +31,27 @@ pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
         .map(|c| c.value().to_owned())
 }
 
+/// A cookie sent more than once (see [`unique_cookie`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct DuplicateCookie;
+
+/// Cookie `name` if sent at most once; [`DuplicateCookie`] if sent twice or
+/// more, which for a credential means someone planted a second one.
+pub fn unique_cookie(headers: &http::HeaderMap, name: &str) -> Result<Option<String>, DuplicateCookie> {
+    let mut found = headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(cookie::Cookie::split_parse)
+        .flatten()
+        .filter(|c| c.name() == name);
+    let first = found.next().map(|c| c.value().to_owned());
+    match found.next() {
+        Some(_) => Err(DuplicateCookie),
+        None => Ok(first),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -41,5 +62,17 @@ mod tests {
         assert_eq!(super::cookie(&h, "meridian_app_token").as_deref(), Some("t"));
         assert_eq!(super::cookie(&h, "b").as_deref(), Some("2"));
         assert_eq!(super::cookie(&h, "meridian"), None);
+    }
+
+    #[test]
+    fn duplicate_cookies() {
+        let mut h = http::HeaderMap::new();
+        h.append(http::header::COOKIE, "a=1; meridian_app_session=s".parse().unwrap());
+        assert_eq!(super::unique_cookie(&h, "meridian_app_session"), Ok(Some("s".into())));
+        assert_eq!(super::unique_cookie(&h, "missing"), Ok(None));
+        h.append(http::header::COOKIE, "meridian_app_session=planted".parse().unwrap());
+        assert_eq!(super::unique_cookie(&h, "meridian_app_session"), Err(super::DuplicateCookie));
+        let one_header: http::HeaderMap = [(http::header::COOKIE, "x=1; x=2".parse().unwrap())].into_iter().collect();
+        assert_eq!(super::unique_cookie(&one_header, "x"), Err(super::DuplicateCookie));
     }
 }

@@ -23,6 +23,10 @@ pub const UPGRADE_PROTOCOL: &str = "meridian-tunnel";
 pub const LINK_PATH: &str = "/api/v2/relays/me/link";
 pub const LINK_PROTOCOL: &str = "meridian-link";
 pub const AGENT_HEADER: &str = "meridian-agent";
+/// On a link stream: the verified app token of the request the stream is for.
+/// The relay holding the tunnel checks it (signature, time, agent and target)
+/// before it opens anything, so the mesh secret alone opens no app.
+pub const GRANT_HEADER: &str = "meridian-stream-grant";
 /// Relay → agent over the tunnel: `POST` here asks the agent to attach
 /// elsewhere (the relay is shutting down); it moves make-before-break.
 pub const LEAVE_PATH: &str = "/meridian/leave";
@@ -122,11 +126,12 @@ impl Tunnel {
     }
 
     /// Opens a byte stream to `target` (`host:port` inside the workspace);
-    /// over a relay link, `agent` names whose workspace.
-    pub async fn open(&self, target: &str, agent: Option<uuid::Uuid>) -> Result<TokioIo<Upgraded>, StreamError> {
+    /// over a relay link, `link` names whose workspace and carries the app
+    /// token that authorizes the stream ([`GRANT_HEADER`]).
+    pub async fn open(&self, target: &str, link: Option<(uuid::Uuid, &str)>) -> Result<TokioIo<Upgraded>, StreamError> {
         let mut req = hyper::Request::builder().method(hyper::Method::CONNECT).uri(target);
-        if let Some(agent) = agent {
-            req = req.header(AGENT_HEADER, agent.to_string());
+        if let Some((agent, grant)) = link {
+            req = req.header(AGENT_HEADER, agent.to_string()).header(GRANT_HEADER, grant);
         }
         let req = req.body(Empty::<Bytes>::new()).map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
         let mut sender = self.sender.clone();

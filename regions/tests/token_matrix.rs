@@ -63,6 +63,7 @@ fn the_token_matrix() {
             agent_id: Uuid::new_v4(),
             upstream: "http://127.0.0.1:8080".into(),
             share: meridian_regions::api::Share::Owner,
+            sandbox: false,
             iat: n,
             nbf: n,
             exp: n + 300,

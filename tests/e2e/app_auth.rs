@@ -71,9 +71,8 @@ impl World {
             .find(|(k, _)| k == "meridian_app_ticket")
             .map(|(_, v)| v.into_owned())
             .expect("ticket in the redirect");
-        let reply =
-            proxy_call(&self.coord.url, &self.token, "/api/v2/proxies/me/redeem-ticket", json!({ "ticket": ticket }))
-                .await;
+        let body = json!({ "ticket": ticket, "host": self.host("code") });
+        let reply = proxy_call(&self.coord.url, &self.token, "/api/v2/proxies/me/redeem-ticket", body).await;
         reply.expect_status(200)["app_session_token"].as_str().unwrap().to_owned()
     }
 }
@@ -133,8 +132,9 @@ async fn auth_redirect_issues_one_time_tickets_only_for_app_hosts() {
     assert_ne!(ticket, "stale");
 
     let redeem = |t: String, proxy_token: String| {
-        let base = w.coord.url.clone();
-        async move { proxy_call(&base, &proxy_token, "/api/v2/proxies/me/redeem-ticket", json!({ "ticket": t })).await }
+        let (base, host) = (w.coord.url.clone(), w.host("code"));
+        let body = json!({ "ticket": t, "host": host });
+        async move { proxy_call(&base, &proxy_token, "/api/v2/proxies/me/redeem-ticket", body).await }
     };
     redeem(ticket.clone(), "nobody:nothing".into()).await.expect_status(401);
     redeem(ticket.clone(), w.token.clone()).await.expect_status(200);
@@ -188,14 +188,15 @@ async fn app_tokens_follow_the_sharing_rules() {
     }
 
     // The token verifies with the keys the proxy got at registration, for this app only.
-    let reg = proxy_call(
-        &w.coord.url,
-        &w.token,
-        "/api/v2/proxies/me/register",
-        json!({"replica_id": uuid::Uuid::new_v4(), "access_url": "http://127.0.0.1:1", "wildcard_hostname": "", "version": "t"}),
-    )
-    .await
-    .expect_status(200);
+    let reg = reqwest::Client::new()
+        .get(format!("{}/api/v2/proxies/me/keys", w.coord.url))
+        .header("Meridian-Proxy-Token", &w.token)
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
     let keys: Vec<meridian_regions::app_token::PublicKey> = serde_json::from_value(reg["keys"].clone()).unwrap();
     let verifier = Verifier::new(&keys);
     let token = w.issue("code", Some(&owner)).await.expect_status(200)["token"].as_str().unwrap().to_owned();

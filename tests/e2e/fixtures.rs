@@ -175,7 +175,8 @@ struct World {
 async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
     let dir = tempdir();
     let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    // A public path app is part of the fixtures (its answers come sandboxed).
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &["--dangerous-allow-path-app-sharing"]).await;
     let admin = coord.admin().await;
     let token = admin.create_region("fixture").await;
     let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "fixture", proxy_args);
@@ -221,17 +222,6 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
 }
 
 /// A browser-like client (loopback names, no automatic redirects) whose cookies can be read.
-fn client_with_jar() -> (reqwest::Client, Arc<reqwest::cookie::Jar>) {
-    let jar = Arc::new(reqwest::cookie::Jar::default());
-    let client = reqwest::Client::builder()
-        .cookie_provider(jar.clone())
-        .redirect(reqwest::redirect::Policy::none())
-        .dns_resolver(Arc::new(LoopbackResolver))
-        .build()
-        .unwrap();
-    (client, jar)
-}
-
 /// Fills the placeholders of a raw request.
 fn expand(raw: &str, vars: &[(&str, String)]) -> Vec<u8> {
     let mut s = raw.to_owned();

@@ -22,4 +22,5 @@ mod proxy_lifecycle;
 mod proxy_tls;
 mod regions_ping;
 mod tokens;
+mod trust;
 mod workspaces;

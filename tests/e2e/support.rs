@@ -513,6 +513,36 @@ impl reqwest::dns::Resolve for LoopbackResolver {
     }
 }
 
+/// [`browser`] with its cookie jar in hand.
+pub fn client_with_jar() -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(std::sync::Arc::new(LoopbackResolver))
+        .build()
+        .unwrap();
+    (client, jar)
+}
+
+/// The value of cookie `name` that `jar` would send to `url`.
+pub fn jar_cookie(jar: &reqwest::cookie::Jar, url: &str, name: &str) -> Option<String> {
+    let header = reqwest::cookie::CookieStore::cookies(jar, &url.parse().unwrap())?;
+    let header = header.to_str().ok()?.to_owned();
+    header.split("; ").find_map(|c| c.strip_prefix(&format!("{name}=")).map(str::to_owned))
+}
+
+/// Sends `raw` (a whole HTTP/1.1 request) to loopback `port`; the status of the answer.
+pub async fn raw_status(port: u16, raw: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tcp.write_all(raw.as_bytes()).await.unwrap();
+    let mut head = vec![0u8; 12];
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut head)).await.unwrap().unwrap();
+    let status = std::str::from_utf8(&head[9..12]).unwrap_or_default();
+    status.parse().unwrap_or_else(|_| panic!("not an HTTP answer: {:?}", String::from_utf8_lossy(&head)))
+}
+
 /// A browser-like client: a cookie jar, no automatic redirects, loopback only.
 pub fn browser() -> reqwest::Client {
     reqwest::Client::builder()
@@ -542,8 +572,11 @@ pub async fn follow(client: &reqwest::Client, url: &str) -> (Vec<(u16, String)>,
 
 /// Signs `client`'s cookie jar in at the coordinator (as a browser's login form does).
 pub async fn browser_login(client: &reqwest::Client, coordinator: &str, username: &str, password: &str) {
+    // A browser names the page's origin on every POST; the API checks it.
+    let origin = reqwest::Url::parse(coordinator).unwrap().origin().ascii_serialization();
     let resp = client
         .post(format!("{coordinator}/api/v2/users/login"))
+        .header("origin", origin)
         .json(&serde_json::json!({ "username": username, "password": password }))
         .send()
         .await

@@ -10,6 +10,7 @@
 //! - `GET /api/v2/proxies/me/keys`: the public keys that verify those tokens.
 
 use super::auth::{optional_user, ProxyRegion};
+use super::hosts::Served;
 use super::json::Json;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -49,13 +50,13 @@ async fn auth_redirect_inner(state: &AppState, q: AuthRedirectQuery, parts: &Par
     let raw = q.redirect_uri.ok_or_else(|| ApiError::BadRequest("redirect_uri is missing.".into()))?;
     let hosts = app_hosts(state).await?;
     let mut target = redirect::validate(&raw, &hosts).map_err(|e| ApiError::BadRequest(format!("{e}.")))?;
-    let Some(user) = optional_user(parts, state).await? else {
+    let Some((user, session_id)) = optional_user(parts, state).await? else {
         let back = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let login = format!("/login?redirect={}", urlencode(back));
         return Ok(see_other(&login));
     };
     let host = target.host_str().unwrap_or_default().to_owned();
-    let ticket = state.store.create_ticket(user.id, &host).await?;
+    let ticket = state.store.create_ticket(user.id, session_id, &host).await?;
     let kept: Vec<(String, String)> =
         target.query_pairs().filter(|(k, _)| k != APP_TICKET_PARAM).map(|(k, v)| (k.into(), v.into())).collect();
     target.query_pairs_mut().clear().extend_pairs(kept).append_pair(APP_TICKET_PARAM, ticket.encode().expose());
@@ -100,39 +101,49 @@ pub async fn keys(State(state): State<AppState>, _proxy: ProxyRegion) -> axum::J
     axum::Json(KeysResponse { keys: state.keys.public.clone() })
 }
 
+/// A region redeems only tickets for its own hosts, each at the host it was
+/// minted for; the app session ends with the user session that signed in.
 pub async fn redeem_ticket(
     State(state): State<AppState>,
     ProxyRegion(region): ProxyRegion,
     Json(req): Json<RedeemTicket>,
 ) -> ApiResult<axum::Json<RedeemTicketResponse>> {
-    let refused = || ApiError::Unauthorized("The login ticket is invalid, expired or already used.".into());
+    if !Served::of(&state, &region).serves(&req.host) {
+        tracing::warn!(region = %region.name, host = %req.host, "refused a ticket for a host the region does not serve");
+        return Err(ApiError::Forbidden(format!("Region {:?} does not serve {:?}.", region.name, req.host)));
+    }
+    let refused =
+        || ApiError::Unauthorized("The login ticket is invalid, expired, already used or for another host.".into());
     let ticket = Token::parse(&req.ticket).map_err(|_| refused())?;
-    let (user_id, host) = state.store.redeem_ticket(&ticket).await?.ok_or_else(refused)?;
-    let session = state.store.create_session(user_id, Scope::App).await?;
-    tracing::info!(region = %region.name, %host, "login ticket redeemed");
-    Ok(axum::Json(RedeemTicketResponse {
-        app_session_token: session.encode().expose().to_owned(),
-        expires_at: chrono::Utc::now() + crate::store::SESSION_LIFETIME,
-    }))
+    let redeemed = state.store.redeem_ticket(&ticket, &req.host).await?.ok_or_else(refused)?;
+    let (session, expires_at) = state.store.create_app_session(redeemed.session_id).await?.ok_or_else(refused)?;
+    tracing::info!(region = %region.name, host = %redeemed.host, user = %redeemed.user_id, "login ticket redeemed");
+    Ok(axum::Json(RedeemTicketResponse { app_session_token: session.encode().expose().to_owned(), expires_at }))
 }
 
 /// Denied and signed in → 404 (never reveal that the app exists); denied and
 /// anonymous → 401, which the proxy turns into a login redirect.
+///
+/// Path apps are served to their owner only, unless the coordinator runs
+/// with `--dangerous-allow-path-app-sharing`; then anyone else gets them in a
+/// CSP sandbox (the `sandbox` claim), since every path app of a region shares
+/// one origin (on the primary, the dashboard's).
 pub async fn issue_app_token(
     State(state): State<AppState>,
-    _proxy: ProxyRegion,
+    ProxyRegion(region): ProxyRegion,
     Json(req): Json<IssueAppToken>,
 ) -> ApiResult<axum::Json<IssueAppTokenResponse>> {
-    let expected_kind = if req.subdomain { "host:" } else { "path:" };
-    if !req.binding.starts_with(expected_kind) {
-        return Err(ApiError::BadRequest("binding does not match the request kind.".into()));
-    }
+    Served::of(&state, &region).check_binding(&req)?;
     let user = match req.app_session_token.as_deref().map(Token::parse) {
         Some(Ok(t)) => state.store.session_user(&t, Scope::App).await?,
         _ => None,
     };
     let app = state.store.resolve_app(&req.app).await?.filter(|a| a.subdomain == req.subdomain);
-    let allowed = app.as_ref().is_some_and(|a| match a.share {
+    let share = |a: &crate::store::ResolvedApp| match a.subdomain || state.config.allow_path_app_sharing {
+        true => a.share,
+        false => Share::Owner,
+    };
+    let allowed = app.as_ref().is_some_and(|a| match share(a) {
         Share::Public => true,
         Share::Authenticated => user.is_some(),
         Share::Owner => user.as_ref().is_some_and(|u| u.id == a.owner_id),
@@ -143,6 +154,7 @@ pub async fn issue_app_token(
         (_, _, None) => return Err(ApiError::Unauthorized("Sign in to open this app.".into())),
     };
     let now = chrono::Utc::now();
+    let owner = user.as_ref().is_some_and(|u| u.id == app.owner_id);
     let claims = AppClaims {
         iss: ISSUER.into(),
         sub: user.map_or_else(|| "anonymous".to_owned(), |u| u.id.to_string()),
@@ -150,6 +162,7 @@ pub async fn issue_app_token(
         agent_id: app.agent_id,
         upstream: app.upstream,
         share: app.share,
+        sandbox: !req.subdomain && !owner,
         iat: now.timestamp(),
         nbf: now.timestamp(),
         exp: (now + APP_TOKEN_LIFETIME).timestamp(),

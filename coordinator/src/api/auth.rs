@@ -36,25 +36,36 @@ impl FromRequestParts<AppState> for AgentIdentity {
 /// The region whose proxy token came in `Meridian-Proxy-Token`.
 pub struct ProxyRegion(pub RegionRow);
 
-/// The signed-in user, if the request carries a valid session; `Err` only
-/// when the check itself failed (the database is down).
-pub async fn optional_user(parts: &Parts, state: &AppState) -> Result<Option<UserRow>, ApiError> {
+/// The signed-in user and their session's id, if the request carries a
+/// valid session; `Err` only when the check itself failed (the database is
+/// down) or the session cookie was sent twice.
+pub async fn optional_user(parts: &Parts, state: &AppState) -> Result<Option<(UserRow, uuid::Uuid)>, ApiError> {
     match CurrentUser::check(parts, state).await {
-        Ok(CurrentUser(user)) => Ok(Some(user)),
+        Ok((user, session)) => Ok(Some((user, session))),
         Err(ApiError::Unauthorized(_)) => Ok(None),
         Err(e) => Err(e),
     }
 }
 
+/// The session token a request carries: the `Meridian-Session-Token` header,
+/// else the `meridian_session` cookie (which must not be sent twice: a second
+/// one was planted, and which one a server reads first is not the user's choice).
+pub fn session_token(parts: &Parts) -> Result<Option<String>, ApiError> {
+    if let Some(raw) = header(parts, headers::SESSION_TOKEN) {
+        return Ok(Some(raw));
+    }
+    headers::unique_cookie(&parts.headers, headers::SESSION_COOKIE)
+        .map_err(|_| ApiError::BadRequest(format!("The {} cookie was sent more than once.", headers::SESSION_COOKIE)))
+}
+
 impl CurrentUser {
-    async fn check(parts: &Parts, state: &AppState) -> Result<Self, ApiError> {
-        let raw = header(parts, headers::SESSION_TOKEN)
-            .or_else(|| cookie(parts, headers::SESSION_COOKIE))
+    async fn check(parts: &Parts, state: &AppState) -> Result<(UserRow, uuid::Uuid), ApiError> {
+        let raw = session_token(parts)?
             .ok_or_else(|| ApiError::Unauthorized("Sign in first: no session token was sent.".into()))?;
         let invalid = || ApiError::Unauthorized("The session token is invalid or has expired; sign in again.".into());
         let token = Token::parse(&raw).map_err(|_| invalid())?;
         let user = state.store.session_user(&token, Scope::User).await?.ok_or_else(invalid)?;
-        Ok(CurrentUser(user))
+        Ok((user, token.id))
     }
 }
 
@@ -62,7 +73,7 @@ impl FromRequestParts<AppState> for CurrentUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        Self::check(parts, state).await
+        Self::check(parts, state).await.map(|(user, _)| CurrentUser(user))
     }
 }
 
@@ -105,8 +116,4 @@ impl FromRequestParts<AppState> for ProxyRegion {
 
 fn header(parts: &Parts, name: &str) -> Option<String> {
     parts.headers.get(name)?.to_str().ok().map(str::to_owned)
-}
-
-fn cookie(parts: &Parts, name: &str) -> Option<String> {
-    headers::cookie(&parts.headers, name)
 }

@@ -19,6 +19,7 @@ pub async fn register(
     Json(req): Json<RegisterProxy>,
 ) -> ApiResult<axum::Json<RegisterProxyResponse>> {
     validate(&req)?;
+    super::hosts::check_registration(&state, &region, &req).await?;
     let check_now = state.store.upsert_replica(region.id, &req).await?;
     if check_now {
         tracing::info!(region = %region.name, replica = %req.replica_id, url = %req.access_url, "replica registered");

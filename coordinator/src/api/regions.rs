@@ -8,7 +8,9 @@ use crate::error::{ApiError, ApiResult};
 use crate::store::RegionWithReplicas;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use meridian_regions::api::{CreateRegion, CreateRegionResponse, RegenerateTokenResponse, Region, RegionList};
+use meridian_regions::api::{
+    CreateRegion, CreateRegionResponse, PatchRegion, RegenerateTokenResponse, Region, RegionList,
+};
 use meridian_regions::health::Status;
 use meridian_regions::name::Name;
 use meridian_regions::PRIMARY_REGION;
@@ -36,17 +38,43 @@ pub async fn create(
         return Err(ApiError::Conflict("\"primary\" is the coordinator's own region.".into()));
     }
     let display = req.display_name.unwrap_or_else(|| name.to_string());
+    check_display_name(&display)?;
+    super::hosts::validate(&req.hosts)?;
+    let reserved = state.config.wildcard_access_url.as_deref();
+    let (row, token) = state.store.create_region(name.as_str(), &display, &req.hosts, reserved).await?;
+    tracing::info!(region = %row.name, by = %admin.username, "region created");
+    let region = to_api(&state, RegionWithReplicas { region: row, replicas: Vec::new(), wildcard_hostname: None });
+    let body = CreateRegionResponse { region, proxy_token: token.encode().expose().to_owned() };
+    Ok((StatusCode::CREATED, axum::Json(body)))
+}
+
+/// `PATCH /api/v2/regions/{name}`: the display name, or the hostnames the
+/// region's proxies may register (the only way to change them once pinned).
+pub async fn update(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Path(name): Path<String>,
+    Json(req): Json<PatchRegion>,
+) -> ApiResult<axum::Json<Region>> {
+    if let Some(display) = &req.display_name {
+        check_display_name(display)?;
+    }
+    super::hosts::validate(&req.hosts)?;
+    let reserved = state.config.wildcard_access_url.as_deref();
+    let row = state.store.update_region(&name, req.display_name.as_deref(), &req.hosts, reserved).await?;
+    tracing::info!(region = %name, by = %admin.username, hosts = ?req.hosts, "region changed");
+    let region = region_list(&state).await?.into_iter().find(|r| r.id == row.id);
+    region.map(axum::Json).ok_or_else(|| ApiError::NotFound(format!("No region named {name:?}.")))
+}
+
+fn check_display_name(display: &str) -> ApiResult<()> {
     if display.trim().is_empty() || display.chars().count() > MAX_DISPLAY_NAME || display.chars().any(char::is_control)
     {
         return Err(ApiError::BadRequest(format!(
             "Invalid display name: 1 to {MAX_DISPLAY_NAME} printable characters."
         )));
     }
-    let (row, token) = state.store.create_region(name.as_str(), &display).await?;
-    tracing::info!(region = %row.name, by = %admin.username, "region created");
-    let region = to_api(&state, RegionWithReplicas { region: row, replicas: Vec::new(), wildcard_hostname: None });
-    let body = CreateRegionResponse { region, proxy_token: token.encode().expose().to_owned() };
-    Ok((StatusCode::CREATED, axum::Json(body)))
+    Ok(())
 }
 
 pub async fn delete(

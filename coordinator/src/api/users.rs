@@ -1,18 +1,19 @@
 //! `/api/v2/users...`: first-user bootstrap, login, `me`, and admin-created users.
 
-use super::auth::{Admin, CurrentUser};
+use super::auth::{session_token, Admin, CurrentUser};
 use super::json::Json;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
 use crate::store::Scope;
 use axum::extract::State;
+use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meridian_regions::api::{CreateUser, Credentials, FirstUserResponse, LoginResponse, User};
 use meridian_regions::headers::SESSION_COOKIE;
 use meridian_regions::name::Name;
-use meridian_regions::token::Secret;
+use meridian_regions::token::{Secret, Token};
 
 /// `POST /api/v2/users/first`: only while no user exists; the first user is admin.
 pub async fn first(State(state): State<AppState>, Json(req): Json<Credentials>) -> ApiResult<Response> {
@@ -24,23 +25,55 @@ pub async fn first(State(state): State<AppState>, Json(req): Json<Credentials>) 
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
 
-/// `POST /api/v2/users/login`: a session token in the body and the `meridian_session` cookie.
-pub async fn login(State(state): State<AppState>, Json(req): Json<Credentials>) -> ApiResult<Response> {
+/// `POST /api/v2/users/login`: a session token in the body and the
+/// `meridian_session` cookie. A session this browser already held ends: every
+/// sign-in starts a new one (no session fixation).
+pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<Credentials>) -> ApiResult<Response> {
     let refused = || ApiError::Unauthorized("Incorrect username or password.".into());
     let user = state.store.user_by_name(&req.username).await?;
     let ok = secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await;
     let user = user.filter(|_| ok).ok_or_else(refused)?;
+    if let Some(old) = held_session(&parts)? {
+        state.store.end_session(&old).await?;
+    }
     let token = state.store.create_session(user.id, Scope::User).await?;
     let value = token.encode();
+    let cookie = session_cookie(&state, value.expose(), None);
+    let body = LoginResponse { session_token: value.expose().to_owned() };
+    Ok(([(header::SET_COOKIE, cookie)], axum::Json(body)).into_response())
+}
+
+/// `POST /api/v2/users/logout`: ends the session (header or cookie) and every
+/// app session it signed in, and clears the cookie. 204 even with no live
+/// session: the result the caller wants holds either way.
+pub async fn logout(State(state): State<AppState>, parts: Parts) -> ApiResult<Response> {
+    if let Some(token) = held_session(&parts)? {
+        if state.store.end_session(&token).await? {
+            tracing::info!(session = %token.id, "signed out");
+        }
+    }
+    let cleared = session_cookie(&state, "", Some(0));
+    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cleared)]).into_response())
+}
+
+/// The session token the request carries, if it is well formed.
+fn held_session(parts: &Parts) -> ApiResult<Option<Token>> {
+    Ok(session_token(parts)?.and_then(|raw| Token::parse(&raw).ok()))
+}
+
+/// The `meridian_session` cookie: HttpOnly, SameSite=Lax, Secure over HTTPS,
+/// for this host only (no `Domain`, so app hosts never get it).
+fn session_cookie(state: &AppState, value: &str, max_age_secs: Option<i64>) -> String {
     let secure = state.config.access_url.scheme() == "https";
-    let cookie = cookie::Cookie::build((SESSION_COOKIE, value.expose().to_owned()))
+    let mut c = cookie::Cookie::build((SESSION_COOKIE, value.to_owned()))
         .path("/")
         .http_only(true)
         .secure(secure)
-        .same_site(cookie::SameSite::Lax)
-        .build();
-    let body = LoginResponse { session_token: value.expose().to_owned() };
-    Ok(([(header::SET_COOKIE, cookie.to_string())], axum::Json(body)).into_response())
+        .same_site(cookie::SameSite::Lax);
+    if let Some(s) = max_age_secs {
+        c = c.max_age(cookie::time::Duration::seconds(s));
+    }
+    c.build().to_string()
 }
 
 /// `GET /api/v2/users/me`.

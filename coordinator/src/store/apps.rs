@@ -25,6 +25,14 @@ pub struct ResolvedApp {
     pub subdomain: bool,
 }
 
+/// A used-up ticket: whose, the session that minted it, and its host.
+#[derive(Debug, Clone)]
+pub struct Redeemed {
+    pub user_id: Uuid,
+    pub session_id: Uuid,
+    pub host: String,
+}
+
 #[derive(sqlx::FromRow)]
 struct AgentMatch {
     owner_id: Uuid,
@@ -40,36 +48,46 @@ struct AppMatch {
 }
 
 impl Store {
-    /// A ticket for `user_id` to bring back to `redirect_host`; shown once.
-    pub async fn create_ticket(&self, user_id: Uuid, redirect_host: &str) -> ApiResult<Token> {
+    /// A ticket for `user_id` (signed in with session `session_id`) to bring
+    /// back to `redirect_host`; shown once.
+    pub async fn create_ticket(&self, user_id: Uuid, session_id: Uuid, redirect_host: &str) -> ApiResult<Token> {
         let (token, hash) = secret::new_token(Uuid::new_v4());
         sqlx::query(
-            "INSERT INTO app_tickets (id, secret_hash, user_id, redirect_host, expires_at) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO app_tickets (id, secret_hash, user_id, redirect_host, expires_at, session_id) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
         )
         .bind(token.id)
         .bind(hash)
         .bind(user_id)
         .bind(redirect_host)
         .bind(Utc::now() + TICKET_LIFETIME)
+        .bind(session_id)
         .execute(&self.pool)
         .await?;
         Ok(token)
     }
 
-    /// Uses up a ticket: its user and redirect host, once; `None` when it is
-    /// unknown, expired, already used or its secret is wrong.
-    pub async fn redeem_ticket(&self, token: &Token) -> ApiResult<Option<(Uuid, String)>> {
-        let row: Option<(Vec<u8>, Uuid, String)> = sqlx::query_as(
+    /// Uses up a ticket, once, at `host` only. `None` when it is unknown,
+    /// expired, already used, minted for another host, its secret is wrong,
+    /// or the session that minted it has ended. A ticket presented at the
+    /// wrong host is used up all the same: it has leaked.
+    pub async fn redeem_ticket(&self, token: &Token, host: &str) -> ApiResult<Option<Redeemed>> {
+        let row: Option<(Vec<u8>, String, Option<Uuid>, Uuid)> = sqlx::query_as(
             "UPDATE app_tickets SET used_at = now() \
              WHERE id = $1 AND used_at IS NULL AND expires_at > now() \
-             RETURNING secret_hash, user_id, redirect_host",
+             RETURNING secret_hash, redirect_host, session_id, user_id",
         )
         .bind(token.id)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|(hash, user, host)| {
-            secret::secret_matches(token.secret.expose(), &hash).then_some((user, host))
-        }))
+        let Some((hash, minted_for, session_id, user_id)) = row else { return Ok(None) };
+        let genuine = secret::secret_matches(token.secret.expose(), &hash);
+        Ok(match session_id {
+            Some(session_id) if genuine && minted_for.eq_ignore_ascii_case(host) => {
+                Some(Redeemed { user_id, session_id, host: minted_for })
+            }
+            _ => None,
+        })
     }
 
     /// The app `req` names, if it exists. Without an agent name the

@@ -4,7 +4,8 @@ use super::{is_unique_violation, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
 use chrono::{DateTime, Utc};
-use meridian_regions::api::{RegisterProxy, Replica};
+use meridian_regions::api::{RegionHosts, RegisterProxy, Replica};
+use meridian_regions::app_url::wildcard_base;
 use meridian_regions::health::Status;
 use meridian_regions::token::Token;
 use meridian_regions::PRIMARY_REGION;
@@ -16,6 +17,17 @@ pub struct RegionRow {
     pub name: String,
     pub display_name: String,
     pub created_at: DateTime<Utc>,
+    /// The region's hostnames as an admin set them or its first registration
+    /// pinned them (`None`: not pinned yet; see [`RegionHosts`]).
+    pub access_url: Option<String>,
+    pub wildcard_hostname: Option<String>,
+}
+
+/// The columns of a [`RegionRow`] (a macro, so queries stay literal strings).
+macro_rules! region_columns {
+    () => {
+        "id, name, display_name, created_at, access_url, wildcard_hostname"
+    };
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -73,13 +85,11 @@ impl From<ReplicaRow> for Replica {
 impl Store {
     /// Every region with its replicas, the primary first, then by name.
     pub async fn regions(&self) -> ApiResult<Vec<RegionWithReplicas>> {
-        let regions: Vec<RegionRow> = sqlx::query_as(
-            "SELECT id, name, display_name, created_at FROM regions \
-             ORDER BY (name = $1) DESC, name",
-        )
-        .bind(PRIMARY_REGION)
-        .fetch_all(&self.pool)
-        .await?;
+        let regions: Vec<RegionRow> =
+            sqlx::query_as(concat!("SELECT ", region_columns!(), " FROM regions ORDER BY (name = $1) DESC, name"))
+                .bind(PRIMARY_REGION)
+                .fetch_all(&self.pool)
+                .await?;
         let replicas: Vec<ReplicaRow> = sqlx::query_as("SELECT * FROM region_replicas ORDER BY last_heartbeat_at DESC")
             .fetch_all(&self.pool)
             .await?;
@@ -96,18 +106,31 @@ impl Store {
             .collect())
     }
 
-    /// Creates a region and its first proxy token.
-    pub async fn create_region(&self, name: &str, display_name: &str) -> ApiResult<(RegionRow, Token)> {
+    /// Creates a region and its first proxy token, with the hostnames an
+    /// admin gave (checked by [`Store::claim_hosts`] in the same transaction).
+    pub async fn create_region(
+        &self,
+        name: &str,
+        display_name: &str,
+        hosts: &RegionHosts,
+        reserved_wildcard: Option<&str>,
+    ) -> ApiResult<(RegionRow, Token)> {
         let (token, hash) = secret::new_token(Uuid::new_v4());
-        let row = sqlx::query_as(
-            "INSERT INTO regions (id, name, display_name, token_hash) VALUES ($1, $2, $3, $4) \
-             RETURNING id, name, display_name, created_at",
-        )
+        let mut tx = self.pool.begin().await?;
+        lock_hosts(&mut tx).await?;
+        check_wildcard_free(&mut tx, token.id, hosts.wildcard_hostname.as_deref(), reserved_wildcard).await?;
+        let row = sqlx::query_as(concat!(
+            "INSERT INTO regions (id, name, display_name, token_hash, access_url, wildcard_hostname) \
+             VALUES ($1, $2, $3, $4, $5, $6) RETURNING ",
+            region_columns!()
+        ))
         .bind(token.id)
         .bind(name)
         .bind(display_name)
         .bind(hash)
-        .fetch_one(&self.pool)
+        .bind(&hosts.access_url)
+        .bind(&hosts.wildcard_hostname)
+        .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
             if is_unique_violation(&e) {
@@ -116,7 +139,79 @@ impl Store {
                 e.into()
             }
         })?;
+        tx.commit().await?;
         Ok((row, token))
+    }
+
+    /// Changes a region's display name and hostnames (an admin's call).
+    pub async fn update_region(
+        &self,
+        name: &str,
+        display_name: Option<&str>,
+        hosts: &RegionHosts,
+        reserved_wildcard: Option<&str>,
+    ) -> ApiResult<RegionRow> {
+        refuse_primary(name)?;
+        let mut tx = self.pool.begin().await?;
+        lock_hosts(&mut tx).await?;
+        let id: Uuid = sqlx::query_scalar("SELECT id FROM regions WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| not_found(name))?;
+        check_wildcard_free(&mut tx, id, hosts.wildcard_hostname.as_deref(), reserved_wildcard).await?;
+        let row = sqlx::query_as(concat!(
+            "UPDATE regions SET display_name = COALESCE($2, display_name), \
+             access_url = COALESCE($3, access_url), wildcard_hostname = COALESCE($4, wildcard_hostname) \
+             WHERE id = $1 RETURNING ",
+            region_columns!()
+        ))
+        .bind(id)
+        .bind(display_name)
+        .bind(&hosts.access_url)
+        .bind(&hosts.wildcard_hostname)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(row)
+    }
+
+    /// The region's hostnames after pinning any that were not set yet to
+    /// `wanted` (a replica's registration): trust on first use, unless an
+    /// admin set them. A wildcard host another region (or the primary)
+    /// serves is never pinned.
+    pub async fn claim_hosts(
+        &self,
+        region: &RegionRow,
+        wanted: &RegionHosts,
+        reserved_wildcard: Option<&str>,
+    ) -> ApiResult<RegionHosts> {
+        if region.access_url.is_some() && region.wildcard_hostname.is_some() {
+            return Ok(RegionHosts {
+                access_url: region.access_url.clone(),
+                wildcard_hostname: region.wildcard_hostname.clone(),
+            });
+        }
+        let mut tx = self.pool.begin().await?;
+        lock_hosts(&mut tx).await?;
+        if region.wildcard_hostname.is_none() {
+            check_wildcard_free(&mut tx, region.id, wanted.wildcard_hostname.as_deref(), reserved_wildcard).await?;
+        }
+        let (access_url, wildcard_hostname): (Option<String>, Option<String>) = sqlx::query_as(
+            "UPDATE regions SET access_url = COALESCE(access_url, $2), \
+             wildcard_hostname = COALESCE(wildcard_hostname, $3) WHERE id = $1 \
+             RETURNING access_url, wildcard_hostname",
+        )
+        .bind(region.id)
+        .bind(&wanted.access_url)
+        .bind(&wanted.wildcard_hostname)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if region.access_url.is_none() || region.wildcard_hostname.is_none() {
+            tracing::info!(region = %region.name, ?access_url, ?wildcard_hostname, "region hostnames pinned");
+        }
+        Ok(RegionHosts { access_url, wildcard_hostname })
     }
 
     /// Deletes a region, its token and its replicas. The primary cannot be deleted.
@@ -144,7 +239,7 @@ impl Store {
     /// The region a proxy token belongs to, if the token is current.
     pub async fn region_for_token(&self, token: &Token) -> ApiResult<Option<RegionRow>> {
         let row: Option<TokenJoin> =
-            sqlx::query_as("SELECT token_hash, id, name, display_name, created_at FROM regions WHERE id = $1")
+            sqlx::query_as(concat!("SELECT token_hash, ", region_columns!(), " FROM regions WHERE id = $1"))
                 .bind(token.id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -156,7 +251,7 @@ impl Store {
     }
 
     pub async fn region_by_id(&self, id: Uuid) -> ApiResult<Option<RegionRow>> {
-        Ok(sqlx::query_as("SELECT id, name, display_name, created_at FROM regions WHERE id = $1")
+        Ok(sqlx::query_as(concat!("SELECT ", region_columns!(), " FROM regions WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?)
@@ -233,6 +328,36 @@ impl Store {
         .await?
         .rows_affected())
     }
+}
+
+/// Serializes changes of region hostnames, so two regions cannot pin the
+/// same wildcard host at once. Taken only when hostnames change.
+async fn lock_hosts(tx: &mut sqlx::PgConnection) -> ApiResult<()> {
+    sqlx::query("SELECT pg_advisory_xact_lock(7285002)").execute(tx).await?;
+    Ok(())
+}
+
+/// Refuses a wildcard whose host another region (than `region_id`), or the
+/// primary's `reserved` wildcard, already serves: app hosts name one region.
+async fn check_wildcard_free(
+    tx: &mut sqlx::PgConnection,
+    region_id: Uuid,
+    wildcard: Option<&str>,
+    reserved: Option<&str>,
+) -> ApiResult<()> {
+    let Some(base) = wildcard.and_then(wildcard_base) else { return Ok(()) };
+    let taken: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, wildcard_hostname FROM regions WHERE id <> $1 AND wildcard_hostname IS NOT NULL")
+            .bind(region_id)
+            .fetch_all(tx)
+            .await?;
+    let others = taken.iter().map(|(n, w)| (n.as_str(), w.as_str())).chain(reserved.map(|w| (PRIMARY_REGION, w)));
+    for (name, other) in others {
+        if wildcard_base(other).as_deref() == Some(base.as_str()) {
+            return Err(ApiError::Conflict(format!("Region {name:?} already serves apps under *.{base}.")));
+        }
+    }
+    Ok(())
 }
 
 fn refuse_primary(name: &str) -> ApiResult<()> {

@@ -65,6 +65,40 @@ impl Store {
         Ok(token)
     }
 
+    /// An app session for the user of user session `parent`, ending when it
+    /// ends (signing out ends both); `None` if `parent` has ended.
+    pub async fn create_app_session(&self, parent: Uuid) -> ApiResult<Option<(Token, DateTime<Utc>)>> {
+        let (token, hash) = secret::new_token(Uuid::new_v4());
+        let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(
+            "INSERT INTO sessions (id, user_id, secret_hash, expires_at, scope, parent_id) \
+             SELECT $1, user_id, $2, LEAST(expires_at, $3), 'app', id FROM sessions \
+             WHERE id = $4 AND scope = 'user' AND expires_at > now() \
+             RETURNING expires_at",
+        )
+        .bind(token.id)
+        .bind(hash)
+        .bind(Utc::now() + SESSION_LIFETIME)
+        .bind(parent)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(expires_at.map(|at| (token, at)))
+    }
+
+    /// Ends session `token` (if its secret matches) and every app session it
+    /// signed in; whether there was one to end.
+    pub async fn end_session(&self, token: &Token) -> ApiResult<bool> {
+        let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT secret_hash FROM sessions WHERE id = $1")
+            .bind(token.id)
+            .fetch_optional(&self.pool)
+            .await?;
+        if !hash.is_some_and(|h| secret::secret_matches(token.secret.expose(), &h)) {
+            return Ok(false);
+        }
+        // Children go with it (ON DELETE CASCADE).
+        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(token.id).execute(&self.pool).await?;
+        Ok(true)
+    }
+
     /// The user holding `token`, if it is a live session of `scope`.
     pub async fn session_user(&self, token: &Token, scope: Scope) -> ApiResult<Option<UserRow>> {
         let row: Option<SessionJoin> = sqlx::query_as(

@@ -1,0 +1,39 @@
+// An admin, signed in to the dashboard's origin, opens a member's shared path
+// app whose page tries to create an admin through the API. Prints one JSON
+// line: what the page's script saw, and the policy its answer carried.
+// Usage: node path-app-attack.js COORDINATOR_URL USERNAME PASSWORD APP_URL
+const { chromium } = require('playwright-core');
+
+(async () => {
+  const [coordinator, username, password, appUrl] = process.argv.slice(2);
+  const browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+           '--disable-component-update', '--disable-sync'],
+  });
+  try {
+    const page = await browser.newPage();
+    await page.goto(`${coordinator}/login`, { timeout: 20000 });
+    await page.fill('input[name=username]', username);
+    await page.fill('input[name=password]', password);
+    await Promise.all([page.waitForURL((u) => !u.pathname.startsWith('/login'), { timeout: 20000 }), page.click('button')]);
+    const cookies = await page.context().cookies(coordinator);
+    if (!cookies.some((c) => c.name === 'meridian_session')) throw new Error('sign-in set no session cookie');
+
+    const resp = await page.goto(appUrl, { timeout: 20000 });
+    const status = resp.status();
+    let attempts = null;
+    if (status === 200) {
+      // The page writes what it saw into its title when its script is done.
+      await page.waitForFunction(() => document.title.startsWith('done'), null, { timeout: 20000 });
+      attempts = (await page.title()).slice('done '.length);
+    }
+    const policy = (await resp.allHeaders())['content-security-policy'] || '';
+    console.log(JSON.stringify({ status, attempts, policy }));
+  } finally {
+    await browser.close();
+  }
+})().catch((e) => {
+  console.error(e.message || e);
+  process.exit(1);
+});
