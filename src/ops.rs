@@ -93,6 +93,19 @@ enum RegionsCommand {
         #[arg(long)]
         wildcard_hostname: Option<String>,
     },
+    /// Change a region's display name or hostnames (the hosts its proxies may
+    /// register: once set or pinned, only this changes them).
+    Edit {
+        name: String,
+        #[arg(long)]
+        display_name: Option<String>,
+        /// e.g. https://sydney.example.com
+        #[arg(long)]
+        access_url: Option<String>,
+        /// e.g. `*.sydney.example.com`; "" for none.
+        #[arg(long)]
+        wildcard_hostname: Option<String>,
+    },
     /// Delete a region; its proxies' token stops working.
     Delete { name: String },
     /// Replace a region's proxy token; the old one stops working at once.
@@ -187,6 +200,12 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
                 "Start a proxy with: meridian proxy --coordinator-url {} --proxy-token <token> --access-url <URL>",
                 client.base_url()
             );
+        }
+        RegionsCommand::Edit { name, display_name, access_url, wildcard_hostname } => {
+            let hosts = meridian_regions::api::RegionHosts { access_url, wildcard_hostname };
+            let region =
+                client.update_region(&name, &meridian_regions::api::PatchRegion { display_name, hosts }).await?;
+            print(&region_table(std::slice::from_ref(&region)));
         }
         RegionsCommand::Delete { name } => {
             client.delete_region(&name).await?;

@@ -128,6 +128,10 @@ impl Client {
         self.call(Method::POST, "/api/v2/regions", Some(req)).await
     }
 
+    pub async fn update_region(&self, name: &str, req: &crate::api::PatchRegion) -> Result<Region, ClientError> {
+        self.call(Method::PATCH, &format!("/api/v2/regions/{name}"), Some(req)).await
+    }
+
     pub async fn delete_region(&self, name: &str) -> Result<(), ClientError> {
         let path = format!("/api/v2/regions/{name}");
         self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>).await.map(drop)

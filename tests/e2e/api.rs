@@ -163,6 +163,13 @@ async fn cli_drives_the_api() {
     assert!(ok, "{out}");
     let (ok, out) = cli(&["workspaces", "list", "--json"]);
     assert!(ok && out.contains("\"workspaces\": []"), "{out}");
+    let (ok, out) = cli(&["regions", "edit", "sydney", "--wildcard-hostname", "*.apps.sydney.localhost"]);
+    assert!(ok && out.contains("sydney"), "{out}");
+    let (ok, out) = cli(&["regions", "edit", "sydney", "--wildcard-hostname", "*.primary.localhost"]);
+    assert!(!ok && out.contains("primary"), "the primary's wildcard is taken: {out}");
+    let (ok, out) =
+        cli(&["regions", "create", "perth", "--access-url", "http://perth.localhost:1", "--wildcard-hostname", "nope"]);
+    assert!(!ok && out.contains("wildcard_hostname"), "{out}");
     let (ok, out) = cli(&["regions", "regenerate-token", "sydney"]);
     assert!(ok && out.contains(':'), "{out}");
     let (ok, out) = cli(&["regions", "delete", "sydney"]);
