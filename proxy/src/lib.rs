@@ -27,6 +27,7 @@ pub mod registration;
 pub mod relay;
 pub mod routes;
 pub mod routing;
+pub mod search;
 pub mod service;
 pub mod state;
 pub mod upstream;

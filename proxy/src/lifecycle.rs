@@ -195,7 +195,7 @@ impl BackgroundService for RelayService {
         let routes = self.relay.routes.clone();
         tokio::join!(
             self.relay.clone().serve(listener, self.tls.clone(), shutdown.clone()),
-            routes.follow(&self.coordinator, self.drained.clone()),
+            routes.follow(&self.coordinator, self.drained.clone(), &self.relay.state),
         );
     }
 }

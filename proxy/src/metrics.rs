@@ -16,6 +16,9 @@ pub struct Metrics {
     pub streams: prometheus::IntCounter,
     /// Fetches of the coordinator's keys for a token naming an unknown key id.
     pub key_refetches: prometheus::IntCounter,
+    /// Searches of the peer relays for a moved agent, and the probes they sent.
+    pub searches: prometheus::IntCounter,
+    pub search_probes: prometheus::IntCounter,
     in_flight: IntGauge,
     coordinator_reachable: IntGauge,
 }
@@ -48,6 +51,13 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("static metric: {e}"));
         let _ = registry.register(Box::new(key_refetches.clone()));
+        let counter = |name: &str, help: &str| {
+            let c = prometheus::IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("static metric: {e}"));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let searches = counter("meridian_relay_agent_searches_total", "Searches of the peer relays for a moved agent");
+        let search_probes = counter("meridian_relay_search_probes_total", "Peer relays asked during those searches");
         let in_flight = gauge("meridian_proxy_requests_in_flight", "Requests being served");
         let coordinator_reachable =
             gauge("meridian_proxy_coordinator_reachable", "1 if the last coordinator call succeeded");
@@ -57,7 +67,18 @@ impl Metrics {
         for g in [&agents, &in_flight, &coordinator_reachable] {
             let _ = registry.register(Box::new(g.clone()));
         }
-        Self { registry, requests, tokens, agents, streams, key_refetches, in_flight, coordinator_reachable }
+        Self {
+            registry,
+            requests,
+            tokens,
+            agents,
+            streams,
+            key_refetches,
+            searches,
+            search_probes,
+            in_flight,
+            coordinator_reachable,
+        }
     }
 
     /// The text exposition, with gauges read from the live state.

@@ -10,7 +10,7 @@
 //! see [`crate::mesh`]). Peer relays link in with the mesh secret.
 
 use crate::mesh::Mesh;
-use crate::routes::{Route, RouteTable};
+use crate::routes::RouteTable;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::upgrade::Upgraded;
@@ -37,11 +37,8 @@ pub enum DialError {
     Stream(#[from] StreamError),
 }
 
-/// Longest a search of the peer relays for a moved agent may take.
-const SEARCH_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1500);
-
 /// Pause between searches for an agent that is re-attaching somewhere.
-const SEARCH_AGAIN: std::time::Duration = std::time::Duration::from_millis(200);
+const SEARCH_AGAIN: std::time::Duration = crate::search::REUSE;
 
 /// How long a request waits for an unreachable agent's route to change.
 const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
@@ -77,11 +74,13 @@ pub struct Relay {
     agents: RwLock<HashMap<Uuid, Tunnel>>,
     /// Where agents attached elsewhere are, and the links to reach them.
     pub routes: Arc<RouteTable>,
-    pub mesh: Mesh,
+    pub mesh: Arc<Mesh>,
+    /// Searches of the peer relays for moved agents.
+    searches: crate::search::Searches,
     /// Checks attach tokens when the coordinator cannot vouch for an agent.
     auth: Arc<crate::auth::Auth>,
     /// Whether the coordinator is reachable (when it is not, routes may be stale).
-    state: Arc<crate::state::ProxyState>,
+    pub state: Arc<crate::state::ProxyState>,
     /// Agents admitted while the coordinator was unreachable, with their
     /// attach tokens, until the coordinator has recorded them.
     unrecorded: std::sync::Mutex<HashMap<Uuid, String>>,
@@ -125,7 +124,8 @@ impl Relay {
             agents: RwLock::default(),
             relayed: Arc::default(),
             routes: Arc::default(),
-            mesh,
+            mesh: Arc::new(mesh),
+            searches: Default::default(),
             auth,
             unrecorded: std::sync::Mutex::default(),
         })
@@ -166,7 +166,7 @@ impl Relay {
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         let mut changes = self.routes.subscribe();
         loop {
-            let e = match self.try_open(agent_id, target, grant).await {
+            let e = match self.try_open(agent_id, target, grant, deadline).await {
                 Err(e @ (DialError::NotAttached | DialError::PeerUnreachable(_))) => e,
                 other => return other,
             };
@@ -187,39 +187,32 @@ impl Relay {
         }
     }
 
-    /// Asks every known peer relay whether it holds `agent_id`'s tunnel and
-    /// routes to the first that does (until the coordinator says otherwise).
+    /// Asks the peer relays whether one holds `agent_id`'s tunnel (see
+    /// [`crate::search`]) and routes to it (until the coordinator says otherwise).
     async fn search(&self, agent_id: Uuid) -> bool {
-        let peers = self.mesh.peers();
-        let probes = peers.iter().filter(|(url, _)| **url != self.own_url).map(|(url, region)| async move {
-            let link = self.mesh.link(url).await?;
-            link.probe(agent_id).await.then(|| Route { region: region.clone(), relay_url: url.clone() })
-        });
-        let found = tokio::time::timeout(SEARCH_TIMEOUT, async {
-            let mut probes: futures_util::stream::FuturesUnordered<_> = probes.collect();
-            while let Some(found) = futures_util::StreamExt::next(&mut probes).await {
-                if found.is_some() {
-                    return found;
-                }
-            }
-            None
-        });
-        match found.await {
-            Ok(Some(route)) => {
-                tracing::info!(agent = %agent_id, region = %route.region, "found a moved agent by asking the peer relays");
-                self.routes.learn(agent_id, route);
-                true
-            }
-            _ => false,
+        let found = self.searches.find(&self.mesh, &self.own_url, agent_id, &self.state.metrics).await;
+        let Some(route) = found else { return false };
+        if self.routes.get(agent_id).as_ref() != Some(&route) {
+            tracing::info!(agent = %agent_id, region = %route.region, "found a moved agent by asking the peer relays");
+            self.routes.learn(agent_id, route);
         }
+        true
     }
 
-    async fn try_open(&self, agent_id: Uuid, target: &str, grant: &str) -> Result<TokioIo<Upgraded>, DialError> {
+    async fn try_open(
+        &self,
+        agent_id: Uuid,
+        target: &str,
+        grant: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<TokioIo<Upgraded>, DialError> {
         if let Some(tunnel) = self.tunnel(agent_id) {
             return Ok(tunnel.open(target, None).await?);
         }
         let route = self.routes.get(agent_id).filter(|r| r.relay_url != self.own_url).ok_or(DialError::NotAttached)?;
-        let link = self.mesh.link(&route.relay_url).await.ok_or(DialError::PeerUnreachable(route.region.clone()))?;
+        let unreachable = || DialError::PeerUnreachable(route.region.clone());
+        let link = tokio::time::timeout_at(deadline, self.mesh.link(&route.relay_url)).await;
+        let link = link.ok().flatten().ok_or_else(unreachable)?;
         match link.open(target, Some((agent_id, grant))).await {
             Err(StreamError::Refused { status: 404, .. }) => Err(DialError::NotAttached),
             other => Ok(other?),

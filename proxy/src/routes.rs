@@ -89,8 +89,15 @@ impl RouteTable {
         }
     }
 
-    /// Follows the coordinator's route feed until `stop` turns true.
-    pub async fn follow(&self, client: &Client, mut stop: tokio::sync::watch::Receiver<bool>) {
+    /// Follows the coordinator's route feed until `stop` turns true. A feed
+    /// that breaks at the connection (not an answer such as a 503) tells
+    /// `state` the coordinator is gone.
+    pub async fn follow(
+        &self,
+        client: &Client,
+        mut stop: tokio::sync::watch::Receiver<bool>,
+        state: &crate::state::ProxyState,
+    ) {
         let mut version = None;
         let mut backoff = FIRST_BACKOFF;
         while !*stop.borrow() {
@@ -108,6 +115,9 @@ impl RouteTable {
                     }
                     Err(e) => {
                         tracing::debug!(error = %e, "cannot follow routes; keeping the cached ones");
+                        if !matches!(e, meridian_regions::client::ClientError::Api { .. }) {
+                            state.coordinator_lost(&e.to_string());
+                        }
                         let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.5));
                         backoff = (backoff * 2).min(MAX_BACKOFF);
                         wait

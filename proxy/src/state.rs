@@ -39,6 +39,19 @@ impl ProxyState {
         f(&mut self.registration.lock().unwrap_or_else(|e| e.into_inner()));
     }
 
+    /// The route stream to the coordinator broke at the connection: the
+    /// coordinator is gone now, not at the next heartbeat (which may be 15 s
+    /// away). The next successful registration says it is back.
+    pub fn coordinator_lost(&self, why: &str) {
+        self.update_registration(|r| {
+            if r.coordinator_reachable {
+                tracing::warn!(error = %why, "lost the coordinator; still serving from cached keys and routes");
+            }
+            r.coordinator_reachable = false;
+            r.last_error = Some(format!("the route stream broke: {why}"));
+        });
+    }
+
     /// Marks one request in flight until the guard drops.
     pub fn enter(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);

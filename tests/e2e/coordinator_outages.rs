@@ -57,3 +57,32 @@ async fn api_answers_503_while_postgres_is_down_and_recovers() {
     let mut coord = coord;
     assert!(coord.proc.child.try_wait().unwrap().is_none(), "the coordinator recovered without a restart");
 }
+
+/// With heartbeats 30 s apart, a proxy still reports the coordinator gone
+/// within a second: its route stream breaks at once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_proxy_reports_a_lost_coordinator_within_a_second() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "30s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
+    wait_for(Duration::from_secs(5), "the proxy to follow routes", || async {
+        let metrics = reqwest::get(format!("{}/metrics", proxy.url)).await.ok()?.text().await.ok()?;
+        metrics.contains("meridian_proxy_coordinator_reachable 1").then_some(())
+    })
+    .await;
+
+    coord.proc.signal(Signal::SIGKILL);
+    let killed = std::time::Instant::now();
+    let report = wait_for(Duration::from_secs(5), "the proxy to notice", || async {
+        proxy.report().await.filter(|r| r["coordinator_reachable"] == false)
+    })
+    .await;
+    let noticed = killed.elapsed();
+    eprintln!("the proxy reported the coordinator gone after {noticed:?}");
+    assert!(noticed < Duration::from_secs(1), "{noticed:?}");
+    assert_eq!(report["status"], "degraded");
+    assert!(report["warnings"][0].as_str().unwrap().contains("route stream"), "{report}");
+}

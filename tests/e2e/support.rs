@@ -595,13 +595,15 @@ pub async fn link_to(upstream: &str) -> meridian_netsim::Link {
 #[derive(Debug, Default, Clone)]
 pub struct TrafficStats {
     pub ok: u64,
-    /// Each failure: milliseconds since the start, and what happened.
+    /// Each failure: when its request was sent (milliseconds since the
+    /// start), and what happened.
     pub failed: Vec<(u128, String)>,
 }
 
 /// Steady synthetic traffic: one request every `every` to each target, each
 /// bounded by a timeout, so a hang is counted as a failure, never waited out.
 pub struct Traffic {
+    started: Instant,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<(String, tokio::task::JoinHandle<TrafficStats>)>,
 }
@@ -626,14 +628,15 @@ impl Traffic {
                 let task = tokio::spawn(async move {
                     let mut stats = TrafficStats::default();
                     while !*stopped.borrow() {
+                        let at = started.elapsed().as_millis();
                         let sent = client.get(&url).timeout(timeout).send().await;
                         match sent {
                             Ok(r) if r.status() == 200 => match r.bytes().await {
                                 Ok(_) => stats.ok += 1,
-                                Err(e) => stats.failed.push((started.elapsed().as_millis(), format!("body: {e}"))),
+                                Err(e) => stats.failed.push((at, format!("body: {e}"))),
                             },
-                            Ok(r) => stats.failed.push((started.elapsed().as_millis(), format!("HTTP {}", r.status()))),
-                            Err(e) => stats.failed.push((started.elapsed().as_millis(), format!("{e:?}"))),
+                            Ok(r) => stats.failed.push((at, format!("HTTP {}", r.status()))),
+                            Err(e) => stats.failed.push((at, format!("{e:?}"))),
                         }
                         tokio::time::sleep(every).await;
                     }
@@ -642,7 +645,12 @@ impl Traffic {
                 (name, task)
             })
             .collect();
-        Self { stop, tasks }
+        Self { started, stop, tasks }
+    }
+
+    /// Milliseconds since the traffic started (the clock of [`TrafficStats::failed`]).
+    pub fn now_ms(&self) -> u128 {
+        self.started.elapsed().as_millis()
     }
 
     /// Stops and returns each target's stats.

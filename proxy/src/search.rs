@@ -1,0 +1,103 @@
+//! Finding a moved agent without the coordinator: ask the peer relays which
+//! of them holds its tunnel.
+//!
+//! Used when the route table points at a relay that cannot be reached, or
+//! while the coordinator cannot push the new route. So that a mesh of a
+//! hundred regions is not asked a hundred questions per request:
+//!
+//! - one search per agent at a time, shared by every request waiting for
+//!   that agent, and its answer (found or not) reused for [`REUSE`];
+//! - peers already linked are asked first (a probe on an open link is one
+//!   HTTP/2 stream); at most [`FANOUT`] probes are in flight at once, and the
+//!   search stops at the first peer that holds the agent;
+//! - peers in their dial backoff (see [`crate::mesh`]) answer "no" at once.
+//!
+//! So a region spends at most one search per moved agent per [`REUSE`], and
+//! a search costs probes until the first hit (all peers only when the agent
+//! is nowhere).
+
+use crate::mesh::Mesh;
+use crate::routes::Route;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use futures_util::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// Longest a search may take.
+const TIMEOUT: Duration = Duration::from_millis(1500);
+/// How long a finished search's answer stands for other requests.
+pub const REUSE: Duration = Duration::from_millis(200);
+/// Probes in flight at once.
+const FANOUT: usize = 8;
+
+type Search = Shared<BoxFuture<'static, Option<Route>>>;
+
+/// The searches of one relay.
+#[derive(Default)]
+pub struct Searches {
+    /// Per agent: the search under way or just finished, and when it finished.
+    by_agent: Mutex<HashMap<Uuid, (Search, Option<Instant>)>>,
+}
+
+impl Searches {
+    /// Where `agent` is, by asking the peers in `mesh` (all but `own_url`):
+    /// the search under way, a fresh answer, or a new search.
+    pub async fn find(
+        &self,
+        mesh: &Arc<Mesh>,
+        own_url: &str,
+        agent: Uuid,
+        metrics: &crate::metrics::Metrics,
+    ) -> Option<Route> {
+        let search = {
+            let mut by_agent = self.by_agent.lock().unwrap_or_else(|e| e.into_inner());
+            by_agent.retain(|_, (_, done)| done.is_none_or(|at| at.elapsed() < REUSE));
+            match by_agent.get(&agent) {
+                Some((search, _)) => search.clone(),
+                None => {
+                    metrics.searches.inc();
+                    let probes = metrics.search_probes.clone();
+                    let search = search(mesh.clone(), own_url.to_owned(), agent, probes);
+                    by_agent.insert(agent, (search.clone(), None));
+                    search
+                }
+            }
+        };
+        let found = search.await;
+        if let Some((_, done)) = self.by_agent.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&agent) {
+            done.get_or_insert_with(Instant::now);
+        }
+        found
+    }
+}
+
+/// One search, on a task of its own (it ends even if its requests give up).
+fn search(mesh: Arc<Mesh>, own_url: String, agent: Uuid, probes: prometheus::IntCounter) -> Search {
+    let task = tokio::spawn(async move {
+        let mut peers: Vec<(String, String)> = mesh.peers().into_iter().filter(|(url, _)| *url != own_url).collect();
+        peers.sort_by_key(|(url, _)| !mesh.is_linked(url));
+        let asked = futures_util::stream::iter(peers)
+            .map(|(url, region)| {
+                let (mesh, probes) = (mesh.clone(), probes.clone());
+                async move {
+                    let link = mesh.link(&url).await?;
+                    probes.inc();
+                    link.probe(agent).await.then_some(Route { region, relay_url: url })
+                }
+            })
+            .buffer_unordered(FANOUT);
+        let first = async move {
+            futures_util::pin_mut!(asked);
+            while let Some(found) = asked.next().await {
+                if found.is_some() {
+                    return found;
+                }
+            }
+            None
+        };
+        tokio::time::timeout(TIMEOUT, first).await.ok().flatten()
+    });
+    async move { task.await.ok().flatten() }.boxed().shared()
+}
