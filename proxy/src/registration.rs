@@ -82,14 +82,19 @@ impl Registrar {
                         r.replicas.iter().filter_map(|x| Some((x.mesh_address.clone()?, r.name.clone())))
                     });
                     self.relay.mesh.set_peers(peers.collect());
+                    let mut back = false;
                     self.state.update_registration(|r| {
                         if first || !r.coordinator_reachable {
                             tracing::info!(region = %resp.region_name, "registered with the coordinator");
                         }
+                        back = !r.coordinator_reachable;
                         r.coordinator_reachable = true;
                         r.last_success = Some(chrono::Utc::now());
                         r.last_error = None;
                     });
+                    if back {
+                        self.state.coordinator_back.notify_waiters();
+                    }
                     interval
                 }
                 Err(e) if e.is_retryable() => {

@@ -127,6 +127,8 @@ impl RouteTable {
             tokio::select! {
                 _ = stop.changed() => return,
                 _ = tokio::time::sleep(wait) => {}
+                // Registered again: the coordinator is back, follow it now.
+                _ = state.coordinator_back.notified() => backoff = FIRST_BACKOFF,
             }
         }
     }

@@ -101,3 +101,40 @@ fn search(mesh: Arc<Mesh>, own_url: String, agent: Uuid, probes: prometheus::Int
     });
     async move { task.await.ok().flatten() }.boxed().shared()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_regions::token::Secret;
+    use meridian_regions::tunnel::TlsClient;
+
+    #[tokio::test]
+    async fn concurrent_requests_for_one_agent_share_one_search() {
+        let mesh = Arc::new(Mesh::new(TlsClient::new(None).unwrap()));
+        mesh.set_secret(Secret::new("s"));
+        // Twenty peers nothing listens at: every probe's dial is refused.
+        let peers: HashMap<String, String> = (0..20)
+            .map(|i| {
+                let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+                (format!("http://127.0.0.1:{port}"), format!("r{i}"))
+            })
+            .collect();
+        mesh.set_peers(peers);
+        let (searches, metrics) = (Searches::default(), crate::metrics::Metrics::new());
+        let agent = Uuid::new_v4();
+        let many = (0..100).map(|_| searches.find(&mesh, "http://me", agent, &metrics));
+        let found = futures_util::future::join_all(many).await;
+        assert!(found.iter().all(Option::is_none));
+        assert_eq!(metrics.searches.get(), 1, "a hundred requests, one search");
+        // Within REUSE the answer stands; after it, a new search, whose dials
+        // are skipped while each peer is in its backoff.
+        searches.find(&mesh, "http://me", agent, &metrics).await;
+        assert_eq!(metrics.searches.get(), 1);
+        tokio::time::sleep(REUSE.mul_f64(1.5)).await;
+        searches.find(&mesh, "http://me", agent, &metrics).await;
+        assert_eq!(metrics.searches.get(), 2);
+        // Another agent is another search.
+        searches.find(&mesh, "http://me", Uuid::new_v4(), &metrics).await;
+        assert_eq!(metrics.searches.get(), 3);
+    }
+}
