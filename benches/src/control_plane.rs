@@ -4,7 +4,9 @@
 //! the coordinator's CPU and memory and PostgreSQL's transactions per second.
 //!
 //! The replicas are tasks here, not processes; their health reports come from
-//! one small HTTP server that answers for all of them.
+//! one small HTTP server that answers for all of them. They share one client
+//! address, as proxies behind a NAT do. Every call that fails is counted by
+//! cause, and a run with any failed call is a failed run.
 
 use crate::stack::Proc;
 use anyhow::{bail, Context, Result};
@@ -24,7 +26,7 @@ pub struct Scale {
     pub window: Duration,
 }
 
-#[derive(Debug, Clone, Copy, serde::Serialize)]
+#[derive(Debug, Clone, serde::Serialize)]
 pub struct ControlPlane {
     pub regions: usize,
     pub replicas: usize,
@@ -35,7 +37,32 @@ pub struct ControlPlane {
     pub coordinator_rss_kib: u64,
     pub postgres_transactions_per_sec: f64,
     pub heartbeats_per_sec: f64,
+    /// Calls that failed (setup, heartbeats, route polls), in all and by cause.
+    pub failed_calls: u64,
+    pub failures: std::collections::BTreeMap<String, u64>,
 }
+
+/// Failed calls by cause, shared by the simulated replicas.
+#[derive(Default)]
+struct Failures(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
+
+impl Failures {
+    fn count(&self, what: &str, e: &meridian_regions::client::ClientError) {
+        // The cause without the URL and ids, so alike failures add up.
+        let cause = match e.status() {
+            Some(status) => format!("{what}: HTTP {status}"),
+            None => format!("{what}: {}", e.to_string().split(':').next().unwrap_or_default()),
+        };
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(cause).or_default() += 1;
+    }
+
+    fn take(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Calls under way at once while setting up (registrations, attachments).
+const SETUP_CONCURRENCY: usize = 32;
 
 const INTERVAL: &str = "10s";
 
@@ -97,23 +124,35 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
             (client, req)
         })
         .collect();
-    for (client, req) in &replicas {
-        client.register(req).await?;
-    }
+    use futures_util::StreamExt;
+    let failures = Arc::new(Failures::default());
+    let registered = futures_util::stream::iter(&replicas)
+        .map(|(client, req)| async move { client.register(req).await.err() })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .filter_map(|e| async move { e })
+        .collect::<Vec<_>>()
+        .await;
+    registered.iter().for_each(|e| failures.count("register", e));
     let agent_tokens = agents(&admin, scale.agents).await?;
-    for (i, token) in agent_tokens.iter().enumerate() {
-        let (client, replica) = &replicas[i % replicas.len()];
-        let attach =
-            AgentAttach { agent_token: token.clone(), attach_token: None, replica_id: Some(replica.replica_id) };
-        client.agent_attach(&attach).await?;
-    }
+    let attached = futures_util::stream::iter(agent_tokens.iter().enumerate())
+        .map(|(i, token)| {
+            let (client, replica) = &replicas[i % replicas.len()];
+            let attach =
+                AgentAttach { agent_token: token.clone(), attach_token: None, replica_id: Some(replica.replica_id) };
+            async move { client.agent_attach(&attach).await.err() }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .filter_map(|e| async move { e })
+        .collect::<Vec<_>>()
+        .await;
+    attached.iter().for_each(|e| failures.count("agent-attach", e));
 
     // Steady state: every replica heartbeats each interval and long-polls routes.
     let stop = Arc::new(tokio::sync::Notify::new());
     let beats = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for (i, (client, req)) in replicas.into_iter().enumerate() {
-        let (stop, beats) = (stop.clone(), beats.clone());
+        let (stop, beats, failures) = (stop.clone(), beats.clone(), failures.clone());
         let offset = Duration::from_millis((i as u64 * 10_000) / scale.replicas as u64);
         tasks.spawn(async move {
             let follow = async {
@@ -121,16 +160,23 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
                 loop {
                     match client.routes(version, Duration::from_secs(20)).await {
                         Ok(u) => version = Some(u.version),
-                        Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+                        Err(e) => {
+                            failures.count("routes", &e);
+                            tokio::time::sleep(Duration::from_secs(1)).await
+                        }
                     }
                 }
             };
             let heartbeat = async {
                 tokio::time::sleep(offset).await;
                 loop {
-                    if client.register(&req).await.is_ok() {
-                        beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    }
+                    match client.register(&req).await {
+                        Ok(_) => beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) => {
+                            failures.count("heartbeat", &e);
+                            0
+                        }
+                    };
                     tokio::time::sleep(Duration::from_secs(10)).await;
                 }
             };
@@ -153,7 +199,10 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     let rss = crate::memory::rss_kib(coordinator.pid())?;
     stop.notify_waiters();
     tasks.abort_all();
+    let failures = failures.take();
     Ok(ControlPlane {
+        failed_calls: failures.values().sum(),
+        failures,
         regions: scale.regions,
         replicas: scale.replicas,
         agents: scale.agents,
@@ -167,13 +216,20 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
 
 /// Creates workspaces of 10 agents each until there are `n` agents; their tokens.
 async fn agents(admin: &Client, n: usize) -> Result<Vec<String>> {
+    use futures_util::StreamExt;
+    let created = futures_util::stream::iter(0..n.div_ceil(10))
+        .map(|w| async move {
+            let count = (n - w * 10).min(10);
+            let app = App { slug: "code".into(), port: Some(8080), url: None, subdomain: true, share: Share::Owner };
+            let agents = (0..count).map(|a| AgentSpec { name: format!("a{a}"), apps: vec![app.clone()] }).collect();
+            admin.create_workspace(&CreateWorkspace { name: format!("w{w}"), owner: None, agents }).await
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await;
     let mut tokens = Vec::with_capacity(n);
-    for w in 0..n.div_ceil(10) {
-        let count = (n - w * 10).min(10);
-        let app = App { slug: "code".into(), port: Some(8080), url: None, subdomain: true, share: Share::Owner };
-        let agents = (0..count).map(|a| AgentSpec { name: format!("a{a}"), apps: vec![app.clone()] }).collect();
-        let created = admin.create_workspace(&CreateWorkspace { name: format!("w{w}"), owner: None, agents }).await?;
-        tokens.extend(created.agent_tokens.into_values());
+    for c in created {
+        tokens.extend(c.context("cannot create the simulated workspaces")?.agent_tokens.into_values());
     }
     Ok(tokens)
 }
@@ -237,7 +293,7 @@ impl ControlPlane {
             "### Control plane: {} regions, {} replicas heartbeating every {INTERVAL} and following routes, {} agents attached\n\n\
              | measured over {:.0} s | value |\n|---|---|\n\
              | coordinator CPU | {:.0}% of one core |\n| coordinator RSS | {} MiB |\n\
-             | PostgreSQL transactions/s | {:.0} |\n| heartbeats/s | {:.0} |\n",
+             | PostgreSQL transactions/s | {:.0} |\n| heartbeats/s | {:.0} |\n| failed calls | {} {:?} |\n",
             self.regions,
             self.replicas,
             self.agents,
@@ -246,6 +302,8 @@ impl ControlPlane {
             self.coordinator_rss_kib / 1024,
             self.postgres_transactions_per_sec,
             self.heartbeats_per_sec,
+            self.failed_calls,
+            self.failures,
         )
     }
 }

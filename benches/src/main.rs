@@ -15,6 +15,9 @@ struct Args {
     /// 10 replicas heartbeating and 10,000 agents attached.
     #[arg(long)]
     control_plane: bool,
+    /// With --control-plane: how many agents are attached [default: 10000].
+    #[arg(long)]
+    agents: Option<usize>,
     /// Only start the stack, print a wrk command per target, and wait for
     /// Ctrl-C: for profiling by hand (see BENCHMARKS.md).
     #[arg(long)]
@@ -54,15 +57,16 @@ fn main() -> std::process::ExitCode {
         let scale = meridian_bench::control_plane::Scale {
             regions: if args.quick { 5 } else { 100 },
             replicas: if args.quick { 20 } else { 1000 },
-            agents: if args.quick { 200 } else { 10_000 },
+            agents: args.agents.unwrap_or(if args.quick { 200 } else { 10_000 }),
             window: std::time::Duration::from_secs(if args.quick { 3 } else { 30 }),
         };
-        rt.block_on(meridian_bench::control_plane::simulate(&opts.meridian, scale)).map(|r| {
-            if args.json {
-                json(&r)
-            } else {
-                r.markdown()
+        rt.block_on(meridian_bench::control_plane::simulate(&opts.meridian, scale)).and_then(|r| {
+            let text = if args.json { json(&r) } else { r.markdown() };
+            if r.failed_calls > 0 {
+                println!("{text}");
+                anyhow::bail!("{} control-plane calls failed: {:?}", r.failed_calls, r.failures);
             }
+            Ok(text)
         })
     } else {
         rt.block_on(meridian_bench::run(&opts)).map(|r| if args.json { json(&r) } else { r.markdown() })

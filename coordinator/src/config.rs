@@ -83,6 +83,11 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_DANGEROUS_ALLOW_PATH_APP_SHARING")]
     #[serde(default)]
     pub dangerous_allow_path_app_sharing: bool,
+    /// Open connections one client address may hold before it has shown a
+    /// valid proxy or agent token; connections that have are not counted per
+    /// address (proxies and agents share egress addresses) [default: 512].
+    #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_CLIENT")]
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// Where the database is.
@@ -110,6 +115,7 @@ pub struct Config {
     /// Host names (lowercase, no port) the API answers at besides the access URL's.
     pub allowed_hosts: Vec<String>,
     pub allow_path_app_sharing: bool,
+    pub max_connections_per_client: Option<usize>,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -155,6 +161,7 @@ impl Args {
             allowed_hosts: if self.allowed_hosts.is_empty() { file.allowed_hosts } else { self.allowed_hosts },
             dangerous_allow_path_app_sharing: self.dangerous_allow_path_app_sharing
                 || file.dangerous_allow_path_app_sharing,
+            max_connections_per_client: self.max_connections_per_client.or(file.max_connections_per_client),
         }
     }
 
@@ -205,6 +212,7 @@ impl Args {
             app_timeout: self.app_timeout,
             allowed_hosts: self.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
             allow_path_app_sharing: self.dangerous_allow_path_app_sharing,
+            max_connections_per_client: self.max_connections_per_client,
         };
         for (name, d) in [
             ("--proxy-health-interval", config.proxy_health_interval),

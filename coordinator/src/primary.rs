@@ -42,6 +42,7 @@ pub fn start(config: &Config, token: Token, api: SocketAddr) -> anyhow::Result<P
         login_url: Some(config.access_url.clone()),
         drain_timeout: Some(crate::DRAIN_TIMEOUT),
         app_timeout: config.app_timeout,
+        max_connections_per_client: config.max_connections_per_client,
         ..Default::default()
     };
     let proxy_config = args.resolve().map_err(|e| anyhow::anyhow!("primary proxy: {e}"))?;

@@ -163,11 +163,38 @@ pub fn h2_options(limits: &Limits) -> pingora::protocols::http::v2::server::H2Op
     h2
 }
 
-/// Open connections, in all and per client address.
+/// Open connections, in all and per client address. A connection that has
+/// shown a valid proxy or agent token ([`Connections::promote`]) stops
+/// counting against its address: control-plane clients share egress
+/// addresses (a NAT, a Kubernetes node) far more than browsers do, and a
+/// thousand proxy replicas behind one address are not one abusive client.
+/// They still count in all.
 #[derive(Debug, Default)]
 pub struct Connections {
     total: usize,
     by_client: HashMap<IpAddr, usize>,
+    /// Promoted connections, by peer address (address and port name one connection).
+    control: std::collections::HashSet<std::net::SocketAddr>,
+}
+
+impl Connections {
+    /// Moves the connection from `peer` out of its address's count (once).
+    pub fn promote(&mut self, peer: std::net::SocketAddr) {
+        if !self.control.insert(peer) {
+            return;
+        }
+        if let Some(n) = self.by_client.get_mut(&peer.ip()) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_client.remove(&peer.ip());
+            }
+        }
+    }
+
+    /// Open connections now: in all, from `ip` (not promoted), and promoted.
+    pub fn counts(&self, ip: IpAddr) -> (usize, usize, usize) {
+        (self.total, self.by_client.get(&ip).copied().unwrap_or(0), self.control.len())
+    }
 }
 
 /// A pingora app served only while the caps on open connections hold; a
@@ -182,14 +209,18 @@ pub struct Capped<A> {
 /// Counts one connection while it lives.
 struct Admitted {
     open: Arc<Mutex<Connections>>,
-    client: Option<IpAddr>,
+    client: Option<std::net::SocketAddr>,
 }
 
 impl Drop for Admitted {
     fn drop(&mut self) {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         open.total -= 1;
-        if let Some(ip) = self.client {
+        if let Some(peer) = self.client {
+            if open.control.remove(&peer) {
+                return; // promoted: no longer counted against its address
+            }
+            let ip = peer.ip();
             if let Some(n) = open.by_client.get_mut(&ip) {
                 *n -= 1;
                 if *n == 0 {
@@ -201,13 +232,13 @@ impl Drop for Admitted {
 }
 
 impl<A> Capped<A> {
-    fn admit(&self, client: Option<IpAddr>) -> Result<Admitted, &'static str> {
+    fn admit(&self, client: Option<std::net::SocketAddr>) -> Result<Admitted, &'static str> {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
         if open.total >= self.max_total {
             return Err("This proxy is at its connection limit; try again shortly.");
         }
-        if let Some(ip) = client {
-            let n = open.by_client.entry(ip).or_default();
+        if let Some(peer) = client {
+            let n = open.by_client.entry(peer.ip()).or_default();
             if *n >= self.max_per_client {
                 return Err("Too many open connections from your address; close some and try again.");
             }
@@ -221,8 +252,7 @@ impl<A> Capped<A> {
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        let client =
-            stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()).and_then(|a| a.as_inet().map(|a| a.ip()));
+        let client = stream.get_socket_digest().and_then(|d| d.peer_addr().cloned()).and_then(|a| a.as_inet().copied());
         let _admitted = match self.admit(client) {
             Ok(a) => a,
             Err(message) => {
@@ -250,7 +280,24 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
 
 #[cfg(test)]
 mod tests {
-    use super::is_target;
+    use super::{is_target, Connections};
+
+    #[test]
+    fn promoted_connections_leave_their_address_count() {
+        let mut open = Connections::default();
+        let ip: std::net::IpAddr = [127, 0, 0, 2].into();
+        let peers: Vec<std::net::SocketAddr> = (1000..1003).map(|port| (ip, port).into()).collect();
+        for _ in &peers {
+            open.total += 1;
+            *open.by_client.entry(ip).or_default() += 1;
+        }
+        open.promote(peers[0]);
+        open.promote(peers[0]); // once only
+        assert_eq!(open.counts(ip), (3, 2, 1));
+        open.promote(peers[1]);
+        open.promote(peers[2]);
+        assert_eq!(open.counts(ip), (3, 0, 3), "the address holds no unauthenticated connection");
+    }
 
     #[test]
     fn targets_compare_without_building_them() {

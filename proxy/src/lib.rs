@@ -123,6 +123,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     server.bootstrap();
 
     let wildcard_base = config.wildcard_access_url.as_deref().and_then(meridian_regions::app_url::wildcard_base);
+    let connections: Arc<std::sync::Mutex<gate::Connections>> = Arc::default();
     pingora::protocols::http::v1::server::set_head_limits(gate::head_limits(&config.limits));
     let app = pingora::proxy::http_proxy(
         &server.configuration,
@@ -134,6 +135,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             app_timeout: config.app_timeout,
             header_timeout: config.limits.header_timeout,
             idle_timeout_secs: config.limits.idle_timeout.as_secs(),
+            connections: connections.clone(),
             api_upstream: match &mode {
                 Mode::Embedded { api_upstream, .. } => Some(*api_upstream),
                 Mode::Standalone => None,
@@ -146,7 +148,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         inner: Arc::new(app),
         max_total: config.limits.max_connections,
         max_per_client: config.limits.max_connections_per_client,
-        open: Default::default(),
+        open: connections,
     };
     let mut proxy = pingora::services::listening::Service::new("Meridian proxy".into(), capped);
     let addr = config.listen.to_string();

@@ -10,6 +10,7 @@ use crate::state::{InFlight, ProxyState};
 use crate::{gate, hygiene, upstream};
 use async_trait::async_trait;
 use meridian_regions::app_token::AppClaims;
+use meridian_regions::headers;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use std::sync::Arc;
@@ -28,6 +29,8 @@ pub struct MeridianProxy {
     pub header_timeout: std::time::Duration,
     /// How long a keep-alive connection may idle between requests, in seconds.
     pub idle_timeout_secs: u64,
+    /// The open connections the caps count (see [`gate::Connections::promote`]).
+    pub connections: Arc<std::sync::Mutex<gate::Connections>>,
 }
 
 /// Per-request state.
@@ -37,6 +40,9 @@ pub struct Ctx {
     app: Option<Served>,
     /// The normalized origin-form target, when it differs from what the client sent.
     forward_path: Option<String>,
+    /// An API call carrying a proxy or agent token: if the API accepts the
+    /// token, the connection is a control-plane client's.
+    control: bool,
 }
 
 /// An authorized app request on its way to the app.
@@ -60,7 +66,7 @@ impl ProxyHttp for MeridianProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { _in_flight: self.state.enter(), app: None, forward_path: None }
+        Ctx { _in_flight: self.state.enter(), app: None, forward_path: None, control: false }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -92,7 +98,11 @@ impl ProxyHttp for MeridianProxy {
             });
         }
         let (outcome, reply) = match route {
-            Route::Api => ("api", None),
+            Route::Api => {
+                let h = &session.req_header().headers;
+                ctx.control = h.contains_key(headers::PROXY_TOKEN) || h.contains_key(headers::AGENT_TOKEN);
+                ("api", None)
+            }
             Route::Own(local) => {
                 self.count("own");
                 local.write(session).await?;
@@ -160,7 +170,12 @@ impl ProxyHttp for MeridianProxy {
         Ok(())
     }
 
-    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if ctx.control && !matches!(resp.status.as_u16(), 401 | 403) {
+            if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+                self.connections.lock().unwrap_or_else(|e| e.into_inner()).promote(*peer);
+            }
+        }
         // The API's responses (e.g. the login cookie) pass as they are.
         let Some(served) = ctx.app.as_mut() else { return Ok(()) };
         hygiene::response(resp, served.claims.sandbox)?;

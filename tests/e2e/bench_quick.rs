@@ -27,4 +27,5 @@ async fn the_control_plane_simulation_runs() {
     let report = meridian_bench::control_plane::simulate(BIN.as_ref(), scale).await.expect("the simulation runs");
     assert_eq!((report.regions, report.replicas, report.agents), (3, 9, 30));
     assert!(report.coordinator_rss_kib > 0 && report.postgres_transactions_per_sec > 0.0, "{report:?}");
+    assert_eq!(report.failed_calls, 0, "{:?}", report.failures);
 }

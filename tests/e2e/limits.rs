@@ -124,3 +124,50 @@ async fn open_connections_are_capped_per_client_and_in_all() {
         }
     }
 }
+
+/// Opens a keep-alive connection to the coordinator from 127.0.0.5 (an
+/// address of its own) and sends one request with `headers`; the status,
+/// and the connection (held open).
+async fn held(port: u16, headers: &str) -> (u16, TcpStream) {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(([127, 0, 0, 5], 0).into()).unwrap();
+    let mut tcp = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let req = format!("GET /api/v2/proxies/me/keys HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n{headers}\r\n");
+    tcp.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf)).await.unwrap().unwrap();
+    let status = std::str::from_utf8(&buf[9..12.min(n)]).unwrap_or_default().parse().unwrap_or(0);
+    (status, tcp)
+}
+
+/// Proxies and agents share egress addresses: once a connection has shown
+/// a valid proxy token it no longer counts against its address's cap, while
+/// connections with no token, or a wrong one, still do.
+#[tokio::test(flavor = "multi_thread")]
+async fn control_plane_clients_are_not_held_to_a_browsers_per_address_cap() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "10s", &["--max-connections-per-client", "4"]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    let port = url::Url::parse(&coord.url).unwrap().port().unwrap();
+
+    let mut replicas = Vec::new();
+    for i in 0..12 {
+        let (status, tcp) = held(port, &format!("meridian-proxy-token: {token}\r\n")).await;
+        assert_eq!(status, 200, "replica connection {i}");
+        replicas.push(tcp);
+    }
+    // Twelve replicas hold connections; the address still has its whole budget.
+    let mut others = Vec::new();
+    for i in 0..4 {
+        let (status, tcp) = held(port, "meridian-proxy-token: x:wrong\r\n").await;
+        assert_eq!(status, 401, "connection {i} with a wrong token");
+        others.push(tcp);
+    }
+    let (status, _) = held(port, "").await;
+    assert_eq!(status, 503, "a fifth connection without a valid token is over the cap");
+    drop(others);
+    wait_for(Duration::from_secs(5), "the freed places", || async { (held(port, "").await.0 == 401).then_some(()) })
+        .await;
+}
