@@ -43,6 +43,8 @@ pub struct Ctx {
     /// An API call carrying a proxy or agent token: if the API accepts the
     /// token, the connection is a control-plane client's.
     control: bool,
+    /// Whether the request was already sent again after its path died.
+    retried: bool,
 }
 
 /// An authorized app request on its way to the app.
@@ -66,7 +68,7 @@ impl ProxyHttp for MeridianProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { _in_flight: self.state.enter(), app: None, forward_path: None, control: false }
+        Ctx { _in_flight: self.state.enter(), app: None, forward_path: None, control: false, retried: false }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -183,6 +185,34 @@ impl ProxyHttp for MeridianProxy {
             resp.append_header("set-cookie", cookie)?;
         }
         Ok(())
+    }
+
+    /// Pingora's rule (idempotent requests whose body is still buffered may
+    /// go again on a reused connection), plus one of Meridian's: an
+    /// idempotent app request whose stream died before any answer came back
+    /// (the relay or tunnel it went through was killed, the agent moved) is
+    /// sent once more, on the path the agent has now. A slow app (a timeout)
+    /// is never asked twice, and nothing the client already saw is repeated.
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated() {
+            e.set_retry(false);
+            return e;
+        }
+        e.retry.decide_reuse(client_reused);
+        let path_died = matches!(e.etype(), ErrorType::ReadError | ErrorType::WriteError | ErrorType::ConnectionClosed);
+        if path_died && ctx.app.is_some() && !ctx.retried && session.response_written().is_none() {
+            ctx.retried = true;
+            e.set_retry(true);
+        }
+        e
     }
 
     /// A clear page for each way the app can be out of reach.

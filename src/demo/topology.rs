@@ -29,7 +29,7 @@ pub struct RegionSpec {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentSpec {
-    /// The agent's preferred region [default: the first region].
+    /// The agent's preferred region, or `primary` (the coordinator's relay) [default: the first region].
     pub region: Option<String>,
 }
 
@@ -64,8 +64,9 @@ impl Topology {
             }
         }
         if let Some(a) = &self.agent.region {
-            if !self.regions.iter().any(|r| &r.name == a) {
-                bail!("[agent] region {a:?} is not one of the regions");
+            // The primary (the coordinator's own relay) is where agents go by default.
+            if a != meridian_regions::PRIMARY_REGION && !self.regions.iter().any(|r| &r.name == a) {
+                bail!("[agent] region {a:?} is neither \"primary\" nor one of the regions");
             }
         }
         Ok(())
@@ -84,7 +85,8 @@ impl Topology {
                     .unwrap_or(RegionSpec { name: n.clone(), latency: Duration::ZERO })
             })
             .collect();
-        let agent = AgentSpec { region: self.agent.region.clone().filter(|a| names.contains(a)) };
+        let kept = |a: &String| names.contains(a) || a == meridian_regions::PRIMARY_REGION;
+        let agent = AgentSpec { region: self.agent.region.clone().filter(kept) };
         let t = Topology { regions, agent };
         t.validate()?;
         Ok(t)

@@ -164,3 +164,42 @@ async fn every_drill_scenario_reports_what_a_bystander_sees() {
     demo.proc.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(demo.proc.wait_exit(Duration::from_secs(60)).await.success());
 }
+
+/// The common case the drill must cover: the demo's agent sits on the
+/// primary (the coordinator's own relay). Killing the coordinator moves the
+/// agent, and signed-in users in every other region see no failed request.
+#[tokio::test(flavor = "multi_thread")]
+async fn kill_coordinator_with_the_agent_on_the_primary_fails_no_request_in_the_regions() {
+    let dir = tempdir();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(
+        &topology,
+        "[[region]]\nname = \"sydney\"\nlatency = \"5ms\"\n[[region]]\nname = \"frankfurt\"\nlatency = \"2ms\"\n\
+         [agent]\nregion = \"primary\"\n",
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let args = ["--proxy-health-interval", "1s", "--topology", &topology.display().to_string(), "--data-dir"];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push(state.display().to_string());
+    let mut demo = Demo::start(dir.path(), 2, &args).await;
+    let password = std::fs::read_to_string(state.join("demo-password")).unwrap();
+    let coordinator = format!("http://127.0.0.1:{}", demo.port);
+    let api = Api::login(&coordinator, "demo", password.trim()).await;
+    api.wait_agent_on("dev", "primary").await;
+
+    let report = tokio::task::spawn_blocking({
+        let state = state.clone();
+        move || drill(&state, &["kill-coordinator"])
+    })
+    .await
+    .unwrap();
+    eprintln!("{report}");
+    for region in ["sydney", "frankfurt"] {
+        assert_eq!(failures(&report, region), 0, "{region}: {report}");
+    }
+    assert!(failures(&report, "primary") > 0, "the primary's own users lost their region: {report}");
+    assert_eq!(report["lost"], 0, "{report}");
+    demo.proc.signal(nix::sys::signal::Signal::SIGTERM);
+    assert!(demo.proc.wait_exit(Duration::from_secs(60)).await.success());
+}

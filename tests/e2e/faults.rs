@@ -110,20 +110,24 @@ async fn faults_between_agent_app_and_relay_end_clearly() {
     assert!(outcome.is_err(), "the body ended cleanly after {got} of {size} bytes");
     assert!(got < size);
 
-    // The agent's tunnel drops: requests in flight fail cleanly (a 502 page
-    // or an aborted response, within bounds), new ones use the re-attached tunnel.
+    // The agent's tunnel drops under two requests in flight: the idempotent
+    // one is sent once more through the re-attached tunnel and served; the
+    // other (a POST, never repeated) fails cleanly, not by timing out.
     w.fresh_app_connections().await;
-    let in_flight = {
+    let in_flight = |method: reqwest::Method| {
         let (client, url) = (w.client.clone(), w.url.clone());
         tokio::spawn(async move {
-            let req = client.get(format!("{url}/slow")).header("x-sample-delay-ms", "1500");
+            let req = client.request(method, format!("{url}/slow")).header("x-sample-delay-ms", "1500");
             req.timeout(Duration::from_secs(15)).send().await
         })
     };
+    let (get, post) = (in_flight(reqwest::Method::GET), in_flight(reqwest::Method::POST));
     tokio::time::sleep(Duration::from_millis(300)).await;
     w.relay_link.reset_all();
-    match in_flight.await.unwrap() {
-        Ok(r) => assert_eq!(r.status(), 502, "an in-flight request through the dropped tunnel"),
+    let get = get.await.unwrap().expect("the GET is answered");
+    assert_eq!(get.status(), 200, "an idempotent request in flight through the dropped tunnel is sent again");
+    match post.await.unwrap() {
+        Ok(r) => assert_eq!(r.status(), 502, "a POST in flight through the dropped tunnel"),
         Err(e) => assert!(!e.is_timeout(), "it failed at once, not by timing out: {e}"),
     }
     let started = Instant::now();
