@@ -59,6 +59,7 @@ fn routes(c: &mut Criterion) {
                 relay_url: Some("http://127.0.0.1:7091".into()),
             })
             .collect(),
+        ..Default::default()
     };
     table.apply(&update, true);
     c.bench_function("route lookup (10k agents)", |b| b.iter(|| table.get(black_box(agents[4242]))));

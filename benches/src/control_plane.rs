@@ -39,6 +39,8 @@ pub struct ControlPlane {
     pub heartbeats_per_sec: f64,
     /// Calls that failed (setup, heartbeats, route polls), in all and by cause.
     pub failed_calls: u64,
+    /// The search for a moved agent across one relay per region.
+    pub mesh_search: crate::mesh_search::MeshSearch,
     pub failures: std::collections::BTreeMap<String, u64>,
 }
 
@@ -49,9 +51,11 @@ struct Failures(std::sync::Mutex<std::collections::BTreeMap<String, u64>>);
 impl Failures {
     fn count(&self, what: &str, e: &meridian_regions::client::ClientError) {
         // The cause without the URL and ids, so alike failures add up.
-        let cause = match e.status() {
-            Some(status) => format!("{what}: HTTP {status}"),
-            None => format!("{what}: {}", e.to_string().split(':').next().unwrap_or_default()),
+        let cause = match e {
+            meridian_regions::client::ClientError::Api { status, message, .. } => {
+                format!("{what}: HTTP {}: {message}", status.as_u16())
+            }
+            other => format!("{what}: {}", other.to_string().split(": ").last().unwrap_or_default()),
         };
         *self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(cause).or_default() += 1;
     }
@@ -155,7 +159,9 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
         let (stop, beats, failures) = (stop.clone(), beats.clone(), failures.clone());
         let offset = Duration::from_millis((i as u64 * 10_000) / scale.replicas as u64);
         tasks.spawn(async move {
+            // Replicas start over one interval (a rolling start), each with a snapshot.
             let follow = async {
+                tokio::time::sleep(offset).await;
                 let mut version = None;
                 loop {
                     match client.routes(version, Duration::from_secs(20)).await {
@@ -200,7 +206,17 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     stop.notify_waiters();
     tasks.abort_all();
     let failures = failures.take();
+    if !failures.is_empty() {
+        // What the coordinator said about them (the log goes with the temporary directory).
+        let log = std::fs::read_to_string(dir.path().join("coordinator.log")).unwrap_or_default();
+        for line in log.lines().filter(|l| l.contains("ERROR")).take(20) {
+            eprintln!("coordinator: {line}");
+        }
+    }
+    drop(coordinator);
+    let mesh_search = crate::mesh_search::simulate(scale.regions, 1000).await?;
     Ok(ControlPlane {
+        mesh_search,
         failed_calls: failures.values().sum(),
         failures,
         regions: scale.regions,
@@ -304,6 +320,6 @@ impl ControlPlane {
             self.heartbeats_per_sec,
             self.failed_calls,
             self.failures,
-        )
+        ) + "\n" + &self.mesh_search.markdown()
     }
 }

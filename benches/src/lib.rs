@@ -7,10 +7,12 @@
 //! - [`wrk`]: running wrk and reading its report; [`ws`]: WebSocket round trips.
 //! - [`memory`]: a proxy's memory with many idle connections.
 //! - [`control_plane`]: the coordinator with 1,000 replicas and 10,000 agents, simulated.
+//! - [`mesh_search`]: part of it: what searching a 100-relay mesh for a moved agent costs.
 
 pub mod api;
 pub mod control_plane;
 pub mod memory;
+pub mod mesh_search;
 pub mod nginx;
 pub mod stack;
 pub mod wrk;

@@ -42,6 +42,8 @@ pub struct AppState {
     pub primary_token_hash: Arc<Vec<u8>>,
     /// Bumped on every route change any coordinator replica made (see [`crate::routes`]).
     pub route_changes: tokio::sync::watch::Sender<u64>,
+    /// Reads many proxies make at once, computed once.
+    pub reads: crate::read_cache::ReadCache,
 }
 
 pub fn router(state: AppState) -> Router {

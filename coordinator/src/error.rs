@@ -36,6 +36,9 @@ pub enum ApiError {
     DatabaseUnavailable(#[source] sqlx::Error),
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
+    /// One error answered to every caller of a shared read ([`crate::read_cache`]).
+    #[error(transparent)]
+    Shared(std::sync::Arc<ApiError>),
 }
 
 impl ApiError {
@@ -50,6 +53,7 @@ impl ApiError {
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
             ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Shared(e) => e.status(),
         }
     }
 
@@ -59,6 +63,7 @@ impl ApiError {
                 ("The coordinator's database is unavailable; try again shortly.".to_owned(), e.to_string())
             }
             ApiError::Internal(_) => ("Internal error.".to_owned(), String::new()),
+            ApiError::Shared(e) => return e.body(),
             other => (other.to_string(), String::new()),
         };
         ErrorBody { message, detail }

@@ -20,6 +20,7 @@ pub mod error;
 pub mod health;
 pub mod keys;
 pub mod primary;
+pub mod read_cache;
 pub mod routes;
 pub mod secret;
 pub mod store;
@@ -67,6 +68,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         keys,
         primary_token_hash: Arc::new(secret::hash_secret(primary_token.secret.expose())),
         route_changes,
+        reads: Default::default(),
     };
     let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let api_addr = api_listener.local_addr()?;

@@ -163,9 +163,10 @@ pub fn h2_options(limits: &Limits) -> pingora::protocols::http::v2::server::H2Op
     h2
 }
 
-/// Open connections, in all and per client address. A connection that has
-/// shown a valid proxy or agent token ([`Connections::promote`]) stops
-/// counting against its address: control-plane clients share egress
+/// Open connections, in all and per client address. A connection that
+/// carries a proxy or agent token to the API ([`Connections::promote`]) stops
+/// counting against its address, and goes back ([`Connections::demote`]) if
+/// the API refuses the token: control-plane clients share egress
 /// addresses (a NAT, a Kubernetes node) far more than browsers do, and a
 /// thousand proxy replicas behind one address are not one abusive client.
 /// They still count in all.
@@ -178,6 +179,18 @@ pub struct Connections {
 }
 
 impl Connections {
+    /// Puts a connection that turned out not to be a control-plane client's
+    /// (its token was refused) back into its address's count; whether the
+    /// address is now over `max_per_client` (then the connection should close).
+    pub fn demote(&mut self, peer: std::net::SocketAddr, max_per_client: usize) -> bool {
+        if !self.control.remove(&peer) {
+            return false;
+        }
+        let n = self.by_client.entry(peer.ip()).or_default();
+        *n += 1;
+        *n > max_per_client
+    }
+
     /// Moves the connection from `peer` out of its address's count (once).
     pub fn promote(&mut self, peer: std::net::SocketAddr) {
         if !self.control.insert(peer) {
@@ -297,6 +310,11 @@ mod tests {
         open.promote(peers[1]);
         open.promote(peers[2]);
         assert_eq!(open.counts(ip), (3, 0, 3), "the address holds no unauthenticated connection");
+        // A refused token: back into the count; over a cap of 1 on the second.
+        assert!(!open.demote(peers[0], 1));
+        assert!(open.demote(peers[1], 1));
+        assert!(!open.demote(peers[1], 1), "once only");
+        assert_eq!(open.counts(ip), (3, 2, 1));
     }
 
     #[test]

@@ -77,14 +77,14 @@ impl RouteTable {
         if replace {
             routes.clear();
         }
-        for r in &update.routes {
-            match route(r) {
+        for r in update.all_routes() {
+            match route(&r) {
                 Some(route) => routes.insert(r.agent_id, route),
                 None => routes.remove(&r.agent_id),
             };
         }
         drop(routes);
-        if !update.routes.is_empty() || replace {
+        if !update.is_empty() || replace {
             self.changed.send_modify(|n| *n = n.wrapping_add(1));
         }
     }
@@ -105,7 +105,7 @@ impl RouteTable {
                 _ = stop.changed() => return,
                 update = client.routes(version, POLL_WAIT) => match update {
                     Ok(update) => {
-                        if !update.routes.is_empty() {
+                        if !update.is_empty() {
                             tracing::debug!(from = ?version, to = update.version, changes = update.routes.len(), "routes updated");
                         }
                         self.apply(&update, version.is_none());
@@ -155,13 +155,33 @@ mod tests {
     fn updates_move_and_drop_routes_and_snapshots_replace() {
         let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
         let table = RouteTable::default();
-        table.apply(&RouteUpdate { version: 2, routes: vec![at(a, Some("http://x")), at(b, Some("http://x"))] }, true);
-        table.apply(&RouteUpdate { version: 3, routes: vec![at(a, Some("http://y"))] }, false);
+        table.apply(
+            &RouteUpdate {
+                version: 2,
+                routes: vec![at(a, Some("http://x")), at(b, Some("http://x"))],
+                ..Default::default()
+            },
+            true,
+        );
+        table.apply(&RouteUpdate { version: 3, routes: vec![at(a, Some("http://y"))], ..Default::default() }, false);
         assert_eq!(table.get(a).unwrap().relay_url, "http://y", "a later change wins");
         assert_eq!(table.get(b).unwrap().relay_url, "http://x", "a delta keeps other routes");
-        table.apply(&RouteUpdate { version: 4, routes: vec![at(b, None)] }, false);
+        table.apply(&RouteUpdate { version: 4, routes: vec![at(b, None)], ..Default::default() }, false);
         assert_eq!(table.get(b), None, "a detach removes the route");
-        table.apply(&RouteUpdate { version: 9, routes: vec![at(b, Some("http://z"))] }, true);
+        table.apply(&RouteUpdate { version: 9, routes: vec![at(b, Some("http://z"))], ..Default::default() }, true);
         assert_eq!((table.get(a), table.len()), (None, 1), "a snapshot replaces everything");
+        let grouped = RouteUpdate {
+            version: 10,
+            relays: vec![meridian_regions::api::RelayAgents {
+                region: "frankfurt".into(),
+                replica_id: None,
+                relay_url: "http://f".into(),
+                agents: vec![a, b],
+            }],
+            ..Default::default()
+        };
+        table.apply(&grouped, true);
+        assert_eq!(table.get(a).unwrap().relay_url, "http://f", "a grouped snapshot");
+        assert_eq!((table.get(b).unwrap().region.as_str(), table.len()), ("frankfurt", 2));
     }
 }

@@ -32,13 +32,14 @@ pub const REUSE: Duration = Duration::from_millis(200);
 /// Probes in flight at once.
 const FANOUT: usize = 8;
 
-type Search = Shared<BoxFuture<'static, Option<Route>>>;
+/// A search's answer and when it came.
+type Search = Shared<BoxFuture<'static, (Option<Route>, Instant)>>;
 
 /// The searches of one relay.
 #[derive(Default)]
 pub struct Searches {
-    /// Per agent: the search under way or just finished, and when it finished.
-    by_agent: Mutex<HashMap<Uuid, (Search, Option<Instant>)>>,
+    /// Per agent: the search under way or just finished.
+    by_agent: Mutex<HashMap<Uuid, Search>>,
 }
 
 impl Searches {
@@ -53,23 +54,20 @@ impl Searches {
     ) -> Option<Route> {
         let search = {
             let mut by_agent = self.by_agent.lock().unwrap_or_else(|e| e.into_inner());
-            by_agent.retain(|_, (_, done)| done.is_none_or(|at| at.elapsed() < REUSE));
+            // Under way, or answered less than REUSE ago (whether or not anyone waited for it).
+            by_agent.retain(|_, search| search.peek().is_none_or(|(_, at)| at.elapsed() < REUSE));
             match by_agent.get(&agent) {
-                Some((search, _)) => search.clone(),
+                Some(search) => search.clone(),
                 None => {
                     metrics.searches.inc();
                     let probes = metrics.search_probes.clone();
                     let search = search(mesh.clone(), own_url.to_owned(), agent, probes);
-                    by_agent.insert(agent, (search.clone(), None));
+                    by_agent.insert(agent, search.clone());
                     search
                 }
             }
         };
-        let found = search.await;
-        if let Some((_, done)) = self.by_agent.lock().unwrap_or_else(|e| e.into_inner()).get_mut(&agent) {
-            done.get_or_insert_with(Instant::now);
-        }
-        found
+        search.await.0
     }
 }
 
@@ -97,9 +95,9 @@ fn search(mesh: Arc<Mesh>, own_url: String, agent: Uuid, probes: prometheus::Int
             }
             None
         };
-        tokio::time::timeout(TIMEOUT, first).await.ok().flatten()
+        (tokio::time::timeout(TIMEOUT, first).await.ok().flatten(), Instant::now())
     });
-    async move { task.await.ok().flatten() }.boxed().shared()
+    async move { task.await.unwrap_or((None, Instant::now())) }.boxed().shared()
 }
 
 #[cfg(test)]

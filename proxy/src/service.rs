@@ -15,6 +15,9 @@ use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use std::sync::Arc;
 
+/// How long a pooled connection to the coordinator's API may idle.
+const API_POOL_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct MeridianProxy {
     pub state: Arc<ProxyState>,
     pub auth: Arc<Auth>,
@@ -29,8 +32,10 @@ pub struct MeridianProxy {
     pub header_timeout: std::time::Duration,
     /// How long a keep-alive connection may idle between requests, in seconds.
     pub idle_timeout_secs: u64,
-    /// The open connections the caps count (see [`gate::Connections::promote`]).
+    /// The open connections the caps count (see [`gate::Connections::promote`]),
+    /// and the cap per client address.
     pub connections: Arc<std::sync::Mutex<gate::Connections>>,
+    pub max_per_client: usize,
 }
 
 /// Per-request state.
@@ -40,8 +45,8 @@ pub struct Ctx {
     app: Option<Served>,
     /// The normalized origin-form target, when it differs from what the client sent.
     forward_path: Option<String>,
-    /// An API call carrying a proxy or agent token: if the API accepts the
-    /// token, the connection is a control-plane client's.
+    /// An API call carrying a proxy or agent token: the connection counts as
+    /// a control-plane client's unless the API refuses the token.
     control: bool,
     /// Whether the request was already sent again after its path died.
     retried: bool,
@@ -103,6 +108,12 @@ impl ProxyHttp for MeridianProxy {
             Route::Api => {
                 let h = &session.req_header().headers;
                 ctx.control = h.contains_key(headers::PROXY_TOKEN) || h.contains_key(headers::AGENT_TOKEN);
+                if ctx.control {
+                    // Before the answer: a proxy's route long poll waits up to 20 s for it.
+                    if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
+                        self.connections.lock().unwrap_or_else(|e| e.into_inner()).promote(*peer);
+                    }
+                }
                 ("api", None)
             }
             Route::Own(local) => {
@@ -146,7 +157,14 @@ impl ProxyHttp for MeridianProxy {
                 let timeout = (!session.is_upgrade_req()).then_some(self.app_timeout);
                 upstream::peer(&self.relay, &served.claims, &served.token, timeout)
             }
-            (None, Some(api)) => Ok(Box::new(HttpPeer::new(api, false, String::new()))),
+            (None, Some(api)) => {
+                let mut peer = HttpPeer::new(api, false, String::new());
+                // Under the API server's own idle limit (hyper closes a keep-alive
+                // connection after 30 s without a request): a pooled connection is
+                // dropped here first, never reused as the server closes it (a 502).
+                peer.options.idle_timeout = Some(API_POOL_IDLE);
+                Ok(Box::new(peer))
+            }
             (None, None) => Error::e_explain(ErrorType::InternalError, "no app routed"),
         }
     }
@@ -173,9 +191,14 @@ impl ProxyHttp for MeridianProxy {
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        if ctx.control && !matches!(resp.status.as_u16(), 401 | 403) {
-            if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
-                self.connections.lock().unwrap_or_else(|e| e.into_inner()).promote(*peer);
+        if ctx.control && matches!(resp.status.as_u16(), 401 | 403) {
+            // Not a control-plane client after all: counted again, and closed if that is over the cap.
+            let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+            let over = peer.is_some_and(|peer| {
+                self.connections.lock().unwrap_or_else(|e| e.into_inner()).demote(peer, self.max_per_client)
+            });
+            if over {
+                session.set_keepalive(None);
             }
         }
         // The API's responses (e.g. the login cookie) pass as they are.

@@ -389,7 +389,43 @@ pub struct AgentDetach {
 pub struct RouteUpdate {
     /// Ask with this next time.
     pub version: i64,
+    /// Changes, one per agent.
+    #[serde(default)]
     pub routes: Vec<AgentRoute>,
+    /// A snapshot's routes, grouped by the relay that holds them: about 40
+    /// bytes an agent instead of 150, which matters when a thousand proxy
+    /// replicas each take a snapshot of 100,000 agents.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub relays: Vec<RelayAgents>,
+}
+
+/// The agents attached to one relay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelayAgents {
+    pub region: String,
+    pub replica_id: Option<Uuid>,
+    pub relay_url: String,
+    pub agents: Vec<Uuid>,
+}
+
+impl RouteUpdate {
+    /// Every route this update carries, grouped ones included.
+    pub fn all_routes(&self) -> impl Iterator<Item = AgentRoute> + '_ {
+        let grouped = self.relays.iter().flat_map(|r| {
+            r.agents.iter().map(move |a| AgentRoute {
+                agent_id: *a,
+                region: Some(r.region.clone()),
+                replica_id: r.replica_id,
+                relay_url: Some(r.relay_url.clone()),
+            })
+        });
+        self.routes.iter().cloned().chain(grouped)
+    }
+
+    /// Whether it carries no route at all.
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty() && self.relays.iter().all(|r| r.agents.is_empty())
+    }
 }
 
 /// Where one agent is attached; `relay_url` is `None` once it detached.

@@ -28,4 +28,8 @@ async fn the_control_plane_simulation_runs() {
     assert_eq!((report.regions, report.replicas, report.agents), (3, 9, 30));
     assert!(report.coordinator_rss_kib > 0 && report.postgres_transactions_per_sec > 0.0, "{report:?}");
     assert_eq!(report.failed_calls, 0, "{:?}", report.failures);
+    // The mesh search: a thousand requests for a moved agent, one search.
+    let search = &report.mesh_search;
+    assert_eq!((search.relays, search.searches), (3, 1), "{search:?}");
+    assert!(search.probes >= 1 && search.probes <= 3 && search.nowhere_probes == 3, "{search:?}");
 }

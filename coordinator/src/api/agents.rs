@@ -95,21 +95,24 @@ pub async fn routes(
     State(state): State<AppState>,
     _caller: ProxyRegion,
     Query(q): Query<RoutesQuery>,
-) -> ApiResult<axum::Json<RouteUpdate>> {
+) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(q.wait_ms).min(MAX_ROUTE_WAIT);
     // Subscribed before the first query, so a change between the two still wakes us.
     let mut changed = state.route_changes.subscribe();
     let Some(after) = q.after else {
-        return Ok(axum::Json(state.store.route_snapshot().await?));
+        let counter = *changed.borrow_and_update();
+        return Ok(state.reads.snapshot(counter, state.store.route_snapshot()).await?.into_response());
     };
     loop {
-        let update = state.store.route_changes(after).await?;
-        if !update.routes.is_empty() {
-            return Ok(axum::Json(update));
+        let counter = *changed.borrow_and_update();
+        let update = state.reads.changes(after, counter, state.store.route_changes(after)).await?;
+        if !update.empty {
+            return Ok(update.into_response());
         }
         match tokio::time::timeout_at(deadline, changed.changed()).await {
             Ok(Ok(())) => continue,
-            _ => return Ok(axum::Json(RouteUpdate { version: after, routes: Vec::new() })),
+            _ => return Ok(axum::Json(RouteUpdate { version: after, ..Default::default() }).into_response()),
         }
     }
 }

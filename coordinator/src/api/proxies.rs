@@ -22,11 +22,13 @@ pub async fn register(
     super::hosts::check_registration(&state, &region, &req).await?;
     let check_now = state.store.upsert_replica(region.id, &req).await?;
     if check_now {
+        state.reads.regions_changed();
         tracing::info!(region = %region.name, replica = %req.replica_id, url = %req.access_url, "replica registered");
         // The checker may be gone during shutdown; the next interval covers it then.
         let _ = state.check_now.send(req.replica_id);
     }
-    let regions = region_list(&state).await?;
+    let regions = state.reads.regions(region_list(&state)).await?;
+    let regions = Vec::clone(&regions);
     let sibling_replicas = regions
         .iter()
         .find(|r| r.id == region.id)
@@ -50,6 +52,7 @@ pub async fn deregister(
     Json(req): Json<DeregisterProxy>,
 ) -> ApiResult<StatusCode> {
     state.store.delete_replica(region.id, req.replica_id).await?;
+    state.reads.regions_changed();
     tracing::info!(region = %region.name, replica = %req.replica_id, "replica deregistered");
     Ok(StatusCode::NO_CONTENT)
 }

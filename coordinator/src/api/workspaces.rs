@@ -26,10 +26,8 @@ pub async fn create(
     tracing::info!(workspace = %req.name, owner = %owner.username, by = %caller.username, "workspace created");
     let workspace = state
         .store
-        .workspaces(Some(owner.id))
+        .workspace(id)
         .await?
-        .into_iter()
-        .find(|w| w.id == id)
         .ok_or_else(|| ApiError::Internal(anyhow::anyhow!("created workspace vanished")))?;
     Ok((StatusCode::CREATED, axum::Json(CreateWorkspaceResponse { workspace, agent_tokens })))
 }

@@ -4,8 +4,9 @@ use super::workspaces::AppRow;
 use super::Store;
 use crate::error::ApiResult;
 use crate::secret;
-use meridian_regions::api::{AgentRoute, App, RelayInfo, RouteUpdate};
+use meridian_regions::api::{AgentRoute, App, RelayAgents, RelayInfo, RouteUpdate};
 use meridian_regions::token::Token;
+use std::collections::BTreeMap;
 use uuid::Uuid;
 
 /// agent, region, replica, the relay URL peers use, connected, route version.
@@ -109,7 +110,18 @@ impl Store {
         let rows: Vec<RouteRow> =
             sqlx::query_as(concat!(route_select!(), " WHERE a.connected")).fetch_all(&mut *tx).await?;
         tx.commit().await?;
-        Ok(RouteUpdate { version, routes: rows.into_iter().map(route).collect() })
+        // Grouped by relay: a snapshot of every agent is the largest answer the API gives.
+        let mut relays: BTreeMap<(String, Option<Uuid>, String), Vec<Uuid>> = BTreeMap::new();
+        for (agent_id, region, replica_id, relay_url, _, _) in rows {
+            if let (Some(region), Some(relay_url)) = (region, relay_url) {
+                relays.entry((region, replica_id, relay_url)).or_default().push(agent_id);
+            }
+        }
+        let relays = relays
+            .into_iter()
+            .map(|((region, replica_id, relay_url), agents)| RelayAgents { region, replica_id, relay_url, agents })
+            .collect();
+        Ok(RouteUpdate { version, relays, ..Default::default() })
     }
 
     /// Route changes after version `after`, oldest first.
@@ -120,6 +132,6 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         let version = rows.last().map_or(after, |r| r.5);
-        Ok(RouteUpdate { version, routes: rows.into_iter().map(route).collect() })
+        Ok(RouteUpdate { version, routes: rows.into_iter().map(route).collect(), ..Default::default() })
     }
 }

@@ -106,12 +106,22 @@ impl Store {
     /// Workspaces with their agents and apps, oldest first; all of them when
     /// `owner` is `None`, else that user's.
     pub async fn workspaces(&self, owner: Option<Uuid>) -> ApiResult<Vec<Workspace>> {
+        self.workspaces_where(owner, None).await
+    }
+
+    /// One workspace with its agents and apps.
+    pub async fn workspace(&self, id: Uuid) -> ApiResult<Option<Workspace>> {
+        Ok(self.workspaces_where(None, Some(id)).await?.pop())
+    }
+
+    async fn workspaces_where(&self, owner: Option<Uuid>, id: Option<Uuid>) -> ApiResult<Vec<Workspace>> {
         let workspaces: Vec<WorkspaceRow> = sqlx::query_as(
             "SELECT w.id, w.name, u.username AS owner, w.created_at FROM workspaces w \
-             JOIN users u ON u.id = w.owner_id WHERE $1::uuid IS NULL OR w.owner_id = $1 \
-             ORDER BY w.created_at, w.name",
+             JOIN users u ON u.id = w.owner_id WHERE ($1::uuid IS NULL OR w.owner_id = $1) \
+             AND ($2::uuid IS NULL OR w.id = $2) ORDER BY w.created_at, w.name",
         )
         .bind(owner)
+        .bind(id)
         .fetch_all(&self.pool)
         .await?;
         let ids: Vec<Uuid> = workspaces.iter().map(|w| w.id).collect();
