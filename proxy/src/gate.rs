@@ -204,6 +204,11 @@ impl Connections {
         }
     }
 
+    /// Open connections now, in all.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+
     /// Open connections now: in all, from `ip` (not promoted), and promoted.
     pub fn counts(&self, ip: IpAddr) -> (usize, usize, usize) {
         (self.total, self.by_client.get(&ip).copied().unwrap_or(0), self.control.len())

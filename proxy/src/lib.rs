@@ -149,7 +149,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         inner: Arc::new(app),
         max_total: config.limits.max_connections,
         max_per_client: config.limits.max_connections_per_client,
-        open: connections,
+        open: connections.clone(),
     };
     let mut proxy = pingora::services::listening::Service::new("Meridian proxy".into(), capped);
     let addr = config.listen.to_string();
@@ -184,7 +184,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             registrar,
             state,
             (relay.clone(), drained_tx),
-            config.listen,
+            (config.listen, connections),
             config.drain_timeout,
             on_stopped,
         ),

@@ -68,19 +68,25 @@ pub struct Lifecycle {
     on_stopped: std::sync::Mutex<Option<OnStopped>>,
     listen: SocketAddr,
     drain_timeout: Duration,
+    /// Client connections still open (see [`crate::gate::Connections`]).
+    connections: Arc<std::sync::Mutex<crate::gate::Connections>>,
 }
+
+/// After the drain, how long client connections get to close (an HTTP/2
+/// connection finishing its GOAWAY) before the process exits under them.
+const CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 impl Lifecycle {
     pub fn new(
         registrar: Registrar,
         state: Arc<ProxyState>,
         (relay, drained): (Arc<crate::relay::Relay>, tokio::sync::watch::Sender<bool>),
-        listen: SocketAddr,
+        (listen, connections): (SocketAddr, Arc<std::sync::Mutex<crate::gate::Connections>>),
         drain_timeout: Duration,
         on_stopped: OnStopped,
     ) -> Self {
         let on_stopped = std::sync::Mutex::new(Some(on_stopped));
-        Self { registrar, state, relay, drained, on_stopped, listen, drain_timeout }
+        Self { registrar, state, relay, drained, on_stopped, listen, drain_timeout, connections }
     }
 
     /// Waits until our listener accepts connections, so the coordinator's first
@@ -121,6 +127,16 @@ impl Lifecycle {
                 tracing::warn!(requests, agents, "drain deadline passed; closing what is left")
             }
         }
+        // Answers are written; let the connections that carried them close
+        // (an exit under an HTTP/2 connection resets it instead of ending it).
+        let close_by = Instant::now() + CLOSE_WAIT;
+        while self.open_connections() > 0 && Instant::now() < close_by {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn open_connections(&self) -> usize {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner()).total()
     }
 }
 

@@ -33,11 +33,11 @@ async fn https_proxy_with_wildcard_certificate() {
     // The coordinator's health check reaches it over TLS, trusting the CA.
     admin.wait_status("sydney", "ok", Duration::from_secs(15)).await;
 
-    let client = reqwest::Client::builder()
+    let https = reqwest::Client::builder()
         .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(&ca_pem).unwrap()).unwrap())
         .build()
         .unwrap();
-    let resp = client.get(format!("{}/healthz", proxy.url)).send().await.unwrap();
+    let resp = https.get(format!("{}/healthz", proxy.url)).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), reqwest::Version::HTTP_2, "h2 is negotiated over ALPN");
     // A client that does not trust the CA is refused at the handshake.
@@ -117,7 +117,14 @@ async fn https_proxy_with_wildcard_certificate() {
     let conn = tokio::spawn(conn);
     let req = http::Request::get(format!("https://{open}/slow")).header("x-sample-delay-ms", "1500");
     let (in_flight, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: the proxy counts it (besides the metrics request asking).
+    let metrics = format!("{}/metrics", proxy.url);
+    wait_for(Duration::from_secs(5), "the slow request to be in flight", || async {
+        let text = https.get(&metrics).send().await.ok()?.text().await.ok()?;
+        let line = text.lines().find(|l| l.starts_with("meridian_proxy_requests_in_flight "))?;
+        (line.rsplit(' ').next()?.parse::<u64>().ok()? >= 2).then_some(())
+    })
+    .await;
     let mut proxy = proxy;
     proxy.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let resp = tokio::time::timeout(Duration::from_secs(10), in_flight).await.unwrap().unwrap();
