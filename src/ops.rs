@@ -71,6 +71,22 @@ pub struct RegionsArgs {
     target: Target,
 }
 
+/// A region's name, display name and hostnames, for `regions create` and `regions edit`.
+#[derive(clap::Args)]
+struct RegionArgs {
+    name: String,
+    #[arg(long)]
+    display_name: Option<String>,
+    /// The URL the region's proxies serve at, e.g. https://sydney.example.com
+    /// [create: default pinned by the region's first registration].
+    #[arg(long)]
+    access_url: Option<String>,
+    /// The region's wildcard app host, e.g. `*.sydney.example.com`; "" for none
+    /// [create: default pinned by the region's first registration].
+    #[arg(long)]
+    wildcard_hostname: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum RegionsCommand {
     /// List regions with their health and last heartbeat.
@@ -81,30 +97,14 @@ enum RegionsCommand {
     },
     /// Create a region and print its proxy token (shown once).
     Create {
-        name: String,
-        #[arg(long)]
-        display_name: Option<String>,
-        /// The URL the region's proxies serve at, e.g. https://sydney.example.com
-        /// [default: pinned by the region's first registration].
-        #[arg(long)]
-        access_url: Option<String>,
-        /// The region's wildcard app host, e.g. `*.sydney.example.com`
-        /// [default: pinned by the region's first registration].
-        #[arg(long)]
-        wildcard_hostname: Option<String>,
+        #[command(flatten)]
+        region: RegionArgs,
     },
     /// Change a region's display name or hostnames (the hosts its proxies may
     /// register: once set or pinned, only this changes them).
     Edit {
-        name: String,
-        #[arg(long)]
-        display_name: Option<String>,
-        /// e.g. https://sydney.example.com
-        #[arg(long)]
-        access_url: Option<String>,
-        /// e.g. `*.sydney.example.com`; "" for none.
-        #[arg(long)]
-        wildcard_hostname: Option<String>,
+        #[command(flatten)]
+        region: RegionArgs,
     },
     /// Delete a region; its proxies' token stops working.
     Delete { name: String },
@@ -189,7 +189,7 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
                 print(&region_table(&list.regions));
             }
         }
-        RegionsCommand::Create { name, display_name, access_url, wildcard_hostname } => {
+        RegionsCommand::Create { region: RegionArgs { name, display_name, access_url, wildcard_hostname } } => {
             let hosts = meridian_regions::api::RegionHosts { access_url, wildcard_hostname };
             let resp = client.create_region(&CreateRegion { name, display_name, hosts }).await?;
             println!("Created region {}. Its proxy token (shown once, store it safely):", resp.region.name);
@@ -201,7 +201,7 @@ pub async fn regions(args: RegionsArgs) -> Result<()> {
                 client.base_url()
             );
         }
-        RegionsCommand::Edit { name, display_name, access_url, wildcard_hostname } => {
+        RegionsCommand::Edit { region: RegionArgs { name, display_name, access_url, wildcard_hostname } } => {
             let hosts = meridian_regions::api::RegionHosts { access_url, wildcard_hostname };
             let region =
                 client.update_region(&name, &meridian_regions::api::PatchRegion { display_name, hosts }).await?;

@@ -2,15 +2,11 @@
 // app whose page tries to create an admin through the API. Prints one JSON
 // line: what the page's script saw, and the policy its answer carried.
 // Usage: node path-app-attack.js COORDINATOR_URL USERNAME PASSWORD APP_URL
-const { chromium } = require('playwright-core');
+const launch = require('./launch');
 
 (async () => {
   const [coordinator, username, password, appUrl] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     await page.goto(`${coordinator}/login`, { timeout: 20000 });

@@ -1,15 +1,11 @@
 // Opens an app URL as a new user would: sent to the sign-in page, signs in,
 // and must land on the app itself (no ticket left in the URL).
 // Usage: node sign-in.js APP_URL USERNAME PASSWORD SCREENSHOT
-const { chromium } = require('playwright-core');
+const launch = require('./launch');
 
 (async () => {
   const [appUrl, username, password, screenshot] = process.argv.slice(2);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-           '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     await page.goto(appUrl, { timeout: 20000 });

@@ -77,18 +77,6 @@ impl World {
     }
 }
 
-async fn proxy_call(base: &str, proxy_token: &str, path: &str, body: Value) -> Reply {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}{path}"))
-        .header("Meridian-Proxy-Token", proxy_token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    Reply { status, body: resp.json().await.unwrap_or(Value::Null) }
-}
-
 /// GETs auth-redirect with an optional session cookie; returns (status, Location).
 async fn auth_redirect(base: &str, session: Option<&str>, redirect_uri: &str) -> (u16, String) {
     let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();

@@ -79,6 +79,28 @@ fn drill(data_dir: &std::path::Path, args: &[&str]) -> Value {
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("drill printed no JSON ({e}): {stdout}"))
 }
 
+/// `meridian demo` with regions sydney and frankfurt (a few ms away) and its
+/// agent on `agent_region`: the temporary directory, the demo's data
+/// directory, and the demo.
+async fn demo_with_agent_on(agent_region: &str) -> (tempfile::TempDir, std::path::PathBuf, Demo) {
+    let dir = tempdir();
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(
+        &topology,
+        format!(
+            "[[region]]\nname = \"sydney\"\nlatency = \"5ms\"\n[[region]]\nname = \"frankfurt\"\n\
+             latency = \"2ms\"\n[agent]\nregion = \"{agent_region}\"\n"
+        ),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let args = ["--proxy-health-interval", "1s", "--topology", &topology.display().to_string(), "--data-dir"];
+    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    args.push(state.display().to_string());
+    let demo = Demo::start(dir.path(), 2, &args).await;
+    (dir, state, demo)
+}
+
 /// Failures the report counts for `region` (errors, hung and lost).
 fn failures(report: &Value, region: &str) -> u64 {
     let r = report["regions"].as_array().unwrap().iter().find(|r| r["region"] == region).expect("region in report");
@@ -87,19 +109,7 @@ fn failures(report: &Value, region: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_drill_scenario_reports_what_a_bystander_sees() {
-    let dir = tempdir();
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        "[[region]]\nname = \"sydney\"\nlatency = \"5ms\"\n[[region]]\nname = \"frankfurt\"\nlatency = \"2ms\"\n\
-         [agent]\nregion = \"frankfurt\"\n",
-    )
-    .unwrap();
-    let state = dir.path().join("state");
-    let args = ["--proxy-health-interval", "1s", "--topology", &topology.display().to_string(), "--data-dir"];
-    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    args.push(state.display().to_string());
-    let mut demo = Demo::start(dir.path(), 2, &args).await;
+    let (_dir, state, mut demo) = demo_with_agent_on("frankfurt").await;
     let port = demo.port;
     let coordinator = format!("http://127.0.0.1:{port}");
     let password = std::fs::read_to_string(state.join("demo-password")).unwrap();
@@ -170,19 +180,7 @@ async fn every_drill_scenario_reports_what_a_bystander_sees() {
 /// agent, and signed-in users in every other region see no failed request.
 #[tokio::test(flavor = "multi_thread")]
 async fn kill_coordinator_with_the_agent_on_the_primary_fails_no_request_in_the_regions() {
-    let dir = tempdir();
-    let topology = dir.path().join("topology.toml");
-    std::fs::write(
-        &topology,
-        "[[region]]\nname = \"sydney\"\nlatency = \"5ms\"\n[[region]]\nname = \"frankfurt\"\nlatency = \"2ms\"\n\
-         [agent]\nregion = \"primary\"\n",
-    )
-    .unwrap();
-    let state = dir.path().join("state");
-    let args = ["--proxy-health-interval", "1s", "--topology", &topology.display().to_string(), "--data-dir"];
-    let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
-    args.push(state.display().to_string());
-    let mut demo = Demo::start(dir.path(), 2, &args).await;
+    let (_dir, state, mut demo) = demo_with_agent_on("primary").await;
     let password = std::fs::read_to_string(state.join("demo-password")).unwrap();
     let coordinator = format!("http://127.0.0.1:{}", demo.port);
     let api = Api::login(&coordinator, "demo", password.trim()).await;

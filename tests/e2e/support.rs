@@ -394,6 +394,19 @@ impl Api {
     }
 }
 
+/// `POST`s `body` to the coordinator's `path` as a proxy holding `proxy_token`.
+pub async fn proxy_call(base: &str, proxy_token: &str, path: &str, body: Value) -> Reply {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}{path}"))
+        .header("Meridian-Proxy-Token", proxy_token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    Reply { status, body: resp.json().await.unwrap_or(Value::Null) }
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("meridian-e2e").tempdir().unwrap()
 }

@@ -100,17 +100,9 @@ impl World {
         resp.status() == 200
     }
 
-    /// `POST` a proxy call with sydney's token (or `token`).
+    /// `POST` a proxy call with `token`.
     async fn as_proxy(&self, token: &str, path: &str, body: Value) -> Reply {
-        let resp = reqwest::Client::new()
-            .post(format!("{}{path}", self.coord.url))
-            .header("Meridian-Proxy-Token", token)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
-        let status = resp.status().as_u16();
-        Reply { status, body: resp.json().await.unwrap_or(Value::Null) }
+        proxy_call(&self.coord.url, token, path, body).await
     }
 
     /// sydney's registration, as its proxy sends it, with `wildcard` instead.
@@ -298,8 +290,8 @@ async fn a_proxy_token_cannot_claim_hosts_it_was_not_given() {
 
     // A ticket is redeemed only by the region serving its host, at that host.
     let frankfurt_host = "code--main--dev--admin.frankfurt.localhost".to_owned();
-    let (_, ticket) = ticket_for(format!("{frankfurt_host}:2")).await;
-    let ticket = ticket.expect("a ticket for frankfurt's host");
+    let (status, ticket) = ticket_for(format!("{frankfurt_host}:2")).await;
+    let ticket = ticket.unwrap_or_else(|| panic!("no ticket for frankfurt's host: {status}"));
     let redeem = |token: String, ticket: String, host: String| {
         let w = &w;
         async move { w.as_proxy(&token, "/api/v2/proxies/me/redeem-ticket", json!({"ticket": ticket, "host": host})).await }
