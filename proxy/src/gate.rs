@@ -10,6 +10,7 @@
 
 use crate::config::Limits;
 use async_trait::async_trait;
+use meridian_regions::headers;
 use meridian_regions::request::{check_framing, normalize_path, parse_authority, RequestError};
 use pingora::apps::ServerApp;
 use pingora::listeners::TlsAccept;
@@ -212,6 +213,42 @@ impl Connections {
     /// Open connections now: in all, from `ip` (not promoted), and promoted.
     pub fn counts(&self, ip: IpAddr) -> (usize, usize, usize) {
         (self.total, self.by_client.get(&ip).copied().unwrap_or(0), self.control.len())
+    }
+}
+
+/// Connection accounting for control-plane clients on the API (the primary):
+/// a request carrying a proxy or agent token promotes its connection at once
+/// (a route long poll waits 20 s for its answer), and a refusal of that token
+/// (401/403) demotes it again, closing it if its address is then over the cap.
+pub struct ControlPlane {
+    pub connections: Arc<Mutex<Connections>>,
+    pub max_per_client: usize,
+}
+
+impl ControlPlane {
+    /// Whether this API request comes with a control-plane credential (then promoted).
+    pub fn on_request(&self, session: &Session) -> bool {
+        let h = &session.req_header().headers;
+        let control = h.contains_key(headers::PROXY_TOKEN) || h.contains_key(headers::AGENT_TOKEN);
+        if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()).filter(|_| control) {
+            self.lock().promote(*peer);
+        }
+        control
+    }
+
+    /// The API answered a control-plane request with `status`.
+    pub fn on_response(&self, session: &mut Session, status: u16) {
+        if !matches!(status, 401 | 403) {
+            return;
+        }
+        let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
+        if peer.is_some_and(|peer| self.lock().demote(peer, self.max_per_client)) {
+            session.set_keepalive(None);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Connections> {
+        self.connections.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
 

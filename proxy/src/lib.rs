@@ -135,8 +135,10 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             app_timeout: config.app_timeout,
             header_timeout: config.limits.header_timeout,
             idle_timeout_secs: config.limits.idle_timeout.as_secs(),
-            connections: connections.clone(),
-            max_per_client: config.limits.max_connections_per_client,
+            control_plane: gate::ControlPlane {
+                connections: connections.clone(),
+                max_per_client: config.limits.max_connections_per_client,
+            },
             api_upstream: match &mode {
                 Mode::Embedded { api_upstream, .. } => Some(*api_upstream),
                 Mode::Standalone => None,

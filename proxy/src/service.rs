@@ -10,7 +10,6 @@ use crate::state::{InFlight, ProxyState};
 use crate::{gate, hygiene, upstream};
 use async_trait::async_trait;
 use meridian_regions::app_token::AppClaims;
-use meridian_regions::headers;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use std::sync::Arc;
@@ -32,10 +31,8 @@ pub struct MeridianProxy {
     pub header_timeout: std::time::Duration,
     /// How long a keep-alive connection may idle between requests, in seconds.
     pub idle_timeout_secs: u64,
-    /// The open connections the caps count (see [`gate::Connections::promote`]),
-    /// and the cap per client address.
-    pub connections: Arc<std::sync::Mutex<gate::Connections>>,
-    pub max_per_client: usize,
+    /// Connection accounting for proxies and agents calling the API.
+    pub control_plane: gate::ControlPlane,
 }
 
 /// Per-request state.
@@ -106,14 +103,7 @@ impl ProxyHttp for MeridianProxy {
         }
         let (outcome, reply) = match route {
             Route::Api => {
-                let h = &session.req_header().headers;
-                ctx.control = h.contains_key(headers::PROXY_TOKEN) || h.contains_key(headers::AGENT_TOKEN);
-                if ctx.control {
-                    // Before the answer: a proxy's route long poll waits up to 20 s for it.
-                    if let Some(peer) = session.client_addr().and_then(|a| a.as_inet()) {
-                        self.connections.lock().unwrap_or_else(|e| e.into_inner()).promote(*peer);
-                    }
-                }
+                ctx.control = self.control_plane.on_request(session);
                 ("api", None)
             }
             Route::Own(local) => {
@@ -191,15 +181,8 @@ impl ProxyHttp for MeridianProxy {
     }
 
     async fn response_filter(&self, session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
-        if ctx.control && matches!(resp.status.as_u16(), 401 | 403) {
-            // Not a control-plane client after all: counted again, and closed if that is over the cap.
-            let peer = session.client_addr().and_then(|a| a.as_inet()).copied();
-            let over = peer.is_some_and(|peer| {
-                self.connections.lock().unwrap_or_else(|e| e.into_inner()).demote(peer, self.max_per_client)
-            });
-            if over {
-                session.set_keepalive(None);
-            }
+        if ctx.control {
+            self.control_plane.on_response(session, resp.status.as_u16());
         }
         // The API's responses (e.g. the login cookie) pass as they are.
         let Some(served) = ctx.app.as_mut() else { return Ok(()) };
