@@ -139,9 +139,12 @@ pub async fn issue_app_token(
         _ => None,
     };
     let app = state.store.resolve_app(&req.app).await?.filter(|a| a.subdomain == req.subdomain);
-    let share = |a: &crate::store::ResolvedApp| match a.subdomain || state.config.allow_path_app_sharing {
-        true => a.share,
-        false => Share::Owner,
+    let share = |a: &crate::store::ResolvedApp| {
+        if a.subdomain || state.config.allow_path_app_sharing {
+            a.share
+        } else {
+            Share::Owner
+        }
     };
     let allowed = app.as_ref().is_some_and(|a| match share(a) {
         Share::Public => true,
