@@ -73,7 +73,7 @@ pub struct Args {
     /// More host names the API answers at besides --access-url's (e.g. an
     /// internal load-balancer name proxies use); IP addresses and `localhost`
     /// are always accepted. Any other `Host` gets 421, which stops DNS rebinding.
-    #[arg(long = "allowed-host", env = "MERIDIAN_ALLOWED_HOSTS", value_delimiter = ',')]
+    #[arg(long = "allowed-host", value_name = "HOST", env = "MERIDIAN_ALLOWED_HOST", value_delimiter = ',')]
     #[serde(default)]
     pub allowed_hosts: Vec<String>,
     /// Serve path apps to users other than their owner, as their `share` says.
@@ -83,9 +83,9 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_DANGEROUS_ALLOW_PATH_APP_SHARING")]
     #[serde(default)]
     pub dangerous_allow_path_app_sharing: bool,
-    /// Open connections one client address may hold before it has shown a
-    /// valid proxy or agent token; connections that have are not counted per
-    /// address (proxies and agents share egress addresses) [default: 512].
+    /// Open connections one client address may hold. A connection carrying a
+    /// proxy or agent token to the API is not counted (proxies and agents
+    /// share egress addresses), and counts again if the token is refused [default: 512].
     #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_CLIENT")]
     pub max_connections_per_client: Option<usize>,
 }
