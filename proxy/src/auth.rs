@@ -40,7 +40,9 @@ pub enum Decision {
 pub struct Auth {
     coordinator: Client,
     verifier: ArcSwap<Verifier>,
-    cache: moka::sync::Cache<String, Arc<AppClaims>>,
+    /// Verified tokens: their claims, and the token shared (it goes with the
+    /// request as the grant for a relay stream, copied once, not per request).
+    cache: moka::sync::Cache<String, (Arc<AppClaims>, Arc<str>)>,
     /// Where browsers log in: the primary's access URL.
     login_url: String,
     /// This proxy's scheme as browsers see it.
@@ -95,8 +97,8 @@ impl Auth {
         };
         let serve = |claims, token: &str| Decision::Serve { claims, token: token.into(), set_cookie: None };
         if let Some(token) = &token {
-            if let Some(claims) = self.verify(token, &route.binding).await {
-                return serve(claims, token);
+            if let Some((claims, token)) = self.verify(token, &route.binding).await {
+                return Decision::Serve { claims, token, set_cookie: None };
             }
             // Known to be down: do not wait for it before falling back to the grace.
             if !self.state.registration().coordinator_reachable {
@@ -119,7 +121,7 @@ impl Auth {
     /// by the coordinator and current (or within the offline grace, which
     /// the asking proxy may be using while it cannot reach the coordinator).
     pub fn admits_stream(&self, grant: &str, agent: uuid::Uuid, target: &str) -> bool {
-        if let Some(c) = self.cache.get(grant) {
+        if let Some((c, _)) = self.cache.get(grant) {
             let now = chrono::Utc::now().timestamp();
             let fresh = c.exp.saturating_add(self.offline_grace.as_secs() as i64) > now;
             return fresh && c.agent_id == agent && stream_target(&c.upstream).as_deref() == Some(target);
@@ -142,7 +144,7 @@ impl Auth {
     }
 
     /// The hot path: a cache hit costs a hash lookup and two comparisons.
-    async fn verify(&self, token: &str, binding: &str) -> Option<Arc<AppClaims>> {
+    async fn verify(&self, token: &str, binding: &str) -> Option<(Arc<AppClaims>, Arc<str>)> {
         let verified = self.verify_uncounted(token, binding).await;
         let result = match &verified {
             Some((_, true)) => "cached",
@@ -150,14 +152,14 @@ impl Auth {
             None => "refused",
         };
         self.checks.with_label_values(&[result]).inc();
-        verified.map(|(claims, _)| claims)
+        verified.map(|(verified, _)| verified)
     }
 
-    /// The claims, and whether they came from the cache.
-    async fn verify_uncounted(&self, token: &str, binding: &str) -> Option<(Arc<AppClaims>, bool)> {
+    /// The claims and the shared token, and whether they came from the cache.
+    async fn verify_uncounted(&self, token: &str, binding: &str) -> Option<((Arc<AppClaims>, Arc<str>), bool)> {
         let now = chrono::Utc::now().timestamp();
-        if let Some(c) = self.cache.get(token) {
-            return (c.binding == binding && c.exp > now).then_some((c, true));
+        if let Some((c, t)) = self.cache.get(token) {
+            return (c.binding == binding && c.exp > now).then_some(((c, t), true));
         }
         let claims = match self.verifier.load().verify(token, binding) {
             Err(TokenError::UnknownKey(kid)) => {
@@ -175,9 +177,9 @@ impl Auth {
             }
             other => other.ok()?,
         };
-        let claims = Arc::new(claims);
-        self.cache.insert(token.to_owned(), claims.clone());
-        Some((claims, false))
+        let verified = (Arc::new(claims), Arc::<str>::from(token));
+        self.cache.insert(token.to_owned(), verified.clone());
+        Some((verified, false))
     }
 
     /// Whether a key refetch is allowed now (and if so, records it).
@@ -222,12 +224,11 @@ impl Auth {
         };
         Ok(match self.coordinator.issue_app_token(&ask).await {
             Ok(resp) => match self.verify(&resp.token, &route.binding).await {
-                Some(claims) => {
+                Some((claims, token)) => {
                     let path = route.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str());
                     let max_age = (claims.exp - chrono::Utc::now().timestamp()).max(0);
-                    let cookie =
-                        session_cookie(APP_TOKEN_COOKIE, &resp.token, path, Some(max_age), self.scheme == "https");
-                    Decision::Serve { claims, token: resp.token.into(), set_cookie: Some(cookie) }
+                    let cookie = session_cookie(APP_TOKEN_COOKIE, &token, path, Some(max_age), self.scheme == "https");
+                    Decision::Serve { claims, token, set_cookie: Some(cookie) }
                 }
                 None => Decision::Respond(Reply::page(502, "The coordinator issued a token this proxy cannot verify.")),
             },

@@ -67,16 +67,14 @@ pub fn same_origin_upgrade(req: &RequestHeader, scheme: &str, host: &str) -> boo
     if !upgrade {
         return true;
     }
-    let origin = origin.as_bytes();
-    let own = [scheme.as_bytes(), b"://", host.as_bytes()].concat();
-    origin.eq_ignore_ascii_case(&own) || default_port_origin(origin, scheme, host)
-}
-
-/// `Origin: http://h` matches `Host: h:80` (and https with 443).
-fn default_port_origin(origin: &[u8], scheme: &str, host: &str) -> bool {
-    let default = if scheme == "https" { ":443" } else { ":80" };
-    host.strip_suffix(default)
-        .is_some_and(|h| origin.eq_ignore_ascii_case([scheme.as_bytes(), b"://", h.as_bytes()].concat().as_slice()))
+    // `Origin: http://h` also matches `Host: h:80` (and https with 443).
+    let Some((their_scheme, their_host)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+        return false;
+    };
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    let bare_host = host.strip_suffix(default_port).unwrap_or(host);
+    their_scheme.eq_ignore_ascii_case(scheme)
+        && (their_host.eq_ignore_ascii_case(host) || their_host.eq_ignore_ascii_case(bare_host))
 }
 
 /// Drops any `Set-Cookie` of a Meridian cookie from the app's response and,
