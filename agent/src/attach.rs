@@ -6,6 +6,7 @@ use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_regions::data;
 use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN};
 use meridian_regions::token::Secret;
 use meridian_regions::tunnel::{
@@ -38,24 +39,39 @@ pub async fn dial(
 /// Longest time open streams get to finish when the agent leaves a relay on purpose.
 const LEAVE_DRAIN: Duration = Duration::from_secs(30);
 
+/// What serving a tunnel needs besides the connection: which targets are
+/// allowed, and how to dial the relay back for data connections.
+#[derive(Clone)]
+pub struct Serving {
+    pub policy: Policy,
+    /// The relay the tunnel goes to; data connections dial it too.
+    pub relay_url: std::sync::Arc<str>,
+    pub tls: TlsClient,
+}
+
 /// Serves the relay's streams until the tunnel closes, or, once `leave` is
 /// cancelled, closes it gracefully (GOAWAY; open streams may finish). When the
 /// relay asks the agent to go elsewhere, `asked` is cancelled.
-pub async fn serve(
-    io: Upgraded,
-    policy: Policy,
+pub async fn serve<T>(
+    io: T,
+    serving: Serving,
     leave: tokio_util::sync::CancellationToken,
     asked: tokio_util::sync::CancellationToken,
-) {
+) where
+    T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |req| {
-        let (policy, asked) = (policy.clone(), asked.clone());
+        let (serving, asked) = (serving.clone(), asked.clone());
         async move {
             if req.method() == Method::POST && req.uri().path() == LEAVE_PATH {
                 tracing::info!("the relay is shutting down and asked us to attach elsewhere");
                 asked.cancel();
                 return Ok(Response::new(Empty::new()));
             }
-            handle(req, policy).await
+            if req.method() == Method::POST && req.uri().path() == data::DATA_PATH {
+                return data_connection(req, &serving).await;
+            }
+            handle(req, serving.policy).await
         }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -67,6 +83,7 @@ pub async fn serve(
         .max_frame_size(MAX_FRAME)
         .max_send_buf_size(SEND_BUFFER)
         .max_concurrent_streams(MAX_STREAMS)
+        .max_local_error_reset_streams(None)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
@@ -81,33 +98,68 @@ pub async fn serve(
     }
 }
 
+fn status(s: StatusCode) -> Result<Response<Empty<Bytes>>, Infallible> {
+    let mut r = Response::new(Empty::new());
+    *r.status_mut() = s;
+    Ok(r)
+}
+
+/// Checks `target` against the policy and connects to the app: the socket,
+/// or the status that tells the relay why not.
+async fn connect_app(target: &str, policy: &Policy) -> Result<TcpStream, StatusCode> {
+    let addr = policy.check(target).map_err(|why| {
+        tracing::warn!(%target, why, "refused a stream");
+        StatusCode::FORBIDDEN
+    })?;
+    let app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%target, error = %e, "app refused the connection");
+            return Err(StatusCode::BAD_GATEWAY);
+        }
+        Err(_) => return Err(StatusCode::GATEWAY_TIMEOUT),
+    };
+    let _ = app.set_nodelay(true);
+    Ok(app)
+}
+
+/// `POST /meridian/data`: connect to the app, dial the relay back with the
+/// nonce (see `meridian_regions::data`), answer 204 and copy bytes.
+async fn data_connection(
+    req: Request<hyper::body::Incoming>,
+    serving: &Serving,
+) -> Result<Response<Empty<Bytes>>, Infallible> {
+    let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+    let (Some(target), Some(nonce)) = (header(data::TARGET_HEADER), header(data::NONCE_HEADER)) else {
+        return status(StatusCode::BAD_REQUEST);
+    };
+    let mut app = match connect_app(target, &serving.policy).await {
+        Ok(app) => app,
+        Err(s) => return status(s),
+    };
+    let mut relay = match data::dial(&serving.relay_url, nonce, &serving.tls).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(relay = %serving.relay_url, error = %e, "cannot dial a data connection; the relay falls back to a stream");
+            return status(StatusCode::from_u16(data::CANNOT_DIAL_BACK).unwrap_or(StatusCode::BAD_GATEWAY));
+        }
+    };
+    tokio::spawn(async move {
+        let _ = tokio::io::copy_bidirectional(&mut relay, &mut app).await;
+    });
+    status(StatusCode::NO_CONTENT)
+}
+
 /// One `CONNECT host:port` stream: check the target, connect, then pipe bytes.
 async fn handle(mut req: Request<hyper::body::Incoming>, policy: Policy) -> Result<Response<Empty<Bytes>>, Infallible> {
-    let status = |s: StatusCode| {
-        let mut r = Response::new(Empty::new());
-        *r.status_mut() = s;
-        Ok(r)
-    };
     if req.method() != Method::CONNECT {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
     let target = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-    let addr = match policy.check(&target) {
-        Ok(a) => a,
-        Err(why) => {
-            tracing::warn!(%target, why, "refused a stream");
-            return status(StatusCode::FORBIDDEN);
-        }
+    let mut app = match connect_app(&target, &policy).await {
+        Ok(app) => app,
+        Err(s) => return status(s),
     };
-    let mut app = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => {
-            tracing::debug!(%target, error = %e, "app refused the connection");
-            return status(StatusCode::BAD_GATEWAY);
-        }
-        Err(_) => return status(StatusCode::GATEWAY_TIMEOUT),
-    };
-    let _ = app.set_nodelay(true);
     tokio::spawn(async move {
         match hyper::upgrade::on(&mut req).await {
             Ok(up) => {

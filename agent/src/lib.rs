@@ -89,7 +89,8 @@ impl Attacher {
             };
             self.backoff = FIRST_BACKOFF;
             let (leave, asked) = (CancellationToken::new(), CancellationToken::new());
-            let mut tunnel = tokio::spawn(attach::serve(io, policy, leave.clone(), asked.clone()));
+            let serving = attach::Serving { policy, relay_url: relay.url.as_str().into(), tls: self.tls.clone() };
+            let mut tunnel = tokio::spawn(attach::serve(io, serving, leave.clone(), asked.clone()));
             // Make before break: the old tunnel drains only once the new one is up.
             if let Some(old) = leaving.take() {
                 old.cancel();

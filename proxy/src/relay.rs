@@ -18,6 +18,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meridian_regions::api::{AgentAttach, AgentDetach};
 use meridian_regions::client::{Client, ClientError};
+use meridian_regions::data::{self, DataStream, Nonce, Opening};
 use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN, MESH_SECRET};
 use meridian_regions::tunnel::{
     StreamError, Tunnel, AGENT_HEADER, GRANT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
@@ -35,6 +36,73 @@ pub enum DialError {
     PeerUnreachable(String),
     #[error(transparent)]
     Stream(#[from] StreamError),
+}
+
+/// A connection to an app in a workspace: a data connection the agent
+/// dialed (see `meridian_regions::data`), or an HTTP/2 stream (over this
+/// relay's tunnel, or a mesh link).
+#[derive(Debug)]
+pub enum Upstream {
+    Data(DataStream),
+    Stream(TokioIo<Upgraded>),
+}
+
+impl tokio::io::AsyncRead for Upstream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Data(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Stream(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Upstream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Data(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Stream(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Data(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Stream(s) => std::pin::Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Data(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Stream(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Data connections the relay asked for and waits on, by nonce id.
+type Pending = std::sync::Mutex<HashMap<[u8; 16], (Nonce, tokio::sync::oneshot::Sender<DataStream>)>>;
+
+/// Forgets a pending data connection when its request ends, however it ends.
+struct PendingGuard<'a>(&'a Pending, [u8; 16]);
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&self.1);
+    }
 }
 
 /// Pause between searches for an agent that is re-attaching somewhere.
@@ -89,6 +157,8 @@ pub struct Relay {
     streams: prometheus::IntCounter,
     /// Streams open now for peer relays (through this relay's tunnels).
     relayed: Arc<std::sync::atomic::AtomicUsize>,
+    /// Data connections asked of agents and not yet dialed.
+    pending: Pending,
 }
 
 fn switching(protocol: &'static str) -> Response<Full<Bytes>> {
@@ -128,6 +198,7 @@ impl Relay {
             searches: Default::default(),
             auth,
             unrecorded: std::sync::Mutex::default(),
+            pending: Pending::default(),
         })
     }
 
@@ -161,7 +232,7 @@ impl Relay {
     /// reachable right now gets [`ROUTE_WAIT`] to show up (it may be
     /// re-attaching, and its new route a few milliseconds away) before the
     /// request fails.
-    pub async fn open(&self, agent_id: Uuid, target: &str, grant: &str) -> Result<TokioIo<Upgraded>, DialError> {
+    pub async fn open(&self, agent_id: Uuid, target: &str, grant: &str) -> Result<Upstream, DialError> {
         self.streams.inc();
         let deadline = tokio::time::Instant::now() + ROUTE_WAIT;
         let mut changes = self.routes.subscribe();
@@ -205,9 +276,9 @@ impl Relay {
         target: &str,
         grant: &str,
         deadline: tokio::time::Instant,
-    ) -> Result<TokioIo<Upgraded>, DialError> {
+    ) -> Result<Upstream, DialError> {
         if let Some(tunnel) = self.tunnel(agent_id) {
-            return Ok(tunnel.open(target, None).await?);
+            return Ok(self.open_local(&tunnel, target).await?);
         }
         let route = self.routes.get(agent_id).filter(|r| r.relay_url != self.own_url).ok_or(DialError::NotAttached)?;
         let unreachable = || DialError::PeerUnreachable(route.region.clone());
@@ -215,7 +286,50 @@ impl Relay {
         let link = link.ok().flatten().ok_or_else(unreachable)?;
         match link.open(target, Some((agent_id, grant))).await {
             Err(StreamError::Refused { status: 404, .. }) => Err(DialError::NotAttached),
-            other => Ok(other?),
+            other => Ok(Upstream::Stream(other?)),
+        }
+    }
+
+    /// Opens a connection to `target` through an agent's tunnel held here: a
+    /// data connection the agent dials, or an HTTP/2 stream when it cannot.
+    async fn open_local(&self, tunnel: &Tunnel, target: &str) -> Result<Upstream, StreamError> {
+        if tunnel.offers_data() {
+            let nonce = Nonce::random();
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(nonce.id, (nonce.clone(), tx));
+            let _forget = PendingGuard(&self.pending, nonce.id);
+            if tunnel.request_data(target, &nonce).await? {
+                // The agent answers only once this relay acknowledged the connection.
+                return match rx.await {
+                    Ok(conn) => Ok(Upstream::Data(conn)),
+                    Err(_) => Err(StreamError::TunnelClosed("the data connection was lost".into())),
+                };
+            }
+            tracing::info!(relay = %self.own_url, "the agent cannot dial data connections here; using HTTP/2 streams");
+        }
+        Ok(Upstream::Stream(tunnel.open(target, None).await?))
+    }
+
+    /// A data connection presenting `nonce`: handed to the request waiting
+    /// for it (after the one-byte acknowledgement), or closed.
+    async fn claim(&self, mut conn: DataStream, nonce: Nonce) {
+        use tokio::io::AsyncWriteExt;
+        let waiting = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            match pending.get(&nonce.id) {
+                Some((expected, _)) if expected.matches(&nonce) => pending.remove(&nonce.id).map(|(_, tx)| tx),
+                _ => None,
+            }
+        };
+        let Some(waiting) = waiting else {
+            return tracing::warn!(?nonce, "refused a data connection with an unknown nonce");
+        };
+        let acked = tokio::time::timeout(data::DATA_TIMEOUT, async {
+            conn.write_all(&[data::ACK]).await?;
+            conn.flush().await
+        });
+        if matches!(acked.await, Ok(Ok(()))) {
+            let _ = waiting.send(conn);
         }
     }
 
@@ -288,10 +402,24 @@ impl Relay {
             tokio::spawn(async move {
                 let result = match tls {
                     Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => relay.serve_connection(TokioIo::new(stream)).await,
+                        Ok(Ok(stream)) => match data::classify(stream).await {
+                            Ok(Opening::Data(s, nonce)) => {
+                                return relay.claim(DataStream::Server(Box::new(s)), nonce).await
+                            }
+                            Ok(Opening::Other(s, read)) => {
+                                relay.serve_connection(TokioIo::new(data::Rewind::new(read, s))).await
+                            }
+                            Err(e) => return tracing::debug!(%peer, error = %e, "relay connection ended"),
+                        },
                         _ => return tracing::debug!(%peer, "relay TLS handshake failed"),
                     },
-                    None => relay.serve_connection(TokioIo::new(tcp)).await,
+                    None => match data::classify(tcp).await {
+                        Ok(Opening::Data(s, nonce)) => return relay.claim(DataStream::Plain(s), nonce).await,
+                        Ok(Opening::Other(s, read)) => {
+                            relay.serve_connection(TokioIo::new(data::Rewind::new(read, s))).await
+                        }
+                        Err(e) => return tracing::debug!(%peer, error = %e, "relay connection ended"),
+                    },
                 };
                 if let Err(e) = result {
                     tracing::debug!(%peer, error = %e, "relay connection ended");
@@ -394,6 +522,8 @@ impl Relay {
                 .max_frame_size(meridian_regions::tunnel::MAX_FRAME)
                 .max_send_buf_size(meridian_regions::tunnel::SEND_BUFFER)
                 .max_concurrent_streams(meridian_regions::tunnel::MAX_STREAMS)
+                // As on tunnels (see `Tunnel::client`): resets are the peer relay's own churn.
+                .max_local_error_reset_streams(None)
                 .serve_connection(io, service)
                 .await;
             tracing::info!("peer relay link closed");
@@ -428,7 +558,7 @@ impl Relay {
         }
         // Only this relay's own tunnels: a link never forwards to another link.
         let Some(tunnel) = self.tunnel(agent) else { return status(StatusCode::NOT_FOUND) };
-        let mut upstream = match tunnel.open(&target, None).await {
+        let mut upstream = match self.open_local(&tunnel, &target).await {
             Ok(io) => io,
             Err(StreamError::Refused { status: s, .. }) => {
                 return status(StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY))

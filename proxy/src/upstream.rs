@@ -2,11 +2,10 @@
 //! over a tunnel stream exactly as over TCP, and pools the streams per
 //! (agent, app address) like TCP connections.
 
-use crate::relay::{DialError, Relay};
+use crate::relay::{DialError, Relay, Upstream};
 use async_trait::async_trait;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::TokioIo;
 use meridian_regions::app_token::{stream_target, AppClaims};
+use meridian_regions::data::DataStream;
 use pingora::connectors::L4Connect;
 use pingora::protocols::l4::socket::SocketAddr as L4Addr;
 use pingora::protocols::l4::stream::Stream;
@@ -84,17 +83,27 @@ impl L4Connect for TunnelConnector {
             };
             Error::explain(kind, e.to_string())
         })?;
-        Ok(Stream::from(VirtualSocketStream::new(Box::new(TunnelSocket(Mutex::new(io))))))
+        match io {
+            // A plain data connection is a TCP socket: pingora gets it as one,
+            // registered with the runtime of the worker that will use it.
+            Upstream::Data(DataStream::Plain(tcp)) => {
+                let tcp = tcp.into_std().and_then(tokio::net::TcpStream::from_std).map_err(|e| {
+                    Error::explain(ErrorType::ConnectError, format!("cannot adopt the data connection: {e}"))
+                })?;
+                Ok(Stream::from(tcp))
+            }
+            other => Ok(Stream::from(VirtualSocketStream::new(Box::new(TunnelSocket(Mutex::new(other)))))),
+        }
     }
 }
 
 /// A tunnel stream as pingora's virtual socket. The mutex only adds `Sync`;
 /// every access goes through `&mut self`, so it is never locked.
 #[derive(Debug)]
-struct TunnelSocket(Mutex<TokioIo<Upgraded>>);
+struct TunnelSocket(Mutex<Upstream>);
 
 impl TunnelSocket {
-    fn io(self: Pin<&mut Self>) -> Pin<&mut TokioIo<Upgraded>> {
+    fn io(self: Pin<&mut Self>) -> Pin<&mut Upstream> {
         Pin::new(self.get_mut().0.get_mut().unwrap_or_else(|e| e.into_inner()))
     }
 }

@@ -19,6 +19,7 @@ pub mod api;
 pub mod app_token;
 pub mod app_url;
 pub mod client;
+pub mod data;
 #[doc(hidden)]
 pub mod fuzz_checks;
 pub mod headers;

@@ -65,6 +65,9 @@ pub enum StreamError {
 #[derive(Clone, Debug)]
 pub struct Tunnel {
     sender: SendRequest<Empty<Bytes>>,
+    /// Whether the agent dials data connections (see [`crate::data`]);
+    /// cleared when it says it cannot, so later streams go straight to HTTP/2.
+    data: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Tunnel {
@@ -83,6 +86,15 @@ impl Tunnel {
             .initial_connection_window_size(CONNECTION_WINDOW)
             .max_frame_size(MAX_FRAME)
             .max_send_buf_size(SEND_BUFFER)
+            // Streams this side resets (a pooled connection dropped while
+            // the app still sends) are remembered, so frames still in flight
+            // for them are dropped quietly; and resets are never counted
+            // against the tunnel. HTTP/2's rapid-reset defence guards a server
+            // from anonymous clients; here the peer is an authenticated agent
+            // or relay, and the resets are our own: counting them (1,024 over
+            // the tunnel's life) closed the tunnel under load.
+            .max_concurrent_reset_streams(MAX_STREAMS as usize)
+            .max_local_error_reset_streams(None)
             .handshake(io)
             .await?;
         let driver = async move {
@@ -90,7 +102,39 @@ impl Tunnel {
                 tracing::debug!(error = %e, "tunnel connection ended");
             }
         };
-        Ok((Self { sender }, driver))
+        let data = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        Ok((Self { sender, data }, driver))
+    }
+
+    /// Whether to ask this agent for data connections.
+    pub fn offers_data(&self) -> bool {
+        self.data.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Asks the agent to dial a data connection to `target`, presenting
+    /// `nonce` (see [`crate::data`]). `Ok(false)` when it cannot (an older
+    /// agent, or the relay is not reachable from it): use [`Tunnel::open`].
+    pub async fn request_data(&self, target: &str, nonce: &crate::data::Nonce) -> Result<bool, StreamError> {
+        use crate::data::{CANNOT_DIAL_BACK, DATA_PATH, NONCE_HEADER, TARGET_HEADER};
+        let req = hyper::Request::builder()
+            .method(hyper::Method::POST)
+            .uri(DATA_PATH)
+            .header(TARGET_HEADER, target)
+            .header(NONCE_HEADER, nonce.to_header())
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        let mut sender = self.sender.clone();
+        sender.ready().await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        let resp = sender.send_request(req).await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        match resp.status().as_u16() {
+            204 => Ok(true),
+            // An agent from before data connections answers 405.
+            CANNOT_DIAL_BACK | 405 => {
+                self.data.store(false, std::sync::atomic::Ordering::Relaxed);
+                Ok(false)
+            }
+            status => Err(StreamError::Refused { target: target.to_owned(), status }),
+        }
     }
 
     /// Whether the tunnel can still carry new streams.
@@ -168,6 +212,10 @@ impl TlsClient {
                 .with_root_certificates(roots)
                 .with_no_client_auth();
         Ok(Self(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))))
+    }
+
+    pub fn connector(&self) -> &tokio_rustls::TlsConnector {
+        &self.0
     }
 }
 

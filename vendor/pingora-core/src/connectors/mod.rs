@@ -260,12 +260,16 @@ impl TransportConnector {
                         let mut stream = l.into_inner();
                         // test_reusable_stream: we assume server would never actively send data
                         // first on an idle stream.
-                        // Meridian patch: a virtual (custom L4) stream has no file descriptor
-                        // (its id is -1), so there is no socket peer to compare; the pool key
-                        // already identifies where it leads. Without this, getpeername(-1)
-                        // fails with EBADF and a pooled virtual stream is never reused.
+                        // Meridian patch: a stream from a custom L4 connector (a tunnel
+                        // stream without a file descriptor, or a data connection the
+                        // workspace agent dialed in, whose socket peer is the agent and
+                        // not the peer's address) is not checked with getpeername; the
+                        // pool key already identifies where it leads. Without this, every
+                        // such pooled stream was discarded instead of reused.
+                        let custom_l4 =
+                            peer.get_peer_options().is_some_and(|o| o.custom_l4.is_some());
                         #[cfg(unix)]
-                        if (stream.id() < 0 || peer.matches_fd(stream.id()))
+                        if (stream.id() < 0 || custom_l4 || peer.matches_fd(stream.id()))
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
