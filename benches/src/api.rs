@@ -33,15 +33,17 @@ impl Api {
             .proxy_token)
     }
 
-    pub async fn create_workspace(&self, app_port: u16) -> Result<String> {
+    /// A workspace whose agents (one per name in `agents`) serve the app on
+    /// `app_port`; their tokens, in the same order.
+    pub async fn create_workspace(&self, app_port: u16, agents: &[&str]) -> Result<Vec<String>> {
         let app = App { slug: "code".into(), port: Some(app_port), url: None, subdomain: true, share: Share::Owner };
         let ws = CreateWorkspace {
             name: "bench".into(),
             owner: None,
-            agents: vec![AgentSpec { name: "main".into(), apps: vec![app] }],
+            agents: agents.iter().map(|a| AgentSpec { name: (*a).into(), apps: vec![app.clone()] }).collect(),
         };
         let created = self.client.create_workspace(&ws).await?;
-        Ok(created.agent_tokens.get("main").context("no agent token")?.clone())
+        agents.iter().map(|a| Ok(created.agent_tokens.get(*a).context("no agent token")?.clone())).collect()
     }
 
     pub async fn wait_healthy(&self) -> Result<()> {
@@ -51,10 +53,13 @@ impl Api {
         .await
     }
 
-    pub async fn wait_agent(&self, region: &str) -> Result<()> {
+    pub async fn wait_agent(&self, agent: &str, region: &str) -> Result<()> {
         wait_until("the agent to attach", DEADLINE, || async {
             let Ok(list) = self.client.workspaces(None).await else { return false };
-            list.workspaces.iter().flat_map(|w| &w.agents).any(|a| a.connected && a.region.as_deref() == Some(region))
+            list.workspaces
+                .iter()
+                .flat_map(|w| &w.agents)
+                .any(|a| a.name == agent && a.connected && a.region.as_deref() == Some(region))
         })
         .await
     }

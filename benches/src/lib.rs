@@ -11,14 +11,16 @@
 
 pub mod api;
 pub mod control_plane;
+pub mod cpu;
 pub mod memory;
 pub mod mesh_search;
 pub mod nginx;
+pub mod rathole;
 pub mod stack;
 pub mod wrk;
 pub mod ws;
 
-use anyhow::{ensure, Result};
+use anyhow::{bail, Result};
 use stack::{Stack, Target};
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -32,13 +34,15 @@ pub struct Options {
     pub meridian: PathBuf,
 }
 
-/// One row: a workload through one target, averaged over the rounds.
+/// One row: a workload through one target, over all rounds.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct Row {
     pub workload: &'static str,
     pub target: &'static str,
     #[serde(flatten)]
     pub figures: Figures,
+    /// CPU microseconds per request of each process on the path, by role.
+    pub cpu_us_per_request: Vec<(String, f64)>,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -54,7 +58,8 @@ const MIB: usize = 1024 * 1024;
 pub async fn run(opts: &Options) -> Result<Report> {
     let (rounds, secs, idle) = if opts.quick { (1, 1, 200) } else { (3, 10, 10_000) };
     memory::raise_fd_limit(idle as u64 + 4096)?;
-    let stack = Stack::start(&opts.meridian).await?;
+    let mut stack = Stack::start(&opts.meridian).await?;
+    let script = wrk::script(stack.log_dir())?;
     let duration = Duration::from_secs(secs);
     let with = |t: &Target, extra: &[(&str, &str)]| {
         let mut t = t.clone();
@@ -62,24 +67,18 @@ pub async fn run(opts: &Options) -> Result<Report> {
         t
     };
     let size = MIB.to_string();
+    let plain = [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian];
     let workloads: Vec<(&'static str, u32, Vec<Target>)> = vec![
-        (
-            "small GET, keep-alive, 32 connections",
-            32,
-            vec![stack.direct.clone(), stack.nginx.clone(), stack.meridian.clone()],
-        ),
+        ("small GET, keep-alive, 32 connections", 32, plain.iter().map(|t| (*t).clone()).collect()),
         (
             "1 MiB downloads, 8 connections",
             8,
-            [&stack.direct, &stack.nginx, &stack.meridian]
-                .iter()
-                .map(|t| with(t, &[("x-sample-body-bytes", &size)]))
-                .collect(),
+            plain.iter().map(|t| with(t, &[("x-sample-body-bytes", &size)])).collect(),
         ),
         (
             "new TLS connection per request, 8 connections",
             8,
-            [&stack.direct_tls, &stack.nginx_tls, &stack.meridian_tls]
+            [&stack.direct_tls, &stack.nginx_tls, &stack.rathole_tls, &stack.meridian_tls]
                 .iter()
                 .map(|t| with(t, &[("Connection", "close")]))
                 .collect(),
@@ -92,45 +91,76 @@ pub async fn run(opts: &Options) -> Result<Report> {
     ];
     let mut rows = Vec::new();
     for (workload, connections, targets) in &workloads {
-        let mut sums = vec![Vec::new(); targets.len()];
+        let mut runs = vec![Vec::new(); targets.len()];
         for _ in 0..rounds {
             for (i, t) in targets.iter().enumerate() {
                 let t = stack.fresh(t).await?;
                 let load =
                     wrk::Load { url: t.url.clone(), headers: t.headers.clone(), connections: *connections, duration };
-                sums[i].push(wrk::run(&load).await?);
+                runs[i].push(measured(&t, wrk::run(&load, &script)).await?);
             }
         }
-        rows.extend(targets.iter().zip(sums).map(|(t, runs)| Row { workload, target: t.name, figures: mean(&runs) }));
+        rows.extend(targets.iter().zip(runs).map(|(t, runs)| row(workload, t, &runs)));
     }
-    let ws_targets = [stack.direct.clone(), stack.nginx.clone(), stack.meridian.clone()];
-    let mut sums = vec![Vec::new(); ws_targets.len()];
+    let ws_targets = [stack.direct.clone(), stack.nginx.clone(), stack.rathole.clone(), stack.meridian.clone()];
+    let mut runs = vec![Vec::new(); ws_targets.len()];
     for _ in 0..rounds {
         for (i, t) in ws_targets.iter().enumerate() {
-            sums[i].push(ws::echo(&stack.fresh(t).await?, duration).await?);
+            let t = stack.fresh(t).await?;
+            runs[i].push(measured(&t, ws::echo(&t, duration)).await?);
         }
     }
     let ws_name = "WebSocket echo round trips, 1 connection";
-    rows.extend(ws_targets.iter().zip(sums).map(|(t, runs)| Row {
-        workload: ws_name,
-        target: t.name,
-        figures: mean(&runs),
-    }));
+    rows.extend(ws_targets.iter().zip(runs).map(|(t, runs)| row(ws_name, t, &runs)));
     let memory = memory::idle_connections(stack.sydney_pid, stack.sydney_port, idle).await?;
-    // Failed requests are reported, not fatal, except in --quick (a check of the harness).
-    if opts.quick {
-        for r in &rows {
-            let (w, t, n, log) = (r.workload, r.target, r.figures.errors, stack.log_dir().display());
-            ensure!(n == 0, "{w} through {t}: {n} failed requests (logs in {log})");
+    let failed: u64 = rows.iter().map(|r| r.figures.errors).sum();
+    let report = Report { rounds, seconds_per_round: secs, rows, memory };
+    if failed > 0 {
+        let logs = stack.keep_logs()?;
+        println!("{}", report.markdown());
+        let mut why = String::new();
+        for r in report.rows.iter().filter(|r| r.figures.errors > 0) {
+            let _ = write!(why, "\n  {} through {}: {:?}", r.workload, r.target, r.figures.causes);
         }
+        bail!("{failed} failed requests (every process's log is kept in {}):{why}", logs.display());
     }
-    Ok(Report { rounds, seconds_per_round: secs, rows, memory })
+    Ok(report)
+}
+
+/// One round of `load` with the CPU time of every process on `t`'s path.
+async fn measured(t: &Target, load: impl std::future::Future<Output = Result<Figures>>) -> Result<Measured> {
+    let before = cpu::snapshot(&t.procs)?;
+    let figures = load.await?;
+    let after = cpu::snapshot(&t.procs)?;
+    let cpu = t.procs.iter().zip(before.iter().zip(&after)).map(|(_, (b, a))| a.saturating_sub(*b)).collect();
+    Ok(Measured { figures, cpu })
+}
+
+#[derive(Debug, Clone)]
+struct Measured {
+    figures: Figures,
+    cpu: Vec<Duration>,
+}
+
+fn row(workload: &'static str, t: &Target, runs: &[Measured]) -> Row {
+    let figures = wrk::merge(&runs.iter().map(|m| m.figures.clone()).collect::<Vec<_>>());
+    let requests = figures.requests.max(1) as f64;
+    let cpu_us_per_request = t
+        .procs
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let total: Duration = runs.iter().map(|m| m.cpu[i]).sum();
+            (p.role.to_owned(), total.as_secs_f64() * 1e6 / requests)
+        })
+        .collect();
+    Row { workload, target: t.name, figures, cpu_us_per_request }
 }
 
 /// Starts the stack, prints how to load each target, waits for Ctrl-C.
 pub async fn hold(meridian: &std::path::Path) -> Result<()> {
     let stack = Stack::start(meridian).await?;
-    for t in [&stack.direct, &stack.nginx, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls] {
+    for t in [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls] {
         let headers: String = t.headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect();
         println!("{}: wrk -t1 -c32 -d10s --latency{headers} {}", t.name, t.url);
     }
@@ -143,26 +173,22 @@ pub async fn hold(meridian: &std::path::Path) -> Result<()> {
     Ok(())
 }
 
-/// Requests/s and percentiles averaged over rounds; errors summed.
-fn mean(runs: &[Figures]) -> Figures {
-    let n = runs.len().max(1) as f64;
-    Figures {
-        requests_per_sec: runs.iter().map(|f| f.requests_per_sec).sum::<f64>() / n,
-        p50_ms: runs.iter().map(|f| f.p50_ms).sum::<f64>() / n,
-        p99_ms: runs.iter().map(|f| f.p99_ms).sum::<f64>() / n,
-        errors: runs.iter().map(|f| f.errors).sum(),
-    }
-}
-
 impl Report {
-    /// Markdown: one table per workload, with Meridian's ratios to the others.
+    /// Markdown: one table per workload, with Meridian's ratios to the others
+    /// and each process's CPU time per request.
     pub fn markdown(&self) -> String {
-        let mut out = format!("{} round(s) of {} s per row, interleaved.\n", self.rounds, self.seconds_per_round);
+        let mut out = format!(
+            "{} round(s) of {} s per row, interleaved; percentiles of the merged rounds.\n",
+            self.rounds, self.seconds_per_round
+        );
         let mut workloads: Vec<&str> = self.rows.iter().map(|r| r.workload).collect();
         workloads.dedup();
         for w in workloads {
             let rows: Vec<&Row> = self.rows.iter().filter(|r| r.workload == w).collect();
-            let _ = writeln!(out, "\n### {w}\n\n| target | requests/s | p50 ms | p99 ms | failed | requests/s vs nginx | vs direct |\n|---|---|---|---|---|---|---|");
+            let _ = writeln!(
+                out,
+                "\n### {w}\n\n| target | requests/s | p50 ms | p99 ms | failed | vs nginx+rathole | vs nginx | vs direct | CPU µs per request |\n|---|---|---|---|---|---|---|---|---|"
+            );
             let rps = |name: &str| rows.iter().find(|r| r.target == name).map(|r| r.figures.requests_per_sec);
             for r in &rows {
                 let ratio = |other: Option<f64>| match other {
@@ -176,16 +202,20 @@ impl Report {
                 } else {
                     String::new()
                 };
+                let cpu: Vec<String> = r.cpu_us_per_request.iter().map(|(p, us)| format!("{p} {us:.1}")).collect();
+                let total: f64 = r.cpu_us_per_request.iter().map(|(_, us)| us).sum();
                 let _ = writeln!(
                     out,
-                    "| {} | {:.0}{mb} | {:.2} | {:.2} | {} | {} | {} |",
+                    "| {} | {:.0}{mb} | {:.2} | {:.2} | {} | {} | {} | {} | {} (**{total:.1}** in all) |",
                     r.target,
                     r.figures.requests_per_sec,
                     r.figures.p50_ms,
                     r.figures.p99_ms,
                     r.figures.errors,
+                    ratio(rps("nginx+rathole")),
                     ratio(rps("nginx")),
-                    ratio(rps("direct"))
+                    ratio(rps("direct")),
+                    cpu.join(", "),
                 );
             }
         }

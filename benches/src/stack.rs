@@ -1,7 +1,9 @@
 //! Everything a benchmark run talks to, on loopback: the sample app (plain
-//! and TLS), nginx in front of it (plain and TLS), and Meridian — a
-//! coordinator on an embedded PostgreSQL, regions `sydney` (the agent's),
-//! `frankfurt` (one mesh hop away) and `secure` (TLS), each one worker thread.
+//! and TLS), nginx in front of it (plain and TLS), nginx in front of a
+//! rathole tunnel to it (the same topology as Meridian's), and Meridian — a
+//! coordinator on an embedded PostgreSQL, regions `sydney` (agent `main`'s),
+//! `frankfurt` (one mesh hop away) and `secure` (TLS, agent `tls`'s), each one
+//! worker thread.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -39,6 +41,8 @@ pub struct Target {
     /// For Meridian targets: the app URL whose token cookie goes in `headers`
     /// (tokens live 5 minutes, so each run gets a fresh one, see [`Stack::fresh`]).
     pub app_url: Option<String>,
+    /// The processes a request passes through, for CPU time per request.
+    pub procs: Vec<crate::cpu::Process>,
 }
 
 pub struct Stack {
@@ -47,6 +51,8 @@ pub struct Stack {
     pub direct_tls: Target,
     pub nginx: Target,
     pub nginx_tls: Target,
+    pub rathole: Target,
+    pub rathole_tls: Target,
     pub meridian: Target,
     pub meridian_tls: Target,
     /// Through frankfurt to the agent on sydney.
@@ -65,7 +71,7 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str, env: &[(&str, &str)]) -> Result<Proc> {
+pub(crate) fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str, env: &[(&str, &str)]) -> Result<Proc> {
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     let mut cmd = Command::new(bin);
     cmd.args(args).envs(env.iter().copied()).stdin(Stdio::null()).stdout(log.try_clone()?).stderr(log);
@@ -120,7 +126,20 @@ impl Stack {
         procs.push(spawn(meridian, &args, &d, "app-tls", &[])?);
 
         let (nginx_port, nginx_tls) = (free_port()?, free_port()?);
-        procs.push(crate::nginx::start(&d, app, nginx_port, nginx_tls, &cert, &key)?);
+        let ports = crate::nginx::Ports {
+            app,
+            port: nginx_port,
+            tls_port: nginx_tls,
+            tunnel: free_port()?,
+            tunnel_port: free_port()?,
+            tunnel_tls_port: free_port()?,
+        };
+        let nginx = crate::nginx::start(&d, &ports, &cert, &key)?;
+        let rathole = crate::rathole::start(&rathole_bin(), &d, free_port()?, ports.tunnel, app)?;
+        use crate::cpu::Process;
+        let app_pid = procs[0].pid();
+        let (nginx_pid, server_pid, client_pid) = (nginx.pid(), rathole.server.pid(), rathole.client.pid());
+        procs.extend([nginx, rathole.server, rathole.client]);
 
         let coord = free_port()?;
         let base = format!("http://127.0.0.1:{coord}");
@@ -137,7 +156,7 @@ impl Stack {
             cert.display().to_string(),
         ];
         procs.push(spawn(meridian, &coord_args, &d, "coordinator", &[])?);
-        for port in [app, app_tls, nginx_port, nginx_tls] {
+        for port in [app, app_tls, nginx_port, nginx_tls, ports.tunnel] {
             wait_until("a listener", Duration::from_secs(20), || listening(port)).await?;
         }
         let http = reqwest::Client::new();
@@ -148,7 +167,9 @@ impl Stack {
         })
         .await?;
         let api = crate::api::Api::first_user(&base).await?;
+        let ports_nginx = ports;
         let mut ports = std::collections::HashMap::new();
+        let mut pids = std::collections::HashMap::new();
         let mut sydney_pid = 0;
         for (name, tls) in [("sydney", false), ("frankfurt", false), ("secure", true)] {
             let token = api.create_region(name).await?;
@@ -177,37 +198,79 @@ impl Stack {
             if name == "sydney" {
                 sydney_pid = proc.pid();
             }
+            pids.insert(name, proc.pid());
             procs.push(proc);
             ports.insert(name, port);
         }
         api.wait_healthy().await?;
-        let agent_token = api.create_workspace(app).await?;
-        let agent_args = [s("agent"), s("--coordinator-url"), base.clone(), s("--region"), s("sydney")];
-        procs.push(spawn(meridian, &agent_args, &d, "agent", &[("MERIDIAN_AGENT_TOKEN", &agent_token)])?);
-        api.wait_agent("sydney").await?;
+        // One agent per region a row goes to, so that no row but the hop makes a mesh hop.
+        let tokens = api.create_workspace(app, &["main", "tls"]).await?;
+        for ((agent, region), token) in [("main", "sydney"), ("tls", "secure")].into_iter().zip(&tokens) {
+            let agent_args = [
+                s("agent"),
+                s("--coordinator-url"),
+                base.clone(),
+                s("--region"),
+                s(region),
+                // The TLS region's certificate is self-signed.
+                s("--ca-cert"),
+                cert.display().to_string(),
+            ];
+            let proc = spawn(meridian, &agent_args, &d, &format!("agent-{agent}"), &[("MERIDIAN_AGENT_TOKEN", token)])?;
+            pids.insert(agent, proc.pid());
+            procs.push(proc);
+            api.wait_agent(agent, region).await?;
+        }
 
-        let through = |name: &'static str, region: &str, scheme: &str| {
+        let through = |name: &'static str, agent: &str, region: &str, scheme: &str| {
             let port = ports[region];
-            let host = format!("code--main--bench--admin.{region}.localhost:{port}");
+            let host = format!("code--{agent}--bench--admin.{region}.localhost:{port}");
             (name, format!("{scheme}://{host}/"), format!("{scheme}://127.0.0.1:{port}/"), host)
         };
+        let p = |role: &'static str, pid: u32| Process { role, pid };
         let mut signed = Vec::new();
-        for (name, app_url, url, host) in [
-            through("meridian", "sydney", "http"),
-            through("meridian-hop", "frankfurt", "http"),
-            through("meridian-tls", "secure", "https"),
+        for ((name, app_url, url, host), path) in [
+            (through("meridian", "main", "sydney", "http"), vec![p("proxy", pids["sydney"]), p("agent", pids["main"])]),
+            (
+                through("meridian-hop", "main", "frankfurt", "http"),
+                vec![p("proxy", pids["frankfurt"]), p("agent's proxy", pids["sydney"]), p("agent", pids["main"])],
+            ),
+            (
+                through("meridian-tls", "tls", "secure", "https"),
+                vec![p("proxy", pids["secure"]), p("agent", pids["tls"])],
+            ),
         ] {
             let cookie = api.app_cookie(&app_url, &cert).await?;
             let headers = vec![(s("Host"), host), (s("Cookie"), cookie)];
-            signed.push(Target { name, url, headers, app_url: Some(app_url) });
+            let mut procs = path;
+            procs.push(p("app", app_pid));
+            signed.push(Target { name, url, headers, app_url: Some(app_url), procs });
         }
-        let plain = |name: &'static str, url: String| Target { name, url, headers: Vec::new(), app_url: None };
+        let plain = |name: &'static str, url: String, path: &[Process]| {
+            let mut procs = path.to_vec();
+            procs.push(p("app", app_pid));
+            Target { name, url, headers: Vec::new(), app_url: None, procs }
+        };
+        let (via_nginx, via_rathole) = (
+            [p("nginx", nginx_pid)],
+            [p("nginx", nginx_pid), p("rathole server", server_pid), p("rathole client", client_pid)],
+        );
+        let app_tls_pid = procs[1].pid();
         let mut signed = signed.into_iter();
         Ok(Stack {
-            direct: plain("direct", format!("http://127.0.0.1:{app}/")),
-            direct_tls: plain("direct", format!("https://127.0.0.1:{app_tls}/")),
-            nginx: plain("nginx", format!("http://127.0.0.1:{nginx_port}/")),
-            nginx_tls: plain("nginx", format!("https://127.0.0.1:{nginx_tls}/")),
+            direct: plain("direct", format!("http://127.0.0.1:{app}/"), &[]),
+            direct_tls: Target {
+                procs: vec![p("app", app_tls_pid)],
+                ..plain("direct", format!("https://127.0.0.1:{app_tls}/"), &[])
+            },
+            nginx: plain("nginx", format!("http://127.0.0.1:{nginx_port}/"), &via_nginx),
+            nginx_tls: plain("nginx", format!("https://127.0.0.1:{nginx_tls}/"), &via_nginx),
+            rathole: plain("nginx+rathole", format!("http://127.0.0.1:{}/", ports_nginx.tunnel_port), &via_rathole),
+            rathole_tls: plain(
+                "nginx+rathole",
+                format!("https://127.0.0.1:{}/", ports_nginx.tunnel_tls_port),
+                &via_rathole,
+            ),
             meridian: signed.next().context("meridian target")?,
             meridian_hop: signed.next().context("hop target")?,
             meridian_tls: signed.next().context("tls target")?,
@@ -238,4 +301,18 @@ impl Stack {
     pub fn log_dir(&self) -> &Path {
         self.dir.path()
     }
+
+    /// Keeps every process's log (the directory is not removed at the end).
+    pub fn keep_logs(&mut self) -> Result<PathBuf> {
+        let dir = std::mem::replace(&mut self.dir, tempfile::TempDir::new()?);
+        Ok(dir.keep())
+    }
+}
+
+/// rathole from `cargo install` (in `~/.cargo/bin`), or from `PATH`.
+fn rathole_bin() -> PathBuf {
+    std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".cargo/bin/rathole"))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| "rathole".into())
 }

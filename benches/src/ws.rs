@@ -42,5 +42,8 @@ pub async fn echo(target: &Target, duration: Duration) -> Result<crate::wrk::Fig
         p50_ms: at(0.5),
         p99_ms: at(0.99),
         errors: 0,
+        causes: Default::default(),
+        requests: times.len() as u64,
+        quantiles_ms: (1..=1000).map(|i| at(f64::from(i) / 1000.0)).collect(),
     })
 }

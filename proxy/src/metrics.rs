@@ -14,6 +14,8 @@ pub struct Metrics {
     pub agents: IntGauge,
     /// Streams opened to apps through tunnels (pooled streams are not counted again).
     pub streams: prometheus::IntCounter,
+    /// Of those, the ones on a data connection the agent dialed (not an HTTP/2 stream).
+    pub data_connections: prometheus::IntCounter,
     /// Fetches of the coordinator's keys for a token naming an unknown key id.
     pub key_refetches: prometheus::IntCounter,
     /// Searches of the peer relays for a moved agent, and the probes they sent.
@@ -57,6 +59,10 @@ impl Metrics {
             c
         };
         let searches = counter("meridian_relay_agent_searches_total", "Searches of the peer relays for a moved agent");
+        let data_connections = counter(
+            "meridian_relay_data_connections_total",
+            "App connections carried on a data connection the agent dialed in, not an HTTP/2 stream",
+        );
         let search_probes = counter("meridian_relay_search_probes_total", "Peer relays asked during those searches");
         let in_flight = gauge("meridian_proxy_requests_in_flight", "Requests being served");
         let coordinator_reachable =
@@ -73,6 +79,7 @@ impl Metrics {
             tokens,
             agents,
             streams,
+            data_connections,
             key_refetches,
             searches,
             search_probes,

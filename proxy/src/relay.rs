@@ -111,6 +111,12 @@ const SEARCH_AGAIN: std::time::Duration = crate::search::REUSE;
 /// How long a request waits for an unreachable agent's route to change.
 const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+/// Connections the relay listener holds at once (tunnels, links and data
+/// connections); beyond it, new connections are closed at once.
+const MAX_RELAY_CONNECTIONS: usize = 50_000;
+/// Pause after a failed accept (e.g. out of file descriptors).
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Longest wait for a relay client's TLS handshake or upgrade request.
 const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -301,7 +307,10 @@ impl Relay {
             if tunnel.request_data(target, &nonce).await? {
                 // The agent answers only once this relay acknowledged the connection.
                 return match rx.await {
-                    Ok(conn) => Ok(Upstream::Data(conn)),
+                    Ok(conn) => {
+                        self.state.metrics.data_connections.inc();
+                        Ok(Upstream::Data(conn))
+                    }
                     Err(_) => Err(StreamError::TunnelClosed("the data connection was lost".into())),
                 };
             }
@@ -386,20 +395,28 @@ impl Relay {
         tls: Option<tokio_rustls::TlsAcceptor>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
+        let open = Arc::new(tokio::sync::Semaphore::new(MAX_RELAY_CONNECTIONS));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.changed() => return,
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!(error = %e, "relay accept failed");
+                        // Out of file descriptors, usually: retrying at once only spins.
+                        tracing::warn!(error = %e, "relay accept failed; pausing accepts");
+                        tokio::time::sleep(ACCEPT_PAUSE).await;
                         continue;
                     }
                 },
             };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                tracing::warn!(%peer, max = MAX_RELAY_CONNECTIONS, "relay connection cap reached; refused a connection");
+                continue;
+            };
             let _ = tcp.set_nodelay(true);
             let (relay, tls) = (self.clone(), tls.clone());
             tokio::spawn(async move {
+                let _permit = permit;
                 let result = match tls {
                     Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => match data::classify(stream).await {
@@ -580,13 +597,25 @@ impl Relay {
     async fn run_tunnel(&self, agent_id: Uuid, io: Upgraded) {
         let (tunnel, driver) = match Tunnel::client(io).await {
             Ok(t) => t,
-            Err(e) => return tracing::warn!(agent = %agent_id, error = %e, "tunnel handshake failed"),
+            Err(e) => {
+                tracing::warn!(agent = %agent_id, error = %e, "tunnel handshake failed");
+                // The coordinator already routes to this relay: take that back,
+                // unless another tunnel of the agent is here.
+                if self.tunnel(agent_id).is_none() {
+                    let detach = AgentDetach { agent_id, replica_id: Some(self.replica_id) };
+                    let _ = self.coordinator.agent_detach(&detach).await;
+                }
+                return;
+            }
         };
         {
             let mut agents = self.agents.write().unwrap_or_else(|e| e.into_inner());
             agents.insert(agent_id, tunnel.clone());
             self.attached.set(agents.len() as i64);
         }
+        // Requests that arrived between the coordinator's route and this
+        // registration wait on a route change: this is one.
+        self.routes.poke();
         tracing::info!(agent = %agent_id, "agent attached");
         driver.await;
         let replaced = {

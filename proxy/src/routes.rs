@@ -64,6 +64,12 @@ impl RouteTable {
         self.len() == 0
     }
 
+    /// Wakes the requests waiting on a route: an agent attached to this
+    /// relay, which is a route of its own.
+    pub fn poke(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     /// Records where an agent was found without the coordinator; its next
     /// route update replaces this.
     pub fn learn(&self, agent: Uuid, route: Route) {

@@ -76,13 +76,20 @@ impl std::fmt::Debug for TunnelConnector {
 #[async_trait]
 impl L4Connect for TunnelConnector {
     async fn connect(&self, _addr: &L4Addr) -> Result<Stream> {
-        let io = self.relay.open(self.agent_id, &self.target, &self.grant).await.map_err(|e| {
-            let kind = match &e {
-                DialError::NotAttached => ErrorType::ConnectRefused,
-                DialError::PeerUnreachable(_) | DialError::Stream(_) => ErrorType::ConnectError,
-            };
-            Error::explain(kind, e.to_string())
-        })?;
+        // pingora applies no connection timeout to custom connectors: this is it.
+        let open = tokio::time::timeout(CONNECT_TIMEOUT, self.relay.open(self.agent_id, &self.target, &self.grant));
+        let io = open
+            .await
+            .map_err(|_| {
+                Error::explain(ErrorType::ConnectTimedout, "the workspace agent did not open the connection in time")
+            })?
+            .map_err(|e| {
+                let kind = match &e {
+                    DialError::NotAttached => ErrorType::ConnectRefused,
+                    DialError::PeerUnreachable(_) | DialError::Stream(_) => ErrorType::ConnectError,
+                };
+                Error::explain(kind, e.to_string())
+            })?;
         match io {
             // A plain data connection is a TCP socket: pingora gets it as one,
             // registered with the runtime of the worker that will use it.

@@ -374,6 +374,16 @@ async fn metrics(w: &World, deployment: Deployment) {
                 .and_then(|l| l.rsplit(' ').next()?.parse().ok())
                 .unwrap();
             assert!(now - opened <= 2.0, "20 sequential requests opened {} tunnel streams", now - opened);
+            // App connections travel on data connections the agent dials to the
+            // relay holding its tunnel, not on HTTP/2 streams.
+            if matches!(deployment, Deployment::Region) {
+                let data = after
+                    .lines()
+                    .find(|l| l.starts_with("meridian_relay_data_connections_total"))
+                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .unwrap_or(0.0);
+                assert!(data >= 1.0, "no data connection was used:\n{after}");
+            }
             assert!(value("meridian_proxy_requests_total{outcome=\"app\"}") >= 10.0, "{text}");
             assert!(value("meridian_proxy_requests_total{outcome=\"login\"}") >= 1.0, "{text}");
             assert!(value("meridian_proxy_token_checks_total{result=\"cached\"}") >= 1.0, "{text}");
