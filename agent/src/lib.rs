@@ -2,8 +2,10 @@
 //!
 //! It only dials out: it asks the coordinator where to attach, holds one
 //! multiplexed tunnel to a region's relay (see `meridian_regions::tunnel`), and
-//! serves each stream the relay opens by connecting to the named port on the
-//! workspace's loopback — only a declared app's port, or any port ≥ 1024.
+//! for each app connection the relay asks for, connects to the named port on
+//! the workspace's loopback — only a declared app's port, or any port ≥ 1024 —
+//! and dials a data connection back to the relay to carry it (see
+//! `meridian_regions::data`; an HTTP/2 stream over the tunnel when it cannot).
 //! When the tunnel drops it reconnects with jittered backoff, to the next
 //! relay in the list if its own is gone.
 //!

@@ -1,4 +1,5 @@
-//! CPU time per process, from `/proc/<pid>/stat` (user + system, all threads).
+//! CPU time per process, from `/proc/<pid>/stat` (user + system, all threads),
+//! with its child processes' (nginx's master forks the worker that serves).
 
 use anyhow::{Context, Result};
 use std::time::Duration;
@@ -10,8 +11,17 @@ pub struct Process {
     pub pid: u32,
 }
 
-/// CPU time `pid` has used so far.
+/// CPU time `pid` and its child processes have used so far.
 pub fn used(pid: u32) -> Result<Duration> {
+    let mut total = own(pid)?;
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+        total += own(child).unwrap_or_default();
+    }
+    Ok(total)
+}
+
+fn own(pid: u32) -> Result<Duration> {
     let stat =
         std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("process {pid} is gone"))?;
     // Fields after the command name (which may hold spaces): state is the first, utime the 12th, stime the 13th.

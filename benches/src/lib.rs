@@ -10,6 +10,7 @@
 //! - [`mesh_search`]: part of it: what searching a 100-relay mesh for a moved agent costs.
 
 pub mod api;
+pub mod bare;
 pub mod control_plane;
 pub mod cpu;
 pub mod memory;
@@ -32,6 +33,9 @@ pub struct Options {
     pub quick: bool,
     /// The `meridian` binary to benchmark (a release build for real figures).
     pub meridian: PathBuf,
+    /// A binary serving bare pingora (`meridian-bench` itself, see [`bare`]):
+    /// the floor row. Without it the row is left out.
+    pub bare_pingora: Option<PathBuf>,
 }
 
 /// One row: a workload through one target, over all rounds.
@@ -58,7 +62,7 @@ const MIB: usize = 1024 * 1024;
 pub async fn run(opts: &Options) -> Result<Report> {
     let (rounds, secs, idle) = if opts.quick { (1, 1, 200) } else { (3, 10, 10_000) };
     memory::raise_fd_limit(idle as u64 + 4096)?;
-    let mut stack = Stack::start(&opts.meridian).await?;
+    let mut stack = Stack::start(&opts.meridian, opts.bare_pingora.as_deref()).await?;
     let script = wrk::script(stack.log_dir())?;
     let duration = Duration::from_secs(secs);
     let with = |t: &Target, extra: &[(&str, &str)]| {
@@ -68,8 +72,9 @@ pub async fn run(opts: &Options) -> Result<Report> {
     };
     let size = MIB.to_string();
     let plain = [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian];
+    let small: Vec<Target> = plain.iter().map(|t| (*t).clone()).chain(stack.bare.clone()).collect();
     let workloads: Vec<(&'static str, u32, Vec<Target>)> = vec![
-        ("small GET, keep-alive, 32 connections", 32, plain.iter().map(|t| (*t).clone()).collect()),
+        ("small GET, keep-alive, 32 connections", 32, small),
         (
             "1 MiB downloads, 8 connections",
             8,
@@ -158,9 +163,11 @@ fn row(workload: &'static str, t: &Target, runs: &[Measured]) -> Row {
 }
 
 /// Starts the stack, prints how to load each target, waits for Ctrl-C.
-pub async fn hold(meridian: &std::path::Path) -> Result<()> {
-    let stack = Stack::start(meridian).await?;
-    for t in [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls] {
+pub async fn hold(meridian: &std::path::Path, bare: Option<&std::path::Path>) -> Result<()> {
+    let stack = Stack::start(meridian, bare).await?;
+    let targets =
+        [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls];
+    for t in targets.into_iter().chain(stack.bare.as_ref()) {
         let headers: String = t.headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect();
         println!("{}: wrk -t1 -c32 -d10s --latency{headers} {}", t.name, t.url);
     }

@@ -22,6 +22,10 @@ struct Args {
     /// Ctrl-C: for profiling by hand (see BENCHMARKS.md).
     #[arg(long)]
     hold: bool,
+    /// Instead of a benchmark: serve bare pingora on LISTEN in front of
+    /// UPSTREAM (the benchmark's floor; the stack starts it).
+    #[arg(long, num_args = 2, value_names = ["LISTEN", "UPSTREAM"], hide = true)]
+    bare_pingora: Option<Vec<String>>,
     /// The meridian binary [default: `meridian` next to this one].
     #[arg(long)]
     meridian: Option<PathBuf>,
@@ -29,13 +33,20 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    if let Some([listen, upstream]) = args.bare_pingora.as_deref() {
+        let served = upstream.parse().map_err(anyhow::Error::from).and_then(|u| meridian_bench::bare::serve(listen, u));
+        if let Err(e) = served {
+            eprintln!("meridian-bench: {e:#}");
+        }
+        return std::process::ExitCode::FAILURE;
+    }
     let meridian = args.meridian.unwrap_or_else(|| {
         std::env::current_exe()
             .ok()
             .and_then(|p| Some(p.parent()?.join("meridian")))
             .unwrap_or_else(|| "meridian".into())
     });
-    let opts = meridian_bench::Options { quick: args.quick, meridian };
+    let opts = meridian_bench::Options { quick: args.quick, meridian, bare_pingora: std::env::current_exe().ok() };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -45,7 +56,7 @@ fn main() -> std::process::ExitCode {
     };
     let json = |v: &dyn erased::Json| v.to_json();
     if args.hold {
-        return match rt.block_on(meridian_bench::hold(&opts.meridian)) {
+        return match rt.block_on(meridian_bench::hold(&opts.meridian, opts.bare_pingora.as_deref())) {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("meridian-bench: {e:#}");

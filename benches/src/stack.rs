@@ -57,6 +57,8 @@ pub struct Stack {
     pub meridian_tls: Target,
     /// Through frankfurt to the agent on sydney.
     pub meridian_hop: Target,
+    /// Bare pingora in front of the app (the floor of a pingora proxy), if started.
+    pub bare: Option<Target>,
     /// Signs in again for fresh app tokens.
     api: crate::api::Api,
     cert: PathBuf,
@@ -110,7 +112,7 @@ fn certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
 }
 
 impl Stack {
-    pub async fn start(meridian: &Path) -> Result<Self> {
+    pub async fn start(meridian: &Path, bare_pingora: Option<&Path>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("meridian-bench").tempdir()?;
         let d = dir.path().to_owned();
         let (cert, key) = certificate(&d)?;
@@ -135,6 +137,17 @@ impl Stack {
             tunnel_tls_port: free_port()?,
         };
         let nginx = crate::nginx::start(&d, &ports, &cert, &key)?;
+        let bare = match bare_pingora {
+            Some(bin) => {
+                let port = free_port()?;
+                let args = [s("--bare-pingora"), format!("127.0.0.1:{port}"), format!("127.0.0.1:{app}")];
+                Some((port, spawn(bin, &args, &d, "bare-pingora", &[])?))
+            }
+            None => None,
+        };
+        let bare_port = bare.as_ref().map(|(port, _)| *port);
+        let bare_pid = bare.as_ref().map(|(_, p)| p.pid());
+        procs.extend(bare.map(|(_, p)| p));
         let rathole = crate::rathole::start(&rathole_bin(), &d, free_port()?, ports.tunnel, app)?;
         use crate::cpu::Process;
         let app_pid = procs[0].pid();
@@ -156,7 +169,7 @@ impl Stack {
             cert.display().to_string(),
         ];
         procs.push(spawn(meridian, &coord_args, &d, "coordinator", &[])?);
-        for port in [app, app_tls, nginx_port, nginx_tls, ports.tunnel] {
+        for port in [app, app_tls, nginx_port, nginx_tls, ports.tunnel].into_iter().chain(bare_port) {
             wait_until("a listener", Duration::from_secs(20), || listening(port)).await?;
         }
         let http = reqwest::Client::new();
@@ -216,7 +229,9 @@ impl Stack {
                 s("--ca-cert"),
                 cert.display().to_string(),
             ];
-            let proc = spawn(meridian, &agent_args, &d, &format!("agent-{agent}"), &[("MERIDIAN_AGENT_TOKEN", token)])?;
+            // One worker thread, as every proxy and both rathole ends get.
+            let env = [("MERIDIAN_AGENT_TOKEN", token.as_str()), ("TOKIO_WORKER_THREADS", "1")];
+            let proc = spawn(meridian, &agent_args, &d, &format!("agent-{agent}"), &env)?;
             pids.insert(agent, proc.pid());
             procs.push(proc);
             api.wait_agent(agent, region).await?;
@@ -271,6 +286,9 @@ impl Stack {
                 format!("https://127.0.0.1:{}/", ports_nginx.tunnel_tls_port),
                 &via_rathole,
             ),
+            bare: bare_port
+                .zip(bare_pid)
+                .map(|(port, pid)| plain("bare pingora", format!("http://127.0.0.1:{port}/"), &[p("pingora", pid)])),
             meridian: signed.next().context("meridian target")?,
             meridian_hop: signed.next().context("hop target")?,
             meridian_tls: signed.next().context("tls target")?,

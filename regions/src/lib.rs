@@ -7,7 +7,8 @@
 //! - [`api`]: the JSON wire types of the coordinator API (`/api/v2/...`).
 //! - [`token`]: the proxy token `<region-id>:<secret>` and the secret newtype.
 //! - [`client`]: a typed HTTP client of the coordinator API, used by proxies and the CLI.
-//! - [`tunnel`]: the agent tunnel protocol (HTTP/2 CONNECT streams over an upgraded connection).
+//! - [`tunnel`]: the agent tunnel protocol (HTTP/2 over an upgraded connection: control, and
+//!   CONNECT streams as the fallback); [`data`]: data connections the agent dials per app connection.
 //! - [`headers`]: header and cookie names of the external contract.
 //! - [`wildcard`]: the wildcard access URL pattern (`*.sydney.localhost:7081`).
 //! - [`resolve`]: name resolution (hickory), with `.localhost` as loopback.

@@ -38,20 +38,26 @@ impl RequestError {
 /// `Transfer-Encoding` other than a single `chunked`.
 pub fn check_framing(head: &[u8]) -> Result<(), RequestError> {
     let bad = |why| Err(RequestError::Framing(why));
-    if head.contains(&0) {
+    if memchr::memchr(0, head).is_some() {
         return bad("NUL byte in the request head");
     }
-    for (i, b) in head.iter().enumerate() {
-        if *b == b'\n' && (i == 0 || head[i - 1] != b'\r') {
+    // Every CR must start a CRLF, and every LF end one (vectorized scans:
+    // this runs on every request).
+    for i in memchr::memchr2_iter(b'\r', b'\n', head) {
+        if head[i] == b'\n' && (i == 0 || head[i - 1] != b'\r') {
             return bad("bare LF line ending");
         }
-        if *b == b'\r' && head.get(i + 1) != Some(&b'\n') {
+        if head[i] == b'\r' && head.get(i + 1) != Some(&b'\n') {
             return bad("bare CR in the request head");
         }
     }
     let (mut content_length, mut transfer_encoding) = (0, 0);
     // Skip the request line; stop at the blank line.
-    for line in head.split(|b| *b == b'\n').skip(1) {
+    let mut start = memchr::memchr(b'\n', head).map_or(head.len(), |i| i + 1);
+    while start < head.len() {
+        let end = memchr::memchr(b'\n', &head[start..]).map_or(head.len(), |i| start + i);
+        let line = &head[start..end];
+        start = end + 1;
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         if line.is_empty() {
             break;
@@ -59,7 +65,7 @@ pub fn check_framing(head: &[u8]) -> Result<(), RequestError> {
         if line[0] == b' ' || line[0] == b'\t' {
             return bad("folded header line");
         }
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+        let Some(colon) = memchr::memchr(b':', line) else {
             return bad("header line without a colon");
         };
         let (name, value) = (&line[..colon], trim_ows(&line[colon + 1..]));

@@ -6,11 +6,20 @@ use crate::support::BIN;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_benchmark_harness_runs_every_workload() {
-    let opts = meridian_bench::Options { quick: true, meridian: BIN.into() };
+    // The bare-pingora row needs the meridian-bench binary, which the test suite does not build.
+    let opts = meridian_bench::Options { quick: true, meridian: BIN.into(), bare_pingora: None };
     let report = meridian_bench::run(&opts).await.expect("the quick benchmark runs");
     let count = |target: &str| report.rows.iter().filter(|r| r.target == target).count();
     assert_eq!((count("direct"), count("nginx"), count("meridian")), (5, 4, 4), "{:?}", report.rows);
-    assert_eq!((count("meridian-tls"), count("meridian-hop")), (1, 1));
+    assert_eq!((count("meridian-tls"), count("meridian-hop"), count("nginx+rathole")), (1, 1, 4));
+    // Every row names the CPU time per request of each process on its path.
+    for r in &report.rows {
+        let roles: Vec<&str> = r.cpu_us_per_request.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(roles.last(), Some(&"app"), "{} through {}: {roles:?}", r.workload, r.target);
+        if r.target == "nginx+rathole" {
+            assert_eq!(roles, ["nginx", "rathole server", "rathole client", "app"]);
+        }
+    }
     assert!(report.rows.iter().all(|r| r.figures.requests_per_sec > 0.0 && r.figures.p99_ms >= r.figures.p50_ms));
     assert!(report.memory.rss_after_kib > 0 && report.memory.connections == 200);
     assert!(report.markdown().contains("| meridian |"));
