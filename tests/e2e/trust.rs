@@ -445,3 +445,34 @@ async fn sessions_cookies_origins_hosts_and_body_limits() {
     assert_eq!(r.status, 413, "{}", r.body);
     assert!(r.body["message"].as_str().unwrap().contains("limit"), "{}", r.body);
 }
+
+/// A data connection is only taken with the nonce the relay asked its agent
+/// for: anyone else who reaches the relay's port and speaks the preamble is
+/// closed without the acknowledgement, and the relay keeps serving HTTP.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_data_connection_needs_the_nonce_the_relay_asked_for() {
+    use meridian_regions::data::{Nonce, ACK, PREAMBLE};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let w = world(&[]).await;
+    let reg = w.as_proxy(&w.token, "/api/v2/proxies/me/register", w.registration("*.sydney.localhost:1")).await;
+    let reg = reg.expect_status(200);
+    let primary = reg["regions"].as_array().unwrap().iter().find(|r| r["name"] == "primary").unwrap().clone();
+    let relay = url::Url::parse(primary["replicas"][0]["mesh_address"].as_str().unwrap()).unwrap();
+    let addr = format!("{}:{}", relay.host_str().unwrap(), relay.port().unwrap());
+
+    let mut guess = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let line = [&PREAMBLE[..], Nonce::random().to_header().as_bytes(), b"\r\n"].concat();
+    guess.write_all(&line).await.unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), guess.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the relay neither acknowledged nor closed a guessed nonce");
+    assert!(!answer.contains(&ACK), "a guessed nonce was acknowledged: {answer:?}");
+    assert!(answer.is_empty(), "a guessed nonce got an answer: {:?}", String::from_utf8_lossy(&answer));
+
+    // The same listener still speaks HTTP to everyone else.
+    let mut http = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut reply = String::new();
+    tokio::time::timeout(Duration::from_secs(10), http.read_to_string(&mut reply)).await.unwrap().unwrap();
+    assert!(reply.starts_with("HTTP/1.1 404") && reply.contains("This is a Meridian relay"), "{reply}");
+}
