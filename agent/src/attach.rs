@@ -46,6 +46,9 @@ pub struct Serving {
     pub policy: Policy,
     /// The relay the tunnel goes to; data connections dial it too.
     pub relay_url: std::sync::Arc<str>,
+    /// Every relay the coordinator gave this agent: the only ones a mesh hop
+    /// may ask it to dial instead.
+    pub relays: std::sync::Arc<[String]>,
     pub tls: TlsClient,
 }
 
@@ -137,10 +140,18 @@ async fn data_connection(
         Ok(app) => app,
         Err(s) => return status(s),
     };
-    let mut relay = match data::dial(&serving.relay_url, nonce, &serving.tls).await {
+    let dial_to = match header(data::DIAL_HEADER) {
+        None => &*serving.relay_url,
+        Some(url) if serving.relays.iter().any(|r| r == url) => url,
+        Some(url) => {
+            tracing::warn!(relay = %url, "refused to dial a relay this agent was not given");
+            return status(StatusCode::from_u16(data::CANNOT_DIAL_BACK).unwrap_or(StatusCode::BAD_GATEWAY));
+        }
+    };
+    let mut relay = match data::dial(dial_to, nonce, &serving.tls).await {
         Ok(r) => r,
         Err(e) => {
-            tracing::warn!(relay = %serving.relay_url, error = %e, "cannot dial a data connection; the relay falls back to a stream");
+            tracing::warn!(relay = %dial_to, error = %e, "cannot dial a data connection; the relay falls back to a stream");
             return status(StatusCode::from_u16(data::CANNOT_DIAL_BACK).unwrap_or(StatusCode::BAD_GATEWAY));
         }
     };

@@ -91,7 +91,12 @@ impl Attacher {
             };
             self.backoff = FIRST_BACKOFF;
             let (leave, asked) = (CancellationToken::new(), CancellationToken::new());
-            let serving = attach::Serving { policy, relay_url: relay.url.as_str().into(), tls: self.tls.clone() };
+            let serving = attach::Serving {
+                policy,
+                relay_url: relay.url.as_str().into(),
+                relays: info.relays.iter().map(|r| r.url.clone()).collect(),
+                tls: self.tls.clone(),
+            };
             let mut tunnel = tokio::spawn(attach::serve(io, serving, leave.clone(), asked.clone()));
             // Make before break: the old tunnel drains only once the new one is up.
             if let Some(old) = leaving.take() {

@@ -6,6 +6,8 @@
 //! - `x-sample-delay-ms: 2000` → wait before answering;
 //! - `x-sample-body-bytes: 10485760` → a body of that many bytes (streamed);
 //! - `x-sample-set-cookie: meridian_app_token=evil` → a `Set-Cookie` of that value;
+//! - a query with `close` (`/?close`) → `Connection: close` (every request then
+//!   needs a new connection to the app);
 //! - `POST /upload` → the received body's length and SHA-256;
 //! - `GET /ws` → WebSocket echo.
 
@@ -60,6 +62,7 @@ pub async fn serve_tls(
 
 async fn echo(req: Request) -> Response {
     let headers = req.headers().clone();
+    let close = req.uri().query().is_some_and(|q| q.split('&').any(|p| p == "close"));
     if let Some(ms) = number(&headers, "x-sample-delay-ms") {
         tokio::time::sleep(Duration::from_millis(ms.min(600_000))).await;
     }
@@ -88,6 +91,9 @@ async fn echo(req: Request) -> Response {
     if let Some(cookie) = headers.get("x-sample-set-cookie") {
         resp.headers_mut().append("set-cookie", cookie.clone());
         resp.headers_mut().append("set-cookie", "sample=1; Path=/".parse().unwrap_or_else(|_| unreachable!()));
+    }
+    if close {
+        resp.headers_mut().insert("connection", "close".parse().unwrap_or_else(|_| unreachable!()));
     }
     *resp.status_mut() = status;
     resp

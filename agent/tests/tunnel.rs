@@ -33,6 +33,7 @@ async fn tunnel() -> Tunnel {
     let serving = Serving {
         policy: Policy::new(&[]),
         relay_url: "http://127.0.0.1:1".into(),
+        relays: std::sync::Arc::from(Vec::<String>::new()),
         tls: TlsClient::new(None).unwrap(),
     };
     tokio::spawn(serve(TokioIo::new(agent_end), serving, CancellationToken::new(), CancellationToken::new()));
@@ -81,10 +82,14 @@ async fn an_agent_that_cannot_dial_back_says_so() {
     let app = firehose().await;
     let tunnel = tunnel().await;
     assert!(tunnel.offers_data());
-    let nonce = meridian_regions::data::Nonce::random();
-    assert!(!tunnel.request_data(&app.to_string(), &nonce).await.unwrap(), "no relay listens there");
+    let nonce = meridian_regions::data::Nonce::random().to_header();
+    assert!(!tunnel.request_data(&app.to_string(), &nonce, &[]).await.unwrap(), "no relay listens there");
     assert!(!tunnel.offers_data());
     // Targets the policy refuses are refused as before, not taken for a dial failure.
-    let refused = tunnel.request_data("10.0.0.1:8080", &nonce).await;
+    let refused = tunnel.request_data("10.0.0.1:8080", &nonce, &[]).await;
     assert!(matches!(refused, Err(meridian_regions::tunnel::StreamError::Refused { status: 403, .. })), "{refused:?}");
+    // Asked to dial a relay it was not given (a mesh hop from a relay that
+    // is not in its list), it refuses to dial rather than go anywhere it is told.
+    let elsewhere = [(meridian_regions::data::DIAL_HEADER, "http://127.0.0.1:9")];
+    assert!(!tunnel.request_data(&app.to_string(), &nonce, &elsewhere).await.unwrap());
 }

@@ -96,6 +96,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         coordinator.clone(),
         config.replica_id,
         mesh_addr.clone(),
+        relay_addr.clone(),
         mesh::Mesh::new(dial_tls),
         auth.clone(),
         state.clone(),

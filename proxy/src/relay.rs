@@ -145,6 +145,8 @@ pub struct Relay {
     replica_id: Uuid,
     /// This relay's own URL, so it never links to itself.
     own_url: String,
+    /// This relay's URL as agents dial it (for mesh hops on data connections).
+    agent_url: String,
     agents: RwLock<HashMap<Uuid, Tunnel>>,
     /// Where agents attached elsewhere are, and the links to reach them.
     pub routes: Arc<RouteTable>,
@@ -186,6 +188,7 @@ impl Relay {
         coordinator: Client,
         replica_id: Uuid,
         own_url: String,
+        agent_url: String,
         mesh: Mesh,
         auth: Arc<crate::auth::Auth>,
         state: Arc<crate::state::ProxyState>,
@@ -197,6 +200,7 @@ impl Relay {
             coordinator,
             replica_id,
             own_url,
+            agent_url,
             agents: RwLock::default(),
             relayed: Arc::default(),
             routes: Arc::default(),
@@ -283,15 +287,33 @@ impl Relay {
         grant: &str,
         deadline: tokio::time::Instant,
     ) -> Result<Upstream, DialError> {
+        // A tunnel or link that closes under the request is a path that
+        // died, not an answer: the request waits for the agent's next route
+        // (or searches the peers) like one that found no path at all.
         if let Some(tunnel) = self.tunnel(agent_id) {
-            return Ok(self.open_local(&tunnel, target).await?);
+            return match self.open_local(&tunnel, target).await {
+                Err(StreamError::TunnelClosed(_)) => Err(DialError::NotAttached),
+                other => Ok(other?),
+            };
         }
         let route = self.routes.get(agent_id).filter(|r| r.relay_url != self.own_url).ok_or(DialError::NotAttached)?;
         let unreachable = || DialError::PeerUnreachable(route.region.clone());
         let link = tokio::time::timeout_at(deadline, self.mesh.link(&route.relay_url)).await;
         let link = link.ok().flatten().ok_or_else(unreachable)?;
+        if link.offers_data() {
+            let agent = agent_id.to_string();
+            let via = [(AGENT_HEADER, agent.as_str()), (GRANT_HEADER, grant), (data::DIAL_HEADER, &self.agent_url)];
+            match self.await_data(&link, target, &via).await {
+                Err(StreamError::Refused { status: 404, .. }) => return Err(DialError::NotAttached),
+                Err(StreamError::TunnelClosed(_)) => return Err(unreachable()),
+                Ok(Some(conn)) => return Ok(conn),
+                Ok(None) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
         match link.open(target, Some((agent_id, grant))).await {
             Err(StreamError::Refused { status: 404, .. }) => Err(DialError::NotAttached),
+            Err(StreamError::TunnelClosed(_)) => Err(unreachable()),
             other => Ok(Upstream::Stream(other?)),
         }
     }
@@ -300,23 +322,39 @@ impl Relay {
     /// data connection the agent dials, or an HTTP/2 stream when it cannot.
     async fn open_local(&self, tunnel: &Tunnel, target: &str) -> Result<Upstream, StreamError> {
         if tunnel.offers_data() {
-            let nonce = Nonce::random();
-            let (tx, rx) = tokio::sync::oneshot::channel();
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(nonce.id, (nonce.clone(), tx));
-            let _forget = PendingGuard(&self.pending, nonce.id);
-            if tunnel.request_data(target, &nonce).await? {
-                // The agent answers only once this relay acknowledged the connection.
-                return match rx.await {
-                    Ok(conn) => {
-                        self.state.metrics.data_connections.inc();
-                        Ok(Upstream::Data(conn))
-                    }
-                    Err(_) => Err(StreamError::TunnelClosed("the data connection was lost".into())),
-                };
+            if let Some(conn) = self.await_data(tunnel, target, &[]).await? {
+                return Ok(conn);
             }
             tracing::info!(relay = %self.own_url, "the agent cannot dial data connections here; using HTTP/2 streams");
         }
         Ok(Upstream::Stream(tunnel.open(target, None).await?))
+    }
+
+    /// Asks for a data connection to `target` over `tunnel` (an agent's, or
+    /// a link to the relay holding it, see `meridian_regions::data`) and
+    /// waits for the agent to dial this relay with the nonce. `None` when it
+    /// cannot: the caller falls back to an HTTP/2 stream.
+    async fn await_data(
+        &self,
+        tunnel: &Tunnel,
+        target: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Option<Upstream>, StreamError> {
+        let nonce = Nonce::random();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).insert(nonce.id, (nonce.clone(), tx));
+        let _forget = PendingGuard(&self.pending, nonce.id);
+        if !tunnel.request_data(target, &nonce.to_header(), extra).await? {
+            return Ok(None);
+        }
+        // The agent answers only once this relay acknowledged the connection.
+        match rx.await {
+            Ok(conn) => {
+                self.state.metrics.data_connections.inc();
+                Ok(Some(Upstream::Data(conn)))
+            }
+            Err(_) => Err(StreamError::TunnelClosed("the data connection was lost".into())),
+        }
     }
 
     /// A data connection presenting `nonce`: handed to the request waiting
@@ -562,6 +600,10 @@ impl Relay {
         if let (Some(agent), true) = (agent, req.method() == hyper::Method::OPTIONS) {
             return status(if self.tunnel(agent).is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND });
         }
+        if let (Some(agent), true) = (agent, req.method() == hyper::Method::POST && req.uri().path() == data::DATA_PATH)
+        {
+            return status(self.link_data(agent, &req).await);
+        }
         let target = req.uri().authority().map(|a| a.as_str().to_owned());
         let (Some(agent), Some(target), true) = (agent, target, req.method() == hyper::Method::CONNECT) else {
             return status(StatusCode::BAD_REQUEST);
@@ -590,6 +632,29 @@ impl Relay {
             }
         });
         status(StatusCode::OK)
+    }
+
+    /// A peer relay asks for a data connection from an agent attached here
+    /// (a mesh hop): with a valid grant, the agent is asked to dial the peer
+    /// directly; the answer is the agent's (204 dialed, 421 cannot).
+    async fn link_data(&self, agent: Uuid, req: &Request<hyper::body::Incoming>) -> StatusCode {
+        let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
+        let (Some(target), Some(nonce), Some(dial)) =
+            (header(data::TARGET_HEADER), header(data::NONCE_HEADER), header(data::DIAL_HEADER))
+        else {
+            return StatusCode::BAD_REQUEST;
+        };
+        if !self.auth.admits_stream(header(GRANT_HEADER).unwrap_or_default(), agent, target) {
+            tracing::warn!(%agent, %target, "refused a link data connection without a valid grant");
+            return StatusCode::FORBIDDEN;
+        }
+        let Some(tunnel) = self.tunnel(agent) else { return StatusCode::NOT_FOUND };
+        match tunnel.request_data(target, nonce, &[(data::DIAL_HEADER, dial)]).await {
+            Ok(true) => StatusCode::NO_CONTENT,
+            Ok(false) => StatusCode::from_u16(data::CANNOT_DIAL_BACK).unwrap_or(StatusCode::BAD_GATEWAY),
+            Err(StreamError::Refused { status, .. }) => StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
+            Err(_) => StatusCode::BAD_GATEWAY,
+        }
     }
 
     /// Holds one agent's tunnel until it ends, then forgets it (unless a newer

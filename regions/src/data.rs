@@ -15,6 +15,12 @@
 //! 4. The agent answers `204` over the tunnel and copies bytes between the
 //!    app and the data connection. An agent that cannot dial back answers
 //!    [`CANNOT_DIAL_BACK`], and the relay opens an HTTP/2 stream instead.
+//!
+//! A mesh hop works the same way: the asking relay sends the request over its
+//! link to the relay holding the tunnel, with the request's app token and
+//! [`DIAL_HEADER`] naming itself; the holder checks the token and passes the
+//! request to its agent, which dials the asking relay directly (only a relay
+//! from its own list). The bytes skip the holder altogether.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -27,6 +33,9 @@ use tokio::net::TcpStream;
 pub const DATA_PATH: &str = "/meridian/data";
 pub const TARGET_HEADER: &str = "meridian-target";
 pub const NONCE_HEADER: &str = "meridian-data-nonce";
+/// For a mesh hop: the relay (one the agent was given) to dial instead of its
+/// own, the one whose proxy asked; no bytes then pass the relay in between.
+pub const DIAL_HEADER: &str = "meridian-data-dial";
 /// The first bytes of a data connection. No HTTP method starts like this.
 pub const PREAMBLE: &[u8; 16] = b"MERIDIAN-DATA/1 ";
 /// The relay's one-byte answer once it matched the nonce.

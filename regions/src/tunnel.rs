@@ -112,25 +112,34 @@ impl Tunnel {
     }
 
     /// Asks the agent to dial a data connection to `target`, presenting
-    /// `nonce` (see [`crate::data`]). `Ok(false)` when it cannot (an older
-    /// agent, or the relay is not reachable from it): use [`Tunnel::open`].
-    pub async fn request_data(&self, target: &str, nonce: &crate::data::Nonce) -> Result<bool, StreamError> {
+    /// `nonce` (see [`crate::data`]); `extra` headers say where to dial (a
+    /// mesh hop) and, over a link, for which agent and with which grant.
+    /// `Ok(false)` when it cannot (an older agent or relay, or the relay is not
+    /// reachable from the agent): use [`Tunnel::open`].
+    pub async fn request_data(&self, target: &str, nonce: &str, extra: &[(&str, &str)]) -> Result<bool, StreamError> {
         use crate::data::{CANNOT_DIAL_BACK, DATA_PATH, NONCE_HEADER, TARGET_HEADER};
-        let req = hyper::Request::builder()
+        let mut req = hyper::Request::builder()
             .method(hyper::Method::POST)
             .uri(DATA_PATH)
             .header(TARGET_HEADER, target)
-            .header(NONCE_HEADER, nonce.to_header())
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+            .header(NONCE_HEADER, nonce);
+        for (name, value) in extra {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Empty::<Bytes>::new()).map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
         let mut sender = self.sender.clone();
         sender.ready().await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
         let resp = sender.send_request(req).await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
         match resp.status().as_u16() {
             204 => Ok(true),
-            // An agent from before data connections answers 405.
-            CANNOT_DIAL_BACK | 405 => {
-                self.data.store(false, std::sync::atomic::Ordering::Relaxed);
+            // An agent from before data connections answers 405, a relay 400:
+            // never ask this peer again. An agent that cannot reach the relay
+            // it was asked to dial for a mesh hop may still reach its own.
+            status @ (CANNOT_DIAL_BACK | 405 | 400) => {
+                let hop = extra.iter().any(|(name, _)| *name == crate::data::DIAL_HEADER);
+                if status != CANNOT_DIAL_BACK || !hop {
+                    self.data.store(false, std::sync::atomic::Ordering::Relaxed);
+                }
                 Ok(false)
             }
             status => Err(StreamError::Refused { target: target.to_owned(), status }),

@@ -374,9 +374,10 @@ async fn metrics(w: &World, deployment: Deployment) {
                 .and_then(|l| l.rsplit(' ').next()?.parse().ok())
                 .unwrap();
             assert!(now - opened <= 2.0, "20 sequential requests opened {} tunnel streams", now - opened);
-            // App connections travel on data connections the agent dials to the
-            // relay holding its tunnel, not on HTTP/2 streams.
-            if matches!(deployment, Deployment::Region) {
+            // App connections travel on data connections the agent dials to this
+            // region's relay (through a mesh hop too: the agent attached to the
+            // primary dials this region directly), not on HTTP/2 streams.
+            {
                 let data = after
                     .lines()
                     .find(|l| l.starts_with("meridian_relay_data_connections_total"))

@@ -213,6 +213,18 @@ async fn a_mesh_secret_alone_opens_no_agent() {
     assert_eq!(refused(link.open(&code_target, Some((agent, ""))).await), 403, "no grant");
     assert_eq!(refused(link.open(&code_target, Some((agent, "forged.token.x"))).await), 403, "forged grant");
     assert_eq!(refused(link.open(&code_target, Some((agent, &grant))).await), 403, "another app's grant");
+    // Nor does asking for a data connection (the agent would dial the asker).
+    let agent_id = agent.to_string();
+    let nonce = meridian_regions::data::Nonce::random().to_header();
+    for (what, g) in [("no grant", ""), ("forged grant", "forged.token.x"), ("another app's grant", grant.as_str())] {
+        let via = [
+            (meridian_regions::tunnel::AGENT_HEADER, agent_id.as_str()),
+            (meridian_regions::tunnel::GRANT_HEADER, g),
+            (meridian_regions::data::DIAL_HEADER, "http://127.0.0.1:9"),
+        ];
+        let answer = link.request_data(&code_target, &nonce, &via).await;
+        assert!(matches!(answer, Err(StreamError::Refused { status: 403, .. })), "data, {what}: {answer:?}");
+    }
     // The grant opens exactly its own app (the control: the link itself works).
     let mut stream = link.open(&open_target, Some((agent, &grant))).await.expect("the granted app opens");
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
