@@ -1,6 +1,8 @@
-//! Upstream connections through agent tunnels. Pingora speaks HTTP (or TLS)
-//! over a tunnel stream exactly as over TCP, and pools the streams per
-//! (agent, app address) like TCP connections.
+//! Upstream connections to workspace apps. The relay hands over a data
+//! connection the agent dialed (a real TCP socket, see
+//! `meridian_regions::data`) or, as the fallback, an HTTP/2 stream over the
+//! tunnel or a mesh link; pingora speaks HTTP (or TLS) over either exactly as
+//! over TCP, and pools them per (path, app address) like TCP connections.
 
 use crate::relay::{DialError, Relay, Upstream};
 use async_trait::async_trait;
