@@ -183,7 +183,6 @@ impl Stack {
         let ports_nginx = ports;
         let mut ports = std::collections::HashMap::new();
         let mut pids = std::collections::HashMap::new();
-        let mut sydney_pid = 0;
         for (name, tls) in [("sydney", false), ("frankfurt", false), ("secure", true)] {
             let token = api.create_region(name).await?;
             let port = free_port()?;
@@ -208,9 +207,6 @@ impl Stack {
                 args.extend([s("--ca-cert"), cert.display().to_string()]);
             }
             let proc = spawn(meridian, &args, &d, name, &[("MERIDIAN_PROXY_TOKEN", &token)])?;
-            if name == "sydney" {
-                sydney_pid = proc.pid();
-            }
             pids.insert(name, proc.pid());
             procs.push(proc);
             ports.insert(name, port);
@@ -294,7 +290,7 @@ impl Stack {
             meridian_tls: signed.next().context("tls target")?,
             api,
             cert,
-            sydney_pid,
+            sydney_pid: pids["sydney"],
             sydney_port: ports["sydney"],
             _procs: procs,
             dir,

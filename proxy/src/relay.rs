@@ -455,31 +455,30 @@ impl Relay {
             let (relay, tls) = (self.clone(), tls.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let result = match tls {
+                match tls {
                     Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => match data::classify(stream).await {
-                            Ok(Opening::Data(s, nonce)) => {
-                                return relay.claim(DataStream::Server(Box::new(s)), nonce).await
-                            }
-                            Ok(Opening::Other(s, read)) => {
-                                relay.serve_connection(TokioIo::new(data::Rewind::new(read, s))).await
-                            }
-                            Err(e) => return tracing::debug!(%peer, error = %e, "relay connection ended"),
-                        },
-                        _ => return tracing::debug!(%peer, "relay TLS handshake failed"),
+                        Ok(Ok(stream)) => relay.serve_opening(stream, |s| DataStream::Server(Box::new(s)), peer).await,
+                        _ => tracing::debug!(%peer, "relay TLS handshake failed"),
                     },
-                    None => match data::classify(tcp).await {
-                        Ok(Opening::Data(s, nonce)) => return relay.claim(DataStream::Plain(s), nonce).await,
-                        Ok(Opening::Other(s, read)) => {
-                            relay.serve_connection(TokioIo::new(data::Rewind::new(read, s))).await
-                        }
-                        Err(e) => return tracing::debug!(%peer, error = %e, "relay connection ended"),
-                    },
-                };
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "relay connection ended");
+                    None => relay.serve_opening(tcp, DataStream::Plain, peer).await,
                 }
             });
+        }
+    }
+
+    /// A new connection (after TLS, if any): a data connection presenting a
+    /// nonce (`wrap` makes it a data stream), or an agent or peer relay speaking HTTP.
+    async fn serve_opening<T>(self: Arc<Self>, io: T, wrap: impl FnOnce(T) -> DataStream, peer: std::net::SocketAddr)
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let result = match data::classify(io).await {
+            Ok(Opening::Data(s, nonce)) => return self.claim(wrap(s), nonce).await,
+            Ok(Opening::Other(s, read)) => self.serve_connection(TokioIo::new(data::Rewind::new(read, s))).await,
+            Err(e) => return tracing::debug!(%peer, error = %e, "relay connection ended"),
+        };
+        if let Err(e) = result {
+            tracing::debug!(%peer, error = %e, "relay connection ended");
         }
     }
 
