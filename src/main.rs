@@ -129,7 +129,9 @@ fn run_sample_app(listen: std::net::SocketAddr, tls: Option<(std::path::PathBuf,
         };
         tracing::info!(%listen, tls = tls.is_some(), "sample app listening");
         let served = match tls {
-            Some((cert, key)) => match meridian_regions::tunnel::tls_acceptor(&cert, &key) {
+            Some((cert, key)) => match meridian_regions::certificate::ReloadingCertificate::watch(&cert, &key)
+                .and_then(meridian_regions::tunnel::tls_acceptor)
+            {
                 Ok(acceptor) => meridian_agent::sample_app::serve_tls(listener, acceptor, shutdown_signal()).await,
                 Err(e) => return config_error(format!("{e:#}")),
             },

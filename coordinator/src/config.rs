@@ -32,6 +32,16 @@ pub struct Args {
     /// External Postgres, e.g. `postgres://user:pass@host/db` [default: embedded Postgres in --data-dir].
     #[arg(long, env = "MERIDIAN_POSTGRES_URL", hide_env_values = true)]
     pub postgres_url: Option<String>,
+    /// PEM CA certificate to verify --postgres-url's server with; unless the
+    /// URL sets `sslmode`, giving it means `sslmode=verify-full` (TLS, the
+    /// certificate chains to this CA and names the host) [default: the URL's
+    /// `sslmode` and `sslrootcert`, else `prefer` with the public roots].
+    #[arg(long, env = "MERIDIAN_POSTGRES_CA_CERT")]
+    pub postgres_ca_cert: Option<PathBuf>,
+    /// Most connections this coordinator replica opens to Postgres; size it so
+    /// replicas × pool size stays under the server's `max_connections` [default: 16].
+    #[arg(long, env = "MERIDIAN_POSTGRES_POOL_SIZE")]
+    pub postgres_pool_size: Option<u32>,
     /// Directory for the embedded Postgres [default: /var/lib/meridian as root, else ~/.local/share/meridian].
     #[arg(long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
@@ -93,8 +103,15 @@ pub struct Args {
 /// Where the database is.
 #[derive(Debug, Clone)]
 pub enum Database {
-    External(Secret),
-    Embedded { data_dir: PathBuf, bin_dir: Option<PathBuf> },
+    /// `--postgres-url`, and the CA to verify it with (`--postgres-ca-cert`).
+    External {
+        url: Secret,
+        ca_cert: Option<PathBuf>,
+    },
+    Embedded {
+        data_dir: PathBuf,
+        bin_dir: Option<PathBuf>,
+    },
 }
 
 /// A validated configuration.
@@ -104,6 +121,8 @@ pub struct Config {
     pub access_url: Url,
     pub wildcard_access_url: Option<String>,
     pub database: Database,
+    /// Most open Postgres connections (`--postgres-pool-size`).
+    pub postgres_pool_size: u32,
     pub proxy_health_interval: Duration,
     pub heartbeat_interval: Duration,
     pub replica_expiry: Duration,
@@ -147,6 +166,8 @@ impl Args {
             access_url: self.access_url.or(file.access_url),
             wildcard_access_url: self.wildcard_access_url.or(file.wildcard_access_url),
             postgres_url: self.postgres_url.or(file.postgres_url),
+            postgres_ca_cert: self.postgres_ca_cert.or(file.postgres_ca_cert),
+            postgres_pool_size: self.postgres_pool_size.or(file.postgres_pool_size),
             data_dir: self.data_dir.or(file.data_dir),
             postgres_bin_dir: self.postgres_bin_dir.or(file.postgres_bin_dir),
             proxy_health_interval: self.proxy_health_interval.or(file.proxy_health_interval),
@@ -187,11 +208,18 @@ impl Args {
         let secrets_key_file = self.secrets_key_file.unwrap_or_else(|| data_dir.join("secrets.key"));
         let database = match self.postgres_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
-                Database::External(Secret::new(url))
+                Database::External { url: Secret::new(url), ca_cert: self.postgres_ca_cert }
             }
             Some(_) => return Err(ConfigError("--postgres-url must start with postgres://".into())),
+            None if self.postgres_ca_cert.is_some() => {
+                return Err(ConfigError("--postgres-ca-cert needs --postgres-url".into()))
+            }
             None => Database::Embedded { data_dir, bin_dir: self.postgres_bin_dir },
         };
+        let postgres_pool_size = self.postgres_pool_size.unwrap_or(16);
+        if !(1..=1000).contains(&postgres_pool_size) {
+            return Err(ConfigError(format!("--postgres-pool-size {postgres_pool_size} must be between 1 and 1000")));
+        }
         let tls = match (self.tls_cert, self.tls_key) {
             (Some(c), Some(k)) => Some((c, k)),
             (None, None) => None,
@@ -202,6 +230,7 @@ impl Args {
             access_url,
             wildcard_access_url: self.wildcard_access_url,
             database,
+            postgres_pool_size,
             proxy_health_interval: self.proxy_health_interval.unwrap_or(Duration::from_secs(10)),
             heartbeat_interval: self.heartbeat_interval.unwrap_or(Duration::from_secs(15)),
             replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),

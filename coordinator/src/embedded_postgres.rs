@@ -76,6 +76,11 @@ pub struct EmbeddedPostgres {
     root: PathBuf,
     run_as: Option<nix::unistd::User>,
     running: bool,
+    /// Extra `-c name=value` server settings (see [`EmbeddedPostgres::set`]).
+    settings: Vec<String>,
+    /// The server's port: names its Unix socket, and its TCP port if it
+    /// listens on one [default: 5432].
+    port: u16,
 }
 
 impl EmbeddedPostgres {
@@ -99,7 +104,7 @@ impl EmbeddedPostgres {
         } else {
             None
         };
-        Ok(Self { bins, root, run_as, running: false })
+        Ok(Self { bins, root, run_as, running: false, settings: Vec::new(), port: 5432 })
     }
 
     fn cluster_dir(&self) -> PathBuf {
@@ -112,12 +117,28 @@ impl EmbeddedPostgres {
 
     /// Connection options for the running cluster (Unix socket, trust auth).
     pub fn connect_options(&self) -> PgConnectOptions {
-        PgConnectOptions::new().socket(self.socket_dir()).username(DB_NAME).database(DB_NAME)
+        PgConnectOptions::new().socket(self.socket_dir()).port(self.port).username(DB_NAME).database(DB_NAME)
     }
 
     /// The same as a URL, for `--postgres-url` of other processes.
     pub fn url(&self) -> String {
-        format!("postgres://{DB_NAME}@localhost/{DB_NAME}?host={}", self.socket_dir().display())
+        format!("postgres://{DB_NAME}@localhost:{}/{DB_NAME}?host={}", self.port, self.socket_dir().display())
+    }
+
+    /// Adds a server setting for the next start, after the defaults (so it
+    /// wins over them): tests serve TLS on a TCP port this way.
+    pub fn set(&mut self, name: &str, value: &str) {
+        self.settings.push(format!("-c {name}='{value}'"));
+    }
+
+    /// Sets the server's port (see `set` for listening on TCP).
+    pub fn set_port(&mut self, port: u16) {
+        self.port = port;
+    }
+
+    /// The Unix user the server runs as, when it is not this process's.
+    pub fn server_user(&self) -> Option<&nix::unistd::User> {
+        self.run_as.as_ref()
     }
 
     /// Creates the cluster if needed and starts it; waits until it accepts connections.
@@ -133,7 +154,15 @@ impl EmbeddedPostgres {
             tracing::warn!("embedded PostgreSQL was left running; restarting it");
             self.pg_ctl(&["stop", "-m", "fast", "-w"])?;
         }
-        let opts = format!("-c listen_addresses='' -k {} -c unix_socket_permissions=0700", self.socket_dir().display());
+        let mut opts = format!(
+            "-c listen_addresses='' -k {} -c unix_socket_permissions=0700 -p {}",
+            self.socket_dir().display(),
+            self.port
+        );
+        for setting in &self.settings {
+            opts.push(' ');
+            opts.push_str(setting);
+        }
         let log = self.root.join("postgres.log");
         let status = self.pg_ctl(&[
             "start",

@@ -99,10 +99,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
 /// Connects to the configured database, starting the embedded one if needed.
 async fn open_database(config: &Config) -> anyhow::Result<(Store, Option<EmbeddedPostgres>)> {
+    let pool_size = config.postgres_pool_size;
     match &config.database {
-        Database::External(url) => {
-            let options = url.expose().parse().context("invalid --postgres-url")?;
-            Ok((Store::connect(options, DATABASE_START_DEADLINE).await?, None))
+        Database::External { url, ca_cert } => {
+            let options = external_options(url.expose(), ca_cert.as_deref())?;
+            Ok((Store::connect(options, pool_size, DATABASE_START_DEADLINE).await?, None))
         }
         Database::Embedded { data_dir, bin_dir } => {
             let bins = PgBinaries::find(bin_dir.as_deref())?;
@@ -110,8 +111,25 @@ async fn open_database(config: &Config) -> anyhow::Result<(Store, Option<Embedde
             tracing::info!(data_dir = %data_dir.display(), "starting embedded PostgreSQL");
             tokio::task::block_in_place(|| pg.start())?;
             pg.ensure_database().await?;
-            let store = Store::connect(pg.connect_options(), DATABASE_START_DEADLINE).await?;
+            let store = Store::connect(pg.connect_options(), pool_size, DATABASE_START_DEADLINE).await?;
             Ok((store, Some(pg)))
         }
     }
+}
+
+/// `--postgres-url`'s options; a CA file (`--postgres-ca-cert`) means
+/// `sslmode=verify-full` unless the URL chose a mode itself.
+fn external_options(url: &str, ca_cert: Option<&std::path::Path>) -> anyhow::Result<sqlx::postgres::PgConnectOptions> {
+    use sqlx::postgres::{PgConnectOptions, PgSslMode};
+    let mut options: PgConnectOptions = url.parse().context("invalid --postgres-url")?;
+    if let Some(ca) = ca_cert {
+        anyhow::ensure!(ca.is_file(), "--postgres-ca-cert {}: no such file", ca.display());
+        options = options.ssl_root_cert(ca);
+        let mode_set =
+            url::Url::parse(url).is_ok_and(|u| u.query_pairs().any(|(k, _)| k == "sslmode" || k == "ssl-mode"));
+        if !mode_set {
+            options = options.ssl_mode(PgSslMode::VerifyFull);
+        }
+    }
+    Ok(options)
 }

@@ -32,16 +32,19 @@ pub struct Store {
 impl Store {
     /// Connects (retrying until `deadline` passes, for a Postgres that is
     /// still starting) and applies pending migrations.
-    pub async fn connect(options: PgConnectOptions, deadline: Duration) -> anyhow::Result<Self> {
-        let pool = PgPoolOptions::new().max_connections(16).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options);
+    pub async fn connect(options: PgConnectOptions, pool_size: u32, deadline: Duration) -> anyhow::Result<Self> {
+        let pool =
+            PgPoolOptions::new().max_connections(pool_size).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(options);
         let started = tokio::time::Instant::now();
         let mut delay = Duration::from_millis(100);
         loop {
             match MIGRATOR.run(&pool).await {
                 Ok(()) => break,
-                Err(sqlx::migrate::MigrateError::Execute(e)) if started.elapsed() < deadline => {
+                Err(sqlx::migrate::MigrateError::Execute(e)) if !refused(&e) && started.elapsed() < deadline => {
                     tracing::warn!(error = %e, "database not ready; retrying");
                 }
+                // The error's text already names its cause; its sources would repeat it.
+                Err(sqlx::migrate::MigrateError::Execute(e)) => anyhow::bail!("cannot use the database: {e}"),
                 Err(e) => return Err(e).context("cannot migrate the database"),
             }
             tokio::time::sleep(delay).await;
@@ -52,6 +55,19 @@ impl Store {
 
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+}
+
+/// Whether `e` is the server or TLS refusing us, which waiting does not change:
+/// a certificate that does not verify, or authentication (SQLSTATE class 28,
+/// e.g. no `pg_hba.conf` entry for a plain connection).
+fn refused(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Tls(_) => true,
+        // A handshake that failed verification (sqlx reports it as I/O).
+        sqlx::Error::Io(io) => io.kind() == std::io::ErrorKind::InvalidData,
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("28")),
+        _ => false,
     }
 }
 

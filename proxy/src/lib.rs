@@ -34,6 +34,7 @@ pub mod upstream;
 
 use anyhow::Context;
 use config::Config;
+use meridian_regions::certificate::ReloadingCertificate;
 use meridian_regions::client::{http_client, Client, Credential};
 use pingora::listeners::tls::TlsSettings;
 use pingora::listeners::ListenerConfig;
@@ -81,10 +82,12 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     let relay_listener = std::net::TcpListener::bind(config.relay_listen)
         .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
     relay_listener.set_nonblocking(true)?;
-    let relay_tls = match &config.tls {
-        Some((cert, key)) => Some(meridian_regions::tunnel::tls_acceptor(cert, key)?),
+    // One certificate for the app listener and the relay, reloaded when its files change.
+    let certificate = match &config.tls {
+        Some((cert, key)) => Some(ReloadingCertificate::watch(cert, key)?),
         None => None,
     };
+    let relay_tls = certificate.clone().map(meridian_regions::tunnel::tls_acceptor).transpose()?;
     let relay_addr = match &config.relay_url {
         Some(url) => url.as_str().trim_end_matches('/').to_owned(),
         None => advertised(relay_listener.local_addr()?, &config.access_url, relay_tls.is_some()),
@@ -159,13 +162,10 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     // No L4 read buffer: pingora's HTTP layer reads into its own buffers, and
     // the default 64 KiB per connection would dominate an idle connection's memory.
     let listener = ListenerConfig::tcp(addr.as_str()).l4_buffer(L4BufferSettings { read: Some(0), write: None });
-    match &config.tls {
-        Some((cert, key)) => {
-            let (cert, key) = (path_str(cert)?, path_str(key)?);
+    match certificate {
+        Some(certificate) => {
             let mut tls = TlsSettings::with_callbacks(Box::new(gate::RecordSni))?;
-            tls.set_certificate_chain_file(cert)
-                .and_then(|()| tls.set_private_key_file(key))
-                .with_context(|| format!("cannot load TLS certificate {cert} and key {key}"))?;
+            tls.set_cert_resolver(certificate);
             tls.enable_h2();
             proxy.add_listener(listener.tls(tls));
         }
@@ -210,8 +210,4 @@ fn advertised(addr: std::net::SocketAddr, access_url: &url::Url, tls: bool) -> S
         (false, true) => format!("http://{host}:{}", addr.port()),
         (false, false) => format!("http://{addr}"),
     }
-}
-
-fn path_str(p: &std::path::Path) -> anyhow::Result<&str> {
-    p.to_str().with_context(|| format!("{} is not UTF-8", p.display()))
 }

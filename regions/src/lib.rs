@@ -14,11 +14,13 @@
 //! - [`resolve`]: name resolution (hickory), with `.localhost` as loopback.
 //! - [`selection`]: region selection by measured latency (`meridian regions ping`).
 //! - [`request`]: framing, host and path checks of a received request (one normalisation).
+//! - [`certificate`]: the served TLS certificate, reloaded when its files change.
 //! - [`redirect`]: where the login flow may send a browser (no open redirect).
 
 pub mod api;
 pub mod app_token;
 pub mod app_url;
+pub mod certificate;
 pub mod client;
 pub mod data;
 #[doc(hidden)]

@@ -228,19 +228,15 @@ impl TlsClient {
     }
 }
 
-/// TLS settings for a relay listener, from PEM certificate chain and key files.
-pub fn tls_acceptor(cert: &std::path::Path, key: &std::path::Path) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
-    use anyhow::Context;
-    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
-    let certs = CertificateDer::pem_file_iter(cert)
-        .with_context(|| format!("cannot read {}", cert.display()))?
-        .collect::<Result<Vec<_>, _>>()?;
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("cannot read {}", key.display()))?;
+/// TLS settings for a relay listener serving `certificate` (reloaded when its files change).
+pub fn tls_acceptor(
+    certificate: std::sync::Arc<crate::certificate::ReloadingCertificate>,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
     let config =
         rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()?
             .with_no_client_auth()
-            .with_single_cert(certs, key)?;
+            .with_cert_resolver(certificate);
     Ok(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config)))
 }
 

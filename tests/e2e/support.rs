@@ -179,7 +179,9 @@ impl Coordinator {
             let exited = proc.child.try_wait().unwrap();
             assert!(exited.is_none(), "coordinator exited: {exited:?}\n{}", proc.output());
             let url = url.clone();
-            async move { reqwest::get(&url).await.ok().filter(|r| r.status().is_success()) }
+            // Liveness only: a coordinator serving HTTPS with a test CA is probed too.
+            let probe = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+            async move { probe.get(&url).send().await.ok().filter(|r| r.status().is_success()) }
         })
         .await;
     }
@@ -325,6 +327,11 @@ impl Api {
 
     pub fn with_token(base: &str, token: &str) -> Self {
         Self { http: reqwest::Client::new(), base: base.into(), token: Some(token.into()) }
+    }
+
+    /// A client sending requests through `http` (e.g. one trusting a test CA).
+    pub fn with_http(base: &str, http: reqwest::Client, token: Option<&str>) -> Self {
+        Self { http, base: base.into(), token: token.map(str::to_owned) }
     }
 
     /// Signs in as `username` and returns a client with that session.
