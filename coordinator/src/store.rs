@@ -2,7 +2,10 @@
 //!
 //! Queries are checked at run time (`sqlx::query_as`), so building needs no
 //! database. Migrations in `coordinator/migrations/` are embedded in the binary
-//! and applied at start ([`Store::connect`]).
+//! and applied at start ([`Store::connect`]). They only expand the schema
+//! (`coordinator/migrations/README.md`): a replica of the previous release
+//! keeps working on it during a rolling upgrade, and one that restarts then
+//! starts, skipping the migrations it does not know.
 
 mod agents;
 mod apps;
@@ -22,7 +25,11 @@ use std::time::Duration;
 /// How long an API request waits for a database connection before answering 503.
 pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+/// The embedded migrations. `ignore_missing`: a database that a newer release
+/// already migrated further is used as it is (expand-only migrations keep it
+/// readable by this release); sqlx would otherwise refuse to start.
+static MIGRATOR: sqlx::migrate::Migrator =
+    sqlx::migrate::Migrator { ignore_missing: true, ..sqlx::migrate!("./migrations") };
 
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -74,4 +81,53 @@ fn refused(e: &sqlx::Error) -> bool {
 /// Whether `e` is a unique-constraint violation (SQLSTATE 23505).
 fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// Whether `sql` (one statement, comments removed) takes away something a
+    /// previous release may use (see `migrations/README.md`).
+    fn contracts(sql: &str) -> bool {
+        let s = sql.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_uppercase();
+        let alters_column = s.contains("ALTER COLUMN") && (s.contains(" TYPE ") || s.contains("SET NOT NULL"));
+        let required_column = s.contains("ADD COLUMN") && s.contains("NOT NULL") && !s.contains("DEFAULT");
+        s.contains("DROP ") || s.contains(" RENAME ") || alters_column || required_column
+    }
+
+    #[test]
+    fn what_contracts_a_schema() {
+        for (sql, expected) in [
+            ("ALTER TABLE a ADD COLUMN b text", false),
+            ("ALTER TABLE a ADD COLUMN b bigint NOT NULL DEFAULT 0", false),
+            ("CREATE TABLE a (id uuid PRIMARY KEY, b text NOT NULL)", false),
+            ("CREATE INDEX a_b ON a (b)", false),
+            ("ALTER TABLE a ADD COLUMN b text NOT NULL", true),
+            ("ALTER TABLE a DROP COLUMN b", true),
+            ("DROP TABLE a", true),
+            ("ALTER TABLE a RENAME COLUMN b TO c", true),
+            ("ALTER TABLE a ALTER COLUMN b TYPE bigint", true),
+            ("alter table a alter column b set not null", true),
+        ] {
+            assert_eq!(contracts(sql), expected, "{sql}");
+        }
+    }
+
+    #[test]
+    fn migrations_only_expand() {
+        for m in super::MIGRATOR.iter() {
+            for statement in m.sql.as_ref().split(';') {
+                let marked = statement.contains("-- contract:");
+                let code: String =
+                    statement.lines().map(|l| l.split("--").next().unwrap_or("")).collect::<Vec<_>>().join("\n");
+                assert!(
+                    marked || !contracts(&code),
+                    "migration {} ({}) contracts the schema without a `-- contract:` note; \
+                     see coordinator/migrations/README.md:\n{}",
+                    m.version,
+                    m.description,
+                    statement.trim()
+                );
+            }
+        }
+    }
 }

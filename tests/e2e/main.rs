@@ -25,4 +25,5 @@ mod proxy_tls;
 mod regions_ping;
 mod tokens;
 mod trust;
+mod upgrade;
 mod workspaces;

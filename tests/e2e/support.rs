@@ -66,9 +66,14 @@ pub struct Process {
 
 impl Process {
     pub fn spawn(name: &str, dir: &Path, args: &[String]) -> Self {
+        Self::spawn_bin(BIN, name, dir, args)
+    }
+
+    /// [`Process::spawn`] of another build of `meridian` (the upgrade test's previous release).
+    pub fn spawn_bin(bin: &str, name: &str, dir: &Path, args: &[String]) -> Self {
         let log = dir.join(format!("{name}-{}.log", free_port()));
         let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new(BIN)
+        let child = Command::new(bin)
             .args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -166,7 +171,12 @@ impl Coordinator {
     }
 
     pub async fn start_with(dir: &Path, args: Vec<String>, url: String) -> Self {
-        let proc = Process::spawn("coordinator", dir, &args);
+        Self::start_bin(BIN, dir, args, url).await
+    }
+
+    /// [`Coordinator::start_with`] of another build of `meridian`.
+    pub async fn start_bin(bin: &str, dir: &Path, args: Vec<String>, url: String) -> Self {
+        let proc = Process::spawn_bin(bin, "coordinator", dir, &args);
         let mut c = Self { proc, url, args, dir: dir.to_owned() };
         c.wait_ready().await;
         c
