@@ -60,6 +60,11 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_REPLICA_EXPIRY", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub replica_expiry: Option<Duration>,
+    /// After SIGTERM, how long to keep accepting with `/readyz` answering 503
+    /// before draining, so a load balancer stops sending new connections first [default: 0s].
+    #[arg(long, env = "MERIDIAN_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub shutdown_delay: Option<Duration>,
     /// PEM certificate chain for HTTPS [default: plain HTTP].
     #[arg(long, env = "MERIDIAN_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -126,6 +131,7 @@ pub struct Config {
     pub proxy_health_interval: Duration,
     pub heartbeat_interval: Duration,
     pub replica_expiry: Duration,
+    pub shutdown_delay: Duration,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub ca_cert: Option<PathBuf>,
     pub secrets_key_file: PathBuf,
@@ -173,6 +179,7 @@ impl Args {
             proxy_health_interval: self.proxy_health_interval.or(file.proxy_health_interval),
             heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
             replica_expiry: self.replica_expiry.or(file.replica_expiry),
+            shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             ca_cert: self.ca_cert.or(file.ca_cert),
@@ -234,6 +241,7 @@ impl Args {
             proxy_health_interval: self.proxy_health_interval.unwrap_or(Duration::from_secs(10)),
             heartbeat_interval: self.heartbeat_interval.unwrap_or(Duration::from_secs(15)),
             replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),
+            shutdown_delay: self.shutdown_delay.unwrap_or_default(),
             tls,
             ca_cert: self.ca_cert,
             secrets_key_file,

@@ -84,7 +84,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         () = proxy.exited() => anyhow::bail!("the primary proxy stopped unexpectedly"),
     }
     tracing::info!("shutting down: draining requests for up to {DRAIN_TIMEOUT:?}");
-    proxy.stop(DRAIN_TIMEOUT + Duration::from_secs(5)).await;
+    proxy.stop(config.shutdown_delay + DRAIN_TIMEOUT + Duration::from_secs(5)).await;
     stop.cancel();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, api).await;
     let _ = checker.await;

@@ -41,6 +41,7 @@ pub fn start(config: &Config, token: Token, api: SocketAddr) -> anyhow::Result<P
         relay_listen: Some(config.relay_listen),
         login_url: Some(config.access_url.clone()),
         drain_timeout: Some(crate::DRAIN_TIMEOUT),
+        shutdown_delay: Some(config.shutdown_delay),
         app_timeout: config.app_timeout,
         max_connections_per_client: config.max_connections_per_client,
         ..Default::default()

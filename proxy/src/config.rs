@@ -49,6 +49,12 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub drain_timeout: Option<Duration>,
+    /// After SIGTERM, how long to keep accepting with `/readyz` answering 503,
+    /// so a load balancer (a Kubernetes Service) stops sending new connections
+    /// before the listener closes [default: 0s].
+    #[arg(long, env = "MERIDIAN_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub shutdown_delay: Option<Duration>,
     /// Address agents attach to (this region's relay) [default: 127.0.0.1, any free port].
     #[arg(long, env = "MERIDIAN_RELAY_LISTEN")]
     pub relay_listen: Option<SocketAddr>,
@@ -126,6 +132,7 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     pub replica_id: Uuid,
     pub drain_timeout: Duration,
+    pub shutdown_delay: Duration,
     pub threads: usize,
     pub relay_listen: SocketAddr,
     pub relay_url: Option<Url>,
@@ -169,6 +176,7 @@ impl Args {
             ca_cert: self.ca_cert.or(file.ca_cert),
             replica_id: self.replica_id.or(file.replica_id),
             drain_timeout: self.drain_timeout.or(file.drain_timeout),
+            shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
             threads: self.threads.or(file.threads),
             relay_listen: self.relay_listen.or(file.relay_listen),
             relay_url: self.relay_url.or(file.relay_url),
@@ -252,6 +260,7 @@ impl Args {
             ca_cert: self.ca_cert,
             replica_id,
             drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(15)),
+            shutdown_delay: self.shutdown_delay.unwrap_or_default(),
             threads,
             relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             relay_url: self.relay_url,

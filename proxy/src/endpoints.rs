@@ -1,5 +1,6 @@
 //! The proxy's own endpoints, answered without any upstream:
-//! `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
+//! `/healthz` (liveness), `/readyz` (readiness: 503 once shutdown has begun),
+//! `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
 
 use crate::state::ProxyState;
 use bytes::Bytes;
@@ -50,6 +51,12 @@ impl Local {
 pub fn answer(path: &str, state: &ProxyState) -> Option<Local> {
     Some(match path {
         "/healthz" => Local { status: 200, content_type: "text/plain", body: Bytes::from_static(b"ok"), headers: &[] },
+        "/readyz" if state.draining() => {
+            Local { status: 503, content_type: "text/plain", body: Bytes::from_static(b"draining"), headers: &[] }
+        }
+        "/readyz" => {
+            Local { status: 200, content_type: "text/plain", body: Bytes::from_static(b"ready"), headers: &[] }
+        }
         "/healthz-report" => Local::json(200, &report(state)),
         "/latency-check" => Local {
             status: 200,

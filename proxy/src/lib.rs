@@ -174,13 +174,14 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     tracing::info!(listen = %addr, access_url = %config.access_url, relay = %relay_addr,
         replica = %config.replica_id, "proxy listening");
     server.add_service(proxy);
-    let (on_stopped, signal): (_, Box<dyn pingora::server::ShutdownSignalWatch>) = match mode {
+    let (on_stopped, signal): (_, Box<dyn pingora::server::ShutdownSignalWatch + Sync>) = match mode {
         Mode::Standalone => (lifecycle::OnStopped::Exit, Box::new(lifecycle::Signals)),
         Mode::Embedded { shutdown, stopped, .. } => {
             (lifecycle::OnStopped::Notify(stopped), Box::new(lifecycle::WatchSignal(shutdown)))
         }
     };
     let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
+    let draining_state = state.clone();
     server.add_service(background_service(
         "lifecycle",
         lifecycle::Lifecycle::new(
@@ -196,6 +197,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         "relay",
         lifecycle::RelayService::new(relay, relay_listener, relay_tls, coordinator, drained_rx),
     ));
+    let signal = Box::new(lifecycle::Draining { inner: signal, state: draining_state, delay: config.shutdown_delay });
     server.run(RunArgs { shutdown_signal: signal });
     Ok(())
 }

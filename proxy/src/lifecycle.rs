@@ -163,6 +163,29 @@ impl BackgroundService for Lifecycle {
     }
 }
 
+/// Readiness first: when `inner` fires, `/readyz` turns 503 at once and the
+/// listener keeps accepting for `delay`, so a load balancer that polls
+/// readiness (or a Kubernetes Service whose endpoints are being updated)
+/// stops sending new connections before they would be refused.
+pub struct Draining {
+    pub inner: Box<dyn ShutdownSignalWatch + Sync>,
+    pub state: Arc<ProxyState>,
+    pub delay: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Draining {
+    async fn recv(&self) -> ShutdownSignal {
+        let signal = self.inner.recv().await;
+        self.state.start_draining();
+        if !self.delay.is_zero() {
+            tracing::info!(delay = ?self.delay, "not ready (/readyz 503); still accepting until the delay ends");
+            tokio::time::sleep(self.delay).await;
+        }
+        signal
+    }
+}
+
 /// Shutdown on a channel, for an embedded proxy: the embedding process decides when.
 pub struct WatchSignal(pub tokio::sync::watch::Receiver<bool>);
 

@@ -20,6 +20,8 @@ pub struct ProxyState {
     /// the route feed resumes at once instead of at the end of its backoff.
     pub coordinator_back: tokio::sync::Notify,
     in_flight: AtomicUsize,
+    /// Set at SIGTERM: `/readyz` answers 503 from then on.
+    draining: std::sync::atomic::AtomicBool,
     pub metrics: crate::metrics::Metrics,
 }
 
@@ -63,6 +65,15 @@ impl ProxyState {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether shutdown has begun (readiness is false).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
     }
 }
 

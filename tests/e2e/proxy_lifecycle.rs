@@ -249,3 +249,39 @@ async fn sigterm_drains_requests_and_websockets_then_exits_0() {
     let region = admin.region("sydney").await;
     assert!(region["replicas"].as_array().is_none_or(|r| r.is_empty()), "{region}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_with_a_shutdown_delay_turns_readiness_false_and_keeps_accepting_for_the_delay() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &["--shutdown-delay", "3s"]);
+    proxy.wait_registered().await;
+    // A fresh connection per probe, as a kubelet's.
+    let probe = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+    let readyz = format!("{}/readyz", proxy.url);
+    assert_eq!(probe.get(&readyz).send().await.unwrap().status(), 200);
+
+    let stopped_at = std::time::Instant::now();
+    proxy.proc.signal(Signal::SIGTERM);
+    wait_for(Duration::from_secs(2), "/readyz to answer 503", || async {
+        let resp = probe.get(&readyz).send().await.ok()?;
+        (resp.status() == 503).then_some(())
+    })
+    .await;
+    // Not ready, but still serving new connections.
+    let resp = probe.get(format!("{}/healthz", proxy.url)).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    wait_for(Duration::from_secs(10), "the listener to close", || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.is_err().then_some(())
+    })
+    .await;
+    let open_for = stopped_at.elapsed();
+    assert!(
+        open_for >= Duration::from_millis(2500),
+        "the listener closed {open_for:?} after SIGTERM, before the delay"
+    );
+    assert!(proxy.proc.wait_exit(Duration::from_secs(15)).await.success());
+}
