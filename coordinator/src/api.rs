@@ -46,6 +46,22 @@ pub struct AppState {
     pub reads: crate::read_cache::ReadCache,
 }
 
+/// The API for the public listener when the proxy API has its own
+/// (`--internal-listen`): `/api/v2/proxies/...` answers 404 here, so a network
+/// policy on the internal port decides who may speak to it.
+pub fn public_router(state: AppState) -> Router {
+    router(state).layer(axum::middleware::from_fn(internal_only))
+}
+
+async fn internal_only(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if req.uri().path().starts_with("/api/v2/proxies/") {
+        let message = "The proxy API is served on the coordinator's internal listener (--internal-listen), not here.";
+        return ApiError::NotFound(message.into()).into_response();
+    }
+    next.run(req).await
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(probes::healthz))

@@ -60,6 +60,12 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_REPLICA_EXPIRY", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub replica_expiry: Option<Duration>,
+    /// A second listener for the API that proxies use (`/api/v2/proxies/...`),
+    /// which the public --listen then refuses (404): put it on a port only
+    /// proxies can reach (a Kubernetes NetworkPolicy) and point proxies'
+    /// --coordinator-url at it. Plain HTTP [default: none; the proxy API is on --listen].
+    #[arg(long, env = "MERIDIAN_INTERNAL_LISTEN")]
+    pub internal_listen: Option<SocketAddr>,
     /// After SIGTERM, how long to keep accepting with `/readyz` answering 503
     /// before draining, so a load balancer stops sending new connections first [default: 0s].
     #[arg(long, env = "MERIDIAN_SHUTDOWN_DELAY", value_parser = humantime::parse_duration)]
@@ -132,6 +138,7 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     pub replica_expiry: Duration,
     pub shutdown_delay: Duration,
+    pub internal_listen: Option<SocketAddr>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub ca_cert: Option<PathBuf>,
     pub secrets_key_file: PathBuf,
@@ -180,6 +187,7 @@ impl Args {
             heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
             replica_expiry: self.replica_expiry.or(file.replica_expiry),
             shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
+            internal_listen: self.internal_listen.or(file.internal_listen),
             tls_cert: self.tls_cert.or(file.tls_cert),
             tls_key: self.tls_key.or(file.tls_key),
             ca_cert: self.ca_cert.or(file.ca_cert),
@@ -242,6 +250,7 @@ impl Args {
             heartbeat_interval: self.heartbeat_interval.unwrap_or(Duration::from_secs(15)),
             replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),
             shutdown_delay: self.shutdown_delay.unwrap_or_default(),
+            internal_listen: self.internal_listen,
             tls,
             ca_cert: self.ca_cert,
             secrets_key_file,

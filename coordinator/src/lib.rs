@@ -70,13 +70,26 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         route_changes,
         reads: Default::default(),
     };
+    // The whole API on loopback, for the primary proxy's own registration
+    // and, without --internal-listen, for everything the primary forwards.
     let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let api_addr = api_listener.local_addr()?;
-    let api_stop = stop.clone();
-    let api = tokio::spawn(async move {
-        axum::serve(api_listener, api::router(state)).with_graceful_shutdown(api_stop.cancelled_owned()).await
-    });
-    let proxy = primary::start(&config, primary_token, api_addr)?;
+    let mut apis = vec![serve_api(api_listener, api::router(state.clone()), stop.clone())];
+    let public_api = match config.internal_listen {
+        Some(addr) => {
+            let internal = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on --internal-listen {addr}"))?;
+            tracing::info!(listen = %addr, "proxy API listening (internal)");
+            apis.push(serve_api(internal, api::router(state.clone()), stop.clone()));
+            let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+            let public_addr = public.local_addr()?;
+            apis.push(serve_api(public, api::public_router(state), stop.clone()));
+            public_addr
+        }
+        None => api_addr,
+    };
+    let proxy = primary::start(&config, primary_token, api_addr, public_api)?;
     tracing::info!(listen = %config.listen, access_url = %config.access_url, "coordinator listening");
 
     tokio::select! {
@@ -86,7 +99,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     tracing::info!("shutting down: draining requests for up to {DRAIN_TIMEOUT:?}");
     proxy.stop(config.shutdown_delay + DRAIN_TIMEOUT + Duration::from_secs(5)).await;
     stop.cancel();
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, api).await;
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        for api in apis {
+            let _ = api.await;
+        }
+    })
+    .await;
     let _ = checker.await;
     let _ = listener.await;
     if let Some(pg) = embedded.as_mut() {
@@ -95,6 +113,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// Serves `router` on `listener` until `stop`.
+fn serve_api(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    stop: CancellationToken,
+) -> tokio::task::JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await })
 }
 
 /// Connects to the configured database, starting the embedded one if needed.

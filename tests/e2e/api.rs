@@ -179,3 +179,23 @@ async fn cli_drives_the_api() {
     let list: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(list["regions"].as_array().unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_an_internal_listener_the_proxy_api_is_served_only_there() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let internal = format!("127.0.0.1:{}", free_port());
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &["--internal-listen", &internal]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    // The public listener refuses the proxy API, saying where it is.
+    let public = proxy_call(&coord.url, &token, "/api/v2/proxies/me/register", json!({})).await;
+    assert_eq!(public.status, 404, "{}", public.body);
+    assert!(public.body["message"].as_str().unwrap().contains("--internal-listen"), "{}", public.body);
+    // A proxy pointed at the internal listener registers and is health-checked.
+    let proxy = Proxy::spawn(dir.path(), &format!("http://{internal}"), &token, &[]);
+    admin.wait_status("sydney", "ok", std::time::Duration::from_secs(20)).await;
+    // The users' API stays on the public listener.
+    assert_eq!(admin.get("/api/v2/users/me").await.status, 200);
+    drop(proxy);
+}
