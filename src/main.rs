@@ -22,13 +22,20 @@ struct Cli {
     command: Command,
 }
 
+/// Said under every server role's `--help`.
+const LOG_HELP: &str = "Logging: MERIDIAN_LOG in the environment sets what is logged, in tracing's \
+EnvFilter syntax (e.g. `info`, `meridian_proxy=debug`) [default: info, with pingora and sqlx at warn].";
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the coordinator: API, Postgres store, region health checker.
+    #[command(after_help = LOG_HELP)]
     Coordinator(Box<meridian_coordinator::config::Args>),
     /// Run a regional proxy that registers with the coordinator.
+    #[command(after_help = LOG_HELP)]
     Proxy(Box<meridian_proxy::config::Args>),
     /// Run a workspace agent: attach to a region's relay and serve the workspace's apps.
+    #[command(after_help = LOG_HELP)]
     Agent(meridian_agent::config::Args),
     /// Run the sample app (the demo's): echoes requests, WebSocket echo at /ws.
     SampleApp {

@@ -87,6 +87,14 @@ pub struct Args {
     /// Address agents attach to (the primary region's relay) [default: 127.0.0.1, any free port].
     #[arg(long, env = "MERIDIAN_RELAY_LISTEN")]
     pub relay_listen: Option<SocketAddr>,
+    /// The URL agents dial for the primary's relay, when they reach it through
+    /// a load balancer [default: http(s)://<access URL host>:<relay port>].
+    #[arg(long, env = "MERIDIAN_RELAY_URL")]
+    pub relay_url: Option<Url>,
+    /// The URL other relays (regions, other coordinator replicas) link to this
+    /// replica's relay at, e.g. `http://<pod IP>:7090` [default: --relay-url].
+    #[arg(long, env = "MERIDIAN_MESH_URL")]
+    pub mesh_url: Option<Url>,
     /// File holding the key that seals secrets in the database; every coordinator
     /// replica needs the same one. Created if missing [default: <data-dir>/secrets.key].
     #[arg(long, env = "MERIDIAN_SECRETS_KEY_FILE")]
@@ -143,6 +151,8 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     pub secrets_key_file: PathBuf,
     pub relay_listen: SocketAddr,
+    pub relay_url: Option<Url>,
+    pub mesh_url: Option<Url>,
     pub app_timeout: Option<Duration>,
     /// Host names (lowercase, no port) the API answers at besides the access URL's.
     pub allowed_hosts: Vec<String>,
@@ -193,6 +203,8 @@ impl Args {
             ca_cert: self.ca_cert.or(file.ca_cert),
             secrets_key_file: self.secrets_key_file.or(file.secrets_key_file),
             relay_listen: self.relay_listen.or(file.relay_listen),
+            relay_url: self.relay_url.or(file.relay_url),
+            mesh_url: self.mesh_url.or(file.mesh_url),
             app_timeout: self.app_timeout.or(file.app_timeout),
             allowed_hosts: if self.allowed_hosts.is_empty() { file.allowed_hosts } else { self.allowed_hosts },
             dangerous_allow_path_app_sharing: self.dangerous_allow_path_app_sharing
@@ -255,6 +267,8 @@ impl Args {
             ca_cert: self.ca_cert,
             secrets_key_file,
             relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+            relay_url: self.relay_url,
+            mesh_url: self.mesh_url,
             app_timeout: self.app_timeout,
             allowed_hosts: self.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
             allow_path_app_sharing: self.dangerous_allow_path_app_sharing,

@@ -41,6 +41,8 @@ pub fn start(config: &Config, token: Token, api: SocketAddr, public_api: SocketA
         tls_cert: config.tls.as_ref().map(|t| t.0.clone()),
         tls_key: config.tls.as_ref().map(|t| t.1.clone()),
         relay_listen: Some(config.relay_listen),
+        relay_url: config.relay_url.clone(),
+        mesh_url: config.mesh_url.clone(),
         login_url: Some(config.access_url.clone()),
         drain_timeout: Some(crate::DRAIN_TIMEOUT),
         shutdown_delay: Some(config.shutdown_delay),

@@ -79,7 +79,8 @@ pub fn route(
             Route::Redirect { status: 307, location }
         }
         PathMatch::Invalid(e) => Route::Reject { status: e.status(), message: e.to_string() },
-        PathMatch::NotAnApp if api_passthrough => Route::Api,
+        // Readiness is the data plane's (draining), also in front of the API.
+        PathMatch::NotAnApp if api_passthrough && path != "/readyz" => Route::Api,
         PathMatch::NotAnApp => match endpoints::answer(path, state) {
             Some(local) => Route::Own(local),
             None => Route::Own(endpoints::Local::error(404, "Nothing is served at this address.")),

@@ -195,6 +195,8 @@ async fn with_an_internal_listener_the_proxy_api_is_served_only_there() {
     // A proxy pointed at the internal listener registers and is health-checked.
     let proxy = Proxy::spawn(dir.path(), &format!("http://{internal}"), &token, &[]);
     admin.wait_status("sydney", "ok", std::time::Duration::from_secs(20)).await;
+    // Readiness is answered by the coordinator's own proxy, in front of the API.
+    assert_eq!(reqwest::get(format!("{}/readyz", coord.url)).await.unwrap().status(), 200);
     // The users' API stays on the public listener.
     assert_eq!(admin.get("/api/v2/users/me").await.status, 200);
     drop(proxy);

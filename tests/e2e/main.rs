@@ -18,6 +18,7 @@ mod embedded;
 mod failover;
 mod faults;
 mod fixtures;
+mod kubernetes;
 mod limits;
 mod postgres;
 mod proxy_lifecycle;
