@@ -10,6 +10,7 @@ mod app_auth;
 mod apps;
 mod bench_quick;
 mod certificates;
+mod container;
 mod coordinator_outages;
 mod demo;
 mod deploy_configs;
