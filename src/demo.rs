@@ -230,6 +230,7 @@ async fn workspace(api: &Client, app_port: u16) -> Result<String> {
 
 fn print_urls(dir: &Path, base: &str, port: u16, password: &Secret, regions: &[(String, Duration, u16)], agent: &str) {
     println!("\nMeridian demo is running (logs in {}).\n", dir.display());
+    println!("  dashboard       {base}/   (open it first: your workspace, app links, regions by latency)");
     println!("  sign in         {base}/login   username {USER}   password {}", password.expose());
     println!("  coordinator     {base}   (the primary region; API under /api/v2)");
     for (name, latency, port) in regions {

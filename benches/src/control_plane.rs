@@ -124,6 +124,7 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
                 relay_address: Some(format!("http://127.0.0.1:1/{i}")),
                 mesh_address: None,
                 version: meridian_regions::VERSION.into(),
+                link_rtts: Vec::new(),
             };
             (client, req)
         })

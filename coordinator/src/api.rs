@@ -10,13 +10,13 @@
 
 mod agents;
 mod apps;
-mod auth;
+pub(crate) mod auth;
 mod guard;
 mod hosts;
 mod json;
 mod probes;
 mod proxies;
-mod regions;
+pub(crate) mod regions;
 mod users;
 mod workspaces;
 
@@ -81,6 +81,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/workspaces/{owner}/{name}", delete(workspaces::delete))
         .route("/api/v2/applications/auth-redirect", get(apps::auth_redirect))
         .route("/login", get(apps::login_page))
+        .route("/", get(crate::dashboard::home))
+        .route("/regions", get(crate::dashboard::regions))
+        .route("/admin", get(crate::dashboard::admin))
+        .route("/assets/{file}", get(crate::dashboard::asset))
         .route("/api/v2/proxies/me/keys", get(apps::keys))
         .route("/api/v2/proxies/me/redeem-ticket", post(apps::redeem_ticket))
         .route("/api/v2/proxies/me/issue-app-token", post(apps::issue_app_token))

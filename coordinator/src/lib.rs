@@ -15,6 +15,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dashboard;
 pub mod embedded_postgres;
 pub mod error;
 pub mod health;

@@ -112,6 +112,27 @@ mod tests {
         }
     }
 
+    /// A column a later release adds changes the result type of a prepared
+    /// select of every column (`*`), which Postgres then refuses ("cached plan must not change
+    /// result type"): this release's statements name their columns.
+    #[test]
+    fn statements_name_their_columns() {
+        let sources = [
+            ("store.rs", include_str!("store.rs")),
+            ("agents.rs", include_str!("store/agents.rs")),
+            ("apps.rs", include_str!("store/apps.rs")),
+            ("keys.rs", include_str!("store/keys.rs")),
+            ("regions.rs", include_str!("store/regions.rs")),
+            ("users.rs", include_str!("store/users.rs")),
+            ("workspaces.rs", include_str!("store/workspaces.rs")),
+        ];
+        let star = ["SELECT", " *"].concat();
+        let returning = ["RETURNING", " *"].concat();
+        for (file, text) in sources {
+            assert!(!text.contains(&star) && !text.contains(&returning), "{file} selects `*`");
+        }
+    }
+
     #[test]
     fn migrations_only_expand() {
         for m in super::MIGRATOR.iter() {

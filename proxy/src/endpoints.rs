@@ -16,13 +16,13 @@ pub struct Local {
     pub content_type: &'static str,
     pub body: Bytes,
     /// Extra headers, e.g. CORS for `/latency-check`.
-    pub headers: &'static [(&'static str, &'static str)],
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl Local {
     pub fn json(status: u16, value: &impl serde::Serialize) -> Self {
         let body = serde_json::to_vec(value).unwrap_or_default();
-        Self { status, content_type: "application/json", body: body.into(), headers: &[] }
+        Self { status, content_type: "application/json", body: body.into(), headers: Vec::new() }
     }
 
     /// A JSON error in the API's `{message, detail}` form.
@@ -36,7 +36,7 @@ impl Local {
         resp.insert_header("content-length", self.body.len().to_string())?;
         resp.insert_header("cache-control", "no-store")?;
         for (name, value) in self.headers {
-            resp.insert_header(*name, *value)?;
+            resp.insert_header(name, value)?;
         }
         let head_only = session.req_header().method == http::Method::HEAD;
         session.write_response_header(Box::new(resp), head_only).await?;
@@ -50,23 +50,33 @@ impl Local {
 /// The local answer for `path`, if it is one of the proxy's own endpoints.
 pub fn answer(path: &str, state: &ProxyState) -> Option<Local> {
     Some(match path {
-        "/healthz" => Local { status: 200, content_type: "text/plain", body: Bytes::from_static(b"ok"), headers: &[] },
-        "/readyz" if state.draining() => {
-            Local { status: 503, content_type: "text/plain", body: Bytes::from_static(b"draining"), headers: &[] }
+        "/healthz" => {
+            Local { status: 200, content_type: "text/plain", body: Bytes::from_static(b"ok"), headers: Vec::new() }
         }
+        "/readyz" if state.draining() => Local {
+            status: 503,
+            content_type: "text/plain",
+            body: Bytes::from_static(b"draining"),
+            headers: Vec::new(),
+        },
         "/readyz" => {
-            Local { status: 200, content_type: "text/plain", body: Bytes::from_static(b"ready"), headers: &[] }
+            Local { status: 200, content_type: "text/plain", body: Bytes::from_static(b"ready"), headers: Vec::new() }
         }
         "/healthz-report" => Local::json(200, &report(state)),
         "/latency-check" => Local {
             status: 200,
             content_type: "text/plain",
             body: Bytes::new(),
-            headers: &[("access-control-allow-origin", "*"), ("timing-allow-origin", "*")],
+            // Only the dashboard may read it and time it (the region picker).
+            headers: vec![
+                ("access-control-allow-origin", state.dashboard_origin().to_owned()),
+                ("timing-allow-origin", state.dashboard_origin().to_owned()),
+                ("vary", "Origin".to_owned()),
+            ],
         },
         "/metrics" => {
             let text = state.metrics.render(state.in_flight(), state.registration().coordinator_reachable);
-            Local { status: 200, content_type: "text/plain; version=0.0.4", body: text.into(), headers: &[] }
+            Local { status: 200, content_type: "text/plain; version=0.0.4", body: text.into(), headers: Vec::new() }
         }
         "/api/v2/buildinfo" => {
             Local::json(200, &BuildInfo { version: meridian_regions::VERSION.into(), role: "proxy".into() })

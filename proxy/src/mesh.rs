@@ -15,6 +15,7 @@
 //! requests meanwhile learn at once that it is unreachable.
 
 use futures_util::future::{BoxFuture, FutureExt, Shared};
+use meridian_regions::api::LinkRtt;
 use meridian_regions::headers::MESH_SECRET;
 use meridian_regions::token::Secret;
 use meridian_regions::tunnel::{dial_upgrade, TlsClient, Tunnel, LINK_PATH, LINK_PROTOCOL};
@@ -30,6 +31,8 @@ const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// dial per backoff, not one per request.
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest a link round-trip measurement may take, the dial included.
+const MEASURE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// A dial in progress, awaited by every request that needs the link.
 type Dial = Shared<BoxFuture<'static, Result<Tunnel, String>>>;
@@ -47,6 +50,9 @@ struct Peer {
 }
 
 pub struct Mesh {
+    /// The last round trips measured to other regions (see [`Mesh::measure`]).
+    round_trips: RwLock<Vec<LinkRtt>>,
+    measuring: std::sync::atomic::AtomicBool,
     secret: RwLock<Option<Secret>>,
     /// Every live relay's mesh URL and region, from the last registration.
     peers: RwLock<HashMap<String, String>>,
@@ -63,7 +69,14 @@ impl std::fmt::Debug for Mesh {
 
 impl Mesh {
     pub fn new(tls: TlsClient) -> Self {
-        Self { tls, secret: RwLock::default(), peers: RwLock::default(), links: Mutex::default() }
+        Self {
+            tls,
+            secret: RwLock::default(),
+            peers: RwLock::default(),
+            links: Mutex::default(),
+            round_trips: RwLock::default(),
+            measuring: Default::default(),
+        }
     }
 
     /// Installs the mesh secret from a registration.
@@ -87,6 +100,44 @@ impl Mesh {
     /// The live relays: mesh URL → region.
     pub fn peers(&self) -> HashMap<String, String> {
         self.peers.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Measures one round trip to a replica of every other region (linking
+    /// to it if needed: warm links also spare a user's first request the
+    /// dial), keeping the results for the next heartbeat. One measurement at
+    /// a time; each peer bounded by [`MEASURE_TIMEOUT`].
+    pub async fn measure(&self, own_region: &str) {
+        use std::sync::atomic::Ordering;
+        if self.measuring.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let mut one_per_region: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+        for (url, region) in self.peers() {
+            if region != own_region {
+                let e = one_per_region.entry(region).or_insert_with(|| url.clone());
+                if url < *e {
+                    *e = url;
+                }
+            }
+        }
+        let measured = futures_util::future::join_all(one_per_region.into_iter().map(|(region, url)| async move {
+            let rtt = tokio::time::timeout(MEASURE_TIMEOUT, async {
+                let link = self.link(&url).await?;
+                link.round_trip().await.ok()
+            })
+            .await
+            .ok()
+            .flatten()?;
+            Some(LinkRtt { region, rtt_ms: u32::try_from(rtt.as_millis()).unwrap_or(u32::MAX).max(1) })
+        }))
+        .await;
+        *self.round_trips.write().unwrap_or_else(|e| e.into_inner()) = measured.into_iter().flatten().collect();
+        self.measuring.store(false, Ordering::Release);
+    }
+
+    /// The round trips of the last [`Mesh::measure`].
+    pub fn round_trips(&self) -> Vec<LinkRtt> {
+        self.round_trips.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Whether a link to `url` is open now.

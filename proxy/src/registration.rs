@@ -57,6 +57,7 @@ impl Registrar {
             mesh_address: Some(mesh_address).filter(|m| *m != relay_address),
             relay_address: Some(relay_address),
             version: meridian_regions::VERSION.into(),
+            link_rtts: Vec::new(),
         };
         Self { client, request, state, auth, relay }
     }
@@ -69,7 +70,8 @@ impl Registrar {
         let mut interval = DEFAULT_INTERVAL;
         let mut backoff = FIRST_BACKOFF;
         while !*stop.borrow() {
-            let wait = match self.client.register(&self.request).await {
+            let request = RegisterProxy { link_rtts: self.relay.mesh.round_trips(), ..self.request.clone() };
+            let wait = match self.client.register(&request).await {
                 Ok(resp) => {
                     let first = self.state.registration().last_success.is_none();
                     interval = Duration::from_millis(resp.heartbeat_interval_ms)
@@ -82,6 +84,9 @@ impl Registrar {
                         r.replicas.iter().filter_map(|x| Some((x.mesh_address.clone()?, r.name.clone())))
                     });
                     self.relay.mesh.set_peers(peers.collect());
+                    // Round trips to the other regions, for the next heartbeat (in the background).
+                    let (mesh, own) = (self.relay.mesh.clone(), resp.region_name.clone());
+                    tokio::spawn(async move { mesh.measure(&own).await });
                     let mut back = false;
                     self.state.update_registration(|r| {
                         if first || !r.coordinator_reachable {

@@ -595,6 +595,9 @@ impl Relay {
             *r.status_mut() = s;
             Ok(r)
         };
+        if req.uri().path() == meridian_regions::tunnel::PING_PATH {
+            return status(StatusCode::NO_CONTENT);
+        }
         let agent = req.headers().get(AGENT_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<Uuid>().ok());
         if let (Some(agent), true) = (agent, req.method() == hyper::Method::OPTIONS) {
             return status(if self.tunnel(agent).is_some() { StatusCode::OK } else { StatusCode::NOT_FOUND });

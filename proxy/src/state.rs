@@ -20,6 +20,9 @@ pub struct ProxyState {
     /// the route feed resumes at once instead of at the end of its backoff.
     pub coordinator_back: tokio::sync::Notify,
     in_flight: AtomicUsize,
+    /// The dashboard's origin (the coordinator's, from --login-url): the one
+    /// origin `/latency-check` answers CORS and Timing-Allow-Origin for.
+    dashboard_origin: std::sync::OnceLock<String>,
     /// Set at SIGTERM: `/readyz` answers 503 from then on.
     draining: std::sync::atomic::AtomicBool,
     pub metrics: crate::metrics::Metrics,
@@ -65,6 +68,14 @@ impl ProxyState {
 
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn set_dashboard_origin(&self, origin: String) {
+        let _ = self.dashboard_origin.set(origin);
+    }
+
+    pub fn dashboard_origin(&self) -> &str {
+        self.dashboard_origin.get().map_or("null", String::as_str)
     }
 
     /// Whether shutdown has begun (readiness is false).

@@ -77,6 +77,10 @@ pub struct Region {
     /// The replicas serving this region, most recently heard from first.
     #[serde(default)]
     pub replicas: Vec<Replica>,
+    /// Round trips from this region to others over its relays' mesh links:
+    /// per other region, the best a healthy replica measured.
+    #[serde(default)]
+    pub links: Vec<LinkRtt>,
 }
 
 /// One registered replica of a region.
@@ -94,6 +98,9 @@ pub struct Replica {
     /// The health checker's last error for this replica, if any.
     pub error: Option<String>,
     pub last_heartbeat_at: DateTime<Utc>,
+    /// What its relay measured to other regions at its last heartbeat.
+    #[serde(default)]
+    pub link_rtts: Vec<LinkRtt>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -161,6 +168,16 @@ pub struct RegisterProxy {
     #[serde(default)]
     pub mesh_address: Option<String>,
     pub version: String,
+    /// Round trips this replica's relay measured over its links to other regions.
+    #[serde(default)]
+    pub link_rtts: Vec<LinkRtt>,
+}
+
+/// A round trip measured over a relay's mesh link to a replica of `region`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LinkRtt {
+    pub region: String,
+    pub rtt_ms: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -30,6 +30,9 @@ pub const GRANT_HEADER: &str = "meridian-stream-grant";
 /// Relay → agent over the tunnel: `POST` here asks the agent to attach
 /// elsewhere (the relay is shutting down); it moves make-before-break.
 pub const LEAVE_PATH: &str = "/meridian/leave";
+/// Relay → relay over a link: `GET` here is answered at once (204); its
+/// round trip is the link's, reported to the coordinator for the dashboard.
+pub const PING_PATH: &str = "/meridian/ping";
 /// Longest wait for a TCP connection or an upgrade answer.
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keep-alive pings on the tunnel: a dead or partitioned peer is noticed
@@ -104,6 +107,19 @@ impl Tunnel {
         };
         let data = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
         Ok((Self { sender, data }, driver))
+    }
+
+    /// One round trip over this tunnel or link: a request the peer answers
+    /// at once (a relay's 204 for [`PING_PATH`]; an older one's 400 is as quick).
+    pub async fn round_trip(&self) -> Result<Duration, StreamError> {
+        let req = hyper::Request::get(PING_PATH)
+            .body(Empty::<Bytes>::new())
+            .map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        let mut sender = self.sender.clone();
+        sender.ready().await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        let started = std::time::Instant::now();
+        sender.send_request(req).await.map_err(|e| StreamError::TunnelClosed(e.to_string()))?;
+        Ok(started.elapsed())
     }
 
     /// Whether to ask this agent for data connections.

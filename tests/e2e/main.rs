@@ -12,6 +12,7 @@ mod bench_quick;
 mod certificates;
 mod container;
 mod coordinator_outages;
+mod dashboard;
 mod demo;
 mod deploy_configs;
 mod drill;

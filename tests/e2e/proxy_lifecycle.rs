@@ -86,8 +86,10 @@ async fn proxy_serves_its_own_endpoints() {
     assert_eq!(healthz.status(), 200);
     let latency = reqwest::get(format!("{}/latency-check", proxy.url)).await.unwrap();
     assert_eq!(latency.status(), 200);
-    assert_eq!(latency.headers()["access-control-allow-origin"], "*");
-    assert_eq!(latency.headers()["timing-allow-origin"], "*");
+    // Only the dashboard (the coordinator's origin; --login-url defaults to
+    // --coordinator-url) may read and time it.
+    assert_eq!(latency.headers()["access-control-allow-origin"], coord.url.as_str());
+    assert_eq!(latency.headers()["timing-allow-origin"], coord.url.as_str());
     let info: serde_json::Value =
         reqwest::get(format!("{}/api/v2/buildinfo", proxy.url)).await.unwrap().json().await.unwrap();
     assert_eq!(info["role"], "proxy");

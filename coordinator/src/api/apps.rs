@@ -85,11 +85,10 @@ pub struct LoginQuery {
 }
 
 /// `GET /login`: a sign-in form that returns to `redirect` (a same-origin path only).
-pub async fn login_page(Query(q): Query<LoginQuery>) -> Html<String> {
-    let back = q.redirect.filter(|r| is_local_path(r)).unwrap_or_else(|| "/api/v2/users/me".into());
-    // JSON-encode, then escape `<` so the value cannot close the script element.
-    let back = serde_json::to_string(&back).unwrap_or_default().replace('<', "\\u003c");
-    Html(LOGIN_PAGE.replace("__REDIRECT__", &back))
+pub async fn login_page(Query(q): Query<LoginQuery>) -> axum::response::Response {
+    // Signing in without a `redirect` lands on the dashboard.
+    let back = q.redirect.filter(|r| is_local_path(r)).unwrap_or_else(|| "/".into());
+    crate::dashboard::login_page(&back)
 }
 
 /// A path on this host: starts with one `/`, never `//` or `/\` (scheme-relative).
@@ -201,25 +200,6 @@ fn html_escape(s: &str) -> String {
 fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
-
-const LOGIN_PAGE: &str = r#"<!doctype html>
-<html><head><meta charset="utf-8"><title>Sign in · Meridian</title>
-<style>body{font:16px system-ui;max-width:22rem;margin:4rem auto}input,button{display:block;width:100%;margin:.4rem 0;padding:.5rem}</style>
-</head><body>
-<h1>Sign in to Meridian</h1>
-<form id="f"><input name="username" placeholder="username" autocomplete="username" required>
-<input name="password" type="password" placeholder="password" autocomplete="current-password" required>
-<button>Sign in</button></form><p id="e" role="alert"></p>
-<script>
-const back = __REDIRECT__;
-document.getElementById("f").onsubmit = async (ev) => {
-  ev.preventDefault();
-  const f = new FormData(ev.target);
-  const r = await fetch("/api/v2/users/login", {method: "POST", headers: {"content-type": "application/json"},
-    body: JSON.stringify({username: f.get("username"), password: f.get("password")})});
-  if (r.ok) { location.href = back; } else { document.getElementById("e").textContent = (await r.json()).message; }
-};
-</script></body></html>"#;
 
 #[cfg(test)]
 mod tests {

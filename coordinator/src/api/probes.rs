@@ -30,14 +30,17 @@ pub async fn healthz_report(State(state): State<AppState>) -> Json<HealthReport>
     })
 }
 
-/// `GET /latency-check`: an empty 200 any origin may time.
-pub async fn latency_check() -> impl IntoResponse {
+/// `GET /latency-check`: an empty 200 that the dashboard's origin (this
+/// coordinator's) may read and time.
+pub async fn latency_check(State(state): State<AppState>) -> impl IntoResponse {
+    let origin = state.config.access_url.origin().ascii_serialization();
     (
         StatusCode::OK,
         [
-            (header::ACCESS_CONTROL_ALLOW_ORIGIN, "*"),
-            (header::HeaderName::from_static("timing-allow-origin"), "*"),
-            (header::CACHE_CONTROL, "no-store"),
+            (header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()),
+            (header::HeaderName::from_static("timing-allow-origin"), origin),
+            (header::VARY, "Origin".to_owned()),
+            (header::CACHE_CONTROL, "no-store".to_owned()),
         ],
     )
 }

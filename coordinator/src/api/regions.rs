@@ -120,6 +120,19 @@ fn to_api(state: &AppState, r: RegionWithReplicas) -> Region {
         wildcard_hostname: if primary { state.config.wildcard_access_url.clone() } else { r.wildcard_hostname },
         version: if primary { Some(meridian_regions::VERSION.into()) } else { freshest.map(|x| x.version.clone()) },
         last_heartbeat_at: if primary { Some(chrono::Utc::now()) } else { freshest.map(|x| x.last_heartbeat_at) },
+        links: best_links(&r.replicas),
         replicas: r.replicas,
     }
+}
+
+/// Per other region, the shortest round trip a healthy replica's relay measured.
+fn best_links(replicas: &[meridian_regions::api::Replica]) -> Vec<meridian_regions::api::LinkRtt> {
+    let mut best: std::collections::BTreeMap<&str, u32> = std::collections::BTreeMap::new();
+    for link in replicas.iter().filter(|r| r.status == Status::Ok).flat_map(|r| &r.link_rtts) {
+        let e = best.entry(link.region.as_str()).or_insert(link.rtt_ms);
+        *e = (*e).min(link.rtt_ms);
+    }
+    best.into_iter()
+        .map(|(region, rtt_ms)| meridian_regions::api::LinkRtt { region: region.to_owned(), rtt_ms })
+        .collect()
 }

@@ -4,7 +4,7 @@ use super::{is_unique_violation, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
 use chrono::{DateTime, Utc};
-use meridian_regions::api::{RegionHosts, RegisterProxy, Replica};
+use meridian_regions::api::{LinkRtt, RegionHosts, RegisterProxy, Replica};
 use meridian_regions::app_url::wildcard_base;
 use meridian_regions::health::Status;
 use meridian_regions::token::Token;
@@ -42,6 +42,7 @@ struct ReplicaRow {
     status: String,
     error: Option<String>,
     last_heartbeat_at: DateTime<Utc>,
+    link_rtts: Option<sqlx::types::Json<Vec<LinkRtt>>>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -78,6 +79,7 @@ impl From<ReplicaRow> for Replica {
             status: Status::from_stored(&r.status),
             error: r.error,
             last_heartbeat_at: r.last_heartbeat_at,
+            link_rtts: r.link_rtts.map(|j| j.0).unwrap_or_default(),
         }
     }
 }
@@ -90,9 +92,16 @@ impl Store {
                 .bind(PRIMARY_REGION)
                 .fetch_all(&self.pool)
                 .await?;
-        let replicas: Vec<ReplicaRow> = sqlx::query_as("SELECT * FROM region_replicas ORDER BY last_heartbeat_at DESC")
-            .fetch_all(&self.pool)
-            .await?;
+        // Columns by name, never `*`: a column a later release adds must not
+        // change this statement's result type (see migrations/README.md).
+        let replicas: Vec<ReplicaRow> = sqlx::query_as(
+            "SELECT r.id, r.region_id, r.access_url, r.wildcard_hostname, r.relay_address, r.mesh_address, \
+               r.version, r.status, r.error, r.last_heartbeat_at, l.link_rtts \
+             FROM region_replicas r LEFT JOIN replica_link_rtts l ON l.replica_id = r.id \
+             ORDER BY r.last_heartbeat_at DESC",
+        )
+        .fetch_all(&self.pool)
+        .await?;
         Ok(regions
             .into_iter()
             .map(|region| {
@@ -283,6 +292,14 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?
         .ok_or_else(|| ApiError::Conflict("That replica id belongs to another region.".into()))?;
+        sqlx::query(
+            "INSERT INTO replica_link_rtts (replica_id, link_rtts) VALUES ($1, $2) \
+             ON CONFLICT (replica_id) DO UPDATE SET link_rtts = EXCLUDED.link_rtts, measured_at = now()",
+        )
+        .bind(req.replica_id)
+        .bind(sqlx::types::Json(&req.link_rtts))
+        .execute(&self.pool)
+        .await?;
         Ok(inserted)
     }
 

@@ -48,7 +48,10 @@ impl Store {
     }
 
     pub async fn user_by_name(&self, username: &str) -> ApiResult<Option<UserRow>> {
-        Ok(sqlx::query_as("SELECT * FROM users WHERE username = $1").bind(username).fetch_optional(&self.pool).await?)
+        Ok(sqlx::query_as("SELECT id, username, password_hash, admin, created_at FROM users WHERE username = $1")
+            .bind(username)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Starts a session for `user_id`; the returned token is shown once.
@@ -144,7 +147,7 @@ async fn insert_user<'e>(
     password_hash: &str,
     admin: bool,
 ) -> ApiResult<UserRow> {
-    sqlx::query_as("INSERT INTO users (id, username, password_hash, admin) VALUES ($1, $2, $3, $4) RETURNING *")
+    sqlx::query_as("INSERT INTO users (id, username, password_hash, admin) VALUES ($1, $2, $3, $4) RETURNING id, username, password_hash, admin, created_at")
         .bind(Uuid::new_v4())
         .bind(username)
         .bind(password_hash)

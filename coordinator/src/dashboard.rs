@@ -1,0 +1,246 @@
+//! The dashboard: HTML pages at the access URL for users and operators.
+//!
+//! - `/` the signed-in user's workspaces, their agents and app links through
+//!   the region this browser chose; `/regions` every region with its health
+//!   and the latency this browser measures to it, and the region picker;
+//!   `/admin` regions, their replicas and tokens, and users (admins only:
+//!   members get 403); `/login` the sign-in page.
+//! - Each page is a small HTML shell from this file; `assets/dashboard.js`
+//!   fills it from the JSON API, so every action a page offers is an API call
+//!   a test can make too. Assets are compiled into the binary (no build step).
+//! - Security: pages send a Content-Security-Policy with no inline script or
+//!   style and `frame-ancestors 'none'`; `connect-src` names the regions'
+//!   origins (for `/latency-check`). State changes go through the API, whose
+//!   guard refuses a cookie-authenticated request that names no `Origin` or a
+//!   foreign one (`api/guard.rs`). Pages are served only on the coordinator's
+//!   own hosts, never on an app host (the primary proxy routes app hosts to apps).
+
+use crate::api::auth::CurrentUser;
+use crate::api::AppState;
+use crate::error::ApiError;
+use axum::extract::{OriginalUri, Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+
+const SCRIPT: &str = include_str!("../assets/dashboard.js");
+const LOGIN_SCRIPT: &str = include_str!("../assets/login.js");
+const STYLE: &str = include_str!("../assets/dashboard.css");
+
+/// `GET /assets/{file}`.
+pub async fn asset(Path(file): Path<String>) -> Response {
+    let (body, kind) = match file.as_str() {
+        "dashboard.js" => (SCRIPT, "text/javascript; charset=utf-8"),
+        "login.js" => (LOGIN_SCRIPT, "text/javascript; charset=utf-8"),
+        "dashboard.css" => (STYLE, "text/css; charset=utf-8"),
+        _ => return ApiError::NotFound("No such asset.".into()).into_response(),
+    };
+    ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
+}
+
+/// `GET /`: the workspaces page.
+pub async fn home(state: State<AppState>, user: Result<CurrentUser, ApiError>, uri: OriginalUri) -> Response {
+    page(state, user, uri, Page::Workspaces).await
+}
+
+/// `GET /regions`.
+pub async fn regions(state: State<AppState>, user: Result<CurrentUser, ApiError>, uri: OriginalUri) -> Response {
+    page(state, user, uri, Page::Regions).await
+}
+
+/// `GET /admin`: admins only.
+pub async fn admin(state: State<AppState>, user: Result<CurrentUser, ApiError>, uri: OriginalUri) -> Response {
+    page(state, user, uri, Page::Admin).await
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Page {
+    Workspaces,
+    Regions,
+    Admin,
+}
+
+impl Page {
+    fn id(self) -> &'static str {
+        match self {
+            Page::Workspaces => "workspaces",
+            Page::Regions => "regions",
+            Page::Admin => "admin",
+        }
+    }
+
+    fn title(self) -> &'static str {
+        match self {
+            Page::Workspaces => "Workspaces",
+            Page::Regions => "Regions",
+            Page::Admin => "Admin",
+        }
+    }
+}
+
+async fn page(
+    State(state): State<AppState>,
+    user: Result<CurrentUser, ApiError>,
+    OriginalUri(uri): OriginalUri,
+    page: Page,
+) -> Response {
+    let user = match user {
+        Ok(CurrentUser(u)) => u,
+        Err(ApiError::Unauthorized(_)) => {
+            let back: String = url::form_urlencoded::byte_serialize(uri.path().as_bytes()).collect();
+            return Redirect::to(&format!("/login?redirect={back}")).into_response();
+        }
+        Err(e) => return e.into_response(),
+    };
+    if page == Page::Admin && !user.admin {
+        let body = shell(
+            "Admins only",
+            None,
+            "<main><h1>Admins only</h1><p>This page is for administrators. \
+            <a href=\"/\">Back to your workspaces</a>.</p></main>",
+        );
+        return with_policy((StatusCode::FORBIDDEN, Html(body)).into_response(), &[]);
+    }
+    let origins = match crate::api::regions::region_list(&state).await {
+        Ok(regions) => regions.into_iter().filter_map(|r| r.access_url).filter_map(|u| origin(&u)).collect(),
+        Err(_) => Vec::new(),
+    };
+    let nav = nav(page, &user.username, user.admin);
+    let main = match page {
+        Page::Workspaces => WORKSPACES,
+        Page::Regions => REGIONS,
+        Page::Admin => ADMIN,
+    };
+    with_policy(Html(shell(page.title(), Some((page.id(), &nav)), main)).into_response(), &origins)
+}
+
+/// The page around `main`: `nav` with the page id, or none (error pages).
+fn shell(title: &str, nav: Option<(&str, &str)>, main: &str) -> String {
+    // An error page runs no script (and so measures nothing).
+    let script = if nav.is_some() { "<script src=\"/assets/dashboard.js\" defer></script>" } else { "" };
+    let (id, nav) = nav.unwrap_or(("error", ""));
+    format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title} · Meridian</title><link rel=\"stylesheet\" href=\"/assets/dashboard.css\">\
+         {script}</head><body data-page=\"{id}\">{nav}{main}</body></html>"
+    )
+}
+
+fn nav(page: Page, username: &str, admin: bool) -> String {
+    let link = |p: Page, href: &str| {
+        let current = if p == page { " aria-current=\"page\"" } else { "" };
+        format!("<a href=\"{href}\"{current}>{}</a>", p.title())
+    };
+    let admin_link = if admin { link(Page::Admin, "/admin") } else { String::new() };
+    format!(
+        "<header><nav aria-label=\"Main\"><strong class=\"brand\">Meridian</strong>{}{}{admin_link}</nav>\
+         <div class=\"session\"><label for=\"region-picker\">Region</label> <select id=\"region-picker\"></select>\
+         <span id=\"whoami\" data-admin=\"{admin}\">{}</span> <button type=\"button\" id=\"sign-out\">Sign out</button></div>\
+         </header><p id=\"notice\" role=\"status\" hidden></p>",
+        link(Page::Workspaces, "/"),
+        link(Page::Regions, "/regions"),
+        escape(username)
+    )
+}
+
+/// The page's policy: scripts and styles only from this origin, requests to
+/// this origin and the regions' (latency checks), never framed.
+fn with_policy(mut resp: Response, origins: &[String]) -> Response {
+    let mut connect = String::from("'self'");
+    for o in origins {
+        connect.push(' ');
+        connect.push_str(o);
+    }
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src {connect}; \
+         form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+    );
+    if let Ok(v) = HeaderValue::from_str(&policy) {
+        resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `scheme://host[:port]` of a URL, if it is http(s).
+fn origin(url: &str) -> Option<String> {
+    let u = url::Url::parse(url).ok()?;
+    matches!(u.scheme(), "http" | "https").then(|| u.origin().ascii_serialization())
+}
+
+pub fn escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
+}
+
+/// The sign-in page; `back` is where to go after (already checked to be a local path).
+pub fn login_page(back: &str) -> Response {
+    let body = format!(
+        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>Sign in · Meridian</title><link rel=\"stylesheet\" href=\"/assets/dashboard.css\">\
+         <script src=\"/assets/login.js\" defer></script></head><body data-page=\"login\">\
+         <main class=\"narrow\"><h1>Sign in to Meridian</h1>\
+         <form id=\"sign-in\" data-redirect=\"{}\">\
+         <label for=\"username\">Username</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required>\
+         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+         <button type=\"submit\">Sign in</button></form>\
+         <p id=\"error\" class=\"error\" role=\"alert\"></p></main></body></html>",
+        escape(back)
+    );
+    with_policy(Html(body).into_response(), &[])
+}
+
+const WORKSPACES: &str = r#"<main>
+<h1>Workspaces</h1>
+<section aria-labelledby="ws-list-title"><h2 id="ws-list-title">Your workspaces</h2>
+<div id="workspaces" aria-live="polite"><p>Loading…</p></div></section>
+<section aria-labelledby="ws-new-title"><h2 id="ws-new-title">New workspace</h2>
+<form id="create-workspace">
+<label for="ws-name">Name</label><input id="ws-name" name="name" required pattern="[a-z0-9][a-z0-9-]*">
+<label for="ws-agent">Agent</label><input id="ws-agent" name="agent" value="main" required>
+<label for="ws-apps">Apps, one per line: <code>slug=port</code> or <code>slug=port public</code> (share: owner, authenticated, public)</label>
+<textarea id="ws-apps" name="apps" rows="3">code=8080</textarea>
+<button type="submit">Create workspace</button></form>
+<div id="created" hidden><p>Agent tokens (shown once; each starts <code>meridian agent --agent-token</code>):</p><ul id="tokens"></ul></div>
+<p id="ws-error" class="error" role="alert"></p></section>
+</main>"#;
+
+const REGIONS: &str = r#"<main>
+<h1>Regions</h1>
+<p>Latency is measured from this browser to each healthy region every 30 seconds; statuses refresh every 2 seconds.
+The region picker (top right) chooses where your app links go.</p>
+<table id="regions-table"><caption>Regions</caption><thead><tr><th scope="col">Region</th><th scope="col">Status</th><th scope="col">Healthy</th>
+<th scope="col">Replicas</th><th scope="col">Version</th><th scope="col">Last heartbeat</th><th scope="col">Access URL</th><th scope="col">Latency</th></tr></thead>
+<tbody id="regions"></tbody></table>
+</main>"#;
+
+const ADMIN: &str = r#"<main>
+<h1>Admin</h1>
+<section aria-labelledby="region-new-title"><h2 id="region-new-title">New region</h2>
+<form id="create-region"><label for="region-name">Name</label><input id="region-name" name="name" required pattern="[a-z0-9][a-z0-9-]*">
+<label for="region-display">Display name</label><input id="region-display" name="display_name">
+<button type="submit">Create region</button></form>
+<div id="region-token" hidden><p>Proxy token for <span id="region-token-name"></span> (shown once):</p>
+<p><code id="region-token-value"></code> <button type="button" class="copy" data-copy="region-token-value">Copy</button></p></div>
+<p id="region-error" class="error" role="alert"></p></section>
+<section aria-labelledby="region-list-title"><h2 id="region-list-title">Regions and replicas</h2><div id="admin-regions"></div></section>
+<section aria-labelledby="user-new-title"><h2 id="user-new-title">New user</h2>
+<form id="create-user"><label for="user-name">Username</label><input id="user-name" name="username" required>
+<label for="user-password">Password</label><input id="user-password" name="password" type="password" autocomplete="new-password" required minlength="8">
+<label class="inline"><input type="checkbox" id="user-admin" name="admin"> Admin</label>
+<button type="submit">Create user</button></form>
+<p id="user-result" role="status"></p><p id="user-error" class="error" role="alert"></p></section>
+</main>"#;
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn escaping_and_origins() {
+        assert_eq!(super::escape("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
+        assert_eq!(
+            super::origin("https://sydney.example.com:8443/x").as_deref(),
+            Some("https://sydney.example.com:8443")
+        );
+        assert_eq!(super::origin("javascript:alert(1)"), None);
+    }
+}
