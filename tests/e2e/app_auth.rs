@@ -105,7 +105,11 @@ async fn auth_redirect_issues_one_time_tickets_only_for_app_hosts() {
     assert_eq!(status, 303);
     assert!(location.starts_with("/login?redirect=%2Fapi%2Fv2%2Fapplications%2Fauth-redirect"), "{location}");
     let page = reqwest::get(format!("{}{location}", w.coord.url)).await.unwrap().text().await.unwrap();
-    assert!(page.contains("/api/v2/users/login") && page.contains("auth-redirect"), "{page}");
+    // The sign-in page (its script posts to /api/v2/users/login) returns to auth-redirect.
+    assert!(
+        page.contains("/assets/login.js") && page.contains("data-redirect=\"/api/v2/applications/auth-redirect"),
+        "{page}"
+    );
 
     // Signed in → back to the same URL with one fresh ticket.
     let (status, location) = auth_redirect(&w.coord.url, Some(&admin_session), &target).await;
