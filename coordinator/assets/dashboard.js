@@ -245,14 +245,19 @@ async function removeWorkspace(ws) {
   }
 }
 
-// "slug=port [share]" per line.
-function parseApps(text) {
-  return text.split('\n').map((l) => l.trim()).filter(Boolean).map((line) => {
+// "[agent/]slug=port [share]" per line, grouped by agent (`fallback` when none is named).
+function parseAgents(text, fallback) {
+  const agents = new Map();
+  for (const line of text.split('\n').map((l) => l.trim()).filter(Boolean)) {
     const [spec, share] = line.split(/\s+/);
-    const [slug, port] = spec.split('=');
-    if (!slug || !/^\d+$/.test(port || '')) throw new Error(`"${line}": write slug=port, e.g. code=8080`);
-    return { slug, port: Number(port), share: share || 'owner' };
-  });
+    const [agent, app] = spec.includes('/') ? spec.split('/', 2) : [fallback, spec];
+    const [slug, port] = app.split('=');
+    if (!agent || !slug || !/^\d+$/.test(port || '')) throw new Error(`"${line}": write [agent/]slug=port [share], e.g. code=8080`);
+    if (!agents.has(agent)) agents.set(agent, []);
+    agents.get(agent).push({ slug, port: Number(port), share: share || 'owner' });
+  }
+  if (!agents.size) agents.set(fallback, []);
+  return [...agents].map(([name, apps]) => ({ name, apps }));
 }
 
 function setupCreateWorkspace() {
@@ -263,7 +268,7 @@ function setupCreateWorkspace() {
     showError('ws-error', null);
     const data = new FormData(form);
     try {
-      const body = { name: data.get('name'), agents: [{ name: data.get('agent'), apps: parseApps(data.get('apps')) }] };
+      const body = { name: data.get('name'), agents: parseAgents(data.get('apps'), data.get('agent')) };
       const created = await api('POST', '/api/v2/workspaces', body);
       const list = document.getElementById('tokens');
       list.replaceChildren(...Object.entries(created.agent_tokens).map(([agent, token]) => {

@@ -197,8 +197,8 @@ const WORKSPACES: &str = r#"<main>
 <section aria-labelledby="ws-new-title"><h2 id="ws-new-title">New workspace</h2>
 <form id="create-workspace">
 <label for="ws-name">Name</label><input id="ws-name" name="name" required pattern="[a-z0-9][a-z0-9-]*">
-<label for="ws-agent">Agent</label><input id="ws-agent" name="agent" value="main" required>
-<label for="ws-apps">Apps, one per line: <code>slug=port</code> or <code>slug=port public</code> (share: owner, authenticated, public)</label>
+<label for="ws-agent">Agent (for apps that name none)</label><input id="ws-agent" name="agent" value="main" required>
+<label for="ws-apps">Apps, one per line: <code>slug=port</code>, with a share (owner, authenticated, public) after it, and another agent before it: <code>db/adminer=8081 authenticated</code></label>
 <textarea id="ws-apps" name="apps" rows="3">code=8080</textarea>
 <button type="submit">Create workspace</button></form>
 <div id="created" hidden><p>Agent tokens (shown once; each starts <code>meridian agent --agent-token</code>):</p><ul id="tokens"></ul></div>

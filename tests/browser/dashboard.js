@@ -151,11 +151,13 @@ async function latencies(page) {
     // --- workspaces: create one (tokens shown once), then delete it (confirmed).
     await page.goto(`${base}/`);
     await page.fill('#ws-name', 'scratch');
-    await page.fill('#ws-apps', 'notes=8888 public');
+    await page.fill('#ws-apps', 'notes=8888 public\ndb/adminer=8081 authenticated');
     await page.click('#create-workspace button[type=submit]');
-    await page.waitForSelector('#token-main');
+    await page.waitForSelector('#token-db');
     check((await page.textContent('#token-main')).length > 20, 'no agent token shown');
-    await page.waitForSelector('[data-workspace=scratch]');
+    await page.waitForSelector('[data-workspace=scratch] [data-agent=db] [data-app=adminer]');
+    const shared = await page.textContent('[data-workspace=scratch] [data-agent=db] [data-app=adminer] td:nth-child(2)');
+    check(shared === 'authenticated', `adminer shared with ${shared}`);
     await visit(page, 'workspace-created');
     await page.click('[data-workspace=scratch] h3 button.danger');
     await page.waitForSelector('[data-workspace=scratch]', { state: 'detached' });
