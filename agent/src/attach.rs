@@ -50,6 +50,8 @@ pub struct Serving {
     /// may ask it to dial instead.
     pub relays: std::sync::Arc<[String]>,
     pub tls: TlsClient,
+    /// How long a pipe may carry nothing (`--pipe-idle-timeout`).
+    pub pipe_idle: std::time::Duration,
 }
 
 /// Serves the relay's streams until the tunnel closes, or, once `leave` is
@@ -74,7 +76,7 @@ pub async fn serve<T>(
             if req.method() == Method::POST && req.uri().path() == data::DATA_PATH {
                 return data_connection(req, &serving).await;
             }
-            handle(req, serving.policy).await
+            handle(req, serving.policy, serving.pipe_idle).await
         }
     });
     let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -155,14 +157,19 @@ async fn data_connection(
             return status(StatusCode::from_u16(data::CANNOT_DIAL_BACK).unwrap_or(StatusCode::BAD_GATEWAY));
         }
     };
+    let idle = serving.pipe_idle;
     tokio::spawn(async move {
-        let _ = tokio::io::copy_bidirectional(&mut relay, &mut app).await;
+        let _ = meridian_regions::pipe::pipe(&mut relay, &mut app, idle).await;
     });
     status(StatusCode::NO_CONTENT)
 }
 
 /// One `CONNECT host:port` stream: check the target, connect, then pipe bytes.
-async fn handle(mut req: Request<hyper::body::Incoming>, policy: Policy) -> Result<Response<Empty<Bytes>>, Infallible> {
+async fn handle(
+    mut req: Request<hyper::body::Incoming>,
+    policy: Policy,
+    idle: std::time::Duration,
+) -> Result<Response<Empty<Bytes>>, Infallible> {
     if req.method() != Method::CONNECT {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
@@ -174,7 +181,7 @@ async fn handle(mut req: Request<hyper::body::Incoming>, policy: Policy) -> Resu
     tokio::spawn(async move {
         match hyper::upgrade::on(&mut req).await {
             Ok(up) => {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(up), &mut app).await;
+                let _ = meridian_regions::pipe::pipe(&mut TokioIo::new(up), &mut app, idle).await;
             }
             Err(e) => tracing::debug!(error = %e, "stream upgrade failed"),
         }

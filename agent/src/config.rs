@@ -24,6 +24,10 @@ pub struct Args {
     /// healthy this long (hysteresis, so a flapping region is not followed).
     #[arg(long, env = "MERIDIAN_FAILBACK_AFTER", default_value = "30s", value_parser = humantime::parse_duration)]
     pub failback_after: Duration,
+    /// Close a pipe between an app connection and the relay once no byte has
+    /// moved either way for this long (a peer that vanished without closing).
+    #[arg(long, env = "MERIDIAN_PIPE_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub pipe_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -33,6 +37,7 @@ pub struct Config {
     pub region: Option<String>,
     pub ca_cert: Option<PathBuf>,
     pub failback_after: Duration,
+    pub pipe_idle_timeout: Duration,
 }
 
 impl Args {
@@ -47,6 +52,7 @@ impl Args {
             region: self.region,
             ca_cert: self.ca_cert,
             failback_after: self.failback_after,
+            pipe_idle_timeout: self.pipe_idle_timeout,
         })
     }
 }

@@ -96,6 +96,7 @@ impl Attacher {
                 relay_url: relay.url.as_str().into(),
                 relays: info.relays.iter().map(|r| r.url.clone()).collect(),
                 tls: self.tls.clone(),
+                pipe_idle: self.config.pipe_idle_timeout,
             };
             let mut tunnel = tokio::spawn(attach::serve(io, serving, leave.clone(), asked.clone()));
             // Make before break: the old tunnel drains only once the new one is up.

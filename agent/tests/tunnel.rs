@@ -35,6 +35,7 @@ async fn tunnel() -> Tunnel {
         relay_url: "http://127.0.0.1:1".into(),
         relays: std::sync::Arc::from(Vec::<String>::new()),
         tls: TlsClient::new(None).unwrap(),
+        pipe_idle: meridian_regions::pipe::DEFAULT_IDLE,
     };
     tokio::spawn(serve(TokioIo::new(agent_end), serving, CancellationToken::new(), CancellationToken::new()));
     let (tunnel, driver) = Tunnel::client(TokioIo::new(relay_end)).await.unwrap();

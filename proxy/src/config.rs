@@ -49,6 +49,11 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_DRAIN_TIMEOUT", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub drain_timeout: Option<Duration>,
+    /// How long a byte pipe this relay carries for a peer (a mesh stream) may
+    /// move nothing before it is closed [default: 1h].
+    #[arg(long, env = "MERIDIAN_PIPE_IDLE_TIMEOUT", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub pipe_idle_timeout: Option<Duration>,
     /// After SIGTERM, how long to keep accepting with `/readyz` answering 503,
     /// so a load balancer (a Kubernetes Service) stops sending new connections
     /// before the listener closes [default: 0s].
@@ -133,6 +138,7 @@ pub struct Config {
     pub replica_id: Uuid,
     pub drain_timeout: Duration,
     pub shutdown_delay: Duration,
+    pub pipe_idle_timeout: Duration,
     pub threads: usize,
     pub relay_listen: SocketAddr,
     pub relay_url: Option<Url>,
@@ -177,6 +183,7 @@ impl Args {
             replica_id: self.replica_id.or(file.replica_id),
             drain_timeout: self.drain_timeout.or(file.drain_timeout),
             shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
+            pipe_idle_timeout: self.pipe_idle_timeout.or(file.pipe_idle_timeout),
             threads: self.threads.or(file.threads),
             relay_listen: self.relay_listen.or(file.relay_listen),
             relay_url: self.relay_url.or(file.relay_url),
@@ -261,6 +268,7 @@ impl Args {
             replica_id,
             drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(15)),
             shutdown_delay: self.shutdown_delay.unwrap_or_default(),
+            pipe_idle_timeout: self.pipe_idle_timeout.unwrap_or(meridian_regions::pipe::DEFAULT_IDLE),
             threads,
             relay_listen: self.relay_listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             relay_url: self.relay_url,

@@ -71,6 +71,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     drop(std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
     let state = ProxyState::new();
     state.set_dashboard_origin(config.login_url.origin().ascii_serialization());
+    state.set_pipe_idle(config.pipe_idle_timeout);
     let http = http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let coordinator = Client::new(config.coordinator_url.as_str(), Credential::Proxy(config.proxy_token.clone()), http);
     let auth = Arc::new(auth::Auth::new(

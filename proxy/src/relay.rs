@@ -627,10 +627,11 @@ impl Relay {
             Err(_) => return status(StatusCode::BAD_GATEWAY),
         };
         let relayed = Relayed::new(&self.relayed);
+        let idle = self.state.pipe_idle();
         tokio::spawn(async move {
             let _relayed = relayed;
             if let Ok(down) = hyper::upgrade::on(&mut req).await {
-                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(down), &mut upstream).await;
+                let _ = meridian_regions::pipe::pipe(&mut TokioIo::new(down), &mut upstream, idle).await;
             }
         });
         status(StatusCode::OK)

@@ -23,6 +23,8 @@ pub struct ProxyState {
     /// The dashboard's origin (the coordinator's, from --login-url): the one
     /// origin `/latency-check` answers CORS and Timing-Allow-Origin for.
     dashboard_origin: std::sync::OnceLock<String>,
+    /// `--pipe-idle-timeout`: how long a relayed byte pipe may carry nothing.
+    pipe_idle: std::sync::OnceLock<std::time::Duration>,
     /// Set at SIGTERM: `/readyz` answers 503 from then on.
     draining: std::sync::atomic::AtomicBool,
     pub metrics: crate::metrics::Metrics,
@@ -76,6 +78,14 @@ impl ProxyState {
 
     pub fn dashboard_origin(&self) -> &str {
         self.dashboard_origin.get().map_or("null", String::as_str)
+    }
+
+    pub fn set_pipe_idle(&self, idle: std::time::Duration) {
+        let _ = self.pipe_idle.set(idle);
+    }
+
+    pub fn pipe_idle(&self) -> std::time::Duration {
+        self.pipe_idle.get().copied().unwrap_or(meridian_regions::pipe::DEFAULT_IDLE)
     }
 
     /// Whether shutdown has begun (readiness is false).

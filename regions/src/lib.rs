@@ -15,6 +15,7 @@
 //! - [`selection`]: region selection by measured latency (`meridian regions ping`).
 //! - [`request`]: framing, host and path checks of a received request (one normalisation).
 //! - [`certificate`]: the served TLS certificate, reloaded when its files change.
+//! - [`pipe`]: byte pipes between connections, closed when idle.
 //! - [`redirect`]: where the login flow may send a browser (no open redirect).
 
 pub mod api;
@@ -28,6 +29,7 @@ pub mod fuzz_checks;
 pub mod headers;
 pub mod health;
 pub mod name;
+pub mod pipe;
 pub mod redirect;
 pub mod request;
 pub mod resolve;

@@ -171,3 +171,56 @@ async fn hundreds_of_long_lived_streams_do_not_block_new_requests() {
     let r = w.client.get(format!("{}/beside", w.url)).timeout(Duration::from_secs(5)).send().await.unwrap();
     assert_eq!(r.status(), 200);
 }
+
+/// A pipe between an app connection and the relay that carries nothing for
+/// `--pipe-idle-timeout` is closed (a peer that vanished without closing
+/// must not hold sockets forever); one that carries bytes stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_relayed_pipe_is_closed_after_the_pipe_idle_timeout() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &[]);
+    proxy.wait_registered().await;
+    let app = SampleApp::start(dir.path()).await;
+    let apps = serde_json::json!([{"slug": "open", "port": app.port, "share": "public"}]);
+    let created = admin
+        .post("/api/v2/workspaces", serde_json::json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
+        .await
+        .expect_status(201);
+    let agent_token = created["agent_tokens"]["main"].as_str().unwrap();
+    let _agent =
+        Agent::spawn_with(dir.path(), &coord.url, agent_token, &["--region", "sydney", "--pipe-idle-timeout", "2s"]);
+    admin.wait_agent_on("dev", "sydney").await;
+    let host = format!("open--main--dev--admin.region.localhost:{}", proxy.port);
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{host}/ws"), tcp).await.unwrap();
+    // Bytes every second for 4 s (twice the timeout): the pipe stays.
+    let mut last_byte = Instant::now();
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        ws.send(Message::text(format!("ping {i}"))).await.unwrap();
+        let back = tokio::time::timeout(Duration::from_secs(5), ws.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(back.into_text().unwrap().as_str(), format!("ping {i}"));
+        last_byte = Instant::now();
+    }
+    // Then nothing: the agent closes the pipe, and the WebSocket ends.
+    let end = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match ws.next().await {
+                None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => continue,
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the idle WebSocket was still open after 15 s");
+    let quiet = last_byte.elapsed();
+    assert!(quiet >= Duration::from_millis(1500), "closed {quiet:?} after the last byte, before 2 s of quiet");
+}
