@@ -15,14 +15,6 @@ fn leaf(ca: &rcgen::CertifiedIssuer<'_, rcgen::KeyPair>) -> (String, String, Vec
     let cert = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, ca).unwrap();
     (cert.pem(), key.serialize_pem(), cert.der().to_vec())
 }
-
-fn ca_params() -> rcgen::CertificateParams {
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, "Meridian rotation test CA");
-    p
-}
-
 /// What one stream of requests saw.
 #[derive(Default)]
 struct Seen {
@@ -104,7 +96,7 @@ async fn presented(ca: &Path, port: u16, name: &str) -> Option<Vec<u8>> {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rotated_certificate_reaches_new_connections_and_no_request_fails() {
     let dir = tempdir();
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params(), rcgen::KeyPair::generate().unwrap()).unwrap();
+    let ca = test_ca("Meridian rotation test CA");
     let ca_pem = dir.path().join("ca.pem");
     std::fs::write(&ca_pem, ca.pem()).unwrap();
     let (old_cert, old_key, old_der) = leaf(&ca);

@@ -3,7 +3,6 @@
 
 use crate::support::*;
 use meridian_coordinator::embedded_postgres::{EmbeddedPostgres, PgBinaries};
-use std::path::Path;
 use std::time::Duration;
 
 /// A PostgreSQL server on a TCP port that accepts only TLS connections, with
@@ -20,9 +19,7 @@ impl TlsPostgres {
         let dir = tempdir();
         // The server (the `postgres` user when tests run as root) reads these.
         std::fs::set_permissions(dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
-        let ca =
-            rcgen::CertifiedIssuer::self_signed(ca_params("Postgres test CA"), rcgen::KeyPair::generate().unwrap())
-                .unwrap();
+        let ca = test_ca("Postgres test CA");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap().signed_by(&key, &ca).unwrap();
         let files = dir.path().join("server");
@@ -62,32 +59,14 @@ impl TlsPostgres {
     }
 }
 
-fn ca_params(name: &str) -> rcgen::CertificateParams {
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, name);
-    p
-}
-
-fn coordinator_args(dir: &Path, port: u16, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> =
-        ["coordinator", "--listen", &format!("127.0.0.1:{port}")].iter().map(|s| s.to_string()).collect();
-    args.extend(["--secrets-key-file".to_owned(), dir.join("secrets.key").display().to_string()]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn the_coordinator_uses_postgres_over_verified_tls_with_a_bounded_pool() {
     let dir = tempdir();
     let pg = TlsPostgres::start().await;
     let port = free_port();
     let ca = pg.ca.to_str().unwrap();
-    let args = coordinator_args(
-        dir.path(),
-        port,
-        &["--postgres-url", &pg.url(""), "--postgres-ca-cert", ca, "--postgres-pool-size", "3"],
-    );
+    let mut args = Coordinator::args(dir.path(), port, &pg.url(""), "10s");
+    args.extend(["--postgres-ca-cert", ca, "--postgres-pool-size", "3"].map(str::to_owned));
     let coord = Coordinator::start_with(dir.path(), args, format!("http://127.0.0.1:{port}")).await;
     let admin = coord.admin().await;
     // A burst of concurrent requests that each need the database.
@@ -115,26 +94,22 @@ async fn a_postgres_that_cannot_be_verified_or_refuses_plain_connections_is_one_
     let dir = tempdir();
     let pg = TlsPostgres::start().await;
     // Another CA: the server's certificate does not verify.
-    let other =
-        rcgen::CertifiedIssuer::self_signed(ca_params("Another CA"), rcgen::KeyPair::generate().unwrap()).unwrap();
+    let other = test_ca("Another CA");
     let other_pem = dir.path().join("other-ca.pem");
     std::fs::write(&other_pem, other.pem()).unwrap();
     let cases = [
-        (
-            vec!["--postgres-url".to_owned(), pg.url(""), "--postgres-ca-cert".into(), other_pem.display().to_string()],
-            "certificate",
-        ),
+        (pg.url(""), vec!["--postgres-ca-cert".to_owned(), other_pem.display().to_string()], "certificate"),
         // Without TLS the server's pg_hba.conf refuses the connection.
-        (vec!["--postgres-url".to_owned(), pg.url("?sslmode=disable")], "no encryption"),
+        (pg.url("?sslmode=disable"), vec![], "no encryption"),
     ];
-    for (extra, says) in cases {
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let args = coordinator_args(dir.path(), free_port(), &extra);
+    for (url, extra, says) in cases {
+        let mut args = Coordinator::args(dir.path(), free_port(), &url, "10s");
+        args.extend(extra.iter().cloned());
         let mut proc = Process::spawn("coordinator", dir.path(), &args);
         // Refused, not retried for the 30 s a starting database gets.
         let status = proc.wait_exit(Duration::from_secs(10)).await;
         assert!(!status.success());
         let out = proc.output();
-        assert!(out.contains(says), "{extra:?}: expected {says:?} in\n{out}");
+        assert!(out.contains(says), "{url} {extra:?}: expected {says:?} in\n{out}");
     }
 }

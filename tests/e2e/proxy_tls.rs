@@ -6,7 +6,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread")]
 async fn https_proxy_with_wildcard_certificate() {
     let dir = tempdir();
-    let ca = rcgen::CertifiedIssuer::self_signed(ca_params(), rcgen::KeyPair::generate().unwrap()).unwrap();
+    let ca = test_ca("Meridian test CA");
     let key = rcgen::KeyPair::generate().unwrap();
     let leaf = rcgen::CertificateParams::new(vec!["*.region.localhost".into(), "127.0.0.1".into()])
         .unwrap()
@@ -181,11 +181,4 @@ async fn h2_status(tls: &tokio_rustls::TlsConnector, port: u16, authority: &str,
     }
     let (resp, _) = client.send_request(req.body(()).unwrap(), true).unwrap();
     tokio::time::timeout(Duration::from_secs(5), resp).await.unwrap().unwrap().status().as_u16()
-}
-
-fn ca_params() -> rcgen::CertificateParams {
-    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    p.distinguished_name.push(rcgen::DnType::CommonName, "Meridian test CA");
-    p
 }

@@ -146,7 +146,15 @@ impl Coordinator {
     /// (also used as the proxies' heartbeat interval), and waits until it answers.
     pub async fn start(dir: &Path, postgres_url: &str, interval: &str, extra: &[&str]) -> Self {
         let port = free_port();
-        let mut args: Vec<String> = [
+        let mut args = Self::args(dir, port, postgres_url, interval);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with(dir, args, format!("http://127.0.0.1:{port}")).await
+    }
+
+    /// The harness's arguments for a coordinator on `port` (what [`Coordinator::start`]
+    /// passes before its extras); replicas in one `dir` share its secrets key.
+    pub fn args(dir: &Path, port: u16, postgres_url: &str, interval: &str) -> Vec<String> {
+        [
             "coordinator",
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -165,9 +173,7 @@ impl Coordinator {
         ]
         .iter()
         .map(|s| s.to_string())
-        .collect();
-        args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start_with(dir, args, format!("http://127.0.0.1:{port}")).await
+        .collect()
     }
 
     pub async fn start_with(dir: &Path, args: Vec<String>, url: String) -> Self {
@@ -422,6 +428,14 @@ pub async fn proxy_call(base: &str, proxy_token: &str, path: &str, body: Value) 
         .unwrap();
     let status = resp.status().as_u16();
     Reply { status, body: resp.json().await.unwrap_or(Value::Null) }
+}
+
+/// A self-signed CA named `name`, for tests that issue their own certificates.
+pub fn test_ca(name: &str) -> rcgen::CertifiedIssuer<'static, rcgen::KeyPair> {
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.distinguished_name.push(rcgen::DnType::CommonName, name);
+    rcgen::CertifiedIssuer::self_signed(p, rcgen::KeyPair::generate().unwrap()).unwrap()
 }
 
 pub fn tempdir() -> tempfile::TempDir {

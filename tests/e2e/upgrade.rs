@@ -13,27 +13,6 @@ fn previous_bin() -> String {
     assert!(bin.is_file(), "{} is missing: run scripts/build-previous (scripts/test does)", bin.display());
     bin.display().to_string()
 }
-
-fn coordinator_args(dir: &Path, port: u16, postgres_url: &str) -> Vec<String> {
-    [
-        "coordinator",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--postgres-url",
-        postgres_url,
-        "--proxy-health-interval",
-        "1s",
-        "--heartbeat-interval",
-        "1s",
-        // Every replica needs the same key for the secrets sealed in the database.
-        "--secrets-key-file",
-        &dir.join("secrets.key").to_string_lossy(),
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
 async fn schema_version(pg: &Postgres) -> i64 {
     use sqlx::Connection;
     let mut conn = sqlx::PgConnection::connect_with(&pg.pg.connect_options()).await.unwrap();
@@ -56,7 +35,7 @@ async fn the_previous_and_the_current_coordinator_serve_side_by_side_on_one_data
     let old = Coordinator::start_bin(
         &previous_bin(),
         dir.path(),
-        coordinator_args(dir.path(), old_port, &pg.url()),
+        Coordinator::args(dir.path(), old_port, &pg.url(), "1s"),
         old_url.clone(),
     )
     .await;
@@ -73,7 +52,8 @@ async fn the_previous_and_the_current_coordinator_serve_side_by_side_on_one_data
     // The current release starts on the same database while the old one
     // serves, and migrates it further.
     let new =
-        Coordinator::start_with(dir.path(), coordinator_args(dir.path(), new_port, &pg.url()), new_url.clone()).await;
+        Coordinator::start_with(dir.path(), Coordinator::args(dir.path(), new_port, &pg.url(), "1s"), new_url.clone())
+            .await;
     let after = schema_version(&pg).await;
     assert!(after > before, "the current release migrated the schema ({before} → {after})");
 
@@ -118,7 +98,7 @@ async fn a_coordinator_starts_on_a_database_a_newer_release_migrated_further() {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let mut coord =
-        Coordinator::start_with(dir.path(), coordinator_args(dir.path(), port, &pg.url()), url.clone()).await;
+        Coordinator::start_with(dir.path(), Coordinator::args(dir.path(), port, &pg.url(), "1s"), url.clone()).await;
     coord.admin().await;
     // A later release's (expanding) migration, unknown to this build.
     {

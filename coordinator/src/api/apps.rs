@@ -188,13 +188,12 @@ fn error_page(e: ApiError) -> Response {
         ),
         _ => return e.into_response(),
     };
-    let body =
-        format!("<!doctype html><title>Meridian</title><h1>{}</h1><p>{}</p>", status.as_u16(), html_escape(&message));
+    let body = format!(
+        "<!doctype html><title>Meridian</title><h1>{}</h1><p>{}</p>",
+        status.as_u16(),
+        crate::dashboard::escape(&message)
+    );
     (status, Html(body)).into_response()
-}
-
-fn html_escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
 fn urlencode(s: &str) -> String {
