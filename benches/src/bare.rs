@@ -1,10 +1,20 @@
-//! Bare pingora: the smallest reverse proxy pingora makes (the same vendored
-//! pingora, one worker thread, keep-alive to one upstream, no TLS), with
-//! none of Meridian's work — no gate, routing, token check, hygiene, metrics
-//! or tunnel. Its row in the benchmark is the floor of any proxy built on
-//! pingora here: what Meridian's proxy costs above it is Meridian's own.
+//! The floor rows: what the parts Meridian cannot remove cost, measured alone.
 //!
-//! `meridian-bench --bare-pingora LISTEN UPSTREAM` runs it (the stack starts it).
+//! - **Bare pingora** ([`serve`]): the smallest reverse proxy pingora makes
+//!   (the same vendored pingora, one worker thread, keep-alive to one
+//!   upstream; TLS with rustls for the TLS workload), with none of Meridian's
+//!   work — no gate, routing, token check, hygiene, metrics or tunnel.
+//! - **A hop** ([`forward`]): the least a tunnel end next to the app can do —
+//!   accept a connection, connect to the app, copy bytes both ways (the same
+//!   pipe Meridian's agent uses), one thread.
+//!
+//! Bare pingora in front of a hop in front of the app ("pingora+hop") is
+//! Meridian's topology with nothing of Meridian's in it: the floor of any
+//! design built on pingora with an agent beside the app. What Meridian costs
+//! above it is its own.
+//!
+//! `meridian-bench --bare-pingora LISTEN UPSTREAM [CERT KEY]` and
+//! `meridian-bench --forward LISTEN UPSTREAM` run them (the stack starts them).
 
 use async_trait::async_trait;
 use pingora::prelude::*;
@@ -22,8 +32,9 @@ impl ProxyHttp for Bare {
     }
 }
 
-/// Serves on `listen`, proxying everything to `upstream`, until killed.
-pub fn serve(listen: &str, upstream: std::net::SocketAddr) -> anyhow::Result<()> {
+/// Serves on `listen` (TLS with `tls`'s certificate and key files, if
+/// given), proxying everything to `upstream`, until killed.
+pub fn serve(listen: &str, upstream: std::net::SocketAddr, tls: Option<(&str, &str)>) -> anyhow::Result<()> {
     let conf = pingora::server::configuration::ServerConf {
         threads: 1,
         grace_period_seconds: Some(0),
@@ -33,7 +44,27 @@ pub fn serve(listen: &str, upstream: std::net::SocketAddr) -> anyhow::Result<()>
     let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(upstream));
-    proxy.add_tcp(listen);
+    match tls {
+        Some((cert, key)) => proxy.add_tls(listen, cert, key)?,
+        None => proxy.add_tcp(listen),
+    }
     server.add_service(proxy);
     server.run_forever()
+}
+
+/// Accepts on `listen` and pipes each connection to `upstream`, on one
+/// thread, until killed.
+pub fn forward(listen: &str, upstream: std::net::SocketAddr) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen).await?;
+        loop {
+            let (mut down, _) = listener.accept().await?;
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else { return };
+                let _ = (down.set_nodelay(true), up.set_nodelay(true));
+                let _ = meridian_regions::pipe::pipe(&mut down, &mut up, meridian_regions::pipe::DEFAULT_IDLE).await;
+            });
+        }
+    })
 }

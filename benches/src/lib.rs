@@ -54,8 +54,15 @@ pub struct Report {
     pub rounds: u32,
     pub seconds_per_round: u64,
     pub rows: Vec<Row>,
+    /// Meridian's proxy with idle connections.
     pub memory: memory::Memory,
+    /// Bare pingora with as many (the floor), if it ran.
+    pub bare_memory: Option<memory::Memory>,
 }
+
+/// The rows Meridian is compared with (the ratio columns); every other row
+/// gets its ratios to them.
+const REFERENCES: [&str; 3] = ["direct", "nginx", "nginx+rathole"];
 
 const MIB: usize = 1024 * 1024;
 
@@ -71,10 +78,22 @@ pub async fn run(opts: &Options) -> Result<Report> {
         t
     };
     let size = MIB.to_string();
-    let plain = [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian];
-    let small: Vec<Target> = plain.iter().map(|t| (*t).clone()).chain(stack.bare.clone()).collect();
+    // Each workload's targets: the references, Meridian, then the floor rows.
+    let floors = stack.floors.clone();
+    let plain_floors: Vec<Target> = floors.iter().flat_map(|f| [f.bare.clone(), f.hop.clone()]).collect();
+    let tls_floors: Vec<Target> = floors.iter().flat_map(|f| [f.bare_tls.clone(), f.hop_tls.clone()]).collect();
+    let plain: Vec<Target> = [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian]
+        .into_iter()
+        .cloned()
+        .chain(plain_floors)
+        .collect();
+    let tls: Vec<Target> = [&stack.direct_tls, &stack.nginx_tls, &stack.rathole_tls, &stack.meridian_tls]
+        .into_iter()
+        .cloned()
+        .chain(tls_floors)
+        .collect();
     let workloads: Vec<(&'static str, u32, Vec<Target>)> = vec![
-        ("small GET, keep-alive, 32 connections", 32, small),
+        ("small GET, keep-alive, 32 connections", 32, plain.clone()),
         (
             "1 MiB downloads, 8 connections",
             8,
@@ -83,10 +102,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         (
             "new TLS connection per request, 8 connections",
             8,
-            [&stack.direct_tls, &stack.nginx_tls, &stack.rathole_tls, &stack.meridian_tls]
-                .iter()
-                .map(|t| with(t, &[("Connection", "close")]))
-                .collect(),
+            tls.iter().map(|t| with(t, &[("Connection", "close")])).collect(),
         ),
         (
             "cross-region hop, 32 connections",
@@ -107,7 +123,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
         rows.extend(targets.iter().zip(runs).map(|(t, runs)| row(workload, t, &runs)));
     }
-    let ws_targets = [stack.direct.clone(), stack.nginx.clone(), stack.rathole.clone(), stack.meridian.clone()];
+    let ws_targets = plain;
     let mut runs = vec![Vec::new(); ws_targets.len()];
     for _ in 0..rounds {
         for (i, t) in ws_targets.iter().enumerate() {
@@ -118,8 +134,12 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let ws_name = "WebSocket echo round trips, 1 connection";
     rows.extend(ws_targets.iter().zip(runs).map(|(t, runs)| row(ws_name, t, &runs)));
     let memory = memory::idle_connections(stack.sydney_pid, stack.sydney_port, idle).await?;
+    let bare_memory = match &floors {
+        Some(f) => Some(memory::idle_connections(f.bare_pid, f.bare_port, idle).await?),
+        None => None,
+    };
     let failed: u64 = rows.iter().map(|r| r.figures.errors).sum();
-    let report = Report { rounds, seconds_per_round: secs, rows, memory };
+    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory };
     if failed > 0 {
         let logs = stack.keep_logs()?;
         println!("{}", report.markdown());
@@ -167,7 +187,8 @@ pub async fn hold(meridian: &std::path::Path, bare: Option<&std::path::Path>) ->
     let stack = Stack::start(meridian, bare).await?;
     let targets =
         [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls];
-    for t in targets.into_iter().chain(stack.bare.as_ref()) {
+    let floors = stack.floors.iter().flat_map(|f| [&f.bare, &f.hop, &f.bare_tls, &f.hop_tls]);
+    for t in targets.into_iter().chain(floors) {
         let headers: String = t.headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect();
         println!("{}: wrk -t1 -c32 -d10s --latency{headers} {}", t.name, t.url);
     }
@@ -199,7 +220,7 @@ impl Report {
             let rps = |name: &str| rows.iter().find(|r| r.target == name).map(|r| r.figures.requests_per_sec);
             for r in &rows {
                 let ratio = |other: Option<f64>| match other {
-                    Some(o) if r.target.starts_with("meridian") && o > 0.0 => {
+                    Some(o) if !REFERENCES.contains(&r.target) && o > 0.0 => {
                         format!("{:.2}x", r.figures.requests_per_sec / o)
                     }
                     _ => "-".into(),
@@ -226,12 +247,15 @@ impl Report {
                 );
             }
         }
-        let m = &self.memory;
-        let _ = writeln!(
-            out,
-            "\n### Idle keep-alive connections\n\n{} connections: proxy RSS {} KiB → {} KiB, {:.0} bytes per connection.",
-            m.connections, m.rss_before_kib, m.rss_after_kib, m.per_connection_bytes
-        );
+        let _ = writeln!(out, "\n### Idle keep-alive connections\n");
+        for (who, m) in [("Meridian's proxy", Some(&self.memory)), ("bare pingora", self.bare_memory.as_ref())] {
+            let Some(m) = m else { continue };
+            let _ = writeln!(
+                out,
+                "- {who}: {} connections, RSS {} KiB → {} KiB, **{:.0} bytes per connection**.",
+                m.connections, m.rss_before_kib, m.rss_after_kib, m.per_connection_bytes
+            );
+        }
         out
     }
 }

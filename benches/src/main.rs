@@ -23,9 +23,14 @@ struct Args {
     #[arg(long)]
     hold: bool,
     /// Instead of a benchmark: serve bare pingora on LISTEN in front of
-    /// UPSTREAM (the benchmark's floor; the stack starts it).
-    #[arg(long, num_args = 2, value_names = ["LISTEN", "UPSTREAM"], hide = true)]
+    /// UPSTREAM, with TLS if CERT and KEY are given (a floor row; the stack
+    /// starts it).
+    #[arg(long, num_args = 2..=4, value_names = ["LISTEN", "UPSTREAM", "CERT", "KEY"], hide = true)]
     bare_pingora: Option<Vec<String>>,
+    /// Instead of a benchmark: copy bytes between connections to LISTEN and
+    /// UPSTREAM (the hop of a floor row; the stack starts it).
+    #[arg(long, num_args = 2, value_names = ["LISTEN", "UPSTREAM"], hide = true)]
+    forward: Option<Vec<String>>,
     /// The meridian binary [default: `meridian` next to this one].
     #[arg(long)]
     meridian: Option<PathBuf>,
@@ -33,8 +38,22 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if let Some([listen, upstream]) = args.bare_pingora.as_deref() {
-        let served = upstream.parse().map_err(anyhow::Error::from).and_then(|u| meridian_bench::bare::serve(listen, u));
+    let floor = match (args.bare_pingora.as_deref(), args.forward.as_deref()) {
+        (Some([listen, upstream, tls @ ..]), _) => {
+            let tls = match tls {
+                [cert, key] => Some((cert.as_str(), key.as_str())),
+                _ => None,
+            };
+            Some(
+                upstream.parse().map_err(anyhow::Error::from).and_then(|u| meridian_bench::bare::serve(listen, u, tls)),
+            )
+        }
+        (_, Some([listen, upstream])) => {
+            Some(upstream.parse().map_err(anyhow::Error::from).and_then(|u| meridian_bench::bare::forward(listen, u)))
+        }
+        _ => None,
+    };
+    if let Some(served) = floor {
         if let Err(e) = served {
             eprintln!("meridian-bench: {e:#}");
         }

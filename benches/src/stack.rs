@@ -57,8 +57,8 @@ pub struct Stack {
     pub meridian_tls: Target,
     /// Through frankfurt to the agent on sydney.
     pub meridian_hop: Target,
-    /// Bare pingora in front of the app (the floor of a pingora proxy), if started.
-    pub bare: Option<Target>,
+    /// The floor rows (see [`crate::bare`]), if started.
+    pub floors: Option<Floors>,
     /// Signs in again for fresh app tokens.
     api: crate::api::Api,
     cert: PathBuf,
@@ -137,17 +137,10 @@ impl Stack {
             tunnel_tls_port: free_port()?,
         };
         let nginx = crate::nginx::start(&d, &ports, &cert, &key)?;
-        let bare = match bare_pingora {
-            Some(bin) => {
-                let port = free_port()?;
-                let args = [s("--bare-pingora"), format!("127.0.0.1:{port}"), format!("127.0.0.1:{app}")];
-                Some((port, spawn(bin, &args, &d, "bare-pingora", &[])?))
-            }
+        let floors = match bare_pingora {
+            Some(bin) => Some(FloorProcs::start(bin, &d, app, (&cert, &key))?),
             None => None,
         };
-        let bare_port = bare.as_ref().map(|(port, _)| *port);
-        let bare_pid = bare.as_ref().map(|(_, p)| p.pid());
-        procs.extend(bare.map(|(_, p)| p));
         let rathole = crate::rathole::start(&rathole_bin(), &d, free_port()?, ports.tunnel, app)?;
         use crate::cpu::Process;
         let app_pid = procs[0].pid();
@@ -169,7 +162,8 @@ impl Stack {
             cert.display().to_string(),
         ];
         procs.push(spawn(meridian, &coord_args, &d, "coordinator", &[])?);
-        for port in [app, app_tls, nginx_port, nginx_tls, ports.tunnel].into_iter().chain(bare_port) {
+        let floor_ports = floors.as_ref().map(|f| f.ports.to_vec()).unwrap_or_default();
+        for port in [app, app_tls, nginx_port, nginx_tls, ports.tunnel].into_iter().chain(floor_ports) {
             wait_until("a listener", Duration::from_secs(20), || listening(port)).await?;
         }
         let http = reqwest::Client::new();
@@ -267,6 +261,21 @@ impl Stack {
             [p("nginx", nginx_pid), p("rathole server", server_pid), p("rathole client", client_pid)],
         );
         let app_tls_pid = procs[1].pid();
+        let floors = floors.map(|f| {
+            let [bare, bare_tls, hop, hop_tls, _] = f.ports;
+            let [bare_pid, bare_tls_pid, hop_pid, hop_tls_pid, forward_pid] = f.pids();
+            let url = |scheme: &str, port: u16| format!("{scheme}://127.0.0.1:{port}/");
+            let via_hop = |pid| [p("pingora", pid), p("hop", forward_pid)];
+            procs.extend(f.procs);
+            Floors {
+                bare: plain("bare pingora", url("http", bare), &[p("pingora", bare_pid)]),
+                bare_tls: plain("bare pingora", url("https", bare_tls), &[p("pingora", bare_tls_pid)]),
+                hop: plain("pingora+hop", url("http", hop), &via_hop(hop_pid)),
+                hop_tls: plain("pingora+hop", url("https", hop_tls), &via_hop(hop_tls_pid)),
+                bare_pid,
+                bare_port: bare,
+            }
+        });
         let mut signed = signed.into_iter();
         Ok(Stack {
             direct: plain("direct", format!("http://127.0.0.1:{app}/"), &[]),
@@ -282,9 +291,7 @@ impl Stack {
                 format!("https://127.0.0.1:{}/", ports_nginx.tunnel_tls_port),
                 &via_rathole,
             ),
-            bare: bare_port
-                .zip(bare_pid)
-                .map(|(port, pid)| plain("bare pingora", format!("http://127.0.0.1:{port}/"), &[p("pingora", pid)])),
+            floors,
             meridian: signed.next().context("meridian target")?,
             meridian_hop: signed.next().context("hop target")?,
             meridian_tls: signed.next().context("tls target")?,
@@ -320,6 +327,55 @@ impl Stack {
     pub fn keep_logs(&mut self) -> Result<PathBuf> {
         let dir = std::mem::replace(&mut self.dir, tempfile::TempDir::new()?);
         Ok(dir.keep())
+    }
+}
+
+/// The floor rows' targets (see [`crate::bare`]).
+#[derive(Clone)]
+pub struct Floors {
+    /// Bare pingora in front of the app, plain and TLS.
+    pub bare: Target,
+    pub bare_tls: Target,
+    /// Bare pingora in front of a hop in front of the app, plain and TLS.
+    pub hop: Target,
+    pub hop_tls: Target,
+    /// The plain bare pingora's process and port (for its idle memory).
+    pub bare_pid: u32,
+    pub bare_port: u16,
+}
+
+/// The floor rows' processes: bare pingora (plain, TLS) in front of the
+/// app and in front of the hop, and the hop.
+struct FloorProcs {
+    /// bare, bare TLS, bare over the hop, bare TLS over the hop, the hop.
+    ports: [u16; 5],
+    procs: Vec<Proc>,
+}
+
+impl FloorProcs {
+    fn start(bin: &Path, dir: &Path, app: u16, (cert, key): (&Path, &Path)) -> Result<Self> {
+        let ports = [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
+        let [bare, bare_tls, hop, hop_tls, forward] = ports;
+        let at = |port: u16| format!("127.0.0.1:{port}");
+        let tls = [cert.display().to_string(), key.display().to_string()];
+        let pingora = |listen: u16, upstream: u16, tls: &[String]| {
+            let mut args = vec!["--bare-pingora".to_owned(), at(listen), at(upstream)];
+            args.extend(tls.iter().cloned());
+            args
+        };
+        let procs = vec![
+            spawn(bin, &pingora(bare, app, &[]), dir, "bare-pingora", &[])?,
+            spawn(bin, &pingora(bare_tls, app, &tls), dir, "bare-pingora-tls", &[])?,
+            spawn(bin, &pingora(hop, forward, &[]), dir, "pingora-hop", &[])?,
+            spawn(bin, &pingora(hop_tls, forward, &tls), dir, "pingora-hop-tls", &[])?,
+            spawn(bin, &["--forward".to_owned(), at(forward), at(app)], dir, "hop", &[])?,
+        ];
+        Ok(Self { ports, procs })
+    }
+
+    fn pids(&self) -> [u32; 5] {
+        let pid = |i: usize| self.procs[i].pid();
+        [pid(0), pid(1), pid(2), pid(3), pid(4)]
     }
 }
 

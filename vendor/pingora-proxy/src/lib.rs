@@ -1154,6 +1154,40 @@ impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
 {
+    /// Meridian patch: the session and context of a request whose head was
+    /// read, and the boxed future that proxies it (see `process_new_http`).
+    fn start_request(
+        self: &Arc<Self>,
+        downstream_session: Box<HttpSession>,
+        shutdown: &ShutdownWatch,
+        prev_user_ctx: Option<Box<dyn std::any::Any + Send + Sync>>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<ReusedHttpStream>> + Send + '_>>
+    where
+        SV: ProxyHttp + Send + Sync + 'static,
+        <SV as ProxyHttp>::CTX: Send + Sync,
+    {
+        let mut session = Session::new(
+            downstream_session,
+            &self.downstream_modules,
+            #[cfg(feature = "upstream_modules")]
+            &self.upstream_modules,
+            self.shutdown_flag.clone(),
+        );
+        if *shutdown.borrow() {
+            // stop downstream from reusing if this service is shutting down soon
+            session.set_keepalive(None);
+        }
+
+        let mut ctx = self.inner.new_ctx();
+
+        // Deliver user context from the previous request on this reused connection
+        if let Some(prev_ctx) = prev_user_ctx {
+            self.inner
+                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
+        }
+        Box::pin(self.process_request(session, ctx))
+    }
+
     async fn process_request(
         self: &Arc<Self>,
         mut session: Session,
@@ -1577,31 +1611,13 @@ where
         let session = Box::new(session);
 
         // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
-            Some(downstream_session) => Session::new(
-                downstream_session,
-                &self.downstream_modules,
-                #[cfg(feature = "upstream_modules")]
-                &self.upstream_modules,
-                self.shutdown_flag.clone(),
-            ),
-            None => return None, // bad request
-        };
-
-        if *shutdown.borrow() {
-            // stop downstream from reusing if this service is shutting down soon
-            session.set_keepalive(None);
-        }
-
-        let mut ctx = self.inner.new_ctx();
-
-        // Deliver user context from the previous request on this reused connection
-        if let Some(prev_ctx) = prev_user_ctx {
-            self.inner
-                .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
-        }
-
-        self.process_request(session, ctx).await
+        let downstream_session = self.handle_new_request(session).await?; // None: bad request
+        // Meridian patch: the request's part of the flow runs in a box of its
+        // own, so that this future (alive while the connection waits for its
+        // next request head) is sized for reading a head, not for the whole
+        // proxy flow (see PATCHED.md).
+        let request = self.start_request(downstream_session, shutdown, prev_user_ctx);
+        request.await
     }
 
     async fn http_cleanup(&self) {

@@ -257,6 +257,63 @@ pub trait HttpServerApp {
     }
 }
 
+/// Meridian patch: the HTTP/2 branch of `process_new`, boxed (see there).
+fn serve_h2<'a, T>(
+    app: &'a Arc<T>,
+    stream: Stream,
+    shutdown: &'a ShutdownWatch,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>>
+where
+    T: HttpServerApp + Send + Sync + 'static,
+{
+    Box::pin(async move {
+        let this = app;
+        // create a shared connection digest
+        let digest = Arc::new(Digest {
+            ssl_digest: stream.get_ssl_digest(),
+            // TODO: log h2 handshake time
+            timing_digest: stream.get_timing_digest(),
+            proxy_digest: stream.get_proxy_digest(),
+            socket_digest: stream.get_socket_digest(),
+        });
+
+        let h2_options = this.h2_options();
+        let h2_conn = match server::handshake(stream, h2_options).await {
+            Err(e) => {
+                error!("H2 handshake error {e}");
+                return;
+            }
+            Ok(c) => c,
+        };
+
+        // The accept-loop body — including the graceful-shutdown state
+        // machine — lives in `server::accept_downstream_sessions` so that
+        // the same code path is exercised by tests in `protocols::http::v2`.
+        let app = this.clone();
+        let shutdown_for_session = shutdown.clone();
+        let h2_idle_timeout = this.server_options().and_then(|o| o.h2_idle_timeout);
+        server::accept_downstream_sessions(
+            h2_conn,
+            digest,
+            shutdown.clone(),
+            h2_idle_timeout,
+            |h2_stream, guard| {
+                let app = app.clone();
+                let shutdown = shutdown_for_session.clone();
+                pingora_runtime::current_handle().spawn(async move {
+                    // hold `guard` for the session's lifetime so the accept
+                    // loop's idle timeout sees this connection as busy.
+                    let _guard = guard;
+                    // Note, `PersistentSettings` not currently relevant for h2
+                    app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
+                        .await;
+                });
+            },
+        )
+        .await;
+    })
+}
+
 #[async_trait]
 impl<T> ServerApp for T
 where
@@ -297,49 +354,11 @@ where
             }
         }
         if h2c || matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-            // create a shared connection digest
-            let digest = Arc::new(Digest {
-                ssl_digest: stream.get_ssl_digest(),
-                // TODO: log h2 handshake time
-                timing_digest: stream.get_timing_digest(),
-                proxy_digest: stream.get_proxy_digest(),
-                socket_digest: stream.get_socket_digest(),
-            });
-
-            let h2_options = self.h2_options();
-            let h2_conn = match server::handshake(stream, h2_options).await {
-                Err(e) => {
-                    error!("H2 handshake error {e}");
-                    return None;
-                }
-                Ok(c) => c,
-            };
-
-            // The accept-loop body — including the graceful-shutdown state
-            // machine — lives in `server::accept_downstream_sessions` so that
-            // the same code path is exercised by tests in `protocols::http::v2`.
-            let app = self.clone();
-            let shutdown_for_session = shutdown.clone();
-            let h2_idle_timeout = self.server_options().and_then(|o| o.h2_idle_timeout);
-            server::accept_downstream_sessions(
-                h2_conn,
-                digest,
-                shutdown.clone(),
-                h2_idle_timeout,
-                |h2_stream, guard| {
-                    let app = app.clone();
-                    let shutdown = shutdown_for_session.clone();
-                    pingora_runtime::current_handle().spawn(async move {
-                        // hold `guard` for the session's lifetime so the accept
-                        // loop's idle timeout sees this connection as busy.
-                        let _guard = guard;
-                        // Note, `PersistentSettings` not currently relevant for h2
-                        app.process_new_http(ServerSession::new_http2(h2_stream), &shutdown)
-                            .await;
-                    });
-                },
-            )
-            .await;
+            // Meridian patch: the HTTP/2 connection is served by a future in a
+            // box of its own, so that this one (alive for every HTTP/1.1
+            // connection) is not sized for HTTP/2 (see PATCHED.md).
+            let h2 = serve_h2(self, stream, shutdown);
+            h2.await;
         } else if custom || matches!(stream.selected_alpn_proto(), Some(ALPN::Custom(_))) {
             return self.clone().process_custom_session(stream, shutdown).await;
         } else {

@@ -543,6 +543,28 @@ pub struct Stream {
 }
 
 impl Stream {
+    /// Meridian patch: waits until the stream has something to read (bytes,
+    /// EOF or an error) without reading it or allocating, so that a
+    /// connection waiting for its next request holds no read buffer (see
+    /// PATCHED.md). Returns at once for a stream it cannot wait on this way.
+    pub async fn readable(&self) {
+        if !self.rewind_read_buf.is_empty() {
+            return;
+        }
+        let stream = self.stream();
+        if let BufferedStream::BufferedRead(reader) = stream {
+            if !reader.buffer().is_empty() {
+                return;
+            }
+        }
+        let _ = match &stream.get_ref().stream {
+            RawStream::Tcp(s) => s.readable().await,
+            #[cfg(unix)]
+            RawStream::Unix(s) => s.readable().await,
+            RawStream::Virtual(_) => Ok(()),
+        };
+    }
+
     fn stream(&self) -> &BufferedStream {
         self.stream.as_ref().expect("stream should always be set")
     }

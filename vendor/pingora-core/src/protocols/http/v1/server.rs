@@ -352,11 +352,36 @@ impl HttpSession {
         // below tries to parse first when we already have pipelined bytes —
         // a pipelined prefix can contain a complete request header, in which
         // case we must NOT issue another stream read (which would block).
-        let mut buf = self
-            .pipelined_prefix
-            .take()
-            .filter(|prefix| !prefix.is_empty())
-            .unwrap_or_else(|| BytesMut::with_capacity(INIT_HEADER_BUF_SIZE));
+        let mut buf = match self.pipelined_prefix.take().filter(|prefix| !prefix.is_empty()) {
+            Some(prefix) => prefix,
+            None => {
+                // Meridian patch: a plain connection waits for its request's
+                // first bytes before the head buffer is allocated, so an idle
+                // keep-alive connection holds none (see PATCHED.md).
+                // The wait has the first read's timeout (read_request_buf).
+                let raw = self.underlying_stream.as_ref().as_any();
+                if let Some(l4) = raw.downcast_ref::<crate::protocols::l4::stream::Stream>() {
+                    let limit = match self.keepalive_timeout {
+                        KeepaliveStatus::Timeout(d) => Some(d),
+                        KeepaliveStatus::Infinite => None,
+                        KeepaliveStatus::Off => self.read_timeout,
+                    };
+                    match limit {
+                        Some(d) => {
+                            if timeout(d, l4.readable()).await.is_err() {
+                                if let KeepaliveStatus::Off = self.keepalive_timeout {
+                                    return Error::e_explain(ReadTimedout, format!("timeout: {d:?}"));
+                                }
+                                debug!("keepalive timeout {d:?} reached");
+                                return Ok(None);
+                            }
+                        }
+                        None => l4.readable().await,
+                    }
+                }
+                BytesMut::with_capacity(INIT_HEADER_BUF_SIZE)
+            }
+        };
         let mut already_read = buf.len();
         let mut skip_next_read = already_read != 0;
         let mut detached_suffix = None;
