@@ -159,7 +159,11 @@ async fn data_connection(
     };
     let idle = serving.pipe_idle;
     tokio::spawn(async move {
-        let _ = meridian_regions::pipe::pipe(&mut relay, &mut app, idle).await;
+        // A plain data connection: the bytes stay in the kernel (splice).
+        let _ = match &mut relay {
+            data::DataStream::Plain(tcp) => meridian_regions::pipe::splice(tcp, &mut app, idle).await,
+            tls => meridian_regions::pipe::pipe(tls, &mut app, idle).await,
+        };
     });
     status(StatusCode::NO_CONTENT)
 }

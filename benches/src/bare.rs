@@ -5,8 +5,8 @@
 //!   upstream; TLS with rustls for the TLS workload), with none of Meridian's
 //!   work — no gate, routing, token check, hygiene, metrics or tunnel.
 //! - **A hop** ([`forward`]): the least a tunnel end next to the app can do —
-//!   accept a connection, connect to the app, copy bytes both ways (the same
-//!   pipe Meridian's agent uses), one thread.
+//!   accept a connection, connect to the app, move bytes both ways (the same
+//!   kernel splice Meridian's agent uses), one thread.
 //!
 //! Bare pingora in front of a hop in front of the app ("pingora+hop") is
 //! Meridian's topology with nothing of Meridian's in it: the floor of any
@@ -63,7 +63,7 @@ pub fn forward(listen: &str, upstream: std::net::SocketAddr) -> anyhow::Result<(
             tokio::spawn(async move {
                 let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else { return };
                 let _ = (down.set_nodelay(true), up.set_nodelay(true));
-                let _ = meridian_regions::pipe::pipe(&mut down, &mut up, meridian_regions::pipe::DEFAULT_IDLE).await;
+                let _ = meridian_regions::pipe::splice(&mut down, &mut up, meridian_regions::pipe::DEFAULT_IDLE).await;
             });
         }
     })

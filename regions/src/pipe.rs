@@ -1,14 +1,17 @@
 //! Byte pipes between two connections (an app connection and a relay's
 //! stream or data connection) that end after a stretch with no bytes either
 //! way, so a peer that vanished without closing (a dead host, a dropped NAT
-//! mapping) does not hold two sockets and a task forever.
+//! mapping) does not hold two sockets and a task forever. Between two TCP
+//! sockets ([`splice`]) the bytes stay in the kernel.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// How long a pipe may carry nothing before it is closed. Default 1 h: long
@@ -39,6 +42,75 @@ where
                 let latest = start + Duration::from_millis(last.load(Ordering::Relaxed));
                 if latest + idle <= Instant::now() {
                     return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no bytes either way for {idle:?}")));
+                }
+            }
+        }
+    }
+}
+
+/// [`pipe`] for two TCP sockets, with the bytes moved inside the kernel
+/// (`splice(2)` through a kernel pipe per direction) instead of copied
+/// through user space: what the agent does between its data connection and
+/// the app. Same ends as [`pipe`]: both sides closed (each EOF is passed on
+/// as a write shutdown), an error, or `idle` with no byte moving.
+pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io::Result<(u64, u64)> {
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    let (a, b) = (&*a, &*b);
+    let both = async { tokio::try_join!(splice_one_way(a, b, &touch), splice_one_way(b, a, &touch)) };
+    tokio::pin!(both);
+    loop {
+        let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        tokio::select! {
+            done = &mut both => return done,
+            () = tokio::time::sleep_until(quiet_until) => {
+                let latest = start + Duration::from_millis(last.load(Ordering::Relaxed));
+                if latest + idle <= Instant::now() {
+                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no bytes either way for {idle:?}")));
+                }
+            }
+        }
+    }
+}
+
+/// Moves bytes from `from` to `to` until `from`'s EOF (then shuts down
+/// `to`'s writing half): socket → pipe, then pipe → socket until the pipe is
+/// empty, waiting on each socket's readiness.
+async fn splice_one_way(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<u64> {
+    use nix::fcntl::{splice, SpliceFFlags};
+    use tokio::io::Interest;
+    let (pipe_out, pipe_in) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    // A kernel pipe holds 64 KiB by default.
+    const CHUNK: usize = 64 * 1024;
+    let mut total = 0u64;
+    loop {
+        let read = loop {
+            from.readable().await?;
+            match from.try_io(Interest::READABLE, || Ok(splice(from, None, &pipe_in, None, CHUNK, flags)?)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                read => break read?,
+            }
+        };
+        if read == 0 {
+            // Like copy_bidirectional: the EOF goes on as a write shutdown.
+            match nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
+                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => return Ok(total),
+                Err(e) => return Err(e.into()),
+            }
+        }
+        touch();
+        let mut left = read;
+        while left > 0 {
+            to.writable().await?;
+            match to.try_io(Interest::WRITABLE, || Ok(splice(&pipe_out, None, to, None, left, flags)?)) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                written => {
+                    let written = written?;
+                    left -= written;
+                    total += written as u64;
+                    touch();
                 }
             }
         }
@@ -114,5 +186,70 @@ mod tests {
         // Then nothing: closed once 10 s have passed with no byte.
         let ended = tokio::time::timeout(Duration::from_secs(11), piped).await.expect("still open").unwrap();
         assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// Two connected loopback sockets.
+    async fn socket_pair() -> (TcpStream, TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dialed = TcpStream::connect(listener.local_addr().unwrap());
+        let (dialed, accepted) = tokio::join!(dialed, listener.accept());
+        (dialed.unwrap(), accepted.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn splice_moves_every_byte_both_ways_and_passes_each_close_on() {
+        let (mut a, mut a_peer) = socket_pair().await;
+        let (mut b, mut b_peer) = socket_pair().await;
+        let piped = tokio::spawn(async move { splice(&mut a, &mut b, Duration::from_secs(30)).await });
+        // 3 MiB one way (more than a kernel pipe holds), 100 KiB the other, at once.
+        let down: Vec<u8> = (0..3 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+        let up: Vec<u8> = (0..100 * 1024u32).map(|i| (i % 241) as u8).collect();
+        let (down_sent, up_sent) = (down.clone(), up.clone());
+        let (mut a_read, mut a_write) = a_peer.split();
+        let (mut b_read, mut b_write) = b_peer.split();
+        let (mut at_b, mut at_a) = (Vec::new(), Vec::new());
+        let moved = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(
+                async {
+                    a_write.write_all(&down_sent).await.unwrap();
+                    a_write.shutdown().await.unwrap();
+                },
+                async {
+                    b_write.write_all(&up_sent).await.unwrap();
+                    b_write.shutdown().await.unwrap();
+                },
+                b_read.read_to_end(&mut at_b),
+                a_read.read_to_end(&mut at_a),
+            )
+        });
+        let ((), (), got_b, got_a) = moved.await.expect("every byte and both closes within 10 s");
+        // Each side's EOF arrived (read_to_end returned) after every byte.
+        assert_eq!(got_b.unwrap(), down.len());
+        assert_eq!(got_a.unwrap(), up.len());
+        assert!(at_b == down, "the bytes from a arrived changed");
+        assert!(at_a == up, "the bytes from b arrived changed");
+        let counts = tokio::time::timeout(Duration::from_secs(5), piped).await.expect("ended").unwrap().unwrap();
+        assert_eq!(counts, (down.len() as u64, up.len() as u64));
+    }
+
+    #[tokio::test]
+    async fn splice_ends_when_no_bytes_move_for_the_idle_timeout() {
+        let (mut a, mut a_peer) = socket_pair().await;
+        let (mut b, mut b_peer) = socket_pair().await;
+        let idle = Duration::from_millis(300);
+        let started = Instant::now();
+        let piped = tokio::spawn(async move { splice(&mut a, &mut b, idle).await });
+        // A byte every 100 ms for 600 ms keeps it open.
+        for i in 0..6u8 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            a_peer.write_all(&[i]).await.unwrap();
+            let mut got = [0u8; 1];
+            b_peer.read_exact(&mut got).await.unwrap();
+            assert_eq!(got[0], i);
+        }
+        assert!(!piped.is_finished(), "closed while bytes moved");
+        let ended = tokio::time::timeout(Duration::from_secs(5), piped).await.expect("still open").unwrap();
+        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(900), "ended after {:?}", started.elapsed());
     }
 }
