@@ -10,6 +10,11 @@ mod session;
 mod workspaces;
 
 use clap::{Parser, Subcommand};
+
+/// mimalloc: the proxy allocates and frees per request, from one worker
+/// thread per core; glibc's malloc was a tenth of its CPU time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use std::process::ExitCode;
 
 /// Exit status for a bad configuration (sysexits EX_USAGE).
