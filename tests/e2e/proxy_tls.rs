@@ -92,6 +92,9 @@ async fn https_proxy_with_wildcard_certificate() {
     assert_eq!(h1_status(&tls, proxy.port, &open, &open).await, 200, "SNI = Host");
     assert_eq!(h1_status(&tls, proxy.port, &open, &other).await, 421, "SNI ≠ Host");
     assert_eq!(h1_status(&tls, proxy.port, &open, &open.to_uppercase()).await, 200, "case does not matter");
+    // The server's suite order decides: this client lists AES-256-GCM-SHA384
+    // first (rustls's default, as OpenSSL's), the proxy picks AES-128-GCM-SHA256.
+    assert_eq!(negotiated_suite(&tls, proxy.port, &open).await, rustls::CipherSuite::TLS13_AES_128_GCM_SHA256);
     let h2 = tls_connector(&ca_pem, &[b"h2"]);
     assert_eq!(h2_status(&h2, proxy.port, &open, None).await, 200, ":authority alone");
     assert_eq!(h2_status(&h2, proxy.port, &open, Some(&open)).await, 200, ":authority = host");
@@ -136,8 +139,17 @@ async fn https_proxy_with_wildcard_certificate() {
     };
     let late = tokio::time::timeout(Duration::from_secs(10), after).await.unwrap();
     assert!(late.is_err(), "a stream opened after GOAWAY is refused: {late:?}");
+    // The connection ends cleanly after the GOAWAY — or, when the late stream
+    // was written while the proxy was closing the connection it had already
+    // sent GOAWAY on, with that write's broken pipe or reset: a race of the
+    // client's write against the close, not a fault (the late stream was
+    // refused either way, above).
     let goaway = tokio::time::timeout(Duration::from_secs(10), conn).await.unwrap().unwrap();
-    assert!(goaway.is_ok(), "the connection ends with GOAWAY, not an error: {goaway:?}");
+    let raced_the_close =
+        goaway.as_ref().err().and_then(|e| e.get_io()).is_some_and(|io| {
+            matches!(io.kind(), std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset)
+        });
+    assert!(goaway.is_ok() || raced_the_close, "the connection ends after GOAWAY, not with another error: {goaway:?}");
     assert!(proxy.proc.wait_exit(Duration::from_secs(15)).await.success());
 }
 
@@ -153,6 +165,15 @@ fn tls_connector(ca: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConne
             .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// The TLS cipher suite a handshake with SNI `sni` (host:port) settles on.
+async fn negotiated_suite(tls: &tokio_rustls::TlsConnector, port: u16, sni: &str) -> rustls::CipherSuite {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from(sni.split(':').next().unwrap().to_owned()).unwrap();
+    let s = tls.connect(name, tcp).await.unwrap();
+    let offered = s.get_ref().1.negotiated_cipher_suite().unwrap();
+    offered.suite()
 }
 
 /// Opens TLS with SNI `sni` (host:port), sends an HTTP/1.1 GET with `Host: host`; the status.
