@@ -1600,24 +1600,36 @@ where
     <SV as ProxyHttp>::CTX: Send + Sync,
     C: custom::Connector,
 {
-    async fn process_new_http(
-        self: &Arc<Self>,
+    // Meridian patch: written out instead of `async fn` so that the session
+    // is boxed before the future exists; an `async fn` keeps its arguments
+    // (here 680 bytes) in its future for as long as the connection waits.
+    fn process_new_http<'life0, 'life1, 'async_trait>(
+        self: &'life0 Arc<Self>,
         mut session: HttpSession,
-        shutdown: &ShutdownWatch,
-    ) -> Option<ReusedHttpStream> {
+        shutdown: &'life1 ShutdownWatch,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Option<ReusedHttpStream>> + Send + 'async_trait>,
+    >
+    where
+        'life0: 'async_trait,
+        'life1: 'async_trait,
+        Self: 'async_trait,
+    {
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
 
         let session = Box::new(session);
 
-        // TODO: keepalive pool, use stack
-        let downstream_session = self.handle_new_request(session).await?; // None: bad request
-        // Meridian patch: the request's part of the flow runs in a box of its
-        // own, so that this future (alive while the connection waits for its
-        // next request head) is sized for reading a head, not for the whole
-        // proxy flow (see PATCHED.md).
-        let request = self.start_request(downstream_session, shutdown, prev_user_ctx);
-        request.await
+        Box::pin(async move {
+            // TODO: keepalive pool, use stack
+            let downstream_session = self.handle_new_request(session).await?; // None: bad request
+            // Meridian patch: the request's part of the flow runs in a box of its
+            // own, so that this future (alive while the connection waits for its
+            // next request head) is sized for reading a head, not for the whole
+            // proxy flow (see PATCHED.md).
+            let request = self.start_request(downstream_session, shutdown, prev_user_ctx);
+            request.await
+        })
     }
 
     async fn http_cleanup(&self) {
