@@ -29,12 +29,25 @@ where
 {
     let start = Instant::now();
     loop {
-        if let Some(v) = f().await {
-            return v;
+        // An attempt that hangs is bounded by what is left of the deadline too.
+        let left = deadline.saturating_sub(start.elapsed());
+        match tokio::time::timeout(left, f()).await {
+            Ok(Some(v)) => return v,
+            Ok(None) => {}
+            Err(_) => panic!("timed out after {deadline:?} waiting for {what} (an attempt hung)"),
         }
         assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The test API clients' bound on one call: no test waits forever on a
+/// coordinator that stopped answering.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A plain HTTP client whose every call ends within [`CALL_TIMEOUT`].
+pub fn bounded_client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(CALL_TIMEOUT).build().expect("an HTTP client")
 }
 
 /// A real PostgreSQL cluster in a temporary directory, for `--postgres-url`.
@@ -338,11 +351,11 @@ impl Reply {
 
 impl Api {
     pub fn anonymous(base: &str) -> Self {
-        Self { http: reqwest::Client::new(), base: base.into(), token: None }
+        Self { http: bounded_client(), base: base.into(), token: None }
     }
 
     pub fn with_token(base: &str, token: &str) -> Self {
-        Self { http: reqwest::Client::new(), base: base.into(), token: Some(token.into()) }
+        Self { http: bounded_client(), base: base.into(), token: Some(token.into()) }
     }
 
     /// A client sending requests through `http` (e.g. one trusting a test CA).
@@ -419,7 +432,7 @@ impl Api {
 
 /// `POST`s `body` to the coordinator's `path` as a proxy holding `proxy_token`.
 pub async fn proxy_call(base: &str, proxy_token: &str, path: &str, body: Value) -> Reply {
-    let resp = reqwest::Client::new()
+    let resp = bounded_client()
         .post(format!("{base}{path}"))
         .header("Meridian-Proxy-Token", proxy_token)
         .json(&body)
@@ -738,4 +751,10 @@ impl Demo {
         .await;
         Self { proc, port, printed }
     }
+}
+
+#[tokio::test]
+#[should_panic(expected = "an attempt hung")]
+async fn wait_for_bounds_an_attempt_that_hangs() {
+    wait_for(Duration::from_millis(200), "an answer that never comes", std::future::pending::<Option<()>>).await;
 }
