@@ -6,7 +6,7 @@
 
 use crate::relay::{DialError, Relay, Upstream};
 use async_trait::async_trait;
-use meridian_regions::app_token::{stream_target, AppClaims};
+use meridian_regions::app_token::AppClaims;
 use meridian_regions::data::DataStream;
 use pingora::connectors::L4Connect;
 use pingora::protocols::l4::socket::SocketAddr as L4Addr;
@@ -38,15 +38,11 @@ pub fn peer(
     read_timeout: Option<Duration>,
 ) -> Result<Box<HttpPeer>> {
     let bad = || Error::explain(ErrorType::InternalError, "bad upstream in token");
-    let (agent_id, upstream) = (claims.agent_id, claims.upstream.as_str());
-    let url = url::Url::parse(upstream).map_err(|_| bad())?;
-    let target = stream_target(upstream).ok_or_else(bad)?;
-    let host = url.host_str().unwrap_or("127.0.0.1").trim_start_matches('[').trim_end_matches(']').to_owned();
-    let port = url.port_or_known_default().unwrap_or(80);
-    let tls = url.scheme() == "https";
+    let agent_id = claims.agent_id;
+    // Parsed once per verified token, not per request.
+    let dial = claims.dial().ok_or_else(bad)?;
     // The address only keys the connection pool; the connector ignores it.
-    let ip: std::net::IpAddr = host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
-    let mut peer = HttpPeer::new(std::net::SocketAddr::new(ip, port), tls, host.clone());
+    let mut peer = HttpPeer::new(dial.addr, dial.tls, dial.host.clone());
     peer.group_key = relay.path_key(agent_id);
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.read_timeout = read_timeout;
@@ -54,7 +50,8 @@ pub fn peer(
     // Apps in a workspace serve self-signed certificates; the tunnel is the trust boundary.
     peer.options.verify_cert = false;
     peer.options.verify_hostname = false;
-    let connector = TunnelConnector { relay: relay.clone(), agent_id, target, grant: grant.clone() };
+    let connector =
+        TunnelConnector { relay: relay.clone(), agent_id, target: dial.target.clone(), grant: grant.clone() };
     peer.options.custom_l4 = Some(Arc::new(connector));
     Ok(Box::new(peer))
 }

@@ -39,6 +39,37 @@ pub struct AppClaims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+    /// [`AppClaims::dial`], once asked.
+    #[serde(skip)]
+    pub dial: DialCache,
+}
+
+/// A parsed [`Dial`] kept with the claims: derived from `upstream`, so it is
+/// no part of the claims' identity (always equal, printed as nothing).
+#[derive(Clone, Default)]
+pub struct DialCache(std::sync::OnceLock<Option<Dial>>);
+
+impl PartialEq for DialCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for DialCache {}
+
+impl std::fmt::Debug for DialCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("..")
+    }
+}
+
+impl AppClaims {
+    /// How to reach [`AppClaims::upstream`]; `None` when it is not a URL with
+    /// a host and port. Parsed on first use and kept with the claims (which
+    /// the proxy caches with the verified token).
+    pub fn dial(&self) -> Option<&Dial> {
+        self.dial.0.get_or_init(|| Dial::parse(&self.upstream)).as_ref()
+    }
 }
 
 /// The `host:port` a relay opens inside the workspace for an app's
@@ -46,11 +77,34 @@ pub struct AppClaims {
 /// The proxy dials it and the relay holding the tunnel checks it against the
 /// token, so both must derive it the same way: here.
 pub fn stream_target(upstream: &str) -> Option<String> {
-    let url = url::Url::parse(upstream).ok()?;
-    let port = url.port_or_known_default()?;
-    match url.host()? {
-        url::Host::Ipv6(ip) => Some(format!("[{ip}]:{port}")),
-        host => Some(format!("{host}:{port}")),
+    Dial::parse(upstream).map(|d| d.target)
+}
+
+/// How the proxy reaches an app's `upstream`, parsed once per verified token
+/// ([`AppClaims::dial`]) instead of on every request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dial {
+    /// The host as in the URL (no brackets), for TLS's server name.
+    pub host: String,
+    /// The address that keys the proxy's connection pool (loopback when the
+    /// host is a name: the connector dials through the relay, not to it).
+    pub addr: std::net::SocketAddr,
+    pub tls: bool,
+    /// See [`stream_target`].
+    pub target: String,
+}
+
+impl Dial {
+    pub fn parse(upstream: &str) -> Option<Self> {
+        let url = url::Url::parse(upstream).ok()?;
+        let port = url.port_or_known_default()?;
+        let target = match url.host()? {
+            url::Host::Ipv6(ip) => format!("[{ip}]:{port}"),
+            host => format!("{host}:{port}"),
+        };
+        let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let ip = host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        Some(Dial { addr: std::net::SocketAddr::new(ip, port), host, tls: url.scheme() == "https", target })
     }
 }
 
@@ -289,6 +343,7 @@ mod tests {
             upstream: "http://127.0.0.1:8080".into(),
             share: Share::Owner,
             sandbox: false,
+            dial: Default::default(),
             iat: now,
             nbf: now,
             exp: now + 300,
@@ -349,6 +404,24 @@ mod tests {
         for (upstream, want) in cases {
             assert_eq!(stream_target(upstream).as_deref(), want, "{upstream}");
         }
+    }
+
+    #[test]
+    fn claims_parse_their_upstream_once_into_where_to_dial() {
+        let mut c = claims(now());
+        c.upstream = "https://[::1]:9443/app".into();
+        let dial = c.dial().unwrap();
+        assert_eq!(dial.host, "::1");
+        assert_eq!(dial.addr, "[::1]:9443".parse().unwrap());
+        assert!(dial.tls);
+        assert_eq!(dial.target, "[::1]:9443");
+        // A name keys the pool as loopback (the relay dials it inside the workspace).
+        let named = AppClaims { upstream: "http://localhost:3000".into(), dial: DialCache::default(), ..c.clone() };
+        let dial = named.dial().unwrap();
+        assert_eq!((dial.host.as_str(), dial.addr, dial.tls), ("localhost", "127.0.0.1:3000".parse().unwrap(), false));
+        assert!(AppClaims { upstream: "not a url".into(), dial: DialCache::default(), ..c.clone() }.dial().is_none());
+        // Derived, so not part of the claims' identity.
+        assert_eq!(named, AppClaims { dial: DialCache::default(), ..named.clone() });
     }
 
     #[test]

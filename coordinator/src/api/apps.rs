@@ -165,6 +165,7 @@ pub async fn issue_app_token(
         upstream: app.upstream,
         share: app.share,
         sandbox: !req.subdomain && !owner,
+        dial: Default::default(),
         iat: now.timestamp(),
         nbf: now.timestamp(),
         exp: (now + APP_TOKEN_LIFETIME).timestamp(),
