@@ -32,20 +32,7 @@ where
     // (every byte either way passes `a`).
     let last = AtomicU64::new(0);
     let mut watched = Watched { inner: a, start, last: &last };
-    let copy = tokio::io::copy_bidirectional(&mut watched, b);
-    tokio::pin!(copy);
-    loop {
-        let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
-        tokio::select! {
-            done = &mut copy => return done,
-            () = tokio::time::sleep_until(quiet_until) => {
-                let latest = start + Duration::from_millis(last.load(Ordering::Relaxed));
-                if latest + idle <= Instant::now() {
-                    return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no bytes either way for {idle:?}")));
-                }
-            }
-        }
-    }
+    until_idle(tokio::io::copy_bidirectional(&mut watched, b), start, &last, idle).await
 }
 
 /// [`pipe`] for two TCP sockets, with the bytes moved inside the kernel
@@ -59,11 +46,22 @@ pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io:
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let (a, b) = (&*a, &*b);
     let both = async { tokio::try_join!(splice_one_way(a, b, &touch), splice_one_way(b, a, &touch)) };
-    tokio::pin!(both);
+    until_idle(both, start, &last, idle).await
+}
+
+/// Runs `work` until it ends, or until `idle` passes with `last` (milliseconds
+/// from `start` to the last byte moved) unchanged: then `TimedOut`.
+async fn until_idle<T>(
+    work: impl std::future::Future<Output = io::Result<T>>,
+    start: Instant,
+    last: &AtomicU64,
+    idle: Duration,
+) -> io::Result<T> {
+    tokio::pin!(work);
     loop {
         let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
         tokio::select! {
-            done = &mut both => return done,
+            done = &mut work => return done,
             () = tokio::time::sleep_until(quiet_until) => {
                 let latest = start + Duration::from_millis(last.load(Ordering::Relaxed));
                 if latest + idle <= Instant::now() {
