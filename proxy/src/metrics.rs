@@ -21,6 +21,10 @@ pub struct Metrics {
     /// Searches of the peer relays for a moved agent, and the probes they sent.
     pub searches: prometheus::IntCounter,
     pub search_probes: prometheus::IntCounter,
+    /// Relay accepts that failed (out of file descriptors, usually), and
+    /// connections closed at once because the relay held its maximum.
+    pub relay_accept_errors: prometheus::IntCounter,
+    pub relay_refused: prometheus::IntCounter,
     in_flight: IntGauge,
     coordinator_reachable: IntGauge,
 }
@@ -64,6 +68,12 @@ impl Metrics {
             "App connections carried on a data connection the agent dialed in, not an HTTP/2 stream",
         );
         let search_probes = counter("meridian_relay_search_probes_total", "Peer relays asked during those searches");
+        let relay_accept_errors =
+            counter("meridian_relay_accept_errors_total", "Relay accepts that failed (each pauses accepting)");
+        let relay_refused = counter(
+            "meridian_relay_connections_refused_total",
+            "Relay connections closed at once because the relay held its maximum",
+        );
         let in_flight = gauge("meridian_proxy_requests_in_flight", "Requests being served");
         let coordinator_reachable =
             gauge("meridian_proxy_coordinator_reachable", "1 if the last coordinator call succeeded");
@@ -83,6 +93,8 @@ impl Metrics {
             key_refetches,
             searches,
             search_probes,
+            relay_accept_errors,
+            relay_refused,
             in_flight,
             coordinator_reachable,
         }

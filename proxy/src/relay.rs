@@ -431,9 +431,20 @@ impl Relay {
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        self.serve_up_to(MAX_RELAY_CONNECTIONS, listener, tls, shutdown).await;
+    }
+
+    /// [`Relay::serve`], holding at most `max` connections at once.
+    async fn serve_up_to(
+        self: Arc<Self>,
+        max: usize,
+        listener: tokio::net::TcpListener,
+        tls: Option<tokio_rustls::TlsAcceptor>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let open = Arc::new(tokio::sync::Semaphore::new(MAX_RELAY_CONNECTIONS));
+        let open = Arc::new(tokio::sync::Semaphore::new(max));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -442,13 +453,15 @@ impl Relay {
                     Err(e) => {
                         // Out of file descriptors, usually: retrying at once only spins.
                         tracing::warn!(error = %e, "relay accept failed; pausing accepts");
+                        self.state.metrics.relay_accept_errors.inc();
                         tokio::time::sleep(ACCEPT_PAUSE).await;
                         continue;
                     }
                 },
             };
             let Ok(permit) = open.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max = MAX_RELAY_CONNECTIONS, "relay connection cap reached; refused a connection");
+                tracing::warn!(%peer, max, "relay connection cap reached; refused a connection");
+                self.state.metrics.relay_refused.inc();
                 continue;
             };
             let _ = tcp.set_nodelay(true);
@@ -662,7 +675,10 @@ impl Relay {
 
     /// Holds one agent's tunnel until it ends, then forgets it (unless a newer
     /// tunnel of the same agent replaced it) and tells the coordinator.
-    async fn run_tunnel(&self, agent_id: Uuid, io: Upgraded) {
+    async fn run_tunnel<T>(&self, agent_id: Uuid, io: T)
+    where
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let (tunnel, driver) = match Tunnel::client(io).await {
             Ok(t) => t,
             Err(e) => {
@@ -704,5 +720,178 @@ impl Relay {
                 tracing::debug!(agent = %agent_id, error = %e, "cannot record the detach");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_regions::client::Credential;
+    use meridian_regions::tunnel::TlsClient;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A relay whose coordinator is a closed port but counts as reachable
+    /// (so a request for an unknown agent waits for its route).
+    fn relay() -> Arc<Relay> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let coordinator = Client::new(&format!("http://127.0.0.1:{port}"), Credential::None, reqwest::Client::new());
+        let state = crate::state::ProxyState::new();
+        state.update_registration(|r| r.coordinator_reachable = true);
+        let auth =
+            crate::auth::Auth::new(coordinator.clone(), "http://login.test", false, Duration::ZERO, state.clone());
+        let own = "http://relay.test".to_owned();
+        let mesh = Mesh::new(TlsClient::new(None).unwrap());
+        Relay::new(coordinator, Uuid::new_v4(), own.clone(), own, mesh, Arc::new(auth), state)
+    }
+
+    /// The agent's end of a tunnel, as an agent from before data connections
+    /// answers: no data connections (405), every CONNECT accepted.
+    async fn agent_end(io: tokio::io::DuplexStream) {
+        let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+            let mut r = Response::new(Full::new(Bytes::new()));
+            if req.method() != hyper::Method::CONNECT {
+                *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+            }
+            Ok::<_, std::convert::Infallible>(r)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), service)
+            .await;
+    }
+
+    // Paused time: it moves only when every task waits, so a request woken by
+    // the attach is answered at once and one left waiting sees the route wait out.
+    #[tokio::test(start_paused = true)]
+    async fn an_agent_attaching_here_wakes_the_requests_waiting_for_it() {
+        let relay = relay();
+        let agent = Uuid::new_v4();
+        let opening = tokio::spawn({
+            let relay = relay.clone();
+            async move { relay.open(agent, "127.0.0.1:8080", "").await.map(drop) }
+        });
+        // On this one-thread runtime the request runs until it waits: once it
+        // has counted its stream, it found no path and waits for a route.
+        for _ in 0..1000 {
+            if relay.streams.get() == 1 {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(relay.streams.get(), 1, "the request never started");
+        assert!(!opening.is_finished(), "an agent attached nowhere was found");
+
+        // The coordinator routes to this relay before the tunnel is registered
+        // here; the registration itself must wake the waiting request, which
+        // otherwise fails at the end of its route wait.
+        let (here, there) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(agent_end(there));
+        tokio::spawn({
+            let relay = relay.clone();
+            async move { relay.run_tunnel(agent, TokioIo::new(here)).await }
+        });
+        let opened = tokio::time::timeout(ROUTE_WAIT / 2, opening).await;
+        let opened = opened.expect("the request was not woken by the attach").unwrap();
+        assert!(opened.is_ok(), "the request was woken but not served: {opened:?}");
+    }
+
+    async fn serving(max: usize) -> (Arc<Relay>, std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+        let relay = relay();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        tokio::spawn(relay.clone().serve_up_to(max, listener, None, stopped));
+        (relay, addr, stop)
+    }
+
+    /// Asks the relay on `conn` for a path it does not serve: its 404 shows
+    /// the connection was accepted and is being served.
+    async fn answered(conn: &mut tokio::net::TcpStream) -> bool {
+        if conn.write_all(b"GET / HTTP/1.1\r\nhost: relay\r\n\r\n").await.is_err() {
+            return false;
+        }
+        // The whole answer (its JSON body ends the read), so the next one starts clean.
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut buf = [0u8; 1024];
+            while !answer.ends_with(b"}") {
+                match conn.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => answer.extend_from_slice(&buf[..n]),
+                }
+            }
+        });
+        read.await.is_ok() && answer.starts_with(b"HTTP/1.1 404")
+    }
+
+    #[tokio::test]
+    async fn the_relay_holds_at_most_its_maximum_of_connections() {
+        let (relay, addr, _stop) = serving(2).await;
+        let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(answered(&mut first).await && answered(&mut second).await, "two places, two connections served");
+
+        let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let mut buf = [0u8; 1];
+        let closed = tokio::time::timeout(Duration::from_secs(5), third.read(&mut buf)).await;
+        assert!(matches!(closed, Ok(Ok(0) | Err(_))), "a connection beyond the maximum was not closed: {closed:?}");
+        assert_eq!(relay.state.metrics.relay_refused.get(), 1);
+        assert!(answered(&mut second).await, "the connections held are still served");
+
+        // A place freed is a place for the next connection (the relay notices
+        // the close asynchronously, so a connection may be refused first).
+        drop(first);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut next = tokio::net::TcpStream::connect(addr).await.unwrap();
+            if answered(&mut next).await {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the freed place was never given to a new connection");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn failed_accepts_pause_the_listener_instead_of_spinning() {
+        // Lowers this process's descriptor limit: nextest runs each test in a process of its own.
+        use nix::sys::resource::{getrlimit, setrlimit, Resource};
+        let (relay, addr, _stop) = serving(MAX_RELAY_CONNECTIONS).await;
+        let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
+        assert!(answered(&mut waiting).await);
+
+        // Out of file descriptors: every descriptor below a lowered limit in
+        // use, so the next accept fails (EMFILE) while a connection waits.
+        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+        let highest = std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u64>().ok())
+            .max()
+            .unwrap();
+        setrlimit(Resource::RLIMIT_NOFILE, highest + 1, hard).unwrap();
+        let mut fillers = Vec::new();
+        while let Ok(f) = std::fs::File::open("/dev/null") {
+            fillers.push(f);
+        }
+        let mut blocked = std::net::TcpStream::connect(addr);
+        assert!(blocked.is_err(), "a descriptor was left for the test's own connection");
+        drop(fillers.pop());
+        blocked = std::net::TcpStream::connect(addr);
+        let blocked = blocked.unwrap();
+
+        // Half a second of a listener that cannot accept: about five tries at
+        // one per pause, where a loop without the pause makes thousands.
+        let window = Duration::from_millis(500);
+        tokio::time::sleep(window).await;
+        let errors = relay.state.metrics.relay_accept_errors.get();
+        drop(fillers);
+        setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+        let most = (window.as_millis() / ACCEPT_PAUSE.as_millis()) as u64 + 2;
+        assert!((1..=most).contains(&errors), "{errors} failed accepts in {window:?} (at most {most})");
+
+        // Descriptors free again: the waiting connection is accepted and served.
+        blocked.set_nonblocking(true).unwrap();
+        let mut blocked = tokio::net::TcpStream::from_std(blocked).unwrap();
+        assert!(answered(&mut blocked).await, "accepting did not resume");
     }
 }
