@@ -1,8 +1,9 @@
 //! User-space network simulation on loopback, in the spirit of toxiproxy:
 //! a [`Link`] is a TCP forwarder between a listening address and an upstream
 //! address that can add one-way latency, stall (a partition: nothing flows in
-//! either direction, new connections hang), refuse new connections, or reset
-//! every open connection. The kernel's netem is not available on the machines
+//! either direction, new connections hang), refuse new connections, reset
+//! every open connection, or forget them (a middlebox that lost its state:
+//! the connections look alive until either side sends, which resets them). The kernel's netem is not available on the machines
 //! Meridian is tested on, and tests may only use loopback.
 //!
 //! Latency is added per chunk in each direction, without stop-and-wait, so a
@@ -40,6 +41,8 @@ struct Shared {
     mode: watch::Sender<Mode>,
     /// Bumped to reset every open connection.
     resets: watch::Sender<u64>,
+    /// Bumped to forget every open connection.
+    forgets: watch::Sender<u64>,
     upstream: SocketAddr,
 }
 
@@ -61,6 +64,7 @@ impl Link {
             latency_us: AtomicU64::new(0),
             mode: watch::channel(Mode::Pass).0,
             resets: watch::channel(0).0,
+            forgets: watch::channel(0).0,
             upstream,
         });
         let (stop, stopped) = watch::channel(false);
@@ -99,6 +103,14 @@ impl Link {
         self.shared.resets.send_modify(|n| *n += 1);
     }
 
+    /// Forgets every connection open now: it carries nothing more, and the
+    /// first bytes (or close) either side sends reset both sides, as a NAT or
+    /// firewall that lost its state does. Until then both sides see an idle,
+    /// healthy connection.
+    pub fn forget_all(&self) {
+        self.shared.forgets.send_modify(|n| *n += 1);
+    }
+
     /// Stops accepting new connections.
     pub fn close(&self) {
         let _ = self.stop.send(true);
@@ -130,6 +142,7 @@ async fn accept(listener: TcpListener, shared: Arc<Shared>, mut stop: watch::Rec
 /// pumps both directions until either side closes or the link resets it.
 async fn connection(client: TcpStream, shared: Arc<Shared>) {
     let mut resets = shared.resets.subscribe();
+    let mut forgets = shared.forgets.subscribe();
     let mut mode = shared.mode.subscribe();
     if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
         return;
@@ -146,6 +159,14 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
         tokio::select! {
             () = pumps => false,
             _ = resets.changed() => true,
+            _ = forgets.changed() => {
+                tokio::select! {
+                    _ = client.readable() => {}
+                    _ = upstream.readable() => {}
+                    _ = resets.changed() => {}
+                }
+                true
+            }
         }
     };
     if reset {
@@ -243,6 +264,17 @@ mod tests {
         link.reset_all();
         let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap();
         assert!(matches!(n, Ok(0) | Err(_)), "a reset closes open connections");
+
+        let mut quiet = TcpStream::connect(link.addr()).await.unwrap();
+        round_trip(&mut quiet).await;
+        link.forget_all();
+        let idle = tokio::time::timeout(Duration::from_millis(200), quiet.read(&mut buf)).await;
+        assert!(idle.is_err(), "a forgotten connection looks alive while nobody sends");
+        quiet.write_all(b"ping").await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), quiet.read(&mut buf)).await.unwrap();
+        assert!(matches!(n, Err(_)), "the first bytes on a forgotten connection reset it: {n:?}");
+        let mut fresh = TcpStream::connect(link.addr()).await.unwrap();
+        round_trip(&mut fresh).await;
 
         link.set_mode(Mode::Refuse);
         let mut refused = TcpStream::connect(link.addr()).await.unwrap();

@@ -146,6 +146,27 @@ async fn faults_between_agent_app_and_relay_end_clearly() {
     assert!(page.contains("not reachable: is it running"), "the page names the problem: {page}");
 }
 
+/// A pooled app connection whose path died while it sat idle (a middlebox
+/// between the agent and the relay lost its state, and nothing says so until
+/// the next request is sent on it) costs that request nothing: it never
+/// reached the app, so it goes again on a new connection and is answered.
+/// (The reset is an OS error on a reused connection, which pingora itself
+/// retries; Meridian's own rule in `error_while_proxy` covers paths that die
+/// under a request on a new connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_on_a_pooled_connection_that_died_is_sent_again() {
+    let w = world().await;
+    for (i, method) in [reqwest::Method::GET, reqwest::Method::HEAD, reqwest::Method::PUT].into_iter().enumerate() {
+        // The probe leaves one idle app connection in the proxy's pool.
+        w.fresh_app_connections().await;
+        w.relay_link.forget_all();
+        let req = w.client.request(method.clone(), format!("{}/after-forgotten/{i}", w.url));
+        let r = req.timeout(Duration::from_secs(15)).send().await.unwrap();
+        let status = r.status();
+        assert_eq!(status, 200, "{method} on a dead pooled connection: {}", r.text().await.unwrap());
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_long_lived_streams_do_not_block_new_requests() {
     use futures_util::{SinkExt, StreamExt};
