@@ -42,13 +42,13 @@ pub struct Auth {
     verifier: ArcSwap<Verifier>,
     /// Verified tokens: their claims, and the token shared (it goes with the
     /// request as the grant for a relay stream, copied once, not per request).
-    cache: moka::sync::Cache<String, (Arc<AppClaims>, Arc<str>)>,
+    /// Keyed by the whole token; hashed with foldhash, not SipHash: a token is
+    /// ~400 bytes, hashed on every request, and only verified tokens are stored.
+    cache: moka::sync::Cache<String, (Arc<AppClaims>, Arc<str>), foldhash::fast::RandomState>,
     /// Where browsers log in: the primary's access URL.
     login_url: String,
     /// This proxy's scheme as browsers see it.
     scheme: &'static str,
-    /// `cached`, `verified`, `refused`, `grace`.
-    checks: prometheus::IntCounterVec,
     /// How long past expiry a token stays good while the coordinator is unreachable.
     offline_grace: Duration,
     /// Whether the registration loop reaches the coordinator.
@@ -66,12 +66,14 @@ impl Auth {
         state: Arc<crate::state::ProxyState>,
     ) -> Self {
         Self {
-            checks: state.metrics.tokens.clone(),
             offline_grace,
             state,
             coordinator,
             verifier: ArcSwap::from_pointee(Verifier::default()),
-            cache: moka::sync::Cache::builder().max_capacity(CACHE_CAPACITY).time_to_live(CACHE_TTL).build(),
+            cache: moka::sync::Cache::builder()
+                .max_capacity(CACHE_CAPACITY)
+                .time_to_live(CACHE_TTL)
+                .build_with_hasher(foldhash::fast::RandomState::default()),
             login_url: login_url.trim_end_matches('/').to_owned(),
             scheme: if tls { "https" } else { "http" },
             last_refetch: std::sync::Mutex::new(None),
@@ -108,7 +110,7 @@ impl Auth {
             }
         }
         match self.issue(req, host, route).await {
-            Err(e) => match token.as_deref().and_then(|t| Some((self.offline(t, &route.binding)?, t))) {
+            Err(e) => match token.and_then(|t| Some((self.offline(t, &route.binding)?, t))) {
                 Some((claims, t)) => serve(claims, t),
                 None => Decision::Respond(coordinator_down(&e)),
             },
@@ -139,7 +141,7 @@ impl Auth {
     /// offline grace, for use only while the coordinator cannot renew it.
     fn offline(&self, token: &str, binding: &str) -> Option<Arc<AppClaims>> {
         let claims = self.verifier.load().verify_with_grace(token, binding, self.offline_grace.as_secs()).ok()?;
-        self.checks.with_label_values(&["grace"]).inc();
+        self.state.metrics.tokens.inc("grace");
         Some(Arc::new(claims))
     }
 
@@ -151,7 +153,7 @@ impl Auth {
             Some((_, false)) => "verified",
             None => "refused",
         };
-        self.checks.with_label_values(&[result]).inc();
+        self.state.metrics.tokens.inc(result);
         verified.map(|(verified, _)| verified)
     }
 
@@ -217,7 +219,7 @@ impl Auth {
             Err(reply) => return Ok(Decision::Respond(reply)),
         };
         let ask = IssueAppToken {
-            app_session_token: session,
+            app_session_token: session.map(str::to_owned),
             app: route.req.clone(),
             subdomain: route.subdomain,
             binding: route.binding.clone(),
@@ -270,7 +272,7 @@ fn session_cookie(name: &str, value: &str, path: &str, max_age: Option<i64>, sec
 /// Cookie `name`, refusing a request that sends it twice: a sibling app on a
 /// parent domain (or another path) can plant a second one, and which of the
 /// two a server reads first is not what the user chose (400).
-fn unique_cookie(req: &RequestHeader, name: &str) -> Result<Option<String>, Reply> {
+fn unique_cookie<'r>(req: &'r RequestHeader, name: &str) -> Result<Option<&'r str>, Reply> {
     meridian_regions::headers::unique_cookie(&req.headers, name)
         .map_err(|_| Reply::page(400, &format!("The request carries the {name} cookie more than once.")))
 }

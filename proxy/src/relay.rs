@@ -388,7 +388,7 @@ impl Relay {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         agent_id.hash(&mut h);
-        if self.tunnel(agent_id).is_some() {
+        if self.holds(agent_id) {
             self.replica_id.hash(&mut h);
         } else {
             self.routes.relay_hash(agent_id, &mut h);
@@ -418,6 +418,11 @@ impl Relay {
             tracing::info!(%agent, agreed, "asked an agent to attach elsewhere");
         });
         futures_util::future::join_all(asks).await;
+    }
+
+    /// Whether this relay holds an open tunnel of `agent_id` (without cloning it).
+    fn holds(&self, agent_id: Uuid) -> bool {
+        self.agents.read().unwrap_or_else(|e| e.into_inner()).get(&agent_id).is_some_and(Tunnel::is_open)
     }
 
     fn tunnel(&self, agent_id: Uuid) -> Option<Tunnel> {

@@ -37,7 +37,8 @@ pub struct DuplicateCookie;
 
 /// Cookie `name` if sent at most once; [`DuplicateCookie`] if sent twice or
 /// more, which for a credential means someone planted a second one.
-pub fn unique_cookie(headers: &http::HeaderMap, name: &str) -> Result<Option<String>, DuplicateCookie> {
+/// The value is borrowed from `headers` (a cookie value is never decoded).
+pub fn unique_cookie<'h>(headers: &'h http::HeaderMap, name: &str) -> Result<Option<&'h str>, DuplicateCookie> {
     let mut found = headers
         .get_all(http::header::COOKIE)
         .iter()
@@ -45,7 +46,8 @@ pub fn unique_cookie(headers: &http::HeaderMap, name: &str) -> Result<Option<Str
         .flat_map(cookie::Cookie::split_parse)
         .flatten()
         .filter(|c| c.name() == name);
-    let first = found.next().map(|c| c.value().to_owned());
+    // Parsed from a borrowed string, a cookie's value is that string's.
+    let first = found.next().map(|c| c.value_raw().unwrap_or_default());
     match found.next() {
         Some(_) => Err(DuplicateCookie),
         None => Ok(first),
@@ -68,7 +70,7 @@ mod tests {
     fn duplicate_cookies() {
         let mut h = http::HeaderMap::new();
         h.append(http::header::COOKIE, "a=1; meridian_app_session=s".parse().unwrap());
-        assert_eq!(super::unique_cookie(&h, "meridian_app_session"), Ok(Some("s".into())));
+        assert_eq!(super::unique_cookie(&h, "meridian_app_session"), Ok(Some("s")));
         assert_eq!(super::unique_cookie(&h, "missing"), Ok(None));
         h.append(http::header::COOKIE, "meridian_app_session=planted".parse().unwrap());
         assert_eq!(super::unique_cookie(&h, "meridian_app_session"), Err(super::DuplicateCookie));

@@ -55,6 +55,7 @@ pub fn session_token(parts: &Parts) -> Result<Option<String>, ApiError> {
         return Ok(Some(raw));
     }
     headers::unique_cookie(&parts.headers, headers::SESSION_COOKIE)
+        .map(|c| c.map(str::to_owned))
         .map_err(|_| ApiError::BadRequest(format!("The {} cookie was sent more than once.", headers::SESSION_COOKIE)))
 }
 
