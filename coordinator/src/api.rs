@@ -44,6 +44,8 @@ pub struct AppState {
     pub route_changes: tokio::sync::watch::Sender<u64>,
     /// Reads many proxies make at once, computed once.
     pub reads: crate::read_cache::ReadCache,
+    /// Failed sign-ins per account and client address.
+    pub login_limits: Arc<crate::login_limits::LoginLimits>,
 }
 
 /// The API for the public listener when the proxy API has its own

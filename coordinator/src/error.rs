@@ -31,6 +31,12 @@ pub enum ApiError {
     /// The request names a host this coordinator does not answer for.
     #[error("{0}")]
     Misdirected(String),
+    /// A limit on the caller (e.g. failed sign-ins) holds for `retry_after`.
+    #[error("{0}")]
+    TooManyRequests(String, std::time::Duration),
+    /// The coordinator is too busy for this now (e.g. password checks queued); retry in a second.
+    #[error("{0}")]
+    Busy(String),
     /// Postgres is down or unreachable; safe to retry.
     #[error("database unavailable")]
     DatabaseUnavailable(#[source] sqlx::Error),
@@ -51,6 +57,8 @@ impl ApiError {
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Misdirected(_) => StatusCode::MISDIRECTED_REQUEST,
+            ApiError::TooManyRequests(..) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::DatabaseUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Shared(e) => e.status(),
@@ -105,7 +113,16 @@ impl IntoResponse for ApiError {
             ApiError::DatabaseUnavailable(e) => tracing::warn!(error = %e, "database unavailable"),
             _ => {}
         }
-        (self.status(), Json(self.body())).into_response()
+        let retry_after = match &self {
+            ApiError::TooManyRequests(_, after) => Some(after.as_secs().max(1)),
+            ApiError::Busy(_) => Some(1),
+            _ => None,
+        };
+        let mut resp = (self.status(), Json(self.body())).into_response();
+        if let Some(secs) = retry_after {
+            resp.headers_mut().insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }
 

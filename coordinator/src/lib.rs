@@ -20,6 +20,7 @@ pub mod embedded_postgres;
 pub mod error;
 pub mod health;
 pub mod keys;
+pub mod login_limits;
 pub mod primary;
 pub mod read_cache;
 pub mod routes;
@@ -70,22 +71,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         primary_token_hash: Arc::new(secret::hash_secret(primary_token.secret.expose())),
         route_changes,
         reads: Default::default(),
+        login_limits: Default::default(),
     };
     // The whole API on loopback, for the primary proxy's own registration
     // and, without --internal-listen, for everything the primary forwards.
     let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let api_addr = api_listener.local_addr()?;
-    let mut apis = vec![serve_api(api_listener, api::router(state.clone()), stop.clone())];
+    // Only the primary proxy speaks to the loopback listeners: there (and
+    // not on --internal-listen) its X-Forwarded-For names the client.
+    let mut apis = vec![serve_api(api_listener, api::router(state.clone()), true, stop.clone())];
     let public_api = match config.internal_listen {
         Some(addr) => {
             let internal = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on --internal-listen {addr}"))?;
             tracing::info!(listen = %addr, "proxy API listening (internal)");
-            apis.push(serve_api(internal, api::router(state.clone()), stop.clone()));
+            apis.push(serve_api(internal, api::router(state.clone()), false, stop.clone()));
             let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
             let public_addr = public.local_addr()?;
-            apis.push(serve_api(public, api::public_router(state), stop.clone()));
+            apis.push(serve_api(public, api::public_router(state), true, stop.clone()));
             public_addr
         }
         None => api_addr,
@@ -116,13 +120,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
-/// Serves `router` on `listener` until `stop`.
+/// Serves `router` on `listener` until `stop`; with `forwarded`, requests
+/// come from the primary proxy, whose `X-Forwarded-For` names the client
+/// (see [`api::auth::client_addr`]).
 fn serve_api(
     listener: tokio::net::TcpListener,
     router: axum::Router,
+    forwarded: bool,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    tokio::spawn(async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await })
+    let router = router.layer(axum::Extension(api::auth::Forwarded(forwarded)));
+    let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
+    tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned()).await })
 }
 
 /// Connects to the configured database, starting the embedded one if needed.

@@ -3,7 +3,10 @@
 //! Session and proxy tokens carry 32 random bytes; only their SHA-256 is
 //! stored (a fast hash suits a secret with that much entropy) and checked in
 //! constant time. Passwords get Argon2id with the crate's default parameters,
-//! on the blocking pool because each hash takes tens of milliseconds.
+//! on the blocking pool because each hash takes tens of milliseconds, and at
+//! most half the cores' worth at once ([`HASHERS`]): a flood of sign-ins
+//! waits its turn (or, past [`QUEUE`], is turned away) instead of taking the
+//! CPU from heartbeats, health checks and app-token issuing.
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
@@ -11,6 +14,7 @@ use base64::Engine;
 use meridian_regions::token::{Secret, Token};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::LazyLock;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
@@ -36,9 +40,51 @@ pub fn secret_matches(secret: &str, stored: &[u8]) -> bool {
     hash_secret(secret).ct_eq(stored).into()
 }
 
-/// Argon2id hash of `password` in PHC string form.
+/// Password hashes that run at once.
+static HASHERS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    tokio::sync::Semaphore::new((cores / 2).max(1))
+});
+/// Sign-ins that may wait for a hasher; the next is refused at once ([`Busy`]).
+pub const QUEUE: usize = 64;
+static WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Too many sign-ins are waiting for a password check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+/// Counts one waiter until it drops (also when its request is cancelled).
+struct Waiting;
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        WAITING.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a sign-in would be turned away ([`Busy`]) now: checked before
+/// its database lookup, so a flood costs neither a query nor a hash.
+pub fn hashing_busy() -> bool {
+    WAITING.load(Ordering::Relaxed) >= QUEUE
+}
+
+/// Runs `hash` (Argon2 work) on the blocking pool when a hasher is free;
+/// with `bounded`, refuses instead of queueing behind [`QUEUE`] others.
+async fn hashing<T: Send + 'static>(bounded: bool, hash: impl FnOnce() -> T + Send + 'static) -> Result<T, Busy> {
+    let waiting = WAITING.fetch_add(1, Ordering::Relaxed);
+    let _waiting = Waiting;
+    if bounded && waiting >= QUEUE {
+        return Err(Busy);
+    }
+    let _permit = HASHERS.acquire().await.map_err(|_| Busy)?;
+    tokio::task::spawn_blocking(hash).await.map_err(|_| Busy)
+}
+
+/// Argon2id hash of `password` in PHC string form (waits for a hasher).
 pub async fn hash_password(password: Secret) -> anyhow::Result<String> {
-    tokio::task::spawn_blocking(move || hash_password_blocking(password.expose())).await?
+    hashing(false, move || hash_password_blocking(password.expose()))
+        .await
+        .map_err(|Busy| anyhow::anyhow!("password hashing stopped"))?
 }
 
 fn hash_password_blocking(password: &str) -> anyhow::Result<String> {
@@ -61,8 +107,9 @@ static DECOY_HASH: LazyLock<String> = LazyLock::new(|| {
 
 /// Whether `password` matches the stored PHC hash (constant time inside
 /// argon2). With no stored hash (no such user) it still spends one hash.
-pub async fn verify_password(password: Secret, stored: Option<String>) -> bool {
-    tokio::task::spawn_blocking(move || {
+/// [`Busy`] when [`QUEUE`] sign-ins already wait for a hasher.
+pub async fn verify_password(password: Secret, stored: Option<String>) -> Result<bool, Busy> {
+    hashing(true, move || {
         let exists = stored.is_some();
         let stored = stored.unwrap_or_else(|| DECOY_HASH.clone());
         let ok = PasswordHash::new(&stored)
@@ -71,7 +118,6 @@ pub async fn verify_password(password: Secret, stored: Option<String>) -> bool {
         ok && exists
     })
     .await
-    .unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -92,9 +138,9 @@ mod tests {
     async fn password_hash_checks() {
         let hash = hash_password(Secret::new("correct horse")).await.unwrap();
         assert!(hash.starts_with("$argon2id$"));
-        assert!(verify_password(Secret::new("correct horse"), Some(hash.clone())).await);
-        assert!(!verify_password(Secret::new("Correct horse"), Some(hash)).await);
-        assert!(!verify_password(Secret::new("x"), Some("not a hash".into())).await);
-        assert!(!verify_password(Secret::new("correct horse"), None).await, "no user never matches");
+        assert!(verify_password(Secret::new("correct horse"), Some(hash.clone())).await.unwrap());
+        assert!(!verify_password(Secret::new("Correct horse"), Some(hash)).await.unwrap());
+        assert!(!verify_password(Secret::new("x"), Some("not a hash".into())).await.unwrap());
+        assert!(!verify_password(Secret::new("correct horse"), None).await.unwrap(), "no user never matches");
     }
 }

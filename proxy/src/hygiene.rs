@@ -31,17 +31,32 @@ pub fn is_meridian_cookie(name: &str) -> bool {
     name.trim().as_bytes().get(..PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PREFIX.as_bytes()))
 }
 
-/// Cleans the request the app will see and sets `X-Forwarded-*`.
-pub fn request(req: &mut RequestHeader, client_ip: Option<String>, proto: &str, host: &str) -> Result<()> {
-    // Only the listed headers the request has are removed (usually none: a
-    // scan of its few headers instead of ten map removals per request).
-    let listed = |name: &http::HeaderName| {
-        CREDENTIAL_HEADERS.iter().chain(FORWARDING_HEADERS.iter()).any(|h| name.as_str().eq_ignore_ascii_case(h))
-    };
+/// Removes the headers in `names` that the request has (usually none: a scan
+/// of its few headers instead of a map removal per listed name).
+fn remove_present<'a>(req: &mut RequestHeader, names: impl Iterator<Item = &'a &'a str> + Clone) {
+    let listed = |name: &http::HeaderName| names.clone().any(|h| name.as_str().eq_ignore_ascii_case(h));
     let present: Vec<http::HeaderName> = req.headers.keys().filter(|k| listed(k)).cloned().collect();
     for h in &present {
         req.remove_header(h);
     }
+}
+
+/// Replaces whatever forwarding headers the client sent with the proxy's
+/// own: `X-Forwarded-For` (the client's address as this proxy saw it),
+/// `-Proto` and `-Host`.
+pub fn forwarding(req: &mut RequestHeader, client_ip: Option<String>, proto: &str, host: &str) -> Result<()> {
+    remove_present(req, FORWARDING_HEADERS.iter());
+    if let Some(ip) = client_ip {
+        req.insert_header("x-forwarded-for", ip)?;
+    }
+    req.insert_header("x-forwarded-proto", proto)?;
+    req.insert_header("x-forwarded-host", host)?;
+    Ok(())
+}
+
+/// Cleans the request the app will see and sets `X-Forwarded-*`.
+pub fn request(req: &mut RequestHeader, client_ip: Option<String>, proto: &str, host: &str) -> Result<()> {
+    remove_present(req, CREDENTIAL_HEADERS.iter());
     let kept: Vec<String> = req
         .headers
         .get_all(http::header::COOKIE)
@@ -55,12 +70,7 @@ pub fn request(req: &mut RequestHeader, client_ip: Option<String>, proto: &str, 
     if !kept.is_empty() {
         req.insert_header(http::header::COOKIE, kept.join("; "))?;
     }
-    if let Some(ip) = client_ip {
-        req.insert_header("x-forwarded-for", ip)?;
-    }
-    req.insert_header("x-forwarded-proto", proto)?;
-    req.insert_header("x-forwarded-host", host)?;
-    Ok(())
+    forwarding(req, client_ip, proto, host)
 }
 
 /// Whether a request may go on as far as its `Origin` goes: anything but a

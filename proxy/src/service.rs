@@ -169,10 +169,14 @@ impl ProxyHttp for MeridianProxy {
         if let Some(path) = &ctx.forward_path {
             up.set_uri(path.parse().map_err(|_| bad_path())?);
         }
-        let Some(served) = &ctx.app else {
-            return Ok(());
-        };
         let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        let Some(served) = &ctx.app else {
+            // The coordinator's API (on the primary) learns the client's
+            // address from this proxy alone: it limits sign-ins by it.
+            let host = session.req_header().headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
+            let host = host.unwrap_or_default().to_owned();
+            return hygiene::forwarding(up, client_ip, self.auth.scheme(), &host);
+        };
         hygiene::request(up, client_ip, self.auth.scheme(), &served.host)?;
         if let Some((_, rest)) = &served.route.path {
             up.set_uri(rest.parse().map_err(|_| bad_path())?);

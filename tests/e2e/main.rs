@@ -22,6 +22,7 @@ mod faults;
 mod fixtures;
 mod kubernetes;
 mod limits;
+mod login_abuse;
 mod postgres;
 mod proxy_lifecycle;
 mod proxy_tls;

@@ -118,3 +118,20 @@ impl FromRequestParts<AppState> for ProxyRegion {
 fn header(parts: &Parts, name: &str) -> Option<String> {
     parts.headers.get(name)?.to_str().ok().map(str::to_owned)
 }
+
+/// Whether a listener hears only the primary proxy (its `X-Forwarded-For` is then trusted).
+#[derive(Debug, Clone, Copy)]
+pub struct Forwarded(pub bool);
+
+/// The address of the client a request came from: on the listeners only the
+/// primary proxy speaks to, the one it put in `X-Forwarded-For` (it replaces
+/// whatever the client sent); elsewhere the connection's peer.
+pub fn client_addr(parts: &Parts) -> std::net::IpAddr {
+    let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
+    let forwarded = parts.extensions.get::<Forwarded>().is_some_and(|f| f.0);
+    let named = || {
+        let last = parts.headers.get_all("x-forwarded-for").iter().next_back()?;
+        last.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()
+    };
+    forwarded.then(named).flatten().or(peer).unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into())
+}

@@ -1,6 +1,6 @@
 //! `/api/v2/users...`: first-user bootstrap, login, `me`, and admin-created users.
 
-use super::auth::{session_token, Admin, CurrentUser};
+use super::auth::{client_addr, session_token, Admin, CurrentUser};
 use super::json::Json;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -28,11 +28,30 @@ pub async fn first(State(state): State<AppState>, Json(req): Json<Credentials>) 
 /// `POST /api/v2/users/login`: a session token in the body and the
 /// `meridian_session` cookie. A session this browser already held ends: every
 /// sign-in starts a new one (no session fixation).
+///
+/// Guessing is limited ([`crate::login_limits`]): past a limit, 429 with
+/// `Retry-After` before any password is hashed; with too many sign-ins
+/// already waiting for a password check, 503 with `Retry-After: 1`.
 pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<Credentials>) -> ApiResult<Response> {
     let refused = || ApiError::Unauthorized("Incorrect username or password.".into());
+    let client = client_addr(&parts);
+    if let Err(limited) = state.login_limits.check(&req.username, client) {
+        tracing::warn!(%client, limit = limited.what, "sign-in refused: too many failures");
+        return Err(ApiError::TooManyRequests(limited.message(), limited.retry_after));
+    }
+    let busy = || ApiError::Busy("Too many sign-ins at once; try again in a second.".into());
+    if secret::hashing_busy() {
+        return Err(busy());
+    }
     let user = state.store.user_by_name(&req.username).await?;
-    let ok = secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone())).await;
-    let user = user.filter(|_| ok).ok_or_else(refused)?;
+    let ok = secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone()))
+        .await
+        .map_err(|secret::Busy| busy())?;
+    let Some(user) = user.filter(|_| ok) else {
+        state.login_limits.failed(&req.username, client);
+        return Err(refused());
+    };
+    state.login_limits.succeeded(&req.username, client);
     if let Some(old) = held_session(&parts)? {
         state.store.end_session(&old).await?;
     }
