@@ -302,9 +302,12 @@ pub fn generate_key(kid: &str, seed: [u8; 32]) -> (Vec<u8>, PublicKey) {
 }
 
 /// Edits of a signed token for the token matrix (`tests/fixtures/tokens.yaml`):
-/// `header`, `payload`, `signature`, `alg_none`, `alg_hs256`, `kid_unknown`.
+/// `header`, `payload`, `signature`, `alg_none`, `kid_unknown`, and
+/// `alg_hs256`: the same claims in a real HS256 token whose HMAC key is
+/// `public`'s raw bytes (algorithm confusion: what a verifier trusting the
+/// header's `alg` would check it with).
 #[doc(hidden)]
-pub fn tamper(token: &str, how: &str) -> Option<String> {
+pub fn tamper(token: &str, how: &str, public: &PublicKey) -> Option<String> {
     use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
     let edit_json = |part: usize, edit: &dyn Fn(&mut serde_json::Value)| -> Option<String> {
         let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
@@ -323,7 +326,14 @@ pub fn tamper(token: &str, how: &str) -> Option<String> {
             Some(format!("{rest}.{}", B64.encode(sig)))
         }
         "alg_none" => Some(format!("{}.", edit_json(0, &|h| h["alg"] = "none".into())?.rsplit_once('.')?.0)),
-        "alg_hs256" => edit_json(0, &|h| h["alg"] = "HS256".into()),
+        "alg_hs256" => {
+            let mut parts = token.split('.');
+            let mut header: serde_json::Value = serde_json::from_slice(&B64.decode(parts.next()?).ok()?).ok()?;
+            header["alg"] = "HS256".into();
+            let signed = format!("{}.{}", B64.encode(serde_json::to_vec(&header).ok()?), parts.next()?);
+            let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &B64.decode(&public.x).ok()?);
+            Some(format!("{signed}.{}", B64.encode(ring::hmac::sign(&key, signed.as_bytes()))))
+        }
         "kid_unknown" => edit_json(0, &|h| h["kid"] = "k-unknown".into()),
         _ => None,
     }
@@ -385,7 +395,7 @@ mod tests {
         for (agent, target) in cases {
             assert_eq!(verifier.verify_stream(&token, agent, target, 0), Err(TokenError::WrongApp), "{target}");
         }
-        let tampered = tamper(&token, "payload").unwrap();
+        let tampered = tamper(&token, "payload", &generate_key("k1", [7u8; 32]).1).unwrap();
         assert_eq!(verifier.verify_stream(&tampered, c.agent_id, "127.0.0.1:8080", 0), Err(TokenError::BadSignature));
         let expired = signer.sign(&AppClaims { exp: now() - 600, nbf: now() - 900, ..c.clone() }).unwrap();
         assert_eq!(verifier.verify_stream(&expired, c.agent_id, "127.0.0.1:8080", 0), Err(TokenError::Expired));
@@ -472,12 +482,35 @@ mod tests {
         sig[0] ^= 1;
         let bad_sig = format!("{}.{}.{}", parts[0], parts[1], B64.encode(sig));
         assert_eq!(verifier.verify(&bad_sig, &b), Err(TokenError::BadSignature));
-        // alg: none, and HS256 signed with the public key as a secret.
-        for alg in ["none", "HS256"] {
-            let header = B64.encode(format!(r#"{{"alg":"{alg}","typ":"JWT","kid":"k1"}}"#));
-            let forged = format!("{header}.{}.", parts[1]);
-            assert!(verifier.verify(&forged, &b).is_err(), "alg {alg} refused");
+        // alg: none, unsigned.
+        let header = B64.encode(r#"{"alg":"none","typ":"JWT","kid":"k1"}"#);
+        let unsigned = format!("{header}.{}.", parts[1]);
+        assert_eq!(verifier.verify(&unsigned, &b), Err(TokenError::Malformed), "alg none is no algorithm at all");
+        // Algorithm confusion: real HS256 tokens whose HMAC key is the public
+        // key as a verifier that trusted the header would hold it (its raw
+        // bytes, and the base64 text proxies receive).
+        let (_, key) = generate_key("k1", [7u8; 32]);
+        let public = B64.decode(&key.x).unwrap();
+        for (what, secret) in [("raw public key", public), ("base64 public key", key.x.clone().into_bytes())] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("k1".into());
+            let forged = jsonwebtoken::encode(&header, &good, &EncodingKey::from_secret(&secret).unwrap()).unwrap();
+            // A real forgery: a verifier that took the header's word would accept it.
+            let mut naive = Validation::new(Algorithm::HS256);
+            naive.set_required_spec_claims(&["exp"]);
+            assert!(
+                jsonwebtoken::decode::<AppClaims>(&forged, &DecodingKey::from_secret(&secret).unwrap(), &naive).is_ok()
+            );
+            assert_eq!(verifier.verify(&forged, &b), Err(TokenError::BadSignature), "HS256 with the {what}");
+            assert_eq!(verifier.verify_with_grace(&forged, &b, 3600), Err(TokenError::BadSignature), "{what}");
         }
+        // The token matrix's forgery (`tamper`) is as real.
+        let forged = tamper(&token, "alg_hs256", &key).unwrap();
+        let raw = DecodingKey::from_secret(&B64.decode(&key.x).unwrap()).unwrap();
+        let mut naive = Validation::new(Algorithm::HS256);
+        naive.set_required_spec_claims(&["exp"]);
+        assert!(jsonwebtoken::decode::<AppClaims>(&forged, &raw, &naive).is_ok(), "tamper makes a valid HS256 token");
+        assert_eq!(verifier.verify(&forged, &b), Err(TokenError::BadSignature));
         // Unknown key id, and a key we never trusted.
         let (der2, _) = generate_key("k2", [9u8; 32]);
         let stranger = Signer::new("k2", &der2).sign(&good).unwrap();

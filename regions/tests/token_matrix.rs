@@ -51,7 +51,7 @@ fn the_token_matrix() {
     let cases: Vec<Case> = serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     let (der, public) = generate_key("k1", [7u8; 32]);
     let signer = Signer::new("k1", &der);
-    let verifier = Verifier::new(&[public]);
+    let verifier = Verifier::new(std::slice::from_ref(&public));
     let host = "code--main--dev--alice.sydney.localhost";
     let mut failures = Vec::new();
     for case in &cases {
@@ -90,7 +90,7 @@ fn the_token_matrix() {
         };
         let token = match case.tamper.as_deref() {
             None => token,
-            Some(how) => tamper(&token, how).unwrap_or_else(|| panic!("{}: cannot tamper {how}", case.name)),
+            Some(how) => tamper(&token, how, &public).unwrap_or_else(|| panic!("{}: cannot tamper {how}", case.name)),
         };
         let got = outcome(&verifier.verify(&token, &subdomain_binding(host)));
         let pass = match case.expect.as_str() {

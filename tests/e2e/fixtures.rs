@@ -169,6 +169,8 @@ struct World {
     client: reqwest::Client,
     host: String,
     coord_url: String,
+    /// The coordinator's app-token key, as proxies receive it.
+    key: meridian_regions::app_token::PublicKey,
     _rest: (Agent, Coordinator, Postgres, tempfile::TempDir),
 }
 
@@ -218,7 +220,10 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
         ("{base}", base.to_owned()),
         ("{port}", port.to_string()),
     ];
-    World { app, proxy, vars, client, host, coord_url: coord.url.clone(), _rest: (agent, coord, pg, dir) }
+    let credential = meridian_regions::client::Credential::Proxy(meridian_regions::token::Secret::new(&token));
+    let keys = meridian_regions::client::Client::new(&coord.url, credential, reqwest::Client::new()).keys().await;
+    let key = keys.expect("the proxy keys").keys.into_iter().next().expect("a key");
+    World { app, proxy, vars, client, host, coord_url: coord.url.clone(), key, _rest: (agent, coord, pg, dir) }
 }
 
 /// A browser-like client (loopback names, no automatic redirects) whose cookies can be read.
@@ -360,7 +365,7 @@ async fn the_token_matrix_through_the_proxy() {
     let mut checked = 0;
     for case in cases.iter().filter(|c| c.proxy) {
         let presented = match &case.tamper {
-            Some(how) => meridian_regions::app_token::tamper(&token, how).expect("a tamperable token"),
+            Some(how) => meridian_regions::app_token::tamper(&token, how, &w.key).expect("a tamperable token"),
             None => token.clone(),
         };
         let before = refetches(&w).await;
@@ -374,7 +379,7 @@ async fn the_token_matrix_through_the_proxy() {
     }
     assert!(checked >= 6, "only {checked} cases go through the proxy");
     // Another unknown key id at once: refused without another refetch.
-    let unknown = meridian_regions::app_token::tamper(&token, "kid_unknown").unwrap();
+    let unknown = meridian_regions::app_token::tamper(&token, "kid_unknown", &w.key).unwrap();
     let before = refetches(&w).await;
     let r = stranger.get(&url).header("cookie", format!("meridian_app_token={unknown}")).send().await.unwrap();
     assert_eq!(r.status(), 303);
