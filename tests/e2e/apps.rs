@@ -313,18 +313,23 @@ async fn ticket_redirect_stays_on_host(w: &World) {
 
 async fn agent_outage(w: &mut World) {
     let anon = w.browser(None).await;
-    // A request in flight when the agent dies fails cleanly and promptly.
-    let slow = {
+    // Requests in flight when the agent dies fail cleanly and promptly, each
+    // with its own page: a POST (never sent twice) says the app's connection
+    // closed under it; a GET is sent once more, finds no agent, and says so.
+    let slow = |method: reqwest::Method| {
         let c = anon.clone();
         let url = w.app_url("open", "/slow");
-        tokio::spawn(async move { c.get(url).header("x-sample-delay-ms", "5000").send().await })
+        tokio::spawn(async move { c.request(method, url).header("x-sample-delay-ms", "5000").send().await })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await; // let the request reach the app
+    let (post, get) = (slow(reqwest::Method::POST), slow(reqwest::Method::GET));
+    tokio::time::sleep(Duration::from_millis(500)).await; // let the requests reach the app
     w.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
-    let outcome = tokio::time::timeout(Duration::from_secs(15), slow).await.expect("no hang").unwrap();
-    match outcome {
-        Ok(r) => assert_eq!(r.status(), 502, "in-flight request fails with 502"),
-        Err(e) => panic!("expected a 502 page, got a transport error: {e}"),
+    for (request, says) in [(post, "closed the connection before answering"), (get, "agent is not connected")] {
+        let outcome = tokio::time::timeout(Duration::from_secs(15), request).await.expect("no hang").unwrap();
+        let r = outcome.expect("a 502 page, not a transport error");
+        assert_eq!(r.status(), 502, "in-flight request fails with 502");
+        let page = r.text().await.unwrap();
+        assert!(page.contains(says), "in flight, expected {says:?}: {page}");
     }
     let r = anon.get(w.app_url("open", "/")).send().await.unwrap();
     assert_eq!(r.status(), 502);
