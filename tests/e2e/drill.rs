@@ -15,6 +15,7 @@ struct Seen {
     /// The regions API's status, or 0 when it did not answer.
     api: u16,
     sydney_healthy: Option<bool>,
+    frankfurt_healthy: Option<bool>,
     /// Whether frankfurt's proxy says it reaches the coordinator.
     frankfurt_reaches_coordinator: Option<bool>,
 }
@@ -40,7 +41,11 @@ fn observe(api: Api, frankfurt: String) -> (Arc<Mutex<Vec<Seen>>>, tokio::task::
                 Ok(r) => (r.status().as_u16(), r.json::<Value>().await.unwrap_or_default()),
                 Err(_) => (0, Value::Null),
             };
-            let sydney = body["regions"].as_array().and_then(|rs| rs.iter().find(|r| r["name"] == "sydney").cloned());
+            let healthy = |name: &str| {
+                let regions = body["regions"].as_array()?;
+                regions.iter().find(|r| r["name"] == name)?["healthy"].as_bool()
+            };
+            let (sydney_healthy, frankfurt_healthy) = (healthy("sydney"), healthy("frankfurt"));
             let report = http.get(format!("{frankfurt}/healthz-report")).send().await;
             let reaches = match report {
                 Ok(r) => r.json::<Value>().await.ok().and_then(|v| v["coordinator_reachable"].as_bool()),
@@ -49,7 +54,8 @@ fn observe(api: Api, frankfurt: String) -> (Arc<Mutex<Vec<Seen>>>, tokio::task::
             out.lock().unwrap().push(Seen {
                 at,
                 api: status,
-                sydney_healthy: sydney.and_then(|s| s["healthy"].as_bool()),
+                sydney_healthy,
+                frankfurt_healthy,
                 frankfurt_reaches_coordinator: reaches,
             });
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -134,11 +140,15 @@ async fn every_drill_scenario_reports_what_a_bystander_sees() {
 
     // Each scenario: (arguments, regions whose users must see failures, what the bystander calls "noticed").
     type Noticed = fn(&Seen) -> bool;
-    let scenarios: [(&[&str], &[&str], Noticed); 4] = [
+    // The last is the README's own example: the agent's region dies, and only
+    // that region's own users see failures (the agent moves within the 2 s
+    // a request waits for its route, so no request elsewhere fails).
+    let scenarios: [(&[&str], &[&str], Noticed); 5] = [
         (&["kill-region", "--region", "sydney"], &["sydney"], |s| s.sydney_healthy == Some(false)),
         (&["partition-region", "--region", "sydney"], &["sydney"], |s| s.sydney_healthy == Some(false)),
         (&["kill-coordinator"], &["primary"], |s| s.frankfurt_reaches_coordinator == Some(false)),
         (&["stop-postgres"], &[], |s| s.api == 503),
+        (&["kill-region", "--region", "frankfurt"], &["frankfurt"], |s| s.frankfurt_healthy == Some(false)),
     ];
     for (args, failing, noticed) in scenarios {
         let traffic = Traffic::start_with_timeout(targets.clone(), Duration::from_millis(100), Duration::from_secs(2));

@@ -157,15 +157,28 @@ async fn a_killed_region_is_detected_and_its_agents_move_and_come_back() {
     let (user, url) = m.user_of("sydney", &sydney).await;
     serves(&user, &url, 3, Duration::from_secs(5)).await;
 
+    // Users in sydney, one GET every 20 ms, through the agent's region dying:
+    // none fails (the README: agents re-attach "within about a second", and a
+    // request waits up to 2 s for its agent's new route), and none waits much
+    // longer than the move takes. Each needs a new app connection (`?close`):
+    // a pooled one, dialed by the agent to sydney directly, would outlive
+    // frankfurt and need no route at all.
+    let users = vec![("sydney".into(), user.clone(), format!("{url}?close"))];
+    let traffic = Traffic::start(users, Duration::from_millis(20));
+    serves(&user, &url, 1, Duration::from_secs(5)).await;
     frankfurt.proc.signal(Signal::SIGKILL);
-    let killed = Instant::now();
     let (detect, reattach) = tokio::join!(
         m.admin.wait_status("frankfurt", "unreachable", 2 * INTERVAL + Duration::from_millis(500)),
         m.admin.wait_agent_within("dev", "primary", Duration::from_secs(5)),
     );
     eprintln!("killed region: unreachable after {detect:?}, agent re-attached after {reattach:?}");
     serves(&user, &url, 10, Duration::from_secs(5)).await;
-    eprintln!("requests through sydney succeed again {:?} after the kill", killed.elapsed());
+    let stats = traffic.stop().await;
+    let (_, sydney_users) = &stats[0];
+    eprintln!("through sydney: {} served, slowest {:?}", sydney_users.ok, sydney_users.slowest_ok);
+    assert_no_failures(&stats);
+    assert!(reattach < Duration::from_secs(2), "the agent took {reattach:?} to re-attach (about a second)");
+    assert!(sydney_users.slowest_ok < Duration::from_secs(2), "a request waited {:?}", sydney_users.slowest_ok);
 
     // Frankfurt returns: the agent waits out --failback-after, then moves back.
     frankfurt.restart().await;

@@ -655,6 +655,9 @@ pub struct TrafficStats {
     /// Each failure: when its request was sent (milliseconds since the
     /// start), and what happened.
     pub failed: Vec<(u128, String)>,
+    /// The longest a successful request took: how long requests waited
+    /// while the system recovered (a request waits for a moving agent's route).
+    pub slowest_ok: Duration,
 }
 
 /// Steady synthetic traffic: one request every `every` to each target, each
@@ -686,10 +689,14 @@ impl Traffic {
                     let mut stats = TrafficStats::default();
                     while !*stopped.borrow() {
                         let at = started.elapsed().as_millis();
+                        let begun = Instant::now();
                         let sent = client.get(&url).timeout(timeout).send().await;
                         match sent {
                             Ok(r) if r.status() == 200 => match r.bytes().await {
-                                Ok(_) => stats.ok += 1,
+                                Ok(_) => {
+                                    stats.ok += 1;
+                                    stats.slowest_ok = stats.slowest_ok.max(begun.elapsed());
+                                }
                                 Err(e) => stats.failed.push((at, format!("body: {e}"))),
                             },
                             Ok(r) => stats.failed.push((at, format!("HTTP {}", r.status()))),
