@@ -246,3 +246,40 @@ async fn an_idle_relayed_pipe_is_closed_after_the_pipe_idle_timeout() {
     let quiet = last_byte.elapsed();
     assert!(quiet >= Duration::from_millis(1500), "closed {quiet:?} after the last byte, before 2 s of quiet");
 }
+
+/// Agents whose tunnel `proxy`'s relay holds, from its `/metrics`.
+async fn attached(proxy: &Proxy) -> u64 {
+    let text = reqwest::get(format!("{}/metrics", proxy.url)).await.unwrap().text().await.unwrap();
+    let line = text.lines().find_map(|l| l.strip_prefix("meridian_relay_agents_attached ")).expect("the gauge");
+    line.trim().parse().unwrap()
+}
+
+/// The README: tunnel keep-alive catches a silent death within 5 s. The link
+/// between agent and relay goes silent (stalled: no reset, no FIN, as a
+/// partition or a dead host looks), and the relay lets the agent go within
+/// the keep-alive's interval and timeout (2 s + 3 s); healed, it attaches again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_link_is_noticed_within_five_seconds() {
+    let w = world().await;
+    let proxy = &w._rest.2;
+    assert_eq!(attached(proxy).await, 1);
+    w.relay_link.set_mode(Mode::Stall);
+    let stalled = Instant::now();
+    wait_for(Duration::from_secs(15), "the relay to let the silent agent go", || async {
+        (attached(proxy).await == 0).then_some(())
+    })
+    .await;
+    let noticed = stalled.elapsed();
+    eprintln!("a silent agent link noticed after {noticed:?}");
+    // 5 s at most by the keep-alive's clock (an idle tunnel is pinged every 2 s,
+    // and a ping unanswered for 3 s ends it), plus slack for a loaded machine
+    // and this test's polling.
+    assert!(noticed <= Duration::from_millis(6500), "noticed after {noticed:?}, not within 5 s");
+
+    w.relay_link.set_mode(Mode::Pass);
+    wait_for(Duration::from_secs(20), "the agent attached again and served", || async {
+        (w.get("/after-silence").await.status() == 200).then_some(())
+    })
+    .await;
+    assert_eq!(attached(proxy).await, 1);
+}

@@ -171,3 +171,46 @@ async fn control_plane_clients_are_not_held_to_a_browsers_per_address_cap() {
     wait_for(Duration::from_secs(5), "the freed places", || async { (held(port, "").await.0 == 401).then_some(()) })
         .await;
 }
+
+/// The proxy's resident memory, in KiB.
+fn rss_kib(proxy: &Proxy) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", proxy.proc.pid())).unwrap();
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).expect("VmRSS");
+    line.trim().trim_end_matches("kB").trim().parse().unwrap()
+}
+
+/// RELIABILITY.md: memory stays bounded under 10,000 idle connections. Each
+/// is served one request, then held idle: the proxy's resident memory grows
+/// by a few KiB per connection (the release build: 8.5 KiB, BENCHMARKS.md),
+/// not by pingora's 64 KiB read buffer, and comes back down when they close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_stays_bounded_under_ten_thousand_idle_connections() {
+    const N: usize = 10_000;
+    let (proxy, ..) = proxy(&["--max-connections-per-client", "20000", "--max-connections", "20000"]).await;
+    // Warm: the first connections allocate what every later one reuses.
+    let warm: Vec<TcpStream> =
+        futures_util::future::join_all((0..100).map(|_| served_from([127, 0, 0, 1], proxy.port)))
+            .await
+            .into_iter()
+            .map(|s| s.expect("served"))
+            .collect();
+    drop(warm);
+    let before = rss_kib(&proxy);
+    let mut held = Vec::with_capacity(N);
+    for chunk in 0..N / 100 {
+        let batch = (0..100).map(|_| served_from([127, 0, 0, 1], proxy.port));
+        for s in futures_util::future::join_all(batch).await {
+            held.push(s.unwrap_or_else(|e| panic!("connection {} of {N} not served: {e}", chunk * 100)));
+        }
+    }
+    let after = rss_kib(&proxy);
+    let per_connection = (after.saturating_sub(before) * 1024) as usize / N;
+    eprintln!("{N} idle connections: RSS {before} → {after} KiB, {per_connection} bytes each");
+    assert!(per_connection < 24 * 1024, "{per_connection} bytes per idle connection (64 KiB is pingora's buffer)");
+    // All of them still work: the last one held answers another request.
+    let last = held.last_mut().unwrap();
+    last.write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").await.unwrap();
+    let mut buf = [0u8; 12];
+    tokio::time::timeout(Duration::from_secs(5), last.read_exact(&mut buf)).await.unwrap().unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+}
