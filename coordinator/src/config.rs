@@ -52,6 +52,10 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_PROXY_HEALTH_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub proxy_health_interval: Option<Duration>,
+    /// How long an app token lasts before its proxy renews it from the user's app session [default: 5m].
+    #[arg(long, env = "MERIDIAN_APP_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub app_token_lifetime: Option<Duration>,
     /// How often proxies re-register (heartbeat) [default: 15s].
     #[arg(long, env = "MERIDIAN_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
@@ -144,6 +148,7 @@ pub struct Config {
     pub postgres_pool_size: u32,
     pub proxy_health_interval: Duration,
     pub heartbeat_interval: Duration,
+    pub app_token_lifetime: Duration,
     pub replica_expiry: Duration,
     pub shutdown_delay: Duration,
     pub internal_listen: Option<SocketAddr>,
@@ -195,6 +200,7 @@ impl Args {
             postgres_bin_dir: self.postgres_bin_dir.or(file.postgres_bin_dir),
             proxy_health_interval: self.proxy_health_interval.or(file.proxy_health_interval),
             heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
+            app_token_lifetime: self.app_token_lifetime.or(file.app_token_lifetime),
             replica_expiry: self.replica_expiry.or(file.replica_expiry),
             shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
             internal_listen: self.internal_listen.or(file.internal_listen),
@@ -260,6 +266,7 @@ impl Args {
             postgres_pool_size,
             proxy_health_interval: self.proxy_health_interval.unwrap_or(Duration::from_secs(10)),
             heartbeat_interval: self.heartbeat_interval.unwrap_or(Duration::from_secs(15)),
+            app_token_lifetime: self.app_token_lifetime.unwrap_or(Duration::from_secs(300)),
             replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),
             shutdown_delay: self.shutdown_delay.unwrap_or_default(),
             internal_listen: self.internal_listen,
@@ -281,6 +288,10 @@ impl Args {
             if d < Duration::from_millis(100) || d > Duration::from_secs(3600) {
                 return Err(ConfigError(format!("{name} must be between 100ms and 1h")));
             }
+        }
+        if config.app_token_lifetime < Duration::from_secs(1) || config.app_token_lifetime > Duration::from_secs(86_400)
+        {
+            return Err(ConfigError("--app-token-lifetime must be between 1s and 24h".into()));
         }
         Ok(config)
     }

@@ -228,7 +228,12 @@ impl Auth {
             Ok(resp) => match self.verify(&resp.token, &route.binding).await {
                 Some((claims, token)) => {
                     let path = route.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str());
-                    let max_age = (claims.exp - chrono::Utc::now().timestamp()).max(0);
+                    // The browser keeps the cookie through the offline grace:
+                    // past its expiry the token is accepted only while the
+                    // coordinator cannot renew it, and a browser that dropped
+                    // the cookie at expiry would never present it then.
+                    let grace = i64::try_from(self.offline_grace.as_secs()).unwrap_or(i64::MAX);
+                    let max_age = (claims.exp - chrono::Utc::now().timestamp()).max(0).saturating_add(grace);
                     let cookie = session_cookie(APP_TOKEN_COOKIE, &token, path, Some(max_age), self.scheme == "https");
                     Decision::Serve { claims, token, set_cookie: Some(cookie) }
                 }

@@ -86,3 +86,54 @@ async fn a_proxy_reports_a_lost_coordinator_within_a_second() {
     assert_eq!(report["status"], "degraded");
     assert!(report["warnings"][0].as_str().unwrap().contains("route stream"), "{report}");
 }
+
+/// The offline grace, end to end: an app token that expires while the
+/// coordinator is down (so nobody can renew it) is still served for
+/// `--offline-grace`, and no longer. Tokens last 2 s here
+/// (`--app-token-lifetime`) and verifiers allow 30 s of clock skew past
+/// expiry, so the outage lasts 40 s: sydney (grace 1 h, the default) serves
+/// its user throughout; frankfurt (grace 5 s) sends its user to the
+/// coordinator, which is down: a 503 page.
+#[tokio::test(flavor = "multi_thread")]
+async fn tokens_expiring_during_an_outage_are_served_for_the_offline_grace_only() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &["--app-token-lifetime", "2s"]).await;
+    let admin = coord.admin().await;
+    let (sydney_token, frankfurt_token) = (admin.create_region("sydney").await, admin.create_region("frankfurt").await);
+    let mut sydney = Proxy::spawn_named(dir.path(), &coord.url, &sydney_token, "sydney", &[]);
+    let grace = ["--offline-grace", "5s"];
+    let mut frankfurt = Proxy::spawn_named(dir.path(), &coord.url, &frankfurt_token, "frankfurt", &grace);
+    sydney.wait_registered().await;
+    frankfurt.wait_registered().await;
+    let app = SampleApp::start(dir.path()).await;
+    let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;
+    admin.wait_agent_on("dev", "sydney").await;
+    let url = |name: &str, port: u16| format!("http://open--main--dev--admin.{name}.localhost:{port}/");
+    let (in_sydney, in_frankfurt) = (browser(), browser());
+    let issued = tokio::time::Instant::now();
+    for (client, url) in [(&in_sydney, url("sydney", sydney.port)), (&in_frankfurt, url("frankfurt", frankfurt.port))] {
+        let (hops, resp) = follow(client, &url).await;
+        assert_eq!(resp.status(), 200, "{url}: {hops:?}");
+    }
+
+    let mut coord = coord;
+    coord.proc.signal(Signal::SIGKILL);
+    let users = vec![("sydney".into(), in_sydney, url("sydney", sydney.port))];
+    let traffic = Traffic::start(users, Duration::from_millis(500));
+    // The outage being rehearsed: past the tokens' expiry, the skew and frankfurt's grace.
+    tokio::time::sleep_until(issued + Duration::from_secs(2 + 30 + 5 + 3)).await;
+    let stats = traffic.stop().await;
+    let (_, s) = &stats[0];
+    assert!(
+        s.ok >= 60 && s.failed.is_empty(),
+        "sydney, within its grace: {} served, failed {:?}\n{}",
+        s.ok,
+        s.failed.first(),
+        sydney.proc.output()
+    );
+    let r = in_frankfurt.get(url("frankfurt", frankfurt.port)).send().await.unwrap();
+    assert_eq!(r.status(), 503, "frankfurt, past its grace");
+    let page = r.text().await.unwrap();
+    assert!(page.contains("coordinator"), "the page names the coordinator: {page}");
+}

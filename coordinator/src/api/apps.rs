@@ -27,9 +27,6 @@ use meridian_regions::headers::APP_TICKET_PARAM;
 use meridian_regions::redirect::{self, AppHosts};
 use meridian_regions::token::Token;
 
-/// How long an app token lasts; proxies renew it from the app session.
-pub const APP_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::minutes(5);
-
 #[derive(serde::Deserialize)]
 pub struct AuthRedirectQuery {
     redirect_uri: Option<String>,
@@ -156,6 +153,9 @@ pub async fn issue_app_token(
         (_, _, None) => return Err(ApiError::Unauthorized("Sign in to open this app.".into())),
     };
     let now = chrono::Utc::now();
+    // How long the token lasts; its proxy renews it from the app session.
+    let lifetime = chrono::Duration::from_std(state.config.app_token_lifetime)
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("token lifetime: {e}")))?;
     let owner = user.as_ref().is_some_and(|u| u.id == app.owner_id);
     let claims = AppClaims {
         iss: ISSUER.into(),
@@ -168,10 +168,10 @@ pub async fn issue_app_token(
         dial: Default::default(),
         iat: now.timestamp(),
         nbf: now.timestamp(),
-        exp: (now + APP_TOKEN_LIFETIME).timestamp(),
+        exp: (now + lifetime).timestamp(),
     };
     let token = state.keys.signer.sign(&claims).map_err(|e| ApiError::Internal(e.into()))?;
-    Ok(axum::Json(IssueAppTokenResponse { token, expires_at: now + APP_TOKEN_LIFETIME }))
+    Ok(axum::Json(IssueAppTokenResponse { token, expires_at: now + lifetime }))
 }
 
 fn see_other(location: &str) -> Response {
