@@ -201,3 +201,27 @@ async fn with_an_internal_listener_the_proxy_api_is_served_only_there() {
     assert_eq!(admin.get("/api/v2/users/me").await.status, 200);
     drop(proxy);
 }
+
+/// A region whose access URL answers, but not as a Meridian proxy (here the
+/// sample app, as a load balancer pointed at the wrong service would): the
+/// health check reads no health report there, so the region is `unhealthy`
+/// (not `unreachable`, not `ok`) with a reason naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_region_whose_access_url_is_not_its_proxy_is_unhealthy() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let admin = coord.admin().await;
+    let token = admin.create_region("sydney").await;
+    let app = SampleApp::start(dir.path()).await;
+    let wrong = format!("http://127.0.0.1:{}", app.port);
+    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "sydney", &["--access-url", &wrong]);
+    proxy.wait_registered().await;
+    admin.wait_status("sydney", "unhealthy", std::time::Duration::from_secs(10)).await;
+    let region = admin.region("sydney").await;
+    let reasons = region.to_string();
+    assert!(reasons.contains("unreadable health report"), "the reason is given: {region}");
+    assert_eq!(region["healthy"], false, "{region}");
+    let counted = reqwest::get(format!("{}/metrics", coord.url)).await.unwrap().text().await.unwrap();
+    assert!(counted.contains("meridian_regions{status=\"unhealthy\"} 1"), "{counted}");
+}

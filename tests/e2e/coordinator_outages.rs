@@ -117,7 +117,6 @@ async fn tokens_expiring_during_an_outage_are_served_for_the_offline_grace_only(
         assert_eq!(resp.status(), 200, "{url}: {hops:?}");
     }
 
-    let mut coord = coord;
     coord.proc.signal(Signal::SIGKILL);
     let users = vec![("sydney".into(), in_sydney, url("sydney", sydney.port))];
     let traffic = Traffic::start(users, Duration::from_millis(500));
