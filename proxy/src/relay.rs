@@ -642,7 +642,8 @@ impl Relay {
             Err(StreamError::Refused { status: s, .. }) => {
                 return status(StatusCode::from_u16(s).unwrap_or(StatusCode::BAD_GATEWAY))
             }
-            Err(_) => return status(StatusCode::BAD_GATEWAY),
+            // As for data connections: a tunnel that closed is an agent not attached here.
+            Err(StreamError::TunnelClosed(_)) => return status(StatusCode::NOT_FOUND),
         };
         let relayed = Relayed::new(&self.relayed);
         let idle = self.state.pipe_idle();
@@ -674,7 +675,9 @@ impl Relay {
             Ok(true) => StatusCode::NO_CONTENT,
             Ok(false) => StatusCode::from_u16(data::CANNOT_DIAL_BACK).unwrap_or(StatusCode::BAD_GATEWAY),
             Err(StreamError::Refused { status, .. }) => StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_GATEWAY),
-            Err(_) => StatusCode::BAD_GATEWAY,
+            // The agent's tunnel closed under the ask: it is not attached here
+            // (any more), so the asking relay waits for its next route.
+            Err(StreamError::TunnelClosed(_)) => StatusCode::NOT_FOUND,
         }
     }
 
