@@ -743,7 +743,12 @@ mod tests {
     /// (so a request for an unknown agent waits for its route).
     fn relay() -> Arc<Relay> {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let coordinator = Client::new(&format!("http://127.0.0.1:{port}"), Credential::None, reqwest::Client::new());
+        relay_of(&format!("http://127.0.0.1:{port}"))
+    }
+
+    /// A relay whose coordinator is at `coordinator`.
+    fn relay_of(coordinator: &str) -> Arc<Relay> {
+        let coordinator = Client::new(coordinator, Credential::None, reqwest::Client::new());
         let state = crate::state::ProxyState::new();
         state.update_registration(|r| r.coordinator_reachable = true);
         let auth =
@@ -801,6 +806,36 @@ mod tests {
         let opened = tokio::time::timeout(ROUTE_WAIT / 2, opening).await;
         let opened = opened.expect("the request was not woken by the attach").unwrap();
         assert!(opened.is_ok(), "the request was woken but not served: {opened:?}");
+    }
+
+    /// An agent's connection that broke right after its upgrade: the relay's
+    /// tunnel handshake fails, and the coordinator (which already routes to
+    /// this relay) is told the agent is not here after all.
+    #[tokio::test]
+    async fn a_failed_tunnel_handshake_takes_the_attachment_back() {
+        let coordinator = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = relay_of(&format!("http://{}", coordinator.local_addr().unwrap()));
+        // The coordinator's side: the first request it gets, answered 200.
+        let asked = tokio::spawn(async move {
+            let (mut conn, _) = coordinator.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !String::from_utf8_lossy(&request).contains("}") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await.unwrap();
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        let agent = Uuid::new_v4();
+        let (here, there) = tokio::io::duplex(1024);
+        drop(there);
+        tokio::time::timeout(Duration::from_secs(10), relay.run_tunnel(agent, TokioIo::new(here))).await.unwrap();
+        let request = tokio::time::timeout(Duration::from_secs(5), asked).await.expect("no detach was sent").unwrap();
+        assert!(request.starts_with("POST /api/v2/proxies/me/agent-detach "), "{request}");
+        assert!(request.contains(&agent.to_string()), "{request}");
+        assert!(relay.tunnel(agent).is_none());
     }
 
     async fn serving(max: usize) -> (Arc<Relay>, std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
