@@ -15,7 +15,7 @@ pub mod topology;
 use anyhow::{bail, Context, Result};
 use children::{Children, Spec};
 use clap::Args;
-use control::{DemoInfo, Faults, RegionLinks};
+use control::{DemoInfo, Faults, RegionLinks, ReplicaLinks};
 use meridian_netsim::Link;
 use meridian_regions::api::{AgentSpec, App, CreateRegion, CreateWorkspace, Share};
 use meridian_regions::client::{http_client, Client, ClientError, Credential};
@@ -46,15 +46,18 @@ pub struct DemoArgs {
     /// How often the coordinator checks region health (and proxies heartbeat).
     #[arg(long, env = "MERIDIAN_PROXY_HEALTH_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
     proxy_health_interval: Duration,
+    /// Proxy replicas per region, behind the region's (simulated) load balancer.
+    #[arg(long, env = "MERIDIAN_DEMO_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=8))]
+    replicas: u16,
 }
 
-/// One region's ports: where users reach it (a link), and where its proxy listens.
+/// One region's ports: where users reach it (a link), and where each replica listens.
 struct RegionPlan {
     name: String,
     latency: Duration,
     links: RegionLinks,
-    listen: SocketAddr,
-    relay: SocketAddr,
+    /// Each replica's relay address (its `listen` is in `links`).
+    relays: Vec<SocketAddr>,
 }
 
 pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
@@ -104,9 +107,11 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     let coordinator: SocketAddr = ([127, 0, 0, 1], args.port).into();
     let mut plans = Vec::new();
     for (i, region) in topology.regions.iter().enumerate() {
-        let plan = plan_region(region, args.port + 1 + i as u16, coordinator).await?;
+        let plan = plan_region(region, args.port + 1 + i as u16, coordinator, args.replicas).await?;
         let proxy_token = region_token(&api, &plan).await?;
-        children.spawn(proxy_spec(&plan, &base, proxy_token))?;
+        for replica in 0..plan.relays.len() {
+            children.spawn(proxy_spec(&plan, replica, &base, proxy_token.clone()))?;
+        }
         plans.push(plan);
     }
     let app_port = free_port()?;
@@ -161,52 +166,68 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     Ok(())
 }
 
-/// Binds the region's links: users on `user_port` (printed, stable), the rest on free ports.
-async fn plan_region(region: &topology::RegionSpec, user_port: u16, coordinator: SocketAddr) -> Result<RegionPlan> {
+/// Binds the region's links: users on `user_port` (printed, stable, balanced
+/// over the replicas), the rest on free ports.
+async fn plan_region(
+    region: &topology::RegionSpec,
+    user_port: u16,
+    coordinator: SocketAddr,
+    replicas: u16,
+) -> Result<RegionPlan> {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let relay: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-    let users = Link::start(([127, 0, 0, 1], user_port).into(), listen)
+    let mut links = Vec::new();
+    let mut relays = Vec::new();
+    for i in 0..replicas {
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let relay: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let process =
+            if i == 0 { format!("proxy-{}", region.name) } else { format!("proxy-{}-{}", region.name, i + 1) };
+        let replica = ReplicaLinks {
+            process,
+            listen,
+            mesh: Link::start(any, relay).await?,
+            agents: Link::start(any, relay).await?,
+        };
+        replica.mesh.set_latency(region.latency);
+        links.push(replica);
+        relays.push(relay);
+    }
+    let users = Link::start_balanced(([127, 0, 0, 1], user_port).into(), links.iter().map(|r| r.listen).collect())
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{user_port} for region {}", region.name))?;
+    users.set_latency(region.latency);
     let links = RegionLinks {
         name: region.name.clone(),
         users,
-        mesh: Link::start(any, relay).await?,
-        agents: Link::start(any, relay).await?,
+        replicas: links,
         coordinator: Link::start(any, coordinator).await?,
     };
-    links.users.set_latency(region.latency);
-    links.mesh.set_latency(region.latency);
-    Ok(RegionPlan { name: region.name.clone(), latency: region.latency, links, listen, relay })
+    Ok(RegionPlan { name: region.name.clone(), latency: region.latency, links, relays })
 }
 
-fn proxy_spec(plan: &RegionPlan, base: &str, proxy_token: String) -> Spec {
+fn proxy_spec(plan: &RegionPlan, replica: usize, base: &str, proxy_token: String) -> Spec {
     let user_port = plan.links.users.addr().port();
+    let links = &plan.links.replicas[replica];
     let args = [
         "proxy".to_owned(),
         "--coordinator-url".into(),
         format!("http://{}", plan.links.coordinator.addr()),
         "--listen".into(),
-        plan.listen.to_string(),
+        links.listen.to_string(),
         "--access-url".into(),
         format!("http://127.0.0.1:{user_port}"),
         "--wildcard-access-url".into(),
         format!("*.{}.localhost:{user_port}", plan.name),
         "--relay-listen".into(),
-        plan.relay.to_string(),
+        plan.relays[replica].to_string(),
         "--relay-url".into(),
-        format!("http://{}", plan.links.agents.addr()),
+        format!("http://{}", links.agents.addr()),
         "--mesh-url".into(),
-        format!("http://{}", plan.links.mesh.addr()),
+        format!("http://{}", links.mesh.addr()),
         "--login-url".into(),
         base.to_owned(),
     ];
-    Spec {
-        name: format!("proxy-{}", plan.name),
-        args: args.to_vec(),
-        secret: Some(("MERIDIAN_PROXY_TOKEN", proxy_token)),
-    }
+    Spec { name: links.process.clone(), args: args.to_vec(), secret: Some(("MERIDIAN_PROXY_TOKEN", proxy_token)) }
 }
 
 /// (Re)creates the demo workspace and returns its agent's token.

@@ -3,12 +3,15 @@
 //! steady synthetic users go through every region, and report how long the
 //! system took to notice and to recover, and what the users saw.
 //!
-//! [`traffic`] sends the requests; [`report`] sums them up.
+//! [`traffic`] sends the requests; [`report`] sums them up. `meridian drill
+//! soak` ([`soak`]) runs every fault in turn under mixed traffic, for as long
+//! as asked.
 
 mod report;
+mod soak;
 mod traffic;
 
-use crate::demo::control::{Action, DemoInfo, FaultRequest, Scenario};
+use crate::demo::control::{Action, DemoInfo, FaultRequest, Process, Scenario};
 use crate::ops::Target;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -19,26 +22,66 @@ use report::{RegionReport, Report};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+/// What a drill does: one fault, or a soak (every fault in turn, under mixed traffic).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drill {
+    Fault(Scenario),
+    Soak,
+}
+
+impl clap::ValueEnum for Drill {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[
+            Drill::Fault(Scenario::KillRegion),
+            Drill::Fault(Scenario::PartitionRegion),
+            Drill::Fault(Scenario::KillCoordinator),
+            Drill::Fault(Scenario::StopPostgres),
+            Drill::Fault(Scenario::RestartRegion),
+            Drill::Fault(Scenario::CutTunnel),
+            Drill::Soak,
+        ]
+    }
+
+    fn to_possible_value(&self) -> Option<clap::builder::PossibleValue> {
+        match self {
+            Drill::Fault(s) => s.to_possible_value(),
+            Drill::Soak => Some(clap::builder::PossibleValue::new("soak").help(
+                "Mixed traffic (GETs, 1 MiB downloads, checked uploads, WebSockets, streamed responses) \
+                 for --duration while every fault above but kill-region comes in turn; exits non-zero \
+                 if anything was lost, corrupted, hung, failed where no fault explains it, or left open",
+            )),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct DrillArgs {
     /// What to break.
     #[arg(value_enum)]
-    scenario: Scenario,
-    /// The region to kill or partition.
+    scenario: Drill,
+    /// The region to kill, partition or restart (for a soak: the one to partition).
     #[arg(long)]
     region: Option<String>,
-    /// How long the fault is held before healing.
+    /// How long the fault is held before healing [default: 10s]; for a soak,
+    /// how long it runs [default: 30m].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    duration: Option<Duration>,
+    /// Soak: how long each fault is held before healing.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-    duration: Duration,
+    hold: Duration,
+    /// Soak: the region whose replicas are restarted [default: the one with the most replicas].
+    #[arg(long)]
+    restart_region: Option<String>,
     /// Longest wait for recovery after healing.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     settle: Duration,
-    /// Requests per second through each region.
+    /// Small GETs per second through each region.
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     rate: u32,
-    /// A request without a complete answer after this long counts as hung.
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
-    timeout: Duration,
+    /// A request without a complete answer after this long counts as hung
+    /// [default: 2s; for a soak 10s, past the 5 s in which a silent agent link is let go].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    timeout: Option<Duration>,
     /// Print the report as JSON.
     #[arg(long)]
     json: bool,
@@ -60,7 +103,7 @@ pub struct DrillArgs {
 }
 
 /// Who breaks and heals things.
-enum Faults {
+pub(crate) enum Faults {
     Demo { url: String, token: Secret },
     Commands { fault: String, heal: String },
 }
@@ -98,10 +141,23 @@ impl Faults {
             }
         }
     }
+
+    /// The deployment's processes, when it is the demo (which knows them).
+    async fn processes(&self) -> Result<Vec<Process>> {
+        let Faults::Demo { url, token } = self else { return Ok(Vec::new()) };
+        let resp = reqwest::Client::new()
+            .get(format!("{url}/processes"))
+            .bearer_auth(token.expose())
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(resp.json().await?)
+    }
 }
 
 /// Everything the drill needs to know before it starts.
-struct Setup {
+pub(crate) struct Setup {
     api: Client,
     session: Secret,
     app: String,
@@ -133,30 +189,31 @@ async fn setup(args: &mut DrillArgs) -> Result<Setup> {
 pub async fn run(mut args: DrillArgs) -> Result<()> {
     let setup = setup(&mut args).await?;
     let regions = setup.api.regions().await.context("cannot list regions")?.regions;
-    if args.scenario.needs_region() {
-        let name = args.region.as_deref().with_context(|| format!("{} needs --region", args.scenario))?;
+    let Drill::Fault(scenario) = args.scenario else { return soak(&args, &setup, &regions).await };
+    if scenario.needs_region() {
+        let name = args.region.as_deref().with_context(|| format!("{scenario} needs --region"))?;
         if !regions.iter().any(|r| r.name == name) || name == meridian_regions::PRIMARY_REGION {
             let names: Vec<&str> = regions.iter().map(|r| r.name.as_str()).filter(|n| *n != "primary").collect();
-            bail!("no region {name:?} to {}; regions: {}", args.scenario, names.join(", "));
+            bail!("no region {name:?} to {scenario}; regions: {}", names.join(", "));
         }
     }
-    let browser = signed_in_browser(setup.api.base_url(), &setup.session)?;
+    let (browser, _) = signed_in_browser(setup.api.base_url(), &setup.session)?;
     let targets = app_urls(&regions, &setup.app);
     for (region, url) in &targets {
         open(&browser, url)
             .await
             .with_context(|| format!("the app does not open through {region} before the drill"))?;
     }
-    let watch = Watch::new(&setup.api, &regions, args.scenario, args.region.as_deref())?;
+    let watch = Watch::new(&setup.api, &regions, scenario, args.region.as_deref())?;
     // Start from a healthy deployment, or the report would blame this drill for an older fault.
     tokio::time::timeout(args.settle, watch.until(false)).await.map_err(|_| {
         anyhow::anyhow!("the deployment is not healthy before the drill ({} does not hold)", watch.healthy_means())
     })?;
     let report = tokio::select! {
-        report = drill(&args, &setup, &browser, &watch, targets) => report?,
+        report = drill(scenario, &args, &setup, &browser, &watch, targets) => report?,
         () = crate::shutdown_signal() => {
             eprintln!("interrupted: healing before exiting");
-            setup.faults.act(Action::Heal, args.scenario, args.region.as_deref()).await?;
+            setup.faults.act(Action::Heal, scenario, args.region.as_deref()).await?;
             bail!("drill interrupted; the fault was healed");
         }
     };
@@ -165,7 +222,47 @@ pub async fn run(mut args: DrillArgs) -> Result<()> {
     Ok(())
 }
 
+async fn soak(args: &DrillArgs, setup: &Setup, regions: &[Region]) -> Result<()> {
+    let plan = soak::Plan {
+        duration: args.duration.unwrap_or(Duration::from_secs(30 * 60)),
+        hold: args.hold,
+        settle: args.settle,
+        mix: soak::Mix {
+            gets_per_s: args.rate,
+            bulk_every: Duration::from_secs(1),
+            websockets: 2,
+            message_every: Duration::from_millis(250),
+            session: Duration::from_secs(10),
+            timeout: args.timeout.unwrap_or(Duration::from_secs(10)),
+        },
+        restart_region: args.restart_region.clone(),
+        partition_region: args.region.clone(),
+    };
+    let (browser, jar) = signed_in_browser(setup.api.base_url(), &setup.session)?;
+    let targets = app_urls(regions, &setup.app);
+    for (region, url) in &targets {
+        open(&browser, url).await.with_context(|| format!("the app does not open through {region} before the soak"))?;
+    }
+    let report = tokio::select! {
+        report = soak::run(&plan, setup, regions, &browser, jar, targets) => report?,
+        () = crate::shutdown_signal() => bail!("soak interrupted (a fault in progress may need healing: run its drill)"),
+    };
+    let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { report.table() };
+    crate::ops::print(&text);
+    if !report.clean() {
+        bail!(
+            "the soak lost or corrupted {}, left {} hung, failed {} where no fault explains it, and left {} processes holding more descriptors than before",
+            report.totals.lost_or_corrupt,
+            report.totals.hung,
+            report.totals.unexplained,
+            report.leaked_fds.len()
+        );
+    }
+    Ok(())
+}
+
 async fn drill(
+    scenario: Scenario,
     args: &DrillArgs,
     setup: &Setup,
     browser: &reqwest::Client,
@@ -177,22 +274,24 @@ async fn drill(
     let streams: Vec<traffic::Stream> = targets
         .into_iter()
         .map(|(region, url)| {
-            traffic::start(region, browser.clone(), url, args.rate, args.timeout, epoch, stopped.clone())
+            let timeout = args.timeout.unwrap_or(Duration::from_secs(2));
+            traffic::start(region, browser.clone(), url, args.rate, timeout, epoch, stopped.clone())
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(1)).await; // a baseline before the fault
 
     let fault_at = epoch.elapsed();
     let fault_unix = chrono::Utc::now().timestamp_millis();
-    setup.faults.act(Action::Inject, args.scenario, args.region.as_deref()).await?;
-    let detected = tokio::time::timeout(args.duration + args.settle, watch.until(true));
+    let hold = args.duration.unwrap_or(Duration::from_secs(10));
+    setup.faults.act(Action::Inject, scenario, args.region.as_deref()).await?;
+    let detected = tokio::time::timeout(hold + args.settle, watch.until(true));
     let (detect, ()) = tokio::join!(
         async { detected.await.ok().map(|_| epoch.elapsed().saturating_sub(fault_at)) },
-        tokio::time::sleep(args.duration.saturating_sub(epoch.elapsed().saturating_sub(fault_at))),
+        tokio::time::sleep(hold.saturating_sub(epoch.elapsed().saturating_sub(fault_at))),
     );
     let healed_at = epoch.elapsed();
     let healed_unix = chrono::Utc::now().timestamp_millis();
-    setup.faults.act(Action::Heal, args.scenario, args.region.as_deref()).await?;
+    setup.faults.act(Action::Heal, scenario, args.region.as_deref()).await?;
     let recovered = tokio::time::timeout(args.settle, async {
         watch.until(false).await;
         while !streams.iter().all(|s| s.healthy_tail(5)) {
@@ -209,7 +308,7 @@ async fn drill(
         per_region.push(RegionReport::new(region, &samples, fault_at));
     }
     Ok(Report {
-        scenario: args.scenario.to_string(),
+        scenario: scenario.to_string(),
         region: args.region.clone(),
         held_ms: healed_at.saturating_sub(fault_at).as_millis() as u64,
         fault_at_unix_ms: fault_unix,
@@ -224,7 +323,7 @@ async fn drill(
 }
 
 /// How the drill tells that the system noticed the fault, and that it is over.
-struct Watch<'a> {
+pub(crate) struct Watch<'a> {
     api: &'a Client,
     http: reqwest::Client,
     regions: &'a [Region],
@@ -243,6 +342,8 @@ impl<'a> Watch<'a> {
             Scenario::KillRegion | Scenario::PartitionRegion => "the region is healthy",
             Scenario::KillCoordinator => "the API answers and every region reaches the coordinator",
             Scenario::StopPostgres => "the API answers",
+            Scenario::RestartRegion => "every replica of the region is ok",
+            Scenario::CutTunnel => "the agent is connected",
         }
     }
 
@@ -251,6 +352,8 @@ impl<'a> Watch<'a> {
             Scenario::KillRegion | Scenario::PartitionRegion => "the coordinator marks the region unhealthy",
             Scenario::KillCoordinator => "the regions report the coordinator unreachable",
             Scenario::StopPostgres => "the API answers 503",
+            Scenario::RestartRegion => "nothing to notice: replicas hand over one at a time",
+            Scenario::CutTunnel => "the agent is shown disconnected, or already reattached",
         }
     }
 
@@ -271,6 +374,8 @@ impl<'a> Watch<'a> {
             Scenario::KillRegion | Scenario::PartitionRegion => self.region_healthy().await == Some(false),
             Scenario::StopPostgres => self.api_status().await == Some(503),
             Scenario::KillCoordinator => self.regions_degraded().await > 0,
+            // A rolling restart is meant to go unnoticed; a cut tunnel is back within milliseconds.
+            Scenario::RestartRegion | Scenario::CutTunnel => true,
         }
     }
 
@@ -279,7 +384,23 @@ impl<'a> Watch<'a> {
             Scenario::KillRegion | Scenario::PartitionRegion => self.region_healthy().await == Some(true),
             Scenario::StopPostgres => self.api_status().await == Some(200),
             Scenario::KillCoordinator => self.api_status().await == Some(200) && self.regions_degraded().await == 0,
+            Scenario::RestartRegion => self.replicas_ok().await,
+            Scenario::CutTunnel => self.agent_connected().await,
         }
+    }
+
+    /// Whether every listed replica of the region is ok.
+    async fn replicas_ok(&self) -> bool {
+        let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), self.api.regions()).await else { return false };
+        let region = list.regions.iter().find(|r| Some(r.name.as_str()) == self.region);
+        region.is_some_and(|r| r.healthy && r.replicas.iter().all(|x| x.status == meridian_regions::health::Status::Ok))
+    }
+
+    async fn agent_connected(&self) -> bool {
+        let Ok(Ok(list)) = tokio::time::timeout(Duration::from_secs(2), self.api.workspaces(None)).await else {
+            return false;
+        };
+        list.workspaces.iter().flat_map(|w| &w.agents).all(|a| a.connected)
     }
 
     /// The regions API's status; `None` when it does not answer.
@@ -325,17 +446,21 @@ fn app_urls(regions: &[Region], app: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-/// A browser-like client signed in with `session` at the coordinator.
-fn signed_in_browser(coordinator: &str, session: &Secret) -> Result<reqwest::Client> {
+/// A browser-like client signed in with `session` at the coordinator, and its cookies.
+fn signed_in_browser(
+    coordinator: &str,
+    session: &Secret,
+) -> Result<(reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>)> {
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
     let url: reqwest::Url = coordinator.parse()?;
     jar.add_cookie_str(&format!("{}={}; Path=/", meridian_regions::headers::SESSION_COOKIE, session.expose()), &url);
-    Ok(reqwest::Client::builder()
-        .cookie_provider(jar)
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(meridian_regions::resolve::for_reqwest())
         .pool_max_idle_per_host(64)
-        .build()?)
+        .build()?;
+    Ok((client, jar))
 }
 
 /// Opens `url` through the login redirects, so the jar holds an app token.

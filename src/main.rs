@@ -56,8 +56,9 @@ enum Command {
     },
     /// Run a whole deployment on loopback: coordinator, regional proxies, a workspace with an agent and a sample app.
     Demo(demo::DemoArgs),
-    /// Rehearse an outage (kill-region, partition-region, kill-coordinator, stop-postgres) under
-    /// steady traffic through every region, and report detection, errors and recovery.
+    /// Rehearse an outage (kill-region, partition-region, kill-coordinator, stop-postgres,
+    /// restart-region, cut-tunnel) under steady traffic through every region, and report
+    /// detection, errors and recovery; or soak: all of them in turn under mixed traffic.
     Drill(Box<drill::DrillArgs>),
     /// Sign in to a coordinator and remember the session for later commands.
     Login(ops::LoginArgs),

@@ -79,17 +79,7 @@ pub async fn serve<T>(
             handle(req, serving.policy, serving.pipe_idle).await
         }
     });
-    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .keep_alive_interval(PING_INTERVAL)
-        .keep_alive_timeout(PING_TIMEOUT)
-        .initial_stream_window_size(STREAM_WINDOW)
-        .initial_connection_window_size(CONNECTION_WINDOW)
-        .max_frame_size(MAX_FRAME)
-        .max_send_buf_size(SEND_BUFFER)
-        .max_concurrent_streams(MAX_STREAMS)
-        .max_local_error_reset_streams(None)
-        .serve_connection(io, service);
+    let conn = tunnel_server().serve_connection(io, service);
     tokio::pin!(conn);
     let result = tokio::select! {
         r = conn.as_mut() => r,
@@ -101,6 +91,23 @@ pub async fn serve<T>(
     if let Err(e) = result {
         tracing::debug!(error = %e, "tunnel ended");
     }
+}
+
+/// The agent's end of a tunnel: the HTTP/2 server, with the tunnel's
+/// keep-alive, windows, framing and [`MAX_STREAMS`] streams at once.
+fn tunnel_server() -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .keep_alive_interval(PING_INTERVAL)
+        .keep_alive_timeout(PING_TIMEOUT)
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_frame_size(MAX_FRAME)
+        .max_send_buf_size(SEND_BUFFER)
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_local_error_reset_streams(None);
+    builder
 }
 
 fn status(s: StatusCode) -> Result<Response<Empty<Bytes>>, Infallible> {
@@ -191,4 +198,62 @@ async fn handle(
         }
     });
     status(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_regions::tunnel::Tunnel;
+
+    /// One tunnel carries [`MAX_STREAMS`] streams at once (idle pooled app
+    /// connections hold theirs open; hyper's default is 200), and one more
+    /// waits for a free stream instead of failing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tunnel_carries_4096_streams_at_once_and_the_next_waits_for_one() {
+        let (relay_io, agent_io) = tokio::io::duplex(1 << 20);
+        let release = tokio_util::sync::CancellationToken::new();
+        let held = release.clone();
+        // Every CONNECT is accepted and its stream held open until `release`.
+        let service = hyper::service::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            let held = held.clone();
+            async move {
+                tokio::spawn(async move {
+                    if let Ok(stream) = hyper::upgrade::on(&mut req).await {
+                        held.cancelled().await;
+                        drop(stream);
+                    }
+                });
+                Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+            }
+        });
+        tokio::spawn(tunnel_server().serve_connection(TokioIo::new(agent_io), service));
+        let (tunnel, driver) = Tunnel::client(TokioIo::new(relay_io)).await.unwrap();
+        tokio::spawn(driver);
+
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..MAX_STREAMS {
+            let tunnel = tunnel.clone();
+            opening.spawn(async move { tunnel.open("127.0.0.1:8080", None).await.map_err(|e| e.to_string()) });
+        }
+        let all = tokio::time::timeout(Duration::from_secs(60), opening.join_all()).await;
+        let streams: Vec<_> = all.expect("fewer than MAX_STREAMS streams opened at once").into_iter().collect();
+        assert_eq!(
+            streams.iter().filter(|s| s.is_ok()).count(),
+            MAX_STREAMS as usize,
+            "{:?}",
+            streams.iter().find(|s| s.is_err())
+        );
+
+        let next = tokio::spawn({
+            let tunnel = tunnel.clone();
+            async move { tunnel.open("127.0.0.1:8080", None).await.map(drop).map_err(|e| e.to_string()) }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!next.is_finished(), "a stream past the limit was not made to wait: {:?}", next.await);
+        release.cancel();
+        drop(streams);
+        let opened =
+            tokio::time::timeout(Duration::from_secs(10), next).await.expect("still waiting after streams closed");
+        assert_eq!(opened.unwrap(), Ok(()));
+    }
 }

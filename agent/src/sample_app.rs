@@ -4,11 +4,15 @@
 //!
 //! - `x-sample-status: 503` → that status;
 //! - `x-sample-delay-ms: 2000` → wait before answering;
-//! - `x-sample-body-bytes: 10485760` → a body of that many bytes (streamed);
+//! - `x-sample-body-bytes: 10485760` → a body of that many bytes (streamed),
+//!   of `m`s, or with `x-sample-body-seed: N` each byte [`pattern_byte`] of N and its offset;
 //! - `x-sample-set-cookie: meridian_app_token=evil` → a `Set-Cookie` of that value;
 //! - a query with `close` (`/?close`) → `Connection: close` (every request then
 //!   needs a new connection to the app);
-//! - `POST /upload` → the received body's length and SHA-256;
+//! - `POST /upload` → the received body's length and SHA-256; with
+//!   `x-sample-sha256: <hex>`, a body of another hash is refused (422);
+//! - `GET /stream?count=N&every_ms=M` → a streamed response of N lines
+//!   (`0\n`, `1\n`, …), one every M ms;
 //! - `GET /ws` → WebSocket echo.
 
 use axum::body::{Body, Bytes};
@@ -23,7 +27,7 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 fn router() -> Router {
-    Router::new().route("/ws", get(ws)).route("/upload", post(upload)).fallback(any(echo))
+    Router::new().route("/ws", get(ws)).route("/upload", post(upload)).route("/stream", get(stream)).fallback(any(echo))
 }
 
 /// Serves the sample app on `listener` until `shutdown` resolves.
@@ -69,12 +73,16 @@ async fn echo(req: Request) -> Response {
     let status =
         number(&headers, "x-sample-status").and_then(|s| StatusCode::from_u16(s as u16).ok()).unwrap_or(StatusCode::OK);
     let mut resp = if let Some(n) = number(&headers, "x-sample-body-bytes") {
-        let chunk = Bytes::from(vec![b'm'; 64 * 1024]);
-        let chunks = (n / chunk.len() as u64) as usize;
-        let tail = Bytes::from(vec![b'm'; (n % chunk.len() as u64) as usize]);
-        let stream = futures_util::stream::iter(
-            std::iter::repeat_n(chunk, chunks).chain(std::iter::once(tail)).map(Ok::<_, std::io::Error>),
-        );
+        const CHUNK: u64 = 64 * 1024;
+        let seed = number(&headers, "x-sample-body-seed");
+        let plain = Bytes::from(vec![b'm'; CHUNK as usize]);
+        let stream = futures_util::stream::iter((0..n.div_ceil(CHUNK)).map(move |i| {
+            let (from, to) = (i * CHUNK, ((i + 1) * CHUNK).min(n));
+            Ok::<_, std::io::Error>(match seed {
+                Some(seed) => Bytes::from((from..to).map(|at| pattern_byte(seed, at)).collect::<Vec<u8>>()),
+                None => plain.slice(..(to - from) as usize),
+            })
+        }));
         let mut r = Response::new(Body::from_stream(stream));
         r.headers_mut().insert("content-length", n.into());
         r
@@ -99,7 +107,13 @@ async fn echo(req: Request) -> Response {
     resp
 }
 
-async fn upload(body: Body) -> Response {
+/// Byte `offset` of a body generated for `seed`: bodies of different seeds
+/// differ everywhere, and a shifted or spliced body no longer matches.
+pub fn pattern_byte(seed: u64, offset: u64) -> u8 {
+    (seed.wrapping_mul(0x9E37_79B9).wrapping_add(offset.wrapping_mul(31)) % 251) as u8
+}
+
+async fn upload(headers: HeaderMap, body: Body) -> Response {
     let mut stream = body.into_data_stream();
     let (mut len, mut hash) = (0u64, Sha256::new());
     while let Some(chunk) = stream.next().await {
@@ -112,7 +126,35 @@ async fn upload(body: Body) -> Response {
         }
     }
     let sha256: String = hash.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    if let Some(expected) = headers.get("x-sample-sha256").and_then(|v| v.to_str().ok()) {
+        if !expected.eq_ignore_ascii_case(&sha256) {
+            let message = format!("the body's SHA-256 is {sha256}, not {expected} ({len} bytes received)");
+            return (StatusCode::UNPROCESSABLE_ENTITY, message).into_response();
+        }
+    }
     axum::Json(serde_json::json!({ "bytes": len, "sha256": sha256 })).into_response()
+}
+
+async fn stream(axum::extract::Query(q): axum::extract::Query<StreamQuery>) -> Response {
+    let every = Duration::from_millis(q.every_ms.unwrap_or(100).min(60_000));
+    let lines = futures_util::stream::unfold(0u64, move |n| async move {
+        if n >= q.count.unwrap_or(10).min(1_000_000) {
+            return None;
+        }
+        if n > 0 {
+            tokio::time::sleep(every).await;
+        }
+        Some((Ok::<_, std::io::Error>(Bytes::from(format!("{n}\n"))), n + 1))
+    });
+    let mut r = Response::new(Body::from_stream(lines));
+    r.headers_mut().insert("content-type", "text/plain".parse().unwrap_or_else(|_| unreachable!()));
+    r
+}
+
+#[derive(serde::Deserialize)]
+struct StreamQuery {
+    count: Option<u64>,
+    every_ms: Option<u64>,
 }
 
 async fn ws(upgrade: WebSocketUpgrade) -> Response {

@@ -6,13 +6,17 @@
 //! the connections look alive until either side sends, which resets them). The kernel's netem is not available on the machines
 //! Meridian is tested on, and tests may only use loopback.
 //!
+//! A link may balance over several upstreams ([`Link::start_balanced`]), as
+//! a TCP load balancer in front of a region's replicas does: each new
+//! connection goes to the next upstream in turn, skipping any that refuses it.
+//!
 //! Latency is added per chunk in each direction, without stop-and-wait, so a
 //! link with latency L adds about 2·L to a round trip and keeps throughput.
 //! A stall pauses reading and delivery: bytes wait in kernel buffers and flow
 //! again when the partition heals, as retransmissions would.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -43,7 +47,9 @@ struct Shared {
     resets: watch::Sender<u64>,
     /// Bumped to forget every open connection.
     forgets: watch::Sender<u64>,
-    upstream: SocketAddr,
+    upstreams: Vec<SocketAddr>,
+    /// The upstream the next connection tries first (round robin).
+    next: AtomicUsize,
 }
 
 /// A running link; dropping it stops accepting (open connections end when
@@ -58,6 +64,15 @@ pub struct Link {
 impl Link {
     /// Listens on `listen` (port 0 picks one) and forwards to `upstream`.
     pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> std::io::Result<Link> {
+        Self::start_balanced(listen, vec![upstream]).await
+    }
+
+    /// Listens on `listen` and spreads new connections over `upstreams` in
+    /// turn; an upstream that refuses the connection is skipped for the next.
+    pub async fn start_balanced(listen: SocketAddr, upstreams: Vec<SocketAddr>) -> std::io::Result<Link> {
+        if upstreams.is_empty() {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a link needs an upstream"));
+        }
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -65,7 +80,8 @@ impl Link {
             mode: watch::channel(Mode::Pass).0,
             resets: watch::channel(0).0,
             forgets: watch::channel(0).0,
-            upstream,
+            upstreams,
+            next: AtomicUsize::new(0),
         });
         let (stop, stopped) = watch::channel(false);
         tokio::spawn(accept(listener, shared.clone(), stopped));
@@ -77,8 +93,9 @@ impl Link {
         self.addr
     }
 
+    /// The (first) upstream.
     pub fn upstream(&self) -> SocketAddr {
-        self.shared.upstream
+        self.shared.upstreams[0]
     }
 
     /// One-way latency added in each direction.
@@ -119,7 +136,7 @@ impl Link {
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        tracing::trace!(upstream = %self.upstream, "link closed");
+        tracing::trace!(upstream = ?self.upstreams, "link closed");
     }
 }
 
@@ -147,7 +164,7 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
     if mode.wait_for(|m| *m != Mode::Stall).await.is_err() {
         return;
     }
-    let Ok(mut upstream) = TcpStream::connect(shared.upstream).await else { return };
+    let Some(mut upstream) = dial(&shared).await else { return };
     let mut client = client;
     let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
     let reset = {
@@ -173,6 +190,18 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
         // Zero linger: closing sends RST, as a reset in the network would.
         let _ = (client.set_zero_linger(), upstream.set_zero_linger());
     }
+}
+
+/// Connects to the next upstream that accepts, trying each once.
+async fn dial(shared: &Shared) -> Option<TcpStream> {
+    let first = shared.next.fetch_add(1, Ordering::Relaxed);
+    for i in 0..shared.upstreams.len() {
+        let addr = shared.upstreams[(first + i) % shared.upstreams.len()];
+        if let Ok(s) = TcpStream::connect(addr).await {
+            return Some(s);
+        }
+    }
+    None
 }
 
 /// Copies `from` → `to`, each chunk delivered `latency` after it was read,
@@ -280,5 +309,42 @@ mod tests {
         let mut refused = TcpStream::connect(link.addr()).await.unwrap();
         let n = tokio::time::timeout(Duration::from_secs(5), refused.read(&mut buf)).await.unwrap();
         assert!(matches!(n, Ok(0) | Err(_)), "a refusing link closes new connections");
+    }
+
+    /// A listener that answers every connection with its own tag, then closes.
+    async fn tagged(tag: u8) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                let _ = s.write_all(&[tag]).await;
+            }
+        });
+        (addr, task)
+    }
+
+    async fn served_by(link: &Link) -> u8 {
+        let mut s = TcpStream::connect(link.addr()).await.unwrap();
+        let mut tag = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut tag)).await.unwrap().unwrap();
+        tag[0]
+    }
+
+    #[tokio::test]
+    async fn a_balanced_link_takes_turns_and_skips_an_upstream_that_refuses() {
+        let (a, _a) = tagged(1).await;
+        let (b, b_task) = tagged(2).await;
+        let link = Link::start_balanced("127.0.0.1:0".parse().unwrap(), vec![a, b]).await.unwrap();
+        let mut seen = Vec::new();
+        for _ in 0..4 {
+            seen.push(served_by(&link).await);
+        }
+        seen.sort_unstable();
+        assert_eq!(seen, [1, 1, 2, 2], "new connections alternate between the upstreams");
+        b_task.abort();
+        let _ = b_task.await; // b's listener is closed: connecting to it is refused
+        for _ in 0..4 {
+            assert_eq!(served_by(&link).await, 1, "an upstream that refuses is skipped");
+        }
     }
 }

@@ -19,11 +19,6 @@ use tokio::time::Instant;
 
 /// Longest wait for the coordinator to acknowledge deregistration.
 pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
-/// Once agents have moved, how long streams relayed for peers may still finish.
-/// Peers stop starting requests through a relay their route no longer names
-/// (pooled connections are keyed by path), so this only covers requests
-/// already under way.
-const RELAY_SETTLE: Duration = Duration::from_secs(2);
 /// Longest wait for our own listener before registering anyway.
 const LISTENER_WAIT: Duration = Duration::from_secs(10);
 
@@ -106,31 +101,35 @@ impl Lifecycle {
         tracing::warn!(%addr, "listener not reachable yet; registering anyway");
     }
 
-    /// Waits, up to the drain deadline, until no request is in flight here and
-    /// every attached agent has attached to another relay; then gives streams
-    /// that peer relays still have open through this relay (requests they
-    /// started before the agent moved) up to [`RELAY_SETTLE`] to finish.
+    /// Waits, up to the drain deadline, until no request is in flight here,
+    /// every attached agent has attached to another relay, and no stream that
+    /// a peer relay opened through this relay (a request it started before the
+    /// agent moved: a streamed response, a WebSocket) is still busy; a quiet
+    /// one ends within [`crate::relay::RELAYED_QUIET`].
     async fn drain(&self) {
         let deadline = Instant::now() + self.drain_timeout;
         self.relay.ask_agents_to_leave().await;
+        self.relay.start_draining();
         // This service's own context is not a request; nothing else counts here.
-        while (self.state.in_flight() > 0 || self.relay.agents_staying() > 0) && Instant::now() < deadline {
+        let busy = || self.state.in_flight() > 0 || self.relay.agents_staying() > 0 || self.relay.relayed_streams() > 0;
+        while busy() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
-        let settle = deadline.min(Instant::now() + RELAY_SETTLE);
-        while self.relay.relayed_streams() > 0 && Instant::now() < settle {
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        match (self.state.in_flight(), self.relay.agents_staying()) {
-            (0, 0) => tracing::info!("drained"),
-            (requests, agents) => {
-                tracing::warn!(requests, agents, "drain deadline passed; closing what is left")
+        match (self.state.in_flight(), self.relay.agents_staying(), self.relay.relayed_streams()) {
+            (0, 0, 0) => tracing::info!("drained"),
+            (requests, agents, relayed) => {
+                tracing::warn!(requests, agents, relayed, "drain deadline passed; closing what is left")
             }
         }
         // Answers are written; let the connections that carried them close
         // (an exit under an HTTP/2 connection resets it instead of ending it).
+        // A keep-alive connection may still bring the request its client sent
+        // before it could know (see pingora-proxy's PATCHED.md): one that
+        // starts is answered, within the drain deadline.
         let close_by = Instant::now() + CLOSE_WAIT;
-        while self.open_connections() > 0 && Instant::now() < close_by {
+        while (self.open_connections() > 0 && Instant::now() < close_by)
+            || (self.state.in_flight() > 0 && Instant::now() < deadline)
+        {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

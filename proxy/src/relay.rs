@@ -137,6 +137,11 @@ impl Drop for Relayed {
 }
 
 /// Longest wait for an agent to acknowledge a request to leave.
+/// In the drain, how long a stream carried for a peer relay may be quiet
+/// before it is closed (see [`Relay::start_draining`]): longer than the gaps
+/// of a streamed response or a talking WebSocket, short enough that idle
+/// pooled connections do not hold the shutdown.
+pub const RELAYED_QUIET: std::time::Duration = std::time::Duration::from_secs(2);
 const LEAVE_ASK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub struct Relay {
@@ -165,6 +170,8 @@ pub struct Relay {
     streams: prometheus::IntCounter,
     /// Streams open now for peer relays (through this relay's tunnels).
     relayed: Arc<std::sync::atomic::AtomicUsize>,
+    /// Turned true when the drain begins: relayed streams then end once quiet.
+    draining: tokio::sync::watch::Sender<bool>,
     /// Data connections asked of agents and not yet dialed.
     pending: Pending,
 }
@@ -203,6 +210,7 @@ impl Relay {
             agent_url,
             agents: RwLock::default(),
             relayed: Arc::default(),
+            draining: tokio::sync::watch::channel(false).0,
             routes: Arc::default(),
             mesh: Arc::new(mesh),
             searches: Default::default(),
@@ -406,6 +414,13 @@ impl Relay {
     /// Streams open now for peer relays.
     pub fn relayed_streams(&self) -> usize {
         self.relayed.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The drain has begun: a stream carried for a peer relay ends once no
+    /// byte has moved on it for [`RELAYED_QUIET`] (an idle pooled connection,
+    /// or the gap between two requests), while busy ones run on.
+    pub fn start_draining(&self) {
+        self.draining.send_replace(true);
     }
 
     /// Shutting down: asks every attached agent to attach elsewhere (each
@@ -647,10 +662,14 @@ impl Relay {
         };
         let relayed = Relayed::new(&self.relayed);
         let idle = self.state.pipe_idle();
+        let drain = self.draining.subscribe();
         tokio::spawn(async move {
             let _relayed = relayed;
             if let Ok(down) = hyper::upgrade::on(&mut req).await {
-                let _ = meridian_regions::pipe::pipe(&mut TokioIo::new(down), &mut upstream, idle).await;
+                let mut down = TokioIo::new(down);
+                let _ =
+                    meridian_regions::pipe::pipe_until_drained(&mut down, &mut upstream, idle, RELAYED_QUIET, drain)
+                        .await;
             }
         });
         status(StatusCode::OK)

@@ -32,7 +32,29 @@ where
     // (every byte either way passes `a`).
     let last = AtomicU64::new(0);
     let mut watched = Watched { inner: a, start, last: &last };
-    until_idle(tokio::io::copy_bidirectional(&mut watched, b), start, &last, idle).await
+    until_idle(tokio::io::copy_bidirectional(&mut watched, b), start, &last, idle, None).await
+}
+
+/// [`pipe`] that, once `drain` turns true, also ends as soon as `quiet`
+/// passes with no byte moving: what a relay that is shutting down does with
+/// the streams it carries for peer relays. A stream still busy (a response
+/// streaming, a WebSocket talking) runs on; one idle in a peer's connection
+/// pool, or between requests, lets the relay go.
+pub async fn pipe_until_drained<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    quiet: Duration,
+    drain: tokio::sync::watch::Receiver<bool>,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let start = Instant::now();
+    let last = AtomicU64::new(0);
+    let mut watched = Watched { inner: a, start, last: &last };
+    until_idle(tokio::io::copy_bidirectional(&mut watched, b), start, &last, idle, Some((quiet, drain))).await
 }
 
 /// [`pipe`] for two TCP sockets, with the bytes moved inside the kernel
@@ -46,22 +68,40 @@ pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io:
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
     let (a, b) = (&*a, &*b);
     let both = async { tokio::try_join!(splice_one_way(a, b, &touch), splice_one_way(b, a, &touch)) };
-    until_idle(both, start, &last, idle).await
+    until_idle(both, start, &last, idle, None).await
 }
 
 /// Runs `work` until it ends, or until `idle` passes with `last` (milliseconds
-/// from `start` to the last byte moved) unchanged: then `TimedOut`.
+/// from `start` to the last byte moved) unchanged: then `TimedOut`. With
+/// `drain`, once it turns true the limit is `quiet` instead (if shorter).
 async fn until_idle<T>(
     work: impl std::future::Future<Output = io::Result<T>>,
     start: Instant,
     last: &AtomicU64,
-    idle: Duration,
+    mut idle: Duration,
+    mut drain: Option<(Duration, tokio::sync::watch::Receiver<bool>)>,
 ) -> io::Result<T> {
     tokio::pin!(work);
     loop {
+        let drained = drain.as_mut().is_some_and(|(_, d)| *d.borrow_and_update());
+        if let (true, Some((quiet, _))) = (drained, drain.take_if(|_| drained)) {
+            idle = idle.min(quiet);
+        }
         let quiet_until = start + Duration::from_millis(last.load(Ordering::Relaxed)) + idle;
+        let draining = async {
+            match drain.as_mut() {
+                // A closed sender never drains.
+                Some((_, d)) => {
+                    if d.changed().await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                }
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             done = &mut work => return done,
+            () = draining => {}
             () = tokio::time::sleep_until(quiet_until) => {
                 let latest = start + Duration::from_millis(last.load(Ordering::Relaxed));
                 if latest + idle <= Instant::now() {
@@ -184,6 +224,41 @@ mod tests {
         // Then nothing: closed once 10 s have passed with no byte.
         let ended = tokio::time::timeout(Duration::from_secs(11), piped).await.expect("still open").unwrap();
         assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_draining_pipe_ends_once_quiet_and_a_busy_one_runs_on() {
+        let (drain_tx, drain) = tokio::sync::watch::channel(false);
+        let (idle, quiet) = (Duration::from_secs(3600), Duration::from_secs(2));
+        let start = |drain: tokio::sync::watch::Receiver<bool>| {
+            let (mut a, a_peer) = tokio::io::duplex(64);
+            let (mut b, b_peer) = tokio::io::duplex(64);
+            let piped = tokio::spawn(async move { pipe_until_drained(&mut a, &mut b, idle, quiet, drain).await });
+            (piped, a_peer, b_peer)
+        };
+        let (idle_pipe, _ia, _ib) = start(drain.clone());
+        let (busy_pipe, mut busy_a, mut busy_b) = start(drain);
+        // Before the drain, a quiet pipe lives (the idle limit is an hour).
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!idle_pipe.is_finished(), "a quiet pipe closed before the drain");
+        // The busy one is busy when the drain begins.
+        busy_a.write_all(b"x").await.unwrap();
+        busy_b.read_exact(&mut [0u8; 1]).await.unwrap();
+        drain_tx.send_replace(true);
+        // The busy pipe moves a byte every second for 10 s: never 2 s quiet.
+        for i in 0..10u8 {
+            busy_a.write_all(&[i]).await.unwrap();
+            let mut got = [0u8; 1];
+            busy_b.read_exact(&mut got).await.unwrap();
+            assert_eq!(got[0], i);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(!busy_pipe.is_finished(), "a busy pipe closed in the drain");
+        }
+        let ended = tokio::time::timeout(Duration::from_millis(10), idle_pipe).await.expect("the quiet pipe is open");
+        assert_eq!(ended.unwrap().unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // Then the busy one goes quiet, and ends within `quiet`.
+        let ended = tokio::time::timeout(quiet + Duration::from_millis(10), busy_pipe).await.expect("still open");
+        assert_eq!(ended.unwrap().unwrap_err().kind(), io::ErrorKind::TimedOut);
     }
 
     /// Two connected loopback sockets.

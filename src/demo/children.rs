@@ -67,6 +67,22 @@ impl Children {
         Ok(())
     }
 
+    /// SIGTERMs child `name` (a graceful stop: it drains and deregisters) and
+    /// waits up to `grace` for it to exit, then kills it.
+    pub fn terminate(&mut self, name: &str, grace: Duration) -> Result<()> {
+        let (_, child) =
+            self.running.iter_mut().find(|(s, _)| s.name == name).with_context(|| format!("no child {name}"))?;
+        if let Some(mut c) = child.take() {
+            stop(name, &mut c, grace);
+        }
+        Ok(())
+    }
+
+    /// Each child's name and process id (`None` while it is stopped).
+    pub fn pids(&self) -> Vec<(String, Option<u32>)> {
+        self.running.iter().map(|(s, c)| (s.name.clone(), c.as_ref().map(Child::id))).collect()
+    }
+
     /// Starts child `name` again with the same arguments, if it is not running.
     pub fn restart(&mut self, name: &str) -> Result<()> {
         let i = self.running.iter().position(|(s, _)| s.name == name).with_context(|| format!("no child {name}"))?;
@@ -88,19 +104,25 @@ impl Children {
     /// SIGTERMs every child, last started first, each given 20 s to exit.
     pub fn stop_all(&mut self) {
         for (spec, child) in self.running.iter_mut().rev() {
-            let Some(child) = child else { continue };
-            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
-                std::thread::sleep(Duration::from_millis(50));
+            if let Some(child) = child {
+                stop(&spec.name, child, Duration::from_secs(20));
             }
-            if matches!(child.try_wait(), Ok(None)) {
-                eprintln!("{} did not stop; killing it", spec.name);
-                let _ = child.kill();
-            }
-            let _ = child.wait();
         }
         self.running.clear();
     }
+}
+
+/// SIGTERMs `child`, waits up to `grace` for it to exit, then kills it.
+fn stop(name: &str, child: &mut Child, grace: Duration) {
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline && matches!(child.try_wait(), Ok(None)) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if matches!(child.try_wait(), Ok(None)) {
+        eprintln!("{name} did not stop; killing it");
+        let _ = child.kill();
+    }
+    let _ = child.wait();
 }

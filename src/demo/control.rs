@@ -12,6 +12,7 @@ use meridian_regions::token::Secret;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub const INFO_FILE: &str = "demo.json";
 
@@ -27,11 +28,16 @@ pub enum Scenario {
     KillCoordinator,
     /// Stop the coordinator's PostgreSQL; healing starts it again.
     StopPostgres,
+    /// Restart a region's replicas one at a time, each gracefully (SIGTERM),
+    /// the next once the last is serving again; healing has nothing to do.
+    RestartRegion,
+    /// Reset the agents' tunnels to every region (they re-attach); healing has nothing to do.
+    CutTunnel,
 }
 
 impl Scenario {
     pub fn needs_region(self) -> bool {
-        matches!(self, Scenario::KillRegion | Scenario::PartitionRegion)
+        matches!(self, Scenario::KillRegion | Scenario::PartitionRegion | Scenario::RestartRegion)
     }
 }
 
@@ -87,27 +93,42 @@ impl DemoInfo {
     }
 }
 
-/// A region's simulated network: every path into it is one link.
+/// A region's simulated network: every path into it is a link.
 pub struct RegionLinks {
     pub name: String,
-    /// Users (the access URL and app hosts); the coordinator's health checks come this way too.
+    /// Users (the access URL and app hosts), balanced over the replicas as a
+    /// load balancer would; the coordinator's health checks come this way too.
     pub users: Link,
-    /// Other regions' relays.
-    pub mesh: Link,
-    /// Agents attaching to this region (no latency: workspaces sit next to their region).
-    pub agents: Link,
+    pub replicas: Vec<ReplicaLinks>,
     /// This region's calls to the coordinator.
     pub coordinator: Link,
 }
 
+/// The paths into one replica of a region.
+pub struct ReplicaLinks {
+    /// The demo's name for its process (`proxy-sydney`, `proxy-sydney-2`, …).
+    pub process: String,
+    /// Where its proxy listens for users (behind the region's `users` link).
+    pub listen: std::net::SocketAddr,
+    /// Other regions' relays.
+    pub mesh: Link,
+    /// Agents attaching to this replica (no latency: workspaces sit next to their region).
+    pub agents: Link,
+}
+
 impl RegionLinks {
+    fn links(&self) -> impl Iterator<Item = &Link> {
+        [&self.users, &self.coordinator].into_iter().chain(self.replicas.iter().flat_map(|r| [&r.mesh, &r.agents]))
+    }
+
     fn set_mode(&self, mode: Mode) -> Result<()> {
-        for link in [&self.users, &self.mesh, &self.agents, &self.coordinator] {
-            link.set_mode(mode);
-        }
+        self.links().for_each(|l| l.set_mode(mode));
         Ok(())
     }
 }
+
+/// How long a replica restarted by `restart-region` may take to drain, and to serve again.
+const RESTART_GRACE: Duration = Duration::from_secs(30);
 
 pub struct Faults {
     pub children: Mutex<Children>,
@@ -117,19 +138,73 @@ pub struct Faults {
 }
 
 impl Faults {
+    fn region(&self, req: &FaultRequest) -> Result<&RegionLinks> {
+        let name = req.region.as_deref().context("this scenario needs a region")?;
+        self.regions.iter().find(|r| r.name == name).with_context(|| format!("the demo has no region {name:?}"))
+    }
+
+    fn children(&self) -> std::sync::MutexGuard<'_, Children> {
+        self.children.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every child's name and process id.
+    pub fn processes(&self) -> Vec<Process> {
+        self.children().pids().into_iter().filter_map(|(name, pid)| Some(Process { name, pid: pid? })).collect()
+    }
+
+    /// Restarts the region's replicas one at a time: SIGTERM (it drains and
+    /// hands its agents to another relay), start it again, and wait until it
+    /// has registered before the next.
+    async fn restart_region(self: &Arc<Self>, req: &FaultRequest) -> Result<()> {
+        let http = reqwest::Client::new();
+        for i in 0..self.region(req)?.replicas.len() {
+            let faults = self.clone();
+            let req2 = req.clone();
+            tokio::task::spawn_blocking(move || {
+                let name = faults.region(&req2)?.replicas[i].process.clone();
+                let mut children = faults.children();
+                children.terminate(&name, RESTART_GRACE)?;
+                children.restart(&name)
+            })
+            .await??;
+            let replica = &self.region(req)?.replicas[i];
+            let url = format!("http://{}/healthz-report", replica.listen);
+            let deadline = Instant::now() + RESTART_GRACE;
+            loop {
+                let report = http.get(&url).timeout(Duration::from_secs(2)).send().await;
+                let v = match report {
+                    Ok(r) => r.json::<serde_json::Value>().await.unwrap_or_default(),
+                    Err(_) => serde_json::Value::Null,
+                };
+                if v["status"] == "ok" && v["last_registration_at"].is_string() {
+                    break;
+                }
+                if Instant::now() > deadline {
+                    anyhow::bail!("{} did not register again within {RESTART_GRACE:?}", replica.process);
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        Ok(())
+    }
+
     fn apply(&self, req: &FaultRequest) -> Result<()> {
-        let region = || {
-            let name = req.region.as_deref().context("this scenario needs a region")?;
-            self.regions.iter().find(|r| r.name == name).with_context(|| format!("the demo has no region {name:?}"))
-        };
-        let mut children = self.children.lock().unwrap_or_else(|e| e.into_inner());
+        let region = || self.region(req);
+        let replicas = |r: &RegionLinks| r.replicas.iter().map(|x| x.process.clone()).collect::<Vec<_>>();
+        let mut children = self.children();
         match (req.scenario, req.action) {
-            (Scenario::KillRegion, Action::Inject) => children.kill(&format!("proxy-{}", region()?.name)),
-            (Scenario::KillRegion, Action::Heal) => children.restart(&format!("proxy-{}", region()?.name)),
+            (Scenario::KillRegion, Action::Inject) => replicas(region()?).iter().try_for_each(|n| children.kill(n)),
+            (Scenario::KillRegion, Action::Heal) => replicas(region()?).iter().try_for_each(|n| children.restart(n)),
             (Scenario::PartitionRegion, Action::Inject) => region()?.set_mode(Mode::Stall),
             (Scenario::PartitionRegion, Action::Heal) => region()?.set_mode(Mode::Pass),
             (Scenario::KillCoordinator, Action::Inject) => children.kill("coordinator"),
             (Scenario::KillCoordinator, Action::Heal) => children.restart("coordinator"),
+            (Scenario::CutTunnel, Action::Inject) => {
+                self.regions.iter().flat_map(|r| &r.replicas).for_each(|r| r.agents.reset_all());
+                Ok(())
+            }
+            (Scenario::CutTunnel | Scenario::RestartRegion, Action::Heal) => Ok(()),
+            (Scenario::RestartRegion, Action::Inject) => anyhow::bail!("restart-region is not a blocking fault"),
             (Scenario::StopPostgres, action) => {
                 drop(children);
                 let bins = meridian_coordinator::embedded_postgres::PgBinaries::find(None)?;
@@ -143,6 +218,13 @@ impl Faults {
     }
 }
 
+/// One of the demo's processes, for a soak's resource accounting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Process {
+    pub name: String,
+    pub pid: u32,
+}
+
 #[derive(Clone)]
 struct Control {
     faults: Arc<Faults>,
@@ -153,9 +235,17 @@ struct Control {
 pub async fn serve(faults: Arc<Faults>, token: Secret) -> Result<String> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let url = format!("http://{}", listener.local_addr()?);
-    let app = axum::Router::new().route("/fault", axum::routing::post(fault)).with_state(Control { faults, token });
+    let app = axum::Router::new()
+        .route("/fault", axum::routing::post(fault))
+        .route("/processes", axum::routing::get(processes))
+        .with_state(Control { faults, token });
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(url)
+}
+
+fn authorized(control: &Control, headers: &HeaderMap) -> bool {
+    let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    presented.is_some_and(|t| control.token.matches(t))
 }
 
 async fn fault(
@@ -163,15 +253,31 @@ async fn fault(
     headers: HeaderMap,
     axum::Json(req): axum::Json<FaultRequest>,
 ) -> (StatusCode, String) {
-    let presented = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if !presented.is_some_and(|t| control.token.matches(t)) {
+    if !authorized(&control, &headers) {
         return (StatusCode::UNAUTHORIZED, "wrong or missing control token".into());
     }
     tracing::info!(scenario = %req.scenario, action = ?req.action, region = ?req.region, "drill");
     let faults = control.faults.clone();
-    match tokio::task::spawn_blocking(move || faults.apply(&req)).await {
+    let done = if (req.scenario, req.action) == (Scenario::RestartRegion, Action::Inject) {
+        Ok(faults.restart_region(&req).await)
+    } else {
+        tokio::task::spawn_blocking(move || faults.apply(&req)).await
+    };
+    match done {
         Ok(Ok(())) => (StatusCode::NO_CONTENT, String::new()),
         Ok(Err(e)) => (StatusCode::BAD_REQUEST, format!("{e:#}")),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn processes(State(control): State<Control>, headers: HeaderMap) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !authorized(&control, &headers) {
+        return (StatusCode::UNAUTHORIZED, "wrong or missing control token").into_response();
+    }
+    let faults = control.faults.clone();
+    match tokio::task::spawn_blocking(move || faults.processes()).await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     }
 }

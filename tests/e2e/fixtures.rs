@@ -26,6 +26,36 @@ struct RequestCase {
     forwarded: Option<String>,
 }
 
+/// An HTTP/2 request sent as raw frames (`h2.yaml`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct H2Case {
+    name: String,
+    /// The header block in order, pseudo-headers included: `[name, value]` pairs.
+    headers: Vec<(String, String)>,
+    /// DATA frames after the HEADERS frame, the last ending the stream (none: HEADERS ends it).
+    #[serde(default)]
+    data: Vec<String>,
+    /// The HEADERS frame ends the stream even though DATA frames follow.
+    #[serde(default)]
+    data_after_end: bool,
+    outcome: H2Outcome,
+    /// Whether the request reaches the app; absent: either (the head of a
+    /// request whose body breaks its framing may have gone before the body).
+    reaches_app: Option<bool>,
+    forwarded: Option<String>,
+}
+
+/// What the proxy did with the stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum H2Outcome {
+    /// A response (HEADERS) on the stream.
+    Answer,
+    /// The stream reset (RST_STREAM) or the connection ended (GOAWAY): a malformed request.
+    Reset,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UpstreamCase {
@@ -171,18 +201,57 @@ struct World {
     coord_url: String,
     /// The coordinator's app-token key, as proxies receive it.
     key: meridian_regions::app_token::PublicKey,
+    /// The CA's PEM file, when the proxy serves HTTPS.
+    tls: Option<std::path::PathBuf>,
     _rest: (Agent, Coordinator, Postgres, tempfile::TempDir),
 }
 
 async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
+    world_with(bad, proxy_args, false).await
+}
+
+/// [`world`], with the proxy on HTTPS (HTTP/2 over ALPN) when `tls`: a test
+/// CA signs its certificate, and the coordinator, the agent and the world's
+/// client trust it (`World::tls` holds the CA's PEM file).
+async fn world_with(bad: Vec<String>, proxy_args: &[&str], tls: bool) -> World {
     let dir = tempdir();
+    let ca_pem = dir.path().join("ca.pem");
+    let (mut coord_args, mut proxy_args, mut agent_args) = (
+        vec!["--dangerous-allow-path-app-sharing".to_owned()],
+        strings(proxy_args),
+        vec!["--region".to_owned(), "fixture".into()],
+    );
+    if tls {
+        let ca = test_ca("Meridian fixture CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names = vec!["*.fixture.localhost".to_owned(), "127.0.0.1".into()];
+        let leaf = rcgen::CertificateParams::new(names).unwrap().signed_by(&key, &ca).unwrap();
+        let (cert_pem, key_pem) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        std::fs::write(&ca_pem, ca.pem()).unwrap();
+        std::fs::write(&cert_pem, leaf.pem()).unwrap();
+        std::fs::write(&key_pem, key.serialize_pem()).unwrap();
+        let ca_arg = ca_pem.display().to_string();
+        coord_args.extend(["--ca-cert".to_owned(), ca_arg.clone()]);
+        proxy_args.extend([
+            "--tls-cert".to_owned(),
+            cert_pem.display().to_string(),
+            "--tls-key".into(),
+            key_pem.display().to_string(),
+        ]);
+        agent_args.extend(["--ca-cert".to_owned(), ca_arg]);
+    }
     let pg = Postgres::start().await;
     // A public path app is part of the fixtures (its answers come sandboxed).
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &["--dangerous-allow-path-app-sharing"]).await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &refs(&coord_args)).await;
     let admin = coord.admin().await;
     let token = admin.create_region("fixture").await;
-    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "fixture", proxy_args);
-    proxy.wait_registered().await;
+    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "fixture", &refs(&proxy_args));
+    if tls {
+        // The harness's own probe does not trust the test CA; the coordinator does.
+        admin.wait_status("fixture", "ok", Duration::from_secs(30)).await;
+    } else {
+        proxy.wait_registered().await;
+    }
     let app = RecordingApp::start(bad).await;
     let apps = json!([
         {"slug": "raw", "port": app.port, "share": "public"},
@@ -194,16 +263,21 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
         .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
         .await
         .expect_status(201);
-    let agent =
-        Agent::spawn(dir.path(), &coord.url, created["agent_tokens"]["main"].as_str().unwrap(), Some("fixture"));
+    let agent = Agent::spawn_with(
+        dir.path(),
+        &coord.url,
+        created["agent_tokens"]["main"].as_str().unwrap(),
+        &refs(&agent_args),
+    );
     admin.wait_agent_on("dev", "fixture").await;
 
     // Open both public apps once, signed out, to get their token cookies.
-    let (client, jar) = client_with_jar();
+    let (client, jar) = if tls { client_with_jar_trusting(&ca_pem) } else { client_with_jar() };
     let (app_label, base, port) = ("raw--main--dev--admin", "fixture.localhost", proxy.port);
     let host = format!("{app_label}.{base}:{port}");
-    let sub_url = format!("http://{host}/");
-    let path_url = format!("http://127.0.0.1:{port}/@admin/dev/apps/rawp/");
+    let scheme = if tls { "https" } else { "http" };
+    let sub_url = format!("{scheme}://{host}/");
+    let path_url = format!("{scheme}://127.0.0.1:{port}/@admin/dev/apps/rawp/");
     let mut cookies = Vec::new();
     for url in [&sub_url, &path_url] {
         let (hops, resp) = follow(&client, url).await;
@@ -223,7 +297,30 @@ async fn world(bad: Vec<String>, proxy_args: &[&str]) -> World {
     let credential = meridian_regions::client::Credential::Proxy(meridian_regions::token::Secret::new(&token));
     let keys = meridian_regions::client::Client::new(&coord.url, credential, reqwest::Client::new()).keys().await;
     let key = keys.expect("the proxy keys").keys.into_iter().next().expect("a key");
-    World { app, proxy, vars, client, host, coord_url: coord.url.clone(), key, _rest: (agent, coord, pg, dir) }
+    let tls = tls.then_some(ca_pem);
+    World { app, proxy, vars, client, host, coord_url: coord.url.clone(), key, tls, _rest: (agent, coord, pg, dir) }
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
+fn refs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// [`client_with_jar`] trusting the CA in `ca_pem` too.
+fn client_with_jar_trusting(ca_pem: &std::path::Path) -> (reqwest::Client, Arc<reqwest::cookie::Jar>) {
+    let jar = Arc::new(reqwest::cookie::Jar::default());
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(ca_pem).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .cookie_provider(jar.clone())
+        .redirect(reqwest::redirect::Policy::none())
+        .dns_resolver(Arc::new(LoopbackResolver))
+        .add_root_certificate(ca)
+        .build()
+        .unwrap();
+    (client, jar)
 }
 
 /// A browser-like client (loopback names, no automatic redirects) whose cookies can be read.
@@ -314,6 +411,130 @@ async fn run_request_cases(w: &World, file: &str) {
         if !wrong.is_empty() {
             failures.push(format!("{file}: {}: {}", case.name, wrong.join("; ")));
         }
+    }
+    assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
+}
+
+/// One HTTP/2 frame: 9 bytes of header (length, type, flags, stream), then the payload.
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// A header block of literal fields, not indexed, names and values as they
+/// are (RFC 7541 §6.2.2, no Huffman): whatever the case puts there is sent,
+/// uppercase names and control bytes included, which HTTP/2 libraries refuse to send.
+fn header_block(headers: &[(Vec<u8>, Vec<u8>)]) -> Vec<u8> {
+    fn length(out: &mut Vec<u8>, mut n: usize) {
+        if n < 127 {
+            out.push(n as u8);
+            return;
+        }
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 0x80);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
+    let mut block = Vec::new();
+    for (name, value) in headers {
+        block.push(0);
+        length(&mut block, name.len());
+        block.extend_from_slice(name);
+        length(&mut block, value.len());
+        block.extend_from_slice(value);
+    }
+    block
+}
+
+/// Sends `case` as the first stream of a new HTTP/2 connection (TLS, ALPN
+/// h2) and reads frames until the proxy answers the stream or refuses it.
+async fn h2_exchange(w: &World, case: &H2Case) -> Result<H2Outcome, String> {
+    let connector = tls_connector(w.tls.as_deref().expect("a TLS world"), &[b"h2"]);
+    let tcp = TcpStream::connect(("127.0.0.1", w.proxy.port)).await.unwrap();
+    let sni = rustls::pki_types::ServerName::try_from(w.host.split(':').next().unwrap().to_owned()).unwrap();
+    let mut s = connector.connect(sni, tcp).await.unwrap();
+    assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "HTTP/2 over ALPN");
+    let headers: Vec<(Vec<u8>, Vec<u8>)> =
+        case.headers.iter().map(|(n, v)| (expand(n, &w.vars), expand(v, &w.vars))).collect();
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS
+    let (end_stream, end_headers) = (0x1, 0x4);
+    let ends = case.data.is_empty() || case.data_after_end;
+    frame(&mut out, 0x1, end_headers | if ends { end_stream } else { 0 }, 1, &header_block(&headers));
+    for (i, data) in case.data.iter().enumerate() {
+        let last = i + 1 == case.data.len();
+        frame(&mut out, 0x0, if last { end_stream } else { 0 }, 1, &expand(data, &w.vars));
+    }
+    // The proxy may refuse before reading everything: a failed write is fine.
+    let _ = s.write_all(&out).await;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    loop {
+        while buf.len() >= 9 {
+            let len = u32::from_be_bytes([0, buf[0], buf[1], buf[2]]) as usize;
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, stream) = (buf[3], u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff);
+            match (kind, stream) {
+                (0x1, 1) => return Ok(H2Outcome::Answer),
+                (0x3, 1) | (0x7, _) => return Ok(H2Outcome::Reset),
+                _ => {}
+            }
+            buf.drain(..9 + len);
+        }
+        let n = tokio::time::timeout(ANSWER, s.read(&mut chunk)).await.map_err(|_| "no answer in time")?;
+        match n {
+            Ok(0) | Err(_) => return Err("connection closed without a frame for the stream".into()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_framing_cases_get_their_documented_answers() {
+    let w = world_with(Vec::new(), &[], true).await;
+    let cases: Vec<H2Case> = load("h2.yaml");
+    assert!(!cases.is_empty());
+    // Each case asks for its own path: what reached the app is told by path,
+    // so a head forwarded late is never counted for the next case.
+    let path = |c: &H2Case| c.headers.iter().find(|(n, _)| n == ":path").map(|(_, v)| v.clone()).unwrap_or_default();
+    let reached = |p: &str| !p.is_empty() && w.app.seen().iter().any(|(_, t)| t == p);
+    let mut failures = Vec::new();
+    for case in &cases {
+        let seen_before = w.app.seen().len();
+        let outcome = h2_exchange(&w, case).await;
+        let mut wrong = Vec::new();
+        if outcome != Ok(case.outcome) {
+            wrong.push(format!("{outcome:?}, want {:?}", case.outcome));
+        }
+        if case.reaches_app == Some(true) && !reached(&path(case)) {
+            wrong.push("did not reach the app".to_owned());
+        }
+        if let Some(want) = &case.forwarded {
+            let seen: Vec<String> = w.app.seen()[seen_before..].iter().map(|(_, t)| t.clone()).collect();
+            if seen.first() != Some(want) {
+                wrong.push(format!("the app saw {seen:?}, want {want:?}"));
+            }
+        }
+        if !wrong.is_empty() {
+            failures.push(format!("h2.yaml: {}: {}", case.name, wrong.join("; ")));
+        }
+    }
+    // Once every case has run (nothing still on its way): no refused request
+    // ever reached the app, nor any byte of a request hidden in a body.
+    for case in cases.iter().filter(|c| c.reaches_app == Some(false)) {
+        if reached(&path(case)) {
+            failures.push(format!("h2.yaml: {}: reached the app", case.name));
+        }
+    }
+    if w.app.raw_since(0).contains("smuggled") {
+        failures.push("h2.yaml: a request hidden in a body reached the app".to_owned());
     }
     assert!(failures.is_empty(), "{} of {} cases failed:\n{}", failures.len(), cases.len(), failures.join("\n"));
 }

@@ -153,20 +153,6 @@ async fn https_proxy_with_wildcard_certificate() {
     assert!(proxy.proc.wait_exit(Duration::from_secs(15)).await.success());
 }
 
-fn tls_connector(ca: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
-    use rustls::pki_types::{pem::PemObject, CertificateDer};
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
-    let mut config =
-        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-}
-
 /// The TLS cipher suite a handshake with SNI `sni` (host:port) settles on.
 async fn negotiated_suite(tls: &tokio_rustls::TlsConnector, port: u16, sni: &str) -> rustls::CipherSuite {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();

@@ -17,8 +17,27 @@ pub const ADMIN_PASSWORD: &str = "admin-password";
 
 /// A free loopback port (bound and released; the OS does not hand it out
 /// again right away).
+/// A port free now, for a process to listen on. Picked below the kernel's
+/// ephemeral range (`ip_local_port_range`, 32768–60999 by default): a port
+/// the kernel hands out (port 0) is also what it gives the next outgoing
+/// connection, so under load another test's connection could take it before
+/// the process binds it (a coordinator then died of EADDRINUSE).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FROM: u32 = 10_000;
+    const SPAN: u32 = 22_000;
+    // Each test process starts somewhere else in the span and walks it.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
+    let start = std::process::id().wrapping_mul(7919) ^ nanos;
+    let _ = NEXT.compare_exchange(0, start % SPAN + 1, Ordering::Relaxed, Ordering::Relaxed);
+    for _ in 0..SPAN {
+        let port = (FROM + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port between {FROM} and {}", FROM + SPAN)
 }
 
 /// Polls `f` until it returns `Some`, at most `deadline`; panics naming `what`.
@@ -764,4 +783,19 @@ impl Demo {
 #[should_panic(expected = "an attempt hung")]
 async fn wait_for_bounds_an_attempt_that_hangs() {
     wait_for(Duration::from_millis(200), "an answer that never comes", std::future::pending::<Option<()>>).await;
+}
+
+/// A TLS client trusting the CA in `ca` (PEM), offering `alpn`.
+pub fn tls_connector(ca: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_file(ca).unwrap()).unwrap();
+    let mut config =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
 }

@@ -80,6 +80,10 @@ use pingora_error::{Error, ErrorSource, ErrorType::*, OrErr, Result};
 
 const TASK_BUFFER_SIZE: usize = 4;
 
+/// Meridian patch: how long an idle keep-alive connection may still bring a
+/// request once shutdown has begun (see `handle_new_request`).
+const SHUTDOWN_IDLE_GRACE: std::time::Duration = std::time::Duration::from_millis(1000);
+
 /// Caps per-proxy padding and one-time shutdown fan-out on very large hosts.
 const MAX_SHUTDOWN_NOTIFY_SHARDS: usize = 256;
 
@@ -329,14 +333,33 @@ where
     {
         // phase 1 read request header
 
-        let res = tokio::select! {
-            biased; // biased select is cheaper, and we don't want to drop already buffered requests
-            res = downstream_session.read_request() => { res }
-            _ = self.await_shutdown() => {
-                // service shutting down, dropping the connection to stop more req from coming in
-                return None;
+        // Meridian patch: at shutdown, a keep-alive connection waiting for its
+        // next request gets SHUTDOWN_IDLE_GRACE for a request already on its
+        // way (sent before the client could know), which is served with
+        // keep-alive off; dropping it at once lost such requests. The same read
+        // goes on (a head half-read is kept), and the connection closes after.
+        let mut shutting_down = false;
+        let res = {
+            let read = downstream_session.read_request();
+            tokio::pin!(read);
+            tokio::select! {
+                biased; // biased select is cheaper, and we don't want to drop already buffered requests
+                res = &mut read => { res }
+                _ = self.await_shutdown() => {
+                    match tokio::time::timeout(SHUTDOWN_IDLE_GRACE, &mut read).await {
+                        Ok(res) => {
+                            shutting_down = true;
+                            res
+                        }
+                        // nothing came: close the idle connection
+                        Err(_) => return None,
+                    }
+                }
             }
         };
+        if shutting_down {
+            downstream_session.set_keepalive(None);
+        }
         match res {
             Ok(true) => {
                 // TODO: check n==0

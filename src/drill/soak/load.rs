@@ -1,0 +1,389 @@
+//! The soak's synthetic users: through every region at once, small GETs,
+//! 1 MiB downloads, uploads whose hash the app checks, WebSockets held open
+//! and echoing, and streamed responses. Every exchange is checked for being
+//! the answer to this request (the echoed path, the body's pattern and
+//! length, the hash, the message, the sequence) and recorded with its times.
+
+use futures_util::{SinkExt, StreamExt};
+use meridian_agent::sample_app::pattern_byte;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+
+/// What kind of exchange a record is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Kind {
+    Get,
+    Download,
+    Upload,
+    /// One message echoed over a held WebSocket.
+    WebSocket,
+    /// One whole streamed response.
+    Stream,
+}
+
+/// How one exchange ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Ok,
+    /// The client saw an error (a status, a reset, a closed connection): the cause.
+    Failed(String),
+    /// An answer that is not this request's, or a body that is not what was
+    /// sent or asked for: what was wrong.
+    Corrupt(String),
+    /// No complete answer (or no progress) within the timeout.
+    Hung,
+}
+
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub region: String,
+    pub kind: Kind,
+    /// Since the soak started.
+    pub sent: Duration,
+    /// When the connection it went over began: a WebSocket message's is the
+    /// WebSocket's opening, anything else's is `sent`.
+    pub since: Duration,
+    pub done: Duration,
+    pub outcome: Outcome,
+}
+
+/// How much of each kind one region gets.
+#[derive(Debug, Clone, Copy)]
+pub struct Mix {
+    /// Small GETs per second.
+    pub gets_per_s: u32,
+    /// One 1 MiB download and one upload every this long.
+    pub bulk_every: Duration,
+    /// WebSockets held open at once; each echoes a message every `message_every`.
+    pub websockets: usize,
+    pub message_every: Duration,
+    /// How long one WebSocket and one streamed response last: shorter than the
+    /// proxies' drain period, so a graceful restart lets them finish.
+    pub session: Duration,
+    pub timeout: Duration,
+}
+
+pub const DOWNLOAD_BYTES: u64 = 1 << 20;
+const UPLOAD_BYTES: usize = 256 << 10;
+const STREAM_EVERY: Duration = Duration::from_millis(200);
+
+/// Where one region's users go.
+#[derive(Clone)]
+pub struct Target {
+    pub region: String,
+    /// The app's root through this region, ending in `/`.
+    pub url: String,
+}
+
+pub type Records = Arc<Mutex<Vec<Record>>>;
+
+/// Starts every kind of traffic to every target; they run until `stop` turns true.
+pub fn start(
+    targets: &[Target],
+    browser: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+    mix: Mix,
+    epoch: Instant,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> (Records, tokio::task::JoinSet<()>) {
+    let records: Records = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in targets {
+        let user = User {
+            target: t.clone(),
+            browser: browser.clone(),
+            jar: jar.clone(),
+            mix,
+            epoch,
+            records: records.clone(),
+        };
+        let every = Duration::from_secs(1) / mix.gets_per_s.max(1);
+        tasks.spawn(user.clone().repeat(every, stop.clone(), |u, n| async move { u.get(n).await }));
+        tasks.spawn(user.clone().repeat(mix.bulk_every, stop.clone(), |u, n| async move { u.download(n).await }));
+        tasks.spawn(user.clone().repeat(mix.bulk_every, stop.clone(), |u, n| async move { u.upload(n).await }));
+        tasks.spawn(user.clone().streams(stop.clone()));
+        for i in 0..mix.websockets {
+            tasks.spawn(user.clone().websockets(i, stop.clone()));
+        }
+    }
+    (records, tasks)
+}
+
+#[derive(Clone)]
+struct User {
+    target: Target,
+    browser: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+    mix: Mix,
+    epoch: Instant,
+    records: Records,
+}
+
+impl User {
+    fn record(&self, kind: Kind, sent: Duration, outcome: Outcome) {
+        self.record_on(kind, sent, sent, outcome);
+    }
+
+    fn record_on(&self, kind: Kind, since: Duration, sent: Duration, outcome: Outcome) {
+        let r = Record { region: self.target.region.clone(), kind, sent, since, done: self.epoch.elapsed(), outcome };
+        self.records.lock().unwrap_or_else(|e| e.into_inner()).push(r);
+    }
+
+    /// Runs `one(n)` every `every` (each in its own task, so a slow one does
+    /// not delay the next) until stopped, then waits for those in flight.
+    async fn repeat<F, Fut>(self, every: Duration, stop: tokio::sync::watch::Receiver<bool>, one: F)
+    where
+        F: Fn(User, u64) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let mut ticker = tokio::time::interval(every);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut inflight = tokio::task::JoinSet::new();
+        for n in 0u64.. {
+            ticker.tick().await;
+            if *stop.borrow() {
+                break;
+            }
+            inflight.spawn(one(self.clone(), n));
+            while inflight.try_join_next().is_some() {}
+        }
+        while inflight.join_next().await.is_some() {}
+    }
+
+    /// `exchange` bounded by the timeout, recorded.
+    async fn timed(&self, kind: Kind, exchange: impl std::future::Future<Output = Outcome>) {
+        let sent = self.epoch.elapsed();
+        let outcome = tokio::time::timeout(self.mix.timeout, exchange).await.unwrap_or(Outcome::Hung);
+        self.record(kind, sent, outcome);
+    }
+
+    async fn get(self, n: u64) {
+        let path = format!("soak/{}/get/{n}", self.target.region);
+        let url = format!("{}{path}", self.target.url);
+        self.timed(Kind::Get, async {
+            let resp = match self.browser.get(&url).send().await {
+                Ok(r) => r,
+                Err(e) => return Outcome::Failed(transport(&e)),
+            };
+            let status = resp.status().as_u16();
+            let Ok(body) = resp.bytes().await else { return Outcome::Failed("body cut short".into()) };
+            if status != 200 {
+                return Outcome::Failed(status_cause(status, &body));
+            }
+            let echoed = serde_json::from_slice::<serde_json::Value>(&body).unwrap_or_default();
+            match echoed["uri"].as_str() {
+                Some(uri) if uri.ends_with(&path) => Outcome::Ok,
+                other => Outcome::Corrupt(format!("GET /{path} answered for {other:?}")),
+            }
+        })
+        .await;
+    }
+
+    async fn download(self, n: u64) {
+        let url = format!("{}soak/{}/download/{n}", self.target.url, self.target.region);
+        self.timed(Kind::Download, async {
+            let req =
+                self.browser.get(&url).header("x-sample-body-bytes", DOWNLOAD_BYTES).header("x-sample-body-seed", n);
+            let mut resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return Outcome::Failed(transport(&e)),
+            };
+            if resp.status() != 200 {
+                let status = resp.status().as_u16();
+                return Outcome::Failed(status_cause(status, &resp.bytes().await.unwrap_or_default()));
+            }
+            let mut at = 0u64;
+            loop {
+                match resp.chunk().await {
+                    Ok(Some(chunk)) => {
+                        let wrong = chunk.iter().enumerate().position(|(i, b)| *b != pattern_byte(n, at + i as u64));
+                        if let Some(i) = wrong {
+                            return Outcome::Corrupt(format!("download {n}: byte {} is not its own", at + i as u64));
+                        }
+                        at += chunk.len() as u64;
+                    }
+                    Ok(None) if at == DOWNLOAD_BYTES => return Outcome::Ok,
+                    Ok(None) => return Outcome::Corrupt(format!("download {n}: {at} bytes of {DOWNLOAD_BYTES}")),
+                    // The response was cut: the client knows it failed (nothing was passed off as whole).
+                    Err(_) => return Outcome::Failed("download cut short".into()),
+                }
+            }
+        })
+        .await;
+    }
+
+    async fn upload(self, n: u64) {
+        let url = format!("{}upload", self.target.url);
+        let body: Vec<u8> = (0..UPLOAD_BYTES as u64).map(|i| pattern_byte(n ^ 0x5eed, i)).collect();
+        let sha: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+        self.timed(Kind::Upload, async {
+            let req = self.browser.post(&url).header("x-sample-sha256", &sha).body(body);
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) => return Outcome::Failed(transport(&e)),
+            };
+            let status = resp.status().as_u16();
+            let Ok(answer) = resp.bytes().await else { return Outcome::Failed("answer cut short".into()) };
+            match status {
+                // The app received a body that is not the one sent.
+                422 => Outcome::Corrupt(format!("upload {n}: {}", String::from_utf8_lossy(&answer))),
+                200 => {
+                    let seen = serde_json::from_slice::<serde_json::Value>(&answer).unwrap_or_default();
+                    if seen["sha256"] == sha.as_str() {
+                        Outcome::Ok
+                    } else {
+                        Outcome::Corrupt(format!("upload {n}: answered with {seen}"))
+                    }
+                }
+                s => Outcome::Failed(status_cause(s, &answer)),
+            }
+        })
+        .await;
+    }
+
+    /// Streamed responses one after another, each `session` long: the lines
+    /// must come in order, and none later than the timeout after the last.
+    async fn streams(self, stop: tokio::sync::watch::Receiver<bool>) {
+        let count = (self.mix.session.as_millis() / STREAM_EVERY.as_millis()).max(1) as u64;
+        let url = format!("{}stream?count={count}&every_ms={}", self.target.url, STREAM_EVERY.as_millis());
+        while !*stop.borrow() {
+            let sent = self.epoch.elapsed();
+            let outcome = self.stream(&url, count).await;
+            let failed = outcome != Outcome::Ok;
+            self.record(Kind::Stream, sent, outcome);
+            if failed {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+
+    async fn stream(&self, url: &str, count: u64) -> Outcome {
+        let timeout = self.mix.timeout;
+        let mut resp = match tokio::time::timeout(timeout, self.browser.get(url).send()).await {
+            Err(_) => return Outcome::Hung,
+            Ok(Err(e)) => return Outcome::Failed(transport(&e)),
+            Ok(Ok(r)) => r,
+        };
+        if resp.status() != 200 {
+            let status = resp.status().as_u16();
+            return Outcome::Failed(status_cause(status, &resp.bytes().await.unwrap_or_default()));
+        }
+        let mut text = String::new();
+        loop {
+            match tokio::time::timeout(timeout, resp.chunk()).await {
+                Err(_) => return Outcome::Hung,
+                Ok(Err(_)) => return Outcome::Failed("stream cut short".into()),
+                Ok(Ok(Some(chunk))) => text.push_str(&String::from_utf8_lossy(&chunk)),
+                Ok(Ok(None)) => break,
+            }
+        }
+        let expected: String = (0..count).map(|i| format!("{i}\n")).collect();
+        if text == expected {
+            Outcome::Ok
+        } else {
+            Outcome::Corrupt(format!("stream of {count} lines came as {} bytes out of order", text.len()))
+        }
+    }
+
+    /// One WebSocket after another, each held `session`, echoing a message
+    /// every `message_every`; each message is a record.
+    async fn websockets(self, slot: usize, stop: tokio::sync::watch::Receiver<bool>) {
+        let mut n = 0u64;
+        while !*stop.borrow() {
+            let opened = self.epoch.elapsed();
+            match tokio::time::timeout(self.mix.timeout, self.connect_ws()).await {
+                Err(_) => self.record(Kind::WebSocket, opened, Outcome::Hung),
+                Ok(Err(cause)) => self.record(Kind::WebSocket, opened, Outcome::Failed(cause)),
+                Ok(Ok(mut ws)) => {
+                    let until = Instant::now() + self.mix.session;
+                    while Instant::now() < until && !*stop.borrow() {
+                        n += 1;
+                        let text = format!("{}/{slot}/{n}", self.target.region);
+                        let sent = self.epoch.elapsed();
+                        let outcome =
+                            tokio::time::timeout(self.mix.timeout, echo(&mut ws, &text)).await.unwrap_or(Outcome::Hung);
+                        let broken = outcome != Outcome::Ok;
+                        self.record_on(Kind::WebSocket, opened, sent, outcome);
+                        if broken {
+                            break;
+                        }
+                        tokio::time::sleep(self.mix.message_every).await;
+                    }
+                    let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    continue;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn connect_ws(&self) -> Result<Ws, String> {
+        let url = reqwest::Url::parse(&self.target.url).map_err(|e| e.to_string())?;
+        let ws_url = format!("{}ws", self.target.url.replacen("http", "ws", 1));
+        let mut request = ws_url.into_client_request().map_err(|e| e.to_string())?;
+        use reqwest::cookie::CookieStore;
+        if let Some(cookies) = self.jar.cookies(&url) {
+            request.headers_mut().insert("cookie", cookies);
+        }
+        let host = url.host_str().unwrap_or_default();
+        let port = url.port_or_known_default().unwrap_or(80);
+        // `.localhost` names are loopback (RFC 6761), which the system resolver may not know.
+        let tcp = if meridian_regions::resolve::is_localhost(host) {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await
+        } else {
+            tokio::net::TcpStream::connect((host, port)).await
+        }
+        .map_err(|e| format!("connect: {}", e.kind()))?;
+        let (ws, resp) =
+            tokio_tungstenite::client_async_tls_with_config(request, tcp, None, None).await.map_err(|e| match e {
+                tokio_tungstenite::tungstenite::Error::Http(r) => format!("HTTP {}", r.status().as_u16()),
+                e => format!("WebSocket handshake: {e}"),
+            })?;
+        drop(resp);
+        Ok(ws)
+    }
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn echo(ws: &mut Ws, text: &str) -> Outcome {
+    if ws.send(Message::text(text)).await.is_err() {
+        return Outcome::Failed("WebSocket closed".into());
+    }
+    loop {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.as_str() == text => return Outcome::Ok,
+            Some(Ok(Message::Text(t))) => return Outcome::Corrupt(format!("sent {text:?}, echoed {:?}", t.as_str())),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Ok(Message::Close(_))) | None => return Outcome::Failed("WebSocket closed".into()),
+            Some(Ok(other)) => return Outcome::Corrupt(format!("sent {text:?}, got {other:?}")),
+            Some(Err(_)) => return Outcome::Failed("WebSocket closed".into()),
+        }
+    }
+}
+
+/// The cause of a status other than 200: the status and the first line of its page.
+fn status_cause(status: u16, body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let why = text.split("<p>").nth(1).and_then(|p| p.split("</p>").next()).map(str::trim).unwrap_or_default();
+    if why.is_empty() {
+        format!("HTTP {status}")
+    } else {
+        format!("HTTP {status}: {why}")
+    }
+}
+
+/// A short name for a transport error.
+fn transport(e: &reqwest::Error) -> String {
+    if e.is_connect() {
+        "connect".into()
+    } else if e.is_timeout() {
+        "timeout".into()
+    } else {
+        "connection closed".into()
+    }
+}

@@ -1,0 +1,514 @@
+//! The soak's report: every failure matched to the fault that the design says
+//! causes it (or counted as unexplained), totals per kind and per minute, and
+//! each process's memory, descriptors and tasks at the start (after warm-up),
+//! the middle and the end.
+
+use super::load::{Kind, Outcome, Record};
+use super::procs::{Sample, Usage};
+use super::Plan;
+use crate::demo::control::Scenario;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// How long after the agent's relay stops answering it is let go (the
+/// keep-alive on the agent link) plus a margin: requests sent before then
+/// through a region to that relay may fail.
+const SILENT_LINK: Duration = Duration::from_secs(6);
+/// After recovery, a request already failing may still be in flight.
+const MARGIN: Duration = Duration::from_secs(2);
+/// A proxy's drain period (`--drain-timeout`, 15 s by default).
+const DRAIN: Duration = Duration::from_secs(15);
+
+/// One fault as it happened (times since the soak started).
+pub struct FaultRun {
+    pub scenario: Scenario,
+    pub region: Option<String>,
+    /// The region that held the agent's tunnel when the fault came.
+    pub agent_region: Option<String>,
+    pub injected: Duration,
+    pub inject_done: Duration,
+    pub heal_at: Duration,
+    pub healed: Duration,
+    pub recovered: Option<Duration>,
+    /// The processes once it was over.
+    pub after: Sample,
+}
+
+impl FaultRun {
+    /// Why this fault makes `r` fail, if the design says it does.
+    fn explains(&self, r: &Record) -> Option<&'static str> {
+        let end = self.recovered.unwrap_or(self.healed) + MARGIN;
+        let during = r.sent <= end && r.done >= self.injected;
+        // Open when the fault came (a WebSocket counts from its opening).
+        let at_the_fault = r.since <= self.inject_done && r.done >= self.injected;
+        let here = self.region.as_deref() == Some(r.region.as_str());
+        let held_agent = self.agent_region.is_some() && self.agent_region == self.region;
+        match self.scenario {
+            Scenario::KillCoordinator if during && r.region == meridian_regions::PRIMARY_REGION => {
+                Some("the primary region is the coordinator's process: down until it restarts")
+            }
+            Scenario::KillCoordinator
+                if at_the_fault && self.agent_region.as_deref() == Some(meridian_regions::PRIMARY_REGION) =>
+            {
+                Some("in flight through the killed relay that held the agent")
+            }
+            Scenario::PartitionRegion if during && here => {
+                Some("the region's users cannot reach it while it is partitioned")
+            }
+            Scenario::KillRegion if during && here => Some("the region is down until it restarts"),
+            Scenario::PartitionRegion | Scenario::KillRegion
+                if held_agent && r.since <= self.inject_done + SILENT_LINK && r.done >= self.injected =>
+            {
+                Some("in flight to the agent's relay before its tunnel was let go")
+            }
+            Scenario::CutTunnel if at_the_fault => Some("in flight on the agent's tunnel when it was cut"),
+            // A replica stopping gracefully answers what reaches it for its
+            // drain period (15 s): a response streamed on a connection kept
+            // alive from before can outlive it.
+            Scenario::RestartRegion if during && here && r.kind == Kind::Stream && r.done >= self.injected + DRAIN => {
+                Some("a streamed response on a stopping replica outlived its drain period")
+            }
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Counts {
+    pub requests: u64,
+    pub ok: u64,
+    /// Failed where the design says they fail (see the faults' causes).
+    pub failed: u64,
+    /// Failed where no fault explains it.
+    pub unexplained: u64,
+    /// An answer for another request, or a body that is not what was sent or asked for.
+    pub lost_or_corrupt: u64,
+    pub hung: u64,
+}
+
+impl Counts {
+    fn add(&mut self, class: &Class) {
+        self.requests += 1;
+        match class {
+            Class::Ok => self.ok += 1,
+            Class::Expected(..) => self.failed += 1,
+            Class::Unexplained(_) => self.unexplained += 1,
+            Class::Corrupt(_) => self.lost_or_corrupt += 1,
+            Class::Hung => self.hung += 1,
+        }
+    }
+}
+
+enum Class {
+    Ok,
+    /// (fault index, the design's reason, the client's cause)
+    Expected(usize, &'static str, String),
+    Unexplained(String),
+    Corrupt(String),
+    Hung,
+}
+
+fn classify(r: &Record, faults: &[FaultRun]) -> Class {
+    let explained = || faults.iter().enumerate().find_map(|(i, f)| Some((i, f.explains(r)?)));
+    match &r.outcome {
+        Outcome::Ok => Class::Ok,
+        Outcome::Corrupt(what) => Class::Corrupt(what.clone()),
+        Outcome::Failed(cause) => match explained() {
+            Some((i, why)) => Class::Expected(i, why, cause.clone()),
+            None => Class::Unexplained(cause.clone()),
+        },
+        // A request to a partitioned region gets no answer: that is the partition, not a hang.
+        Outcome::Hung => match explained() {
+            Some((i, why)) if faults[i].scenario == Scenario::PartitionRegion => {
+                Class::Expected(i, why, "no answer".into())
+            }
+            _ => Class::Hung,
+        },
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct FaultReport {
+    pub scenario: String,
+    pub region: Option<String>,
+    pub agent_region: Option<String>,
+    /// Seconds after the soak started.
+    pub at_s: f64,
+    /// From the inject to the heal (a rolling restart's inject is the restart itself).
+    pub held_ms: u64,
+    /// From the heal until health and every region's traffic were back; `None` if not within the settle time.
+    pub recover_ms: Option<u64>,
+    /// The requests it failed, by the design's reason and the client's cause.
+    pub failed: BTreeMap<String, u64>,
+    /// Each process's open descriptors once it was over, minus its baseline (after warm-up).
+    pub fds_vs_baseline: BTreeMap<String, i64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ProcessReport {
+    pub name: String,
+    /// After warm-up, before any fault (the baseline for descriptors), in the
+    /// middle, and at the end (under traffic).
+    pub start: Option<Usage>,
+    /// Once every fault of the schedule has come once: connection pools have
+    /// grown to what the faults' bursts need (the baseline for memory).
+    pub after_first_round: Option<Usage>,
+    pub middle: Option<Usage>,
+    pub end: Option<Usage>,
+    /// End RSS against RSS after the first round, in percent (positive: grew).
+    pub rss_growth_pct: Option<f64>,
+    /// Open descriptors once traffic stopped and idle connections closed
+    /// (see `idle_after_s`): more than at the start is a leak.
+    pub idle_fds: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct SoakReport {
+    pub duration_s: f64,
+    pub warm_up_s: f64,
+    pub totals: Counts,
+    pub by_kind: BTreeMap<Kind, Counts>,
+    pub by_minute: Vec<Counts>,
+    pub faults: Vec<FaultReport>,
+    /// How long after traffic stopped every process's descriptors were back
+    /// to their baseline (or the wait gave up).
+    pub idle_after_s: f64,
+    /// Processes holding more descriptors, once idle, than at the baseline.
+    pub leaked_fds: Vec<String>,
+    /// Up to 20 of each, with their region and time.
+    pub unexplained: Vec<String>,
+    pub lost_or_corrupt: Vec<String>,
+    pub hung: Vec<String>,
+    pub processes: Vec<ProcessReport>,
+}
+
+impl SoakReport {
+    /// Whether the soak saw nothing lost, corrupted, hung, failed without a
+    /// cause, or left open.
+    pub fn clean(&self) -> bool {
+        self.totals.lost_or_corrupt == 0
+            && self.totals.hung == 0
+            && self.totals.unexplained == 0
+            && self.leaked_fds.is_empty()
+    }
+}
+
+pub fn summarize(
+    plan: &Plan,
+    ran: Duration,
+    mut records: Vec<Record>,
+    faults: Vec<FaultRun>,
+    samples: Vec<(Duration, Sample)>,
+    (idle_after, idle): (Duration, Sample),
+) -> SoakReport {
+    records.sort_by_key(|r| r.sent);
+    let mut totals = Counts::default();
+    let mut by_kind: BTreeMap<Kind, Counts> = BTreeMap::new();
+    let mut by_minute: Vec<Counts> = Vec::new();
+    let mut per_fault: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); faults.len()];
+    let (mut unexplained, mut corrupt, mut hung) = (Vec::new(), Vec::new(), Vec::new());
+    for r in &records {
+        let class = classify(r, &faults);
+        totals.add(&class);
+        by_kind.entry(r.kind).or_default().add(&class);
+        let minute = (r.sent.as_secs() / 60) as usize;
+        if by_minute.len() <= minute {
+            by_minute.resize(minute + 1, Counts::default());
+        }
+        by_minute[minute].add(&class);
+        let at = |what: &str| format!("{:.1} s {} {:?}: {what}", r.sent.as_secs_f64(), r.region, r.kind);
+        match &class {
+            Class::Expected(i, why, cause) => *per_fault[*i].entry(format!("{why} ({cause})")).or_default() += 1,
+            Class::Unexplained(cause) if unexplained.len() < 20 => unexplained.push(at(cause)),
+            Class::Corrupt(what) if corrupt.len() < 20 => corrupt.push(at(what)),
+            Class::Hung if hung.len() < 20 => hung.push(at("no answer within the timeout")),
+            _ => {}
+        }
+    }
+    let baseline = samples.first().map(|(_, s)| s.clone()).unwrap_or_default();
+    let faults = faults
+        .into_iter()
+        .zip(per_fault)
+        .map(|(f, failed)| FaultReport {
+            scenario: f.scenario.to_string(),
+            region: f.region.clone(),
+            agent_region: f.agent_region.clone(),
+            at_s: f.injected.as_secs_f64(),
+            held_ms: f.heal_at.saturating_sub(f.injected).as_millis() as u64,
+            recover_ms: f.recovered.map(|r| r.saturating_sub(f.healed).as_millis() as u64),
+            failed,
+            fds_vs_baseline: f
+                .after
+                .iter()
+                .filter_map(|(name, u)| Some((name.clone(), u.fds as i64 - baseline.get(name)?.fds as i64)))
+                .collect(),
+        })
+        .collect();
+    // Samples: after warm-up, then one after each fault, then at the end.
+    let first_round = samples.get(super::SCHEDULE.len()).map(|(_, s)| s);
+    let processes = processes(&samples, first_round, ran, &idle);
+    let leaked_fds = processes
+        .iter()
+        .filter_map(|p| {
+            let (start, idle) = (p.start?.fds, p.idle_fds?);
+            (idle > start).then(|| format!("{}: {idle} descriptors idle, {start} at the baseline", p.name))
+        })
+        .collect();
+    SoakReport {
+        duration_s: ran.as_secs_f64(),
+        warm_up_s: plan.warm_up().as_secs_f64(),
+        totals,
+        by_kind,
+        by_minute,
+        faults,
+        unexplained,
+        lost_or_corrupt: corrupt,
+        hung,
+        idle_after_s: idle_after.as_secs_f64(),
+        leaked_fds,
+        processes,
+    }
+}
+
+fn processes(
+    samples: &[(Duration, Sample)],
+    first_round: Option<&Sample>,
+    ran: Duration,
+    idle: &Sample,
+) -> Vec<ProcessReport> {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return Vec::new() };
+    let middle = samples.iter().min_by_key(|(at, _)| at.abs_diff(ran / 2)).unwrap_or(first);
+    first
+        .1
+        .keys()
+        .map(|name| {
+            let (start, mid, end) =
+                (first.1.get(name).copied(), middle.1.get(name).copied(), last.1.get(name).copied());
+            let after_first_round = first_round.and_then(|s| s.get(name).copied());
+            let rss_growth_pct = match (after_first_round.or(start), end) {
+                (Some(s), Some(e)) if s.rss_kib > 0 => Some((e.rss_kib as f64 / s.rss_kib as f64 - 1.0) * 100.0),
+                _ => None,
+            };
+            let idle_fds = idle.get(name).map(|u| u.fds);
+            ProcessReport { name: name.clone(), start, after_first_round, middle: mid, end, rss_growth_pct, idle_fds }
+        })
+        .collect()
+}
+
+impl SoakReport {
+    /// The report for a person.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "soak: {:.0} s (warm-up {:.0} s), {} faults\n  requests {}   ok {}   failed {} (each where the design says)   unexplained {}   lost or corrupt {}   hung {}\n\n",
+            self.duration_s,
+            self.warm_up_s,
+            self.faults.len(),
+            self.totals.requests,
+            self.totals.ok,
+            self.totals.failed,
+            self.totals.unexplained,
+            self.totals.lost_or_corrupt,
+            self.totals.hung,
+        );
+        let counts_row = |name: String, c: &Counts| {
+            [
+                name,
+                c.requests.to_string(),
+                c.ok.to_string(),
+                c.failed.to_string(),
+                c.unexplained.to_string(),
+                c.lost_or_corrupt.to_string(),
+                c.hung.to_string(),
+            ]
+        };
+        let head = ["", "REQUESTS", "OK", "FAILED", "UNEXPLAINED", "LOST/CORRUPT", "HUNG"].map(String::from);
+        let mut rows = vec![{
+            let mut h = head.clone();
+            h[0] = "KIND".into();
+            h
+        }];
+        rows.extend(self.by_kind.iter().map(|(k, c)| {
+            counts_row(serde_json::to_value(k).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default(), c)
+        }));
+        out.push_str(&columns(&rows));
+        out.push('\n');
+        let mut rows = vec![{
+            let mut h = head;
+            h[0] = "MINUTE".into();
+            h
+        }];
+        rows.extend(self.by_minute.iter().enumerate().map(|(i, c)| counts_row(i.to_string(), c)));
+        out.push_str(&columns(&rows));
+        out.push('\n');
+        let mut rows = vec![[
+            "AT (s)",
+            "FAULT",
+            "REGION",
+            "HELD",
+            "RECOVERED",
+            "FAILED (why: what the client saw)",
+            "FDS vs BASELINE",
+        ]
+        .map(String::from)];
+        for f in &self.faults {
+            let failed: Vec<String> = f.failed.iter().map(|(k, n)| format!("{n} × {k}")).collect();
+            let fds: Vec<String> =
+                f.fds_vs_baseline.iter().filter(|(_, d)| **d != 0).map(|(p, d)| format!("{p} {d:+}")).collect();
+            rows.push([
+                format!("{:.0}", f.at_s),
+                f.scenario.clone(),
+                f.region.clone().unwrap_or_else(|| "-".into()),
+                format!("{:.1} s", f.held_ms as f64 / 1000.0),
+                f.recover_ms.map_or_else(|| "never".into(), |ms| format!("{:.1} s", ms as f64 / 1000.0)),
+                if failed.is_empty() { "-".into() } else { failed.join("; ") },
+                if fds.is_empty() { "all at baseline".into() } else { fds.join(", ") },
+            ]);
+        }
+        out.push_str(&columns(&rows));
+        out.push('\n');
+        let idle_head = format!("FDS IDLE (after {:.0} s)", self.idle_after_s);
+        let mut rows = vec![[
+            "PROCESS",
+            "RSS MiB warm-up/round 1/middle/end",
+            "GROWTH since round 1",
+            "FDS warm-up/middle/end",
+            idle_head.as_str(),
+            "TASKS",
+        ]
+        .map(String::from)];
+        let series = |usages: &[Option<Usage>], f: &dyn Fn(&Usage) -> String| {
+            usages.iter().map(|u| u.as_ref().map_or_else(|| "-".into(), f)).collect::<Vec<_>>().join(" / ")
+        };
+        for p in &self.processes {
+            rows.push([
+                p.name.clone(),
+                series(&[p.start, p.after_first_round, p.middle, p.end], &|u| {
+                    format!("{:.1}", u.rss_kib as f64 / 1024.0)
+                }),
+                p.rss_growth_pct.map_or_else(|| "-".into(), |g| format!("{g:+.1}%")),
+                series(&[p.start, p.middle, p.end], &|u| u.fds.to_string()),
+                p.idle_fds.map_or_else(|| "-".into(), |f| f.to_string()),
+                series(&[p.start, p.middle, p.end], &|u| u.tasks.to_string()),
+            ]);
+        }
+        if self.processes.is_empty() {
+            out.push_str("(no process figures: the deployment is not the demo)\n");
+        } else {
+            out.push_str(&columns(&rows));
+        }
+        for (title, list) in [
+            ("descriptors left open", &self.leaked_fds),
+            ("unexplained failures", &self.unexplained),
+            ("lost or corrupt", &self.lost_or_corrupt),
+            ("hung", &self.hung),
+        ] {
+            if !list.is_empty() {
+                out.push_str(&format!("\n{title} (first {}):\n", list.len()));
+                for l in list {
+                    out.push_str(&format!("  {l}\n"));
+                }
+            }
+        }
+        out
+    }
+}
+
+/// Rows as left-aligned columns.
+fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
+    let mut out = String::new();
+    for row in rows {
+        let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(secs: f64) -> Duration {
+        Duration::from_secs_f64(secs)
+    }
+
+    fn record(region: &str, kind: Kind, sent: f64, done: f64, outcome: Outcome) -> Record {
+        Record { region: region.into(), kind, sent: s(sent), since: s(sent), done: s(done), outcome }
+    }
+
+    /// A fault injected at 10 s, healed at 12 s, recovered at 13 s; the agent on frankfurt.
+    fn fault(scenario: Scenario, region: Option<&str>) -> FaultRun {
+        FaultRun {
+            scenario,
+            region: region.map(str::to_owned),
+            agent_region: Some("frankfurt".into()),
+            injected: s(10.0),
+            inject_done: s(10.1),
+            heal_at: s(12.0),
+            healed: s(12.1),
+            recovered: Some(s(13.0)),
+            after: Sample::new(),
+        }
+    }
+
+    fn failed(cause: &str) -> Outcome {
+        Outcome::Failed(cause.into())
+    }
+
+    #[test]
+    fn a_killed_coordinator_explains_only_the_primarys_failures_while_it_is_down() {
+        let faults = [fault(Scenario::KillCoordinator, None)];
+        let primary = record("primary", Kind::Get, 11.0, 11.0, failed("connect"));
+        assert!(matches!(classify(&primary, &faults), Class::Expected(0, ..)));
+        let elsewhere = record("sydney", Kind::Get, 11.0, 11.0, failed("connect"));
+        assert!(matches!(classify(&elsewhere, &faults), Class::Unexplained(_)));
+        let long_after = record("primary", Kind::Get, 30.0, 30.0, failed("connect"));
+        assert!(matches!(classify(&long_after, &faults), Class::Unexplained(_)));
+    }
+
+    #[test]
+    fn a_cut_tunnel_explains_what_was_open_at_the_cut_and_nothing_started_after() {
+        let faults = [fault(Scenario::CutTunnel, None)];
+        let open = record("sydney", Kind::Stream, 8.0, 10.2, failed("stream cut short"));
+        assert!(matches!(classify(&open, &faults), Class::Expected(0, ..)));
+        // A WebSocket opened before the cut, whose next message finds it closed.
+        let mut message = record("sydney", Kind::WebSocket, 10.3, 10.3, failed("WebSocket closed"));
+        message.since = s(5.0);
+        assert!(matches!(classify(&message, &faults), Class::Expected(0, ..)));
+        let after = record("sydney", Kind::Get, 10.5, 10.6, failed("HTTP 502"));
+        assert!(matches!(classify(&after, &faults), Class::Unexplained(_)));
+    }
+
+    #[test]
+    fn no_fault_explains_a_corrupt_answer_and_only_a_partition_explains_no_answer() {
+        let faults = [fault(Scenario::PartitionRegion, Some("sydney")), fault(Scenario::RestartRegion, Some("sydney"))];
+        let corrupt = record("sydney", Kind::Upload, 11.0, 11.5, Outcome::Corrupt("hash".into()));
+        assert!(matches!(classify(&corrupt, &faults), Class::Corrupt(_)));
+        let unanswered = record("sydney", Kind::Get, 11.0, 21.0, Outcome::Hung);
+        assert!(matches!(classify(&unanswered, &faults), Class::Expected(0, ..)));
+        let hung_elsewhere = record("primary", Kind::Get, 11.0, 21.0, Outcome::Hung);
+        assert!(matches!(classify(&hung_elsewhere, &faults), Class::Hung));
+        // A rolling restart is graceful: it explains nothing.
+        let restart = [fault(Scenario::RestartRegion, Some("sydney"))];
+        let dropped = record("sydney", Kind::Get, 11.0, 11.0, failed("connection closed"));
+        assert!(matches!(classify(&dropped, &restart), Class::Unexplained(_)));
+        // Save a streamed response cut when a stopping replica's drain period ended.
+        let mut restart = [fault(Scenario::RestartRegion, Some("sydney"))];
+        restart[0].recovered = Some(s(40.0));
+        let outlived = record("sydney", Kind::Stream, 18.0, 25.5, failed("stream cut short"));
+        assert!(matches!(classify(&outlived, &restart), Class::Expected(0, ..)));
+        let cut_early = record("sydney", Kind::Stream, 12.0, 16.0, failed("stream cut short"));
+        assert!(matches!(classify(&cut_early, &restart), Class::Unexplained(_)));
+    }
+
+    #[test]
+    fn a_partitioned_region_holding_the_agent_explains_failures_elsewhere_until_its_link_is_let_go() {
+        let faults = [fault(Scenario::PartitionRegion, Some("frankfurt"))];
+        let soon = record("sydney", Kind::Get, 12.0, 15.0, failed("HTTP 502"));
+        assert!(matches!(classify(&soon, &faults), Class::Expected(0, ..)));
+        let later = record("sydney", Kind::Get, 10.1 + SILENT_LINK.as_secs_f64() + 0.5, 17.5, failed("HTTP 502"));
+        assert!(matches!(classify(&later, &faults), Class::Unexplained(_)));
+    }
+}
