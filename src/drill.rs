@@ -459,6 +459,10 @@ fn signed_in_browser(
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(meridian_regions::resolve::for_reqwest())
         .pool_max_idle_per_host(64)
+        // Shorter than a proxy's keep-alive (60 s), as browsers keep theirs:
+        // a connection the proxy closes for idleness is never picked for a
+        // request at the moment it closes.
+        .pool_idle_timeout(Duration::from_secs(30))
         .build()?;
     Ok((client, jar))
 }

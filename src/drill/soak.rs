@@ -67,7 +67,8 @@ pub async fn run(
     let epoch = Instant::now();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let targets: Vec<Target> = targets.into_iter().map(|(region, url)| Target { region, url }).collect();
-    let (records, mut tasks) = load::start(&targets, browser.clone(), jar, plan.mix, epoch, stopped);
+    let (records, mut tasks) = load::start(&targets, browser.clone(), jar, plan.mix, epoch, stopped.clone());
+    let holders = watch_agent(setup, epoch, stopped);
     let end = epoch + plan.duration;
 
     tokio::time::sleep(plan.warm_up()).await;
@@ -87,6 +88,17 @@ pub async fn run(
         };
         let holder = agent_region(setup).await;
         let injected = epoch.elapsed();
+        // Streams last at most a session: one that started on a tunnel the
+        // agent has left since is still on it.
+        let since = injected.saturating_sub(plan.mix.session + Duration::from_secs(1));
+        let mut agent_regions: Vec<String> = {
+            let seen = holders.lock().unwrap_or_else(|e| e.into_inner());
+            let before = seen.iter().rev().find(|(at, _)| *at <= since).into_iter();
+            before.chain(seen.iter().filter(|(at, _)| *at > since)).filter_map(|(_, r)| r.clone()).collect()
+        };
+        agent_regions.extend(holder.clone());
+        agent_regions.sort();
+        agent_regions.dedup();
         eprintln!("soak: {:>5.0} s  {scenario} {}", injected.as_secs_f64(), region.as_deref().unwrap_or(""));
         setup.faults.act(Action::Inject, *scenario, region.as_deref()).await?;
         let inject_done = epoch.elapsed();
@@ -112,6 +124,7 @@ pub async fn run(
             scenario: *scenario,
             region,
             agent_region: holder,
+            agent_regions,
             injected,
             inject_done,
             heal_at,
@@ -176,9 +189,38 @@ async fn processes(setup: &Setup) -> procs::Sample {
     procs::read(&list)
 }
 
+/// When the agent's tunnel moved, and to which region (since the soak began).
+type Holders = std::sync::Arc<std::sync::Mutex<Vec<(Duration, Option<String>)>>>;
+
+/// Where the agent's tunnel is, as it changes (checked twice a second) until `stop`.
+fn watch_agent(setup: &Setup, epoch: Instant, mut stop: tokio::sync::watch::Receiver<bool>) -> Holders {
+    let seen: Holders = std::sync::Arc::default();
+    let (api, out) = (setup.api.clone(), seen.clone());
+    tokio::spawn(async move {
+        loop {
+            let now = agent_region_of(&api).await;
+            {
+                let mut seen = out.lock().unwrap_or_else(|e| e.into_inner());
+                if seen.last().is_none_or(|(_, last)| *last != now) {
+                    seen.push((epoch.elapsed(), now));
+                }
+            }
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    });
+    seen
+}
+
 /// The region whose relay holds the (first) agent's tunnel now.
 async fn agent_region(setup: &Setup) -> Option<String> {
-    let list = tokio::time::timeout(Duration::from_secs(2), setup.api.workspaces(None)).await.ok()?.ok()?;
+    agent_region_of(&setup.api).await
+}
+
+async fn agent_region_of(api: &meridian_regions::client::Client) -> Option<String> {
+    let list = tokio::time::timeout(Duration::from_secs(2), api.workspaces(None)).await.ok()?.ok()?;
     list.workspaces.iter().flat_map(|w| &w.agents).find_map(|a| a.region.clone())
 }
 

@@ -26,6 +26,9 @@ pub struct FaultRun {
     pub region: Option<String>,
     /// The region that held the agent's tunnel when the fault came.
     pub agent_region: Option<String>,
+    /// Every region that held one of its tunnels shortly before (a tunnel the
+    /// agent left carries the streams it had until they end), and then.
+    pub agent_regions: Vec<String>,
     pub injected: Duration,
     pub inject_done: Duration,
     pub heal_at: Duration,
@@ -43,14 +46,13 @@ impl FaultRun {
         // Open when the fault came (a WebSocket counts from its opening).
         let at_the_fault = r.since <= self.inject_done && r.done >= self.injected;
         let here = self.region.as_deref() == Some(r.region.as_str());
-        let held_agent = self.agent_region.is_some() && self.agent_region == self.region;
+        let held_agent = self.region.as_ref().is_some_and(|r| self.agent_regions.contains(r));
+        let primary_held_agent = self.agent_regions.iter().any(|r| r == meridian_regions::PRIMARY_REGION);
         match self.scenario {
             Scenario::KillCoordinator if during && r.region == meridian_regions::PRIMARY_REGION => {
                 Some("the primary region is the coordinator's process: down until it restarts")
             }
-            Scenario::KillCoordinator
-                if at_the_fault && self.agent_region.as_deref() == Some(meridian_regions::PRIMARY_REGION) =>
-            {
+            Scenario::KillCoordinator if at_the_fault && primary_held_agent => {
                 Some("in flight through the killed relay that held the agent")
             }
             Scenario::PartitionRegion if during && here => {
@@ -444,6 +446,7 @@ mod tests {
             scenario,
             region: region.map(str::to_owned),
             agent_region: Some("frankfurt".into()),
+            agent_regions: vec!["frankfurt".into()],
             injected: s(10.0),
             inject_done: s(10.1),
             heal_at: s(12.0),
@@ -466,6 +469,16 @@ mod tests {
         assert!(matches!(classify(&elsewhere, &faults), Class::Unexplained(_)));
         let long_after = record("primary", Kind::Get, 30.0, 30.0, failed("connect"));
         assert!(matches!(classify(&long_after, &faults), Class::Unexplained(_)));
+    }
+
+    #[test]
+    fn a_killed_coordinator_explains_what_was_in_flight_elsewhere_when_the_agent_had_just_been_on_the_primary() {
+        let mut f = fault(Scenario::KillCoordinator, None);
+        let in_flight = record("sydney", Kind::Stream, 6.0, 10.2, failed("stream cut short"));
+        assert!(matches!(classify(&in_flight, &[fault(Scenario::KillCoordinator, None)]), Class::Unexplained(_)));
+        // It had moved back to frankfurt; the stream was still on its tunnel to the primary.
+        f.agent_regions = vec!["primary".into(), "frankfurt".into()];
+        assert!(matches!(classify(&in_flight, &[f]), Class::Expected(0, ..)));
     }
 
     #[test]
