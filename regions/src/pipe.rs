@@ -27,12 +27,7 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
-    let start = Instant::now();
-    // Milliseconds from `start` to the last byte read or written on `a`
-    // (every byte either way passes `a`).
-    let last = AtomicU64::new(0);
-    let mut watched = Watched { inner: a, start, last: &last };
-    until_idle(tokio::io::copy_bidirectional(&mut watched, b), start, &last, idle, None).await
+    pipe_with(a, b, idle, None).await
 }
 
 /// [`pipe`] that, once `drain` turns true, also ends as soon as `quiet`
@@ -51,10 +46,25 @@ where
     A: AsyncRead + AsyncWrite + Unpin + ?Sized,
     B: AsyncRead + AsyncWrite + Unpin + ?Sized,
 {
+    pipe_with(a, b, idle, Some((quiet, drain))).await
+}
+
+async fn pipe_with<A, B>(
+    a: &mut A,
+    b: &mut B,
+    idle: Duration,
+    drain: Option<(Duration, tokio::sync::watch::Receiver<bool>)>,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
     let start = Instant::now();
+    // Milliseconds from `start` to the last byte read or written on `a`
+    // (every byte either way passes `a`).
     let last = AtomicU64::new(0);
     let mut watched = Watched { inner: a, start, last: &last };
-    until_idle(tokio::io::copy_bidirectional(&mut watched, b), start, &last, idle, Some((quiet, drain))).await
+    until_idle(tokio::io::copy_bidirectional(&mut watched, b), start, &last, idle, drain).await
 }
 
 /// [`pipe`] for two TCP sockets, with the bytes moved inside the kernel

@@ -108,7 +108,7 @@ async fn one(client: &reqwest::Client, url: &str, timeout: Duration) -> Outcome 
 }
 
 /// A short name for a transport error.
-fn transport(e: &reqwest::Error) -> String {
+pub(super) fn transport(e: &reqwest::Error) -> String {
     if e.is_connect() {
         "connect".into()
     } else if e.is_timeout() {

@@ -4,6 +4,7 @@
 //! the answer to this request (the echoed path, the body's pattern and
 //! length, the hash, the message, the sequence) and recorded with its times.
 
+use crate::drill::traffic::transport;
 use futures_util::{SinkExt, StreamExt};
 use meridian_agent::sample_app::pattern_byte;
 use serde::Serialize;
@@ -374,16 +375,5 @@ fn status_cause(status: u16, body: &[u8]) -> String {
         format!("HTTP {status}")
     } else {
         format!("HTTP {status}: {why}")
-    }
-}
-
-/// A short name for a transport error.
-fn transport(e: &reqwest::Error) -> String {
-    if e.is_connect() {
-        "connect".into()
-    } else if e.is_timeout() {
-        "timeout".into()
-    } else {
-        "connection closed".into()
     }
 }
