@@ -61,7 +61,7 @@ pub async fn run(
     jar: std::sync::Arc<reqwest::cookie::Jar>,
     targets: Vec<(String, String)>,
 ) -> Result<SoakReport> {
-    let holder = agent_region(setup).await;
+    let holder = agent_region(&setup.api).await;
     let restart = pick_restart(plan, regions, holder.as_deref())?;
     let partition = pick_partition(plan, regions, holder.as_deref())?;
     let epoch = Instant::now();
@@ -86,7 +86,7 @@ pub async fn run(
             Scenario::PartitionRegion => Some(partition.clone()),
             _ => None,
         };
-        let holder = agent_region(setup).await;
+        let holder = agent_region(&setup.api).await;
         let injected = epoch.elapsed();
         // Streams last at most a session: one that started on a tunnel the
         // agent has left since is still on it.
@@ -198,7 +198,7 @@ fn watch_agent(setup: &Setup, epoch: Instant, mut stop: tokio::sync::watch::Rece
     let (api, out) = (setup.api.clone(), seen.clone());
     tokio::spawn(async move {
         loop {
-            let now = agent_region_of(&api).await;
+            let now = agent_region(&api).await;
             {
                 let mut seen = out.lock().unwrap_or_else(|e| e.into_inner());
                 if seen.last().is_none_or(|(_, last)| *last != now) {
@@ -215,11 +215,7 @@ fn watch_agent(setup: &Setup, epoch: Instant, mut stop: tokio::sync::watch::Rece
 }
 
 /// The region whose relay holds the (first) agent's tunnel now.
-async fn agent_region(setup: &Setup) -> Option<String> {
-    agent_region_of(&setup.api).await
-}
-
-async fn agent_region_of(api: &meridian_regions::client::Client) -> Option<String> {
+async fn agent_region(api: &meridian_regions::client::Client) -> Option<String> {
     let list = tokio::time::timeout(Duration::from_secs(2), api.workspaces(None)).await.ok()?.ok()?;
     list.workspaces.iter().flat_map(|w| &w.agents).find_map(|a| a.region.clone())
 }
