@@ -92,8 +92,8 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
         secret: None,
     })?;
     let http = http_client(None).map_err(anyhow::Error::msg)?;
-    wait("the coordinator", Duration::from_secs(60), || async {
-        Client::new(&base, Credential::None, http.clone()).buildinfo().await.ok()
+    wait("the coordinator", Duration::from_secs(60), &mut children, || async {
+        Client::new(&base, Credential::None, http.clone()).buildinfo().await.map_err(|e| e.to_string())
     })
     .await?;
     let password = password(&dir)?;
@@ -120,9 +120,22 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
         args: vec![s("sample-app"), s("--listen"), format!("127.0.0.1:{app_port}")],
         secret: None,
     })?;
-    wait("every region to be healthy", Duration::from_secs(60), || async {
-        let list = api.regions().await.ok()?;
-        list.regions.iter().all(|r| r.healthy).then_some(())
+    wait("every region to be healthy", Duration::from_secs(60), &mut children, || async {
+        let list = api.regions().await.map_err(|e| e.to_string())?;
+        let down: Vec<String> = list
+            .regions
+            .iter()
+            .filter(|r| !r.healthy)
+            .map(|r| {
+                let why = r.replicas.iter().find_map(|p| p.error.as_deref()).map(|e| format!(" ({e})"));
+                format!("{} is {}{}", r.name, r.status.as_str(), why.unwrap_or_default())
+            })
+            .collect();
+        if down.is_empty() {
+            Ok(())
+        } else {
+            Err(down.join(", "))
+        }
     })
     .await?;
     // Started once every region is up, so it attaches to its preferred region at once.
@@ -132,9 +145,14 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
         args: vec![s("agent"), s("--coordinator-url"), base.clone(), s("--region"), topology.agent_region().to_owned()],
         secret: Some(("MERIDIAN_AGENT_TOKEN", agent_token)),
     })?;
-    wait("the agent to attach", Duration::from_secs(60), || async {
-        let list = api.workspaces(None).await.ok()?;
-        list.workspaces.first()?.agents.first()?.connected.then_some(())
+    wait("the agent to attach", Duration::from_secs(60), &mut children, || async {
+        let list = api.workspaces(None).await.map_err(|e| e.to_string())?;
+        let attached = list.workspaces.first().and_then(|w| w.agents.first()).is_some_and(|a| a.connected);
+        if attached {
+            Ok(())
+        } else {
+            Err("the agent is not connected".to_owned())
+        }
     })
     .await?;
 
@@ -310,23 +328,47 @@ pub fn default_dir() -> Result<PathBuf> {
     Ok(base.join("demo"))
 }
 
+/// A port free now for a child to bind soon: below the kernel's ephemeral
+/// range where it can, since the port 0 gives is the one the next outgoing
+/// connection from any process may take before the child binds it (a proxy
+/// then exits with "address in use" and its region never comes up).
 fn free_port() -> Result<u16> {
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    const FROM: u16 = 10_000;
+    if ephemeral_from > FROM + 1000 {
+        let span = ephemeral_from - FROM;
+        let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
+        let start = (std::process::id() ^ nanos) % u32::from(span);
+        for i in 0..u32::from(span).min(2000) {
+            let port = FROM + ((start + i) % u32::from(span)) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Polls `f` until it returns `Some`, at most `deadline`.
-async fn wait<T, F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<T>
+/// Polls `f` until it returns `Ok`, at most `deadline`; fails at once if a
+/// child exits meanwhile (naming it, with the end of its log), and on the
+/// deadline with `f`'s last word on what is missing.
+async fn wait<T, F, Fut>(what: &str, deadline: Duration, children: &mut Children, mut f: F) -> Result<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
+    Fut: std::future::Future<Output = Result<T, String>>,
 {
     let start = Instant::now();
     loop {
-        if let Some(v) = f().await {
-            return Ok(v);
-        }
+        let missing = match f().await {
+            Ok(v) => return Ok(v),
+            Err(missing) => missing,
+        };
+        children.check_running()?;
         if start.elapsed() > deadline {
-            bail!("timed out waiting for {what}; see the logs");
+            bail!("timed out after {deadline:?} waiting for {what}: {missing}; logs in {}", children.dir().display());
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

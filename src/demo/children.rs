@@ -8,6 +8,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Lines of a child's log shown when it dies during the demo's start.
+const LOG_TAIL: usize = 10;
+
 /// How to (re)start one child.
 #[derive(Clone)]
 pub struct Spec {
@@ -81,6 +84,24 @@ impl Children {
     /// Each child's name and process id (`None` while it is stopped).
     pub fn pids(&self) -> Vec<(String, Option<u32>)> {
         self.running.iter().map(|(s, c)| (s.name.clone(), c.as_ref().map(Child::id))).collect()
+    }
+
+    /// Where the children's logs are (`<name>.log`).
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// Fails naming the first child that was started and has since exited,
+    /// with its exit status and the end of its log.
+    pub fn check_running(&mut self) -> Result<()> {
+        for (spec, child) in &mut self.running {
+            let Some(status) = child.as_mut().and_then(|c| c.try_wait().ok().flatten()) else { continue };
+            let log = std::fs::read_to_string(self.dir.join(format!("{}.log", spec.name))).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(LOG_TAIL)..].join("\n");
+            anyhow::bail!("{} exited ({status}); the end of its log:\n{tail}", spec.name);
+        }
+        Ok(())
     }
 
     /// Starts child `name` again with the same arguments, if it is not running.

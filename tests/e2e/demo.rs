@@ -62,3 +62,23 @@ async fn demo_serves_apps_to_a_browser_and_stops_cleanly() {
     }
     assert!(!dir.path().join("state/data/postgres/postmaster.pid").exists(), "Postgres stopped");
 }
+
+/// A region's proxy that cannot start (here: a setting it refuses, from the
+/// environment the demo passes on) fails the demo at once, naming the process
+/// and quoting its log, rather than after a minute of waiting for the region.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_process_that_dies_while_the_demo_starts_is_named_with_its_log() {
+    let dir = tempdir();
+    let state = dir.path().join("state");
+    let port = free_port();
+    let args = ["demo", "--port", &port.to_string(), "--regions", "sydney", "--data-dir", &state.display().to_string()]
+        .map(str::to_owned);
+    let mut demo = Process::spawn_env(BIN, "demo", dir.path(), &args, &[("MERIDIAN_MAX_HEADERS", "lots")]);
+    let status = demo.wait_exit(Duration::from_secs(100)).await;
+    let out = demo.output();
+    assert!(!status.success(), "{out}");
+    assert!(out.contains("proxy-sydney exited (exit status: 2); the end of its log:"), "{out}");
+    assert!(out.contains("invalid value 'lots' for '--max-headers"), "the proxy's own words are quoted: {out}");
+    assert!(!out.contains("timed out"), "{out}");
+    assert!(!state.join("data/postgres/postmaster.pid").exists(), "Postgres stopped:\n{out}");
+}

@@ -103,6 +103,11 @@ impl Process {
 
     /// [`Process::spawn`] of another build of `meridian` (the upgrade test's previous release).
     pub fn spawn_bin(bin: &str, name: &str, dir: &Path, args: &[String]) -> Self {
+        Self::spawn_env(bin, name, dir, args, &[])
+    }
+
+    /// [`Process::spawn_bin`] with these environment variables besides `PATH` and `MERIDIAN_LOG`.
+    pub fn spawn_env(bin: &str, name: &str, dir: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
         let log = dir.join(format!("{name}-{}.log", free_port()));
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
@@ -110,6 +115,7 @@ impl Process {
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("MERIDIAN_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)
