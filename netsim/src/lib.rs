@@ -3,7 +3,8 @@
 //! address that can add one-way latency, stall (a partition: nothing flows in
 //! either direction, new connections hang), refuse new connections, reset
 //! every open connection, or forget them (a middlebox that lost its state:
-//! the connections look alive until either side sends, which resets them). The kernel's netem is not available on the machines
+//! the connections look alive until either side sends, which resets them, as
+//! do bytes the link was carrying when it forgot). The kernel's netem is not available on the machines
 //! Meridian is tested on, and tests may only use loopback.
 //!
 //! A link may balance over several upstreams ([`Link::start_balanced`]), as
@@ -167,23 +168,27 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
     let Some(mut upstream) = dial(&shared).await else { return };
     let mut client = client;
     let _ = (client.set_nodelay(true), upstream.set_nodelay(true));
+    // Bytes the link has read and not yet delivered, either way.
+    let in_flight = AtomicUsize::new(0);
     let reset = {
         let (cr, cw) = client.split();
         let (ur, uw) = upstream.split();
         let pumps = async {
-            tokio::join!(pump(cr, uw, &shared), pump(ur, cw, &shared));
+            tokio::join!(pump(cr, uw, &shared, &in_flight), pump(ur, cw, &shared, &in_flight));
         };
         tokio::select! {
             () = pumps => false,
             _ = resets.changed() => true,
-            _ = forgets.changed() => {
+            // Bytes it was carrying are lost with its state; their sender's
+            // retransmission would meet the reset, so they reset at once.
+            _ = forgets.changed() => in_flight.load(Ordering::Relaxed) > 0 || {
                 tokio::select! {
                     _ = client.readable() => {}
                     _ = upstream.readable() => {}
                     _ = resets.changed() => {}
                 }
                 true
-            }
+            },
         }
     };
     if reset {
@@ -210,6 +215,7 @@ async fn pump(
     mut from: impl tokio::io::AsyncRead + Unpin,
     mut to: impl tokio::io::AsyncWrite + Unpin,
     shared: &Shared,
+    in_flight: &AtomicUsize,
 ) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(QUEUE);
     let reader_shared = shared;
@@ -225,6 +231,7 @@ async fn pump(
                 Ok(n) => n,
             };
             buf.truncate(n);
+            in_flight.fetch_add(n, Ordering::Relaxed);
             let due = Instant::now() + Duration::from_micros(reader_shared.latency_us.load(Ordering::Relaxed));
             if tx.send((due, buf)).await.is_err() {
                 return;
@@ -238,6 +245,7 @@ async fn pump(
             if mode.wait_for(|m| *m != Mode::Stall).await.is_err() || to.write_all(&chunk).await.is_err() {
                 return;
             }
+            in_flight.fetch_sub(chunk.len(), Ordering::Relaxed);
         }
         let _ = to.shutdown().await;
     };
@@ -302,6 +310,18 @@ mod tests {
         quiet.write_all(b"ping").await.unwrap();
         let n = tokio::time::timeout(Duration::from_secs(5), quiet.read(&mut buf)).await.unwrap();
         assert!(n.is_err(), "the first bytes on a forgotten connection reset it: {n:?}");
+        let mut fresh = TcpStream::connect(link.addr()).await.unwrap();
+        round_trip(&mut fresh).await;
+
+        // Bytes the link holds (here: delayed) when it forgets are lost with
+        // its state, and reset the connection rather than leave both sides waiting.
+        link.set_latency(Duration::from_millis(300));
+        fresh.write_all(b"ping").await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        link.forget_all();
+        let n = tokio::time::timeout(Duration::from_secs(5), fresh.read(&mut buf)).await;
+        assert!(matches!(n, Ok(Err(_))), "bytes in flight at the forget reset the connection: {n:?}");
+        link.set_latency(Duration::ZERO);
         let mut fresh = TcpStream::connect(link.addr()).await.unwrap();
         round_trip(&mut fresh).await;
 
