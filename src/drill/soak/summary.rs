@@ -160,6 +160,18 @@ pub struct ProcessReport {
     pub end: Option<Usage>,
     /// End RSS against RSS after the first round, in percent (positive: grew).
     pub rss_growth_pct: Option<f64>,
+    /// RSS under traffic moves ±15% between two readings seconds apart (what
+    /// is in flight at that moment), so one reading against another cannot
+    /// show a 10% leak: the median of the first `rss_window` samples (from
+    /// warm-up on) and of the last `rss_window`, and the growth between them.
+    pub rss_window: usize,
+    pub rss_median_first_mib: Option<f64>,
+    pub rss_median_last_mib: Option<f64>,
+    pub rss_median_growth_pct: Option<f64>,
+    /// Times the process was started again during the soak (a new pid).
+    pub restarts: usize,
+    /// Every sample: seconds since the soak started, RSS in MiB.
+    pub rss_mib: Vec<(f64, f64)>,
     /// Open descriptors once traffic stopped and idle connections closed
     /// (see `idle_after_s`): more than at the start is a leak.
     pub idle_fds: Option<u64>,
@@ -293,9 +305,49 @@ fn processes(
                 _ => None,
             };
             let idle_fds = idle.get(name).map(|u| u.fds);
-            ProcessReport { name: name.clone(), start, after_first_round, middle: mid, end, rss_growth_pct, idle_fds }
+            let mine: Vec<(Duration, Usage)> =
+                samples.iter().filter_map(|(at, s)| Some((*at, *s.get(name)?))).collect();
+            let restarts = mine.windows(2).filter(|w| w[0].1.pid != w[1].1.pid).count();
+            let rss: Vec<f64> = mine.iter().map(|(_, u)| u.rss_kib as f64 / 1024.0).collect();
+            let rss_window = rss_window(rss.len());
+            let (first, last) = (median(&rss[..rss_window]), median(&rss[rss.len() - rss_window..]));
+            let rss_median_growth_pct = match (first, last) {
+                (Some(f), Some(l)) if f > 0.0 => Some((l / f - 1.0) * 100.0),
+                _ => None,
+            };
+            ProcessReport {
+                name: name.clone(),
+                start,
+                after_first_round,
+                middle: mid,
+                end,
+                rss_growth_pct,
+                rss_window,
+                rss_median_first_mib: first,
+                rss_median_last_mib: last,
+                rss_median_growth_pct,
+                restarts,
+                rss_mib: mine.iter().zip(&rss).map(|((at, _), mib)| (at.as_secs_f64(), *mib)).collect(),
+                idle_fds,
+            }
         })
         .collect()
+}
+
+/// Samples in each of the windows whose medians are compared: a sixth of
+/// them (five minutes of a 30-minute soak), at least a round of faults.
+fn rss_window(samples: usize) -> usize {
+    (samples / 6).max(super::SCHEDULE.len() + 1).min(samples)
+}
+
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[n / 2]),
+        n => Some((v[n / 2 - 1] + v[n / 2]) / 2.0),
+    }
 }
 
 impl SoakReport {
@@ -374,6 +426,7 @@ impl SoakReport {
             "PROCESS",
             "RSS MiB warm-up/round 1/middle/end",
             "GROWTH since round 1",
+            "RSS MEDIAN first/last samples (growth)",
             "FDS warm-up/middle/end",
             idle_head.as_str(),
             "TASKS",
@@ -389,6 +442,14 @@ impl SoakReport {
                     format!("{:.1}", u.rss_kib as f64 / 1024.0)
                 }),
                 p.rss_growth_pct.map_or_else(|| "-".into(), |g| format!("{g:+.1}%")),
+                match (p.rss_median_first_mib, p.rss_median_last_mib, p.rss_median_growth_pct) {
+                    (Some(f), Some(l), Some(g)) => {
+                        let restarts =
+                            if p.restarts > 0 { format!(", restarted {}×", p.restarts) } else { String::new() };
+                        format!("{f:.1} / {l:.1} of {} ({g:+.1}%{restarts})", p.rss_window)
+                    }
+                    _ => "-".into(),
+                },
                 series(&[p.start, p.middle, p.end], &|u| u.fds.to_string()),
                 p.idle_fds.map_or_else(|| "-".into(), |f| f.to_string()),
                 series(&[p.start, p.middle, p.end], &|u| u.tasks.to_string()),
@@ -454,6 +515,37 @@ mod tests {
             recovered: Some(s(13.0)),
             after: Sample::new(),
         }
+    }
+
+    #[test]
+    fn rss_medians_see_a_leak_through_noise_that_single_readings_cannot() {
+        // 60 readings 30 s apart: `flat` swings ±15% around 50 MiB, `leaky`
+        // swings as much while climbing 20%; `restarted` gets a new pid midway.
+        let noise = |i: usize| [1.0, 1.15, 0.9, 1.05, 0.85, 1.1][i % 6];
+        let samples: Vec<(Duration, Sample)> = (0..60)
+            .map(|i| {
+                let kib = |mib: f64| (mib * 1024.0) as u64;
+                let usage = |pid, mib| Usage { pid, rss_kib: kib(mib), fds: 10, tasks: 3 };
+                let sample = Sample::from([
+                    ("flat".to_owned(), usage(1, 50.0 * noise(i))),
+                    ("leaky".to_owned(), usage(2, 50.0 * (1.0 + 0.2 * i as f64 / 59.0) * noise(i))),
+                    ("restarted".to_owned(), usage(if i < 30 { 3 } else { 4 }, 40.0)),
+                ]);
+                (s(30.0 * i as f64), sample)
+            })
+            .collect();
+        let report = processes(&samples, None, s(1800.0), &Sample::new());
+        let by = |name: &str| report.iter().find(|p| p.name == name).unwrap();
+        let (flat, leaky) = (by("flat"), by("leaky"));
+        assert_eq!(flat.rss_window, 10);
+        assert!(flat.rss_median_growth_pct.unwrap().abs() < 3.0, "{:?}", flat.rss_median_growth_pct);
+        assert!(leaky.rss_median_growth_pct.unwrap() > 12.0, "{:?}", leaky.rss_median_growth_pct);
+        // One reading against another: the flat process looks as if it had grown 10%.
+        assert!((flat.rss_growth_pct.unwrap() - 10.0).abs() < 0.1, "{:?}", flat.rss_growth_pct);
+        assert_eq!((flat.restarts, by("restarted").restarts), (0, 1));
+        assert_eq!(flat.rss_mib.len(), 60);
+        let (at, mib) = flat.rss_mib[1];
+        assert!(at == 30.0 && (mib - 57.5).abs() < 0.01, "{:?}", flat.rss_mib[1]);
     }
 
     fn failed(cause: &str) -> Outcome {
