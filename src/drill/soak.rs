@@ -157,15 +157,14 @@ pub async fn run(
 const IDLE_WAIT: Duration = Duration::from_secs(120);
 
 /// Once traffic has stopped: waits (at most [`IDLE_WAIT`]) until no process
-/// holds more descriptors than at the baseline, and returns the last reading
+/// (a region's replicas together) holds more descriptors than at the baseline, and returns the last reading
 /// with how long it took. A process still above it then is holding what the
 /// soak's traffic and faults left behind.
 async fn settle_descriptors(setup: &Setup, baseline: &procs::Sample) -> (Duration, procs::Sample) {
     let start = Instant::now();
     loop {
         let now = processes(setup).await;
-        let above = now.iter().any(|(name, u)| baseline.get(name).is_some_and(|b| u.fds > b.fds));
-        if !above || start.elapsed() >= IDLE_WAIT {
+        if procs::above_baseline(&now, baseline).is_empty() || start.elapsed() >= IDLE_WAIT {
             return (start.elapsed(), now);
         }
         tokio::time::sleep(Duration::from_secs(1)).await;

@@ -188,7 +188,8 @@ pub struct SoakReport {
     /// How long after traffic stopped every process's descriptors were back
     /// to their baseline (or the wait gave up).
     pub idle_after_s: f64,
-    /// Processes holding more descriptors, once idle, than at the baseline.
+    /// Processes (a region's replicas together) holding more descriptors,
+    /// once idle, than at the baseline.
     pub leaked_fds: Vec<String>,
     /// Up to 20 of each, with their region and time.
     pub unexplained: Vec<String>,
@@ -262,13 +263,8 @@ pub fn summarize(
     // Samples: after warm-up, then one after each fault, then at the end.
     let first_round = samples.get(super::SCHEDULE.len()).map(|(_, s)| s);
     let processes = processes(&samples, first_round, ran, &idle);
-    let leaked_fds = processes
-        .iter()
-        .filter_map(|p| {
-            let (start, idle) = (p.start?.fds, p.idle_fds?);
-            (idle > start).then(|| format!("{}: {idle} descriptors idle, {start} at the baseline", p.name))
-        })
-        .collect();
+    let leaked_fds =
+        samples.first().map_or_else(Vec::new, |(_, baseline)| super::procs::above_baseline(&idle, baseline));
     SoakReport {
         duration_s: ran.as_secs_f64(),
         warm_up_s: plan.warm_up().as_secs_f64(),
