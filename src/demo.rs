@@ -105,16 +105,17 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     let api = Client::new(&base, Credential::Session(Secret::new(token)), http.clone());
 
     let coordinator: SocketAddr = ([127, 0, 0, 1], args.port).into();
+    let own = args.port..=args.port + topology.regions.len() as u16;
     let mut plans = Vec::new();
     for (i, region) in topology.regions.iter().enumerate() {
-        let plan = plan_region(region, args.port + 1 + i as u16, coordinator, args.replicas).await?;
+        let plan = plan_region(region, args.port + 1 + i as u16, coordinator, args.replicas, &own).await?;
         let proxy_token = region_token(&api, &plan).await?;
         for replica in 0..plan.relays.len() {
             children.spawn(proxy_spec(&plan, replica, &base, proxy_token.clone()))?;
         }
         plans.push(plan);
     }
-    let app_port = free_port()?;
+    let app_port = free_port(&own)?;
     children.spawn(Spec {
         name: s("sample-app"),
         args: vec![s("sample-app"), s("--listen"), format!("127.0.0.1:{app_port}")],
@@ -191,13 +192,14 @@ async fn plan_region(
     user_port: u16,
     coordinator: SocketAddr,
     replicas: u16,
+    own: &std::ops::RangeInclusive<u16>,
 ) -> Result<RegionPlan> {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut links = Vec::new();
     let mut relays = Vec::new();
     for i in 0..replicas {
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
-        let relay: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let listen: SocketAddr = ([127, 0, 0, 1], free_port(own)?).into();
+        let relay: SocketAddr = ([127, 0, 0, 1], free_port(own)?).into();
         let process =
             if i == 0 { format!("proxy-{}", region.name) } else { format!("proxy-{}-{}", region.name, i + 1) };
         let replica = ReplicaLinks {
@@ -328,28 +330,16 @@ pub fn default_dir() -> Result<PathBuf> {
     Ok(base.join("demo"))
 }
 
-/// A port free now for a child to bind soon: below the kernel's ephemeral
-/// range where it can, since the port 0 gives is the one the next outgoing
-/// connection from any process may take before the child binds it (a proxy
-/// then exits with "address in use" and its region never comes up).
-fn free_port() -> Result<u16> {
-    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    const FROM: u16 = 10_000;
-    if ephemeral_from > FROM + 1000 {
-        let span = ephemeral_from - FROM;
-        let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
-        let start = (std::process::id() ^ nanos) % u32::from(span);
-        for i in 0..u32::from(span).min(2000) {
-            let port = FROM + ((start + i) % u32::from(span)) as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
+/// A port for a child to listen on, none of the demo's own (its `--port`
+/// and the regions' user ports after it).
+fn free_port(own: &std::ops::RangeInclusive<u16>) -> Result<u16> {
+    for _ in 0..64 {
+        let port = meridian_netsim::free_port()?;
+        if !own.contains(&port) {
+            return Ok(port);
         }
     }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    anyhow::bail!("no free port outside {own:?}")
 }
 
 /// Polls `f` until it returns `Ok`, at most `deadline`; fails at once if a

@@ -99,5 +99,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::NotFound("No such API endpoint.".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(json::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))
+        .layer(axum::middleware::from_fn(guard::close_unread))
         .with_state(state)
 }

@@ -252,9 +252,55 @@ async fn pump(
     tokio::join!(reader, writer);
 }
 
+/// A loopback port free now, for a process about to listen on it. Chosen
+/// below the kernel's ephemeral range (`ip_local_port_range`, from 32768 by
+/// default) where there is room: a port the kernel hands out for port 0 is
+/// also one it may give the next outgoing connection of any process, which
+/// could take it before the listener binds it (the listener then dies of
+/// "address in use"). Each process starts elsewhere in the range and walks
+/// it, so it never hands out one port twice while others remain.
+pub fn free_port() -> std::io::Result<u16> {
+    const FROM: u32 = 10_000;
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_from.saturating_sub(FROM);
+    if span >= 1_000 {
+        let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
+        let start = std::process::id().wrapping_mul(7919) ^ nanos;
+        let _ = NEXT.compare_exchange(0, start % span + 1, Ordering::Relaxed, Ordering::Relaxed);
+        for _ in 0..span {
+            let port = (FROM + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
+        let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        let ports: Vec<u16> = (0..100).map(|_| free_port().unwrap()).collect();
+        let distinct: std::collections::HashSet<_> = ports.iter().collect();
+        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
+        if ephemeral_from >= 11_000 {
+            assert!(ports.iter().all(|p| (10_000..ephemeral_from).contains(p)), "{ports:?}");
+        }
+    }
 
     async fn echo() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -153,7 +153,9 @@ async function latencies(page) {
     await page.fill('#ws-name', 'scratch');
     await page.fill('#ws-apps', 'notes=8888 public\ndb/adminer=8081 authenticated');
     await page.click('#create-workspace button[type=submit]');
-    await page.waitForSelector('#token-db');
+    // The tokens, or the page's own account of why not.
+    await page.waitForFunction(() => document.getElementById('token-db') || document.getElementById('ws-error').textContent);
+    check(await page.$('#token-db') !== null, `creating the workspace failed: ${await page.textContent('#ws-error')}`);
     check((await page.textContent('#token-main')).length > 20, 'no agent token shown');
     await page.waitForSelector('[data-workspace=scratch] [data-agent=db] [data-app=adminer]');
     const shared = await page.textContent('[data-workspace=scratch] [data-agent=db] [data-app=adminer] td:nth-child(2)');

@@ -15,29 +15,9 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 pub const ADMIN_PASSWORD: &str = "admin-password";
 
-/// A free loopback port (bound and released; the OS does not hand it out
-/// again right away).
-/// A port free now, for a process to listen on. Picked below the kernel's
-/// ephemeral range (`ip_local_port_range`, 32768–60999 by default): a port
-/// the kernel hands out (port 0) is also what it gives the next outgoing
-/// connection, so under load another test's connection could take it before
-/// the process binds it (a coordinator then died of EADDRINUSE).
+/// A port free now, for a process to listen on (see `meridian_netsim::free_port`).
 pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const FROM: u32 = 10_000;
-    const SPAN: u32 = 22_000;
-    // Each test process starts somewhere else in the span and walks it.
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
-    let start = std::process::id().wrapping_mul(7919) ^ nanos;
-    let _ = NEXT.compare_exchange(0, start % SPAN + 1, Ordering::Relaxed, Ordering::Relaxed);
-    for _ in 0..SPAN {
-        let port = (FROM + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port between {FROM} and {}", FROM + SPAN)
+    meridian_netsim::free_port().expect("a free loopback port")
 }
 
 /// Polls `f` until it returns `Some`, at most `deadline`; panics naming `what`.
