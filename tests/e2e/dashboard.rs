@@ -10,15 +10,41 @@ use std::time::Duration;
 /// killed region within two of them.
 const HEALTH_INTERVAL_MS: u64 = 2000;
 
+/// The default topology's geography, stretched: round trips of 50, 120 and
+/// 300 ms added to virginia, frankfurt and sydney (the agent on frankfurt).
+const TOPOLOGY: &str = r#"
+[[region]]
+name = "sydney"
+latency = "150ms"
+
+[[region]]
+name = "frankfurt"
+latency = "60ms"
+
+[[region]]
+name = "virginia"
+latency = "25ms"
+
+[agent]
+region = "frankfurt"
+"#;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_dashboard_in_a_browser() {
     let dir = tempdir();
     let state = dir.path().join("state");
+    // Distances wide enough that the page's figures keep their order on a
+    // loaded machine (the default topology's primary and virginia differ by
+    // a 10 ms round trip, which one slow sample can swap).
+    let topology = dir.path().join("topology.toml");
+    std::fs::write(&topology, TOPOLOGY).unwrap();
     let args = [
         "--data-dir".to_owned(),
         state.display().to_string(),
         "--proxy-health-interval".into(),
         format!("{HEALTH_INTERVAL_MS}ms"),
+        "--topology".into(),
+        topology.display().to_string(),
     ];
     let demo = Demo::start(dir.path(), 3, &args).await;
     let password = demo
