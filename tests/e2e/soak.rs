@@ -72,12 +72,18 @@ async fn a_minute_of_soak_through_every_fault_loses_nothing_and_leaks_nothing() 
         let why: Vec<&String> = r["failed"].as_object().unwrap().keys().collect();
         assert!(why.iter().all(|w| w.starts_with("a streamed response on a stopping replica")), "{r:#}");
     }
-    let coordinator =
-        report["faults"].as_array().unwrap().iter().find(|f| f["scenario"] == "kill-coordinator").unwrap();
-    assert!(
-        coordinator["failed"].as_object().unwrap().keys().all(|why| why.starts_with("the primary region")),
-        "{coordinator:#}"
-    );
+    // The coordinator's death fails the primary's own users, and, when its
+    // relay held the agent then (a tunnel cut can move it there), what was in
+    // flight to the agent through it from any region.
+    let kills = report["faults"].as_array().unwrap().iter().filter(|f| f["scenario"] == "kill-coordinator");
+    for kill in kills {
+        let held_agent = kill["agent_region"] == "primary";
+        let explained = |why: &String| {
+            why.starts_with("the primary region")
+                || (held_agent && why.starts_with("in flight through the killed relay that held the agent"))
+        };
+        assert!(kill["failed"].as_object().unwrap().keys().all(explained), "{kill:#}");
+    }
     // Each process of the demo was measured, and none held more descriptors once idle.
     let names: Vec<&str> =
         report["processes"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
