@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use meridian_agent::sample_app::pattern_byte;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
 
@@ -50,6 +50,9 @@ pub struct Record {
     pub since: Duration,
     pub done: Duration,
     pub outcome: Outcome,
+    /// Sent a second time, as a browser does, because a kept-alive connection
+    /// closed before any answer to the first: what the first attempt saw.
+    pub retried: Option<String>,
 }
 
 /// How much of each kind one region gets.
@@ -125,12 +128,13 @@ struct User {
 }
 
 impl User {
-    fn record(&self, kind: Kind, sent: Duration, outcome: Outcome) {
-        self.record_on(kind, sent, sent, outcome);
+    fn record(&self, kind: Kind, sent: Duration, outcome: Outcome, retried: Option<String>) {
+        self.record_on(kind, sent, sent, outcome, retried);
     }
 
-    fn record_on(&self, kind: Kind, since: Duration, sent: Duration, outcome: Outcome) {
-        let r = Record { region: self.target.region.clone(), kind, sent, since, done: self.epoch.elapsed(), outcome };
+    fn record_on(&self, kind: Kind, since: Duration, sent: Duration, outcome: Outcome, retried: Option<String>) {
+        let done = self.epoch.elapsed();
+        let r = Record { region: self.target.region.clone(), kind, sent, since, done, outcome, retried };
         self.records.lock().unwrap_or_else(|e| e.into_inner()).push(r);
     }
 
@@ -155,18 +159,24 @@ impl User {
         while inflight.join_next().await.is_some() {}
     }
 
-    /// `exchange` bounded by the timeout, recorded.
-    async fn timed(&self, kind: Kind, exchange: impl std::future::Future<Output = Outcome>) {
+    /// `exchange` bounded by the timeout, recorded with its resend, if any.
+    async fn timed(
+        &self,
+        kind: Kind,
+        retried: &OnceLock<String>,
+        exchange: impl std::future::Future<Output = Outcome>,
+    ) {
         let sent = self.epoch.elapsed();
         let outcome = tokio::time::timeout(self.mix.timeout, exchange).await.unwrap_or(Outcome::Hung);
-        self.record(kind, sent, outcome);
+        self.record(kind, sent, outcome, retried.get().cloned());
     }
 
     async fn get(self, n: u64) {
         let path = format!("soak/{}/get/{n}", self.target.region);
         let url = format!("{}{path}", self.target.url);
-        self.timed(Kind::Get, async {
-            let resp = match self.browser.get(&url).send().await {
+        let retried = OnceLock::new();
+        self.timed(Kind::Get, &retried, async {
+            let resp = match send_get(|| self.browser.get(&url), &retried).await {
                 Ok(r) => r,
                 Err(e) => return Outcome::Failed(transport(&e)),
             };
@@ -186,10 +196,11 @@ impl User {
 
     async fn download(self, n: u64) {
         let url = format!("{}soak/{}/download/{n}", self.target.url, self.target.region);
-        self.timed(Kind::Download, async {
+        let retried = OnceLock::new();
+        self.timed(Kind::Download, &retried, async {
             let req =
-                self.browser.get(&url).header("x-sample-body-bytes", DOWNLOAD_BYTES).header("x-sample-body-seed", n);
-            let mut resp = match req.send().await {
+                || self.browser.get(&url).header("x-sample-body-bytes", DOWNLOAD_BYTES).header("x-sample-body-seed", n);
+            let mut resp = match send_get(req, &retried).await {
                 Ok(r) => r,
                 Err(e) => return Outcome::Failed(transport(&e)),
             };
@@ -221,7 +232,9 @@ impl User {
         let url = format!("{}upload", self.target.url);
         let body: Vec<u8> = (0..UPLOAD_BYTES as u64).map(|i| pattern_byte(n ^ 0x5eed, i)).collect();
         let sha: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
-        self.timed(Kind::Upload, async {
+        // A POST is not resent: `retried` stays empty.
+        let retried = OnceLock::new();
+        self.timed(Kind::Upload, &retried, async {
             let req = self.browser.post(&url).header("x-sample-sha256", &sha).body(body);
             let resp = match req.send().await {
                 Ok(r) => r,
@@ -253,18 +266,19 @@ impl User {
         let url = format!("{}stream?count={count}&every_ms={}", self.target.url, STREAM_EVERY.as_millis());
         while !*stop.borrow() {
             let sent = self.epoch.elapsed();
-            let outcome = self.stream(&url, count).await;
+            let retried = OnceLock::new();
+            let outcome = self.stream(&url, count, &retried).await;
             let failed = outcome != Outcome::Ok;
-            self.record(Kind::Stream, sent, outcome);
+            self.record(Kind::Stream, sent, outcome, retried.into_inner());
             if failed {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
 
-    async fn stream(&self, url: &str, count: u64) -> Outcome {
+    async fn stream(&self, url: &str, count: u64, retried: &OnceLock<String>) -> Outcome {
         let timeout = self.mix.timeout;
-        let mut resp = match tokio::time::timeout(timeout, self.browser.get(url).send()).await {
+        let mut resp = match tokio::time::timeout(timeout, send_get(|| self.browser.get(url), retried)).await {
             Err(_) => return Outcome::Hung,
             Ok(Err(e)) => return Outcome::Failed(transport(&e)),
             Ok(Ok(r)) => r,
@@ -297,8 +311,8 @@ impl User {
         while !*stop.borrow() {
             let opened = self.epoch.elapsed();
             match tokio::time::timeout(self.mix.timeout, self.connect_ws()).await {
-                Err(_) => self.record(Kind::WebSocket, opened, Outcome::Hung),
-                Ok(Err(cause)) => self.record(Kind::WebSocket, opened, Outcome::Failed(cause)),
+                Err(_) => self.record(Kind::WebSocket, opened, Outcome::Hung, None),
+                Ok(Err(cause)) => self.record(Kind::WebSocket, opened, Outcome::Failed(cause), None),
                 Ok(Ok(mut ws)) => {
                     let until = Instant::now() + self.mix.session;
                     while Instant::now() < until && !*stop.borrow() {
@@ -308,7 +322,7 @@ impl User {
                         let outcome =
                             tokio::time::timeout(self.mix.timeout, echo(&mut ws, &text)).await.unwrap_or(Outcome::Hung);
                         let broken = outcome != Outcome::Ok;
-                        self.record_on(Kind::WebSocket, opened, sent, outcome);
+                        self.record_on(Kind::WebSocket, opened, sent, outcome, None);
                         if broken {
                             break;
                         }
@@ -367,6 +381,60 @@ async fn echo(ws: &mut Ws, text: &str) -> Outcome {
     }
 }
 
+/// Sends a GET; sends it once more, as browsers do, when the connection it
+/// went over closed before any answer (RFC 9110 §9.2.2 lets a client resend
+/// an idempotent request then: a server may close a kept-alive connection,
+/// idle or at shutdown, just as the request goes out on it). What the first
+/// attempt saw goes into `retried`.
+async fn send_get(
+    request: impl Fn() -> reqwest::RequestBuilder,
+    retried: &OnceLock<String>,
+) -> reqwest::Result<reqwest::Response> {
+    match request().send().await {
+        Err(e) if closed_before_answer(&e) => {
+            let _ = retried.set(chain(&e));
+            request().send().await
+        }
+        sent => sent,
+    }
+}
+
+/// Whether a request failed because its connection closed (or was reset)
+/// before any answer came, rather than not connecting or timing out.
+fn closed_before_answer(e: &reqwest::Error) -> bool {
+    if e.is_connect() || e.is_timeout() || e.is_status() {
+        return false;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h) = s.downcast_ref::<hyper::Error>() {
+            if h.is_incomplete_message() || h.is_canceled() {
+                return true;
+            }
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) {
+                return true;
+            }
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// An error with each of its causes, for the report.
+fn chain(e: &reqwest::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
+}
+
 /// The cause of a status other than 200: the status and the first line of its page.
 fn status_cause(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
@@ -375,5 +443,63 @@ fn status_cause(status: u16, body: &[u8]) -> String {
         format!("HTTP {status}")
     } else {
         format!("HTTP {status}: {why}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server that reads each connection's request and then, for the first
+    /// `close_first` connections, closes without a word; later ones get a 200.
+    async fn server(close_first: usize) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let Ok((mut tcp, _)) = listener.accept().await else { return };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                    }
+                }
+                if n >= close_first {
+                    let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
+                }
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_get_whose_connection_closed_before_any_answer_is_sent_once_more_and_noted() {
+        let addr = server(1).await;
+        let client = reqwest::Client::new();
+        let retried = OnceLock::new();
+        let resp = send_get(|| client.get(format!("http://{addr}/")), &retried).await.unwrap();
+        assert_eq!(resp.text().await.unwrap(), "ok");
+        let first = retried.get().expect("the resend is noted");
+        assert!(first.contains("closed"), "{first}");
+    }
+
+    #[tokio::test]
+    async fn a_get_is_sent_twice_at_most_and_other_failures_not_again() {
+        let addr = server(2).await;
+        let client = reqwest::Client::new();
+        let retried = OnceLock::new();
+        let err = send_get(|| client.get(format!("http://{addr}/")), &retried).await.unwrap_err();
+        assert!(closed_before_answer(&err), "{err}");
+        assert!(retried.get().is_some());
+
+        // Nothing listens: a connect error is the client's answer at once.
+        let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+        let retried = OnceLock::new();
+        let err = send_get(|| client.get(format!("http://{gone}/")), &retried).await.unwrap_err();
+        assert!(err.is_connect(), "{err}");
+        assert!(retried.get().is_none());
     }
 }

@@ -87,11 +87,15 @@ pub struct Counts {
     /// An answer for another request, or a body that is not what was sent or asked for.
     pub lost_or_corrupt: u64,
     pub hung: u64,
+    /// Sent twice because a kept-alive connection closed before any answer
+    /// (counted once above, by how the second attempt ended).
+    pub retried: u64,
 }
 
 impl Counts {
-    fn add(&mut self, class: &Class) {
+    fn add(&mut self, class: &Class, retried: bool) {
         self.requests += 1;
+        self.retried += u64::from(retried);
         match class {
             Class::Ok => self.ok += 1,
             Class::Expected(..) => self.failed += 1,
@@ -193,6 +197,8 @@ pub struct SoakReport {
     pub leaked_fds: Vec<String>,
     /// Up to 20 of each, with their region and time.
     pub unexplained: Vec<String>,
+    /// What the first attempt of a resent request saw.
+    pub retried: Vec<String>,
     pub lost_or_corrupt: Vec<String>,
     pub hung: Vec<String>,
     pub processes: Vec<ProcessReport>,
@@ -222,17 +228,21 @@ pub fn summarize(
     let mut by_kind: BTreeMap<Kind, Counts> = BTreeMap::new();
     let mut by_minute: Vec<Counts> = Vec::new();
     let mut per_fault: Vec<BTreeMap<String, u64>> = vec![BTreeMap::new(); faults.len()];
-    let (mut unexplained, mut corrupt, mut hung) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut unexplained, mut corrupt, mut hung, mut retried) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in &records {
         let class = classify(r, &faults);
-        totals.add(&class);
-        by_kind.entry(r.kind).or_default().add(&class);
+        let resent = r.retried.is_some();
+        totals.add(&class, resent);
+        by_kind.entry(r.kind).or_default().add(&class, resent);
         let minute = (r.sent.as_secs() / 60) as usize;
         if by_minute.len() <= minute {
             by_minute.resize(minute + 1, Counts::default());
         }
-        by_minute[minute].add(&class);
+        by_minute[minute].add(&class, resent);
         let at = |what: &str| format!("{:.1} s {} {:?}: {what}", r.sent.as_secs_f64(), r.region, r.kind);
+        if let Some(first) = r.retried.as_deref().filter(|_| retried.len() < 20) {
+            retried.push(at(first));
+        }
         match &class {
             Class::Expected(i, why, cause) => *per_fault[*i].entry(format!("{why} ({cause})")).or_default() += 1,
             Class::Unexplained(cause) if unexplained.len() < 20 => unexplained.push(at(cause)),
@@ -273,6 +283,7 @@ pub fn summarize(
         by_minute,
         faults,
         unexplained,
+        retried,
         lost_or_corrupt: corrupt,
         hung,
         idle_after_s: idle_after.as_secs_f64(),
@@ -350,7 +361,7 @@ impl SoakReport {
     /// The report for a person.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "soak: {:.0} s (warm-up {:.0} s), {} faults\n  requests {}   ok {}   failed {} (each where the design says)   unexplained {}   lost or corrupt {}   hung {}\n\n",
+            "soak: {:.0} s (warm-up {:.0} s), {} faults\n  requests {}   ok {}   failed {} (each where the design says)   unexplained {}   lost or corrupt {}   hung {}   resent {}\n\n",
             self.duration_s,
             self.warm_up_s,
             self.faults.len(),
@@ -360,6 +371,7 @@ impl SoakReport {
             self.totals.unexplained,
             self.totals.lost_or_corrupt,
             self.totals.hung,
+            self.totals.retried,
         );
         let counts_row = |name: String, c: &Counts| {
             [
@@ -370,9 +382,10 @@ impl SoakReport {
                 c.unexplained.to_string(),
                 c.lost_or_corrupt.to_string(),
                 c.hung.to_string(),
+                c.retried.to_string(),
             ]
         };
-        let head = ["", "REQUESTS", "OK", "FAILED", "UNEXPLAINED", "LOST/CORRUPT", "HUNG"].map(String::from);
+        let head = ["", "REQUESTS", "OK", "FAILED", "UNEXPLAINED", "LOST/CORRUPT", "HUNG", "RESENT"].map(String::from);
         let mut rows = vec![{
             let mut h = head.clone();
             h[0] = "KIND".into();
@@ -459,6 +472,7 @@ impl SoakReport {
         for (title, list) in [
             ("descriptors left open", &self.leaked_fds),
             ("unexplained failures", &self.unexplained),
+            ("resent after the connection closed before any answer", &self.retried),
             ("lost or corrupt", &self.lost_or_corrupt),
             ("hung", &self.hung),
         ] {
@@ -494,7 +508,7 @@ mod tests {
     }
 
     fn record(region: &str, kind: Kind, sent: f64, done: f64, outcome: Outcome) -> Record {
-        Record { region: region.into(), kind, sent: s(sent), since: s(sent), done: s(done), outcome }
+        Record { region: region.into(), kind, sent: s(sent), since: s(sent), done: s(done), outcome, retried: None }
     }
 
     /// A fault injected at 10 s, healed at 12 s, recovered at 13 s; the agent on frankfurt.
