@@ -112,6 +112,7 @@ fn run_proxy(args: meridian_proxy::config::Args) -> ExitCode {
 }
 
 fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
+    small_footprint();
     let config = match args.resolve() {
         Ok(c) => c,
         Err(e) => return config_error(e),
@@ -130,7 +131,23 @@ fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
     }
 }
 
+/// The agent (and the sample app standing in for a workspace's app) live
+/// inside the user's workspace, where their memory is the user's: they run
+/// without transparent huge pages. mimalloc asks for them (`MADV_HUGEPAGE`),
+/// and one byte touched then makes 2 MiB resident that is not given back
+/// until all of it is free: the agent held 9.5 MiB of anonymous memory idle
+/// and 15.7 MiB for good after one burst of 200 connections; without them,
+/// 2.0 and 3.6 MiB. Its bytes move in the kernel (splice), where huge pages
+/// of its own do not help. Set before anything much is allocated.
+fn small_footprint() {
+    #[cfg(target_os = "linux")]
+    if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
+        eprintln!("meridian: cannot turn transparent huge pages off ({e}); running with them");
+    }
+}
+
 fn run_sample_app(listen: std::net::SocketAddr, tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> ExitCode {
+    small_footprint();
     let runtime = match runtime() {
         Ok(r) => r,
         Err(code) => return code,

@@ -413,6 +413,21 @@ async fn suite(deployment: Deployment) {
     agent_outage(&mut w).await;
 }
 
+/// The agent and the sample app run without transparent huge pages (each
+/// would hold memory 2 MiB at a time: `small_footprint` in `src/main.rs`);
+/// the coordinator keeps them.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_agent_runs_without_transparent_huge_pages() {
+    let w = world(Deployment::Region).await;
+    let thp = |pid: nix::unistd::Pid| {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("THP_enabled:").map(|v| v.trim().to_owned())).unwrap()
+    };
+    assert_eq!(thp(w.agent.proc.pid()), "0", "the agent");
+    assert_eq!(thp(w.app.proc.pid()), "0", "the sample app");
+    assert_eq!(thp(w.coord.proc.pid()), "1", "the coordinator");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn apps_through_a_region() {
     suite(Deployment::Region).await;
