@@ -135,9 +135,9 @@ fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
 /// inside the user's workspace, where their memory is the user's: they run
 /// without transparent huge pages. mimalloc asks for them (`MADV_HUGEPAGE`),
 /// and one byte touched then makes 2 MiB resident that is not given back
-/// until all of it is free: the agent held 9.5 MiB of anonymous memory idle
-/// and 15.7 MiB for good after one burst of 200 connections; without them,
-/// 2.0 and 3.6 MiB. Its bytes move in the kernel (splice), where huge pages
+/// until all of it is free: the agent held 9.3 MiB of anonymous memory idle
+/// and 15.3 MiB for good after one burst of 200 connections; without them,
+/// 2.0 and 3.5 MiB. Its bytes move in the kernel (splice), where huge pages
 /// of its own do not help. Set before anything much is allocated.
 fn small_footprint() {
     #[cfg(target_os = "linux")]
