@@ -84,7 +84,9 @@ pub async fn check(http: &reqwest::Client, replica: &ReplicaCheck, timeout: Dura
     let url = format!("{}/healthz-report", replica.access_url.trim_end_matches('/'));
     let resp = match http.get(&url).timeout(timeout).send().await {
         Ok(r) => r,
-        Err(e) => return (Status::Unreachable, Some(format!("GET {url}: {}", error_chain(&e)))),
+        Err(e) => {
+            return (Status::Unreachable, Some(format!("GET {url}: {}", meridian_regions::client::error_chain(&e))))
+        }
     };
     let code = resp.status();
     if !code.is_success() {
@@ -95,16 +97,4 @@ pub async fn check(http: &reqwest::Client, replica: &ReplicaCheck, timeout: Dura
         Ok(report) => (Status::Unhealthy, Some(report.errors.join("; "))),
         Err(e) => (Status::Unhealthy, Some(format!("unreadable health report: {e}"))),
     }
-}
-
-/// The error and its causes in one line (reqwest's Display omits the causes).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        cur = s.source();
-    }
-    out
 }

@@ -260,3 +260,15 @@ impl Client {
         serde_json::from_slice(bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 }
+
+/// The error and its causes in one line (reqwest's Display omits the causes).
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}

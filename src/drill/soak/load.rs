@@ -392,7 +392,7 @@ async fn send_get(
 ) -> reqwest::Result<reqwest::Response> {
     match request().send().await {
         Err(e) if closed_before_answer(&e) => {
-            let _ = retried.set(chain(&e));
+            let _ = retried.set(meridian_regions::client::error_chain(&e));
             request().send().await
         }
         sent => sent,
@@ -402,37 +402,15 @@ async fn send_get(
 /// Whether a request failed because its connection closed (or was reset)
 /// before any answer came, rather than not connecting or timing out.
 fn closed_before_answer(e: &reqwest::Error) -> bool {
-    if e.is_connect() || e.is_timeout() || e.is_status() {
+    if e.is_connect() || e.is_timeout() {
         return false;
     }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if let Some(h) = s.downcast_ref::<hyper::Error>() {
-            if h.is_incomplete_message() || h.is_canceled() {
-                return true;
-            }
-        }
-        if let Some(io) = s.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof) {
-                return true;
-            }
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// An error with each of its causes, for the report.
-fn chain(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    std::iter::successors(std::error::Error::source(e), |s| s.source()).any(|s| {
+        use std::io::ErrorKind::*;
+        s.downcast_ref::<hyper::Error>().is_some_and(|h| h.is_incomplete_message() || h.is_canceled())
+            || s.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| matches!(io.kind(), ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof))
+    })
 }
 
 /// The cause of a status other than 200: the status and the first line of its page.
