@@ -48,10 +48,54 @@ pub struct Serving {
     pub relay_url: std::sync::Arc<str>,
     /// Every relay the coordinator gave this agent: the only ones a mesh hop
     /// may ask it to dial instead.
-    pub relays: std::sync::Arc<[String]>,
+    pub relays: Relays,
     pub tls: TlsClient,
     /// How long a pipe may carry nothing (`--pipe-idle-timeout`).
     pub pipe_idle: std::time::Duration,
+}
+
+/// The relays the coordinator gave this agent, kept current by the attach
+/// loop. A relay that restarted listens on a new address: asked to dial one
+/// it does not know, the agent refuses (the relay falls back to a stream) and
+/// asks the loop to fetch the list again, so the next asks find it.
+#[derive(Clone)]
+pub struct Relays {
+    list: tokio::sync::watch::Receiver<std::sync::Arc<[String]>>,
+    stale: std::sync::Arc<tokio::sync::Notify>,
+}
+
+/// The attach loop's end of [`Relays`]: replaces the list, hears when it is stale.
+pub struct RelaysUpdater {
+    list: tokio::sync::watch::Sender<std::sync::Arc<[String]>>,
+    stale: std::sync::Arc<tokio::sync::Notify>,
+}
+
+impl Relays {
+    pub fn new(urls: impl IntoIterator<Item = String>) -> (Self, RelaysUpdater) {
+        let (tx, list) = tokio::sync::watch::channel(urls.into_iter().collect());
+        let stale = std::sync::Arc::new(tokio::sync::Notify::new());
+        (Self { list, stale: stale.clone() }, RelaysUpdater { list: tx, stale })
+    }
+
+    /// Whether `url` is one of the relays; when not, the list is marked stale.
+    fn admits(&self, url: &str) -> bool {
+        let known = self.list.borrow().iter().any(|r| r == url);
+        if !known {
+            self.stale.notify_one();
+        }
+        known
+    }
+}
+
+impl RelaysUpdater {
+    pub fn replace(&self, urls: impl IntoIterator<Item = String>) {
+        self.list.send_replace(urls.into_iter().collect());
+    }
+
+    /// Resolves once a mesh hop asked for a relay the list does not hold.
+    pub async fn stale(&self) {
+        self.stale.notified().await;
+    }
 }
 
 /// Serves the relay's streams until the tunnel closes, or, once `leave` is
@@ -151,9 +195,9 @@ async fn data_connection(
     };
     let dial_to = match header(data::DIAL_HEADER) {
         None => &*serving.relay_url,
-        Some(url) if serving.relays.iter().any(|r| r == url) => url,
+        Some(url) if serving.relays.admits(url) => url,
         Some(url) => {
-            tracing::warn!(relay = %url, "refused to dial a relay this agent was not given");
+            tracing::warn!(relay = %url, "refused to dial a relay this agent was not given; asking for the list again");
             return status(StatusCode::from_u16(data::CANNOT_DIAL_BACK).unwrap_or(StatusCode::BAD_GATEWAY));
         }
     };

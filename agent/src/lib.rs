@@ -44,8 +44,15 @@ pub enum Fatal {
 const INFO_TIMEOUT: Duration = Duration::from_secs(2);
 /// How often the attached agent renews its connection info (and attach token).
 const INFO_REFRESH: Duration = Duration::from_secs(600);
+/// Shortest time between two fetches of the relay list for a mesh hop that
+/// named a relay the agent did not know (see [`attach::Relays`]).
+const RELAYS_REFETCH: Duration = Duration::from_secs(5);
 /// While away from the preferred region, how often to ask whether it is back.
 const FAILBACK_CHECK: Duration = Duration::from_secs(2);
+
+fn relay_urls(info: &AgentConnectionInfo) -> impl Iterator<Item = String> + '_ {
+    info.relays.iter().map(|r| r.url.clone())
+}
 
 /// Attaches and re-attaches until `shutdown` resolves or the token is refused.
 pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>) -> Result<(), Fatal> {
@@ -91,10 +98,11 @@ impl Attacher {
             };
             self.backoff = FIRST_BACKOFF;
             let (leave, asked) = (CancellationToken::new(), CancellationToken::new());
+            let (relays, updater) = attach::Relays::new(relay_urls(&info));
             let serving = attach::Serving {
                 policy,
                 relay_url: relay.url.as_str().into(),
-                relays: info.relays.iter().map(|r| r.url.clone()).collect(),
+                relays,
                 tls: self.tls.clone(),
                 pipe_idle: self.config.pipe_idle_timeout,
             };
@@ -106,11 +114,23 @@ impl Attacher {
             let preferred = info.preferred_region.clone();
             let away = preferred.as_ref().is_some_and(|p| *p != relay.region);
             let mut refresh = tokio::time::interval_at(tokio::time::Instant::now() + INFO_REFRESH, INFO_REFRESH);
+            let mut relays_fetched = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = refresh.tick() => {
                         // Keeps the attach token fresh for an outage to come.
-                        let _ = self.info().await;
+                        if let Ok(Some(info)) = self.info().await {
+                            updater.replace(relay_urls(&info));
+                        }
+                    }
+                    () = async {
+                        updater.stale().await;
+                        tokio::time::sleep_until(relays_fetched + RELAYS_REFETCH).await;
+                    } => {
+                        relays_fetched = tokio::time::Instant::now();
+                        if let Ok(Some(info)) = self.info().await {
+                            updater.replace(relay_urls(&info));
+                        }
                     }
                     _ = &mut tunnel => {
                         tracing::warn!(region = %relay.region, "tunnel closed; re-attaching");

@@ -33,7 +33,7 @@ async fn tunnel() -> Tunnel {
     let serving = Serving {
         policy: Policy::new(&[]),
         relay_url: "http://127.0.0.1:1".into(),
-        relays: std::sync::Arc::from(Vec::<String>::new()),
+        relays: meridian_agent::attach::Relays::new([]).0,
         tls: TlsClient::new(None).unwrap(),
         pipe_idle: meridian_regions::pipe::DEFAULT_IDLE,
     };

@@ -371,9 +371,55 @@ fn excusing_in_flight(mut stats: Vec<(String, TrafficStats)>, at: u128) -> Vec<(
 
 /// How many times `proxy` searched its peers for a moved agent.
 async fn searches(proxy: &Proxy) -> u64 {
+    counter(proxy, "meridian_relay_agent_searches_total").await
+}
+
+/// A counter from `proxy`'s `/metrics`.
+async fn counter(proxy: &Proxy, name: &str) -> u64 {
     let text = reqwest::get(format!("{}/metrics", proxy.url)).await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with("meridian_relay_agent_searches_total ")).unwrap();
+    let line = text.lines().find(|l| l.strip_prefix(name).is_some_and(|v| v.starts_with(' '))).unwrap();
     line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A region's relay that restarted listens on a new address (`--relay-listen`
+/// is ephemeral by default), one the agent attached elsewhere was not given
+/// when it attached. Asked to dial it back for a mesh hop, the agent refuses
+/// (the request goes over the link as a stream instead, and is served), then
+/// fetches the relay list again: the region's next app connections come on
+/// data connections the agent dials to its new address.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_dials_back_to_a_relay_that_restarted_on_a_new_address() {
+    let m = Mesh::start().await;
+    let mut sydney = m.region("sydney", &[]).await;
+    let _frankfurt = m.region("frankfurt", &[]).await;
+    let _agent = m.agent(&["--region", "frankfurt"]);
+    m.admin.wait_agent_on("dev", "frankfurt").await;
+    let (user, url) = m.user_of("sydney", &sydney).await;
+    // A new app connection per request: each asks the agent for a data connection.
+    let fresh = format!("{url}?close");
+    serves(&user, &fresh, 3, Duration::from_secs(5)).await;
+    let data = "meridian_relay_data_connections_total";
+    assert!(counter(&sydney, data).await >= 3, "the hop did not use data connections before the restart");
+
+    sydney.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut pace = tokio::time::interval(Duration::from_millis(50));
+    let mut served = 0;
+    while counter(&sydney, data).await == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "{served} requests through sydney's restarted relay, none on a data connection: the agent never \
+             learned its new address"
+        );
+        pace.tick().await;
+        let r = user.get(&fresh).send().await.unwrap();
+        assert_eq!(r.status(), 200, "a request through the restarted relay failed");
+        r.bytes().await.unwrap();
+        served += 1;
+    }
+    eprintln!("{served} requests through sydney before the agent dialed its new relay address");
+    serves(&user, &fresh, 3, Duration::from_secs(5)).await;
+    assert!(counter(&sydney, data).await >= 4);
 }
 
 /// The common case: an agent started without `--region` sits on the
