@@ -176,7 +176,7 @@ impl User {
         let url = format!("{}{path}", self.target.url);
         let retried = OnceLock::new();
         self.timed(Kind::Get, &retried, async {
-            let resp = match send_get(|| self.browser.get(&url), &retried).await {
+            let resp = match send_once_more(|| self.browser.get(&url), &retried).await {
                 Ok(r) => r,
                 Err(e) => return Outcome::Failed(transport(&e)),
             };
@@ -200,7 +200,7 @@ impl User {
         self.timed(Kind::Download, &retried, async {
             let req =
                 || self.browser.get(&url).header("x-sample-body-bytes", DOWNLOAD_BYTES).header("x-sample-body-seed", n);
-            let mut resp = match send_get(req, &retried).await {
+            let mut resp = match send_once_more(req, &retried).await {
                 Ok(r) => r,
                 Err(e) => return Outcome::Failed(transport(&e)),
             };
@@ -230,13 +230,12 @@ impl User {
 
     async fn upload(self, n: u64) {
         let url = format!("{}upload", self.target.url);
-        let body: Vec<u8> = (0..UPLOAD_BYTES as u64).map(|i| pattern_byte(n ^ 0x5eed, i)).collect();
+        let body: bytes::Bytes = (0..UPLOAD_BYTES as u64).map(|i| pattern_byte(n ^ 0x5eed, i)).collect();
         let sha: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
-        // A POST is not resent: `retried` stays empty.
         let retried = OnceLock::new();
         self.timed(Kind::Upload, &retried, async {
-            let req = self.browser.post(&url).header("x-sample-sha256", &sha).body(body);
-            let resp = match req.send().await {
+            let req = || self.browser.post(&url).header("x-sample-sha256", &sha).body(body.clone());
+            let resp = match send_once_more(req, &retried).await {
                 Ok(r) => r,
                 Err(e) => return Outcome::Failed(transport(&e)),
             };
@@ -278,7 +277,7 @@ impl User {
 
     async fn stream(&self, url: &str, count: u64, retried: &OnceLock<String>) -> Outcome {
         let timeout = self.mix.timeout;
-        let mut resp = match tokio::time::timeout(timeout, send_get(|| self.browser.get(url), retried)).await {
+        let mut resp = match tokio::time::timeout(timeout, send_once_more(|| self.browser.get(url), retried)).await {
             Err(_) => return Outcome::Hung,
             Ok(Err(e)) => return Outcome::Failed(transport(&e)),
             Ok(Ok(r)) => r,
@@ -381,12 +380,14 @@ async fn echo(ws: &mut Ws, text: &str) -> Outcome {
     }
 }
 
-/// Sends a GET; sends it once more, as browsers do, when the connection it
-/// went over closed before any answer (RFC 9110 §9.2.2 lets a client resend
-/// an idempotent request then: a server may close a kept-alive connection,
-/// idle or at shutdown, just as the request goes out on it). What the first
-/// attempt saw goes into `retried`.
-async fn send_get(
+/// Sends a request; sends it once more, as browsers do, when the connection
+/// it went over closed before any answer: a server may close a kept-alive
+/// connection, idle or at shutdown, just as a request goes out on it. RFC
+/// 9110 §9.2.2 lets a client resend an idempotent request then; Chromium,
+/// Firefox and curl resend any request, uploads too, that got no response
+/// headers on a reused connection. What the first attempt saw goes into
+/// `retried`.
+async fn send_once_more(
     request: impl Fn() -> reqwest::RequestBuilder,
     retried: &OnceLock<String>,
 ) -> reqwest::Result<reqwest::Response> {
@@ -454,14 +455,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_get_whose_connection_closed_before_any_answer_is_sent_once_more_and_noted() {
-        let addr = server(1).await;
+    async fn a_request_whose_connection_closed_before_any_answer_is_sent_once_more_and_noted() {
         let client = reqwest::Client::new();
-        let retried = OnceLock::new();
-        let resp = send_get(|| client.get(format!("http://{addr}/")), &retried).await.unwrap();
-        assert_eq!(resp.text().await.unwrap(), "ok");
-        let first = retried.get().expect("the resend is noted");
-        assert!(first.contains("closed"), "{first}");
+        let get = |addr| client.get(format!("http://{addr}/"));
+        let upload = |addr| client.post(format!("http://{addr}/upload")).body(vec![7u8; 64 << 10]);
+        for (kind, request) in [("GET", &get as &dyn Fn(_) -> _), ("upload", &upload)] {
+            let addr = server(1).await;
+            let retried = OnceLock::new();
+            let resp = send_once_more(|| request(addr), &retried).await.unwrap();
+            assert_eq!(resp.text().await.unwrap(), "ok", "{kind}");
+            let first = retried.get().unwrap_or_else(|| panic!("{kind}: the resend is not noted"));
+            assert!(first.contains("closed") || first.contains("reset"), "{kind}: {first}");
+        }
     }
 
     #[tokio::test]
@@ -469,14 +474,14 @@ mod tests {
         let addr = server(2).await;
         let client = reqwest::Client::new();
         let retried = OnceLock::new();
-        let err = send_get(|| client.get(format!("http://{addr}/")), &retried).await.unwrap_err();
+        let err = send_once_more(|| client.get(format!("http://{addr}/")), &retried).await.unwrap_err();
         assert!(closed_before_answer(&err), "{err}");
         assert!(retried.get().is_some());
 
         // Nothing listens: a connect error is the client's answer at once.
         let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
         let retried = OnceLock::new();
-        let err = send_get(|| client.get(format!("http://{gone}/")), &retried).await.unwrap_err();
+        let err = send_once_more(|| client.get(format!("http://{gone}/")), &retried).await.unwrap_err();
         assert!(err.is_connect(), "{err}");
         assert!(retried.get().is_none());
     }
