@@ -31,6 +31,9 @@ use wrk::Figures;
 pub struct Options {
     /// One short round per row: proves the harness works, measures nothing.
     pub quick: bool,
+    /// Only the workloads whose name contains this (e.g. `small GET`); the
+    /// idle-connection memory rows are measured either way.
+    pub only: Option<String>,
     /// The `meridian` binary to benchmark (a release build for real figures).
     pub meridian: PathBuf,
     /// A binary serving bare pingora (`meridian-bench` itself, see [`bare`]):
@@ -110,8 +113,9 @@ pub async fn run(opts: &Options) -> Result<Report> {
             vec![stack.direct.clone(), stack.meridian.clone(), stack.meridian_hop.clone()],
         ),
     ];
+    let wanted = |name: &str| opts.only.as_deref().is_none_or(|only| name.contains(only));
     let mut rows = Vec::new();
-    for (workload, connections, targets) in &workloads {
+    for (workload, connections, targets) in workloads.iter().filter(|w| wanted(w.0)) {
         let mut runs = vec![Vec::new(); targets.len()];
         for _ in 0..rounds {
             for (i, t) in targets.iter().enumerate() {
@@ -123,7 +127,8 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
         rows.extend(targets.iter().zip(runs).map(|(t, runs)| row(workload, t, &runs)));
     }
-    let ws_targets = plain;
+    let ws_name = "WebSocket echo round trips, 1 connection";
+    let ws_targets = if wanted(ws_name) { plain } else { Vec::new() };
     let mut runs = vec![Vec::new(); ws_targets.len()];
     for _ in 0..rounds {
         for (i, t) in ws_targets.iter().enumerate() {
@@ -131,13 +136,19 @@ pub async fn run(opts: &Options) -> Result<Report> {
             runs[i].push(measured(&t, ws::echo(&t, duration)).await?);
         }
     }
-    let ws_name = "WebSocket echo round trips, 1 connection";
     rows.extend(ws_targets.iter().zip(runs).map(|(t, runs)| row(ws_name, t, &runs)));
     let memory = memory::idle_connections(stack.sydney_pid, stack.sydney_port, idle).await?;
     let bare_memory = match &floors {
         Some(f) => Some(memory::idle_connections(f.bare_pid, f.bare_port, idle).await?),
         None => None,
     };
+    // Every process on a row's path does work for each request: one that used
+    // no CPU time did not serve the row (something else answered on its port).
+    for r in rows.iter().filter(|r| r.figures.requests > 0) {
+        if let Some((role, _)) = r.cpu_us_per_request.iter().find(|(_, us)| *us == 0.0) {
+            bail!("{} through {}: the {role} used no CPU time, so it did not serve them", r.workload, r.target);
+        }
+    }
     let failed: u64 = rows.iter().map(|r| r.figures.errors).sum();
     let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory };
     if failed > 0 {

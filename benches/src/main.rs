@@ -16,6 +16,9 @@ struct Args {
     /// Print the report as JSON instead of Markdown.
     #[arg(long)]
     json: bool,
+    /// Only the load workloads whose name contains this text (e.g. "small GET").
+    #[arg(long, value_name = "TEXT")]
+    only: Option<String>,
     /// Instead of the load benchmark: the control plane with 100 regions of
     /// 10 replicas heartbeating and 10,000 agents attached.
     #[arg(long)]
@@ -70,7 +73,12 @@ fn main() -> std::process::ExitCode {
             .and_then(|p| Some(p.parent()?.join("meridian")))
             .unwrap_or_else(|| "meridian".into())
     });
-    let opts = meridian_bench::Options { quick: args.quick, meridian, bare_pingora: std::env::current_exe().ok() };
+    let opts = meridian_bench::Options {
+        quick: args.quick,
+        only: args.only,
+        meridian,
+        bare_pingora: std::env::current_exe().ok(),
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -69,8 +69,22 @@ pub struct Stack {
     _procs: Vec<Proc>,
 }
 
+/// A port nothing listens on, and one this harness has not handed out
+/// before: the kernel may offer a port again once its listener is closed.
+/// Given one port, the second process cannot listen and exits, and the first
+/// answers the second's target: a row measured through the wrong path (a
+/// run's pingora+hop row was bare pingora's, its pingora and hop at 0 µs).
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        if !given.contains(&port) {
+            given.push(port);
+            return Ok(port);
+        }
+    }
+    anyhow::bail!("no port the harness has not used already")
 }
 
 pub(crate) fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str, env: &[(&str, &str)]) -> Result<Proc> {

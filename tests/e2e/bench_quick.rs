@@ -7,7 +7,7 @@ use crate::support::BIN;
 #[tokio::test(flavor = "multi_thread")]
 async fn the_benchmark_harness_runs_every_workload() {
     // The bare-pingora row needs the meridian-bench binary, which the test suite does not build.
-    let opts = meridian_bench::Options { quick: true, meridian: BIN.into(), bare_pingora: None };
+    let opts = meridian_bench::Options { quick: true, only: None, meridian: BIN.into(), bare_pingora: None };
     let report = meridian_bench::run(&opts).await.expect("the quick benchmark runs");
     let count = |target: &str| report.rows.iter().filter(|r| r.target == target).count();
     assert_eq!((count("direct"), count("nginx"), count("meridian")), (5, 4, 4), "{:?}", report.rows);
