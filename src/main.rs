@@ -71,6 +71,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    small_footprint();
     init_tracing();
     match Cli::parse().command {
         Command::Coordinator(args) => run_coordinator(*args),
@@ -112,7 +113,6 @@ fn run_proxy(args: meridian_proxy::config::Args) -> ExitCode {
 }
 
 fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
-    small_footprint();
     let config = match args.resolve() {
         Ok(c) => c,
         Err(e) => return config_error(e),
@@ -131,14 +131,15 @@ fn run_agent(args: meridian_agent::config::Args) -> ExitCode {
     }
 }
 
-/// The agent (and the sample app standing in for a workspace's app) live
-/// inside the user's workspace, where their memory is the user's: they run
-/// without transparent huge pages. mimalloc asks for them (`MADV_HUGEPAGE`),
-/// and one byte touched then makes 2 MiB resident that is not given back
-/// until all of it is free: the agent held 9.3 MiB of anonymous memory idle
-/// and 15.3 MiB for good after one burst of 200 connections; without them,
-/// 2.0 and 3.5 MiB. Its bytes move in the kernel (splice), where huge pages
-/// of its own do not help. Set before anything much is allocated.
+/// Every Meridian process runs without transparent huge pages. mimalloc asks
+/// for them (`MADV_HUGEPAGE`), and one byte touched then makes 2 MiB resident
+/// that is not given back until all of it is free: the agent held 9.3 MiB of
+/// anonymous memory idle and 15.3 MiB for good after one burst of 200
+/// connections (without: 2.0 and 3.5 MiB); a proxy's RSS was about twice what
+/// it held (40–60 MiB against 23–28 in a soak) and swung by up to 20 MiB from
+/// one reading to the next. They bought no CPU time: small GETs through the
+/// proxy cost 122 µs with them and 118 µs without, in two load benchmarks run
+/// one after the other (BENCHMARKS.md). Set before anything much is allocated.
 fn small_footprint() {
     #[cfg(target_os = "linux")]
     if let Err(e) = nix::sys::prctl::set_thp_disable(true) {
@@ -147,7 +148,6 @@ fn small_footprint() {
 }
 
 fn run_sample_app(listen: std::net::SocketAddr, tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> ExitCode {
-    small_footprint();
     let runtime = match runtime() {
         Ok(r) => r,
         Err(code) => return code,

@@ -74,70 +74,88 @@ pub async fn run(
     tokio::time::sleep(plan.warm_up()).await;
     let mut samples = vec![(epoch.elapsed(), processes(setup).await)];
     let mut faults: Vec<FaultRun> = Vec::new();
-    for scenario in SCHEDULE.iter().cycle() {
-        // Only a fault that can be over before the end: as long as it took
-        // the last time, or its hold and a few seconds the first time.
-        let took = faults.iter().rev().find(|f| f.scenario == *scenario).and_then(|f| Some(f.recovered? - f.injected));
-        if Instant::now() + took.unwrap_or(plan.hold + Duration::from_secs(5)) > end {
-            break;
+    // Memory is read every few seconds besides after each fault: enough
+    // readings for medians that a moment's traffic does not sway.
+    let mut memory: Vec<(Duration, procs::Sample)> = Vec::new();
+    let sampler = async {
+        loop {
+            memory.push((epoch.elapsed(), processes(setup).await));
+            tokio::time::sleep(MEMORY_EVERY).await;
         }
-        let region = match scenario {
-            Scenario::RestartRegion => Some(restart.clone()),
-            Scenario::PartitionRegion => Some(partition.clone()),
-            _ => None,
-        };
-        let holder = agent_region(&setup.api).await;
-        let injected = epoch.elapsed();
-        // Streams last at most a session: one that started on a tunnel the
-        // agent has left since is still on it.
-        let since = injected.saturating_sub(plan.mix.session + Duration::from_secs(1));
-        let mut agent_regions: Vec<String> = {
-            let seen = holders.lock().unwrap_or_else(|e| e.into_inner());
-            let before = seen.iter().rev().find(|(at, _)| *at <= since).into_iter();
-            before.chain(seen.iter().filter(|(at, _)| *at > since)).filter_map(|(_, r)| r.clone()).collect()
-        };
-        agent_regions.extend(holder.clone());
-        agent_regions.sort();
-        agent_regions.dedup();
-        eprintln!("soak: {:>5.0} s  {scenario} {}", injected.as_secs_f64(), region.as_deref().unwrap_or(""));
-        setup.faults.act(Action::Inject, *scenario, region.as_deref()).await?;
-        let inject_done = epoch.elapsed();
-        tokio::time::sleep(plan.hold).await;
-        let heal_at = epoch.elapsed();
-        setup.faults.act(Action::Heal, *scenario, region.as_deref()).await?;
-        let healed = epoch.elapsed();
-        let watch = Watch::new(&setup.api, regions, *scenario, region.as_deref())?;
-        let recovered = tokio::time::timeout(plan.settle, async {
-            watch.until(false).await;
-            while !healthy_tail(&records, &targets, healed) {
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let schedule = async {
+        for scenario in SCHEDULE.iter().cycle() {
+            // Only a fault that can be over before the end: as long as it took
+            // the last time, or its hold and a few seconds the first time.
+            let took =
+                faults.iter().rev().find(|f| f.scenario == *scenario).and_then(|f| Some(f.recovered? - f.injected));
+            if Instant::now() + took.unwrap_or(plan.hold + Duration::from_secs(5)) > end {
+                break;
             }
-        })
-        .await
-        .ok()
-        .map(|()| epoch.elapsed());
-        // Connections a fault broke are let go within a keep-alive probe or two.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = processes(setup).await;
-        samples.push((epoch.elapsed(), after.clone()));
-        faults.push(FaultRun {
-            scenario: *scenario,
-            region,
-            agent_region: holder,
-            agent_regions,
-            injected,
-            inject_done,
-            heal_at,
-            healed,
-            recovered,
-            after,
-        });
-        if recovered.is_none() {
-            eprintln!("soak: {scenario} did not recover within {:?}; stopping the schedule", plan.settle);
-            break;
+            let region = match scenario {
+                Scenario::RestartRegion => Some(restart.clone()),
+                Scenario::PartitionRegion => Some(partition.clone()),
+                _ => None,
+            };
+            let holder = agent_region(&setup.api).await;
+            let injected = epoch.elapsed();
+            // Streams last at most a session: one that started on a tunnel the
+            // agent has left since is still on it.
+            let since = injected.saturating_sub(plan.mix.session + Duration::from_secs(1));
+            let mut agent_regions: Vec<String> = {
+                let seen = holders.lock().unwrap_or_else(|e| e.into_inner());
+                let before = seen.iter().rev().find(|(at, _)| *at <= since).into_iter();
+                before.chain(seen.iter().filter(|(at, _)| *at > since)).filter_map(|(_, r)| r.clone()).collect()
+            };
+            agent_regions.extend(holder.clone());
+            agent_regions.sort();
+            agent_regions.dedup();
+            eprintln!("soak: {:>5.0} s  {scenario} {}", injected.as_secs_f64(), region.as_deref().unwrap_or(""));
+            setup.faults.act(Action::Inject, *scenario, region.as_deref()).await?;
+            let inject_done = epoch.elapsed();
+            tokio::time::sleep(plan.hold).await;
+            let heal_at = epoch.elapsed();
+            setup.faults.act(Action::Heal, *scenario, region.as_deref()).await?;
+            let healed = epoch.elapsed();
+            let watch = Watch::new(&setup.api, regions, *scenario, region.as_deref())?;
+            let recovered = tokio::time::timeout(plan.settle, async {
+                watch.until(false).await;
+                while !healthy_tail(&records, &targets, healed) {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            })
+            .await
+            .ok()
+            .map(|()| epoch.elapsed());
+            // Connections a fault broke are let go within a keep-alive probe or two.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = processes(setup).await;
+            samples.push((epoch.elapsed(), after.clone()));
+            faults.push(FaultRun {
+                scenario: *scenario,
+                region,
+                agent_region: holder,
+                agent_regions,
+                injected,
+                inject_done,
+                heal_at,
+                healed,
+                recovered,
+                after,
+            });
+            if recovered.is_none() {
+                eprintln!("soak: {scenario} did not recover within {:?}; stopping the schedule", plan.settle);
+                break;
+            }
         }
+        tokio::time::sleep_until(end.into()).await;
+        anyhow::Ok(())
+    };
+    tokio::select! {
+        done = schedule => done?,
+        // The sampler reads until the schedule is over.
+        () = sampler => {}
     }
-    tokio::time::sleep_until(end.into()).await;
     samples.push((epoch.elapsed(), processes(setup).await));
     let _ = stop.send(true);
     // Each exchange is bounded by the timeout (a WebSocket by its session too).
@@ -149,8 +167,11 @@ pub async fn run(
     let records = std::mem::take(&mut *records.lock().unwrap_or_else(|e| e.into_inner()));
     let ran = epoch.elapsed();
     let idle = settle_descriptors(setup, &samples[0].1).await;
-    Ok(summary::summarize(plan, ran, records, faults, samples, idle))
+    Ok(summary::summarize(plan, ran, records, faults, samples, memory, idle))
 }
+
+/// How often each process's memory is read.
+const MEMORY_EVERY: Duration = Duration::from_secs(5);
 
 /// Longest wait, once traffic has stopped, for every process's descriptors to
 /// come down to its baseline: pooled connections close after 60 s idle.

@@ -29,7 +29,7 @@ pub struct World {
     pub app: SampleApp,
     /// The sample app speaking HTTPS itself.
     pub tls_app: SampleApp,
-    _proxies: Vec<Proxy>,
+    proxy: Proxy,
     _pg: Postgres,
     _dir: tempfile::TempDir,
 }
@@ -64,17 +64,7 @@ pub async fn world(deployment: Deployment) -> World {
     };
     let agent = Agent::spawn(dir.path(), &coord.url, agent_token, Some(region));
     admin.wait_agent_on("dev", region).await;
-    World {
-        coord,
-        base,
-        wildcard: (wildcard.0.into(), wildcard.1),
-        agent,
-        app,
-        tls_app,
-        _proxies: vec![proxy],
-        _pg: pg,
-        _dir: dir,
-    }
+    World { coord, base, wildcard: (wildcard.0.into(), wildcard.1), agent, app, tls_app, proxy, _pg: pg, _dir: dir }
 }
 
 impl World {
@@ -413,11 +403,10 @@ async fn suite(deployment: Deployment) {
     agent_outage(&mut w).await;
 }
 
-/// The agent and the sample app run without transparent huge pages (each
-/// would hold memory 2 MiB at a time: `small_footprint` in `src/main.rs`);
-/// the coordinator keeps them.
+/// Every Meridian process runs without transparent huge pages (each would
+/// hold memory 2 MiB at a time: `small_footprint` in `src/main.rs`).
 #[tokio::test(flavor = "multi_thread")]
-async fn the_agent_runs_without_transparent_huge_pages() {
+async fn meridian_runs_without_transparent_huge_pages() {
     let w = world(Deployment::Region).await;
     let thp = |pid: nix::unistd::Pid| {
         let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -425,7 +414,10 @@ async fn the_agent_runs_without_transparent_huge_pages() {
     };
     assert_eq!(thp(w.agent.proc.pid()), "0", "the agent");
     assert_eq!(thp(w.app.proc.pid()), "0", "the sample app");
-    assert_eq!(thp(w.coord.proc.pid()), "1", "the coordinator");
+    assert_eq!(thp(w.coord.proc.pid()), "0", "the coordinator");
+    assert_eq!(thp(w.proxy.proc.pid()), "0", "the proxy");
+    // A process that did not ask keeps them (the system's setting): the test sees a difference.
+    assert_eq!(thp(nix::unistd::Pid::this()), "1", "this test");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -90,6 +90,15 @@ async fn a_minute_of_soak_through_every_fault_loses_nothing_and_leaks_nothing() 
     for name in ["coordinator", "proxy-sydney", "proxy-sydney-2", "proxy-frankfurt", "proxy-frankfurt-2", "agent"] {
         assert!(names.contains(&name), "{name} not measured: {names:?}");
     }
+    // Memory is read every 5 s from warm-up (5 s) on, RSS and the anonymous part of it.
+    for p in report["processes"].as_array().unwrap() {
+        let (rss, anon) = (p["rss_mib"].as_array().unwrap(), p["anon_mib"].as_array().unwrap());
+        assert!(rss.len() >= 8 && anon.len() == rss.len(), "{}: {} memory readings in a minute", p["name"], rss.len());
+        for (r, a) in rss.iter().zip(anon) {
+            let (r, a) = (r[1].as_f64().unwrap(), a[1].as_f64().unwrap());
+            assert!(a > 0.0 && a < r, "{}: anonymous {a} MiB of RSS {r} MiB", p["name"]);
+        }
+    }
 
     demo.proc.signal(nix::sys::signal::Signal::SIGTERM);
     assert!(demo.proc.wait_exit(Duration::from_secs(60)).await.success());

@@ -1,6 +1,6 @@
-//! What each of the deployment's processes holds: resident memory, open file
-//! descriptors and tasks (threads), read from `/proc` for the processes the
-//! demo names.
+//! What each of the deployment's processes holds: resident memory (and of
+//! it, the process's own anonymous memory), open file descriptors and tasks
+//! (threads), read from `/proc` for the processes the demo names.
 
 use crate::demo::control::Process;
 use serde::Serialize;
@@ -10,6 +10,9 @@ use std::collections::BTreeMap;
 pub struct Usage {
     pub pid: u32,
     pub rss_kib: u64,
+    /// Anonymous memory (heap, stacks): RSS without the binary's pages, which
+    /// the kernel maps in as code runs for the first time and may drop again.
+    pub anon_kib: u64,
     pub fds: u64,
     pub tasks: u64,
 }
@@ -27,7 +30,13 @@ fn usage(pid: u32) -> Option<Usage> {
         status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
     };
     let count = |dir: &str| std::fs::read_dir(format!("/proc/{pid}/{dir}")).map(|d| d.count() as u64).ok();
-    Some(Usage { pid, rss_kib: field("VmRSS:")?, fds: count("fd")?, tasks: count("task")? })
+    Some(Usage {
+        pid,
+        rss_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+        fds: count("fd")?,
+        tasks: count("task")?,
+    })
 }
 
 /// The processes, or region replicas taken together, holding more
@@ -66,7 +75,7 @@ mod tests {
     use super::*;
 
     fn sample(fds: &[(&str, u64)]) -> Sample {
-        fds.iter().map(|(n, f)| (n.to_string(), Usage { pid: 1, rss_kib: 1, fds: *f, tasks: 1 })).collect()
+        fds.iter().map(|(n, f)| (n.to_string(), Usage { pid: 1, rss_kib: 1, anon_kib: 1, fds: *f, tasks: 1 })).collect()
     }
 
     #[test]

@@ -166,16 +166,23 @@ pub struct ProcessReport {
     pub rss_growth_pct: Option<f64>,
     /// RSS under traffic moves ±15% between two readings seconds apart (what
     /// is in flight at that moment), so one reading against another cannot
-    /// show a 10% leak: the median of the first `rss_window` samples (from
-    /// warm-up on) and of the last `rss_window`, and the growth between them.
+    /// show a 10% leak: the median of the first `rss_window` readings (from
+    /// warm-up on, one every few seconds) and of the last `rss_window`, and
+    /// the growth between them.
     pub rss_window: usize,
     pub rss_median_first_mib: Option<f64>,
     pub rss_median_last_mib: Option<f64>,
     pub rss_median_growth_pct: Option<f64>,
+    /// The same for anonymous memory (RSS without the binary's pages).
+    pub anon_median_first_mib: Option<f64>,
+    pub anon_median_last_mib: Option<f64>,
+    pub anon_median_growth_pct: Option<f64>,
     /// Times the process was started again during the soak (a new pid).
     pub restarts: usize,
-    /// Every sample: seconds since the soak started, RSS in MiB.
+    /// Every memory reading: seconds since the soak started, RSS in MiB.
     pub rss_mib: Vec<(f64, f64)>,
+    /// Every memory reading: seconds since the soak started, anonymous memory in MiB.
+    pub anon_mib: Vec<(f64, f64)>,
     /// Open descriptors once traffic stopped and idle connections closed
     /// (see `idle_after_s`): more than at the start is a leak.
     pub idle_fds: Option<u64>,
@@ -221,6 +228,7 @@ pub fn summarize(
     mut records: Vec<Record>,
     faults: Vec<FaultRun>,
     samples: Vec<(Duration, Sample)>,
+    memory: Vec<(Duration, Sample)>,
     (idle_after, idle): (Duration, Sample),
 ) -> SoakReport {
     records.sort_by_key(|r| r.sent);
@@ -272,7 +280,7 @@ pub fn summarize(
         .collect();
     // Samples: after warm-up, then one after each fault, then at the end.
     let first_round = samples.get(super::SCHEDULE.len()).map(|(_, s)| s);
-    let processes = processes(&samples, first_round, ran, &idle);
+    let processes = processes(&samples, &memory, first_round, ran, &idle);
     let leaked_fds =
         samples.first().map_or_else(Vec::new, |(_, baseline)| super::procs::above_baseline(&idle, baseline));
     SoakReport {
@@ -294,12 +302,14 @@ pub fn summarize(
 
 fn processes(
     samples: &[(Duration, Sample)],
+    memory: &[(Duration, Sample)],
     first_round: Option<&Sample>,
     ran: Duration,
     idle: &Sample,
 ) -> Vec<ProcessReport> {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return Vec::new() };
     let middle = samples.iter().min_by_key(|(at, _)| at.abs_diff(ran / 2)).unwrap_or(first);
+    let memory = if memory.is_empty() { samples } else { memory };
     first
         .1
         .keys()
@@ -312,16 +322,15 @@ fn processes(
                 _ => None,
             };
             let idle_fds = idle.get(name).map(|u| u.fds);
-            let mine: Vec<(Duration, Usage)> =
-                samples.iter().filter_map(|(at, s)| Some((*at, *s.get(name)?))).collect();
+            let mine: Vec<(Duration, Usage)> = memory.iter().filter_map(|(at, s)| Some((*at, *s.get(name)?))).collect();
             let restarts = mine.windows(2).filter(|w| w[0].1.pid != w[1].1.pid).count();
-            let rss: Vec<f64> = mine.iter().map(|(_, u)| u.rss_kib as f64 / 1024.0).collect();
-            let rss_window = rss_window(rss.len());
-            let (first, last) = (median(&rss[..rss_window]), median(&rss[rss.len() - rss_window..]));
-            let rss_median_growth_pct = match (first, last) {
-                (Some(f), Some(l)) if f > 0.0 => Some((l / f - 1.0) * 100.0),
-                _ => None,
+            let mib = |kib: fn(&Usage) -> u64| -> Vec<(f64, f64)> {
+                mine.iter().map(|(at, u)| (at.as_secs_f64(), kib(u) as f64 / 1024.0)).collect()
             };
+            let (rss, anon) = (mib(|u| u.rss_kib), mib(|u| u.anon_kib));
+            let rss_window = rss_window(mine.len());
+            let (rss_first, rss_last, rss_growth) = medians(&rss, rss_window);
+            let (anon_first, anon_last, anon_growth) = medians(&anon, rss_window);
             ProcessReport {
                 name: name.clone(),
                 start,
@@ -330,19 +339,34 @@ fn processes(
                 end,
                 rss_growth_pct,
                 rss_window,
-                rss_median_first_mib: first,
-                rss_median_last_mib: last,
-                rss_median_growth_pct,
+                rss_median_first_mib: rss_first,
+                rss_median_last_mib: rss_last,
+                rss_median_growth_pct: rss_growth,
+                anon_median_first_mib: anon_first,
+                anon_median_last_mib: anon_last,
+                anon_median_growth_pct: anon_growth,
                 restarts,
-                rss_mib: mine.iter().zip(&rss).map(|((at, _), mib)| (at.as_secs_f64(), *mib)).collect(),
+                rss_mib: rss,
+                anon_mib: anon,
                 idle_fds,
             }
         })
         .collect()
 }
 
-/// Samples in each of the windows whose medians are compared: a sixth of
-/// them (five minutes of a 30-minute soak), at least a round of faults.
+/// The medians of the first and last `window` readings, and the growth from one to the other in percent.
+fn medians(series: &[(f64, f64)], window: usize) -> (Option<f64>, Option<f64>, Option<f64>) {
+    let values: Vec<f64> = series.iter().map(|(_, v)| *v).collect();
+    let (first, last) = (median(&values[..window]), median(&values[values.len() - window..]));
+    let growth = match (first, last) {
+        (Some(f), Some(l)) if f > 0.0 => Some((l / f - 1.0) * 100.0),
+        _ => None,
+    };
+    (first, last, growth)
+}
+
+/// Readings in each of the windows whose medians are compared: a sixth of
+/// them (five minutes of a 30-minute soak), at least six.
 fn rss_window(samples: usize) -> usize {
     (samples / 6).max(super::SCHEDULE.len() + 1).min(samples)
 }
@@ -435,7 +459,8 @@ impl SoakReport {
             "PROCESS",
             "RSS MiB warm-up/round 1/middle/end",
             "GROWTH since round 1",
-            "RSS MEDIAN first/last samples (growth)",
+            "RSS MEDIAN first/last readings (growth)",
+            "ANON MEDIAN first/last (growth)",
             "FDS warm-up/middle/end",
             idle_head.as_str(),
             "TASKS",
@@ -457,6 +482,10 @@ impl SoakReport {
                             if p.restarts > 0 { format!(", restarted {}×", p.restarts) } else { String::new() };
                         format!("{f:.1} / {l:.1} of {} ({g:+.1}%{restarts})", p.rss_window)
                     }
+                    _ => "-".into(),
+                },
+                match (p.anon_median_first_mib, p.anon_median_last_mib, p.anon_median_growth_pct) {
+                    (Some(f), Some(l), Some(g)) => format!("{f:.1} / {l:.1} ({g:+.1}%)"),
                     _ => "-".into(),
                 },
                 series(&[p.start, p.middle, p.end], &|u| u.fds.to_string()),
@@ -535,7 +564,7 @@ mod tests {
         let samples: Vec<(Duration, Sample)> = (0..60)
             .map(|i| {
                 let kib = |mib: f64| (mib * 1024.0) as u64;
-                let usage = |pid, mib| Usage { pid, rss_kib: kib(mib), fds: 10, tasks: 3 };
+                let usage = |pid, mib| Usage { pid, rss_kib: kib(mib), anon_kib: kib(mib / 2.0), fds: 10, tasks: 3 };
                 let sample = Sample::from([
                     ("flat".to_owned(), usage(1, 50.0 * noise(i))),
                     ("leaky".to_owned(), usage(2, 50.0 * (1.0 + 0.2 * i as f64 / 59.0) * noise(i))),
@@ -544,12 +573,15 @@ mod tests {
                 (s(30.0 * i as f64), sample)
             })
             .collect();
-        let report = processes(&samples, None, s(1800.0), &Sample::new());
+        let report = processes(&samples, &[], None, s(1800.0), &Sample::new());
         let by = |name: &str| report.iter().find(|p| p.name == name).unwrap();
         let (flat, leaky) = (by("flat"), by("leaky"));
         assert_eq!(flat.rss_window, 10);
         assert!(flat.rss_median_growth_pct.unwrap().abs() < 3.0, "{:?}", flat.rss_median_growth_pct);
         assert!(leaky.rss_median_growth_pct.unwrap() > 12.0, "{:?}", leaky.rss_median_growth_pct);
+        assert!(flat.anon_median_growth_pct.unwrap().abs() < 3.0, "{:?}", flat.anon_median_growth_pct);
+        assert!(leaky.anon_median_growth_pct.unwrap() > 12.0, "{:?}", leaky.anon_median_growth_pct);
+        assert!((flat.anon_median_first_mib.unwrap() * 2.0 - flat.rss_median_first_mib.unwrap()).abs() < 0.01);
         // One reading against another: the flat process looks as if it had grown 10%.
         assert!((flat.rss_growth_pct.unwrap() - 10.0).abs() < 0.1, "{:?}", flat.rss_growth_pct);
         assert_eq!((flat.restarts, by("restarted").restarts), (0, 1));
