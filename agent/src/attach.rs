@@ -54,10 +54,12 @@ pub struct Serving {
     pub pipe_idle: std::time::Duration,
 }
 
-/// The relays the coordinator gave this agent, kept current by the attach
-/// loop. A relay that restarted listens on a new address: asked to dial one
-/// it does not know, the agent refuses (the relay falls back to a stream) and
-/// asks the loop to fetch the list again, so the next asks find it.
+/// The relays the coordinator has given this agent since it attached, added
+/// to by the attach loop. A relay that restarted listens on a new address:
+/// asked to dial one it does not know, the agent refuses (the relay falls back
+/// to a stream) and asks the loop to fetch the list again, so the next asks
+/// find it. Relays are only added: a list fetched while a region was
+/// unreachable leaves it out, and its relays must still be dialed once it heals.
 #[derive(Clone)]
 pub struct Relays {
     list: tokio::sync::watch::Receiver<std::sync::Arc<[String]>>,
@@ -87,9 +89,20 @@ impl Relays {
     }
 }
 
+/// The most relays an agent remembers for one tunnel (the oldest go first).
+const MAX_RELAYS: usize = 1024;
+
 impl RelaysUpdater {
-    pub fn replace(&self, urls: impl IntoIterator<Item = String>) {
-        self.list.send_replace(urls.into_iter().collect());
+    /// Adds the relays of `urls` the list does not hold yet.
+    pub fn add(&self, urls: impl IntoIterator<Item = String>) {
+        let known = self.list.borrow().clone();
+        let new: Vec<String> = urls.into_iter().filter(|u| !known.contains(u)).collect();
+        if new.is_empty() {
+            return;
+        }
+        let mut all: Vec<String> = known.iter().cloned().chain(new).collect();
+        all.drain(..all.len().saturating_sub(MAX_RELAYS));
+        self.list.send_replace(all.into());
     }
 
     /// Resolves once a mesh hop asked for a relay the list does not hold.
@@ -248,6 +261,31 @@ async fn handle(
 mod tests {
     use super::*;
     use meridian_regions::tunnel::Tunnel;
+
+    /// A list fetched while a region is unreachable leaves its relays out: they
+    /// stay known. One the agent was never given is refused, and marks the list stale.
+    #[tokio::test]
+    async fn relays_are_only_added_and_an_unknown_one_asks_for_the_list_again() {
+        let (relays, updater) = Relays::new(["http://a".to_owned(), "http://b".to_owned()]);
+        updater.add(["http://a".to_owned(), "http://c".to_owned()]);
+        for known in ["http://a", "http://b", "http://c"] {
+            assert!(relays.admits(known), "{known}");
+        }
+        let stale = tokio::time::timeout(Duration::from_millis(50), updater.stale());
+        assert!(stale.await.is_err(), "stale while every relay asked for was known");
+        assert!(!relays.admits("http://elsewhere"));
+        tokio::time::timeout(Duration::from_secs(5), updater.stale())
+            .await
+            .expect("an unknown relay marks the list stale");
+        // Bounded: the oldest go first.
+        updater.add((0..MAX_RELAYS - 1).map(|i| format!("http://r{i}")));
+        assert!(
+            !relays.admits("http://a")
+                && !relays.admits("http://b")
+                && relays.admits("http://c")
+                && relays.admits("http://r0")
+        );
+    }
 
     /// One tunnel carries [`MAX_STREAMS`] streams at once (idle pooled app
     /// connections hold theirs open; hyper's default is 200), and one more

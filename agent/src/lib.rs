@@ -120,7 +120,7 @@ impl Attacher {
                     _ = refresh.tick() => {
                         // Keeps the attach token fresh for an outage to come.
                         if let Ok(Some(info)) = self.info().await {
-                            updater.replace(relay_urls(&info));
+                            updater.add(relay_urls(&info));
                         }
                     }
                     () = async {
@@ -129,7 +129,7 @@ impl Attacher {
                     } => {
                         relays_fetched = tokio::time::Instant::now();
                         if let Ok(Some(info)) = self.info().await {
-                            updater.replace(relay_urls(&info));
+                            updater.add(relay_urls(&info));
                         }
                     }
                     _ = &mut tunnel => {
