@@ -166,9 +166,9 @@ pub struct ProcessReport {
     pub rss_growth_pct: Option<f64>,
     /// RSS under traffic moves ±15% between two readings seconds apart (what
     /// is in flight at that moment), so one reading against another cannot
-    /// show a 10% leak: the median of the first `rss_window` readings (from
-    /// warm-up on, one every few seconds) and of the last `rss_window`, and
-    /// the growth between them.
+    /// show a 10% leak: the median of the first `rss_window` readings (one
+    /// every few seconds) after the first round of faults and of the last
+    /// `rss_window`, and the growth between them.
     pub rss_window: usize,
     pub rss_median_first_mib: Option<f64>,
     pub rss_median_last_mib: Option<f64>,
@@ -279,7 +279,7 @@ pub fn summarize(
         })
         .collect();
     // Samples: after warm-up, then one after each fault, then at the end.
-    let first_round = samples.get(super::SCHEDULE.len()).map(|(_, s)| s);
+    let first_round = samples.get(super::SCHEDULE.len());
     let processes = processes(&samples, &memory, first_round, ran, &idle);
     let leaked_fds =
         samples.first().map_or_else(Vec::new, |(_, baseline)| super::procs::above_baseline(&idle, baseline));
@@ -303,13 +303,17 @@ pub fn summarize(
 fn processes(
     samples: &[(Duration, Sample)],
     memory: &[(Duration, Sample)],
-    first_round: Option<&Sample>,
+    first_round: Option<&(Duration, Sample)>,
     ran: Duration,
     idle: &Sample,
 ) -> Vec<ProcessReport> {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else { return Vec::new() };
     let middle = samples.iter().min_by_key(|(at, _)| at.abs_diff(ran / 2)).unwrap_or(first);
     let memory = if memory.is_empty() { samples } else { memory };
+    // The medians compare readings from the memory baseline on: once the first
+    // round of faults has grown connection pools and buffers to its bursts.
+    let baseline_s = first_round.map_or(0.0, |(at, _)| at.as_secs_f64());
+    let first_round = first_round.map(|(_, s)| s);
     first
         .1
         .keys()
@@ -328,9 +332,10 @@ fn processes(
                 mine.iter().map(|(at, u)| (at.as_secs_f64(), kib(u) as f64 / 1024.0)).collect()
             };
             let (rss, anon) = (mib(|u| u.rss_kib), mib(|u| u.anon_kib));
-            let rss_window = rss_window(mine.len());
-            let (rss_first, rss_last, rss_growth) = medians(&rss, rss_window);
-            let (anon_first, anon_last, anon_growth) = medians(&anon, rss_window);
+            let from = rss.partition_point(|(at, _)| *at < baseline_s);
+            let rss_window = rss_window(rss.len() - from);
+            let (rss_first, rss_last, rss_growth) = medians(&rss[from..], rss_window);
+            let (anon_first, anon_last, anon_growth) = medians(&anon[from..], rss_window);
             ProcessReport {
                 name: name.clone(),
                 start,
@@ -588,6 +593,38 @@ mod tests {
         assert_eq!(flat.rss_mib.len(), 60);
         let (at, mib) = flat.rss_mib[1];
         assert!(at == 30.0 && (mib - 57.5).abs() < 0.01, "{:?}", flat.rss_mib[1]);
+    }
+
+    /// Memory steps up in the first round of faults (a partitioned region's
+    /// queued requests come in at once and pools grow to them), then stays:
+    /// from the memory baseline on, nothing grows; a climb after it does.
+    #[test]
+    fn memory_medians_start_at_the_baseline_after_the_first_round() {
+        let kib = |mib: f64| (mib * 1024.0) as u64;
+        let usage = |mib: f64| Usage { pid: 1, rss_kib: kib(mib), anon_kib: kib(mib / 2.0), fds: 10, tasks: 3 };
+        // A reading every 5 s for 30 minutes; the first round is over at 200 s.
+        let readings = |mib: &dyn Fn(f64) -> f64| -> Vec<(Duration, Sample)> {
+            (0..360)
+                .map(|i| {
+                    let at = 5.0 * i as f64;
+                    (s(at), Sample::from([("p".to_owned(), usage(mib(at)))]))
+                })
+                .collect()
+        };
+        let stepped = readings(&|at| if at < 175.0 { 20.0 } else { 24.0 });
+        let climbing = readings(&|at| if at < 175.0 { 20.0 } else { 24.0 + 6.0 * at / 1800.0 });
+        let faults = vec![(s(0.0), Sample::from([("p".to_owned(), usage(20.0))])); 6];
+        let round = (s(200.0), Sample::new());
+        let growth = |memory: &[(Duration, Sample)], first_round| {
+            let p = &processes(&faults, memory, first_round, s(1800.0), &Sample::new())[..];
+            p.first().map(|p| (p.rss_median_growth_pct.unwrap(), p.anon_median_growth_pct.unwrap()))
+        };
+        let (rss, anon) = growth(&stepped, Some(&round)).unwrap();
+        assert!(rss.abs() < 0.1 && anon.abs() < 0.1, "{rss} {anon}");
+        // Counted from warm-up, the step reads as growth.
+        assert!(growth(&stepped, None).unwrap().0 > 15.0);
+        let (rss, _) = growth(&climbing, Some(&round)).unwrap();
+        assert!(rss > 12.0, "{rss}");
     }
 
     fn failed(cause: &str) -> Outcome {
