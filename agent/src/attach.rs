@@ -66,7 +66,7 @@ pub struct Relays {
     stale: std::sync::Arc<tokio::sync::Notify>,
 }
 
-/// The attach loop's end of [`Relays`]: replaces the list, hears when it is stale.
+/// The attach loop's end of [`Relays`]: adds to the list, hears when it is stale.
 pub struct RelaysUpdater {
     list: tokio::sync::watch::Sender<std::sync::Arc<[String]>>,
     stale: std::sync::Arc<tokio::sync::Notify>,
