@@ -260,7 +260,7 @@ impl Relay {
                 other => return other,
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(e);
+                return Err(self.no_path(agent_id, e));
             }
             // A dead peer relay, or no coordinator to push the new route: ask
             // the peers. Otherwise the coordinator's route update is on its way.
@@ -271,9 +271,18 @@ impl Relay {
             let retry = if stale { SEARCH_AGAIN } else { ROUTE_WAIT };
             let woken = tokio::time::timeout(retry, changes.changed());
             if tokio::time::timeout_at(deadline, woken).await.is_err() {
-                return Err(e);
+                return Err(self.no_path(agent_id, e));
             }
         }
+    }
+
+    /// A request that found no path to its agent within [`ROUTE_WAIT`]: rare,
+    /// and worth a line saying which route this replica had, and how many it
+    /// knew (none before its first route snapshot).
+    fn no_path(&self, agent_id: Uuid, e: DialError) -> DialError {
+        tracing::warn!(agent = %agent_id, error = %e, route = ?self.routes.get(agent_id),
+            routes = self.routes.len(), "no path to the agent within the route wait");
+        e
     }
 
     /// Asks the peer relays whether one holds `agent_id`'s tunnel (see
