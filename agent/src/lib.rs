@@ -117,20 +117,14 @@ impl Attacher {
             let mut relays_fetched = tokio::time::Instant::now();
             loop {
                 tokio::select! {
-                    _ = refresh.tick() => {
-                        // Keeps the attach token fresh for an outage to come.
-                        if let Ok(Some(info)) = self.info().await {
-                            updater.add(relay_urls(&info));
-                        }
-                    }
+                    // Keeps the attach token fresh for an outage to come.
+                    _ = refresh.tick() => self.renew(&updater).await,
                     () = async {
                         updater.stale().await;
                         tokio::time::sleep_until(relays_fetched + RELAYS_REFETCH).await;
                     } => {
                         relays_fetched = tokio::time::Instant::now();
-                        if let Ok(Some(info)) = self.info().await {
-                            updater.add(relay_urls(&info));
-                        }
+                        self.renew(&updater).await;
                     }
                     _ = &mut tunnel => {
                         tracing::warn!(region = %relay.region, "tunnel closed; re-attaching");
@@ -152,6 +146,14 @@ impl Attacher {
                     }
                 }
             }
+        }
+    }
+
+    /// Renews the connection info (and attach token), and adds the relays it
+    /// names to the tunnel's list.
+    async fn renew(&mut self, relays: &attach::RelaysUpdater) {
+        if let Ok(Some(info)) = self.info().await {
+            relays.add(relay_urls(&info));
         }
     }
 
