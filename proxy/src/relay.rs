@@ -749,6 +749,13 @@ impl Relay {
                 }
             }
         };
+        // A request whose stream this tunnel's end cut short waits on a route
+        // change, but the agent's new route may have come before it began
+        // (the agent moves make-before-break): the tunnel leaving is the
+        // change that sends it there.
+        if !replaced {
+            self.routes.poke();
+        }
         tracing::info!(agent = %agent_id, "agent detached");
         if !replaced {
             let detach = AgentDetach { agent_id, replica_id: Some(self.replica_id) };
@@ -834,6 +841,88 @@ mod tests {
         let opened = tokio::time::timeout(ROUTE_WAIT / 2, opening).await;
         let opened = opened.expect("the request was not woken by the attach").unwrap();
         assert!(opened.is_ok(), "the request was woken but not served: {opened:?}");
+    }
+
+    /// The agent's end of a tunnel that breaks at its first request, as one
+    /// leaving this relay closes under a request that just began.
+    async fn breaking_agent_end(io: tokio::io::DuplexStream) {
+        let (asked, first) = tokio::sync::oneshot::channel::<()>();
+        let asked = std::sync::Mutex::new(Some(asked));
+        let service = hyper::service::service_fn(move |_: Request<hyper::body::Incoming>| {
+            if let Some(asked) = asked.lock().unwrap().take() {
+                let _ = asked.send(());
+            }
+            std::future::pending::<Result<Response<Full<Bytes>>, std::convert::Infallible>>()
+        });
+        let serving = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), service);
+        // Dropping the connection closes the duplex: the relay sees its tunnel end.
+        tokio::select! {
+            _ = serving => {}
+            _ = first => {}
+        }
+    }
+
+    /// Soak, rolling restart: a replica's agent moves to its sibling, whose
+    /// route reaches this replica before a request that then starts on the
+    /// old tunnel here, as it closes. The tunnel ending must send the
+    /// request to the new route; it otherwise waits for a route change that
+    /// already came and fails after the route wait.
+    #[tokio::test]
+    async fn a_request_cut_by_a_tunnel_leaving_takes_the_route_that_came_before() {
+        use crate::routes::Route;
+        use meridian_regions::api::Share;
+        use meridian_regions::app_token::{generate_key, AppClaims, Signer, ISSUER};
+        let agent = Uuid::new_v4();
+        // The sibling: holds the agent's new tunnel, admits this relay's link and the request's grant.
+        let (sibling, addr, _stop) = serving(16).await;
+        let (der, public) = generate_key("k1", [7u8; 32]);
+        sibling.auth.set_keys(&[public]);
+        let (there_here, there_agent) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(agent_end(there_agent));
+        tokio::spawn({
+            let sibling = sibling.clone();
+            async move { sibling.run_tunnel(agent, TokioIo::new(there_here)).await }
+        });
+        let relay = relay();
+        for r in [&relay, &sibling] {
+            r.mesh.set_secret(meridian_regions::token::Secret::new("mesh"));
+        }
+        relay.routes.learn(agent, Route { region: "sibling".into(), relay_url: format!("http://{addr}") });
+        // Here, the old tunnel, still open when the request starts.
+        let (here, agent_here) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(breaking_agent_end(agent_here));
+        tokio::spawn({
+            let relay = relay.clone();
+            async move { relay.run_tunnel(agent, TokioIo::new(here)).await }
+        });
+        for _ in 0..500 {
+            if relay.tunnel(agent).is_some() && sibling.tunnel(agent).is_some() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(relay.tunnel(agent).is_some() && sibling.tunnel(agent).is_some(), "the tunnels never came up");
+
+        let now = chrono::Utc::now().timestamp();
+        let claims = AppClaims {
+            iss: ISSUER.into(),
+            sub: Uuid::new_v4().to_string(),
+            binding: "code--main--dev--alice.test".into(),
+            agent_id: agent,
+            upstream: "http://127.0.0.1:8080".into(),
+            share: Share::Owner,
+            sandbox: false,
+            dial: Default::default(),
+            iat: now,
+            nbf: now,
+            exp: now + 300,
+        };
+        let grant = Signer::new("k1", &der).sign(&claims).unwrap();
+        let opened = tokio::time::timeout(Duration::from_secs(30), relay.open(agent, "127.0.0.1:8080", &grant)).await;
+        let opened = opened.expect("the request hung");
+        assert!(opened.is_ok(), "the request found no path: {:?}", opened.err());
+        assert!(relay.tunnel(agent).is_none(), "the request went through the tunnel that broke");
     }
 
     /// An agent's connection that broke right after its upgrade: the relay's

@@ -65,7 +65,7 @@ impl RouteTable {
     }
 
     /// Wakes the requests waiting on a route: an agent attached to this
-    /// relay, which is a route of its own.
+    /// relay, which is a route of its own, or its tunnel here ended.
     pub fn poke(&self) {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
