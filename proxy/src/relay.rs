@@ -749,15 +749,13 @@ impl Relay {
                 }
             }
         };
-        // A request whose stream this tunnel's end cut short waits on a route
-        // change, but the agent's new route may have come before it began
-        // (the agent moves make-before-break): the tunnel leaving is the
-        // change that sends it there.
-        if !replaced {
-            self.routes.poke();
-        }
         tracing::info!(agent = %agent_id, "agent detached");
         if !replaced {
+            // A request whose stream this tunnel's end cut short waits on a
+            // route change, but the agent's new route may have come before it
+            // began (the agent moves make-before-break): the tunnel leaving is
+            // the change that sends it there.
+            self.routes.poke();
             let detach = AgentDetach { agent_id, replica_id: Some(self.replica_id) };
             if let Err(e) = self.coordinator.agent_detach(&detach).await {
                 tracing::debug!(agent = %agent_id, error = %e, "cannot record the detach");
