@@ -17,7 +17,7 @@ use children::{Children, Spec};
 use clap::Args;
 use control::{DemoInfo, Faults, RegionLinks, ReplicaLinks};
 use meridian_netsim::Link;
-use meridian_regions::api::{AgentSpec, App, CreateRegion, CreateWorkspace, Share};
+use meridian_regions::api::{AgentSpec, App, Cors, CreateRegion, CreateWorkspace, Share};
 use meridian_regions::client::{http_client, Client, ClientError, Credential};
 use meridian_regions::token::Secret;
 use std::net::SocketAddr;
@@ -255,9 +255,30 @@ async fn workspace(api: &Client, app_port: u16) -> Result<String> {
     let s = |v: &str| v.to_owned();
     let _ = api.delete_workspace(USER, "dev").await;
     let apps = vec![
-        App { slug: s("code"), port: Some(app_port), url: None, subdomain: true, share: Share::Owner },
-        App { slug: s("public"), port: Some(app_port), url: None, subdomain: true, share: Share::Public },
-        App { slug: s("docs"), port: Some(app_port), url: None, subdomain: false, share: Share::Owner },
+        App {
+            slug: s("code"),
+            port: Some(app_port),
+            url: None,
+            subdomain: true,
+            share: Share::Owner,
+            cors: Cors::Default,
+        },
+        App {
+            slug: s("public"),
+            port: Some(app_port),
+            url: None,
+            subdomain: true,
+            share: Share::Public,
+            cors: Cors::Default,
+        },
+        App {
+            slug: s("docs"),
+            port: Some(app_port),
+            url: None,
+            subdomain: false,
+            share: Share::Owner,
+            cors: Cors::Default,
+        },
     ];
     let ws = api
         .create_workspace(&CreateWorkspace {

@@ -453,7 +453,10 @@ fn signed_in_browser(
 ) -> Result<(reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>)> {
     let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
     let url: reqwest::Url = coordinator.parse()?;
-    jar.add_cookie_str(&format!("{}={}; Path=/", meridian_regions::headers::SESSION_COOKIE, session.expose()), &url);
+    let https = url.scheme() == "https";
+    let name = meridian_regions::headers::cookie_name(meridian_regions::headers::SESSION_COOKIE, https);
+    let secure = if https { "; Secure" } else { "" };
+    jar.add_cookie_str(&format!("{name}={}; Path=/{secure}", session.expose()), &url);
     let client = reqwest::Client::builder()
         .cookie_provider(jar.clone())
         .redirect(reqwest::redirect::Policy::none())

@@ -3,7 +3,7 @@
 use crate::ops::Target;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use meridian_regions::api::{AgentSpec, App, CreateWorkspace, Share};
+use meridian_regions::api::{AgentSpec, App, Cors, CreateWorkspace, Share};
 
 #[derive(Args)]
 pub struct WorkspacesArgs {
@@ -24,8 +24,15 @@ enum WorkspacesCommand {
         /// The agent's name.
         #[arg(long, default_value = "main")]
         agent: String,
-        /// An app: `SLUG=PORT` or `SLUG=URL`, then optional `,share=owner|authenticated|public`
-        /// and `,path` (serve on a path instead of a subdomain). Repeatable.
+        /// An app: `SLUG=PORT` or `SLUG=URL`, then optional `,share=owner|authenticated|public`,
+        /// `,path` (serve on a path instead of a subdomain) and `,cors=passthru`. Repeatable.
+        ///
+        /// `cors=passthru` is DANGEROUS: the app's own CORS headers reach browsers, so
+        /// if it reflects `Origin` with credentials (as many dev servers do) any site
+        /// the app allows can read it as whoever opens it. By default (`cors=default`)
+        /// proxies drop an app's `Access-Control-*` headers unless the request comes
+        /// from the app's own origin; even with passthru, never for another user's app
+        /// or a sandboxed page.
         #[arg(long = "app", value_parser = parse_app)]
         apps: Vec<App>,
     },
@@ -96,12 +103,14 @@ pub async fn run(args: WorkspacesArgs) -> Result<()> {
     Ok(())
 }
 
-/// `code=8080`, `nb=http://127.0.0.1:8888,share=public`, `docs=3000,path`.
+/// `code=8080`, `nb=http://127.0.0.1:8888,share=public`, `docs=3000,path`,
+/// `api=3001,cors=passthru`.
 fn parse_app(spec: &str) -> Result<App> {
     let mut parts = spec.split(',');
     let (slug, target) =
         parts.next().and_then(|p| p.split_once('=')).context("an app looks like SLUG=PORT or SLUG=URL")?;
-    let mut app = App { slug: slug.to_owned(), port: None, url: None, subdomain: true, share: Share::Owner };
+    let mut app =
+        App { slug: slug.to_owned(), port: None, url: None, subdomain: true, share: Share::Owner, cors: Cors::Default };
     match target.parse::<u16>() {
         Ok(port) => app.port = Some(port),
         Err(_) => app.url = Some(target.to_owned()),
@@ -111,8 +120,12 @@ fn parse_app(spec: &str) -> Result<App> {
             Some(("share", "owner")) => app.share = Share::Owner,
             Some(("share", "authenticated")) => app.share = Share::Authenticated,
             Some(("share", "public")) => app.share = Share::Public,
+            Some(("cors", "default")) => app.cors = Cors::Default,
+            Some(("cors", "passthru")) => app.cors = Cors::Passthru,
             None if option == "path" => app.subdomain = false,
-            _ => bail!("unknown app option {option:?} (expected share=owner|authenticated|public or path)"),
+            _ => bail!(
+                "unknown app option {option:?} (expected share=owner|authenticated|public, cors=default|passthru or path)"
+            ),
         }
     }
     Ok(app)
@@ -128,7 +141,9 @@ mod tests {
         assert_eq!((a.slug.as_str(), a.port, a.subdomain, a.share), ("code", Some(8080), true, Share::Owner));
         let b = parse_app("nb=http://127.0.0.1:8888,share=public,path").unwrap();
         assert_eq!((b.url.as_deref(), b.subdomain, b.share), (Some("http://127.0.0.1:8888"), false, Share::Public));
-        for bad in ["code", "code=8080,share=everyone", "code=8080,shiny"] {
+        let c = parse_app("api=3001,cors=passthru").unwrap();
+        assert_eq!((c.port, c.cors), (Some(3001), Cors::Passthru));
+        for bad in ["code", "code=8080,share=everyone", "code=8080,shiny", "code=8080,cors=all"] {
             assert!(parse_app(bad).is_err(), "{bad}");
         }
     }

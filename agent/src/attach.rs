@@ -6,6 +6,7 @@ use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use meridian_regions::api::RelayInfo;
 use meridian_regions::data;
 use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN};
 use meridian_regions::token::Secret;
@@ -20,20 +21,18 @@ use tokio::net::TcpStream;
 /// Longest wait for a TCP connection to an app.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Connects to `relay_url` (TLS when it is `https`) and upgrades to the tunnel
-/// protocol, with the agent token and, if it has one, the attach token that
-/// lets the relay admit it while the coordinator is unreachable.
-pub async fn dial(
-    relay_url: &str,
-    token: &Secret,
-    attach: Option<&Secret>,
-    tls: &TlsClient,
-) -> anyhow::Result<Upgraded> {
-    let mut credentials = vec![(AGENT_TOKEN, token.expose())];
-    if let Some(a) = attach {
-        credentials.push((AGENT_ATTACH_TOKEN, a.expose()));
-    }
-    dial_upgrade(relay_url, TUNNEL_PATH, UPGRADE_PROTOCOL, &credentials, tls).await
+/// Connects to `relay` (TLS when its URL is `https`) and upgrades to the
+/// tunnel protocol, presenting the attach token the coordinator gave for the
+/// relay's region: short-lived, and good at that region's relays alone. The
+/// agent token (it lives as long as the workspace) goes to the coordinator
+/// only; a coordinator of an earlier release gives no such token, and then
+/// the agent token is presented as it was.
+pub async fn dial(relay: &RelayInfo, token: &Secret, tls: &TlsClient) -> anyhow::Result<Upgraded> {
+    let credentials = match &relay.attach_token {
+        Some(attach) => [(AGENT_ATTACH_TOKEN, attach.expose())],
+        None => [(AGENT_TOKEN, token.expose())],
+    };
+    dial_upgrade(&relay.url, TUNNEL_PATH, UPGRADE_PROTOCOL, &credentials, tls).await
 }
 
 /// Longest time open streams get to finish when the agent leaves a relay on purpose.
@@ -337,5 +336,45 @@ mod tests {
         let opened =
             tokio::time::timeout(Duration::from_secs(10), next).await.expect("still waiting after streams closed");
         assert_eq!(opened.unwrap(), Ok(()));
+    }
+
+    /// The request head a relay at a loopback port receives from `dial`.
+    async fn dial_head(relay: &RelayInfo) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let relay = RelayInfo { url: format!("http://{}", listener.local_addr().unwrap()), ..relay.clone() };
+        let seen = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.unwrap();
+            let mut head = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !head.ends_with(b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                head.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(b"HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\n\r\n").await.unwrap();
+            String::from_utf8(head).unwrap().to_ascii_lowercase()
+        });
+        let tls = TlsClient::new(None).unwrap();
+        assert!(dial(&relay, &Secret::new("agent-secret"), &tls).await.is_err(), "refused by the fake relay");
+        tokio::time::timeout(Duration::from_secs(10), seen).await.unwrap().unwrap()
+    }
+
+    /// What a relay (any region's: one may be compromised) receives is the
+    /// attach token for its own region, never the agent token.
+    #[tokio::test]
+    async fn relays_get_the_attach_token_for_their_region_never_the_agent_token() {
+        let relay = RelayInfo {
+            region: "sydney".into(),
+            url: String::new(),
+            healthy_since: None,
+            attach_token: Some(Secret::new("sydney-attach-token")),
+        };
+        let head = dial_head(&relay).await;
+        assert!(head.contains("meridian-agent-attach-token: sydney-attach-token"), "{head}");
+        assert!(!head.contains("agent-secret") && !head.contains("meridian-agent-token:"), "{head}");
+        // A coordinator of an earlier release gave no attach token: the agent token, as before.
+        let legacy = dial_head(&RelayInfo { attach_token: None, ..relay }).await;
+        assert!(legacy.contains("meridian-agent-token: agent-secret"), "{legacy}");
     }
 }

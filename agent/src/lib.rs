@@ -189,7 +189,7 @@ impl Attacher {
         let order: Vec<&RelayInfo> =
             if others.clone().next().is_some() { others.collect() } else { info.relays.iter().collect() };
         for relay in order {
-            match attach::dial(&relay.url, &self.config.agent_token, info.attach_token.as_ref(), &self.tls).await {
+            match attach::dial(relay, &self.config.agent_token, &self.tls).await {
                 Ok(io) => {
                     tracing::info!(region = %relay.region, relay = %relay.url, "attached");
                     return Some((relay.clone(), io));

@@ -53,6 +53,7 @@ mod tests {
             url: url.map(Into::into),
             subdomain: true,
             share: Share::Owner,
+            cors: Default::default(),
         };
         let p = Policy::new(&[app(Some(80), None), app(None, Some("http://127.0.0.1:443"))]);
         for ok in ["127.0.0.1:8080", "localhost:3000", "[::1]:8080", "127.0.0.1:80", "127.0.0.1:443"] {

@@ -28,6 +28,7 @@ fn tokens(c: &mut Criterion) {
         upstream: "http://127.0.0.1:8080".into(),
         share: meridian_regions::api::Share::Owner,
         sandbox: false,
+        cors_passthru: false,
         dial: Default::default(),
         iat: now,
         nbf: now,

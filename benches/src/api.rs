@@ -2,7 +2,7 @@
 
 use crate::stack::wait_until;
 use anyhow::{bail, Context, Result};
-use meridian_regions::api::{AgentSpec, App, CreateRegion, CreateWorkspace, Share};
+use meridian_regions::api::{AgentSpec, App, Cors, CreateRegion, CreateWorkspace, Share};
 use meridian_regions::client::{Client, Credential};
 use meridian_regions::token::Secret;
 use std::path::Path;
@@ -36,7 +36,14 @@ impl Api {
     /// A workspace whose agents (one per name in `agents`) serve the app on
     /// `app_port`; their tokens, in the same order.
     pub async fn create_workspace(&self, app_port: u16, agents: &[&str]) -> Result<Vec<String>> {
-        let app = App { slug: "code".into(), port: Some(app_port), url: None, subdomain: true, share: Share::Owner };
+        let app = App {
+            slug: "code".into(),
+            port: Some(app_port),
+            url: None,
+            subdomain: true,
+            share: Share::Owner,
+            cors: Cors::Default,
+        };
         let ws = CreateWorkspace {
             name: "bench".into(),
             owner: None,

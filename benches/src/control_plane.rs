@@ -10,7 +10,7 @@
 
 use crate::stack::Proc;
 use anyhow::{bail, Context, Result};
-use meridian_regions::api::{AgentAttach, AgentSpec, App, CreateRegion, CreateWorkspace, RegisterProxy, Share};
+use meridian_regions::api::{AgentAttach, AgentSpec, App, Cors, CreateRegion, CreateWorkspace, RegisterProxy, Share};
 use meridian_regions::client::{http_client, Client, Credential};
 use meridian_regions::token::Secret;
 use std::path::Path;
@@ -237,7 +237,14 @@ async fn agents(admin: &Client, n: usize) -> Result<Vec<String>> {
     let created = futures_util::stream::iter(0..n.div_ceil(10))
         .map(|w| async move {
             let count = (n - w * 10).min(10);
-            let app = App { slug: "code".into(), port: Some(8080), url: None, subdomain: true, share: Share::Owner };
+            let app = App {
+                slug: "code".into(),
+                port: Some(8080),
+                url: None,
+                subdomain: true,
+                share: Share::Owner,
+                cors: Cors::Default,
+            };
             let agents = (0..count).map(|a| AgentSpec { name: format!("a{a}"), apps: vec![app.clone()] }).collect();
             admin.create_workspace(&CreateWorkspace { name: format!("w{w}"), owner: None, agents }).await
         })

@@ -77,24 +77,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // and, without --internal-listen, for everything the primary forwards.
     let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let api_addr = api_listener.local_addr()?;
-    // Only the primary proxy speaks to the loopback listeners: there (and
-    // not on --internal-listen) its X-Forwarded-For names the client.
-    let mut apis = vec![serve_api(api_listener, api::router(state.clone()), true, stop.clone())];
+    // Only the primary proxy is meant to speak to the loopback listeners:
+    // there (and not on --internal-listen) its X-Forwarded-For names the
+    // client, when the request carries this process's proof that the
+    // primary proxy sent it (any local process can reach loopback).
+    let forwarded_by = api::auth::Forwarded::new();
+    let mut apis = vec![serve_api(api_listener, api::router(state.clone()), Some(forwarded_by.clone()), stop.clone())];
     let public_api = match config.internal_listen {
         Some(addr) => {
             let internal = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on --internal-listen {addr}"))?;
             tracing::info!(listen = %addr, "proxy API listening (internal)");
-            apis.push(serve_api(internal, api::router(state.clone()), false, stop.clone()));
+            apis.push(serve_api(internal, api::router(state.clone()), None, stop.clone()));
             let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
             let public_addr = public.local_addr()?;
-            apis.push(serve_api(public, api::public_router(state), true, stop.clone()));
+            apis.push(serve_api(public, api::public_router(state), Some(forwarded_by.clone()), stop.clone()));
             public_addr
         }
         None => api_addr,
     };
-    let proxy = primary::start(&config, primary_token, api_addr, public_api)?;
+    let proxy = primary::start(&config, primary_token, api_addr, public_api, forwarded_by.secret())?;
     tracing::info!(listen = %config.listen, access_url = %config.access_url, "coordinator listening");
 
     tokio::select! {
@@ -121,15 +124,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 /// Serves `router` on `listener` until `stop`; with `forwarded`, requests
-/// come from the primary proxy, whose `X-Forwarded-For` names the client
-/// (see [`api::auth::client_addr`]).
+/// carrying its proof come from the primary proxy, whose `X-Forwarded-For`
+/// names the client (see [`api::auth::client_addr`]).
 fn serve_api(
     listener: tokio::net::TcpListener,
     router: axum::Router,
-    forwarded: bool,
+    forwarded: Option<api::auth::Forwarded>,
     stop: CancellationToken,
 ) -> tokio::task::JoinHandle<std::io::Result<()>> {
-    let router = router.layer(axum::Extension(api::auth::Forwarded(forwarded)));
+    let router = router.layer(axum::Extension(forwarded));
     let service = router.into_make_service_with_connect_info::<std::net::SocketAddr>();
     tokio::spawn(async move { axum::serve(listener, service).with_graceful_shutdown(stop.cancelled_owned()).await })
 }

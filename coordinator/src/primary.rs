@@ -31,7 +31,15 @@ pub struct PrimaryProxy {
 /// Starts the primary's proxy on its own thread (pingora makes its own runtimes).
 /// `api`: the whole API, for the proxy's own registration; `public_api`: where
 /// it forwards what users send (the same, or the API without the proxy API).
-pub fn start(config: &Config, token: Token, api: SocketAddr, public_api: SocketAddr) -> anyhow::Result<PrimaryProxy> {
+/// `forwarded_by`: the proof it sends with what it forwards (see
+/// [`crate::api::auth::client_addr`]).
+pub fn start(
+    config: &Config,
+    token: Token,
+    api: SocketAddr,
+    public_api: SocketAddr,
+    forwarded_by: Secret,
+) -> anyhow::Result<PrimaryProxy> {
     let args = meridian_proxy::config::Args {
         coordinator_url: Some(url::Url::parse(&format!("http://{api}"))?),
         proxy_token: Some(Secret::new(token.encode().expose())),
@@ -59,8 +67,12 @@ pub fn start(config: &Config, token: Token, api: SocketAddr, public_api: SocketA
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let (stopped_tx, stopped) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new().name("primary-proxy".into()).spawn(move || {
-        let mode =
-            meridian_proxy::Mode::Embedded { shutdown: shutdown_rx, stopped: stopped_tx, api_upstream: public_api };
+        let mode = meridian_proxy::Mode::Embedded {
+            shutdown: shutdown_rx,
+            stopped: stopped_tx,
+            api_upstream: public_api,
+            forwarded_by,
+        };
         if let Err(e) = meridian_proxy::run_with(proxy_config, mode) {
             tracing::error!("primary proxy: {e:#}");
         }

@@ -17,7 +17,9 @@ use arc_swap::ArcSwap;
 use meridian_regions::api::{IssueAppToken, RedeemTicket};
 use meridian_regions::app_token::{stream_target, AppClaims, TokenError, Verifier};
 use meridian_regions::client::{Client, ClientError};
-use meridian_regions::headers::{APP_SESSION_COOKIE, APP_TICKET_PARAM, APP_TOKEN_COOKIE};
+#[cfg(doc)]
+use meridian_regions::headers::MAX_COOKIE_COPIES;
+use meridian_regions::headers::{cookie_copies, cookie_name, APP_SESSION_COOKIE, APP_TICKET_PARAM, APP_TOKEN_COOKIE};
 use pingora::http::RequestHeader;
 use std::sync::Arc;
 use std::time::Duration;
@@ -84,65 +86,86 @@ impl Auth {
         self.scheme
     }
 
+    /// The name of Meridian cookie `name` for `route`: `__Host-` prefixed
+    /// over HTTPS for a subdomain app (its cookies are for the whole host,
+    /// so no sibling app can plant one); a path app's are for its base path.
+    fn cookie(&self, name: &'static str, route: &AppRoute) -> &'static str {
+        cookie_name(name, self.scheme == "https" && route.subdomain)
+    }
+
     /// Installs the verification keys received at registration.
     pub fn set_keys(&self, keys: &[meridian_regions::app_token::PublicKey]) {
         self.verifier.store(Arc::new(Verifier::new(keys)));
     }
 
+    /// Serves, redirects to sign in, or refuses a request for `route`. Every
+    /// copy of a cookie is tried (at most [`MAX_COOKIE_COPIES`]): a sibling
+    /// app can plant one on a parent domain, and the copy that verifies for
+    /// this app is the user's; a planted one never locks anyone out.
     pub async fn authorize(&self, req: &RequestHeader, host: &str, route: &AppRoute) -> Decision {
         if let Some(ticket) = query_param(req, APP_TICKET_PARAM) {
-            return Decision::Respond(self.redeem(req, host, &ticket).await);
+            return Decision::Respond(self.redeem(req, host, route, &ticket).await);
         }
-        let token = match unique_cookie(req, APP_TOKEN_COOKIE) {
-            Ok(token) => token,
-            Err(reply) => return Decision::Respond(reply),
-        };
-        let serve = |claims, token: &str| Decision::Serve { claims, token: token.into(), set_cookie: None };
-        if let Some(token) = &token {
+        let tokens = || cookie_copies(&req.headers, self.cookie(APP_TOKEN_COOKIE, route));
+        for token in tokens() {
             if let Some((claims, token)) = self.verify(token, &route.binding).await {
                 return Decision::Serve { claims, token, set_cookie: None };
             }
-            // Known to be down: do not wait for it before falling back to the grace.
-            if !self.state.registration().coordinator_reachable {
-                if let Some(claims) = self.offline(token, &route.binding) {
-                    return serve(claims, token);
-                }
+        }
+        // Known to be down: do not wait for it before falling back to the grace.
+        let down = || !self.state.registration().coordinator_reachable;
+        if tokens().next().is_some() && down() {
+            if let Some(decision) = self.offline(tokens(), &route.binding) {
+                return decision;
             }
         }
         match self.issue(req, host, route).await {
-            Err(e) => match token.and_then(|t| Some((self.offline(t, &route.binding)?, t))) {
-                Some((claims, t)) => serve(claims, t),
-                None => Decision::Respond(coordinator_down(&e)),
-            },
+            Err(e) => self.offline(tokens(), &route.binding).unwrap_or_else(|| Decision::Respond(coordinator_down(&e))),
             Ok(decision) => decision,
         }
     }
 
     /// Whether a peer relay may open a stream to `target` in agent `agent`'s
     /// workspace: `grant` must be an app token for exactly that app, signed
-    /// by the coordinator and current (or within the offline grace, which
-    /// the asking proxy may be using while it cannot reach the coordinator).
+    /// by the coordinator and current. Past its expiry it counts only while
+    /// this relay cannot reach the coordinator either (an outage: the asking
+    /// proxy cannot renew it), and then for at most the offline grace; with
+    /// the coordinator up, an expired grant (a user who signed out, a token
+    /// replayed) opens nothing.
     pub fn admits_stream(&self, grant: &str, agent: uuid::Uuid, target: &str) -> bool {
+        let grace = self.grace_now();
         if let Some((c, _)) = self.cache.get(grant) {
             let now = chrono::Utc::now().timestamp();
-            let fresh = c.exp.saturating_add(self.offline_grace.as_secs() as i64) > now;
+            let fresh = c.exp.saturating_add(grace as i64) > now;
             return fresh && c.agent_id == agent && stream_target(&c.upstream).as_deref() == Some(target);
         }
-        let verified = self.verifier.load().verify_stream(grant, agent, target, self.offline_grace.as_secs());
-        verified.is_ok()
+        self.verifier.load().verify_stream(grant, agent, target, grace).is_ok()
+    }
+
+    /// The grace past expiry that holds now, in seconds: the offline grace
+    /// while the coordinator is unreachable, else none.
+    fn grace_now(&self) -> u64 {
+        if self.state.registration().coordinator_reachable {
+            0
+        } else {
+            self.offline_grace.as_secs()
+        }
     }
 
     /// The agent an attach token admits, checked with the cached keys.
-    pub fn verify_attach(&self, token: &str) -> Option<uuid::Uuid> {
-        self.verifier.load().verify_attach(token).ok()
+    pub fn verify_attach_for(&self, token: &str, region: &str) -> Option<uuid::Uuid> {
+        self.verifier.load().verify_attach_for(token, region).ok()
     }
 
-    /// The claims of a token that is valid but for having expired within the
-    /// offline grace, for use only while the coordinator cannot renew it.
-    fn offline(&self, token: &str, binding: &str) -> Option<Arc<AppClaims>> {
-        let claims = self.verifier.load().verify_with_grace(token, binding, self.offline_grace.as_secs()).ok()?;
+    /// Serves the first of `tokens` that is valid but for having expired
+    /// within the offline grace, for use only while the coordinator cannot
+    /// renew it.
+    fn offline<'t>(&self, mut tokens: impl Iterator<Item = &'t str>, binding: &str) -> Option<Decision> {
+        let verifier = self.verifier.load();
+        let grace = self.offline_grace.as_secs();
+        let (claims, token) = tokens.find_map(|t| Some((verifier.verify_with_grace(t, binding, grace).ok()?, t)))?;
         self.state.metrics.tokens.inc("grace");
-        Some(Arc::new(claims))
+        Some(Decision::Serve { claims: Arc::new(claims), token: token.into(), set_cookie: None })
     }
 
     /// The hot path: a cache hit costs a hash lookup and two comparisons.
@@ -195,13 +218,23 @@ impl Auth {
         true
     }
 
-    async fn redeem(&self, req: &RequestHeader, host: &str, ticket: &str) -> Reply {
+    /// Trades a login ticket for an app session. The session is good for
+    /// this one app, so its cookie is scoped to it: the host of a subdomain
+    /// app, the base path of a path app (every path app of a region shares
+    /// one host).
+    async fn redeem(&self, req: &RequestHeader, host: &str, route: &AppRoute, ticket: &str) -> Reply {
         let clean = local_location(req, APP_TICKET_PARAM);
         let ask = RedeemTicket { ticket: ticket.to_owned(), host: strip_port(host).to_owned() };
         match self.coordinator.redeem_ticket(&ask).await {
             Ok(r) => {
-                let cookie =
-                    session_cookie(APP_SESSION_COOKIE, &r.app_session_token, "/", None, self.scheme == "https");
+                let path = route.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str());
+                let cookie = session_cookie(
+                    self.cookie(APP_SESSION_COOKIE, route),
+                    &r.app_session_token,
+                    path,
+                    None,
+                    self.scheme == "https",
+                );
                 Reply::redirect(303, &clean).with_cookie(cookie)
             }
             Err(ClientError::Api { status, .. }) if status.is_client_error() => {
@@ -212,19 +245,28 @@ impl Auth {
         }
     }
 
-    /// Asks the coordinator for a token; `Err` when it could not answer.
+    /// Asks the coordinator for a token, with each app session cookie in
+    /// turn until one signs the user in (a planted copy is refused: 401);
+    /// `Err` when it could not answer.
     async fn issue(&self, req: &RequestHeader, host: &str, route: &AppRoute) -> Result<Decision, ClientError> {
-        let session = match unique_cookie(req, APP_SESSION_COOKIE) {
-            Ok(session) => session,
-            Err(reply) => return Ok(Decision::Respond(reply)),
-        };
-        let ask = IssueAppToken {
-            app_session_token: session.map(str::to_owned),
+        let mut sessions = cookie_copies(&req.headers, self.cookie(APP_SESSION_COOKIE, route));
+        let mut session = sessions.next();
+        let mut ask = IssueAppToken {
+            app_session_token: None,
             app: route.req.clone(),
             subdomain: route.subdomain,
             binding: route.binding.clone(),
         };
-        Ok(match self.coordinator.issue_app_token(&ask).await {
+        let answer = loop {
+            ask.app_session_token = session.map(str::to_owned);
+            let got = self.coordinator.issue_app_token(&ask).await;
+            let refused = matches!(&got, Err(ClientError::Api { status, .. }) if [401, 404].contains(&status.as_u16()));
+            session = sessions.next();
+            if !refused || session.is_none() {
+                break got;
+            }
+        };
+        Ok(match answer {
             Ok(resp) => match self.verify(&resp.token, &route.binding).await {
                 Some((claims, token)) => {
                     let path = route.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str());
@@ -234,14 +276,21 @@ impl Auth {
                     // the cookie at expiry would never present it then.
                     let grace = i64::try_from(self.offline_grace.as_secs()).unwrap_or(i64::MAX);
                     let max_age = (claims.exp - chrono::Utc::now().timestamp()).max(0).saturating_add(grace);
-                    let cookie = session_cookie(APP_TOKEN_COOKIE, &token, path, Some(max_age), self.scheme == "https");
+                    let name = self.cookie(APP_TOKEN_COOKIE, route);
+                    let cookie = session_cookie(name, &token, path, Some(max_age), self.scheme == "https");
                     Decision::Serve { claims, token, set_cookie: Some(cookie) }
                 }
                 None => Decision::Respond(Reply::page(502, "The coordinator issued a token this proxy cannot verify.")),
             },
             Err(ClientError::Api { status, .. }) if status.as_u16() == 401 => {
-                let original =
-                    format!("{}://{host}{}", self.scheme, req.uri.path_and_query().map_or("/", |p| p.as_str()));
+                // A path app's address as routed (normalized): the ticket is
+                // minted for the app this path names, the same one this
+                // request's binding names.
+                let target = match &route.path {
+                    Some((prefix, rest)) => format!("{}{rest}", prefix.trim_end_matches('/')),
+                    None => req.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+                };
+                let original = format!("{}://{host}{target}", self.scheme);
                 let encoded: String = url::form_urlencoded::byte_serialize(original.as_bytes()).collect();
                 let location = format!("{}/api/v2/applications/auth-redirect?redirect_uri={encoded}", self.login_url);
                 Decision::Respond(Reply::redirect(303, &location))
@@ -272,14 +321,6 @@ fn session_cookie(name: &str, value: &str, path: &str, max_age: Option<i64>, sec
         c = c.max_age(cookie::time::Duration::seconds(s));
     }
     c.build().to_string()
-}
-
-/// Cookie `name`, refusing a request that sends it twice: a sibling app on a
-/// parent domain (or another path) can plant a second one, and which of the
-/// two a server reads first is not what the user chose (400).
-fn unique_cookie<'r>(req: &'r RequestHeader, name: &str) -> Result<Option<&'r str>, Reply> {
-    meridian_regions::headers::unique_cookie(&req.headers, name)
-        .map_err(|_| Reply::page(400, &format!("The request carries the {name} cookie more than once.")))
 }
 
 fn strip_port(host: &str) -> &str {
@@ -315,8 +356,70 @@ pub fn local_location(req: &RequestHeader, drop: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+    use meridian_regions::api::Share;
+    use meridian_regions::app_token::{generate_key, Signer, ISSUER};
+    use meridian_regions::client::Credential;
+
+    /// A grant for `127.0.0.1:8080` of `agent` that expired `ago` seconds ago.
+    fn expired_grant(signer: &Signer, agent: uuid::Uuid, ago: i64) -> String {
+        grant_expiring(signer, agent, chrono::Utc::now().timestamp() - ago)
+    }
+
+    /// A grant (an owner's app token) for `127.0.0.1:8080` of `agent`, expiring at `exp`.
+    pub(crate) fn grant_expiring(signer: &Signer, agent: uuid::Uuid, exp: i64) -> String {
+        let claims = AppClaims {
+            iss: ISSUER.into(),
+            sub: uuid::Uuid::new_v4().to_string(),
+            binding: "host:code--main--dev--alice.test".into(),
+            agent_id: agent,
+            upstream: "http://127.0.0.1:8080".into(),
+            share: Share::Owner,
+            sandbox: false,
+            cors_passthru: false,
+            dial: Default::default(),
+            iat: exp - 300,
+            nbf: exp - 300,
+            exp,
+        };
+        signer.sign(&claims).unwrap()
+    }
+
+    /// A mesh stream's grant 573 s past expiry (the probe's: a user who had
+    /// signed out) is refused while the coordinator is up, and admitted
+    /// within the offline grace only while this relay cannot reach it.
+    #[test]
+    fn expired_grants_count_only_while_the_coordinator_is_unreachable() {
+        let (der, public) = generate_key("k1", [7; 32]);
+        let signer = Signer::new("k1", &der);
+        let state = crate::state::ProxyState::new();
+        let coordinator = Client::new("http://127.0.0.1:9", Credential::None, reqwest::Client::new());
+        let grace = Duration::from_secs(3600);
+        let auth = Auth::new(coordinator, "http://login.test", false, grace, state.clone());
+        auth.set_keys(&[public]);
+        let agent = uuid::Uuid::new_v4();
+        let (stale, fresh) = (expired_grant(&signer, agent, 573), expired_grant(&signer, agent, -300));
+        let too_old = expired_grant(&signer, agent, 3700);
+        // (coordinator reachable, grant, admitted)
+        let cases = [(true, &stale, false), (true, &fresh, true), (false, &stale, true), (false, &too_old, false)];
+        for (reachable, grant, admitted) in cases {
+            state.update_registration(|r| r.coordinator_reachable = reachable);
+            let ago = if grant == &stale {
+                "573 s"
+            } else if grant == &fresh {
+                "not"
+            } else {
+                "3700 s"
+            };
+            assert_eq!(
+                auth.admits_stream(grant, agent, "127.0.0.1:8080"),
+                admitted,
+                "expired {ago} ago, coordinator reachable: {reachable}"
+            );
+        }
+        assert!(!auth.admits_stream(&fresh, agent, "127.0.0.1:8081"), "another target");
+    }
 
     #[test]
     fn locations_stay_on_this_host() {

@@ -1,8 +1,11 @@
 //! Header hygiene between client and app: Meridian's credentials never reach
 //! the app, forwarding headers are the proxy's own, an app can never set a
 //! Meridian cookie, a WebSocket to an app comes from that app's own pages,
-//! and a path app shown to someone other than its owner runs sandboxed.
+//! a path app shown to someone other than its owner runs sandboxed, and an
+//! app's CORS grants reach no other origin unless its owner opted in (and
+//! then never another user's app).
 
+use meridian_regions::app_url::HostMatch;
 use meridian_regions::headers;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
@@ -21,14 +24,29 @@ const CREDENTIAL_HEADERS: [&str; 5] = [
 /// viewer's other apps elsewhere). No `allow-same-origin`, ever.
 const SANDBOX_POLICY: &str =
     "sandbox allow-scripts allow-forms allow-popups allow-popups-to-escape-sandbox allow-modals allow-downloads";
-/// Forwarding headers a client could spoof.
-const FORWARDING_HEADERS: [&str; 5] =
-    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip"];
+/// The CORS response headers (Fetch standard, "HTTP responses"): what an
+/// app grants other origins.
+const CORS_HEADERS: [&str; 7] = [
+    "access-control-allow-origin",
+    "access-control-allow-credentials",
+    "access-control-allow-methods",
+    "access-control-allow-headers",
+    "access-control-expose-headers",
+    "access-control-max-age",
+    "access-control-allow-private-network",
+];
+/// Forwarding headers a client could spoof (and the primary proxy's proof
+/// that its own are its own).
+const FORWARDING_HEADERS: [&str; 6] =
+    ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip", headers::FORWARDED_BY];
 
-/// Whether a cookie name is one of Meridian's.
+/// Whether a cookie name is one of Meridian's (`meridian_…`, or `__Host-meridian_…`).
 pub fn is_meridian_cookie(name: &str) -> bool {
     const PREFIX: &str = "meridian_";
-    name.trim().as_bytes().get(..PREFIX.len()).is_some_and(|p| p.eq_ignore_ascii_case(PREFIX.as_bytes()))
+    let starts = |s: &[u8], p: &str| s.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()));
+    let name = name.trim().as_bytes();
+    let name = if starts(name, headers::HOST_ONLY_PREFIX) { &name[headers::HOST_ONLY_PREFIX.len()..] } else { name };
+    starts(name, PREFIX)
 }
 
 /// Removes the headers in `names` that the request has (usually none: a scan
@@ -81,17 +99,79 @@ pub fn same_origin_upgrade(req: &RequestHeader, scheme: &str, host: &str) -> boo
     let upgrade =
         req.headers.get(http::header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
     let Some(origin) = req.headers.get(http::header::ORIGIN) else { return true };
-    if !upgrade {
-        return true;
-    }
-    // `Origin: http://h` also matches `Host: h:80` (and https with 443).
-    let Some((their_scheme, their_host)) = origin.to_str().ok().and_then(|o| o.split_once("://")) else {
+    !upgrade || is_own_origin(origin.as_bytes(), scheme, host)
+}
+
+/// Whether `origin` (an `Origin` header's value) is the origin of the page
+/// at `scheme://host`. `Origin: http://h` also matches `Host: h:80` (and
+/// https with 443).
+fn is_own_origin(origin: &[u8], scheme: &str, host: &str) -> bool {
+    let Some((their_scheme, their_host)) = std::str::from_utf8(origin).ok().and_then(|o| o.split_once("://")) else {
         return false;
     };
     let default_port = if scheme == "https" { ":443" } else { ":80" };
     let bare_host = host.strip_suffix(default_port).unwrap_or(host);
     their_scheme.eq_ignore_ascii_case(scheme)
         && (their_host.eq_ignore_ascii_case(host) || their_host.eq_ignore_ascii_case(bare_host))
+}
+
+/// The app a CORS answer is for, as [`cors`] needs it.
+pub struct CorsScope<'a> {
+    /// The request's `Origin`, if any.
+    pub origin: Option<&'a [u8]>,
+    /// The app's own scheme and host (with port) as browsers see it.
+    pub scheme: &'a str,
+    pub host: &'a str,
+    /// The app's owner (the username in its address).
+    pub owner: &'a str,
+    /// The owner opted the app into passing its CORS headers through.
+    pub passthru: bool,
+}
+
+/// Drops the app's CORS headers unless they may reach the request's origin.
+///
+/// Every app host of a region is one site, so a browser sends a viewer's
+/// app cookies along with a credentialed `fetch` from any other app's page;
+/// an app that reflects `Origin` with credentials (many dev servers do)
+/// would be read by another user's app as its viewer. So by default an
+/// app's grants stand only for its own origin (where CORS changes nothing).
+/// An owner may opt an app in to pass them through ([`CorsScope::passthru`]);
+/// even then none reaches a sandboxed page (`Origin: null`) or a subdomain
+/// app of another user, in any region.
+pub fn cors(resp: &mut ResponseHeader, scope: &CorsScope<'_>) {
+    // Most answers carry none: one pass over their few header names.
+    if !resp.headers.keys().any(|k| k.as_str().starts_with("access-control-")) {
+        return;
+    }
+    let keep = match scope.origin {
+        Some(origin) if is_own_origin(origin, scope.scheme, scope.host) => true,
+        Some(origin) if scope.passthru => !is_foreign_origin(origin, scope.owner),
+        _ => false,
+    };
+    if !keep {
+        for name in CORS_HEADERS {
+            resp.remove_header(name);
+        }
+    }
+}
+
+/// Whether `origin` is a sandboxed page's (`null`), unreadable, or a
+/// subdomain app (`{app}--{agent}--{workspace}--{user}.…`, any region's
+/// wildcard) of a user other than `owner`.
+fn is_foreign_origin(origin: &[u8], owner: &str) -> bool {
+    let Some((_, host)) = std::str::from_utf8(origin).ok().and_then(|o| o.split_once("://")) else {
+        return true; // `null`, or not an origin at all
+    };
+    let name =
+        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    let Some((_, base)) = name.split_once('.') else { return false };
+    match meridian_regions::app_url::parse_host(name, base) {
+        HostMatch::App(app) => !app.user.eq_ignore_ascii_case(owner),
+        // A label with the app grammar's shape that does not parse: not
+        // another user's app address, but nothing to grant either.
+        HostMatch::Invalid(_) => host.contains("--"),
+        HostMatch::NotAnApp => false,
+    }
 }
 
 /// Drops any `Set-Cookie` of a Meridian cookie from the app's response and,
@@ -126,7 +206,8 @@ mod tests {
     #[test]
     fn request_is_cleaned() {
         let mut req = RequestHeader::build("GET", b"/", None).unwrap();
-        req.insert_header("cookie", "a=1; meridian_app_token=t; Meridian_Session=s; b=2").unwrap();
+        req.insert_header("cookie", "a=1; meridian_app_token=t; Meridian_Session=s; __Host-meridian_app_token=h; b=2")
+            .unwrap();
         req.append_header("cookie", "meridian_app_session=x").unwrap();
         req.insert_header("meridian-session-token", "secret").unwrap();
         req.insert_header("meridian-mesh-secret", "secret").unwrap();
@@ -155,6 +236,8 @@ mod tests {
         resp.append_header("set-cookie", "ok=1; Path=/").unwrap();
         resp.append_header("set-cookie", "meridian_app_token=evil; Path=/").unwrap();
         resp.append_header("set-cookie", " MERIDIAN_SESSION=evil").unwrap();
+        resp.append_header("set-cookie", "__Host-meridian_session=evil; Secure; Path=/").unwrap();
+        resp.append_header("set-cookie", "__host-Meridian_app_token=evil; Secure; Path=/").unwrap();
         response(&mut resp, false).unwrap();
         let cookies: Vec<_> = resp.headers.get_all("set-cookie").iter().collect();
         assert_eq!(cookies, ["ok=1; Path=/"]);
@@ -171,6 +254,44 @@ mod tests {
         assert_eq!(policies, ["default-src 'self'", SANDBOX_POLICY]);
         assert!(!SANDBOX_POLICY.contains("allow-same-origin"));
         assert!(resp.headers.get("service-worker-allowed").is_none());
+    }
+
+    #[test]
+    fn cors_grants_reach_only_the_apps_own_origin_unless_opted_in() {
+        const ALICE: &str = "code--main--dev--alice.r.localhost:7081";
+        // (Origin, passthru, kept)
+        let cases = [
+            (Some("http://code--main--dev--alice.r.localhost:7081"), false, true),
+            (Some("HTTP://CODE--main--dev--alice.r.localhost:7081"), false, true),
+            (Some("http://evil--main--lab--bob.r.localhost:7081"), false, false),
+            (Some("http://other--main--dev--alice.r.localhost:7081"), false, false),
+            (Some("http://example.com"), false, false),
+            (Some("null"), false, false),
+            (None, false, false),
+            // Opted in: any origin but a sandboxed page's and another user's app.
+            (Some("http://other--main--dev--alice.r.localhost:7081"), true, true),
+            (Some("https://8080--main--ws--ALICE.elsewhere.example"), true, true),
+            (Some("http://example.com"), true, true),
+            (Some("http://evil--main--lab--bob.r.localhost:7081"), true, false),
+            (Some("https://evil--main--lab--bob.frankfurt.example.com"), true, false),
+            (Some("http://8080--main--lab--bob.r.localhost:7081"), true, false),
+            (Some("http://x--y--z.r.localhost:7081"), true, false),
+            (Some("null"), true, false),
+            (None, true, false),
+        ];
+        for (origin, passthru, kept) in cases {
+            let mut resp = ResponseHeader::build(200, None).unwrap();
+            resp.insert_header("access-control-allow-origin", origin.unwrap_or("*")).unwrap();
+            resp.insert_header("access-control-allow-credentials", "true").unwrap();
+            resp.insert_header("access-control-expose-headers", "x-secret").unwrap();
+            resp.insert_header("vary", "Origin").unwrap();
+            let scope =
+                CorsScope { origin: origin.map(str::as_bytes), scheme: "http", host: ALICE, owner: "alice", passthru };
+            cors(&mut resp, &scope);
+            let left = CORS_HEADERS.iter().filter(|h| resp.headers.contains_key(**h)).count();
+            assert_eq!(left, if kept { 3 } else { 0 }, "{origin:?} passthru={passthru}");
+            assert_eq!(resp.headers["vary"], "Origin", "other headers stay");
+        }
     }
 
     #[test]

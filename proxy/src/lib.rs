@@ -51,11 +51,14 @@ pub enum Mode {
     Standalone,
     /// Inside the coordinator, as the primary region's proxy and relay: it
     /// stops when `shutdown` turns true and reports on `stopped`; whatever is
-    /// not an app goes to the coordinator API at `api_upstream`.
+    /// not an app goes to the coordinator API at `api_upstream`, with
+    /// `forwarded_by` in [`meridian_regions::headers::FORWARDED_BY`] (the API
+    /// trusts its `X-Forwarded-For` only then).
     Embedded {
         shutdown: tokio::sync::watch::Receiver<bool>,
         stopped: std::sync::mpsc::Sender<()>,
         api_upstream: std::net::SocketAddr,
+        forwarded_by: meridian_regions::token::Secret,
     },
 }
 
@@ -146,7 +149,9 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
                 max_per_client: config.limits.max_connections_per_client,
             },
             api_upstream: match &mode {
-                Mode::Embedded { api_upstream, .. } => Some(*api_upstream),
+                Mode::Embedded { api_upstream, forwarded_by, .. } => {
+                    Some(service::ApiUpstream { addr: *api_upstream, forwarded_by: forwarded_by.clone() })
+                }
                 Mode::Standalone => None,
             },
         },

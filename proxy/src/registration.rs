@@ -79,6 +79,7 @@ impl Registrar {
                     backoff = FIRST_BACKOFF;
                     self.auth.set_keys(&resp.keys);
                     self.relay.mesh.set_secret(resp.mesh_secret.clone());
+                    self.relay.set_region(&resp.region_name);
                     self.relay.record_offline_attachments().await;
                     let peers = resp.regions.iter().flat_map(|r| {
                         r.replicas.iter().filter_map(|x| Some((x.mesh_address.clone()?, r.name.clone())))

@@ -9,17 +9,21 @@
 //! elsewhere, over a mesh link to the relay the route table names (one hop,
 //! see [`crate::mesh`]). Peer relays link in with the mesh secret.
 
+mod admission;
+mod attach;
+
 use crate::mesh::Mesh;
 use crate::routes::RouteTable;
+use admission::{Admission, Refusal, HANDSHAKE_DEADLINE};
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::upgrade::Upgraded;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use meridian_regions::api::{AgentAttach, AgentDetach};
-use meridian_regions::client::{Client, ClientError};
+use meridian_regions::client::Client;
 use meridian_regions::data::{self, DataStream, Nonce, Opening};
-use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN, MESH_SECRET};
+use meridian_regions::headers::MESH_SECRET;
 use meridian_regions::tunnel::{
     StreamError, Tunnel, AGENT_HEADER, GRANT_HEADER, LINK_PATH, LINK_PROTOCOL, TUNNEL_PATH, UPGRADE_PROTOCOL,
 };
@@ -111,14 +115,8 @@ const SEARCH_AGAIN: std::time::Duration = crate::search::REUSE;
 /// How long a request waits for an unreachable agent's route to change.
 const ROUTE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// Connections the relay listener holds at once (tunnels, links and data
-/// connections); beyond it, new connections are closed at once.
-const MAX_RELAY_CONNECTIONS: usize = 50_000;
 /// Pause after a failed accept (e.g. out of file descriptors).
 const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
-
-/// Longest wait for a relay client's TLS handshake or upgrade request.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Counts one stream relayed for a peer while it is open.
 struct Relayed(Arc<std::sync::atomic::AtomicUsize>);
@@ -162,6 +160,8 @@ pub struct Relay {
     auth: Arc<crate::auth::Auth>,
     /// Whether the coordinator is reachable (when it is not, routes may be stale).
     pub state: Arc<crate::state::ProxyState>,
+    /// This relay's region, from the first registration (attach tokens name it).
+    region: std::sync::OnceLock<String>,
     /// Agents admitted while the coordinator was unreachable, with their
     /// attach tokens, until the coordinator has recorded them.
     unrecorded: std::sync::Mutex<HashMap<Uuid, String>>,
@@ -215,9 +215,15 @@ impl Relay {
             mesh: Arc::new(mesh),
             searches: Default::default(),
             auth,
+            region: std::sync::OnceLock::new(),
             unrecorded: std::sync::Mutex::default(),
             pending: Pending::default(),
         })
+    }
+
+    /// Learns this relay's region (from a registration); it never changes.
+    pub fn set_region(&self, name: &str) {
+        let _ = self.region.set(name.to_owned());
     }
 
     /// Tells the coordinator about agents admitted while it was unreachable
@@ -455,25 +461,24 @@ impl Relay {
     }
 
     /// Accepts agents and peer relays on `listener` (over TLS with `tls`) until
-    /// `shutdown` flips to true.
+    /// `shutdown` flips to true, within the caps of [`Admission::for_this_process`].
     pub async fn serve(
         self: Arc<Self>,
         listener: tokio::net::TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
         shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        self.serve_up_to(MAX_RELAY_CONNECTIONS, listener, tls, shutdown).await;
+        self.serve_within(Admission::for_this_process(), listener, tls, shutdown).await;
     }
 
-    /// [`Relay::serve`], holding at most `max` connections at once.
-    async fn serve_up_to(
+    /// [`Relay::serve`], holding unproven connections within `admission`'s caps.
+    async fn serve_within(
         self: Arc<Self>,
-        max: usize,
+        admission: Arc<Admission>,
         listener: tokio::net::TcpListener,
         tls: Option<tokio_rustls::TlsAcceptor>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) {
-        let open = Arc::new(tokio::sync::Semaphore::new(max));
         loop {
             let (tcp, peer) = tokio::select! {
                 _ = shutdown.changed() => return,
@@ -488,17 +493,31 @@ impl Relay {
                     }
                 },
             };
-            let Ok(permit) = open.clone().try_acquire_owned() else {
-                tracing::warn!(%peer, max, "relay connection cap reached; refused a connection");
-                self.state.metrics.relay_refused.inc();
-                continue;
+            // Closed at once (dropped) when over a cap.
+            let unproven = match admission.admit(peer.ip()) {
+                Ok(unproven) => unproven,
+                Err(refusal) => {
+                    self.state.metrics.relay_refused.inc();
+                    match refusal {
+                        Refusal::Full(max) => {
+                            tracing::warn!(%peer, max, "relay connection cap reached; refused a connection")
+                        }
+                        Refusal::Address(max) => {
+                            tracing::debug!(%peer, max, "a client's relay connection cap reached; refused a connection")
+                        }
+                    }
+                    continue;
+                }
             };
             let _ = tcp.set_nodelay(true);
             let (relay, tls) = (self.clone(), tls.clone());
             tokio::spawn(async move {
-                let _permit = permit;
+                // Counted until it proves itself: an upgrade hands the
+                // connection on (the tunnel or link runs in a task of its
+                // own), a data connection is claimed, or it ends.
+                let _unproven = unproven;
                 match tls {
-                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Some(acceptor) => match tokio::time::timeout(HANDSHAKE_DEADLINE, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => relay.serve_opening(stream, |s| DataStream::Server(Box::new(s)), peer).await,
                         _ => tracing::debug!(%peer, "relay TLS handshake failed"),
                     },
@@ -531,7 +550,7 @@ impl Relay {
         let service = hyper::service::service_fn(move |req| self.clone().handshake(req));
         hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
-            .header_read_timeout(HANDSHAKE_TIMEOUT)
+            .header_read_timeout(HANDSHAKE_DEADLINE)
             .serve_connection(io, service)
             .with_upgrades()
             .await
@@ -559,31 +578,9 @@ impl Relay {
                 "This is a Meridian relay; agents upgrade at /api/v2/agents/me/tunnel.",
             );
         }
-        let Some(token) = req.headers().get(AGENT_TOKEN).and_then(|v| v.to_str().ok()).map(str::to_owned) else {
-            return reply(StatusCode::UNAUTHORIZED, "No agent token.");
-        };
-        let attach_token = req.headers().get(AGENT_ATTACH_TOKEN).and_then(|v| v.to_str().ok()).map(str::to_owned);
-        let ask = AgentAttach { agent_token: token, attach_token: None, replica_id: Some(self.replica_id) };
-        let agent_id = match self.coordinator.agent_attach(&ask).await {
-            Ok(r) => r.agent_id,
-            Err(ClientError::Api { status, message, .. }) if status.is_client_error() => {
-                return reply(StatusCode::from_u16(status.as_u16()).unwrap_or(StatusCode::UNAUTHORIZED), &message)
-            }
-            // The coordinator cannot answer: an attach token it signed earlier still admits the agent.
-            Err(e) => match attach_token.and_then(|t| Some((self.auth.verify_attach(&t)?, t))) {
-                Some((agent_id, t)) => {
-                    tracing::warn!(agent = %agent_id, error = %e, "coordinator unreachable; admitted the agent by its attach token");
-                    self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()).insert(agent_id, t);
-                    agent_id
-                }
-                None => {
-                    tracing::warn!(error = %e, "cannot check an agent token with the coordinator");
-                    return reply(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "The coordinator is unreachable; try again shortly.",
-                    );
-                }
-            },
+        let agent_id = match self.admit_agent(req.headers()).await {
+            Ok(agent_id) => agent_id,
+            Err(attach::Refused(status, message)) => return reply(status, message),
         };
         tokio::spawn(async move {
             match hyper::upgrade::on(&mut req).await {
@@ -869,11 +866,10 @@ mod tests {
     #[tokio::test]
     async fn a_request_cut_by_a_tunnel_leaving_takes_the_route_that_came_before() {
         use crate::routes::Route;
-        use meridian_regions::api::Share;
-        use meridian_regions::app_token::{generate_key, AppClaims, Signer, ISSUER};
+        use meridian_regions::app_token::{generate_key, Signer};
         let agent = Uuid::new_v4();
         // The sibling: holds the agent's new tunnel, admits this relay's link and the request's grant.
-        let (sibling, addr, _stop) = serving(16).await;
+        let (sibling, addr, _stop) = serving(Admission::new(16, 16)).await;
         let (der, public) = generate_key("k1", [7u8; 32]);
         sibling.auth.set_keys(&[public]);
         let (there_here, there_agent) = tokio::io::duplex(64 * 1024);
@@ -902,21 +898,8 @@ mod tests {
         }
         assert!(relay.tunnel(agent).is_some() && sibling.tunnel(agent).is_some(), "the tunnels never came up");
 
-        let now = chrono::Utc::now().timestamp();
-        let claims = AppClaims {
-            iss: ISSUER.into(),
-            sub: Uuid::new_v4().to_string(),
-            binding: "code--main--dev--alice.test".into(),
-            agent_id: agent,
-            upstream: "http://127.0.0.1:8080".into(),
-            share: Share::Owner,
-            sandbox: false,
-            dial: Default::default(),
-            iat: now,
-            nbf: now,
-            exp: now + 300,
-        };
-        let grant = Signer::new("k1", &der).sign(&claims).unwrap();
+        let exp = chrono::Utc::now().timestamp() + 300;
+        let grant = crate::auth::tests::grant_expiring(&Signer::new("k1", &der), agent, exp);
         let opened = tokio::time::timeout(Duration::from_secs(30), relay.open(agent, "127.0.0.1:8080", &grant)).await;
         let opened = opened.expect("the request hung");
         assert!(opened.is_ok(), "the request found no path: {:?}", opened.err());
@@ -953,13 +936,56 @@ mod tests {
         assert!(relay.tunnel(agent).is_none());
     }
 
-    async fn serving(max: usize) -> (Arc<Relay>, std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    async fn serving(
+        admission: Arc<Admission>,
+    ) -> (Arc<Relay>, std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
         let relay = relay();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        tokio::spawn(relay.clone().serve_up_to(max, listener, None, stopped));
+        tokio::spawn(relay.clone().serve_within(admission, listener, None, stopped));
         (relay, addr, stop)
+    }
+
+    /// A connection to `addr` from loopback address `from`.
+    async fn connect_from(from: [u8; 4], addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((std::net::Ipv4Addr::from(from), 0).into()).unwrap();
+        socket.connect(addr).await.unwrap()
+    }
+
+    /// Whether the relay closes `conn` (without answering) within `within`.
+    async fn closed(conn: &mut tokio::net::TcpStream, within: Duration) -> bool {
+        let mut buf = [0u8; 1];
+        matches!(tokio::time::timeout(within, conn.read(&mut buf)).await, Ok(Ok(0) | Err(_)))
+    }
+
+    /// The probe's flood: one address opening connection after connection
+    /// and never finishing a request. It gets its share, the next are
+    /// closed at once, another address is still served, and a connection
+    /// that does not prove itself is closed after the handshake deadline.
+    #[tokio::test]
+    async fn one_address_cannot_take_the_relay_port() {
+        let (relay, addr, _stop) = serving(Admission::new(100, 3)).await;
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(connect_from([127, 0, 0, 1], addr).await);
+        }
+        for conn in &mut held {
+            assert!(answered(conn).await, "the address's share is served");
+        }
+        let mut fourth = connect_from([127, 0, 0, 1], addr).await;
+        assert!(closed(&mut fourth, Duration::from_secs(2)).await, "a fourth connection of one address was held");
+        assert_eq!(relay.state.metrics.relay_refused.get(), 1);
+        let mut other = connect_from([127, 0, 0, 2], addr).await;
+        assert!(answered(&mut other).await, "another address is served");
+
+        // Silent connections (a request never finished) end at the deadline.
+        let started = tokio::time::Instant::now();
+        let mut silent = connect_from([127, 0, 0, 3], addr).await;
+        silent.write_all(b"GET / HTTP/1.1\r\nhost: rel").await.unwrap();
+        assert!(closed(&mut silent, HANDSHAKE_DEADLINE * 3).await, "a half-sent request was held");
+        assert!(started.elapsed() >= HANDSHAKE_DEADLINE - Duration::from_millis(500), "closed before its deadline");
     }
 
     /// Asks the relay on `conn` for a path it does not serve: its 404 shows
@@ -984,7 +1010,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_relay_holds_at_most_its_maximum_of_connections() {
-        let (relay, addr, _stop) = serving(2).await;
+        let (relay, addr, _stop) = serving(Admission::new(2, 2)).await;
         let mut first = tokio::net::TcpStream::connect(addr).await.unwrap();
         let mut second = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert!(answered(&mut first).await && answered(&mut second).await, "two places, two connections served");
@@ -1014,7 +1040,7 @@ mod tests {
     async fn failed_accepts_pause_the_listener_instead_of_spinning() {
         // Lowers this process's descriptor limit: nextest runs each test in a process of its own.
         use nix::sys::resource::{getrlimit, setrlimit, Resource};
-        let (relay, addr, _stop) = serving(MAX_RELAY_CONNECTIONS).await;
+        let (relay, addr, _stop) = serving(Admission::new(admission::MAX_UNPROVEN, admission::MAX_UNPROVEN)).await;
         let mut waiting = tokio::net::TcpStream::connect(addr).await.unwrap();
         assert!(answered(&mut waiting).await);
 

@@ -23,8 +23,8 @@ pub struct MeridianProxy {
     pub relay: Arc<Relay>,
     /// The wildcard base host, e.g. `sydney.localhost`, if subdomain apps are served.
     pub wildcard_base: Option<String>,
-    /// On the primary: the coordinator API's internal address, for everything that is not an app.
-    pub api_upstream: Option<std::net::SocketAddr>,
+    /// On the primary: the coordinator API, for everything that is not an app.
+    pub api_upstream: Option<ApiUpstream>,
     /// Longest wait for each read of an app's answer (→ 504).
     pub app_timeout: std::time::Duration,
     /// Longest wait for a request head, and for the first piece of a chunked body.
@@ -33,6 +33,14 @@ pub struct MeridianProxy {
     pub idle_timeout_secs: u64,
     /// Connection accounting for proxies and agents calling the API.
     pub control_plane: gate::ControlPlane,
+}
+
+/// The coordinator API behind the primary's proxy.
+pub struct ApiUpstream {
+    /// Its internal (loopback) address.
+    pub addr: std::net::SocketAddr,
+    /// Proves to the API that this proxy set `X-Forwarded-For`.
+    pub forwarded_by: meridian_regions::token::Secret,
 }
 
 /// Per-request state.
@@ -88,6 +96,13 @@ impl ProxyHttp for MeridianProxy {
         if session.get_keepalive().is_some() {
             session.set_keepalive(Some(self.idle_timeout_secs));
         }
+        // HTTP/1.1 pipelining (RFC 9112 §9.3.2): a request sent behind this
+        // one before its answer is answered next, in order. Never behind an
+        // upgrade request: whether what follows it is a request or the
+        // upgraded protocol's bytes depends on the app's answer, so the
+        // connection closes after it (nothing behind it is read).
+        let pipelining = !session.is_upgrade_req();
+        session.set_pipelining_enabled(pipelining);
         let req = session.req_header();
         let (host, query) = (checked.host, req.uri.query());
         let passthrough = self.api_upstream.is_some();
@@ -142,13 +157,13 @@ impl ProxyHttp for MeridianProxy {
     }
 
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        match (&ctx.app, self.api_upstream) {
+        match (&ctx.app, &self.api_upstream) {
             (Some(served), _) => {
                 let timeout = (!session.is_upgrade_req()).then_some(self.app_timeout);
                 upstream::peer(&self.relay, &served.claims, &served.token, timeout)
             }
             (None, Some(api)) => {
-                let mut peer = HttpPeer::new(api, false, String::new());
+                let mut peer = HttpPeer::new(api.addr, false, String::new());
                 // Under the API server's own idle limit (hyper closes a keep-alive
                 // connection after 30 s without a request): a pooled connection is
                 // dropped here first, never reused as the server closes it (a 502).
@@ -175,7 +190,11 @@ impl ProxyHttp for MeridianProxy {
             // address from this proxy alone: it limits sign-ins by it.
             let host = session.req_header().headers.get(http::header::HOST).and_then(|h| h.to_str().ok());
             let host = host.unwrap_or_default().to_owned();
-            return hygiene::forwarding(up, client_ip, self.auth.scheme(), &host);
+            hygiene::forwarding(up, client_ip, self.auth.scheme(), &host)?;
+            if let Some(api) = &self.api_upstream {
+                up.insert_header(meridian_regions::headers::FORWARDED_BY, api.forwarded_by.expose())?;
+            }
+            return Ok(());
         };
         hygiene::request(up, client_ip, self.auth.scheme(), &served.host)?;
         if let Some((_, rest)) = &served.route.path {
@@ -191,6 +210,14 @@ impl ProxyHttp for MeridianProxy {
         // The API's responses (e.g. the login cookie) pass as they are.
         let Some(served) = ctx.app.as_mut() else { return Ok(()) };
         hygiene::response(resp, served.claims.sandbox)?;
+        let scope = hygiene::CorsScope {
+            origin: session.req_header().headers.get(http::header::ORIGIN).map(|o| o.as_bytes()),
+            scheme: self.auth.scheme(),
+            host: &served.host,
+            owner: &served.route.req.user,
+            passthru: served.claims.cors_passthru,
+        };
+        hygiene::cors(resp, &scope);
         if let Some(cookie) = served.set_cookie.take() {
             resp.append_header("set-cookie", cookie)?;
         }

@@ -289,6 +289,47 @@ pub struct App {
     pub subdomain: bool,
     #[serde(default)]
     pub share: Share,
+    /// What happens to the app's own CORS headers [default: `default`, dropped].
+    #[serde(default, skip_serializing_if = "Cors::is_default")]
+    pub cors: Cors,
+}
+
+/// What a proxy does with the CORS headers (`Access-Control-*`) an app answers with.
+///
+/// Sibling app hosts are one site, so a browser sends a user's app cookies
+/// with a credentialed `fetch` from any other app's page: an app that
+/// reflects `Origin` with `Access-Control-Allow-Credentials: true` (as many
+/// dev servers do) would let any other user's app read it as its viewer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Cors {
+    /// Dropped, unless the request's `Origin` is the app's own.
+    #[default]
+    Default,
+    /// Passed through as the app sent them (dangerous: the app decides who
+    /// reads it as its viewer), except to a sandboxed page (`Origin: null`)
+    /// and to another user's app.
+    Passthru,
+}
+
+impl Cors {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Cors::Default => "default",
+            Cors::Passthru => "passthru",
+        }
+    }
+
+    pub fn from_stored(s: &str) -> Self {
+        match s {
+            "passthru" => Cors::Passthru,
+            _ => Cors::Default,
+        }
+    }
+
+    pub fn is_default(&self) -> bool {
+        *self == Cors::Default
+    }
 }
 
 fn default_true() -> bool {
@@ -355,9 +396,9 @@ pub struct AgentConnectionInfo {
     pub apps: Vec<App>,
     /// Relays to attach to, preferred first.
     pub relays: Vec<RelayInfo>,
-    /// Lets relays admit this agent while the coordinator is unreachable
-    /// (sent in `Meridian-Agent-Attach-Token`); short-lived, refreshed with this info.
-    #[serde(default)]
+    /// Earlier releases' attach token for any region; no longer issued (each
+    /// relay in `relays` carries its region's own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attach_token: Option<crate::token::Secret>,
 }
 
@@ -370,9 +411,16 @@ pub struct RelayInfo {
     /// before moving back to their preferred region).
     #[serde(default)]
     pub healthy_since: Option<DateTime<Utc>>,
+    /// What the agent presents to this relay (in `Meridian-Agent-Attach-Token`):
+    /// a short-lived token for this relay's region alone. The agent token
+    /// itself never goes to a relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attach_token: Option<crate::token::Secret>,
 }
 
-/// `POST /api/v2/proxies/me/agent-attach`: a relay vouches for an agent's token.
+/// `POST /api/v2/proxies/me/agent-attach`: a relay records an agent it admitted
+/// with the attach token the agent presented (for that relay's region); relays
+/// of earlier releases vouch with the agent's own token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentAttach {
     /// The agent's own token, or empty when the relay admitted it offline

@@ -36,6 +36,10 @@ pub struct AppClaims {
     /// apps (or the dashboard), so its scripts must not act as them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
+    /// The app's owner opted it into passing its own CORS headers through
+    /// (see [`crate::api::Cors::Passthru`]); the owner's username is in the binding's app address.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cors_passthru: bool,
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
@@ -111,15 +115,23 @@ impl Dial {
 /// Audience of attach tokens: relays, and nothing else.
 pub const ATTACH_AUDIENCE: &str = "meridian-relay";
 
-/// What an attach token says: agent `agent_id` may attach to any relay until
-/// `exp`. Agents get one with their connection info, so relays can admit them
-/// while the coordinator is unreachable (checked with the app-token keys; its
-/// `aud` keeps it from ever passing as an app token, and the reverse).
+/// What an attach token says: agent `agent_id` may attach to a relay of
+/// region `region` until `exp`. Agents get one per region with their
+/// connection info and present it (never their agent token, which lives as
+/// long as the workspace) to that region's relays, which check it with the
+/// app-token keys, so they admit agents while the coordinator is unreachable
+/// too. Its `aud` keeps it from ever passing as an app token, and the
+/// reverse; its `region` from opening any other region's relay (a region
+/// that received one cannot replay it elsewhere).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttachClaims {
     pub iss: String,
     pub aud: String,
     pub agent_id: Uuid,
+    /// The region whose relays it opens; tokens of earlier releases name
+    /// none and open no relay.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
     pub iat: i64,
     pub exp: i64,
 }
@@ -237,9 +249,19 @@ impl Verifier {
         Ok(claims)
     }
 
-    /// The agent an attach token admits, if it is signed by a known key,
-    /// meant for relays and current.
-    pub fn verify_attach(&self, token: &str) -> Result<Uuid, TokenError> {
+    /// The agent an attach token admits to region `region`'s relays: it is
+    /// signed by a known key, meant for relays, current, and for that region.
+    pub fn verify_attach_for(&self, token: &str, region: &str) -> Result<Uuid, TokenError> {
+        let claims = self.attach_claims(token)?;
+        if claims.region.as_deref() != Some(region) {
+            return Err(TokenError::WrongApp);
+        }
+        Ok(claims.agent_id)
+    }
+
+    /// The claims of an attach token signed by a known key, meant for
+    /// relays and current (whatever region it names).
+    pub fn attach_claims(&self, token: &str) -> Result<AttachClaims, TokenError> {
         let kid = Self::key_id(token).ok_or(TokenError::Malformed)?;
         let key = self.keys.get(&kid).ok_or_else(|| TokenError::UnknownKey(kid.clone()))?;
         let mut validation = Validation::new(Algorithm::EdDSA);
@@ -248,7 +270,7 @@ impl Verifier {
         validation.set_audience(&[ATTACH_AUDIENCE]);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
         match jsonwebtoken::decode::<AttachClaims>(token, key, &validation) {
-            Ok(data) => Ok(data.claims.agent_id),
+            Ok(data) => Ok(data.claims),
             Err(e) if matches!(e.kind(), jsonwebtoken::errors::ErrorKind::ExpiredSignature) => Err(TokenError::Expired),
             Err(_) => Err(TokenError::BadSignature),
         }
@@ -353,6 +375,7 @@ mod tests {
             upstream: "http://127.0.0.1:8080".into(),
             share: Share::Owner,
             sandbox: false,
+            cors_passthru: false,
             dial: Default::default(),
             iat: now,
             nbf: now,
@@ -439,18 +462,29 @@ mod tests {
         let (signer, verifier) = setup();
         let n = now();
         let agent_id = Uuid::new_v4();
-        let attach = |aud: &str, exp: i64| AttachClaims { iss: ISSUER.into(), aud: aud.into(), agent_id, iat: n, exp };
+        let attach = |aud: &str, exp: i64| AttachClaims {
+            iss: ISSUER.into(),
+            aud: aud.into(),
+            agent_id,
+            region: Some("sydney".into()),
+            iat: n,
+            exp,
+        };
+        let verify = |t: &str| verifier.verify_attach_for(t, "sydney");
         let good = signer.sign_attach(&attach(ATTACH_AUDIENCE, n + 600)).unwrap();
-        assert_eq!(verifier.verify_attach(&good), Ok(agent_id));
+        assert_eq!(verify(&good), Ok(agent_id));
+        assert_eq!(verifier.verify_attach_for(&good, "frankfurt"), Err(TokenError::WrongApp), "another region's relay");
+        let unbound = signer.sign_attach(&AttachClaims { region: None, ..attach(ATTACH_AUDIENCE, n + 600) }).unwrap();
+        assert_eq!(verify(&unbound), Err(TokenError::WrongApp), "a token naming no region opens no relay");
         assert!(verifier.verify(&good, "host:x").is_err(), "an attach token is no app token");
         let app = signer.sign(&claims(n)).unwrap();
-        assert!(verifier.verify_attach(&app).is_err(), "an app token is no attach token");
-        assert!(verifier.verify_attach(&signer.sign_attach(&attach("other", n + 600)).unwrap()).is_err());
+        assert!(verify(&app).is_err(), "an app token is no attach token");
+        assert!(verify(&signer.sign_attach(&attach("other", n + 600)).unwrap()).is_err());
         let expired = signer.sign_attach(&attach(ATTACH_AUDIENCE, n - 120)).unwrap();
-        assert_eq!(verifier.verify_attach(&expired), Err(TokenError::Expired));
+        assert_eq!(verify(&expired), Err(TokenError::Expired));
         let (other_der, _) = generate_key("k1", [9u8; 32]);
         let forged = Signer::new("k1", &other_der).sign_attach(&attach(ATTACH_AUDIENCE, n + 600)).unwrap();
-        assert_eq!(verifier.verify_attach(&forged), Err(TokenError::BadSignature));
+        assert_eq!(verify(&forged), Err(TokenError::BadSignature));
     }
 
     #[test]

@@ -81,10 +81,12 @@ pub fn parse_host(host: &str, base: &str) -> HostMatch {
     }
 }
 
-/// The wildcard base host of a pattern: `*.sydney.localhost:7081` → `sydney.localhost`.
+/// The wildcard base host of a pattern: `*.sydney.localhost:7081` →
+/// `sydney.localhost` (lowercase, without a trailing dot: the same host to a
+/// browser, so the same base when two regions' patterns are compared).
 pub fn wildcard_base(pattern: &str) -> Option<String> {
     let rest = pattern.strip_prefix("*.")?;
-    Some(strip_port(rest).to_ascii_lowercase())
+    Some(strip_port(rest).trim_end_matches('.').to_ascii_lowercase())
 }
 
 fn strip_port(host: &str) -> &str {
@@ -308,6 +310,7 @@ mod tests {
     fn wildcard_bases() {
         assert_eq!(wildcard_base("*.sydney.localhost:7081").as_deref(), Some("sydney.localhost"));
         assert_eq!(wildcard_base("*.Apps.Example.com").as_deref(), Some("apps.example.com"));
+        assert_eq!(wildcard_base("*.FRANKFURT.localhost.:7902").as_deref(), Some("frankfurt.localhost"));
         assert_eq!(wildcard_base("apps.example.com"), None);
     }
 

@@ -56,7 +56,7 @@ pub fn token(data: &[u8]) {
     let Ok(raw) = std::str::from_utf8(data) else { return };
     let (_, verifier) = keys();
     assert!(verifier.verify(raw, "code--main--dev--alice.sydney.localhost").is_err(), "{raw:?} verified");
-    assert!(verifier.verify_attach(raw).is_err(), "{raw:?} verified as an attach token");
+    assert!(verifier.attach_claims(raw).is_err(), "{raw:?} verified as an attach token");
     let _ = verifier.verify_with_grace(raw, "x", 3600);
 }
 

@@ -3,6 +3,7 @@
 //! a registered wildcard (same port), or a path app under a registered access
 //! URL. Never a prefix match, never userinfo, never a scheme other than http(s).
 
+use crate::app_token::{path_binding, subdomain_binding};
 use crate::app_url::{parse_host, parse_path, wildcard_base, HostMatch, PathMatch};
 use url::Url;
 
@@ -20,6 +21,13 @@ pub struct AppHosts {
 
 /// Checks `raw`; on success returns the parsed URL.
 pub fn validate(raw: &str, hosts: &AppHosts) -> Result<Url, &'static str> {
+    validate_app(raw, hosts).map(|(url, _)| url)
+}
+
+/// Checks `raw`; on success returns the parsed URL and the binding of the
+/// one app it addresses (what a token for it is bound to: see
+/// [`crate::app_token::subdomain_binding`] and [`crate::app_token::path_binding`]).
+pub fn validate_app(raw: &str, hosts: &AppHosts) -> Result<(Url, String), &'static str> {
     if raw.len() > MAX_LEN {
         return Err("redirect_uri is too long");
     }
@@ -46,16 +54,20 @@ pub fn validate(raw: &str, hosts: &AppHosts) -> Result<Url, &'static str> {
         };
         port_ok && matches!(parse_host(host, &base), HostMatch::App(_))
     });
-    let path_app = hosts.access_urls.iter().any(|a| {
-        a.scheme() == url.scheme()
-            && a.host_str() == Some(host)
-            && a.port_or_known_default() == port
-            && matches!(parse_path(url.path()), PathMatch::App { .. })
-    });
-    if subdomain_app || path_app {
-        Ok(url)
-    } else {
-        Err("redirect_uri is not an app address served by Meridian")
+    if subdomain_app {
+        let binding = subdomain_binding(host);
+        return Ok((url, binding));
+    }
+    let at_access_url = hosts
+        .access_urls
+        .iter()
+        .any(|a| a.scheme() == url.scheme() && a.host_str() == Some(host) && a.port_or_known_default() == port);
+    match parse_path(url.path()) {
+        PathMatch::App { prefix, .. } if at_access_url => {
+            let binding = path_binding(host, &prefix);
+            Ok((url, binding))
+        }
+        _ => Err("redirect_uri is not an app address served by Meridian"),
     }
 }
 
@@ -77,6 +89,13 @@ mod tests {
         ];
         for u in ok {
             assert!(validate(u, &hosts).is_ok(), "{u}: {:?}", validate(u, &hosts));
+        }
+        let bindings = [
+            ("http://CODE--main--dev--alice.sydney.localhost:7081/x", "host:code--main--dev--alice.sydney.localhost"),
+            ("http://127.0.0.1:7080/@alice/dev/apps/code/x/y?z", "path:127.0.0.1/@alice/dev/apps/code/"),
+        ];
+        for (u, want) in bindings {
+            assert_eq!(validate_app(u, &hosts).unwrap().1, want, "{u}");
         }
         let bad = [
             "//evil.example",

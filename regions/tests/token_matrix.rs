@@ -64,6 +64,7 @@ fn the_token_matrix() {
             upstream: "http://127.0.0.1:8080".into(),
             share: meridian_regions::api::Share::Owner,
             sandbox: false,
+            cors_passthru: false,
             dial: Default::default(),
             iat: n,
             nbf: n,

@@ -9,12 +9,7 @@ const launch = require('./launch');
   const browser = await launch();
   try {
     const page = await browser.newPage();
-    await page.goto(`${coordinator}/login`, { timeout: 20000 });
-    await page.fill('input[name=username]', username);
-    await page.fill('input[name=password]', password);
-    await Promise.all([page.waitForURL((u) => !u.pathname.startsWith('/login'), { timeout: 20000 }), page.click('button')]);
-    const cookies = await page.context().cookies(coordinator);
-    if (!cookies.some((c) => c.name === 'meridian_session')) throw new Error('sign-in set no session cookie');
+    await launch.signIn(page, coordinator, username, password);
 
     const resp = await page.goto(appUrl, { timeout: 20000 });
     const status = resp.status();

@@ -62,16 +62,17 @@ impl World {
         proxy_call(&self.coord.url, &self.token, "/api/v2/proxies/me/issue-app-token", body).await
     }
 
-    /// The full browser half of the flow for `api`'s user: auth-redirect → ticket → app session.
-    async fn app_session(&self, api_token: &str) -> String {
-        let location = auth_redirect(&self.coord.url, Some(api_token), &self.app_url("code")).await.1;
+    /// The full browser half of the flow for `api`'s user opening `app`:
+    /// auth-redirect → ticket → app session (good for `app` only).
+    async fn app_session(&self, api_token: &str, app: &str) -> String {
+        let location = auth_redirect(&self.coord.url, Some(api_token), &self.app_url(app)).await.1;
         let ticket = url::Url::parse(&location)
             .unwrap()
             .query_pairs()
             .find(|(k, _)| k == "meridian_app_ticket")
             .map(|(_, v)| v.into_owned())
             .expect("ticket in the redirect");
-        let body = json!({ "ticket": ticket, "host": self.host("code") });
+        let body = json!({ "ticket": ticket, "host": self.host(app) });
         let reply = proxy_call(&self.coord.url, &self.token, "/api/v2/proxies/me/redeem-ticket", body).await;
         reply.expect_status(200)["app_session_token"].as_str().unwrap().to_owned()
     }
@@ -161,10 +162,8 @@ async fn auth_redirect_issues_one_time_tickets_only_for_app_hosts() {
 #[tokio::test(flavor = "multi_thread")]
 async fn app_tokens_follow_the_sharing_rules() {
     let w = world().await;
-    let owner = w.app_session(&session_of(&w.admin)).await;
-    let other = w.app_session(&session_of(&w.bob)).await;
 
-    // (app, owner, another user, anonymous)
+    // (app, owner, another user, anonymous), each signed in for that app.
     let matrix = [
         ("code", 200, 404, 401),
         ("shared", 200, 200, 401),
@@ -174,6 +173,8 @@ async fn app_tokens_follow_the_sharing_rules() {
         ("pathy", 404, 404, 401), // a path app asked for by subdomain
     ];
     for (app, o, b, anon) in matrix {
+        let owner = w.app_session(&session_of(&w.admin), app).await;
+        let other = w.app_session(&session_of(&w.bob), app).await;
         assert_eq!(w.issue(app, Some(&owner)).await.status, o, "{app} as owner");
         assert_eq!(w.issue(app, Some(&other)).await.status, b, "{app} as another user");
         assert_eq!(w.issue(app, None).await.status, anon, "{app} anonymously");
@@ -191,6 +192,7 @@ async fn app_tokens_follow_the_sharing_rules() {
         .unwrap();
     let keys: Vec<meridian_regions::app_token::PublicKey> = serde_json::from_value(reg["keys"].clone()).unwrap();
     let verifier = Verifier::new(&keys);
+    let owner = w.app_session(&session_of(&w.admin), "code").await;
     let token = w.issue("code", Some(&owner)).await.expect_status(200)["token"].as_str().unwrap().to_owned();
     let claims = verifier.verify(&token, &subdomain_binding(&w.host("code"))).unwrap();
     assert_eq!(claims.upstream, "http://127.0.0.1:8080");
@@ -206,4 +208,40 @@ async fn app_tokens_follow_the_sharing_rules() {
     // Only proxies may ask.
     let as_user = w.admin.post("/api/v2/proxies/me/issue-app-token", json!({})).await;
     assert_eq!(as_user.status, 401);
+}
+
+/// A region that redeemed one login ticket (the user opened `code` through
+/// it) holds an app session for `code` alone: asking with it for the same
+/// user's other owner-only apps, any port or a path app is asking with no
+/// session (401: the browser would fetch a ticket for that app itself).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_session_gets_tokens_for_its_own_app_only() {
+    let w = world().await;
+    let code = w.app_session(&session_of(&w.admin), "code").await;
+    w.issue("code", Some(&code)).await.expect_status(200);
+    for other in ["shared", "8080", "3000", "nosuchapp"] {
+        let r = w.issue(other, Some(&code)).await;
+        assert_eq!(r.status, 401, "{other} with code's app session: {}", r.body);
+    }
+    // A path app on the region's access URL: its own session, never code's.
+    let path_ask = |session: &str| {
+        let body = json!({
+            "app_session_token": session,
+            "app": {"user": "admin", "workspace": "dev", "agent": "main", "target": {"slug": "pathy"}},
+            "subdomain": false,
+            "binding": path_binding("127.0.0.1", "/@admin/dev.main/apps/pathy/"),
+        });
+        proxy_call(&w.coord.url, &w.token, "/api/v2/proxies/me/issue-app-token", body)
+    };
+    assert_eq!(path_ask(&code).await.status, 401, "a path app with code's session");
+    let pathy_url = format!("http://127.0.0.1:{}/@admin/dev.main/apps/pathy/x", w.proxy.port);
+    let location = auth_redirect(&w.coord.url, Some(&session_of(&w.admin)), &pathy_url).await.1;
+    let back = url::Url::parse(&location).unwrap();
+    let ticket = back.query_pairs().find(|(k, _)| k == "meridian_app_ticket").map(|(_, v)| v.into_owned());
+    let ticket = ticket.expect("a ticket for the path app");
+    let body = json!({ "ticket": ticket, "host": "127.0.0.1" });
+    let redeemed = proxy_call(&w.coord.url, &w.token, "/api/v2/proxies/me/redeem-ticket", body).await;
+    let pathy = redeemed.expect_status(200)["app_session_token"].as_str().unwrap().to_owned();
+    path_ask(&pathy).await.expect_status(200);
+    assert_eq!(w.issue("code", Some(&pathy)).await.status, 401, "code with the path app's session");
 }

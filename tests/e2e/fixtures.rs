@@ -4,7 +4,7 @@
 
 use crate::support::*;
 use serde::Deserialize;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -626,4 +626,39 @@ async fn poisoned_upstream_connections_are_never_reused() {
         assert_eq!(answer["target"], format!("/after/{i}"), "{}", case.name);
         assert_ne!(answer["conn"], bad_conn, "{}: the poisoned connection was reused", case.name);
     }
+}
+
+/// HTTP/1.1 pipelining (RFC 9112 §9.3.2): requests sent back to back on one
+/// connection, before any answer, are each answered, in order; the last one
+/// (with a body) asks to close, and the proxy closes after answering it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() {
+    let w = world(Vec::new(), &[]).await;
+    let raw = expand(
+        "GET /first HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n\
+         GET /second?x=1 HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\n\r\n\
+         POST /third HTTP/1.1\r\nHost: {host}\r\nCookie: {cookie}\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello",
+        &w.vars,
+    );
+    let mut s = TcpStream::connect(("127.0.0.1", w.proxy.port)).await.unwrap();
+    s.write_all(&raw).await.unwrap();
+    let mut all = Vec::new();
+    tokio::time::timeout(ANSWER, s.read_to_end(&mut all)).await.expect("the proxy closed in time").unwrap();
+    // Each answer: a head, then a body of its Content-Length.
+    let mut targets = Vec::new();
+    let mut rest = &all[..];
+    while !rest.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(n)) = resp.parse(rest) else {
+            panic!("not a whole answer: {:?}", String::from_utf8_lossy(rest));
+        };
+        assert_eq!(resp.code, Some(200), "{}", String::from_utf8_lossy(rest));
+        let len = resp.headers.iter().find(|h| h.name.eq_ignore_ascii_case("content-length"));
+        let len: usize = std::str::from_utf8(len.expect("a content-length").value).unwrap().parse().unwrap();
+        let body: Value = serde_json::from_slice(&rest[n..n + len]).unwrap();
+        targets.push(body["target"].as_str().unwrap().to_owned());
+        rest = &rest[n + len..];
+    }
+    assert_eq!(targets, ["/first", "/second?x=1", "/third"], "{}", String::from_utf8_lossy(&all));
 }

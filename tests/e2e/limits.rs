@@ -217,3 +217,98 @@ async fn memory_stays_bounded_under_ten_thousand_idle_connections() {
     tokio::time::timeout(Duration::from_secs(5), last.read_exact(&mut buf)).await.unwrap().unwrap();
     assert_eq!(&buf, b"HTTP/1.1 200");
 }
+
+/// A client reading a large answer slowly holds a bounded amount of the
+/// proxy's memory: the probe's 500 readers of 64 bytes at a time took a
+/// proxy from 79 to 350 MB (about 0.6 MB each: pingora's task pipe of four
+/// 64 KiB chunks, and a batch of as many being written). Now the body bytes
+/// between the app and a client are capped per request (the vendored
+/// pingora-proxy's `BODY_BYTES_IN_FLIGHT`): about 0.29 MB each in a debug build.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_readers_hold_a_bounded_amount_of_memory_each() {
+    const N: usize = 200;
+    let (proxy, coord, _pg, dir) = proxy(&["--max-connections-per-client", "1000"]).await;
+    let app = SampleApp::start(dir.path()).await;
+    let admin = Api::login(&coord.url, "admin", ADMIN_PASSWORD).await;
+    let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;
+    let host = format!("open--main--dev--admin.region.localhost:{}", proxy.port);
+    let request = |i: usize| {
+        format!("GET /big{i} HTTP/1.1\r\nHost: {host}\r\nx-sample-body-bytes: 104857600\r\n\r\n").into_bytes()
+    };
+    // Warm: one answer read whole, so what every request reuses is allocated.
+    let mut warm = TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
+    warm.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    assert!(read_to_close(&mut warm, Duration::from_secs(10)).await.starts_with("HTTP/1.1 200"));
+    let before = rss_kib(&proxy);
+    let mut readers = Vec::with_capacity(N);
+    for i in 0..N {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut s = socket.connect(([127, 0, 0, 1], proxy.port).into()).await.unwrap();
+        s.write_all(&request(i)).await.unwrap();
+        let mut head = [0u8; 64];
+        tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut head)).await.unwrap().unwrap();
+        assert!(head.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&head));
+        readers.push(s);
+    }
+    // Every reader stalls with its socket buffers full; the proxy's memory
+    // then stops growing (bounded wait: readings one second apart).
+    let last = std::cell::Cell::new(rss_kib(&proxy));
+    let settled = wait_for(Duration::from_secs(30), "the proxy's memory to settle", || async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let (previous, now) = (last.get(), rss_kib(&proxy));
+        last.set(now);
+        (now.abs_diff(previous) < 1024).then_some(now)
+    })
+    .await;
+    let per_reader = settled.saturating_sub(before) / N as u64;
+    eprintln!("{N} slow readers: RSS {before} → {settled} KiB, {per_reader} KiB each");
+    assert!(per_reader < 400, "{per_reader} KiB held per slow reader (pingora's pipe alone held about 600)");
+    drop(readers);
+}
+
+/// The probe's relay flood: one address opening connection after connection
+/// to a region's relay port and never finishing a request took the proxy to
+/// its descriptor limit, and its public `/healthz` timed out. Now the
+/// address gets its share of unproven relay connections (the rest are
+/// closed at once), the relay still serves other addresses, and the public
+/// listener answers throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_address_cannot_exhaust_a_regions_relay_port() {
+    let (proxy, coord, _pg, _dir) = proxy(&[]).await;
+    let admin = Api::login(&coord.url, "admin", ADMIN_PASSWORD).await;
+    let relay = admin.region("sydney").await["replicas"][0]["relay_address"].as_str().unwrap().to_owned();
+    let relay: std::net::SocketAddr = relay.trim_start_matches("http://").parse().unwrap();
+    let connect_from = |ip: [u8; 4]| async move {
+        let socket = TcpSocket::new_v4().unwrap();
+        socket.bind((ip, 0).into()).unwrap();
+        socket.connect(relay).await
+    };
+    // 300 connections at once, each with half a request; then which of them
+    // the relay still holds (refused ones were closed at accept; held ones
+    // stay open until the 5 s handshake deadline, and a late look only finds
+    // fewer held).
+    let mut flood = Vec::new();
+    for _ in 0..300 {
+        let Ok(mut s) = connect_from([127, 0, 5, 1]).await else { continue };
+        let _ = s.write_all(b"GET / HTTP/1.1\r\nHost: rel").await;
+        flood.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut held = 0;
+    for s in &mut flood {
+        let mut byte = [0u8; 1];
+        if tokio::time::timeout(Duration::from_millis(5), s.read(&mut byte)).await.is_err() {
+            held += 1; // still open, nothing said: held
+        }
+    }
+    assert!(held <= 128, "one address holds {held} unproven relay connections");
+    assert!(held >= 64, "only {held} held: the look came after the handshake deadline, or the share is gone");
+    assert!(flood.len() - held >= 150, "only {} of {} were refused", flood.len() - held, flood.len());
+    // The public listener, and the relay for another address, still answer.
+    let health = bounded_client().get(format!("{}/healthz", proxy.url)).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let mut other = connect_from([127, 0, 5, 2]).await.unwrap();
+    other.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n").await.unwrap();
+    assert!(read_to_close(&mut other, Duration::from_secs(10)).await.starts_with("HTTP/1.1 404"));
+}

@@ -209,3 +209,59 @@ async fn a_sign_in_flood_leaves_health_checks_tokens_and_apps_alone() {
     let regions = admin.get("/api/v2/regions").await.expect_status(200);
     assert!(regions.to_string().contains("\"status\":\"ok\""), "{regions}");
 }
+
+/// The loopback TCP ports process `pid` listens on (its sockets in LISTEN
+/// state, from `/proc`).
+fn listening_ports(pid: u32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| l.to_str()?.strip_prefix("socket:[")?.strip_suffix(']').map(str::to_owned))
+        .collect();
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (f.get(1)?, f.get(3)?, f.get(9)?);
+            (*state == "0A" && inodes.iter().any(|i| i == inode)).then_some(())?;
+            u16::from_str_radix(local.rsplit_once(':')?.1, 16).ok()
+        })
+        .collect()
+}
+
+/// Any local process can reach the coordinator's loopback API listener (the
+/// one its own proxy forwards to): there, an `X-Forwarded-For` it sends
+/// does not pick the address the sign-in limits count. Guesses at one
+/// account, each naming another address, are all one address's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_process_cannot_pick_the_address_the_sign_in_limits_count() {
+    let dir = tempdir();
+    let pg = Postgres::start().await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "10s", &[]).await;
+    let admin = coord.admin().await;
+    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
+    let public = url::Url::parse(&coord.url).unwrap().port().unwrap();
+    let guesser = addr(0, 0, 7);
+    let mut apis = 0;
+    for port in listening_ports(coord.proc.child.id()).into_iter().filter(|p| *p != public) {
+        let url = format!("http://127.0.0.1:{port}");
+        let account = format!("dave{port}");
+        let first = sign_in_with(&url, guesser, &account, "guess", &[("x-forwarded-for", "127.0.9.0")]).await;
+        if first.0 != 401 {
+            continue; // a relay or mesh port: not the API
+        }
+        apis += 1;
+        for i in 1..10 {
+            let spoofed = format!("127.0.9.{i}");
+            let (status, _, message) =
+                sign_in_with(&url, guesser, &account, "guess", &[("x-forwarded-for", &spoofed)]).await;
+            assert_eq!(status, 401, "guess {i}: {message}");
+        }
+        let (status, _, message) =
+            sign_in_with(&url, guesser, &account, "guess", &[("x-forwarded-for", "127.0.9.200")]).await;
+        assert_eq!(status, 429, "port {port}: the eleventh guess, from 'another address': {message}");
+    }
+    assert!(apis >= 1, "no loopback API listener found among the coordinator's ports");
+}

@@ -30,5 +30,7 @@ mod regions_ping;
 mod soak;
 mod tokens;
 mod trust;
+mod trust_cookies;
+mod trust_cors;
 mod upgrade;
 mod workspaces;

@@ -42,6 +42,8 @@ struct World {
     /// sydney's proxy and token.
     proxy: Proxy,
     token: String,
+    /// The admin's workspace `dev`'s agent token.
+    dev_agent: String,
     _agents: Vec<Agent>,
     _apps: Vec<SampleApp>,
     _pg: Postgres,
@@ -81,7 +83,8 @@ async fn world(coordinator_args: &[&str]) -> World {
     ];
     admin.wait_agent_on("dev", "primary").await;
     admin.wait_agent_on("lab", "primary").await;
-    World { coord, admin, proxy, token, _agents: agents, _apps: vec![code, open], _pg: pg, dir }
+    let dev_agent = dev["agent_tokens"]["main"].as_str().unwrap().to_owned();
+    World { coord, admin, proxy, token, dev_agent, _agents: agents, _apps: vec![code, open], _pg: pg, dir }
 }
 
 impl World {
@@ -121,7 +124,7 @@ impl World {
 }
 
 /// Runs a script of `tests/browser/` in Chromium; its one line of JSON.
-async fn in_chromium(script: &'static str, args: Vec<String>) -> Value {
+pub async fn in_chromium(script: &'static str, args: Vec<String>) -> Value {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let run = tokio::task::spawn_blocking(move || {
         Command::new("node").current_dir(&browser_dir).arg(script).args(&args).output().unwrap()
@@ -258,6 +261,17 @@ async fn a_proxy_token_cannot_claim_hosts_it_was_not_given() {
         assert_eq!(r.status, 409, "{wildcard:?}: {}", r.body);
         assert!(r.body["message"].as_str().unwrap().contains("*.sydney.localhost"), "{}", r.body);
     }
+    // The same host in another case is the same host; a trailing dot, markup,
+    // or a relay address that is no http(s) URL is refused by the grammar.
+    register(w.token.clone(), w.registration("*.SYDNEY.localhost:9")).await.expect_status(200);
+    for wildcard in ["*.sydney.localhost.:9", "*.<b>x</b>.localhost:9"] {
+        let r = register(w.token.clone(), w.registration(wildcard)).await;
+        assert_eq!(r.status, 400, "{wildcard:?}: {}", r.body);
+    }
+    let mut bad_relay = w.registration("*.sydney.localhost:9");
+    bad_relay["relay_address"] = json!("javascript:alert(1)");
+    let r = register(w.token.clone(), bad_relay).await;
+    assert!(r.status == 400 && r.body["message"].as_str().unwrap().contains("relay_address"), "{}", r.body);
     let mut elsewhere = w.registration("*.sydney.localhost:1");
     elsewhere["access_url"] = json!("http://evil.localhost:1");
     register(w.token.clone(), elsewhere).await.expect_status(409);
@@ -267,9 +281,9 @@ async fn a_proxy_token_cannot_claim_hosts_it_was_not_given() {
     assert_eq!(status.code(), Some(78), "{}", rogue.proc.output());
     assert!(rogue.proc.output().contains("*.sydney.localhost"), "{}", rogue.proc.output());
 
-    // A new region cannot take sydney's wildcard, nor the primary's.
+    // A new region cannot take sydney's wildcard, nor the primary's, in any case.
     let fresh = w.admin.create_region("frankfurt").await;
-    for taken in ["*.sydney.localhost:5", "*.primary.localhost:5"] {
+    for taken in ["*.sydney.localhost:5", "*.primary.localhost:5", "*.Sydney.LOCALHOST:5"] {
         register(fresh.clone(), w.registration(taken)).await.expect_status(409);
     }
     let frankfurt = json!({"replica_id": uuid::Uuid::new_v4(), "access_url": "http://frankfurt.localhost:2",
@@ -377,9 +391,9 @@ async fn a_region_cannot_mint_a_token_for_an_app_it_did_not_ask_about() {
 }
 
 /// Finding 6: sessions end at sign-out (app sessions with them, and never
-/// later), every sign-in starts a new session, a second Meridian cookie is
-/// refused, WebSockets to an app come from its own pages, the API answers
-/// only its own hosts, and an oversized body is a 413.
+/// later), every sign-in starts a new session, a planted second Meridian
+/// cookie locks nobody out, WebSockets to an app come from its own pages,
+/// the API answers only its own hosts, and an oversized body is a 413.
 #[tokio::test(flavor = "multi_thread")]
 async fn sessions_cookies_origins_hosts_and_body_limits() {
     let w = world(&[]).await;
@@ -412,12 +426,30 @@ async fn sessions_cookies_origins_hosts_and_body_limits() {
     };
     assert_eq!(issue(app_session.clone()).await, 200);
 
-    // A second app-session cookie (planted by a sibling) → 400, at the proxy and at the API.
-    let planted = format!("meridian_app_session={app_session}; meridian_app_session=planted");
-    let resp = browser().get(&app).header("cookie", planted).send().await.unwrap();
-    assert_eq!(resp.status(), 400);
-    let twice = format!("meridian_session={second}; meridian_session=planted");
-    assert_eq!(browser().get(&me).header("cookie", twice).send().await.unwrap().status(), 400);
+    // Copies planted by a sibling host (on a parent domain, or a longer path,
+    // so the browser sends them first or last) lock nobody out: the copy that
+    // verifies is the user's, at the proxy (app token and app session) and at the API.
+    let token = jar_cookie(&jar, &app, "meridian_app_token").expect("an app token cookie");
+    let fake_token = "eyJhbGciOiJFZERTQSJ9.e30.c2ln";
+    for planted in [
+        format!("meridian_app_token={fake_token}; meridian_app_token={token}"),
+        format!("meridian_app_token={token}; meridian_app_token={fake_token}"),
+        format!("meridian_app_session=planted; meridian_app_session={app_session}"),
+        format!("meridian_app_token={fake_token}; meridian_app_session=x; meridian_app_session={app_session}"),
+    ] {
+        let resp = browser().get(&app).header("cookie", &planted).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{planted}");
+    }
+    for twice in [
+        format!("meridian_session=planted; meridian_session={second}"),
+        format!("meridian_session={second}; meridian_session=x"),
+    ] {
+        let resp = browser().get(&me).header("cookie", &twice).send().await.unwrap();
+        assert_eq!(resp.status(), 200, "{twice}");
+    }
+    let only_planted =
+        browser().get(&me).header("cookie", "meridian_session=a; meridian_session=b").send().await.unwrap();
+    assert_eq!(only_planted.status(), 401);
 
     // Sign out: the user session and its app session end; the cookie is cleared.
     let own = url::Url::parse(&w.coord.url).unwrap().origin().ascii_serialization();
@@ -487,4 +519,51 @@ async fn a_data_connection_needs_the_nonce_the_relay_asked_for() {
     let mut reply = String::new();
     tokio::time::timeout(Duration::from_secs(10), http.read_to_string(&mut reply)).await.unwrap().unwrap();
     assert!(reply.starts_with("HTTP/1.1 404") && reply.contains("This is a Meridian relay"), "{reply}");
+}
+
+/// Finding 4 (second pass): what an agent presents to a relay is an attach
+/// token for that relay's region, short-lived; a region that received one
+/// (sydney) can neither open another region's relay with it nor move the
+/// agent's route with it anywhere but to itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_attach_token_opens_its_own_regions_relays_only() {
+    let w = world(&[]).await;
+    let info = reqwest::Client::new()
+        .get(format!("{}/api/v2/agents/me/connection-info", w.coord.url))
+        .header("Meridian-Agent-Token", &w.dev_agent)
+        .send()
+        .await
+        .unwrap();
+    let info: Value = info.json().await.unwrap();
+    assert!(info.get("attach_token").is_none(), "no token for any region: {info}");
+    let token_of = |region: &str| -> String {
+        let relay = info["relays"].as_array().unwrap().iter().find(|r| r["region"] == region);
+        let relay = relay.unwrap_or_else(|| panic!("no relay of {region}: {info}"));
+        relay["attach_token"].as_str().unwrap_or_else(|| panic!("no attach token for {region}: {info}")).to_owned()
+    };
+    let (primary, sydney) = (token_of("primary"), token_of("sydney"));
+    assert_ne!(primary, sydney);
+    let keys = w.as_proxy(&w.token, "/api/v2/proxies/me/register", w.registration("*.sydney.localhost:1")).await;
+    let keys: Vec<_> = serde_json::from_value(keys.expect_status(200)["keys"].clone()).unwrap();
+    let claims = Verifier::new(&keys).attach_claims(&sydney).unwrap();
+    assert!(claims.exp - claims.iat <= 2 * 3600, "short-lived: {claims:?}");
+
+    // Sydney replays the primary's token: at the coordinator, and at the
+    // primary's relay (as if it were the agent).
+    let attach = |token: &str| json!({"agent_token": "", "attach_token": token});
+    let replayed = w.as_proxy(&w.token, "/api/v2/proxies/me/agent-attach", attach(&primary)).await;
+    assert_eq!(replayed.status, 401, "{}", replayed.body);
+    w.admin.wait_agent_on("dev", "primary").await;
+    let primary_relay = w.admin.region("primary").await["replicas"][0]["relay_address"].as_str().unwrap().to_owned();
+    let tls = TlsClient::new(None).unwrap();
+    let headers = [("Meridian-Agent-Attach-Token", sydney.as_str())];
+    let dialed = dial_upgrade(&primary_relay, "/api/v2/agents/me/tunnel", "meridian-tunnel", &headers, &tls).await;
+    let refusal = dialed.err().map(|e| format!("{e:#}")).unwrap_or_default();
+    assert!(refusal.contains("401"), "sydney's token opened the primary's relay: {refusal:?}");
+    // The control: the primary's own token opens the primary's relay, and
+    // sydney's own records the agent at sydney.
+    let headers = [("Meridian-Agent-Attach-Token", primary.as_str())];
+    let dialed = dial_upgrade(&primary_relay, "/api/v2/agents/me/tunnel", "meridian-tunnel", &headers, &tls).await;
+    assert!(dialed.is_ok(), "{:?}", dialed.err());
+    w.as_proxy(&w.token, "/api/v2/proxies/me/agent-attach", attach(&sydney)).await.expect_status(200);
 }

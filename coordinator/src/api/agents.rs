@@ -12,8 +12,11 @@ use meridian_regions::api::{AgentAttach, AgentAttachResponse, AgentConnectionInf
 use meridian_regions::app_token::{AttachClaims, ATTACH_AUDIENCE, ISSUER};
 use meridian_regions::token::{Secret, Token};
 
-/// How long an attach token lets relays admit an agent without the coordinator.
-const ATTACH_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::hours(12);
+/// How long an attach token opens its region's relays: two hours, renewed
+/// every ten minutes (the agent's `INFO_REFRESH`), so an agent that must move
+/// during a coordinator outage of up to two hours is still admitted offline.
+/// Short, since it is presented to relays (the agent token never is).
+const ATTACH_TOKEN_LIFETIME: chrono::Duration = chrono::Duration::hours(2);
 use std::time::Duration;
 
 #[derive(serde::Deserialize)]
@@ -28,23 +31,37 @@ pub async fn connection_info(
     Query(q): Query<InfoQuery>,
 ) -> ApiResult<axum::Json<AgentConnectionInfo>> {
     let now = chrono::Utc::now();
-    let claims = AttachClaims {
-        iss: ISSUER.into(),
-        aud: ATTACH_AUDIENCE.into(),
-        agent_id,
-        iat: now.timestamp(),
-        exp: (now + ATTACH_TOKEN_LIFETIME).timestamp(),
-    };
-    let attach_token = state.keys.signer.sign_attach(&claims).map_err(|e| ApiError::Internal(e.into()))?;
+    let mut relays = state.store.relays(q.region.as_deref()).await?;
+    // One token per region, for that region's relays alone.
+    let mut signed: std::collections::HashMap<String, Secret> = std::collections::HashMap::new();
+    for relay in &mut relays {
+        if !signed.contains_key(&relay.region) {
+            let claims = AttachClaims {
+                iss: ISSUER.into(),
+                aud: ATTACH_AUDIENCE.into(),
+                agent_id,
+                region: Some(relay.region.clone()),
+                iat: now.timestamp(),
+                exp: (now + ATTACH_TOKEN_LIFETIME).timestamp(),
+            };
+            let token = state.keys.signer.sign_attach(&claims).map_err(|e| ApiError::Internal(e.into()))?;
+            signed.insert(relay.region.clone(), Secret::new(token));
+        }
+        relay.attach_token = signed.get(&relay.region).cloned();
+    }
     Ok(axum::Json(AgentConnectionInfo {
-        attach_token: Some(Secret::new(attach_token)),
+        attach_token: None,
         agent_id,
         preferred_region: q.region.clone(),
         apps: state.store.agent_apps(agent_id).await?,
-        relays: state.store.relays(q.region.as_deref()).await?,
+        relays,
     }))
 }
 
+/// A relay records an agent it admitted: with the attach token the agent
+/// presented, which must be for the calling region (a region that received
+/// one cannot move the agent's route anywhere else), or, from relays of
+/// earlier releases, with the agent's own token.
 pub async fn attach(
     State(state): State<AppState>,
     ProxyRegion(region): ProxyRegion,
@@ -53,8 +70,12 @@ pub async fn attach(
     let refused =
         || ApiError::Unauthorized("The agent token is invalid: its workspace was deleted, or it is mistyped.".into());
     let agent_id = match (&req.attach_token, req.agent_token.is_empty()) {
-        // A relay that admitted the agent offline records it now.
-        (Some(attach), true) => state.keys.verifier.verify_attach(attach).map_err(|_| refused())?,
+        (Some(attach), true) => state.keys.verifier.verify_attach_for(attach, &region.name).map_err(|_| {
+            ApiError::Unauthorized(format!(
+                "The attach token is invalid, expired, or not for region {:?}'s relays.",
+                region.name
+            ))
+        })?,
         _ => {
             let token = Token::parse(&req.agent_token).map_err(|_| refused())?;
             state.store.agent_for_token(&token).await?.ok_or_else(refused)?

@@ -14,13 +14,12 @@ use super::hosts::Served;
 use super::json::Json;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::store::Scope;
 use axum::extract::{Query, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use meridian_regions::api::{
-    IssueAppToken, IssueAppTokenResponse, KeysResponse, RedeemTicket, RedeemTicketResponse, Share,
+    Cors, IssueAppToken, IssueAppTokenResponse, KeysResponse, RedeemTicket, RedeemTicketResponse, Share,
 };
 use meridian_regions::app_token::{AppClaims, ISSUER};
 use meridian_regions::headers::APP_TICKET_PARAM;
@@ -46,14 +45,15 @@ pub async fn auth_redirect(
 async fn auth_redirect_inner(state: &AppState, q: AuthRedirectQuery, parts: &Parts) -> ApiResult<Response> {
     let raw = q.redirect_uri.ok_or_else(|| ApiError::BadRequest("redirect_uri is missing.".into()))?;
     let hosts = app_hosts(state).await?;
-    let mut target = redirect::validate(&raw, &hosts).map_err(|e| ApiError::BadRequest(format!("{e}.")))?;
+    let (mut target, binding) =
+        redirect::validate_app(&raw, &hosts).map_err(|e| ApiError::BadRequest(format!("{e}.")))?;
     let Some((user, session_id)) = optional_user(parts, state).await? else {
         let back = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
         let login = format!("/login?redirect={}", urlencode(back));
         return Ok(see_other(&login));
     };
     let host = target.host_str().unwrap_or_default().to_owned();
-    let ticket = state.store.create_ticket(user.id, session_id, &host).await?;
+    let ticket = state.store.create_ticket(user.id, session_id, &host, &binding).await?;
     let kept: Vec<(String, String)> =
         target.query_pairs().filter(|(k, _)| k != APP_TICKET_PARAM).map(|(k, v)| (k.into(), v.into())).collect();
     target.query_pairs_mut().clear().extend_pairs(kept).append_pair(APP_TICKET_PARAM, ticket.encode().expose());
@@ -98,7 +98,8 @@ pub async fn keys(State(state): State<AppState>, _proxy: ProxyRegion) -> axum::J
 }
 
 /// A region redeems only tickets for its own hosts, each at the host it was
-/// minted for; the app session ends with the user session that signed in.
+/// minted for; the app session is good for the one app the ticket was minted
+/// for (its binding) and ends with the user session that signed in.
 pub async fn redeem_ticket(
     State(state): State<AppState>,
     ProxyRegion(region): ProxyRegion,
@@ -112,13 +113,17 @@ pub async fn redeem_ticket(
         || ApiError::Unauthorized("The login ticket is invalid, expired, already used or for another host.".into());
     let ticket = Token::parse(&req.ticket).map_err(|_| refused())?;
     let redeemed = state.store.redeem_ticket(&ticket, &req.host).await?.ok_or_else(refused)?;
-    let (session, expires_at) = state.store.create_app_session(redeemed.session_id).await?.ok_or_else(refused)?;
+    let (session, expires_at) =
+        state.store.create_app_session(redeemed.session_id, redeemed.binding.as_deref()).await?.ok_or_else(refused)?;
     tracing::info!(region = %region.name, host = %redeemed.host, user = %redeemed.user_id, "login ticket redeemed");
     Ok(axum::Json(RedeemTicketResponse { app_session_token: session.encode().expose().to_owned(), expires_at }))
 }
 
 /// Denied and signed in → 404 (never reveal that the app exists); denied and
-/// anonymous → 401, which the proxy turns into a login redirect.
+/// anonymous → 401, which the proxy turns into a login redirect. An app
+/// session counts only for the app it was signed in for (its ticket's
+/// binding): for any other it is no session (401, so the browser fetches a
+/// ticket for that app too).
 ///
 /// Path apps are served to their owner only, unless the coordinator runs
 /// with `--dangerous-allow-path-app-sharing`; then anyone else gets them in a
@@ -131,7 +136,7 @@ pub async fn issue_app_token(
 ) -> ApiResult<axum::Json<IssueAppTokenResponse>> {
     Served::of(&state, &region).check_binding(&req)?;
     let user = match req.app_session_token.as_deref().map(Token::parse) {
-        Some(Ok(t)) => state.store.session_user(&t, Scope::App).await?,
+        Some(Ok(t)) => state.store.app_session_user(&t, &req.binding).await?,
         _ => None,
     };
     let app = state.store.resolve_app(&req.app).await?.filter(|a| a.subdomain == req.subdomain);
@@ -165,6 +170,7 @@ pub async fn issue_app_token(
         upstream: app.upstream,
         share: app.share,
         sandbox: !req.subdomain && !owner,
+        cors_passthru: app.cors == Cors::Passthru,
         dial: Default::default(),
         iat: now.timestamp(),
         nbf: now.timestamp(),

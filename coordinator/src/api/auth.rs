@@ -6,8 +6,9 @@ use crate::error::ApiError;
 use crate::store::{RegionRow, Scope, UserRow};
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use meridian_regions::headers;
-use meridian_regions::token::Token;
+use meridian_regions::headers::{self, FORWARDED_BY};
+use meridian_regions::token::{Secret, Token};
+use std::sync::Arc;
 
 /// A signed-in user, from the `Meridian-Session-Token` header or the
 /// `meridian_session` cookie.
@@ -38,7 +39,7 @@ pub struct ProxyRegion(pub RegionRow);
 
 /// The signed-in user and their session's id, if the request carries a
 /// valid session; `Err` only when the check itself failed (the database is
-/// down) or the session cookie was sent twice.
+/// down).
 pub async fn optional_user(parts: &Parts, state: &AppState) -> Result<Option<(UserRow, uuid::Uuid)>, ApiError> {
     match CurrentUser::check(parts, state).await {
         Ok((user, session)) => Ok(Some((user, session))),
@@ -47,26 +48,39 @@ pub async fn optional_user(parts: &Parts, state: &AppState) -> Result<Option<(Us
     }
 }
 
-/// The session token a request carries: the `Meridian-Session-Token` header,
-/// else the `meridian_session` cookie (which must not be sent twice: a second
-/// one was planted, and which one a server reads first is not the user's choice).
-pub fn session_token(parts: &Parts) -> Result<Option<String>, ApiError> {
+/// The session tokens a request carries: the `Meridian-Session-Token`
+/// header, else every copy of the session cookie (at most
+/// [`headers::MAX_COOKIE_COPIES`]). Over HTTPS the cookie is
+/// `__Host-meridian_session`, which no other host can set; over HTTP a
+/// sibling app host can plant a second `meridian_session` on a parent
+/// domain, and the copy that is a live session is used, so a planted one
+/// never locks anyone out.
+pub fn session_tokens(state: &AppState, parts: &Parts) -> Vec<String> {
     if let Some(raw) = header(parts, headers::SESSION_TOKEN) {
-        return Ok(Some(raw));
+        return vec![raw];
     }
-    headers::unique_cookie(&parts.headers, headers::SESSION_COOKIE)
-        .map(|c| c.map(str::to_owned))
-        .map_err(|_| ApiError::BadRequest(format!("The {} cookie was sent more than once.", headers::SESSION_COOKIE)))
+    let name = session_cookie_name(state);
+    headers::cookie_copies(&parts.headers, name).map(str::to_owned).collect()
+}
+
+/// The session cookie's name at this coordinator (see [`headers::cookie_name`]).
+pub fn session_cookie_name(state: &AppState) -> &'static str {
+    headers::cookie_name(headers::SESSION_COOKIE, state.config.access_url.scheme() == "https")
 }
 
 impl CurrentUser {
+    /// The first of the request's session tokens that is a live session.
     async fn check(parts: &Parts, state: &AppState) -> Result<(UserRow, uuid::Uuid), ApiError> {
-        let raw = session_token(parts)?
-            .ok_or_else(|| ApiError::Unauthorized("Sign in first: no session token was sent.".into()))?;
-        let invalid = || ApiError::Unauthorized("The session token is invalid or has expired; sign in again.".into());
-        let token = Token::parse(&raw).map_err(|_| invalid())?;
-        let user = state.store.session_user(&token, Scope::User).await?.ok_or_else(invalid)?;
-        Ok((user, token.id))
+        let raws = session_tokens(state, parts);
+        if raws.is_empty() {
+            return Err(ApiError::Unauthorized("Sign in first: no session token was sent.".into()));
+        }
+        for token in raws.iter().filter_map(|raw| Token::parse(raw).ok()) {
+            if let Some(user) = state.store.session_user(&token, Scope::User).await? {
+                return Ok((user, token.id));
+            }
+        }
+        Err(ApiError::Unauthorized("The session token is invalid or has expired; sign in again.".into()))
     }
 }
 
@@ -119,16 +133,41 @@ fn header(parts: &Parts, name: &str) -> Option<String> {
     parts.headers.get(name)?.to_str().ok().map(str::to_owned)
 }
 
-/// Whether a listener hears only the primary proxy (its `X-Forwarded-For` is then trusted).
-#[derive(Debug, Clone, Copy)]
-pub struct Forwarded(pub bool);
+/// On a listener meant for the primary proxy alone: the proof (a random
+/// secret of this process, in [`FORWARDED_BY`]) that the primary proxy sent
+/// a request, so its `X-Forwarded-For` can be trusted. Any local process can
+/// reach a loopback listener; none but the primary proxy knows the proof.
+#[derive(Clone)]
+pub struct Forwarded(Arc<Secret>);
 
-/// The address of the client a request came from: on the listeners only the
-/// primary proxy speaks to, the one it put in `X-Forwarded-For` (it replaces
-/// whatever the client sent); elsewhere the connection's peer.
+impl Forwarded {
+    pub fn new() -> Self {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rng().fill_bytes(&mut bytes);
+        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        Self(Arc::new(Secret::new(hex)))
+    }
+
+    /// The proof, for the primary proxy to send.
+    pub fn secret(&self) -> Secret {
+        Secret::clone(&self.0)
+    }
+
+    /// Whether the request carries the proof (compared in constant time).
+    fn proven(&self, parts: &Parts) -> bool {
+        parts.headers.get(FORWARDED_BY).and_then(|v| v.to_str().ok()).is_some_and(|v| self.0.matches(v))
+    }
+}
+
+/// The address of the client a request came from: on the listeners meant
+/// for the primary proxy, with its proof, the one it put in
+/// `X-Forwarded-For` (it replaces whatever the client sent); otherwise the
+/// connection's peer.
 pub fn client_addr(parts: &Parts) -> std::net::IpAddr {
     let peer = parts.extensions.get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0.ip());
-    let forwarded = parts.extensions.get::<Forwarded>().is_some_and(|f| f.0);
+    let forwarded =
+        parts.extensions.get::<Option<Forwarded>>().and_then(Option::as_ref).is_some_and(|f| f.proven(parts));
     let named = || {
         let last = parts.headers.get_all("x-forwarded-for").iter().next_back()?;
         last.to_str().ok()?.rsplit(',').next()?.trim().parse().ok()

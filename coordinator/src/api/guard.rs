@@ -25,7 +25,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use meridian_regions::headers::{SESSION_COOKIE, SESSION_TOKEN};
+use meridian_regions::headers::{cookie_name, SESSION_COOKIE, SESSION_TOKEN};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -121,7 +121,9 @@ fn check(state: &AppState, method: &Method, headers: &HeaderMap, authority: Opti
 /// Whether the request would be signed in by the session cookie alone.
 fn cookie_authenticated(headers: &HeaderMap) -> bool {
     headers.get(SESSION_TOKEN).is_none()
-        && meridian_regions::headers::unique_cookie(headers, SESSION_COOKIE).map_or(true, |c| c.is_some())
+        && [SESSION_COOKIE, cookie_name(SESSION_COOKIE, true)]
+            .iter()
+            .any(|name| meridian_regions::headers::cookie_copies(headers, name).next().is_some())
 }
 
 /// The access URL's host, an IP address, `localhost`, or an allowed name; any port.

@@ -48,7 +48,7 @@ impl Served {
     /// Whether `host` (no port) is this region's: its access host, or one
     /// label under its wildcard base.
     pub fn serves(&self, host: &str) -> bool {
-        let host = host.to_ascii_lowercase();
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
         if self.access_host.as_deref() == Some(host.as_str()) {
             return true;
         }
@@ -133,9 +133,10 @@ pub fn validate(hosts: &RegionHosts) -> ApiResult<()> {
     Ok(())
 }
 
-/// The host of a URL, lowercase, without port.
+/// The host of a URL, lowercase, without port or trailing dot (the same
+/// name to a browser).
 fn url_host(u: &str) -> Option<String> {
-    url::Url::parse(u).ok()?.host_str().map(str::to_ascii_lowercase)
+    url::Url::parse(u).ok()?.host_str().map(|h| h.trim_end_matches('.').to_ascii_lowercase())
 }
 
 #[cfg(test)]

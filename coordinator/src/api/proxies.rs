@@ -7,7 +7,7 @@ use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::State;
 use axum::http::StatusCode;
-use meridian_regions::api::{DeregisterProxy, RegisterProxy, RegisterProxyResponse};
+use meridian_regions::api::{DeregisterProxy, RegionHosts, RegisterProxy, RegisterProxyResponse};
 
 /// Longest URL or hostname a replica may register.
 const MAX_URL: usize = 2048;
@@ -57,19 +57,73 @@ pub async fn deregister(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// A registration's addresses, by the grammar admins' hostnames follow
+/// ([`super::hosts::validate`]): an access URL with a host, a wildcard
+/// pattern of plain labels (no trailing dot, no markup), and relay and mesh
+/// addresses that are http(s) URLs with a host.
 fn validate(req: &RegisterProxy) -> ApiResult<()> {
-    let url =
-        url::Url::parse(&req.access_url).map_err(|e| ApiError::BadRequest(format!("access_url is not a URL: {e}.")))?;
-    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-        return Err(ApiError::BadRequest("access_url must be an http or https URL with a host.".into()));
+    let lengths = [Some(&req.access_url), Some(&req.wildcard_hostname), req.relay_address.as_ref()];
+    if lengths.into_iter().chain([req.mesh_address.as_ref()]).flatten().any(|s| s.len() > MAX_URL) {
+        return Err(ApiError::BadRequest("An address in the registration is too long.".into()));
     }
-    if req.access_url.len() > MAX_URL || req.wildcard_hostname.len() > MAX_URL {
-        return Err(ApiError::BadRequest("access_url or wildcard_hostname is too long.".into()));
-    }
-    if !req.wildcard_hostname.is_empty() && !req.wildcard_hostname.starts_with("*.") {
-        return Err(ApiError::BadRequest(
-            "wildcard_hostname must look like *.example.com (optionally with :port).".into(),
-        ));
+    let hosts = RegionHosts {
+        access_url: Some(req.access_url.clone()),
+        wildcard_hostname: Some(req.wildcard_hostname.clone()),
+    };
+    super::hosts::validate(&hosts)?;
+    for (name, address) in [("relay_address", &req.relay_address), ("mesh_address", &req.mesh_address)] {
+        let Some(address) = address else { continue };
+        let url =
+            url::Url::parse(address).ok().filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+        if url.is_none() {
+            return Err(ApiError::BadRequest(format!(
+                "{name} must be an http or https URL with a host, not {address:?}."
+            )));
+        }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registration(access_url: &str, wildcard: &str, relay: Option<&str>) -> RegisterProxy {
+        RegisterProxy {
+            replica_id: uuid::Uuid::new_v4(),
+            access_url: access_url.into(),
+            wildcard_hostname: wildcard.into(),
+            relay_address: relay.map(Into::into),
+            mesh_address: None,
+            version: "test".into(),
+            link_rtts: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn registrations_follow_the_admins_grammar() {
+        let ok = [
+            registration("http://sydney.localhost:7081", "*.sydney.localhost:7081", Some("http://127.0.0.1:7091")),
+            registration("https://sydney.example.com", "", Some("https://relay.sydney.example.com")),
+        ];
+        for r in ok {
+            assert!(validate(&r).is_ok(), "{r:?}");
+        }
+        let bad = [
+            registration("http://x.localhost:1", "*.FRANKFURT.localhost.:7902", None),
+            registration("http://x.localhost:1", "*.<script>alert(1)</script>.localhost", None),
+            registration("http://x.localhost:1", "*.a.localhost:0", None),
+            registration("http://x.localhost:1", "sydney.localhost", None),
+            registration("javascript:alert(1)", "", None),
+            registration("http://x.localhost:1", "", Some("javascript:alert(1)")),
+            registration("http://x.localhost:1", "", Some("file:///etc/passwd")),
+            registration("http://x.localhost:1", "", Some("not a url")),
+        ];
+        for r in bad {
+            assert!(matches!(validate(&r), Err(ApiError::BadRequest(_))), "{r:?}");
+        }
+        let mut mesh = registration("http://x.localhost:1", "", None);
+        mesh.mesh_address = Some("gopher://127.0.0.1:1".into());
+        assert!(validate(&mesh).is_err());
+    }
 }

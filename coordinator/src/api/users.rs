@@ -1,6 +1,6 @@
 //! `/api/v2/users...`: first-user bootstrap, login, `me`, and admin-created users.
 
-use super::auth::{client_addr, session_token, Admin, CurrentUser};
+use super::auth::{client_addr, session_cookie_name, session_tokens, Admin, CurrentUser};
 use super::json::Json;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -11,7 +11,6 @@ use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use meridian_regions::api::{CreateUser, Credentials, FirstUserResponse, LoginResponse, User};
-use meridian_regions::headers::SESSION_COOKIE;
 use meridian_regions::name::Name;
 use meridian_regions::token::{Secret, Token};
 
@@ -52,9 +51,8 @@ pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<
         return Err(refused());
     };
     state.login_limits.succeeded(&req.username, client);
-    if let Some(old) = held_session(&parts)? {
-        state.store.end_session(&old).await?;
-    }
+    // Signing in ends the session(s) this browser held (session rotation).
+    end_held_sessions(&state, &parts).await?;
     let token = state.store.create_session(user.id, Scope::User).await?;
     let value = token.encode();
     let cookie = session_cookie(&state, value.expose(), None);
@@ -66,25 +64,27 @@ pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<
 /// app session it signed in, and clears the cookie. 204 even with no live
 /// session: the result the caller wants holds either way.
 pub async fn logout(State(state): State<AppState>, parts: Parts) -> ApiResult<Response> {
-    if let Some(token) = held_session(&parts)? {
-        if state.store.end_session(&token).await? {
-            tracing::info!(session = %token.id, "signed out");
-        }
-    }
+    end_held_sessions(&state, &parts).await?;
     let cleared = session_cookie(&state, "", Some(0));
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cleared)]).into_response())
 }
 
-/// The session token the request carries, if it is well formed.
-fn held_session(parts: &Parts) -> ApiResult<Option<Token>> {
-    Ok(session_token(parts)?.and_then(|raw| Token::parse(&raw).ok()))
+/// Ends the sessions the request carries: every copy (one may have been
+/// planted), each that is a live session with its secret.
+async fn end_held_sessions(state: &AppState, parts: &Parts) -> ApiResult<()> {
+    for token in session_tokens(state, parts).iter().filter_map(|raw| Token::parse(raw).ok()) {
+        if state.store.end_session(&token).await? {
+            tracing::info!(session = %token.id, "signed out");
+        }
+    }
+    Ok(())
 }
 
 /// The `meridian_session` cookie: HttpOnly, SameSite=Lax, Secure over HTTPS,
 /// for this host only (no `Domain`, so app hosts never get it).
 fn session_cookie(state: &AppState, value: &str, max_age_secs: Option<i64>) -> String {
     let secure = state.config.access_url.scheme() == "https";
-    let mut c = cookie::Cookie::build((SESSION_COOKIE, value.to_owned()))
+    let mut c = cookie::Cookie::build((session_cookie_name(state), value.to_owned()))
         .path("/")
         .http_only(true)
         .secure(secure)

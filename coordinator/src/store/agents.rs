@@ -42,7 +42,7 @@ impl Store {
 
     pub async fn agent_apps(&self, agent_id: Uuid) -> ApiResult<Vec<App>> {
         let rows: Vec<AppRow> = sqlx::query_as(
-            "SELECT agent_id, slug, port, url, subdomain, share FROM apps WHERE agent_id = $1 ORDER BY slug",
+            "SELECT agent_id, slug, port, url, subdomain, share, cors FROM apps WHERE agent_id = $1 ORDER BY slug",
         )
         .bind(agent_id)
         .fetch_all(&self.pool)
@@ -62,7 +62,7 @@ impl Store {
         .await?;
         let mut relays: Vec<RelayInfo> = rows
             .into_iter()
-            .map(|(region, url, since)| RelayInfo { region, url, healthy_since: Some(since) })
+            .map(|(region, url, since)| RelayInfo { region, url, healthy_since: Some(since), attach_token: None })
             .collect();
         relays.sort_by_key(|r| (Some(r.region.as_str()) != preferred, r.region != meridian_regions::PRIMARY_REGION));
         Ok(relays)

@@ -5,7 +5,7 @@ use super::Store;
 use crate::error::ApiResult;
 use crate::secret;
 use chrono::Utc;
-use meridian_regions::api::Share;
+use meridian_regions::api::{Cors, Share};
 use meridian_regions::app_url::{AppRequest, AppTarget};
 use meridian_regions::token::Token;
 use uuid::Uuid;
@@ -23,14 +23,28 @@ pub struct ResolvedApp {
     pub share: Share,
     /// Whether it is served on a subdomain (else on a path).
     pub subdomain: bool,
+    pub cors: Cors,
 }
 
-/// A used-up ticket: whose, the session that minted it, and its host.
+/// A used-up ticket: whose, the session that minted it, its host, and the
+/// one app it was minted for (the token binding; `None` for a ticket an
+/// older release minted, which then signs in to no app).
 #[derive(Debug, Clone)]
 pub struct Redeemed {
     pub user_id: Uuid,
     pub session_id: Uuid,
     pub host: String,
+    pub binding: Option<String>,
+}
+
+/// A ticket as it is used up.
+#[derive(sqlx::FromRow)]
+struct TicketRow {
+    secret_hash: Vec<u8>,
+    redirect_host: String,
+    session_id: Option<Uuid>,
+    user_id: Uuid,
+    binding: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -45,16 +59,23 @@ struct AppMatch {
     url: Option<String>,
     share: String,
     subdomain: bool,
+    cors: String,
 }
 
 impl Store {
     /// A ticket for `user_id` (signed in with session `session_id`) to bring
-    /// back to `redirect_host`; shown once.
-    pub async fn create_ticket(&self, user_id: Uuid, session_id: Uuid, redirect_host: &str) -> ApiResult<Token> {
+    /// back to `redirect_host`, for the app `binding` names; shown once.
+    pub async fn create_ticket(
+        &self,
+        user_id: Uuid,
+        session_id: Uuid,
+        redirect_host: &str,
+        binding: &str,
+    ) -> ApiResult<Token> {
         let (token, hash) = secret::new_token(Uuid::new_v4());
         sqlx::query(
-            "INSERT INTO app_tickets (id, secret_hash, user_id, redirect_host, expires_at, session_id) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO app_tickets (id, secret_hash, user_id, redirect_host, expires_at, session_id, binding) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(token.id)
         .bind(hash)
@@ -62,6 +83,7 @@ impl Store {
         .bind(redirect_host)
         .bind(Utc::now() + TICKET_LIFETIME)
         .bind(session_id)
+        .bind(binding)
         .execute(&self.pool)
         .await?;
         Ok(token)
@@ -72,19 +94,19 @@ impl Store {
     /// or the session that minted it has ended. A ticket presented at the
     /// wrong host is used up all the same: it has leaked.
     pub async fn redeem_ticket(&self, token: &Token, host: &str) -> ApiResult<Option<Redeemed>> {
-        let row: Option<(Vec<u8>, String, Option<Uuid>, Uuid)> = sqlx::query_as(
+        let row: Option<TicketRow> = sqlx::query_as(
             "UPDATE app_tickets SET used_at = now() \
              WHERE id = $1 AND used_at IS NULL AND expires_at > now() \
-             RETURNING secret_hash, redirect_host, session_id, user_id",
+             RETURNING secret_hash, redirect_host, session_id, user_id, binding",
         )
         .bind(token.id)
         .fetch_optional(&self.pool)
         .await?;
-        let Some((hash, minted_for, session_id, user_id)) = row else { return Ok(None) };
-        let genuine = secret::secret_matches(token.secret.expose(), &hash);
-        Ok(match session_id {
-            Some(session_id) if genuine && minted_for.eq_ignore_ascii_case(host) => {
-                Some(Redeemed { user_id, session_id, host: minted_for })
+        let Some(t) = row else { return Ok(None) };
+        let genuine = secret::secret_matches(token.secret.expose(), &t.secret_hash);
+        Ok(match t.session_id {
+            Some(session_id) if genuine && t.redirect_host.eq_ignore_ascii_case(host) => {
+                Some(Redeemed { user_id: t.user_id, session_id, host: t.redirect_host, binding: t.binding })
             }
             _ => None,
         })
@@ -116,12 +138,13 @@ impl Store {
                     upstream: format!("{scheme}://127.0.0.1:{port}"),
                     share: Share::Owner,
                     subdomain: true,
+                    cors: Cors::Default,
                 }));
             }
             AppTarget::Slug(slug) => slug,
         };
         let app: Option<AppMatch> =
-            sqlx::query_as("SELECT port, url, share, subdomain FROM apps WHERE agent_id = $1 AND slug = $2")
+            sqlx::query_as("SELECT port, url, share, subdomain, cors FROM apps WHERE agent_id = $1 AND slug = $2")
                 .bind(agent.agent_id)
                 .bind(slug)
                 .fetch_optional(&self.pool)
@@ -136,6 +159,7 @@ impl Store {
             },
             share: Share::from_stored(&a.share),
             subdomain: a.subdomain,
+            cors: Cors::from_stored(&a.cors),
         }))
     }
 }

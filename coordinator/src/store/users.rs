@@ -68,13 +68,18 @@ impl Store {
         Ok(token)
     }
 
-    /// An app session for the user of user session `parent`, ending when it
-    /// ends (signing out ends both); `None` if `parent` has ended.
-    pub async fn create_app_session(&self, parent: Uuid) -> ApiResult<Option<(Token, DateTime<Utc>)>> {
+    /// An app session for the user of user session `parent`, good for the
+    /// one app `binding` names only, ending when `parent` ends (signing out
+    /// ends both); `None` if `parent` has ended.
+    pub async fn create_app_session(
+        &self,
+        parent: Uuid,
+        binding: Option<&str>,
+    ) -> ApiResult<Option<(Token, DateTime<Utc>)>> {
         let (token, hash) = secret::new_token(Uuid::new_v4());
         let expires_at: Option<DateTime<Utc>> = sqlx::query_scalar(
-            "INSERT INTO sessions (id, user_id, secret_hash, expires_at, scope, parent_id) \
-             SELECT $1, user_id, $2, LEAST(expires_at, $3), 'app', id FROM sessions \
+            "INSERT INTO sessions (id, user_id, secret_hash, expires_at, scope, parent_id, binding) \
+             SELECT $1, user_id, $2, LEAST(expires_at, $3), 'app', id, $5 FROM sessions \
              WHERE id = $4 AND scope = 'user' AND expires_at > now() \
              RETURNING expires_at",
         )
@@ -82,9 +87,26 @@ impl Store {
         .bind(hash)
         .bind(Utc::now() + SESSION_LIFETIME)
         .bind(parent)
+        .bind(binding)
         .fetch_optional(&self.pool)
         .await?;
         Ok(expires_at.map(|at| (token, at)))
+    }
+
+    /// The user holding app session `token` if it is live and was signed in
+    /// for the app `binding` names: a region holding one app session (it
+    /// redeemed the ticket) gets tokens for that app and no other.
+    pub async fn app_session_user(&self, token: &Token, binding: &str) -> ApiResult<Option<UserRow>> {
+        let row: Option<SessionJoin> = sqlx::query_as(
+            "SELECT s.secret_hash, u.id, u.username, u.password_hash, u.admin, u.created_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
+             WHERE s.id = $1 AND s.expires_at > now() AND s.scope = 'app' AND s.binding = $2",
+        )
+        .bind(token.id)
+        .bind(binding)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|j| secret::secret_matches(token.secret.expose(), &j.secret_hash).then_some(j.user)))
     }
 
     /// Ends session `token` (if its secret matches) and every app session it

@@ -4,7 +4,7 @@ use super::{is_unique_violation, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
 use chrono::{DateTime, Utc};
-use meridian_regions::api::{Agent, AgentSpec, App, Share, Workspace};
+use meridian_regions::api::{Agent, AgentSpec, App, Cors, Share, Workspace};
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
@@ -34,6 +34,7 @@ pub(super) struct AppRow {
     url: Option<String>,
     subdomain: bool,
     share: String,
+    cors: String,
 }
 
 impl From<AppRow> for App {
@@ -44,6 +45,7 @@ impl From<AppRow> for App {
             url: r.url,
             subdomain: r.subdomain,
             share: Share::from_stored(&r.share),
+            cors: Cors::from_stored(&r.cors),
         }
     }
 }
@@ -84,8 +86,8 @@ impl Store {
                 .await?;
             for app in &agent.apps {
                 sqlx::query(
-                    "INSERT INTO apps (id, agent_id, slug, port, url, subdomain, share) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                    "INSERT INTO apps (id, agent_id, slug, port, url, subdomain, share, cors) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                 )
                 .bind(Uuid::new_v4())
                 .bind(token.id)
@@ -94,6 +96,7 @@ impl Store {
                 .bind(&app.url)
                 .bind(app.subdomain)
                 .bind(app.share.as_str())
+                .bind(app.cors.as_str())
                 .execute(&mut *tx)
                 .await?;
             }
@@ -135,7 +138,7 @@ impl Store {
         .await?;
         let agent_ids: Vec<Uuid> = agents.iter().map(|a| a.id).collect();
         let apps: Vec<AppRow> = sqlx::query_as(
-            "SELECT agent_id, slug, port, url, subdomain, share FROM apps WHERE agent_id = ANY($1) ORDER BY slug",
+            "SELECT agent_id, slug, port, url, subdomain, share, cors FROM apps WHERE agent_id = ANY($1) ORDER BY slug",
         )
         .bind(&agent_ids)
         .fetch_all(&self.pool)

@@ -30,6 +30,12 @@ fn usage(pid: u32) -> Option<Usage> {
         status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok())
     };
     let count = |dir: &str| std::fs::read_dir(format!("/proc/{pid}/{dir}")).map(|d| d.count() as u64).ok();
+    // A process being started (a replica the soak restarts: between exec and
+    // its program's first pages) maps no file yet, and reads as a few KiB of
+    // memory: no reading of the program it will be.
+    if field("RssFile:")? == 0 {
+        return None;
+    }
     Some(Usage {
         pid,
         rss_kib: field("VmRSS:")?,

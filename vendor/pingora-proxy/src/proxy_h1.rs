@@ -25,6 +25,72 @@ use pingora_core::protocols::http::{
     v1::common::is_upgrade_req as is_h1_upgrade_req,
 };
 
+/// Meridian patch: response body bytes read from an h1 upstream and not yet
+/// written downstream, per request, at most (besides the one chunk read and
+/// waiting for room, and the upstream's read buffer). The task pipe alone
+/// holds `TASK_BUFFER_SIZE` chunks of up to 64 KiB, and the downstream half
+/// pulls a batch of as many out before writing it, so a client reading
+/// slowly made the proxy hold about 0.6 MB for it.
+const BODY_BYTES_IN_FLIGHT: usize = 64 * 1024;
+
+/// Meridian patch: the room [`BODY_BYTES_IN_FLIGHT`] gives one request's
+/// upstream half. The upstream half takes room for each body chunk before
+/// sending it into the pipe; the downstream half gives it back once the
+/// chunk is written (or dropped), and closes it when it ends, so the upstream
+/// half never waits for room that cannot come.
+struct BodyBudget(tokio::sync::Semaphore);
+
+impl BodyBudget {
+    fn new() -> Arc<Self> {
+        Arc::new(Self(tokio::sync::Semaphore::new(BODY_BYTES_IN_FLIGHT)))
+    }
+
+    fn cost(task: &HttpTask) -> u32 {
+        match task {
+            HttpTask::Body(Some(b), _) | HttpTask::UpgradedBody(Some(b), _) => {
+                b.len().min(BODY_BYTES_IN_FLIGHT) as u32
+            }
+            _ => 0,
+        }
+    }
+
+    /// Waits for room for `task` (none once the downstream half has ended).
+    async fn take(&self, task: &HttpTask) {
+        let cost = Self::cost(task);
+        if cost > 0 {
+            if let Ok(permit) = self.0.acquire_many(cost).await {
+                permit.forget();
+            }
+        }
+    }
+}
+
+/// Gives `.1` bytes of room back to the budget when dropped.
+struct BodyRoom<'a>(&'a BodyBudget, u32);
+
+impl BodyRoom<'_> {
+    fn add(&mut self, task: &HttpTask) {
+        self.1 += BodyBudget::cost(task);
+    }
+}
+
+impl Drop for BodyRoom<'_> {
+    fn drop(&mut self) {
+        if self.1 > 0 {
+            self.0 .0.add_permits(self.1 as usize);
+        }
+    }
+}
+
+/// Closes the budget when the downstream half ends, however it ends.
+struct CloseBudget(Arc<BodyBudget>);
+
+impl Drop for CloseBudget {
+    fn drop(&mut self) {
+        self.0 .0.close();
+    }
+}
+
 impl<SV, C> HttpProxy<SV, C>
 where
     C: custom::Connector,
@@ -147,6 +213,7 @@ where
         // Shared signal so the upstream half can distinguish an expected task-pipe
         // closure (the downstream half finished and dropped rx) from an unexpected one.
         let pipe_state = Arc::new(AtomicU8::new(PipeState::Active as u8));
+        let budget = BodyBudget::new();
 
         // start bi-directional streaming
         let ret = tokio::try_join!(
@@ -158,8 +225,9 @@ where
                 &mut downstream_custom_message_writer,
                 &mut downstream_custom_message_reader,
                 pipe_state.clone(),
+                budget.clone(),
             ),
-            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state),
+            self.proxy_handle_upstream(client_session, tx_upstream, rx_downstream, pipe_state, &budget),
         );
 
         if let Some(custom_session) = session.downstream_session.as_custom_mut() {
@@ -251,6 +319,7 @@ where
         tx: mpsc::Sender<HttpTask>,
         mut rx: mpsc::Receiver<HttpTask>,
         pipe_state: Arc<AtomicU8>,
+        budget: &BodyBudget,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
@@ -278,6 +347,7 @@ where
                                 }
                             }
                             let type_str = task.type_str();
+                            budget.take(&task).await;
                             let result = tx.send(task)
                                 .await.or_err_with(
                                     InternalError,
@@ -376,11 +446,14 @@ where
         serve_from_cache: &mut ServeFromCache,
         range_body_filter: &mut proxy_cache::range_filter::RangeBodyFilter,
         response_state: &mut ResponseStateMachine,
+        budget: &BodyBudget,
     ) -> Result<Option<bool>>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
+        // The room these tasks took goes back when they are written (or dropped).
+        let mut room = BodyRoom(budget, BodyBudget::cost(&initial_task));
         if serve_from_cache.should_discard_upstream() {
             // Serving the cached response and discarding the upstream one; nothing
             // is written downstream this round, so return None and let the caller
@@ -395,6 +468,7 @@ where
         while let Some(maybe_task) = tokio::task::unconstrained(rx.recv()).now_or_never() {
             debug!("upstream event now: {:?}", maybe_task);
             if let Some(t) = maybe_task {
+                room.add(&t);
                 tasks.push(t);
             } else {
                 break; // upstream closed
@@ -459,11 +533,13 @@ where
             Box<dyn futures::Stream<Item = Result<Bytes>> + Unpin + Send + Sync + 'static>,
         >,
         pipe_state: Arc<AtomicU8>,
+        budget: Arc<BodyBudget>,
     ) -> Result<bool>
     where
         SV: ProxyHttp + Send + Sync,
         SV::CTX: Send + Sync,
     {
+        let _close = CloseBudget(budget.clone());
         // setup custom message forwarding, if downstream supports it
         let (
             mut downstream_custom_read,
@@ -635,6 +711,7 @@ where
                             &mut serve_from_cache,
                             &mut range_body_filter,
                             &mut response_state,
+                            &budget,
                         ).await? else {
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
@@ -660,6 +737,7 @@ where
                             &mut serve_from_cache,
                             &mut range_body_filter,
                             &mut response_state,
+                            &budget,
                         ).await? else {
                             // nothing sent downstream e.g. serve_from_cache
                             continue;
