@@ -56,7 +56,9 @@ pub struct Auth {
     /// Whether the registration loop reaches the coordinator.
     state: Arc<crate::state::ProxyState>,
     /// When keys were last refetched for an unknown key id.
-    last_refetch: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Held while keys are refetched (requests that met the same unknown key
+    /// wait for that one fetch instead of failing), with when it last ran.
+    last_refetch: tokio::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Auth {
@@ -78,7 +80,7 @@ impl Auth {
                 .build_with_hasher(foldhash::fast::RandomState::default()),
             login_url: login_url.trim_end_matches('/').to_owned(),
             scheme: if tls { "https" } else { "http" },
-            last_refetch: std::sync::Mutex::new(None),
+            last_refetch: tokio::sync::Mutex::new(None),
         }
     }
 
@@ -188,14 +190,7 @@ impl Auth {
         }
         let claims = match self.verifier.load().verify(token, binding) {
             Err(TokenError::UnknownKey(kid)) => {
-                // One refetch for a key we have not seen (the coordinator rotated), then refuse.
-                if !self.may_refetch() {
-                    return None;
-                }
-                self.state.metrics.key_refetches.inc();
-                let keys = self.coordinator.keys().await.ok()?;
-                self.set_keys(&keys.keys);
-                if !self.verifier.load().knows(&kid) {
+                if !self.refetch_for(&kid).await {
                     return None;
                 }
                 self.verifier.load().verify(token, binding).ok()?
@@ -207,15 +202,29 @@ impl Auth {
         Some((verified, false))
     }
 
-    /// Whether a key refetch is allowed now (and if so, records it).
-    fn may_refetch(&self) -> bool {
-        let mut last = self.last_refetch.lock().unwrap_or_else(|e| e.into_inner());
+    /// Whether key `kid` is known after at most one refetch of the keys: for
+    /// a key not seen yet (the coordinator rotated, or this proxy has not
+    /// registered yet and holds none). Refetches run one at a time, and those
+    /// waiting see the keys the running one brought: requests that met the
+    /// same new key together all verify (a replica starting under load got a
+    /// 502 for one of them). At most one refetch per [`KEY_REFETCH_INTERVAL`],
+    /// however many tokens name unknown keys (a forged `kid` must not make
+    /// the proxy hammer the coordinator). The lock is held across the fetch on
+    /// purpose; only requests with an unknown key ever take it.
+    async fn refetch_for(&self, kid: &str) -> bool {
+        let mut last = self.last_refetch.lock().await;
+        if self.verifier.load().knows(kid) {
+            return true;
+        }
         let now = std::time::Instant::now();
         if last.is_some_and(|at| now.duration_since(at) < KEY_REFETCH_INTERVAL) {
             return false;
         }
         *last = Some(now);
-        true
+        self.state.metrics.key_refetches.inc();
+        let Ok(keys) = self.coordinator.keys().await else { return false };
+        self.set_keys(&keys.keys);
+        self.verifier.load().knows(kid)
     }
 
     /// Trades a login ticket for an app session. The session is good for
@@ -434,5 +443,55 @@ pub(crate) mod tests {
             let req = RequestHeader::build("GET", uri.as_bytes(), None).unwrap();
             assert_eq!(local_location(&req, APP_TICKET_PARAM), want, "{uri}");
         }
+    }
+
+    /// A replica that starts under load holds no keys yet: requests that
+    /// meet the coordinator's key together wait for the one refetch and all
+    /// verify (one of them got a 502 "cannot verify" in a rolling restart).
+    #[tokio::test]
+    async fn requests_meeting_an_unknown_key_together_share_one_refetch() {
+        let (der, public) = generate_key("k1", [7; 32]);
+        let fetches = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let coordinator = format!("http://{}", listener.local_addr().unwrap());
+        let counted = fetches.clone();
+        // The coordinator's keys endpoint, slow enough for the requests to meet.
+        let body = serde_json::to_string(&meridian_regions::api::KeysResponse { keys: vec![public] }).unwrap();
+        tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (counted, body) = (counted.clone(), body.clone());
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match conn.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = conn.write_all(answer.as_bytes()).await;
+                });
+            }
+        });
+        let client = Client::new(&coordinator, Credential::None, reqwest::Client::new());
+        let auth = Auth::new(client, "http://login.test", false, Duration::ZERO, crate::state::ProxyState::new());
+        let agent = uuid::Uuid::new_v4();
+        let token = grant_expiring(&Signer::new("k1", &der), agent, chrono::Utc::now().timestamp() + 300);
+        let binding = "host:code--main--dev--alice.test";
+        let (a, b, c) =
+            tokio::join!(auth.verify(&token, binding), auth.verify(&token, binding), auth.verify(&token, binding));
+        assert!(a.is_some() && b.is_some() && c.is_some(), "a request that met the new key together was refused");
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1, "one refetch for all of them");
+        // A forged key id right after: refused without another fetch.
+        let forged = token.replacen("eyJ", "eyJraWQiOiJrOSIsImFsZyI6IkVkRFNBIn0.X", 1);
+        assert!(auth.verify(&forged, binding).await.is_none());
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }
