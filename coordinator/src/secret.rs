@@ -24,11 +24,16 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 
 /// A new token for `id` and the hash to store for it.
 pub fn new_token(id: Uuid) -> (Token, Vec<u8>) {
+    let secret = random_secret();
+    let hash = hash_secret(secret.expose());
+    (Token { id, secret }, hash)
+}
+
+/// 32 random bytes, base64url: a secret of a token, or of this process.
+pub fn random_secret() -> Secret {
     let mut bytes = [0u8; 32];
     rand::rng().fill_bytes(&mut bytes);
-    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes);
-    let hash = hash_secret(&secret);
-    (Token { id, secret: Secret::new(secret) }, hash)
+    Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 pub fn hash_secret(secret: &str) -> Vec<u8> {

@@ -236,14 +236,9 @@ impl Auth {
         let ask = RedeemTicket { ticket: ticket.to_owned(), host: strip_port(host).to_owned() };
         match self.coordinator.redeem_ticket(&ask).await {
             Ok(r) => {
-                let path = route.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str());
-                let cookie = session_cookie(
-                    self.cookie(APP_SESSION_COOKIE, route),
-                    &r.app_session_token,
-                    path,
-                    None,
-                    self.scheme == "https",
-                );
+                let name = self.cookie(APP_SESSION_COOKIE, route);
+                let cookie =
+                    session_cookie(name, &r.app_session_token, route.cookie_path(), None, self.scheme == "https");
                 Reply::redirect(303, &clean).with_cookie(cookie)
             }
             Err(ClientError::Api { status, .. }) if status.is_client_error() => {
@@ -278,7 +273,7 @@ impl Auth {
         Ok(match answer {
             Ok(resp) => match self.verify(&resp.token, &route.binding).await {
                 Some((claims, token)) => {
-                    let path = route.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str());
+                    let path = route.cookie_path();
                     // The browser keeps the cookie through the offline grace:
                     // past its expiry the token is accepted only while the
                     // coordinator cannot renew it, and a browser that dropped

@@ -162,14 +162,13 @@ fn is_foreign_origin(origin: &[u8], owner: &str) -> bool {
     let Some((_, host)) = std::str::from_utf8(origin).ok().and_then(|o| o.split_once("://")) else {
         return true; // `null`, or not an origin at all
     };
-    let name =
-        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    let name = meridian_regions::app_url::strip_port(host);
     let Some((_, base)) = name.split_once('.') else { return false };
     match meridian_regions::app_url::parse_host(name, base) {
         HostMatch::App(app) => !app.user.eq_ignore_ascii_case(owner),
         // A label with the app grammar's shape that does not parse: not
         // another user's app address, but nothing to grant either.
-        HostMatch::Invalid(_) => host.contains("--"),
+        HostMatch::Invalid(_) => name.contains("--"),
         HostMatch::NotAnApp => false,
     }
 }

@@ -18,6 +18,14 @@ pub struct AppRoute {
     pub path: Option<(String, String)>,
 }
 
+impl AppRoute {
+    /// The path Meridian's cookies for this app are set on: a path app's
+    /// base path, a subdomain app's whole host.
+    pub fn cookie_path(&self) -> &str {
+        self.path.as_ref().map_or("/", |(prefix, _)| prefix.as_str())
+    }
+}
+
 pub enum Route {
     App(AppRoute),
     /// Not an app, on the primary: the coordinator's API and pages.

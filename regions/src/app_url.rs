@@ -89,7 +89,8 @@ pub fn wildcard_base(pattern: &str) -> Option<String> {
     Some(strip_port(rest).trim_end_matches('.').to_ascii_lowercase())
 }
 
-fn strip_port(host: &str) -> &str {
+/// `host` without a `:port` suffix (digits only).
+pub fn strip_port(host: &str) -> &str {
     match host.rsplit_once(':') {
         Some((h, p)) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => host,

@@ -42,18 +42,6 @@ pub fn cookie_name(name: &'static str, https_whole_host: bool) -> &'static str {
     }
 }
 
-/// The value of cookie `name` among a request's `Cookie` headers, if sent.
-pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .flatten()
-        .find(|c| c.name() == name)
-        .map(|c| c.value().to_owned())
-}
-
 /// How many copies of one credential cookie are tried, at most. A sibling
 /// host (another user's app under the same registrable domain) can plant a
 /// cookie of the same name on a parent domain or a longer path; the browser
@@ -79,16 +67,6 @@ pub fn cookie_copies<'a>(headers: &'a http::HeaderMap, name: &'a str) -> impl It
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn cookie_lookup() {
-        let mut h = http::HeaderMap::new();
-        h.append(http::header::COOKIE, "a=1; meridian_app_token=t".parse().unwrap());
-        h.append(http::header::COOKIE, "b=2".parse().unwrap());
-        assert_eq!(super::cookie(&h, "meridian_app_token").as_deref(), Some("t"));
-        assert_eq!(super::cookie(&h, "b").as_deref(), Some("2"));
-        assert_eq!(super::cookie(&h, "meridian"), None);
-    }
-
     #[test]
     fn host_only_names_over_https_for_whole_hosts() {
         use super::*;

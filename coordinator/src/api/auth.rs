@@ -142,11 +142,7 @@ pub struct Forwarded(Arc<Secret>);
 
 impl Forwarded {
     pub fn new() -> Self {
-        use rand::RngCore;
-        let mut bytes = [0u8; 32];
-        rand::rng().fill_bytes(&mut bytes);
-        let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        Self(Arc::new(Secret::new(hex)))
+        Self(Arc::new(crate::secret::random_secret()))
     }
 
     /// The proof, for the primary proxy to send.

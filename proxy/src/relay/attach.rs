@@ -11,7 +11,8 @@
 //! the agent and the attachment is recorded once it is back.
 //!
 //! Agents of earlier releases send their agent token; it is still checked
-//! with the coordinator as before (one release, for rolling upgrades).
+//! with the coordinator as before (one release, for rolling upgrades), but
+//! admits nobody while the coordinator is unreachable.
 
 use super::Relay;
 use hyper::{HeaderMap, StatusCode};
@@ -29,7 +30,7 @@ impl Relay {
         let header = |name| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
         match (header(AGENT_ATTACH_TOKEN), header(AGENT_TOKEN)) {
             (Some(attach), None) => self.admit_by_attach_token(attach).await,
-            (attach, Some(agent_token)) => self.admit_by_agent_token(agent_token, attach).await,
+            (_, Some(agent_token)) => self.admit_by_agent_token(agent_token).await,
             (None, None) => Err(Refused(StatusCode::UNAUTHORIZED, "No attach token.")),
         }
     }
@@ -63,8 +64,10 @@ impl Relay {
         }
     }
 
-    /// An agent of an earlier release: its agent token, checked by the coordinator.
-    async fn admit_by_agent_token(&self, agent_token: String, attach: Option<String>) -> Result<Uuid, Refused> {
+    /// An agent of an earlier release: its agent token, checked by the
+    /// coordinator. (Its attach token, if it sends one, names no region and
+    /// admits it nowhere: while the coordinator is unreachable it waits.)
+    async fn admit_by_agent_token(&self, agent_token: String) -> Result<Uuid, Refused> {
         let ask = AgentAttach { agent_token, attach_token: None, replica_id: Some(self.replica_id) };
         match self.coordinator.agent_attach(&ask).await {
             Ok(r) => Ok(r.agent_id),
@@ -72,19 +75,8 @@ impl Relay {
                 Err(Refused(StatusCode::UNAUTHORIZED, "The agent token is invalid."))
             }
             Err(e) => {
-                // An attach token for this region still admits it.
-                let region = self.region.get();
-                let admitted = attach.zip(region).and_then(|(t, r)| Some((self.auth.verify_attach_for(&t, r)?, t)));
-                let Some((agent_id, token)) = admitted else {
-                    tracing::warn!(error = %e, "cannot check an agent token with the coordinator");
-                    return Err(Refused(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "The coordinator is unreachable; try again shortly.",
-                    ));
-                };
-                tracing::warn!(agent = %agent_id, error = %e, "coordinator unreachable; admitted the agent by its attach token");
-                self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()).insert(agent_id, token);
-                Ok(agent_id)
+                tracing::warn!(error = %e, "cannot check an agent token with the coordinator");
+                Err(Refused(StatusCode::SERVICE_UNAVAILABLE, "The coordinator is unreachable; try again shortly."))
             }
         }
     }
