@@ -1,15 +1,11 @@
 //! The `meridian` binary: parses the command line and calls into the role
-//! crates. Startup order for the server roles: load config → validate (exit
-//! 64 with a one-line reason) → bind and log addresses → run until a signal →
-//! drain under a deadline → exit 0.
-
-mod demo;
-mod drill;
-mod ops;
-mod session;
-mod workspaces;
+//! crates (coordinator, proxy, agent) and `meridian-cli` (the client
+//! commands, the demo and the drills). Startup order for the server roles:
+//! load config → validate (exit 64 with a one-line reason) → bind and log
+//! addresses → run until a signal → drain under a deadline → exit 0.
 
 use clap::{Parser, Subcommand};
+use meridian_cli::{demo, drill, ops, shutdown_signal, workspaces};
 
 /// mimalloc: the proxy allocates and frees per request, from one worker
 /// thread per core; glibc's malloc was a tenth of its CPU time (BENCHMARKS.md).
@@ -162,10 +158,10 @@ fn run_sample_app(listen: std::net::SocketAddr, tls: Option<(std::path::PathBuf,
             Some((cert, key)) => match meridian_regions::certificate::ReloadingCertificate::watch(&cert, &key)
                 .and_then(meridian_regions::tunnel::tls_acceptor)
             {
-                Ok(acceptor) => meridian_agent::sample_app::serve_tls(listener, acceptor, shutdown_signal()).await,
+                Ok(acceptor) => meridian_sample_app::serve_tls(listener, acceptor, shutdown_signal()).await,
                 Err(e) => return config_error(format!("{e:#}")),
             },
-            None => meridian_agent::sample_app::serve(listener, shutdown_signal()).await,
+            None => meridian_sample_app::serve(listener, shutdown_signal()).await,
         };
         match served {
             Ok(()) => ExitCode::SUCCESS,
@@ -177,19 +173,6 @@ fn run_sample_app(listen: std::net::SocketAddr, tls: Option<(std::path::PathBuf,
 /// A multi-threaded runtime for a server role, or the exit code saying why not.
 fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
     tokio::runtime::Runtime::new().map_err(|e| failure(format!("cannot start the runtime: {e}")))
-}
-
-/// Resolves on SIGTERM or SIGINT.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-        tracing::error!("cannot install signal handlers");
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = int.recv() => tracing::info!("SIGINT received"),
-    }
 }
 
 fn init_tracing() {

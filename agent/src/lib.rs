@@ -11,12 +11,10 @@
 //!
 //! - [`config`]: options. - [`policy`]: which targets a stream may reach.
 //! - [`attach`]: dialing a relay and serving the tunnel.
-//! - [`sample_app`]: a small app for the demo and the tests.
 
 pub mod attach;
 pub mod config;
 pub mod policy;
-pub mod sample_app;
 
 use config::Config;
 use meridian_regions::api::{AgentConnectionInfo, RelayInfo};

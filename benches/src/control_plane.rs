@@ -73,40 +73,7 @@ const INTERVAL: &str = "10s";
 pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     let dir = tempfile::Builder::new().prefix("meridian-cp").tempdir()?;
     let farm = health_farm().await?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let base = format!("http://127.0.0.1:{port}");
-    let data = dir.path().join("data");
-    let args = [
-        "coordinator".to_owned(),
-        "--listen".into(),
-        format!("127.0.0.1:{port}"),
-        "--data-dir".into(),
-        data.display().to_string(),
-        "--proxy-health-interval".into(),
-        INTERVAL.into(),
-        "--heartbeat-interval".into(),
-        INTERVAL.into(),
-    ];
-    let log = std::fs::File::create(dir.path().join("coordinator.log"))?;
-    let coordinator = Proc(
-        std::process::Command::new(meridian)
-            .args(args)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start the coordinator")?,
-    );
-    let http = http_client(None).map_err(anyhow::Error::msg)?;
-    let anon = Client::new(&base, Credential::None, http.clone());
-    let start = Instant::now();
-    while anon.buildinfo().await.is_err() {
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("the coordinator did not start");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let session = anon.first_user("admin", "bench-password").await?.session_token;
-    let admin = Client::new(&base, Credential::Session(Secret::new(session)), http.clone());
+    let (coordinator, base, data, admin, http) = start_coordinator(meridian, dir.path()).await?;
 
     let mut tokens = Vec::new();
     for i in 0..scale.regions {
@@ -155,41 +122,7 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     // Steady state: every replica heartbeats each interval and long-polls routes.
     let stop = Arc::new(tokio::sync::Notify::new());
     let beats = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, (client, req)) in replicas.into_iter().enumerate() {
-        let (stop, beats, failures) = (stop.clone(), beats.clone(), failures.clone());
-        let offset = Duration::from_millis((i as u64 * 10_000) / scale.replicas as u64);
-        tasks.spawn(async move {
-            // Replicas start over one interval (a rolling start), each with a snapshot.
-            let follow = async {
-                tokio::time::sleep(offset).await;
-                let mut version = None;
-                loop {
-                    match client.routes(version, Duration::from_secs(20)).await {
-                        Ok(u) => version = Some(u.version),
-                        Err(e) => {
-                            failures.count("routes", &e);
-                            tokio::time::sleep(Duration::from_secs(1)).await
-                        }
-                    }
-                }
-            };
-            let heartbeat = async {
-                tokio::time::sleep(offset).await;
-                loop {
-                    match client.register(&req).await {
-                        Ok(_) => beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
-                        Err(e) => {
-                            failures.count("heartbeat", &e);
-                            0
-                        }
-                    };
-                    tokio::time::sleep(Duration::from_secs(10)).await;
-                }
-            };
-            tokio::select! { _ = stop.notified() => {}, _ = follow => {}, _ = heartbeat => {} }
-        });
-    }
+    let mut tasks = steady_state(replicas, &scale, &stop, &beats, &failures);
     tokio::time::sleep(Duration::from_secs(10)).await; // every replica has beaten once
     let pg = postgres(&data).await?;
     let (cpu0, tx0, beats0, t0) = (
@@ -229,6 +162,98 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
         postgres_transactions_per_sec: tx as f64 / window,
         heartbeats_per_sec: heartbeats as f64 / window,
     })
+}
+
+/// Starts the coordinator on a free port (its own database under `dir`) and
+/// signs in its first admin: the process, its URL, its data directory, the
+/// admin's client and the HTTP client.
+async fn start_coordinator(
+    meridian: &Path,
+    dir: &Path,
+) -> Result<(Proc, String, std::path::PathBuf, Client, reqwest::Client)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let base = format!("http://127.0.0.1:{port}");
+    let data = dir.join("data");
+    let args = [
+        "coordinator".to_owned(),
+        "--listen".into(),
+        format!("127.0.0.1:{port}"),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--proxy-health-interval".into(),
+        INTERVAL.into(),
+        "--heartbeat-interval".into(),
+        INTERVAL.into(),
+    ];
+    let log = std::fs::File::create(dir.join("coordinator.log"))?;
+    let coordinator = Proc(
+        std::process::Command::new(meridian)
+            .args(args)
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("cannot start the coordinator")?,
+    );
+    let http = http_client(None).map_err(anyhow::Error::msg)?;
+    let anon = Client::new(&base, Credential::None, http.clone());
+    let start = Instant::now();
+    while anon.buildinfo().await.is_err() {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the coordinator did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let session = anon.first_user("admin", "bench-password").await?.session_token;
+    let admin = Client::new(&base, Credential::Session(Secret::new(session)), http.clone());
+
+    Ok((coordinator, base, data, admin, http))
+}
+
+/// Every replica heartbeats each interval and long-polls routes until `stop`,
+/// starting over one interval (a rolling start); heartbeats counted in `beats`.
+fn steady_state(
+    replicas: Vec<(Client, RegisterProxy)>,
+    scale: &Scale,
+    stop: &Arc<tokio::sync::Notify>,
+    beats: &Arc<std::sync::atomic::AtomicU64>,
+    failures: &Arc<Failures>,
+) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (client, req)) in replicas.into_iter().enumerate() {
+        let (stop, beats, failures) = (stop.clone(), beats.clone(), failures.clone());
+        let offset = Duration::from_millis((i as u64 * 10_000) / scale.replicas as u64);
+        tasks.spawn(async move {
+            // Replicas start over one interval (a rolling start), each with a snapshot.
+            let follow = async {
+                tokio::time::sleep(offset).await;
+                let mut version = None;
+                loop {
+                    match client.routes(version, Duration::from_secs(20)).await {
+                        Ok(u) => version = Some(u.version),
+                        Err(e) => {
+                            failures.count("routes", &e);
+                            tokio::time::sleep(Duration::from_secs(1)).await
+                        }
+                    }
+                }
+            };
+            let heartbeat = async {
+                tokio::time::sleep(offset).await;
+                loop {
+                    match client.register(&req).await {
+                        Ok(_) => beats.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+                        Err(e) => {
+                            failures.count("heartbeat", &e);
+                            0
+                        }
+                    };
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            };
+            tokio::select! { _ = stop.notified() => {}, _ = follow => {}, _ = heartbeat => {} }
+        });
+    }
+    tasks
 }
 
 /// Creates workspaces of 10 agents each until there are `n` agents; their tokens.

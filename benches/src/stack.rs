@@ -6,6 +6,7 @@
 //! worker thread.
 
 use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -125,6 +126,120 @@ fn certificate(dir: &Path) -> Result<(PathBuf, PathBuf)> {
     Ok((c, k))
 }
 
+/// What starting Meridian's regions and agents for the stack needs.
+struct MeridianArgs<'a> {
+    bin: &'a Path,
+    dir: &'a Path,
+    /// The coordinator's URL.
+    base: &'a str,
+    cert: &'a Path,
+    /// `--tls-cert` and `--tls-key` for the TLS region.
+    tls_args: &'a [String],
+}
+
+impl MeridianArgs<'_> {
+    /// sydney and frankfurt (plain) and secure (TLS), one worker thread each:
+    /// their ports and pids by name.
+    async fn regions(
+        &self,
+        api: &crate::api::Api,
+        procs: &mut Vec<Proc>,
+    ) -> Result<(HashMap<&'static str, u16>, HashMap<&'static str, u32>)> {
+        let s = |v: &str| v.to_owned();
+        let (mut ports, mut pids) = (HashMap::new(), HashMap::new());
+        for (name, tls) in [("sydney", false), ("frankfurt", false), ("secure", true)] {
+            let token = api.create_region(name).await?;
+            let port = free_port()?;
+            let mut args = vec![
+                s("proxy"),
+                s("--coordinator-url"),
+                s(self.base),
+                s("--listen"),
+                format!("127.0.0.1:{port}"),
+                s("--wildcard-access-url"),
+                format!("*.{name}.localhost:{port}"),
+                s("--threads"),
+                s("1"),
+                // The memory workload holds 10,000 connections from one address.
+                s("--max-connections-per-client"),
+                s("20000"),
+                s("--max-connections"),
+                s("20000"),
+            ];
+            if tls {
+                args.extend(self.tls_args.iter().cloned());
+                args.extend([s("--ca-cert"), self.cert.display().to_string()]);
+            }
+            let proc = spawn(self.bin, &args, self.dir, name, &[("MERIDIAN_PROXY_TOKEN", &token)])?;
+            pids.insert(name, proc.pid());
+            procs.push(proc);
+            ports.insert(name, port);
+        }
+        Ok((ports, pids))
+    }
+
+    /// One agent per region a row goes to (main on sydney, tls on secure),
+    /// so that no row but the hop makes a mesh hop; their pids go into `pids`.
+    async fn agents(
+        &self,
+        api: &crate::api::Api,
+        app: u16,
+        procs: &mut Vec<Proc>,
+        pids: &mut HashMap<&'static str, u32>,
+    ) -> Result<()> {
+        let tokens = api.create_workspace(app, &["main", "tls"]).await?;
+        for ((agent, region), token) in [("main", "sydney"), ("tls", "secure")].into_iter().zip(&tokens) {
+            // The TLS region's certificate is self-signed.
+            let cert = self.cert.display().to_string();
+            let agent_args = ["agent", "--coordinator-url", self.base, "--region", region, "--ca-cert", &cert];
+            // One worker thread, as every proxy and both rathole ends get.
+            let env = [("MERIDIAN_AGENT_TOKEN", token.as_str()), ("TOKIO_WORKER_THREADS", "1")];
+            let agent_args: Vec<String> = agent_args.map(String::from).to_vec();
+            let proc = spawn(self.bin, &agent_args, self.dir, &format!("agent-{agent}"), &env)?;
+            pids.insert(agent, proc.pid());
+            procs.push(proc);
+            api.wait_agent(agent, region).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The Meridian rows: through sydney (the agent's region), through frankfurt
+/// (one mesh hop to it) and through the TLS region, each with a signed-in
+/// app cookie and the processes on its path.
+async fn signed_targets(
+    api: &crate::api::Api,
+    ports: &HashMap<&'static str, u16>,
+    pids: &HashMap<&'static str, u32>,
+    app_pid: u32,
+    cert: &Path,
+) -> Result<Vec<Target>> {
+    use crate::cpu::Process;
+    let s = |v: &str| v.to_owned();
+    let through = |name: &'static str, agent: &str, region: &str, scheme: &str| {
+        let port = ports[region];
+        let host = format!("code--{agent}--bench--admin.{region}.localhost:{port}");
+        (name, format!("{scheme}://{host}/"), format!("{scheme}://127.0.0.1:{port}/"), host)
+    };
+    let p = |role: &'static str, pid: u32| Process { role, pid };
+    let mut signed = Vec::new();
+    for ((name, app_url, url, host), path) in [
+        (through("meridian", "main", "sydney", "http"), vec![p("proxy", pids["sydney"]), p("agent", pids["main"])]),
+        (
+            through("meridian-hop", "main", "frankfurt", "http"),
+            vec![p("proxy", pids["frankfurt"]), p("agent's proxy", pids["sydney"]), p("agent", pids["main"])],
+        ),
+        (through("meridian-tls", "tls", "secure", "https"), vec![p("proxy", pids["secure"]), p("agent", pids["tls"])]),
+    ] {
+        let cookie = api.app_cookie(&app_url, cert).await?;
+        let headers = vec![(s("Host"), host), (s("Cookie"), cookie)];
+        let mut procs = path;
+        procs.push(p("app", app_pid));
+        signed.push(Target { name, url, headers, app_url: Some(app_url), procs });
+    }
+    Ok(signed)
+}
+
 impl Stack {
     pub async fn start(meridian: &Path, bare_pingora: Option<&Path>) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("meridian-bench").tempdir()?;
@@ -189,82 +304,13 @@ impl Stack {
         .await?;
         let api = crate::api::Api::first_user(&base).await?;
         let ports_nginx = ports;
-        let mut ports = std::collections::HashMap::new();
-        let mut pids = std::collections::HashMap::new();
-        for (name, tls) in [("sydney", false), ("frankfurt", false), ("secure", true)] {
-            let token = api.create_region(name).await?;
-            let port = free_port()?;
-            let mut args = vec![
-                s("proxy"),
-                s("--coordinator-url"),
-                base.clone(),
-                s("--listen"),
-                format!("127.0.0.1:{port}"),
-                s("--wildcard-access-url"),
-                format!("*.{name}.localhost:{port}"),
-                s("--threads"),
-                s("1"),
-                // The memory workload holds 10,000 connections from one address.
-                s("--max-connections-per-client"),
-                s("20000"),
-                s("--max-connections"),
-                s("20000"),
-            ];
-            if tls {
-                args.extend(tls_args.iter().cloned());
-                args.extend([s("--ca-cert"), cert.display().to_string()]);
-            }
-            let proc = spawn(meridian, &args, &d, name, &[("MERIDIAN_PROXY_TOKEN", &token)])?;
-            pids.insert(name, proc.pid());
-            procs.push(proc);
-            ports.insert(name, port);
-        }
+        let meridian_args = MeridianArgs { bin: meridian, dir: &d, base: &base, cert: &cert, tls_args: &tls_args };
+        let (ports, mut pids) = meridian_args.regions(&api, &mut procs).await?;
         api.wait_healthy().await?;
-        // One agent per region a row goes to, so that no row but the hop makes a mesh hop.
-        let tokens = api.create_workspace(app, &["main", "tls"]).await?;
-        for ((agent, region), token) in [("main", "sydney"), ("tls", "secure")].into_iter().zip(&tokens) {
-            let agent_args = [
-                s("agent"),
-                s("--coordinator-url"),
-                base.clone(),
-                s("--region"),
-                s(region),
-                // The TLS region's certificate is self-signed.
-                s("--ca-cert"),
-                cert.display().to_string(),
-            ];
-            // One worker thread, as every proxy and both rathole ends get.
-            let env = [("MERIDIAN_AGENT_TOKEN", token.as_str()), ("TOKIO_WORKER_THREADS", "1")];
-            let proc = spawn(meridian, &agent_args, &d, &format!("agent-{agent}"), &env)?;
-            pids.insert(agent, proc.pid());
-            procs.push(proc);
-            api.wait_agent(agent, region).await?;
-        }
+        meridian_args.agents(&api, app, &mut procs, &mut pids).await?;
 
-        let through = |name: &'static str, agent: &str, region: &str, scheme: &str| {
-            let port = ports[region];
-            let host = format!("code--{agent}--bench--admin.{region}.localhost:{port}");
-            (name, format!("{scheme}://{host}/"), format!("{scheme}://127.0.0.1:{port}/"), host)
-        };
         let p = |role: &'static str, pid: u32| Process { role, pid };
-        let mut signed = Vec::new();
-        for ((name, app_url, url, host), path) in [
-            (through("meridian", "main", "sydney", "http"), vec![p("proxy", pids["sydney"]), p("agent", pids["main"])]),
-            (
-                through("meridian-hop", "main", "frankfurt", "http"),
-                vec![p("proxy", pids["frankfurt"]), p("agent's proxy", pids["sydney"]), p("agent", pids["main"])],
-            ),
-            (
-                through("meridian-tls", "tls", "secure", "https"),
-                vec![p("proxy", pids["secure"]), p("agent", pids["tls"])],
-            ),
-        ] {
-            let cookie = api.app_cookie(&app_url, &cert).await?;
-            let headers = vec![(s("Host"), host), (s("Cookie"), cookie)];
-            let mut procs = path;
-            procs.push(p("app", app_pid));
-            signed.push(Target { name, url, headers, app_url: Some(app_url), procs });
-        }
+        let signed = signed_targets(&api, &ports, &pids, app_pid, &cert).await?;
         let plain = |name: &'static str, url: String, path: &[Process]| {
             let mut procs = path.to_vec();
             procs.push(p("app", app_pid));

@@ -51,8 +51,8 @@ pub struct AppState {
 /// The API for the public listener when the proxy API has its own
 /// (`--internal-listen`): `/api/v2/proxies/...` answers 404 here, so a network
 /// policy on the internal port decides who may speak to it.
-pub fn public_router(state: AppState) -> Router {
-    router(state).layer(axum::middleware::from_fn(internal_only))
+pub fn public_router(state: AppState, pages: Router<AppState>) -> Router {
+    router(state, pages).layer(axum::middleware::from_fn(internal_only))
 }
 
 async fn internal_only(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
@@ -64,7 +64,9 @@ async fn internal_only(req: axum::extract::Request, next: axum::middleware::Next
     next.run(req).await
 }
 
-pub fn router(state: AppState) -> Router {
+/// The API, with `pages` (the dashboard's, see `crate::dashboard::routes`)
+/// served beside it behind the same guard.
+pub fn router(state: AppState, pages: Router<AppState>) -> Router {
     Router::new()
         .route("/healthz", get(probes::healthz))
         .route("/healthz-report", get(probes::healthz_report))
@@ -83,10 +85,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/workspaces/{owner}/{name}", delete(workspaces::delete))
         .route("/api/v2/applications/auth-redirect", get(apps::auth_redirect))
         .route("/login", get(apps::login_page))
-        .route("/", get(crate::dashboard::home))
-        .route("/regions", get(crate::dashboard::regions))
-        .route("/admin", get(crate::dashboard::admin))
-        .route("/assets/{file}", get(crate::dashboard::asset))
         .route("/api/v2/proxies/me/keys", get(apps::keys))
         .route("/api/v2/proxies/me/redeem-ticket", post(apps::redeem_ticket))
         .route("/api/v2/proxies/me/issue-app-token", post(apps::issue_app_token))
@@ -96,6 +94,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/proxies/me/routes", get(agents::routes))
         .route("/api/v2/proxies/me/register", post(proxies::register))
         .route("/api/v2/proxies/me/deregister", post(proxies::deregister))
+        .merge(pages)
         .fallback(|| async { ApiError::NotFound("No such API endpoint.".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(json::MAX_BODY))
         .layer(axum::middleware::from_fn_with_state(state.clone(), guard::guard))

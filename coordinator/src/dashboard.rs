@@ -18,13 +18,24 @@
 use crate::api::auth::CurrentUser;
 use crate::api::AppState;
 use crate::error::ApiError;
+use crate::html::{escape, origin, shell, with_policy};
 use axum::extract::{OriginalUri, Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const LOGIN_SCRIPT: &str = include_str!("../assets/login.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
+
+/// The dashboard's pages and assets, for `crate::api::router`.
+pub fn routes() -> axum::Router<AppState> {
+    use axum::routing::get;
+    axum::Router::new()
+        .route("/", get(home))
+        .route("/regions", get(regions))
+        .route("/admin", get(admin))
+        .route("/assets/{file}", get(asset))
+}
 
 /// `GET /assets/{file}`.
 pub async fn asset(Path(file): Path<String>) -> Response {
@@ -113,19 +124,6 @@ async fn page(
     with_policy(Html(shell(page.title(), Some((page.id(), &nav)), main)).into_response(), &origins)
 }
 
-/// The page around `main`: `nav` with the page id, or none (error pages).
-fn shell(title: &str, nav: Option<(&str, &str)>, main: &str) -> String {
-    // An error page runs no script (and so measures nothing).
-    let script = if nav.is_some() { "<script src=\"/assets/dashboard.js\" defer></script>" } else { "" };
-    let (id, nav) = nav.unwrap_or(("error", ""));
-    format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title} · Meridian</title><link rel=\"stylesheet\" href=\"/assets/dashboard.css\">\
-         {script}</head><body data-page=\"{id}\">{nav}{main}</body></html>"
-    )
-}
-
 fn nav(page: Page, username: &str, admin: bool) -> String {
     let link = |p: Page, href: &str| {
         let current = if p == page { " aria-current=\"page\"" } else { "" };
@@ -141,53 +139,6 @@ fn nav(page: Page, username: &str, admin: bool) -> String {
         link(Page::Regions, "/regions"),
         escape(username)
     )
-}
-
-/// The page's policy: scripts and styles only from this origin, requests to
-/// this origin and the regions' (latency checks), never framed.
-fn with_policy(mut resp: Response, origins: &[String]) -> Response {
-    let mut connect = String::from("'self'");
-    for o in origins {
-        connect.push(' ');
-        connect.push_str(o);
-    }
-    let policy = format!(
-        "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src {connect}; \
-         form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
-    );
-    if let Ok(v) = HeaderValue::from_str(&policy) {
-        resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
-    }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
-}
-
-/// `scheme://host[:port]` of a URL, if it is http(s).
-fn origin(url: &str) -> Option<String> {
-    let u = url::Url::parse(url).ok()?;
-    matches!(u.scheme(), "http" | "https").then(|| u.origin().ascii_serialization())
-}
-
-pub fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
-}
-
-/// The sign-in page; `back` is where to go after (already checked to be a local path).
-pub fn login_page(back: &str) -> Response {
-    let body = format!(
-        "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>Sign in · Meridian</title><link rel=\"stylesheet\" href=\"/assets/dashboard.css\">\
-         <script src=\"/assets/login.js\" defer></script></head><body data-page=\"login\">\
-         <main class=\"narrow\"><h1>Sign in to Meridian</h1>\
-         <form id=\"sign-in\" data-redirect=\"{}\">\
-         <label for=\"username\">Username</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required>\
-         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>\
-         <p id=\"error\" class=\"error\" role=\"alert\"></p></main></body></html>",
-        escape(back)
-    );
-    with_policy(Html(body).into_response(), &[])
 }
 
 const WORKSPACES: &str = r#"<main>
@@ -231,16 +182,3 @@ const ADMIN: &str = r#"<main>
 <button type="submit">Create user</button></form>
 <p id="user-result" role="status"></p><p id="user-error" class="error" role="alert"></p></section>
 </main>"#;
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn escaping_and_origins() {
-        assert_eq!(super::escape("<a href=\"x\">'&"), "&lt;a href=&quot;x&quot;&gt;&#39;&amp;");
-        assert_eq!(
-            super::origin("https://sydney.example.com:8443/x").as_deref(),
-            Some("https://sydney.example.com:8443")
-        );
-        assert_eq!(super::origin("javascript:alert(1)"), None);
-    }
-}

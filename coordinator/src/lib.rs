@@ -8,6 +8,8 @@
 //! - [`embedded_postgres`]: a PostgreSQL cluster run from the system's binaries.
 //! - [`store`]: every SQL query, over a sqlx pool; migrations in `migrations/`.
 //! - [`api`]: the axum router and handlers; [`error`] maps failures to statuses.
+//! - [`dashboard`]: the HTML pages for people (served beside the API); [`html`] the page
+//!   shell, sign-in page and escaping both use.
 //! - [`health`]: the region health checker.
 //! - [`secret`]: token and password hashing.
 //! - [`primary`]: the primary region's own proxy and relay, run in this process.
@@ -19,6 +21,7 @@ pub mod dashboard;
 pub mod embedded_postgres;
 pub mod error;
 pub mod health;
+pub mod html;
 pub mod keys;
 pub mod login_limits;
 pub mod primary;
@@ -82,17 +85,27 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     // client, when the request carries this process's proof that the
     // primary proxy sent it (any local process can reach loopback).
     let forwarded_by = api::auth::Forwarded::new();
-    let mut apis = vec![serve_api(api_listener, api::router(state.clone()), Some(forwarded_by.clone()), stop.clone())];
+    let mut apis = vec![serve_api(
+        api_listener,
+        api::router(state.clone(), dashboard::routes()),
+        Some(forwarded_by.clone()),
+        stop.clone(),
+    )];
     let public_api = match config.internal_listen {
         Some(addr) => {
             let internal = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on --internal-listen {addr}"))?;
             tracing::info!(listen = %addr, "proxy API listening (internal)");
-            apis.push(serve_api(internal, api::router(state.clone()), None, stop.clone()));
+            apis.push(serve_api(internal, api::router(state.clone(), dashboard::routes()), None, stop.clone()));
             let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
             let public_addr = public.local_addr()?;
-            apis.push(serve_api(public, api::public_router(state), Some(forwarded_by.clone()), stop.clone()));
+            apis.push(serve_api(
+                public,
+                api::public_router(state, dashboard::routes()),
+                Some(forwarded_by.clone()),
+                stop.clone(),
+            ));
             public_addr
         }
         None => api_addr,

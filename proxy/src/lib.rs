@@ -84,39 +84,20 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         config.offline_grace,
         state.clone(),
     ));
-    let relay_listener = std::net::TcpListener::bind(config.relay_listen)
-        .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
-    relay_listener.set_nonblocking(true)?;
     // One certificate for the app listener and the relay, reloaded when its files change.
     let certificate = match &config.tls {
         Some((cert, key)) => Some(ReloadingCertificate::watch(cert, key)?),
         None => None,
     };
-    let relay_tls = certificate.clone().map(meridian_regions::tunnel::tls_acceptor).transpose()?;
-    let relay_addr = match &config.relay_url {
-        Some(url) => url.as_str().trim_end_matches('/').to_owned(),
-        None => advertised(relay_listener.local_addr()?, &config.access_url, relay_tls.is_some()),
-    };
-    let mesh_addr =
-        config.mesh_url.as_ref().map_or(relay_addr.clone(), |u| u.as_str().trim_end_matches('/').to_owned());
-    let dial_tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())?;
-    let relay = relay::Relay::new(
-        coordinator.clone(),
-        config.replica_id,
-        mesh_addr.clone(),
-        relay_addr.clone(),
-        mesh::Mesh::new(dial_tls),
-        auth.clone(),
-        state.clone(),
-    );
+    let relay = RelaySide::bind(&config, certificate.clone(), &coordinator, &auth, &state)?;
     let registrar = registration::Registrar::new(
         &config,
         state.clone(),
         coordinator.clone(),
         auth.clone(),
-        relay.clone(),
-        relay_addr.clone(),
-        mesh_addr,
+        relay.relay.clone(),
+        relay.relay_addr.clone(),
+        relay.mesh_addr.clone(),
     );
 
     let drain_secs = config.drain_timeout.as_secs().max(1);
@@ -130,17 +111,103 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-
-    let wildcard_base = config.wildcard_access_url.as_deref().and_then(meridian_regions::app_url::wildcard_base);
     let connections: Arc<std::sync::Mutex<gate::Connections>> = Arc::default();
+    let proxy = app_service(&config, &server, &mode, (&state, auth, &relay.relay), &connections, certificate)?;
+    tracing::info!(listen = %config.listen, access_url = %config.access_url, relay = %relay.relay_addr,
+        replica = %config.replica_id, "proxy listening");
+    server.add_service(proxy);
+    let (on_stopped, signal): (_, Box<dyn pingora::server::ShutdownSignalWatch + Sync>) = match mode {
+        Mode::Standalone => (lifecycle::OnStopped::Exit, Box::new(lifecycle::Signals)),
+        Mode::Embedded { shutdown, stopped, .. } => {
+            (lifecycle::OnStopped::Notify(stopped), Box::new(lifecycle::WatchSignal(shutdown)))
+        }
+    };
+    let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
+    let draining_state = state.clone();
+    server.add_service(background_service(
+        "lifecycle",
+        lifecycle::Lifecycle::new(
+            registrar,
+            state,
+            (relay.relay.clone(), drained_tx),
+            (config.listen, connections),
+            config.drain_timeout,
+            on_stopped,
+        ),
+    ));
+    server.add_service(background_service(
+        "relay",
+        lifecycle::RelayService::new(relay.relay, relay.listener, relay.tls, coordinator, drained_rx),
+    ));
+    let signal = Box::new(lifecycle::Draining { inner: signal, state: draining_state, delay: config.shutdown_delay });
+    server.run(RunArgs { shutdown_signal: signal });
+    Ok(())
+}
+
+/// The relay's side of a proxy: its listener (bound), its TLS, and the URLs
+/// agents and peer relays dial it by.
+struct RelaySide {
+    relay: Arc<relay::Relay>,
+    listener: std::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    /// What agents dial.
+    relay_addr: String,
+    /// What peer relays dial (the relay address unless set apart).
+    mesh_addr: String,
+}
+
+impl RelaySide {
+    fn bind(
+        config: &Config,
+        certificate: Option<Arc<ReloadingCertificate>>,
+        coordinator: &Client,
+        auth: &Arc<auth::Auth>,
+        state: &Arc<ProxyState>,
+    ) -> anyhow::Result<Self> {
+        let listener = std::net::TcpListener::bind(config.relay_listen)
+            .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
+        listener.set_nonblocking(true)?;
+        let tls = certificate.map(meridian_regions::tunnel::tls_acceptor).transpose()?;
+        let relay_addr = match &config.relay_url {
+            Some(url) => url.as_str().trim_end_matches('/').to_owned(),
+            None => advertised(listener.local_addr()?, &config.access_url, tls.is_some()),
+        };
+        let mesh_addr =
+            config.mesh_url.as_ref().map_or(relay_addr.clone(), |u| u.as_str().trim_end_matches('/').to_owned());
+        let dial_tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())?;
+        let relay = relay::Relay::new(
+            coordinator.clone(),
+            config.replica_id,
+            mesh_addr.clone(),
+            relay_addr.clone(),
+            mesh::Mesh::new(dial_tls),
+            auth.clone(),
+            state.clone(),
+        );
+        Ok(Self { relay, listener, tls, relay_addr, mesh_addr })
+    }
+}
+
+/// The app listener's service: the proxy's phases (`service`) behind the
+/// connection caps (`gate`), on `config.listen`, over TLS with `certificate`.
+fn app_service(
+    config: &Config,
+    server: &Server,
+    mode: &Mode,
+    (state, auth, relay): (&Arc<ProxyState>, Arc<auth::Auth>, &Arc<relay::Relay>),
+    connections: &Arc<std::sync::Mutex<gate::Connections>>,
+    certificate: Option<Arc<ReloadingCertificate>>,
+) -> anyhow::Result<
+    pingora::services::listening::Service<gate::Capped<pingora::proxy::HttpProxy<service::MeridianProxy>>>,
+> {
     pingora::protocols::http::v1::server::set_head_limits(gate::head_limits(&config.limits));
-    let app = pingora::proxy::http_proxy(
+    let mut app = pingora::proxy::http_proxy(
         &server.configuration,
         service::MeridianProxy {
             state: state.clone(),
             auth,
             relay: relay.clone(),
-            wildcard_base,
+            wildcard_base: config.wildcard_access_url.as_deref().and_then(meridian_regions::app_url::wildcard_base),
             app_timeout: config.app_timeout,
             header_timeout: config.limits.header_timeout,
             idle_timeout_secs: config.limits.idle_timeout.as_secs(),
@@ -148,7 +215,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
                 connections: connections.clone(),
                 max_per_client: config.limits.max_connections_per_client,
             },
-            api_upstream: match &mode {
+            api_upstream: match mode {
                 Mode::Embedded { api_upstream, forwarded_by, .. } => {
                     Some(service::ApiUpstream { addr: *api_upstream, forwarded_by: forwarded_by.clone() })
                 }
@@ -156,7 +223,6 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
             },
         },
     );
-    let mut app = app;
     app.h2_options = Some(gate::h2_options(&config.limits));
     let capped = gate::Capped {
         inner: Arc::new(app),
@@ -178,35 +244,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         }
         None => proxy.add_listener(listener),
     }
-    tracing::info!(listen = %addr, access_url = %config.access_url, relay = %relay_addr,
-        replica = %config.replica_id, "proxy listening");
-    server.add_service(proxy);
-    let (on_stopped, signal): (_, Box<dyn pingora::server::ShutdownSignalWatch + Sync>) = match mode {
-        Mode::Standalone => (lifecycle::OnStopped::Exit, Box::new(lifecycle::Signals)),
-        Mode::Embedded { shutdown, stopped, .. } => {
-            (lifecycle::OnStopped::Notify(stopped), Box::new(lifecycle::WatchSignal(shutdown)))
-        }
-    };
-    let (drained_tx, drained_rx) = tokio::sync::watch::channel(false);
-    let draining_state = state.clone();
-    server.add_service(background_service(
-        "lifecycle",
-        lifecycle::Lifecycle::new(
-            registrar,
-            state,
-            (relay.clone(), drained_tx),
-            (config.listen, connections),
-            config.drain_timeout,
-            on_stopped,
-        ),
-    ));
-    server.add_service(background_service(
-        "relay",
-        lifecycle::RelayService::new(relay, relay_listener, relay_tls, coordinator, drained_rx),
-    ));
-    let signal = Box::new(lifecycle::Draining { inner: signal, state: draining_state, delay: config.shutdown_delay });
-    server.run(RunArgs { shutdown_signal: signal });
-    Ok(())
+    Ok(proxy)
 }
 
 /// The relay URL agents should dial. Over TLS it names the access URL's host,

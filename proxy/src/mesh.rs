@@ -58,6 +58,9 @@ pub struct Mesh {
     peers: RwLock<HashMap<String, String>>,
     /// Per peer relay URL; never locked across an await.
     links: Mutex<HashMap<String, Peer>>,
+    /// Links open now, dialed by this relay or linked in by a peer: each holds
+    /// a connection for as long as both relays live (a soak tells these from leaks).
+    pub open_links: prometheus::IntGauge,
     tls: TlsClient,
 }
 
@@ -74,6 +77,11 @@ impl Mesh {
             secret: RwLock::default(),
             peers: RwLock::default(),
             links: Mutex::default(),
+            open_links: prometheus::IntGauge::new(
+                "meridian_relay_mesh_links",
+                "Mesh links open now, dialed by this relay or linked in by a peer relay",
+            )
+            .unwrap_or_else(|e| unreachable!("static metric: {e}")),
             round_trips: RwLock::default(),
             measuring: Default::default(),
         }
@@ -161,7 +169,7 @@ impl Mesh {
                 None => {
                     let secret = self.secret.read().unwrap_or_else(|e| e.into_inner()).clone()?;
                     peer.dials += 1;
-                    let dial = dial(url.to_owned(), secret, self.tls.clone());
+                    let dial = dial(url.to_owned(), secret, self.tls.clone(), self.open_links.clone());
                     peer.dialing = Some((peer.dials, dial.clone()));
                     (peer.dials, dial)
                 }
@@ -209,7 +217,7 @@ fn backoff(failures: u32) -> Duration {
 
 /// Dials `url` on a task of its own (it finishes even if every request that
 /// waited for it gave up), shared by all who wait.
-fn dial(url: String, secret: Secret, tls: TlsClient) -> Dial {
+fn dial(url: String, secret: Secret, tls: TlsClient, open: prometheus::IntGauge) -> Dial {
     let task = tokio::spawn(async move {
         let credentials = [(MESH_SECRET, secret.expose())];
         let dial = dial_upgrade(&url, LINK_PATH, LINK_PROTOCOL, &credentials, &tls);
@@ -219,7 +227,11 @@ fn dial(url: String, secret: Secret, tls: TlsClient) -> Dial {
             Err(_) => return Err(format!("no answer within {DIAL_TIMEOUT:?}")),
         };
         let (tunnel, driver) = Tunnel::client(io).await.map_err(|e| e.to_string())?;
-        tokio::spawn(driver);
+        open.inc();
+        tokio::spawn(async move {
+            driver.await;
+            open.dec();
+        });
         tracing::info!(relay = %url, "linked to a peer relay");
         Ok(tunnel)
     });

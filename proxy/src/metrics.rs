@@ -100,6 +100,11 @@ impl Metrics {
         }
     }
 
+    /// Adds a metric kept elsewhere (the mesh's) to the exposition.
+    pub fn register(&self, metric: Box<dyn prometheus::core::Collector>) {
+        let _ = self.registry.register(metric);
+    }
+
     /// The text exposition, with gauges read from the live state.
     pub fn render(&self, in_flight: usize, coordinator_reachable: bool) -> String {
         self.in_flight.set(in_flight as i64);

@@ -61,6 +61,27 @@ impl Reply {
     }
 }
 
+/// The message of a page [`Reply::page`] wrote (its one paragraph, still
+/// escaped): what a client, the soak or a test reports as the cause.
+pub fn page_message(html: &str) -> Option<&str> {
+    let message = html.split_once("<p>")?.1.split_once("</p>")?.0.trim();
+    (!message.is_empty()).then_some(message)
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pages_message_reads_back() {
+        let page = Reply::page(502, "The app is not reachable: <is it running?>");
+        let html = std::str::from_utf8(&page.body).unwrap();
+        assert_eq!(page_message(html), Some("The app is not reachable: &lt;is it running?&gt;"));
+        assert_eq!(page_message("<html>no paragraph</html>"), None);
+        assert_eq!(page_message("<p> </p>"), None);
+    }
 }

@@ -6,7 +6,7 @@
 //! app's host, or the path app's access host plus base path. A token for one
 //! app is worthless on any other.
 
-use crate::api::Share;
+use crate::model::Share;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
@@ -37,7 +37,7 @@ pub struct AppClaims {
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub sandbox: bool,
     /// The app's owner opted it into passing its own CORS headers through
-    /// (see [`crate::api::Cors::Passthru`]); the owner's username is in the binding's app address.
+    /// (see [`crate::model::Cors::Passthru`]); the owner's username is in the binding's app address.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub cors_passthru: bool,
     pub iat: i64,

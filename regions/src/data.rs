@@ -146,7 +146,7 @@ impl AsyncWrite for DataStream {
 
 /// Agent side: dials `relay_url` (the one the tunnel went to), presents
 /// `nonce` and waits for the relay's [`ACK`].
-pub async fn dial(relay_url: &str, nonce: &str, tls: &crate::tunnel::TlsClient) -> anyhow::Result<DataStream> {
+pub async fn dial(relay_url: &str, nonce: &str, tls: &crate::tls_client::TlsClient) -> anyhow::Result<DataStream> {
     use anyhow::Context as _;
     let url = url::Url::parse(relay_url)?;
     let host = url.host_str().context("relay URL has no host")?.to_owned();

@@ -4,7 +4,8 @@
 //! - [`app_url`]: the app URL grammar (subdomain, port and path apps).
 //! - [`app_token`]: the signed app token (EdDSA JWS) and its verification.
 //! - [`health`]: region and replica health states and how replicas combine.
-//! - [`api`]: the JSON wire types of the coordinator API (`/api/v2/...`).
+//! - [`api`]: the JSON wire types of the coordinator API (`/api/v2/...`); [`model`] the types
+//!   it shares with the app token (who may open an app, its CORS answers).
 //! - [`token`]: the proxy token `<region-id>:<secret>` and the secret newtype.
 //! - [`client`]: a typed HTTP client of the coordinator API, used by proxies and the CLI.
 //! - [`tunnel`]: the agent tunnel protocol (HTTP/2 over an upgraded connection: control, and
@@ -16,6 +17,7 @@
 //! - [`request`]: framing, host and path checks of a received request (one normalisation).
 //! - [`certificate`]: the served TLS certificate, reloaded when its files change.
 //! - [`pipe`]: byte pipes between connections, closed when idle.
+//! - [`tls_client`]: the TLS client relays are dialed with.
 //! - [`redirect`]: where the login flow may send a browser (no open redirect).
 
 pub mod api;
@@ -28,12 +30,14 @@ pub mod data;
 pub mod fuzz_checks;
 pub mod headers;
 pub mod health;
+pub mod model;
 pub mod name;
 pub mod pipe;
 pub mod redirect;
 pub mod request;
 pub mod resolve;
 pub mod selection;
+pub mod tls_client;
 pub mod token;
 pub mod tunnel;
 pub mod wildcard;

@@ -8,6 +8,7 @@
 //! raw byte pipe to that address on the workspace's loopback, over which the
 //! proxy speaks HTTP (or TLS) exactly as it would over TCP.
 
+pub use crate::tls_client::TlsClient;
 use bytes::Bytes;
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
@@ -214,36 +215,6 @@ impl Tunnel {
     }
 }
 
-/// TLS settings for dialing `https` relays: the public roots plus, if given,
-/// one extra PEM CA (for self-signed deployments).
-#[derive(Clone)]
-pub struct TlsClient(tokio_rustls::TlsConnector);
-
-impl TlsClient {
-    pub fn new(ca_cert: Option<&std::path::Path>) -> anyhow::Result<Self> {
-        use anyhow::Context;
-        use rustls::pki_types::{pem::PemObject, CertificateDer};
-        let mut roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
-        if let Some(path) = ca_cert {
-            for cert in
-                CertificateDer::pem_file_iter(path).with_context(|| format!("cannot read {}", path.display()))?
-            {
-                roots.add(cert?)?;
-            }
-        }
-        let config =
-            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        Ok(Self(tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))))
-    }
-
-    pub fn connector(&self) -> &tokio_rustls::TlsConnector {
-        &self.0
-    }
-}
-
 /// TLS settings for a relay listener serving `certificate` (reloaded when its files change).
 pub fn tls_acceptor(
     certificate: std::sync::Arc<crate::certificate::ReloadingCertificate>,
@@ -277,7 +248,7 @@ pub async fn dial_upgrade(
         "https" => {
             let name =
                 rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())?;
-            let stream = tokio::time::timeout(DIAL_TIMEOUT, tls.0.connect(name, tcp)).await??;
+            let stream = tokio::time::timeout(DIAL_TIMEOUT, tls.connector().connect(name, tcp)).await??;
             upgrade_over(TokioIo::new(stream), &authority, path, protocol, credentials).await
         }
         other => anyhow::bail!("{base_url}: unsupported scheme {other}"),

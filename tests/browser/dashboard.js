@@ -93,6 +93,9 @@ async function latencies(page) {
     // The first load picks the lowest-latency healthy region once (the primary is where the browser is).
     await page.waitForFunction(() => localStorage.getItem('meridian.region') !== null, null, { timeout: 20000 });
     figures.first_pick = await page.evaluate(() => localStorage.getItem('meridian.region'));
+    // The browser runs beside the primary; every other region is tens of
+    // milliseconds away through the simulated links.
+    check(figures.first_pick === 'primary', `the first load picked ${figures.first_pick}, not the nearest region (primary)`);
     // The expected round trip through each region: browser → region, plus the
     // relays' measured link to the agent's region (frankfurt); the best marked.
     const paths = '[data-workspace=dev] [data-app=code] li[data-ms]';

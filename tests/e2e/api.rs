@@ -3,6 +3,7 @@
 
 use crate::support::*;
 use serde_json::json;
+use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn refusals_have_the_right_status() {
@@ -105,13 +106,9 @@ async fn cli_drives_the_api() {
     let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
     let cfg = dir.path().join("cli");
     let cli = |args: &[&str]| {
-        let out = std::process::Command::new(BIN)
-            .args(args)
-            .env("MERIDIAN_CONFIG_DIR", &cfg)
-            .env_remove("MERIDIAN_URL")
-            .env_remove("MERIDIAN_SESSION_TOKEN")
-            .output()
-            .unwrap();
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.args(args).env("MERIDIAN_CONFIG_DIR", &cfg).env_remove("MERIDIAN_URL").env_remove("MERIDIAN_SESSION_TOKEN");
+        let out = output_within(&mut cmd, Duration::from_secs(30), &format!("meridian {args:?}"));
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
@@ -222,6 +219,5 @@ async fn a_region_whose_access_url_is_not_its_proxy_is_unhealthy() {
     let reasons = region.to_string();
     assert!(reasons.contains("unreadable health report"), "the reason is given: {region}");
     assert_eq!(region["healthy"], false, "{region}");
-    let counted = reqwest::get(format!("{}/metrics", coord.url)).await.unwrap().text().await.unwrap();
-    assert!(counted.contains("meridian_regions{status=\"unhealthy\"} 1"), "{counted}");
+    assert_eq!(metric(&coord.url, "meridian_regions{status=\"unhealthy\"}").await, Some(1.0));
 }

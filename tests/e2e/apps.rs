@@ -306,13 +306,19 @@ async fn agent_outage(w: &mut World) {
     // Requests in flight when the agent dies fail cleanly and promptly, each
     // with its own page: a POST (never sent twice) says the app's connection
     // closed under it; a GET is sent once more, finds no agent, and says so.
-    let slow = |method: reqwest::Method| {
+    let slow = |method: reqwest::Method, tag: &'static str| {
         let c = anon.clone();
         let url = w.app_url("open", "/slow");
-        tokio::spawn(async move { c.request(method, url).header("x-sample-delay-ms", "5000").send().await })
+        tokio::spawn(async move {
+            c.request(method, url).header("x-sample-delay-ms", "5000").header("x-sample-tag", tag).send().await
+        })
     };
-    let (post, get) = (slow(reqwest::Method::POST), slow(reqwest::Method::GET));
-    tokio::time::sleep(Duration::from_millis(500)).await; // let the requests reach the app
+    let (post, get) = (slow(reqwest::Method::POST, "outage-post"), slow(reqwest::Method::GET, "outage-get"));
+    let app = w.app_url("open", "");
+    let app = app.trim_end_matches('/');
+    for tag in ["outage-post", "outage-get"] {
+        wait_in_flight_at_app(&anon, app, tag, 1).await;
+    }
     w.agent.proc.signal(nix::sys::signal::Signal::SIGKILL);
     for (request, says) in [(post, "closed the connection before answering"), (get, "agent is not connected")] {
         let outcome = tokio::time::timeout(Duration::from_secs(15), request).await.expect("no hang").unwrap();
@@ -337,54 +343,38 @@ async fn agent_outage(w: &mut World) {
 
 /// `/metrics` on the deployment: Prometheus text whose counters moved with the suite's traffic.
 async fn metrics(w: &World, deployment: Deployment) {
-    let text = reqwest::get(format!("{}/metrics", w.base)).await.unwrap().text().await.unwrap();
-    let value = |name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("{name} missing from /metrics:\n{text}"))
+    let value = |name: &'static str| async move {
+        metric(&w.base, name).await.unwrap_or_else(|| panic!("{name} missing from {}/metrics", w.base))
     };
     match deployment {
         // The primary's /metrics is the coordinator's: the control plane's view.
         Deployment::Primary => {
-            assert_eq!(value("meridian_agents_connected"), 1.0);
-            assert_eq!(value("meridian_database_up"), 1.0);
-            assert!(value("meridian_regions{status=\"ok\"}") >= 2.0, "{text}");
+            assert_eq!(value("meridian_agents_connected").await, 1.0);
+            assert_eq!(value("meridian_database_up").await, 1.0);
+            assert!(value("meridian_regions{status=\"ok\"}").await >= 2.0);
         }
         Deployment::Region | Deployment::ViaPrimary => {
             // Tunnel streams are pooled like TCP connections: sequential requests on one
             // keep-alive client connection reuse one stream.
-            let opened = value("meridian_relay_streams_opened_total");
+            let opened = value("meridian_relay_streams_opened_total").await;
             let client = w.browser(None).await;
             for i in 0..20 {
                 let r = client.get(w.app_url("open", &format!("/reuse/{i}"))).send().await.unwrap();
                 assert_eq!(r.status(), 200);
                 r.bytes().await.unwrap();
             }
-            let after = reqwest::get(format!("{}/metrics", w.base)).await.unwrap().text().await.unwrap();
-            let now: f64 = after
-                .lines()
-                .find(|l| l.starts_with("meridian_relay_streams_opened_total"))
-                .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-                .unwrap();
+            let now = value("meridian_relay_streams_opened_total").await;
             assert!(now - opened <= 2.0, "20 sequential requests opened {} tunnel streams", now - opened);
             // App connections travel on data connections the agent dials to this
             // region's relay (through a mesh hop too: the agent attached to the
             // primary dials this region directly), not on HTTP/2 streams.
-            {
-                let data = after
-                    .lines()
-                    .find(|l| l.starts_with("meridian_relay_data_connections_total"))
-                    .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-                    .unwrap_or(0.0);
-                assert!(data >= 1.0, "no data connection was used:\n{after}");
-            }
-            assert!(value("meridian_proxy_requests_total{outcome=\"app\"}") >= 10.0, "{text}");
-            assert!(value("meridian_proxy_requests_total{outcome=\"login\"}") >= 1.0, "{text}");
-            assert!(value("meridian_proxy_token_checks_total{result=\"cached\"}") >= 1.0, "{text}");
+            let data = metric(&w.base, "meridian_relay_data_connections_total").await.unwrap_or(0.0);
+            assert!(data >= 1.0, "no data connection was used");
+            assert!(value("meridian_proxy_requests_total{outcome=\"app\"}").await >= 10.0);
+            assert!(value("meridian_proxy_requests_total{outcome=\"login\"}").await >= 1.0);
+            assert!(value("meridian_proxy_token_checks_total{result=\"cached\"}").await >= 1.0);
             let attached = if matches!(deployment, Deployment::Region) { 1.0 } else { 0.0 };
-            assert_eq!(value("meridian_relay_agents_attached"), attached, "{text}");
+            assert_eq!(value("meridian_relay_agents_attached").await, attached);
         }
     }
 }

@@ -211,9 +211,16 @@ async fn a_rotated_certificate_reaches_new_connections_and_no_request_fails() {
         let failed = s.failed.lock().unwrap().clone();
         assert!(failed.is_empty(), "{name}: {} failed: {failed:?}", failed.len());
     }
-    // Connections kept alive across the swap keep the certificate they were opened with.
-    let kept = &streams[1].1;
-    assert!(kept.ok.load(Ordering::Relaxed) > kept.on_new.load(Ordering::Relaxed), "{report:?}");
+    // Connections kept alive across the swap keep the certificate they were
+    // opened with: the kept-alive streams' 50 answers and more since the swap
+    // all came over connections that presented the old one.
+    for (name, kept) in streams.iter().filter(|(n, _)| n.ends_with("kept alive")) {
+        assert_eq!(
+            kept.on_new.load(Ordering::Relaxed),
+            0,
+            "{name}: a kept-alive connection changed certificate: {report:?}"
+        );
+    }
     assert!(proxy.proc.output().contains("TLS certificate reloaded"), "{}", proxy.proc.output());
     eprintln!("rotation: new certificate served by proxy, relay and coordinator within {swap:?}; {report:?}");
 }

@@ -69,8 +69,7 @@ async fn a_proxy_reports_a_lost_coordinator_within_a_second() {
     let token = admin.create_region("sydney").await;
     let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
     wait_for(Duration::from_secs(5), "the proxy to follow routes", || async {
-        let metrics = reqwest::get(format!("{}/metrics", proxy.url)).await.ok()?.text().await.ok()?;
-        metrics.contains("meridian_proxy_coordinator_reachable 1").then_some(())
+        (metric(&proxy.url, "meridian_proxy_coordinator_reachable").await? == 1.0).then_some(())
     })
     .await;
 

@@ -69,17 +69,12 @@ async fn the_dashboard_in_a_browser() {
     let info = state.join("demo.json");
     let shots_arg = shots.clone();
     let run = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("node")
-            .current_dir(&browser_dir)
-            .arg("dashboard.js")
-            .arg(&info)
-            .arg(&password)
-            .arg(HEALTH_INTERVAL_MS.to_string())
-            .arg(&shots_arg)
-            .output()
-            .unwrap()
+        let mut node = std::process::Command::new("node");
+        node.current_dir(&browser_dir).arg("dashboard.js").arg(&info).arg(&password);
+        node.arg(HEALTH_INTERVAL_MS.to_string()).arg(&shots_arg);
+        output_within(&mut node, Duration::from_secs(240), "node dashboard.js")
     });
-    let run = tokio::time::timeout(Duration::from_secs(240), run).await.expect("the browser run hung").unwrap();
+    let run = run.await.unwrap();
     let says = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "dashboard in Chromium: {says}");
     for page in

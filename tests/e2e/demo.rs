@@ -38,12 +38,9 @@ async fn demo_serves_apps_to_a_browser_and_stops_cleanly() {
     let shot = dir.path().join("signed-in.png");
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let run = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .current_dir(&browser_dir)
-            .args(["sign-in.js", &format!("{app}hello"), "demo", &password])
-            .arg(&shot)
-            .output()
-            .unwrap()
+        let mut node = Command::new("node");
+        node.current_dir(&browser_dir).args(["sign-in.js", &format!("{app}hello"), "demo", &password]).arg(&shot);
+        output_within(&mut node, Duration::from_secs(120), "node sign-in.js")
     })
     .await
     .unwrap();

@@ -71,15 +71,11 @@ fn first(seen: &[Seen], from: i64, cond: impl Fn(&Seen) -> bool) -> Option<i64> 
 
 /// Runs one drill and returns its JSON report.
 fn drill(data_dir: &std::path::Path, args: &[&str]) -> Value {
-    let out = Command::new(BIN)
-        .arg("drill")
-        .args(args)
-        .args(["--duration", "3s", "--rate", "10", "--settle", "30s", "--json", "--data-dir"])
-        .arg(data_dir)
-        .env_remove("MERIDIAN_URL")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("drill").args(args).args(["--duration", "3s", "--rate", "10", "--settle", "30s", "--json", "--data-dir"]);
+    cmd.arg(data_dir).env_remove("MERIDIAN_URL").stdin(Stdio::null());
+    // 3 s of fault, up to 30 s to settle, and the drill's own setup.
+    let out = output_within(&mut cmd, Duration::from_secs(90), &format!("meridian drill {args:?}"));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "drill {args:?} failed: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     serde_json::from_str(&stdout).unwrap_or_else(|e| panic!("drill printed no JSON ({e}): {stdout}"))

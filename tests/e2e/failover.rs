@@ -88,14 +88,21 @@ async fn median_latency(client: &reqwest::Client, url: &str, n: usize) -> Durati
     times[n / 2]
 }
 
-/// Waits until `url` answers 200, then checks `n` more in a row do.
-async fn serves(client: &reqwest::Client, url: &str, n: usize, deadline: Duration) {
-    wait_for(deadline, &format!("{url} to answer 200"), || async {
+/// Waits until `url` answers 200: a readiness probe for a test's setup,
+/// never after a fault (it would hide the failures before the first 200).
+async fn ready(client: &reqwest::Client, url: &str) {
+    wait_for(Duration::from_secs(5), &format!("{url} to answer 200"), || async {
         client.get(url).send().await.ok().filter(|r| r.status() == 200)
     })
     .await;
-    for _ in 0..n {
-        assert_eq!(client.get(url).send().await.unwrap().status(), 200, "{url}");
+}
+
+/// `n` requests in a row, each answered 200 at once.
+async fn serves(client: &reqwest::Client, url: &str, n: usize) {
+    for i in 0..n {
+        let resp = client.get(url).send().await.unwrap_or_else(|e| panic!("{url}: request {i}: {e}"));
+        assert_eq!(resp.status(), 200, "{url}: request {i}");
+        resp.bytes().await.unwrap();
     }
 }
 
@@ -155,7 +162,8 @@ async fn a_killed_region_is_detected_and_its_agents_move_and_come_back() {
     let _agent = m.agent(&["--region", "frankfurt", "--failback-after", "3s"]);
     m.admin.wait_agent_on("dev", "frankfurt").await;
     let (user, url) = m.user_of("sydney", &sydney).await;
-    serves(&user, &url, 3, Duration::from_secs(5)).await;
+    ready(&user, &url).await;
+    serves(&user, &url, 3).await;
 
     // Users in sydney, one GET every 20 ms, through the agent's region dying:
     // none fails (the README: agents re-attach "within about a second", and a
@@ -165,14 +173,14 @@ async fn a_killed_region_is_detected_and_its_agents_move_and_come_back() {
     // frankfurt and need no route at all.
     let users = vec![("sydney".into(), user.clone(), format!("{url}?close"))];
     let traffic = Traffic::start(users, Duration::from_millis(20));
-    serves(&user, &url, 1, Duration::from_secs(5)).await;
+    serves(&user, &url, 1).await;
     frankfurt.proc.signal(Signal::SIGKILL);
     let (detect, reattach) = tokio::join!(
         m.admin.wait_status("frankfurt", "unreachable", 2 * INTERVAL + Duration::from_millis(500)),
         m.admin.wait_agent_within("dev", "primary", Duration::from_secs(5)),
     );
     eprintln!("killed region: unreachable after {detect:?}, agent re-attached after {reattach:?}");
-    serves(&user, &url, 10, Duration::from_secs(5)).await;
+    serves(&user, &url, 10).await;
     let stats = traffic.stop().await;
     let (_, sydney_users) = &stats[0];
     eprintln!("through sydney: {} served, slowest {:?}", sydney_users.ok, sydney_users.slowest_ok);
@@ -180,13 +188,19 @@ async fn a_killed_region_is_detected_and_its_agents_move_and_come_back() {
     assert!(reattach < Duration::from_secs(2), "the agent took {reattach:?} to re-attach (about a second)");
     assert!(sydney_users.slowest_ok < Duration::from_secs(2), "a request waited {:?}", sydney_users.slowest_ok);
 
-    // Frankfurt returns: the agent waits out --failback-after, then moves back.
+    // Frankfurt returns: the agent waits out --failback-after, then moves
+    // back, make-before-break, under the same traffic: nothing fails.
+    let users = vec![("sydney".into(), user.clone(), format!("{url}?close"))];
+    let traffic = Traffic::start(users, Duration::from_millis(20));
     frankfurt.restart().await;
     m.admin.wait_status("frankfurt", "ok", Duration::from_secs(5)).await;
     let back = m.admin.wait_agent_within("dev", "frankfurt", Duration::from_secs(15)).await;
     eprintln!("agent back on frankfurt {back:?} after it was healthy");
     assert!(back >= Duration::from_millis(2500), "moved back before the region was healthy for 3 s: {back:?}");
-    serves(&user, &url, 10, Duration::from_secs(5)).await;
+    serves(&user, &url, 10).await;
+    let stats = traffic.stop().await;
+    report_phase("failback", &stats);
+    assert_no_failures(&stats);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -198,7 +212,8 @@ async fn signed_in_users_see_no_errors_while_the_coordinator_is_down_for_15s() {
     m.admin.wait_agent_on("dev", "frankfurt").await;
     let (a, a_url) = m.user_of("sydney", &sydney).await;
     let (b, b_url) = m.user_of("frankfurt", &frankfurt).await;
-    serves(&a, &a_url, 3, Duration::from_secs(5)).await;
+    ready(&a, &a_url).await;
+    serves(&a, &a_url, 3).await;
     let (s, f) = (last_registration(&sydney).await, last_registration(&frankfurt).await);
     let traffic =
         Traffic::start(vec![("sydney".into(), a, a_url), ("frankfurt".into(), b, b_url)], Duration::from_millis(20));
@@ -222,7 +237,8 @@ async fn the_data_plane_ignores_postgres_being_down_for_10s() {
     m.admin.wait_agent_on("dev", "frankfurt").await;
     let (a, a_url) = m.user_of("sydney", &sydney).await;
     let (b, b_url) = m.user_of("frankfurt", &frankfurt).await;
-    serves(&a, &a_url, 3, Duration::from_secs(5)).await;
+    ready(&a, &a_url).await;
+    serves(&a, &a_url, 3).await;
     let traffic =
         Traffic::start(vec![("sydney".into(), a, a_url), ("frankfurt".into(), b, b_url)], Duration::from_millis(20));
 
@@ -286,27 +302,40 @@ async fn without_the_coordinator_an_agent_still_moves_and_is_found() {
     let _agent = m.agent(&["--region", "frankfurt"]);
     m.admin.wait_agent_on("dev", "frankfurt").await;
     let (user, url) = m.user_of("virginia", &virginia).await;
-    serves(&user, &url, 3, Duration::from_secs(5)).await;
+    ready(&user, &url).await;
+    serves(&user, &url, 3).await;
     let before = last_registration(&sydney).await;
 
     // The coordinator goes, then the agent's region: the agent attaches to
     // sydney on its attach token, and virginia finds it by asking its peers.
+    // Every request needs a new app connection (`?close`), so each needs the route.
+    let users = || vec![("virginia".into(), user.clone(), format!("{url}?close"))];
     m.coord.proc.signal(Signal::SIGKILL);
     wait_for(Duration::from_secs(10), "virginia to notice the coordinator is gone", || async {
         virginia.report().await.filter(|r| r["coordinator_reachable"] == false)
     })
     .await;
+    let traffic = Traffic::start(users(), Duration::from_millis(20));
+    let killed_at = traffic.now_ms();
     frankfurt.proc.kill();
-    let moved = Instant::now();
-    serves(&user, &url, 10, Duration::from_secs(10)).await;
-    eprintln!("served through virginia again {:?} after the agent's region died", moved.elapsed());
-    assert!(sydney.proc.output().contains("admitted the agent by its attach token"), "{}", sydney.proc.output());
+    wait_for(Duration::from_secs(10), "sydney to admit the agent by its attach token", || async {
+        sydney.proc.output().contains("admitted the agent by its attach token").then_some(())
+    })
+    .await;
+    serves(&user, &url, 10).await;
+    let stats = excusing_in_flight(traffic.stop().await, killed_at);
+    report_phase("coordinator down, then the agent's region killed", &stats);
+    assert_no_failures(&stats);
 
     // When the coordinator returns, sydney records the attachment: the route is real again.
+    let traffic = Traffic::start(users(), Duration::from_millis(20));
     m.coord.restart().await;
     sydney.wait_registered_after(before).await;
     m.admin.wait_agent_on("dev", "sydney").await;
-    serves(&user, &url, 5, Duration::from_secs(5)).await;
+    serves(&user, &url, 5).await;
+    let stats = traffic.stop().await;
+    report_phase("coordinator back", &stats);
+    assert_no_failures(&stats);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -321,16 +350,11 @@ async fn replicas_of_one_region_reach_each_others_agents() {
     // A second replica joins; the agent is attached to the first, not to it.
     let mut b = Proxy::spawn_named(m.dir.path(), &m.coord.url, &token, "sydney", &[]);
     b.wait_registered().await;
-    let attached = |p: &Proxy| {
-        let url = format!("{}/metrics", p.url);
-        async move {
-            let text = reqwest::get(url).await.unwrap().text().await.unwrap();
-            text.lines().find_map(|l| l.strip_prefix("meridian_relay_agents_attached ")).unwrap().trim().to_owned()
-        }
-    };
-    assert_eq!((attached(&a).await, attached(&b).await), ("1".to_owned(), "0".to_owned()));
+    let attached = "meridian_relay_agents_attached";
+    assert_eq!((counter_of(&a.url, attached).await, counter_of(&b.url, attached).await), (1, 0));
     let (user, url) = m.user_of("sydney", &b).await;
-    serves(&user, &url, 5, Duration::from_secs(5)).await;
+    ready(&user, &url).await;
+    serves(&user, &url, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -347,7 +371,8 @@ async fn a_route_change_made_through_one_coordinator_replica_reaches_proxies_of_
     let _agent = Agent::spawn_with(m.dir.path(), &second.url, &m.agent_token, &["--region", "frankfurt"]);
     m.admin.wait_agent_on("dev", "frankfurt").await;
     let (user, url) = m.user_of("sydney", &sydney).await;
-    serves(&user, &url, 5, Duration::from_secs(5)).await;
+    ready(&user, &url).await;
+    serves(&user, &url, 5).await;
 }
 
 /// Prints each target's figures for a phase of an outage (the closing note quotes them).
@@ -376,9 +401,7 @@ async fn searches(proxy: &Proxy) -> u64 {
 
 /// A counter from `proxy`'s `/metrics`.
 async fn counter(proxy: &Proxy, name: &str) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", proxy.url)).await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.strip_prefix(name).is_some_and(|v| v.starts_with(' '))).unwrap();
-    line.rsplit(' ').next().unwrap().parse().unwrap()
+    counter_of(&proxy.url, name).await
 }
 
 /// A region's relay that restarted listens on a new address (`--relay-listen`
@@ -397,7 +420,8 @@ async fn an_agent_dials_back_to_a_relay_that_restarted_on_a_new_address() {
     let (user, url) = m.user_of("sydney", &sydney).await;
     // A new app connection per request: each asks the agent for a data connection.
     let fresh = format!("{url}?close");
-    serves(&user, &fresh, 3, Duration::from_secs(5)).await;
+    ready(&user, &fresh).await;
+    serves(&user, &fresh, 3).await;
     let data = "meridian_relay_data_connections_total";
     assert!(counter(&sydney, data).await >= 3, "the hop did not use data connections before the restart");
 
@@ -418,38 +442,43 @@ async fn an_agent_dials_back_to_a_relay_that_restarted_on_a_new_address() {
         served += 1;
     }
     eprintln!("{served} requests through sydney before the agent dialed its new relay address");
-    serves(&user, &fresh, 3, Duration::from_secs(5)).await;
+    serves(&user, &fresh, 3).await;
     assert!(counter(&sydney, data).await >= 4);
 }
 
 /// The common case: an agent started without `--region` sits on the
 /// primary, the coordinator's own relay. The coordinator dies: the agent
-/// moves to another region on its attach token, and every region finds it
-/// there at once; when the coordinator returns, the attachment is recorded
-/// and every region's routes converge on it (a region that saw no traffic
-/// meanwhile serves without searching), also through a Postgres outage.
+/// moves to another region on its attach token, and every region with users
+/// finds it there at once; when the coordinator returns, the attachment is
+/// recorded and every region's routes converge on it (tokyo, which saw no
+/// traffic meanwhile, serves without searching), also through a Postgres outage.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_on_the_primary_is_served_through_every_region_while_the_coordinator_is_down() {
     let mut m = Mesh::start().await;
     let mut sydney = m.region("sydney", &[]).await;
     let mut frankfurt = m.region("frankfurt", &[]).await;
     let mut virginia = m.region("virginia", &[]).await;
+    let mut tokyo = m.region("tokyo", &[]).await;
     let _agent = m.agent(&[]);
     m.admin.wait_agent_on("dev", "primary").await;
     let (a, a_url) = m.user_of("sydney", &sydney).await;
     let (b, b_url) = m.user_of("frankfurt", &frankfurt).await;
     let (c, c_url) = m.user_of("virginia", &virginia).await;
+    let (d, d_url) = m.user_of("tokyo", &tokyo).await;
     // Each region has heard of the others (a heartbeat after all were up).
-    for p in [&mut sydney, &mut frankfurt, &mut virginia] {
+    for p in [&mut sydney, &mut frankfurt, &mut virginia, &mut tokyo] {
         let before = last_registration(p).await;
         p.wait_registered_after(before).await;
     }
-    let (s, f, v) =
-        (last_registration(&sydney).await, last_registration(&frankfurt).await, last_registration(&virginia).await);
-    let users = || vec![("sydney".into(), a.clone(), a_url.clone()), ("frankfurt".into(), b.clone(), b_url.clone())];
+    let before: Vec<Option<String>> =
+        futures_util::future::join_all([&sydney, &frankfurt, &virginia, &tokyo].map(last_registration)).await;
+    let users = || {
+        let regions = [("sydney", &a, &a_url), ("frankfurt", &b, &b_url), ("virginia", &c, &c_url)];
+        regions.map(|(r, client, url)| (r.to_owned(), client.clone(), url.clone())).to_vec()
+    };
 
     let traffic = Traffic::start(users(), Duration::from_millis(50));
-    tokio::time::sleep(Duration::from_millis(500)).await; // traffic flowing before the fault
+    traffic.wait_flowing(5).await;
     let killed_at = traffic.now_ms();
     m.coord.proc.signal(Signal::SIGKILL);
     tokio::time::sleep(Duration::from_secs(15)).await; // the outage being rehearsed
@@ -459,16 +488,21 @@ async fn an_agent_on_the_primary_is_served_through_every_region_while_the_coordi
 
     let traffic = Traffic::start(users(), Duration::from_millis(50));
     m.coord.restart().await;
-    for (p, before) in [(&mut sydney, s), (&mut frankfurt, f), (&mut virginia, v)] {
+    for (p, before) in [&mut sydney, &mut frankfurt, &mut virginia, &mut tokyo].into_iter().zip(before) {
         p.wait_registered_after(before).await;
     }
     // The attachment made while the coordinator was away is recorded.
-    m.admin.wait_agent_within("dev", "frankfurt", INTERVAL * 3).await;
-    assert_eq!(searches(&virginia).await, 0, "virginia saw no traffic yet");
+    let moved_to = wait_for(INTERVAL * 3, "the agent's new attachment to be recorded", || async {
+        let region = m.admin.agent_region("dev").await?;
+        (region != "primary").then_some(region)
+    })
+    .await;
+    eprintln!("the agent moved to {moved_to}");
+    assert_eq!(searches(&tokyo).await, 0, "tokyo saw no traffic yet");
     m.pg.pg.stop().unwrap();
     let stopped = Instant::now();
-    serves(&c, &c_url, 5, Duration::from_secs(5)).await;
-    assert_eq!(searches(&virginia).await, 0, "virginia's routes converged: it never had to search");
+    serves(&d, &d_url, 5).await;
+    assert_eq!(searches(&tokyo).await, 0, "tokyo's routes converged: it never had to search");
     tokio::time::sleep(Duration::from_secs(10).saturating_sub(stopped.elapsed())).await; // Postgres down
     m.pg.pg.start().unwrap();
     let after = traffic.stop().await;
@@ -497,11 +531,18 @@ async fn an_agent_whose_region_dies_while_the_coordinator_is_down_is_found_by_ev
     // outlive the agent's region and need no route at all.
     let users = vec![("sydney".into(), a, format!("{a_url}?close")), ("virginia".into(), c, format!("{c_url}?close"))];
     let traffic = Traffic::start(users, Duration::from_millis(50));
+    traffic.wait_flowing(5).await;
     m.coord.proc.signal(Signal::SIGKILL);
-    tokio::time::sleep(Duration::from_secs(2)).await; // the coordinator is gone; then the agent's region goes
+    // The coordinator is gone (every region has noticed); then the agent's region goes.
+    for p in [&sydney, &frankfurt, &virginia] {
+        wait_for(Duration::from_secs(10), "the regions to notice the coordinator is gone", || async {
+            p.report().await.filter(|r| r["coordinator_reachable"] == false)
+        })
+        .await;
+    }
     let killed_at = traffic.now_ms();
     frankfurt.proc.kill();
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(Duration::from_secs(10)).await; // the window watched after the kill
     let stats = excusing_in_flight(traffic.stop().await, killed_at);
     report_phase("coordinator down, then the agent's region killed", &stats);
     // A request sent while the agent was moving waits for it (up to 2 s),

@@ -17,6 +17,8 @@ struct World {
     relay_link: Link,
     client: reqwest::Client,
     url: String,
+    /// The proxy's own URL (its `/metrics`).
+    proxy_url: String,
     _rest: (Agent, SampleApp, Proxy, Coordinator, Postgres, tempfile::TempDir),
 }
 
@@ -40,7 +42,8 @@ async fn world() -> World {
     let url = format!("http://open--main--dev--admin.region.localhost:{}", proxy.port);
     let (hops, resp) = follow(&client, &format!("{url}/")).await;
     assert_eq!(resp.status(), 200, "{hops:?}");
-    World { app_link, relay_link, client, url, _rest: (agent, app, proxy, coord, pg, dir) }
+    let proxy_url = proxy.url.clone();
+    World { app_link, relay_link, client, url, proxy_url, _rest: (agent, app, proxy, coord, pg, dir) }
 }
 
 impl World {
@@ -114,23 +117,28 @@ async fn faults_between_agent_app_and_relay_end_clearly() {
     // one is sent once more through the re-attached tunnel and served; the
     // other (a POST, never repeated) fails cleanly, not by timing out.
     w.fresh_app_connections().await;
-    let in_flight = |method: reqwest::Method| {
+    let in_flight = |method: reqwest::Method, tag: &'static str| {
         let (client, url) = (w.client.clone(), w.url.clone());
         tokio::spawn(async move {
             let req = client.request(method, format!("{url}/slow")).header("x-sample-delay-ms", "1500");
-            req.timeout(Duration::from_secs(15)).send().await
+            req.header("x-sample-tag", tag).timeout(Duration::from_secs(15)).send().await
         })
     };
-    let (get, post) = (in_flight(reqwest::Method::GET), in_flight(reqwest::Method::POST));
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (get, post) = (in_flight(reqwest::Method::GET, "drop-get"), in_flight(reqwest::Method::POST, "drop-post"));
+    for tag in ["drop-get", "drop-post"] {
+        wait_in_flight_at_app(&w.client, &w.url, tag, 1).await;
+    }
     w.relay_link.reset_all();
     let get = get.await.unwrap().expect("the GET is answered");
     assert_eq!(get.status(), 200, "an idempotent request in flight through the dropped tunnel is sent again");
+    let seen = |tag| app_seen(&w.client, &w.url, tag);
+    assert_eq!(seen("drop-get").await.map(|s| s.0), Some(2), "the app saw the GET twice: sent again");
     // The POST is answered (not cut, not timed out): 502, naming what happened.
     let post = post.await.unwrap().expect("the POST is answered");
     assert_eq!(post.status(), 502, "a POST in flight through the dropped tunnel");
     let page = post.text().await.unwrap();
     assert!(page.contains("closed the connection before answering"), "{page}");
+    assert_eq!(seen("drop-post").await.map(|s| s.0), Some(1), "the POST was never sent again");
     let started = Instant::now();
     wait_for(Duration::from_secs(10), "served through the re-attached tunnel", || async {
         (w.get("/after-drop").await.status() == 200).then_some(())
@@ -174,6 +182,12 @@ async fn hundreds_of_long_lived_streams_do_not_block_new_requests() {
     let w = world().await;
     let authority = w.url.trim_start_matches("http://").to_owned();
     let port: u16 = authority.rsplit(':').next().unwrap().parse().unwrap();
+    // The agent cannot dial data connections to the relay (new connections
+    // through its link are refused; the tunnel stays): every app connection
+    // is then a stream of the one tunnel.
+    w.relay_link.set_mode(Mode::Refuse);
+    let data = || counter_of(&w.proxy_url, "meridian_relay_data_connections_total");
+    let data_before = data().await;
     // 250 WebSockets, each holding a stream of the one tunnel open (hyper's
     // default limit per HTTP/2 connection is 200).
     let mut sockets = Vec::new();
@@ -192,6 +206,7 @@ async fn hundreds_of_long_lived_streams_do_not_block_new_requests() {
     // A plain request still gets a stream at once.
     let r = w.client.get(format!("{}/beside", w.url)).timeout(Duration::from_secs(5)).send().await.unwrap();
     assert_eq!(r.status(), 200);
+    assert_eq!(data().await, data_before, "WebSockets went over data connections, not the tunnel's streams");
 }
 
 /// A pipe between an app connection and the relay that carries nothing for
@@ -249,9 +264,7 @@ async fn an_idle_relayed_pipe_is_closed_after_the_pipe_idle_timeout() {
 
 /// Agents whose tunnel `proxy`'s relay holds, from its `/metrics`.
 async fn attached(proxy: &Proxy) -> u64 {
-    let text = reqwest::get(format!("{}/metrics", proxy.url)).await.unwrap().text().await.unwrap();
-    let line = text.lines().find_map(|l| l.strip_prefix("meridian_relay_agents_attached ")).expect("the gauge");
-    line.trim().parse().unwrap()
+    counter_of(&proxy.url, "meridian_relay_agents_attached").await
 }
 
 /// The README: tunnel keep-alive catches a silent death within 5 s. The link

@@ -557,9 +557,8 @@ struct TokenCase {
 }
 
 async fn refetches(w: &World) -> u64 {
-    let text = reqwest::get(format!("http://127.0.0.1:{}/metrics", w.proxy.port)).await.unwrap().text().await.unwrap();
-    let line = text.lines().find(|l| l.starts_with("meridian_proxy_key_refetches_total ")).unwrap_or_default();
-    line.rsplit(' ').next().and_then(|n| n.parse().ok()).unwrap_or(0)
+    let base = format!("http://127.0.0.1:{}", w.proxy.port);
+    metric(&base, "meridian_proxy_key_refetches_total").await.unwrap_or(0.0) as u64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

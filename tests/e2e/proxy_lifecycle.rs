@@ -144,7 +144,7 @@ fn balanced_traffic(
                 Some(Ok(r)) => {
                     let status = r.status();
                     let page = r.text().await.unwrap_or_default();
-                    let why = page.split("<p>").nth(1).and_then(|p| p.split("</p>").next()).unwrap_or_default();
+                    let why = meridian_proxy::pages::page_message(&page).unwrap_or_default();
                     failed.push(format!("{path}: {status} {why}"));
                 }
                 Some(Err(e)) => failed.push(format!("{path}: {e}")),
@@ -223,9 +223,11 @@ async fn sigterm_drains_requests_and_websockets_then_exits_0() {
     let slow = {
         let client = browser();
         let url = format!("http://{host}/slow");
-        tokio::spawn(async move { client.get(url).header("x-sample-delay-ms", "1500").send().await })
+        tokio::spawn(async move {
+            client.get(url).header("x-sample-delay-ms", "1500").header("x-sample-tag", "drain").send().await
+        })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    wait_in_flight_at_app(&browser(), &format!("http://{host}"), "drain", 1).await;
     let stopped_at = std::time::Instant::now();
     proxy.proc.signal(Signal::SIGTERM);
 

@@ -27,11 +27,10 @@ async fn ping_measures_each_region_and_marks_the_nearest() {
     dead.proc.kill();
     admin.wait_status("gone", "unreachable", Duration::from_secs(10)).await;
 
-    let out = std::process::Command::new(BIN)
-        .args(["regions", "ping", "--count", "3", "--json", "--url", &coord.url, "--session-token", admin.token()])
-        .env("MERIDIAN_CONFIG_DIR", dir.path())
-        .output()
-        .unwrap();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["regions", "ping", "--count", "3", "--json", "--url", &coord.url, "--session-token", admin.token()]);
+    let out =
+        output_within(cmd.env("MERIDIAN_CONFIG_DIR", dir.path()), Duration::from_secs(60), "meridian regions ping");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let region =

@@ -34,17 +34,33 @@ async fn a_minute_of_soak_through_every_fault_loses_nothing_and_leaks_nothing() 
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true)
         .output();
-    // 60 s of soak, a fault that may run past it, and up to 120 s for idle connections to close.
-    let out = tokio::time::timeout(Duration::from_secs(300), soak).await.expect("the soak did not end").unwrap();
+    // 60 s of soak, a fault that may run past it, and twice up to 120 s for
+    // connections to close (after warm-up, for the idle baseline, and at the end).
+    let out = tokio::time::timeout(Duration::from_secs(480), soak).await.expect("the soak did not end").unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     let report: Value = serde_json::from_str(&stdout)
         .unwrap_or_else(|e| panic!("the soak printed no report ({e}): {stdout}\n{stderr}"));
     let totals = &report["totals"];
+    eprintln!("soak totals: {totals}; resend budget {}", report["resend_budget"]);
+    for f in report["faults"].as_array().unwrap() {
+        eprintln!(
+            "  {} recovered in {} ms (bound {} ms): {}",
+            f["scenario"], f["recover_ms"], f["recover_bound_ms"], f["failed"]
+        );
+    }
     for field in ["lost_or_corrupt", "hung", "unexplained"] {
         assert_eq!(totals[field], 0, "{field}: {report:#}");
     }
     assert_eq!(report["leaked_fds"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["slow_recoveries"], serde_json::json!([]), "{report:#}");
+    // The descriptor check covered the processes no fault restarts.
+    let restarted = report["restarted_since_baseline"].as_array().unwrap();
+    for name in ["agent", "sample-app", "proxy-sydney", "proxy-sydney-2"] {
+        assert!(!restarted.iter().any(|r| r == name), "{name} restarted: {restarted:?}");
+    }
+    assert!(totals["retried"].as_u64() <= report["resend_budget"].as_u64(), "{report:#}");
+    assert_eq!(report["skipped"], serde_json::json!([]), "two replicas: every fault runs");
     assert!(out.status.success(), "the soak exited {:?}: {stderr}", out.status);
 
     let ran: Vec<&str> = report["faults"].as_array().unwrap().iter().map(|f| f["scenario"].as_str().unwrap()).collect();

@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
@@ -309,7 +310,8 @@ impl Proxy {
     }
 
     pub async fn report(&self) -> Option<Value> {
-        reqwest::get(format!("{}/healthz-report", self.url)).await.ok()?.json().await.ok()
+        let url = format!("{}/healthz-report", self.url);
+        reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await.ok()?.json().await.ok()
     }
 
     /// Waits until the proxy's report shows a registration newer than `after`.
@@ -550,6 +552,14 @@ impl Api {
         self.wait_agent_within(ws, region, Duration::from_secs(20)).await
     }
 
+    /// The region the workspace's first agent is connected to, if it is.
+    pub async fn agent_region(&self, ws: &str) -> Option<String> {
+        let list = self.get("/api/v2/workspaces?owner=all").await.body;
+        let found = list["workspaces"].as_array()?.iter().find(|w| w["name"] == ws)?.clone();
+        let agent = &found["agents"][0];
+        (agent["connected"] == true).then(|| agent["region"].as_str().map(str::to_owned)).flatten()
+    }
+
     /// [`Api::wait_agent_on`] with a deadline; returns how long it took.
     pub async fn wait_agent_within(&self, ws: &str, region: &str, deadline: Duration) -> Duration {
         let start = Instant::now();
@@ -605,14 +615,47 @@ pub async fn raw_status(port: u16, raw: &str) -> u16 {
     status.parse().unwrap_or_else(|_| panic!("not an HTTP answer: {:?}", String::from_utf8_lossy(&head)))
 }
 
-/// A browser-like client: a cookie jar, no automatic redirects, loopback only.
+/// A browser-like client: a cookie jar, no automatic redirects, loopback
+/// only, and bounded: a connection within 5 s, and no read waiting more than
+/// 30 s (a long transfer that keeps moving is not cut).
 pub fn browser() -> reqwest::Client {
     reqwest::Client::builder()
         .cookie_store(true)
         .redirect(reqwest::redirect::Policy::none())
         .dns_resolver(std::sync::Arc::new(LoopbackResolver))
+        .connect_timeout(Duration::from_secs(5))
+        .read_timeout(Duration::from_secs(30))
         .build()
         .unwrap()
+}
+
+/// Runs `cmd` to its end, at most `limit` (its output goes to files, so a
+/// chatty child never blocks on a full pipe); past that it is killed and the
+/// test fails naming `what` with what it printed.
+pub fn output_within(cmd: &mut Command, limit: Duration, what: &str) -> std::process::Output {
+    let dir = tempdir();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let file = |p: &Path| std::fs::File::create(p).unwrap();
+    let mut child = cmd
+        .stdout(file(&out))
+        .stderr(file(&err))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what} ({e}): run scripts/install-deps --tests"));
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if start.elapsed() >= limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            let printed = String::from_utf8_lossy(&std::fs::read(&out).unwrap_or_default()).into_owned()
+                + &String::from_utf8_lossy(&std::fs::read(&err).unwrap_or_default());
+            panic!("{what} ran past {limit:?} and was killed:\n{printed}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output { status, stdout: std::fs::read(&out).unwrap(), stderr: std::fs::read(&err).unwrap() }
 }
 
 /// Follows redirects by hand (at most 10), returning every hop's status and the final response.
@@ -620,7 +663,7 @@ pub async fn follow(client: &reqwest::Client, url: &str) -> (Vec<(u16, String)>,
     let mut url = reqwest::Url::parse(url).unwrap();
     let mut hops = Vec::new();
     for _ in 0..10 {
-        let resp = client.get(url.clone()).send().await.unwrap();
+        let resp = client.get(url.clone()).timeout(Duration::from_secs(15)).send().await.unwrap();
         let status = resp.status().as_u16();
         hops.push((status, url.to_string()));
         if !(300..400).contains(&status) {
@@ -665,12 +708,52 @@ pub struct TrafficStats {
     pub slowest_ok: Duration,
 }
 
+/// The value of metric `series` (a name, or a name with its labels as
+/// printed: `name{label="v"}`) on the `/metrics` page of the process at
+/// `base`; `None` when it does not answer or has no such series. The one
+/// metrics reader of the harness.
+pub async fn metric(base: &str, series: &str) -> Option<f64> {
+    metric_with(&reqwest::Client::new(), base, series).await
+}
+
+/// [`metric`] with `client` (one that trusts a test CA, for HTTPS).
+pub async fn metric_with(client: &reqwest::Client, base: &str, series: &str) -> Option<f64> {
+    let url = format!("{}/metrics", base.trim_end_matches('/'));
+    let text = client.get(url).timeout(Duration::from_secs(5)).send().await.ok()?.text().await.ok()?;
+    text.lines().find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// [`metric`] for a counter or gauge that must be there.
+pub async fn counter_of(base: &str, series: &str) -> u64 {
+    metric(base, series).await.unwrap_or_else(|| panic!("no {series} at {base}/metrics")) as u64
+}
+
+/// What the sample app behind `app` (an app URL through Meridian, without a
+/// trailing `/`) has seen of requests tagged `x-sample-tag: tag`: (received, in flight).
+pub async fn app_seen(client: &reqwest::Client, app: &str, tag: &str) -> Option<(u64, u64)> {
+    let resp =
+        client.get(format!("{app}/__sample/seen?tag={tag}")).timeout(Duration::from_secs(5)).send().await.ok()?;
+    let v: serde_json::Value = resp.json().await.ok()?;
+    Some((v["received"].as_u64()?, v["in_flight"].as_u64()?))
+}
+
+/// Waits until the sample app behind `app` is answering every request tagged
+/// `tag` that the test sent (`n`): they are in flight at the app.
+pub async fn wait_in_flight_at_app(client: &reqwest::Client, app: &str, tag: &str, n: u64) {
+    wait_for(Duration::from_secs(10), &format!("{n} requests tagged {tag} in flight at the app"), || async {
+        app_seen(client, app, tag).await.filter(|(_, in_flight)| *in_flight >= n)
+    })
+    .await;
+}
+
 /// Steady synthetic traffic: one request every `every` to each target, each
 /// bounded by a timeout, so a hang is counted as a failure, never waited out.
 pub struct Traffic {
     started: Instant,
     stop: tokio::sync::watch::Sender<bool>,
     tasks: Vec<(String, tokio::task::JoinHandle<TrafficStats>)>,
+    /// Requests served so far, per target.
+    served: Vec<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl Traffic {
@@ -686,9 +769,11 @@ impl Traffic {
     ) -> Self {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let started = Instant::now();
+        let served: Vec<Arc<std::sync::atomic::AtomicU64>> = targets.iter().map(|_| Arc::default()).collect();
         let tasks = targets
             .into_iter()
-            .map(|(name, client, url)| {
+            .zip(served.clone())
+            .map(|((name, client, url), count)| {
                 let stopped = stopped.clone();
                 let task = tokio::spawn(async move {
                     let mut stats = TrafficStats::default();
@@ -700,6 +785,7 @@ impl Traffic {
                             Ok(r) if r.status() == 200 => match r.bytes().await {
                                 Ok(_) => {
                                     stats.ok += 1;
+                                    count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                                     stats.slowest_ok = stats.slowest_ok.max(begun.elapsed());
                                 }
                                 Err(e) => stats.failed.push((at, format!("body: {e}"))),
@@ -714,7 +800,15 @@ impl Traffic {
                 (name, task)
             })
             .collect();
-        Self { started, stop, tasks }
+        Self { started, stop, tasks, served }
+    }
+
+    /// Waits until every target has been served `n` requests: traffic is flowing.
+    pub async fn wait_flowing(&self, n: u64) {
+        wait_for(Duration::from_secs(10), &format!("{n} requests served to every target"), || async {
+            self.served.iter().all(|c| c.load(std::sync::atomic::Ordering::Relaxed) >= n).then_some(())
+        })
+        .await;
     }
 
     /// Milliseconds since the traffic started (the clock of [`TrafficStats::failed`]).
@@ -784,4 +878,10 @@ pub fn tls_connector(ca: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsC
             .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+#[test]
+#[should_panic(expected = "sleep ran past 500ms and was killed")]
+fn a_child_running_past_its_limit_is_killed_and_named() {
+    output_within(Command::new("sleep").arg("30"), Duration::from_millis(500), "sleep");
 }

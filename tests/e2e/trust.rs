@@ -127,7 +127,8 @@ impl World {
 pub async fn in_chromium(script: &'static str, args: Vec<String>) -> Value {
     let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
     let run = tokio::task::spawn_blocking(move || {
-        Command::new("node").current_dir(&browser_dir).arg(script).args(&args).output().unwrap()
+        let mut node = Command::new("node");
+        output_within(node.current_dir(&browser_dir).arg(script).args(&args), Duration::from_secs(120), script)
     })
     .await
     .unwrap();

@@ -85,7 +85,7 @@ pub struct LoginQuery {
 pub async fn login_page(Query(q): Query<LoginQuery>) -> axum::response::Response {
     // Signing in without a `redirect` lands on the dashboard.
     let back = q.redirect.filter(|r| is_local_path(r)).unwrap_or_else(|| "/".into());
-    crate::dashboard::login_page(&back)
+    crate::html::login_page(&back)
 }
 
 /// A path on this host: starts with one `/`, never `//` or `/\` (scheme-relative).
@@ -198,7 +198,7 @@ fn error_page(e: ApiError) -> Response {
     let body = format!(
         "<!doctype html><title>Meridian</title><h1>{}</h1><p>{}</p>",
         status.as_u16(),
-        crate::dashboard::escape(&message)
+        crate::html::escape(&message)
     );
     (status, Html(body)).into_response()
 }

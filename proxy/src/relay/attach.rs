@@ -36,7 +36,7 @@ impl Relay {
     }
 
     async fn admit_by_attach_token(&self, attach: String) -> Result<Uuid, Refused> {
-        let Some(region) = self.region.get() else {
+        let Some(region) = self.agents.region.get() else {
             return Err(Refused(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "This relay has not registered yet; try again shortly.",
@@ -48,9 +48,12 @@ impl Relay {
                 "The attach token is invalid, expired, or for another region's relays.",
             ));
         };
-        let ask =
-            AgentAttach { agent_token: String::new(), attach_token: Some(attach), replica_id: Some(self.replica_id) };
-        match self.coordinator.agent_attach(&ask).await {
+        let ask = AgentAttach {
+            agent_token: String::new(),
+            attach_token: Some(attach),
+            replica_id: Some(self.agents.replica_id),
+        };
+        match self.agents.coordinator.agent_attach(&ask).await {
             Ok(_) => Ok(agent_id),
             Err(ClientError::Api { status, .. }) if status.is_client_error() => {
                 Err(Refused(StatusCode::UNAUTHORIZED, "The coordinator refused the attach token."))
@@ -58,7 +61,7 @@ impl Relay {
             Err(e) => {
                 tracing::warn!(agent = %agent_id, error = %e, "coordinator unreachable; admitted the agent by its attach token");
                 let token = ask.attach_token.unwrap_or_default();
-                self.unrecorded.lock().unwrap_or_else(|e| e.into_inner()).insert(agent_id, token);
+                self.agents.unrecorded.lock().unwrap_or_else(|e| e.into_inner()).insert(agent_id, token);
                 Ok(agent_id)
             }
         }
@@ -68,8 +71,8 @@ impl Relay {
     /// coordinator. (Its attach token, if it sends one, names no region and
     /// admits it nowhere: while the coordinator is unreachable it waits.)
     async fn admit_by_agent_token(&self, agent_token: String) -> Result<Uuid, Refused> {
-        let ask = AgentAttach { agent_token, attach_token: None, replica_id: Some(self.replica_id) };
-        match self.coordinator.agent_attach(&ask).await {
+        let ask = AgentAttach { agent_token, attach_token: None, replica_id: Some(self.agents.replica_id) };
+        match self.agents.coordinator.agent_attach(&ask).await {
             Ok(r) => Ok(r.agent_id),
             Err(ClientError::Api { status, .. }) if status.is_client_error() => {
                 Err(Refused(StatusCode::UNAUTHORIZED, "The agent token is invalid."))

@@ -11,7 +11,8 @@ mod report;
 mod soak;
 mod traffic;
 
-use crate::demo::control::{Action, DemoInfo, FaultRequest, Process, Scenario};
+use crate::demo::control::DemoInfo;
+use crate::faults::{Action, FaultRequest, Process, Scenario};
 use crate::ops::Target;
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -249,14 +250,9 @@ async fn soak(args: &DrillArgs, setup: &Setup, regions: &[Region]) -> Result<()>
     };
     let text = if args.json { serde_json::to_string_pretty(&report)? + "\n" } else { report.table() };
     crate::ops::print(&text);
-    if !report.clean() {
-        bail!(
-            "the soak lost or corrupted {}, left {} hung, failed {} where no fault explains it, and left {} processes holding more descriptors than before",
-            report.totals.lost_or_corrupt,
-            report.totals.hung,
-            report.totals.unexplained,
-            report.leaked_fds.len()
-        );
+    let problems = report.problems();
+    if !problems.is_empty() {
+        bail!("the soak failed: {}", problems.join("; "));
     }
     Ok(())
 }
@@ -466,6 +462,7 @@ fn signed_in_browser(
         // a connection the proxy closes for idleness is never picked for a
         // request at the moment it closes.
         .pool_idle_timeout(Duration::from_secs(30))
+        .connector_layer(soak::MarkDials)
         .build()?;
     Ok((client, jar))
 }

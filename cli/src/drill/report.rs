@@ -115,12 +115,7 @@ impl Report {
                 if kinds.is_empty() { "-".into() } else { kinds.join(", ") },
             ]);
         }
-        let widths: Vec<usize> = (0..7).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
-        for row in &rows {
-            let line: Vec<String> = row.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();
-            out.push_str(line.join("  ").trim_end());
-            out.push('\n');
-        }
+        out.push_str(&crate::ops::aligned(&rows));
         out
     }
 }

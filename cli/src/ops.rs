@@ -256,9 +256,9 @@ fn ping_table(pings: &[meridian_regions::selection::Ping]) -> String {
     aligned(&rows)
 }
 
-/// Rows as left-aligned columns, two spaces apart.
-fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
-    let widths: Vec<usize> = (0..N).map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0)).collect();
+/// Rows as left-aligned columns, two spaces apart (widths in characters).
+pub fn aligned<const N: usize>(rows: &[[String; N]]) -> String {
+    let widths: Vec<usize> = (0..N).map(|i| rows.iter().map(|r| r[i].chars().count()).max().unwrap_or(0)).collect();
     rows.iter()
         .map(|r| {
             let line: Vec<String> = r.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect();

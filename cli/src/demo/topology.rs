@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::Duration;
 
 /// The topology the demo uses without `--topology`.
-pub const DEFAULT: &str = include_str!("../../deploy/local/topology.toml");
+pub const DEFAULT: &str = include_str!("../../../deploy/local/topology.toml");
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -13,7 +13,10 @@
 //!   `x-sample-sha256: <hex>`, a body of another hash is refused (422);
 //! - `GET /stream?count=N&every_ms=M` → a streamed response of N lines
 //!   (`0\n`, `1\n`, …), one every M ms;
-//! - `GET /ws` → WebSocket echo.
+//! - `GET /ws` → WebSocket echo;
+//! - `x-sample-tag: T` → the request is counted under T, and
+//!   `GET /__sample/seen?tag=T` answers `{"received": N, "in_flight": M}`: a
+//!   test waits for its request to reach the app, and sees whether it came twice.
 
 use axum::body::{Body, Bytes};
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -27,7 +30,59 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 
 fn router() -> Router {
-    Router::new().route("/ws", get(ws)).route("/upload", post(upload)).route("/stream", get(stream)).fallback(any(echo))
+    let seen = Seen::default();
+    Router::new()
+        .route("/ws", get(ws))
+        .route("/upload", post(upload))
+        .route("/stream", get(stream))
+        .route("/__sample/seen", get(seen_by_tag))
+        .fallback(any(echo))
+        .layer(axum::middleware::from_fn_with_state(seen.clone(), count_tagged))
+        .with_state(seen)
+}
+
+/// Requests counted by their `x-sample-tag`: (received, in flight).
+#[derive(Clone, Default)]
+struct Seen(std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, (u64, u64)>>>);
+
+impl Seen {
+    fn update(&self, tag: &str, f: impl FnOnce(&mut (u64, u64))) {
+        f(self.0.lock().unwrap_or_else(|e| e.into_inner()).entry(tag.to_owned()).or_default());
+    }
+}
+
+/// Counts a tagged request while it is answered (a request cut off counts as done).
+async fn count_tagged(
+    axum::extract::State(seen): axum::extract::State<Seen>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let Some(tag) = req.headers().get("x-sample-tag").and_then(|v| v.to_str().ok()).map(str::to_owned) else {
+        return next.run(req).await;
+    };
+    struct Done(Seen, String);
+    impl Drop for Done {
+        fn drop(&mut self) {
+            self.0.update(&self.1, |c| c.1 -= 1);
+        }
+    }
+    seen.update(&tag, |c| *c = (c.0 + 1, c.1 + 1));
+    let _done = Done(seen, tag);
+    next.run(req).await
+}
+
+#[derive(serde::Deserialize)]
+struct TagQuery {
+    tag: String,
+}
+
+async fn seen_by_tag(
+    axum::extract::State(seen): axum::extract::State<Seen>,
+    axum::extract::Query(q): axum::extract::Query<TagQuery>,
+) -> Response {
+    let (received, in_flight) =
+        seen.0.lock().unwrap_or_else(|e| e.into_inner()).get(&q.tag).copied().unwrap_or_default();
+    axum::Json(serde_json::json!({"received": received, "in_flight": in_flight})).into_response()
 }
 
 /// Serves the sample app on `listener` until `shutdown` resolves.

@@ -6,9 +6,10 @@
 
 use crate::drill::traffic::transport;
 use futures_util::{SinkExt, StreamExt};
-use meridian_agent::sample_app::pattern_byte;
+use meridian_sample_app::pattern_byte;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
@@ -380,23 +381,63 @@ async fn echo(ws: &mut Ws, text: &str) -> Outcome {
     }
 }
 
-/// Sends a request; sends it once more, as browsers do, when the connection
-/// it went over closed before any answer: a server may close a kept-alive
-/// connection, idle or at shutdown, just as a request goes out on it. RFC
-/// 9110 §9.2.2 lets a client resend an idempotent request then; Chromium,
-/// Firefox and curl resend any request, uploads too, that got no response
-/// headers on a reused connection. What the first attempt saw goes into
-/// `retried`.
+/// Sends a request; sends it once more, as browsers do, when it went over a
+/// *reused* connection that closed before any answer: a server may close a
+/// kept-alive connection, idle or at shutdown, just as a request goes out on
+/// it. RFC 9110 §9.2.2 lets a client resend an idempotent request then;
+/// Chromium, Firefox and curl resend any request, uploads too, that got no
+/// response headers on a reused connection, and none that failed so on a
+/// connection of its own (that is the server's answer). What the first attempt
+/// saw goes into `retried`.
 async fn send_once_more(
     request: impl Fn() -> reqwest::RequestBuilder,
     retried: &OnceLock<String>,
 ) -> reqwest::Result<reqwest::Response> {
-    match request().send().await {
-        Err(e) if closed_before_answer(&e) => {
+    let dialed = Arc::new(AtomicBool::new(false));
+    match DIALED.scope(dialed.clone(), request().send()).await {
+        Err(e) if closed_before_answer(&e) && !dialed.load(Ordering::Relaxed) => {
             let _ = retried.set(meridian_regions::client::error_chain(&e));
             request().send().await
         }
         sent => sent,
+    }
+}
+
+tokio::task_local! {
+    /// Set when the request in whose scope it is dials a connection (see [`MarkDials`]).
+    static DIALED: Arc<AtomicBool>;
+}
+
+/// A connector layer for the soak's client that marks the request that dials
+/// a connection. reqwest's pool calls the connector while polling the request
+/// that found no idle connection, so a request whose mark is unset went over a
+/// pooled one. (One that dialed but then got a connection another request
+/// freed is marked too: it is not resent, the stricter reading.)
+#[derive(Clone, Copy)]
+pub struct MarkDials;
+
+impl<S> tower_layer::Layer<S> for MarkDials {
+    type Service = Marked<S>;
+    fn layer(&self, inner: S) -> Marked<S> {
+        Marked(inner)
+    }
+}
+
+#[derive(Clone)]
+pub struct Marked<S>(S);
+
+impl<S: tower_service::Service<R>, R> tower_service::Service<R> for Marked<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: R) -> S::Future {
+        let _ = DIALED.try_with(|d| d.store(true, Ordering::Relaxed));
+        self.0.call(req)
     }
 }
 
@@ -417,66 +458,88 @@ fn closed_before_answer(e: &reqwest::Error) -> bool {
 /// The cause of a status other than 200: the status and the first line of its page.
 fn status_cause(status: u16, body: &[u8]) -> String {
     let text = String::from_utf8_lossy(body);
-    let why = text.split("<p>").nth(1).and_then(|p| p.split("</p>").next()).map(str::trim).unwrap_or_default();
-    if why.is_empty() {
-        format!("HTTP {status}")
-    } else {
-        format!("HTTP {status}: {why}")
+    match meridian_proxy::pages::page_message(&text) {
+        Some(why) => format!("HTTP {status}: {why}"),
+        None => format!("HTTP {status}"),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::AtomicUsize;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    /// A server that reads each connection's request and then, for the first
-    /// `close_first` connections, closes without a word; later ones get a 200.
-    async fn server(close_first: usize) -> std::net::SocketAddr {
+    /// A server whose first connection answers its first request (kept
+    /// alive) and closes without a word at its second, or, with `fresh`, at
+    /// its first; later connections answer and close. Returns its address and
+    /// how many connections it accepted.
+    async fn server(fresh: bool) -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
         tokio::spawn(async move {
-            for n in 0.. {
+            loop {
                 let Ok((mut tcp, _)) = listener.accept().await else { return };
-                let mut head = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(k) => head.extend_from_slice(&buf[..k]),
+                let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+                tokio::spawn(async move {
+                    for i in 0u32.. {
+                        let mut head = Vec::new();
+                        let mut buf = [0u8; 1024];
+                        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            match tcp.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(k) => head.extend_from_slice(&buf[..k]),
+                            }
+                        }
+                        let answer: &[u8] = match (first, fresh, i) {
+                            (true, true, _) | (true, false, 1..) => return,
+                            (true, false, 0) => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+                            (false, ..) => b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok",
+                        };
+                        let _ = tcp.write_all(answer).await;
                     }
-                }
-                if n >= close_first {
-                    let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok").await;
-                }
+                });
             }
         });
-        addr
+        (addr, accepted)
+    }
+
+    fn client() -> reqwest::Client {
+        reqwest::Client::builder().connector_layer(MarkDials).build().unwrap()
     }
 
     #[tokio::test]
-    async fn a_request_whose_connection_closed_before_any_answer_is_sent_once_more_and_noted() {
-        let client = reqwest::Client::new();
+    async fn a_request_on_a_reused_connection_that_closed_before_any_answer_is_sent_once_more_and_noted() {
+        let client = client();
         let get = |addr| client.get(format!("http://{addr}/"));
         let upload = |addr| client.post(format!("http://{addr}/upload")).body(vec![7u8; 64 << 10]);
         for (kind, request) in [("GET", &get as &dyn Fn(_) -> _), ("upload", &upload)] {
-            let addr = server(1).await;
+            let (addr, accepted) = server(false).await;
+            let first = OnceLock::new();
+            let resp = send_once_more(|| client.get(format!("http://{addr}/")), &first).await.unwrap();
+            assert_eq!(resp.text().await.unwrap(), "ok");
+            assert!(first.get().is_none(), "{kind}: the first request was resent");
+            // The second goes over the kept-alive connection, which closes at it.
             let retried = OnceLock::new();
             let resp = send_once_more(|| request(addr), &retried).await.unwrap();
             assert_eq!(resp.text().await.unwrap(), "ok", "{kind}");
-            let first = retried.get().unwrap_or_else(|| panic!("{kind}: the resend is not noted"));
-            assert!(first.contains("closed") || first.contains("reset"), "{kind}: {first}");
+            let saw = retried.get().unwrap_or_else(|| panic!("{kind}: the resend is not noted"));
+            assert!(saw.contains("closed") || saw.contains("reset"), "{kind}: {saw}");
+            assert_eq!(accepted.load(Ordering::SeqCst), 2, "{kind}");
         }
     }
 
     #[tokio::test]
-    async fn a_get_is_sent_twice_at_most_and_other_failures_not_again() {
-        let addr = server(2).await;
-        let client = reqwest::Client::new();
+    async fn a_request_whose_own_connection_closed_before_any_answer_is_not_sent_again() {
+        let client = client();
+        let (addr, accepted) = server(true).await;
         let retried = OnceLock::new();
         let err = send_once_more(|| client.get(format!("http://{addr}/")), &retried).await.unwrap_err();
         assert!(closed_before_answer(&err), "{err}");
-        assert!(retried.get().is_some());
+        assert!(retried.get().is_none(), "resent: {:?}", retried.get());
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
 
         // Nothing listens: a connect error is the client's answer at once.
         let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();

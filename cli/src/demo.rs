@@ -65,44 +65,15 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     if let Some(names) = &args.regions {
         topology = topology.restricted_to(names)?;
     }
-    let dir = match args.data_dir {
-        Some(d) => d,
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
         None => default_dir()?,
     };
     std::fs::create_dir_all(&dir)?;
     let base = format!("http://127.0.0.1:{}", args.port);
-    let interval = humantime::format_duration(args.proxy_health_interval).to_string();
     let mut children = Children::new(dir.clone())?;
-    let s = |v: &str| v.to_owned();
-    children.spawn(Spec {
-        name: s("coordinator"),
-        args: vec![
-            s("coordinator"),
-            s("--listen"),
-            format!("127.0.0.1:{}", args.port),
-            s("--data-dir"),
-            dir.join("data").display().to_string(),
-            s("--wildcard-access-url"),
-            format!("*.localhost:{}", args.port),
-            s("--proxy-health-interval"),
-            interval.clone(),
-            s("--heartbeat-interval"),
-            interval,
-        ],
-        secret: None,
-    })?;
     let http = http_client(None).map_err(anyhow::Error::msg)?;
-    wait("the coordinator", Duration::from_secs(60), &mut children, || async {
-        Client::new(&base, Credential::None, http.clone()).buildinfo().await.map_err(|e| e.to_string())
-    })
-    .await?;
-    let password = password(&dir)?;
-    let anon = Client::new(&base, Credential::None, http.clone());
-    let token = match anon.first_user(USER, password.expose()).await {
-        Ok(r) => r.session_token,
-        Err(_) => anon.login(USER, password.expose()).await.context("cannot sign in as the demo user")?.session_token,
-    };
-    let api = Client::new(&base, Credential::Session(Secret::new(token)), http.clone());
+    let (api, password) = start_coordinator(&args, &dir, &base, &http, &mut children).await?;
 
     let coordinator: SocketAddr = ([127, 0, 0, 1], args.port).into();
     let own = args.port..=args.port + topology.regions.len() as u16;
@@ -117,45 +88,19 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     }
     let app_port = free_port(&own)?;
     children.spawn(Spec {
-        name: s("sample-app"),
-        args: vec![s("sample-app"), s("--listen"), format!("127.0.0.1:{app_port}")],
+        name: "sample-app".into(),
+        args: vec!["sample-app".into(), "--listen".into(), format!("127.0.0.1:{app_port}")],
         secret: None,
     })?;
-    wait("every region to be healthy", Duration::from_secs(60), &mut children, || async {
-        let list = api.regions().await.map_err(|e| e.to_string())?;
-        let down: Vec<String> = list
-            .regions
-            .iter()
-            .filter(|r| !r.healthy)
-            .map(|r| {
-                let why = r.replicas.iter().find_map(|p| p.error.as_deref()).map(|e| format!(" ({e})"));
-                format!("{} is {}{}", r.name, r.status.as_str(), why.unwrap_or_default())
-            })
-            .collect();
-        if down.is_empty() {
-            Ok(())
-        } else {
-            Err(down.join(", "))
-        }
-    })
-    .await?;
+    wait("every region to be healthy", Duration::from_secs(60), &mut children, || regions_healthy(&api)).await?;
     // Started once every region is up, so it attaches to its preferred region at once.
     let agent_token = workspace(&api, app_port).await?;
     children.spawn(Spec {
-        name: s("agent"),
-        args: vec![s("agent"), s("--coordinator-url"), base.clone(), s("--region"), topology.agent_region().to_owned()],
+        name: "agent".into(),
+        args: ["agent", "--coordinator-url", &base, "--region", topology.agent_region()].map(String::from).to_vec(),
         secret: Some(("MERIDIAN_AGENT_TOKEN", agent_token)),
     })?;
-    wait("the agent to attach", Duration::from_secs(60), &mut children, || async {
-        let list = api.workspaces(None).await.map_err(|e| e.to_string())?;
-        let attached = list.workspaces.first().and_then(|w| w.agents.first()).is_some_and(|a| a.connected);
-        if attached {
-            Ok(())
-        } else {
-            Err("the agent is not connected".to_owned())
-        }
-    })
-    .await?;
+    wait("the agent to attach", Duration::from_secs(60), &mut children, || agent_attached(&api)).await?;
 
     let region_ports: Vec<(String, Duration, u16)> =
         plans.iter().map(|p| (p.name.clone(), p.latency, p.links.users.addr().port())).collect();
@@ -166,14 +111,8 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     });
     let control_token = Secret::new(uuid::Uuid::new_v4().simple().to_string());
     let control_url = control::serve(faults.clone(), control_token.clone()).await?;
-    DemoInfo {
-        coordinator_url: base.clone(),
-        username: USER.into(),
-        app: format!("code--main--dev--{USER}"),
-        control_url,
-        control_token,
-    }
-    .save(&dir)?;
+    let app = format!("code--main--dev--{USER}");
+    DemoInfo { coordinator_url: base.clone(), username: USER.into(), app, control_url, control_token }.save(&dir)?;
     print_urls(&dir, &base, args.port, &password, &region_ports, topology.agent_region());
     shutdown.await;
     println!("stopping...");
@@ -183,6 +122,75 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     let stopping = faults.clone();
     tokio::task::spawn_blocking(move || stopping.children.lock().unwrap_or_else(|e| e.into_inner()).stop_all()).await?;
     Ok(())
+}
+
+/// Starts the coordinator (the primary region) and signs in as the demo
+/// user, creating it on a fresh data directory: the API client and the password.
+async fn start_coordinator(
+    args: &DemoArgs,
+    dir: &Path,
+    base: &str,
+    http: &reqwest::Client,
+    children: &mut Children,
+) -> Result<(Client, Secret)> {
+    let interval = humantime::format_duration(args.proxy_health_interval).to_string();
+    let data = dir.join("data").display().to_string();
+    let (listen, wildcard) = (format!("127.0.0.1:{}", args.port), format!("*.localhost:{}", args.port));
+    let flags = [
+        "coordinator",
+        "--listen",
+        &listen,
+        "--data-dir",
+        &data,
+        "--wildcard-access-url",
+        &wildcard,
+        "--proxy-health-interval",
+        &interval,
+        "--heartbeat-interval",
+        &interval,
+    ];
+    children.spawn(Spec { name: "coordinator".into(), args: flags.map(String::from).to_vec(), secret: None })?;
+    wait("the coordinator", Duration::from_secs(60), children, || async {
+        Client::new(base, Credential::None, http.clone()).buildinfo().await.map_err(|e| e.to_string())
+    })
+    .await?;
+    let password = password(dir)?;
+    let anon = Client::new(base, Credential::None, http.clone());
+    let token = match anon.first_user(USER, password.expose()).await {
+        Ok(r) => r.session_token,
+        Err(_) => anon.login(USER, password.expose()).await.context("cannot sign in as the demo user")?.session_token,
+    };
+    Ok((Client::new(base, Credential::Session(Secret::new(token)), http.clone()), password))
+}
+
+/// Every region healthy, or which are not and why.
+async fn regions_healthy(api: &Client) -> Result<(), String> {
+    let list = api.regions().await.map_err(|e| e.to_string())?;
+    let down: Vec<String> = list
+        .regions
+        .iter()
+        .filter(|r| !r.healthy)
+        .map(|r| {
+            let why = r.replicas.iter().find_map(|p| p.error.as_deref()).map(|e| format!(" ({e})"));
+            format!("{} is {}{}", r.name, r.status.as_str(), why.unwrap_or_default())
+        })
+        .collect();
+    if down.is_empty() {
+        Ok(())
+    } else {
+        Err(down.join(", "))
+    }
+}
+
+/// The demo workspace's agent is connected.
+async fn agent_attached(api: &Client) -> Result<(), String> {
+    let list = api.workspaces(None).await.map_err(|e| e.to_string())?;
+    let attached = list.workspaces.first().and_then(|w| w.agents.first()).is_some_and(|a| a.connected);
+    if attached {
+        Ok(())
+    } else {
+        Err("the agent is not connected".to_owned())
+    }
 }
 
 /// Binds the region's links: users on `user_port` (printed, stable, balanced

@@ -12,7 +12,7 @@ pub enum Outcome {
     Error(String),
     /// No complete answer within the timeout.
     Hung,
-    /// A 200 whose body belongs to another request or was cut short.
+    /// A 200 whose body is not the echo of this request (another's, or none), or was cut short.
     Lost,
 }
 
@@ -93,11 +93,13 @@ async fn one(client: &reqwest::Client, url: &str, timeout: Duration) -> Outcome 
         if status != 200 {
             return Err(Outcome::Error(format!("HTTP {}", status.as_u16())));
         }
-        // The sample app echoes the request; an echo of another request is a lost one.
+        // The sample app echoes the request: a 200 that is not the echo of
+        // this one (another request's, or no echo at all: a login page, a
+        // proxy's own page) is not this request served.
         let echoed = serde_json::from_slice::<serde_json::Value>(&body).ok();
         match echoed.as_ref().and_then(|v| v["uri"].as_str()) {
-            Some(uri) if !uri.ends_with(&path) => Err(Outcome::Lost),
-            _ => Ok(()),
+            Some(uri) if uri.ends_with(&path) => Ok(()),
+            _ => Err(Outcome::Lost),
         }
     };
     match tokio::time::timeout(timeout, exchange).await {
@@ -115,5 +117,42 @@ pub(super) fn transport(e: &reqwest::Error) -> String {
         "timeout".into()
     } else {
         "reset".into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A server answering every request 200 with `body`.
+    async fn answering(body: &'static str) -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = tcp.read(&mut buf).await;
+                let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n", body.len());
+                let _ = tcp.write_all(format!("{head}{body}").as_bytes()).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn only_the_echo_of_this_request_is_served() {
+        let client = reqwest::Client::new();
+        let cases = [
+            (r#"{"uri":"/drill/sydney/7"}"#, Outcome::Ok),
+            (r#"{"uri":"/drill/sydney/8"}"#, Outcome::Lost),
+            ("<!doctype html><title>Sign in</title>", Outcome::Lost),
+            (r#"{"status":"ok"}"#, Outcome::Lost),
+        ];
+        for (body, expected) in cases {
+            let addr = answering(body).await;
+            let outcome = one(&client, &format!("http://{addr}/drill/sydney/7"), Duration::from_secs(5)).await;
+            assert_eq!(outcome, expected, "{body}");
+        }
     }
 }

@@ -21,6 +21,17 @@ pub struct Spec {
     pub secret: Option<(&'static str, String)>,
 }
 
+impl Spec {
+    /// A proxy's `http://` listener (`--listen`), where its `/metrics` answers.
+    fn metrics_url(&self) -> Option<String> {
+        if self.args.first().map(String::as_str) != Some("proxy") {
+            return None;
+        }
+        let at = self.args.iter().position(|a| a == "--listen")?;
+        Some(format!("http://{}", self.args.get(at + 1)?))
+    }
+}
+
 pub struct Children {
     dir: PathBuf,
     /// This binary, resolved once: a rebuild while the demo runs unlinks the
@@ -82,8 +93,8 @@ impl Children {
     }
 
     /// Each child's name and process id (`None` while it is stopped).
-    pub fn pids(&self) -> Vec<(String, Option<u32>)> {
-        self.running.iter().map(|(s, c)| (s.name.clone(), c.as_ref().map(Child::id))).collect()
+    pub fn pids(&self) -> Vec<(String, Option<u32>, Option<String>)> {
+        self.running.iter().map(|(s, c)| (s.name.clone(), c.as_ref().map(Child::id), s.metrics_url())).collect()
     }
 
     /// Where the children's logs are (`<name>.log`).

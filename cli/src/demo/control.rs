@@ -4,6 +4,7 @@
 //! needs to know about the deployment.
 
 use super::children::Children;
+use crate::faults::{Action, FaultRequest, Process, Scenario};
 use anyhow::{Context, Result};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
@@ -16,53 +17,6 @@ use std::time::{Duration, Instant};
 
 pub const INFO_FILE: &str = "demo.json";
 
-/// A named outage.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum Scenario {
-    /// SIGKILL a region's proxy; healing starts it again.
-    KillRegion,
-    /// Cut all of a region's traffic (users, peers, agents, coordinator) without killing it.
-    PartitionRegion,
-    /// SIGKILL the coordinator (and with it the primary region); healing starts it again.
-    KillCoordinator,
-    /// Stop the coordinator's PostgreSQL; healing starts it again.
-    StopPostgres,
-    /// Restart a region's replicas one at a time, each gracefully (SIGTERM),
-    /// the next once the last is serving again; healing has nothing to do.
-    RestartRegion,
-    /// Reset the agents' tunnels to every region (they re-attach); healing has nothing to do.
-    CutTunnel,
-}
-
-impl Scenario {
-    pub fn needs_region(self) -> bool {
-        matches!(self, Scenario::KillRegion | Scenario::PartitionRegion | Scenario::RestartRegion)
-    }
-}
-
-impl std::fmt::Display for Scenario {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
-        f.write_str(v.as_str().unwrap_or("?"))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    Inject,
-    Heal,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct FaultRequest {
-    pub action: Action,
-    pub scenario: Scenario,
-    pub region: Option<String>,
-}
-
-/// What the demo tells drills about itself.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DemoInfo {
     pub coordinator_url: String,
@@ -149,7 +103,11 @@ impl Faults {
 
     /// Every child's name and process id.
     pub fn processes(&self) -> Vec<Process> {
-        self.children().pids().into_iter().filter_map(|(name, pid)| Some(Process { name, pid: pid? })).collect()
+        let children = self.children().pids();
+        children
+            .into_iter()
+            .filter_map(|(name, pid, metrics_url)| Some(Process { name, pid: pid?, metrics_url }))
+            .collect()
     }
 
     /// Restarts the region's replicas one at a time: SIGTERM (it drains and
@@ -216,13 +174,6 @@ impl Faults {
             }
         }
     }
-}
-
-/// One of the demo's processes, for a soak's resource accounting.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Process {
-    pub name: String,
-    pub pid: u32,
 }
 
 #[derive(Clone)]
