@@ -1,0 +1,393 @@
+//! The processes a test starts: a PostgreSQL cluster, the coordinator, regional
+//! proxies, the sample app, agents and `meridian demo`, each killed when dropped.
+
+use super::*;
+
+/// A real PostgreSQL cluster in a temporary directory, for `--postgres-url`.
+pub struct Postgres {
+    pub pg: EmbeddedPostgres,
+    _dir: tempfile::TempDir,
+}
+
+impl Postgres {
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new().prefix("meridian-pg").tempdir().unwrap();
+        let mut pg = EmbeddedPostgres::new(dir.path(), PgBinaries::find(None).unwrap()).unwrap();
+        tokio::task::block_in_place(|| pg.start()).unwrap();
+        pg.ensure_database().await.unwrap();
+        Self { pg, _dir: dir }
+    }
+
+    pub fn url(&self) -> String {
+        self.pg.url()
+    }
+}
+
+/// A running `meridian` process whose output goes to a log file; SIGKILLed on drop.
+pub struct Process {
+    pub child: Child,
+    pub log: PathBuf,
+    pub name: String,
+}
+
+impl Process {
+    pub fn spawn(name: &str, dir: &Path, args: &[String]) -> Self {
+        Self::spawn_bin(BIN, name, dir, args)
+    }
+
+    /// [`Process::spawn`] of another build of `meridian` (the upgrade test's previous release).
+    pub fn spawn_bin(bin: &str, name: &str, dir: &Path, args: &[String]) -> Self {
+        Self::spawn_env(bin, name, dir, args, &[])
+    }
+
+    /// [`Process::spawn_bin`] with these environment variables besides `PATH` and `MERIDIAN_LOG`.
+    pub fn spawn_env(bin: &str, name: &str, dir: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
+        let log = dir.join(format!("{name}-{}.log", free_port()));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("MERIDIAN_LOG", "info")
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        Self { child, log, name: name.into() }
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.id() as i32)
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), sig).unwrap();
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub async fn wait_exit(&mut self, deadline: Duration) -> ExitStatus {
+        let name = self.name.clone();
+        let child = &mut self.child;
+        wait_for(deadline, &format!("{name} to exit"), || {
+            let status = child.try_wait().unwrap();
+            async move { status }
+        })
+        .await
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn output(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if self.name == "demo" {
+            // The demo's children live in their own process groups: only the
+            // demo can stop them, so it gets SIGTERM and time to do so.
+            let _ = nix::sys::signal::kill(self.pid(), nix::sys::signal::Signal::SIGTERM);
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while Instant::now() < deadline && matches!(self.child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("---- {} log ----\n{}", self.name, self.output());
+        }
+    }
+}
+
+/// A coordinator on an ephemeral port.
+pub struct Coordinator {
+    pub proc: Process,
+    pub url: String,
+    pub args: Vec<String>,
+    pub dir: PathBuf,
+}
+
+impl Coordinator {
+    /// Starts a coordinator on `postgres_url` with the given health interval
+    /// (also used as the proxies' heartbeat interval), and waits until it answers.
+    pub async fn start(dir: &Path, postgres_url: &str, interval: &str, extra: &[&str]) -> Self {
+        let port = free_port();
+        let mut args = Self::args(dir, port, postgres_url, interval);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start_with(dir, args, format!("http://127.0.0.1:{port}")).await
+    }
+
+    /// The harness's arguments for a coordinator on `port` (what [`Coordinator::start`]
+    /// passes before its extras); replicas in one `dir` share its secrets key.
+    pub fn args(dir: &Path, port: u16, postgres_url: &str, interval: &str) -> Vec<String> {
+        [
+            "coordinator",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--postgres-url",
+            postgres_url,
+            "--proxy-health-interval",
+            interval,
+            "--heartbeat-interval",
+            interval,
+            "--secrets-key-file",
+            &dir.join("secrets.key").to_string_lossy(),
+            "--wildcard-access-url",
+            &format!("*.primary.localhost:{port}"),
+            "--app-timeout",
+            "3s",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    }
+
+    pub async fn start_with(dir: &Path, args: Vec<String>, url: String) -> Self {
+        Self::start_bin(BIN, dir, args, url).await
+    }
+
+    /// [`Coordinator::start_with`] of another build of `meridian`.
+    pub async fn start_bin(bin: &str, dir: &Path, args: Vec<String>, url: String) -> Self {
+        let proc = Process::spawn_bin(bin, "coordinator", dir, &args);
+        let mut c = Self { proc, url, args, dir: dir.to_owned() };
+        c.wait_ready().await;
+        c
+    }
+
+    pub async fn wait_ready(&mut self) {
+        let url = format!("{}/healthz", self.url);
+        let proc = &mut self.proc;
+        wait_for(Duration::from_secs(30), "coordinator /healthz", || {
+            let exited = proc.child.try_wait().unwrap();
+            assert!(exited.is_none(), "coordinator exited: {exited:?}\n{}", proc.output());
+            let url = url.clone();
+            // Liveness only: a coordinator serving HTTPS with a test CA is probed too.
+            let probe = reqwest::Client::builder().danger_accept_invalid_certs(true).build().unwrap();
+            async move { probe.get(&url).send().await.ok().filter(|r| r.status().is_success()) }
+        })
+        .await;
+    }
+
+    /// Starts the same coordinator again (after a kill).
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Process::spawn("coordinator", &self.dir, &self.args);
+        self.wait_ready().await;
+    }
+
+    /// Creates the first user and returns an admin client.
+    pub async fn admin(&self) -> Api {
+        let resp: Value = Api::anonymous(&self.url)
+            .post("/api/v2/users/first", json!({"username": "admin", "password": ADMIN_PASSWORD}))
+            .await
+            .expect_status(201);
+        Api::with_token(&self.url, resp["session_token"].as_str().unwrap())
+    }
+}
+
+/// A regional proxy on an ephemeral port.
+pub struct Proxy {
+    pub proc: Process,
+    pub url: String,
+    pub port: u16,
+    args: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Proxy {
+    /// Spawns a proxy; it may exit on its own (e.g. a refused token).
+    pub fn spawn(dir: &Path, coordinator: &str, token: &str, extra: &[&str]) -> Self {
+        Self::spawn_named(dir, coordinator, token, "region", extra)
+    }
+
+    /// Spawns a proxy serving apps under `*.{name}.localhost:PORT`.
+    pub fn spawn_named(dir: &Path, coordinator: &str, token: &str, name: &str, extra: &[&str]) -> Self {
+        Self::spawn_on(dir, coordinator, token, name, free_port(), extra)
+    }
+
+    /// [`Proxy::spawn_named`] listening on `port`.
+    pub fn spawn_on(dir: &Path, coordinator: &str, token: &str, name: &str, port: u16, extra: &[&str]) -> Self {
+        let mut args: Vec<String> = [
+            "proxy",
+            "--coordinator-url",
+            coordinator,
+            "--proxy-token",
+            token,
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--wildcard-access-url",
+            &format!("*.{name}.localhost:{port}"),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // Harness defaults, unless the test sets its own.
+        for (flag, value) in [("--drain-timeout", "5s"), ("--app-timeout", "3s")] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_owned(), value.to_owned()]);
+            }
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let scheme = if extra.contains(&"--tls-cert") { "https" } else { "http" };
+        let proc = Process::spawn("proxy", dir, &args);
+        Self { proc, url: format!("{scheme}://127.0.0.1:{port}"), port, args, dir: dir.to_owned() }
+    }
+
+    /// Starts the same proxy again (same port, same replica) after it died.
+    pub async fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Process::spawn("proxy", &self.dir, &self.args);
+        self.wait_registered().await;
+    }
+
+    /// SIGTERM, waits for the exit (which must be 0), and starts the same proxy again.
+    pub async fn restart_gracefully(&mut self, drain_within: Duration) {
+        self.proc.signal(nix::sys::signal::Signal::SIGTERM);
+        let status = self.proc.wait_exit(drain_within).await;
+        assert!(status.success(), "{} exited with {status:?}", self.proc.name);
+        self.proc = Process::spawn("proxy", &self.dir, &self.args);
+        self.wait_registered().await;
+    }
+
+    /// Spawns a proxy and waits until it has registered.
+    pub async fn start(dir: &Path, coordinator: &str, token: &str) -> Self {
+        let mut p = Self::spawn(dir, coordinator, token, &[]);
+        p.wait_registered().await;
+        p
+    }
+
+    pub async fn report(&self) -> Option<Value> {
+        let url = format!("{}/healthz-report", self.url);
+        reqwest::Client::new().get(url).timeout(Duration::from_secs(5)).send().await.ok()?.json().await.ok()
+    }
+
+    /// Waits until the proxy's report shows a registration newer than `after`.
+    pub async fn wait_registered_after(&mut self, after: Option<String>) {
+        let url = format!("{}/healthz-report", self.url);
+        let proc = &mut self.proc;
+        wait_for(Duration::from_secs(30), "proxy registration", || {
+            let exited = proc.child.try_wait().unwrap();
+            assert!(exited.is_none(), "proxy exited: {exited:?}\n{}", proc.output());
+            let (url, after) = (url.clone(), after.clone());
+            async move {
+                let r: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+                let at = r["last_registration_at"].as_str()?.to_owned();
+                (r["coordinator_reachable"] == true && Some(&at) > after.as_ref()).then_some(())
+            }
+        })
+        .await;
+    }
+
+    pub async fn wait_registered(&mut self) {
+        self.wait_registered_after(None).await;
+    }
+}
+
+/// The sample app (the tests' upstream) on an ephemeral port.
+pub struct SampleApp {
+    pub proc: Process,
+    pub port: u16,
+}
+
+impl SampleApp {
+    pub async fn start(dir: &Path) -> Self {
+        Self::start_with(dir, Vec::new()).await
+    }
+
+    /// The sample app serving HTTPS with a self-signed certificate (an app
+    /// that speaks TLS itself, for `{port}s--` URLs).
+    pub async fn start_tls(dir: &Path) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (cert_path, key_path) = (dir.join("app-cert.pem"), dir.join("app-key.pem"));
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        let extra = vec![
+            "--tls-cert".to_owned(),
+            cert_path.display().to_string(),
+            "--tls-key".to_owned(),
+            key_path.display().to_string(),
+        ];
+        Self::start_with(dir, extra).await
+    }
+
+    async fn start_with(dir: &Path, extra: Vec<String>) -> Self {
+        let port = free_port();
+        let mut args = vec!["sample-app".to_owned(), "--listen".to_owned(), format!("127.0.0.1:{port}")];
+        args.extend(extra);
+        let proc = Process::spawn("sample-app", dir, &args);
+        wait_for(Duration::from_secs(10), "sample app", || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
+        })
+        .await;
+        Self { proc, port }
+    }
+}
+
+/// A workspace agent process.
+pub struct Agent {
+    pub proc: Process,
+    args: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Agent {
+    pub fn spawn(dir: &Path, coordinator: &str, token: &str, region: Option<&str>) -> Self {
+        let region: Vec<&str> = region.map(|r| vec!["--region", r]).unwrap_or_default();
+        Self::spawn_with(dir, coordinator, token, &region)
+    }
+
+    pub fn spawn_with(dir: &Path, coordinator: &str, token: &str, extra: &[&str]) -> Self {
+        let mut args: Vec<String> =
+            ["agent", "--coordinator-url", coordinator, "--agent-token", token].iter().map(|s| s.to_string()).collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self { proc: Process::spawn("agent", dir, &args), args, dir: dir.to_owned() }
+    }
+
+    /// Starts the same agent again after it died.
+    pub fn restart(&mut self) {
+        self.proc.kill();
+        self.proc = Process::spawn("agent", &self.dir, &self.args);
+    }
+}
+
+/// `meridian demo` as a user starts it, on a free run of ports.
+pub struct Demo {
+    pub proc: Process,
+    /// The coordinator's port; region `i` (from 1) is at `port + i`.
+    pub port: u16,
+    /// Everything it printed by the time it was ready.
+    pub printed: String,
+}
+
+impl Demo {
+    /// Starts `meridian demo --port P <args>` where P and the `regions` ports
+    /// after it are free, and waits until it prints its URLs.
+    pub async fn start(dir: &Path, regions: u16, args: &[String]) -> Self {
+        let port = (0..50)
+            .map(|_| free_port())
+            .find(|p| (1..=regions).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
+            .unwrap();
+        let mut all = vec!["demo".to_owned(), "--port".into(), port.to_string()];
+        all.extend(args.iter().cloned());
+        let mut proc = Process::spawn("demo", dir, &all);
+        let log = proc.log.clone();
+        let printed = wait_for(Duration::from_secs(120), "the demo to print its URLs", || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            let exited = proc.child.try_wait().unwrap();
+            assert!(exited.is_none(), "demo exited: {exited:?}\n{text}");
+            async move { text.contains("Ctrl-C stops everything").then_some(text) }
+        })
+        .await;
+        Self { proc, port, printed }
+    }
+}
