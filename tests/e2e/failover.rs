@@ -396,12 +396,7 @@ fn excusing_in_flight(mut stats: Vec<(String, TrafficStats)>, at: u128) -> Vec<(
 
 /// How many times `proxy` searched its peers for a moved agent.
 async fn searches(proxy: &Proxy) -> u64 {
-    counter(proxy, "meridian_relay_agent_searches_total").await
-}
-
-/// A counter from `proxy`'s `/metrics`.
-async fn counter(proxy: &Proxy, name: &str) -> u64 {
-    counter_of(&proxy.url, name).await
+    counter_of(&proxy.url, "meridian_relay_agent_searches_total").await
 }
 
 /// A region's relay that restarted listens on a new address (`--relay-listen`
@@ -423,13 +418,13 @@ async fn an_agent_dials_back_to_a_relay_that_restarted_on_a_new_address() {
     ready(&user, &fresh).await;
     serves(&user, &fresh, 3).await;
     let data = "meridian_relay_data_connections_total";
-    assert!(counter(&sydney, data).await >= 3, "the hop did not use data connections before the restart");
+    assert!(counter_of(&sydney.url, data).await >= 3, "the hop did not use data connections before the restart");
 
     sydney.restart().await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut pace = tokio::time::interval(Duration::from_millis(50));
     let mut served = 0;
-    while counter(&sydney, data).await == 0 {
+    while counter_of(&sydney.url, data).await == 0 {
         assert!(
             Instant::now() < deadline,
             "{served} requests through sydney's restarted relay, none on a data connection: the agent never \
@@ -443,7 +438,7 @@ async fn an_agent_dials_back_to_a_relay_that_restarted_on_a_new_address() {
     }
     eprintln!("{served} requests through sydney before the agent dialed its new relay address");
     serves(&user, &fresh, 3).await;
-    assert!(counter(&sydney, data).await >= 4);
+    assert!(counter_of(&sydney.url, data).await >= 4);
 }
 
 /// The common case: an agent started without `--region` sits on the

@@ -200,7 +200,8 @@ async fn memory_stays_bounded_under_ten_thousand_idle_connections() {
         .collect();
     drop(warm);
     let before = rss_kib(&proxy);
-    let fds_before = std::fs::read_dir(format!("/proc/{}/fd", proxy.proc.pid())).unwrap().count();
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", proxy.proc.pid())).unwrap().count();
+    let fds_before = fds();
     let mut held = Vec::with_capacity(N);
     for chunk in 0..N / 100 {
         let batch = (0..100).map(|i| served_from(from(chunk * 100 + i), proxy.port));
@@ -222,7 +223,6 @@ async fn memory_stays_bounded_under_ten_thousand_idle_connections() {
     // Closed, their memory is not lost: the allocator keeps it (RSS does not
     // fall back; mimalloc holds freed pages for reuse), and the next 10,000
     // idle connections reuse it instead of growing the proxy again.
-    let fds = || std::fs::read_dir(format!("/proc/{}/fd", proxy.proc.pid())).unwrap().count();
     drop(held);
     wait_for(Duration::from_secs(15), "the proxy to close the idle connections", || async {
         (fds() <= fds_before + 20).then_some(())
