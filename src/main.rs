@@ -40,9 +40,12 @@ enum Command {
     Agent(meridian_agent::config::Args),
     /// Run the sample app (the demo's): echoes requests, WebSocket echo at /ws.
     SampleApp {
-        /// Address to listen on.
+        /// Address to listen on; port 0 picks a free one (see --ready-file).
         #[arg(long, env = "MERIDIAN_LISTEN", default_value = "127.0.0.1:8080")]
         listen: std::net::SocketAddr,
+        /// Once listening, write the bound address here as JSON (`pid`, `listen`).
+        #[arg(long, env = "MERIDIAN_READY_FILE")]
+        ready_file: Option<std::path::PathBuf>,
         /// PEM certificate chain: serve HTTPS (for `{port}s--` URLs) instead of HTTP.
         #[arg(long, requires = "tls_key")]
         tls_cert: Option<std::path::PathBuf>,
@@ -73,7 +76,9 @@ fn main() -> ExitCode {
         Command::Coordinator(args) => run_coordinator(*args),
         Command::Proxy(args) => run_proxy(*args),
         Command::Agent(args) => run_agent(args),
-        Command::SampleApp { listen, tls_cert, tls_key } => run_sample_app(listen, tls_cert.zip(tls_key)),
+        Command::SampleApp { listen, ready_file, tls_cert, tls_key } => {
+            run_sample_app(listen, ready_file, tls_cert.zip(tls_key))
+        }
         Command::Demo(args) => ops::run(demo::run(args, shutdown_signal())),
         Command::Drill(args) => ops::run(drill::run(*args)),
         Command::Login(args) => ops::run(ops::login(args)),
@@ -143,7 +148,11 @@ fn small_footprint() {
     }
 }
 
-fn run_sample_app(listen: std::net::SocketAddr, tls: Option<(std::path::PathBuf, std::path::PathBuf)>) -> ExitCode {
+fn run_sample_app(
+    listen: std::net::SocketAddr,
+    ready_file: Option<std::path::PathBuf>,
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
+) -> ExitCode {
     let runtime = match runtime() {
         Ok(r) => r,
         Err(code) => return code,
@@ -153,7 +162,23 @@ fn run_sample_app(listen: std::net::SocketAddr, tls: Option<(std::path::PathBuf,
             Ok(l) => l,
             Err(e) => return config_error(format!("cannot listen on {listen}: {e}")),
         };
+        let listen = match listener.local_addr() {
+            Ok(a) => a,
+            Err(e) => return failure(e),
+        };
         tracing::info!(%listen, tls = tls.is_some(), "sample app listening");
+        if let Some(path) = &ready_file {
+            let ready = meridian_regions::ready::Ready {
+                pid: std::process::id(),
+                listen,
+                access_url: None,
+                relay: None,
+                internal: None,
+            };
+            if let Err(e) = meridian_regions::ready::write(path, &ready) {
+                return failure(format!("cannot write {}: {e}", path.display()));
+            }
+        }
         let served = match tls {
             Some((cert, key)) => match meridian_regions::certificate::ReloadingCertificate::watch(&cert, &key)
                 .and_then(meridian_regions::tunnel::tls_acceptor)

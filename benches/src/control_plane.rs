@@ -74,50 +74,8 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     let dir = tempfile::Builder::new().prefix("meridian-cp").tempdir()?;
     let farm = health_farm().await?;
     let (coordinator, base, data, admin, http) = start_coordinator(meridian, dir.path()).await?;
-
-    let mut tokens = Vec::new();
-    for i in 0..scale.regions {
-        let region = CreateRegion { name: format!("r{i}"), display_name: None, hosts: Default::default() };
-        tokens.push(admin.create_region(&region).await?.proxy_token);
-    }
-    let replicas: Vec<(Client, RegisterProxy)> = (0..scale.replicas)
-        .map(|i| {
-            let client =
-                Client::new(&base, Credential::Proxy(Secret::new(tokens[i % scale.regions].clone())), http.clone());
-            let req = RegisterProxy {
-                replica_id: uuid::Uuid::new_v4(),
-                access_url: format!("http://{farm}/replica/{i}"),
-                wildcard_hostname: format!("*.r{}.localhost:1", i % scale.regions),
-                relay_address: Some(format!("http://127.0.0.1:1/{i}")),
-                mesh_address: None,
-                version: meridian_regions::VERSION.into(),
-                link_rtts: Vec::new(),
-            };
-            (client, req)
-        })
-        .collect();
-    use futures_util::StreamExt;
     let failures = Arc::new(Failures::default());
-    let registered = futures_util::stream::iter(&replicas)
-        .map(|(client, req)| async move { client.register(req).await.err() })
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .filter_map(|e| async move { e })
-        .collect::<Vec<_>>()
-        .await;
-    registered.iter().for_each(|e| failures.count("register", e));
-    let agent_tokens = agents(&admin, scale.agents).await?;
-    let attached = futures_util::stream::iter(agent_tokens.iter().enumerate())
-        .map(|(i, token)| {
-            let (client, replica) = &replicas[i % replicas.len()];
-            let attach =
-                AgentAttach { agent_token: token.clone(), attach_token: None, replica_id: Some(replica.replica_id) };
-            async move { client.agent_attach(&attach).await.err() }
-        })
-        .buffer_unordered(SETUP_CONCURRENCY)
-        .filter_map(|e| async move { e })
-        .collect::<Vec<_>>()
-        .await;
-    attached.iter().for_each(|e| failures.count("agent-attach", e));
+    let replicas = populate(&admin, &base, &http, farm, &scale, &failures).await?;
 
     // Steady state: every replica heartbeats each interval and long-polls routes.
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -125,17 +83,14 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     let mut tasks = steady_state(replicas, &scale, &stop, &beats, &failures);
     tokio::time::sleep(Duration::from_secs(10)).await; // every replica has beaten once
     let pg = postgres(&data).await?;
-    let (cpu0, tx0, beats0, t0) = (
-        cpu_seconds(coordinator.pid())?,
-        transactions(&pg).await?,
-        beats.load(std::sync::atomic::Ordering::Relaxed),
-        Instant::now(),
-    );
+    let heartbeats_now = || beats.load(std::sync::atomic::Ordering::Relaxed);
+    let (cpu0, tx0, beats0, t0) =
+        (cpu_seconds(coordinator.pid())?, transactions(&pg).await?, heartbeats_now(), Instant::now());
     tokio::time::sleep(scale.window).await;
     let window = t0.elapsed().as_secs_f64();
     let cpu = cpu_seconds(coordinator.pid())? - cpu0;
     let tx = transactions(&pg).await? - tx0;
-    let heartbeats = beats.load(std::sync::atomic::Ordering::Relaxed) - beats0;
+    let heartbeats = heartbeats_now() - beats0;
     let rss = crate::memory::rss_kib(coordinator.pid())?;
     stop.notify_waiters();
     tasks.abort_all();
@@ -164,20 +119,77 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     })
 }
 
-/// Starts the coordinator on a free port (its own database under `dir`) and
+/// Creates `scale`'s regions, registers its replicas (their health reports
+/// answered by `farm`) and attaches its agents, counting failed calls: each
+/// replica's client and registration, for the steady state.
+async fn populate(
+    admin: &Client,
+    base: &str,
+    http: &reqwest::Client,
+    farm: std::net::SocketAddr,
+    scale: &Scale,
+    failures: &Failures,
+) -> Result<Vec<(Client, RegisterProxy)>> {
+    use futures_util::StreamExt;
+    let mut tokens = Vec::new();
+    for i in 0..scale.regions {
+        let region = CreateRegion { name: format!("r{i}"), display_name: None, hosts: Default::default() };
+        tokens.push(admin.create_region(&region).await?.proxy_token);
+    }
+    let replicas: Vec<(Client, RegisterProxy)> = (0..scale.replicas)
+        .map(|i| {
+            let client =
+                Client::new(base, Credential::Proxy(Secret::new(tokens[i % scale.regions].clone())), http.clone());
+            let req = RegisterProxy {
+                replica_id: uuid::Uuid::new_v4(),
+                access_url: format!("http://{farm}/replica/{i}"),
+                wildcard_hostname: format!("*.r{}.localhost:1", i % scale.regions),
+                relay_address: Some(format!("http://127.0.0.1:1/{i}")),
+                mesh_address: None,
+                version: meridian_regions::VERSION.into(),
+                link_rtts: Vec::new(),
+            };
+            (client, req)
+        })
+        .collect();
+    let registered = futures_util::stream::iter(&replicas)
+        .map(|(client, req)| async move { client.register(req).await.err() })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .filter_map(|e| async move { e })
+        .collect::<Vec<_>>()
+        .await;
+    registered.iter().for_each(|e| failures.count("register", e));
+    let agent_tokens = agents(admin, scale.agents).await?;
+    let attached = futures_util::stream::iter(agent_tokens.iter().enumerate())
+        .map(|(i, token)| {
+            let (client, replica) = &replicas[i % replicas.len()];
+            let attach =
+                AgentAttach { agent_token: token.clone(), attach_token: None, replica_id: Some(replica.replica_id) };
+            async move { client.agent_attach(&attach).await.err() }
+        })
+        .buffer_unordered(SETUP_CONCURRENCY)
+        .filter_map(|e| async move { e })
+        .collect::<Vec<_>>()
+        .await;
+    attached.iter().for_each(|e| failures.count("agent-attach", e));
+    Ok(replicas)
+}
+
+/// Starts the coordinator on a port it picks (its own database under `dir`) and
 /// signs in its first admin: the process, its URL, its data directory, the
 /// admin's client and the HTTP client.
 async fn start_coordinator(
     meridian: &Path,
     dir: &Path,
 ) -> Result<(Proc, String, std::path::PathBuf, Client, reqwest::Client)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let base = format!("http://127.0.0.1:{port}");
     let data = dir.join("data");
+    let ready_file = dir.join("coordinator.ready.json");
     let args = [
         "coordinator".to_owned(),
         "--listen".into(),
-        format!("127.0.0.1:{port}"),
+        "127.0.0.1:0".into(),
+        "--ready-file".into(),
+        ready_file.display().to_string(),
         "--data-dir".into(),
         data.display().to_string(),
         "--proxy-health-interval".into(),
@@ -195,8 +207,18 @@ async fn start_coordinator(
             .context("cannot start the coordinator")?,
     );
     let http = http_client(None).map_err(anyhow::Error::msg)?;
-    let anon = Client::new(&base, Credential::None, http.clone());
     let start = Instant::now();
+    let ready = loop {
+        if let Some(ready) = meridian_regions::ready::read(&ready_file) {
+            break ready;
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the coordinator did not listen");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let base = format!("http://{}", ready.listen);
+    let anon = Client::new(&base, Credential::None, http.clone());
     while anon.buildinfo().await.is_err() {
         if start.elapsed() > Duration::from_secs(60) {
             bail!("the coordinator did not start");

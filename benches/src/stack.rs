@@ -95,6 +95,34 @@ pub(crate) fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str, env: &[
     Ok(Proc(cmd.spawn().with_context(|| format!("cannot start {name} ({})", bin.display()))?))
 }
 
+/// [`spawn`]s a Meridian process with `--ready-file` and waits (at most 60 s,
+/// failing at once if it exits) until it reports the addresses it bound.
+async fn spawn_ready(
+    bin: &Path,
+    args: &[String],
+    dir: &Path,
+    name: &str,
+    env: &[(&str, &str)],
+) -> Result<(Proc, meridian_regions::ready::Ready)> {
+    let ready_file = dir.join(format!("{name}.ready.json"));
+    let mut args = args.to_vec();
+    args.extend(["--ready-file".to_owned(), ready_file.display().to_string()]);
+    let mut proc = spawn(bin, &args, dir, name, env)?;
+    let start = Instant::now();
+    loop {
+        if let Some(ready) = meridian_regions::ready::read(&ready_file) {
+            return Ok((proc, ready));
+        }
+        if let Some(status) = proc.0.try_wait()? {
+            bail!("{name} exited ({status}) before it listened; see {}", dir.join(format!("{name}.log")).display());
+        }
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("timed out waiting for {name} to listen");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Polls `f` every 50 ms until it holds, at most `deadline`.
 pub(crate) async fn wait_until<F, Fut>(what: &str, deadline: Duration, mut f: F) -> Result<()>
 where
@@ -149,15 +177,14 @@ impl MeridianArgs<'_> {
         let (mut ports, mut pids) = (HashMap::new(), HashMap::new());
         for (name, tls) in [("sydney", false), ("frankfurt", false), ("secure", true)] {
             let token = api.create_region(name).await?;
-            let port = free_port()?;
             let mut args = vec![
                 s("proxy"),
                 s("--coordinator-url"),
                 s(self.base),
                 s("--listen"),
-                format!("127.0.0.1:{port}"),
+                s("127.0.0.1:0"),
                 s("--wildcard-access-url"),
-                format!("*.{name}.localhost:{port}"),
+                format!("*.{name}.localhost:0"),
                 s("--threads"),
                 s("1"),
                 // The memory workload holds 10,000 connections from one address.
@@ -170,10 +197,11 @@ impl MeridianArgs<'_> {
                 args.extend(self.tls_args.iter().cloned());
                 args.extend([s("--ca-cert"), self.cert.display().to_string()]);
             }
-            let proc = spawn(self.bin, &args, self.dir, name, &[("MERIDIAN_PROXY_TOKEN", &token)])?;
+            let (proc, ready) =
+                spawn_ready(self.bin, &args, self.dir, name, &[("MERIDIAN_PROXY_TOKEN", &token)]).await?;
             pids.insert(name, proc.pid());
             procs.push(proc);
-            ports.insert(name, port);
+            ports.insert(name, ready.listen.port());
         }
         Ok((ports, pids))
     }
@@ -240,93 +268,71 @@ async fn signed_targets(
     Ok(signed)
 }
 
-impl Stack {
-    pub async fn start(meridian: &Path, bare_pingora: Option<&Path>) -> Result<Self> {
-        let dir = tempfile::Builder::new().prefix("meridian-bench").tempdir()?;
-        let d = dir.path().to_owned();
-        let (cert, key) = certificate(&d)?;
-        let s = |v: &str| v.to_owned();
-        let mut procs = Vec::new();
+/// The rows Meridian is compared with: the sample app (plain and TLS) to
+/// connect to directly, nginx in front of it, nginx in front of rathole, and
+/// the floor rows (bare pingora) if asked for.
+struct Baselines {
+    /// The sample app's plain and TLS ports.
+    app: u16,
+    app_tls: u16,
+    nginx: crate::nginx::Ports,
+    floors: Option<FloorProcs>,
+    /// app, app TLS, nginx, rathole server, rathole client.
+    pids: [u32; 5],
+    procs: Vec<Proc>,
+}
 
-        let app = free_port()?;
-        procs.push(spawn(meridian, &[s("sample-app"), s("--listen"), format!("127.0.0.1:{app}")], &d, "app", &[])?);
-        let app_tls = free_port()?;
-        let tls_args = [s("--tls-cert"), cert.display().to_string(), s("--tls-key"), key.display().to_string()];
-        let mut args = vec![s("sample-app"), s("--listen"), format!("127.0.0.1:{app_tls}")];
-        args.extend(tls_args.iter().cloned());
-        procs.push(spawn(meridian, &args, &d, "app-tls", &[])?);
-
-        let (nginx_port, nginx_tls) = (free_port()?, free_port()?);
-        let ports = crate::nginx::Ports {
+impl Baselines {
+    async fn start(meridian: &Path, d: &Path, tls_args: &[String], bare_pingora: Option<&Path>) -> Result<Self> {
+        let (cert, key) = (Path::new(&tls_args[1]), Path::new(&tls_args[3]));
+        let app_args = ["sample-app", "--listen", "127.0.0.1:0"].map(String::from).to_vec();
+        let (app_proc, app) = spawn_ready(meridian, &app_args, d, "app", &[]).await?;
+        let tls_app_args: Vec<String> = app_args.iter().chain(tls_args).cloned().collect();
+        let (app_tls_proc, app_tls) = spawn_ready(meridian, &tls_app_args, d, "app-tls", &[]).await?;
+        let (app, app_tls) = (app.listen.port(), app_tls.listen.port());
+        // nginx and rathole cannot listen on port 0 and say where: they get
+        // ports the kernel just freed, none handed out twice (see `free_port`).
+        let nginx = crate::nginx::Ports {
             app,
-            port: nginx_port,
-            tls_port: nginx_tls,
+            port: free_port()?,
+            tls_port: free_port()?,
             tunnel: free_port()?,
             tunnel_port: free_port()?,
             tunnel_tls_port: free_port()?,
         };
-        let nginx = crate::nginx::start(&d, &ports, &cert, &key)?;
+        let nginx_proc = crate::nginx::start(d, &nginx, cert, key)?;
         let floors = match bare_pingora {
-            Some(bin) => Some(FloorProcs::start(bin, &d, app, (&cert, &key))?),
+            Some(bin) => Some(FloorProcs::start(bin, d, app, (cert, key))?),
             None => None,
         };
-        let rathole = crate::rathole::start(&rathole_bin(), &d, free_port()?, ports.tunnel, app)?;
-        use crate::cpu::Process;
-        let app_pid = procs[0].pid();
-        let (nginx_pid, server_pid, client_pid) = (nginx.pid(), rathole.server.pid(), rathole.client.pid());
-        procs.extend([nginx, rathole.server, rathole.client]);
-
-        let coord = free_port()?;
-        let base = format!("http://127.0.0.1:{coord}");
-        let coord_args = [
-            s("coordinator"),
-            s("--listen"),
-            format!("127.0.0.1:{coord}"),
-            s("--data-dir"),
-            d.join("data").display().to_string(),
-            s("--wildcard-access-url"),
-            format!("*.localhost:{coord}"),
-            // It health-checks the TLS region, whose certificate is self-signed.
-            s("--ca-cert"),
-            cert.display().to_string(),
-        ];
-        procs.push(spawn(meridian, &coord_args, &d, "coordinator", &[])?);
+        let rathole = crate::rathole::start(&rathole_bin(), d, free_port()?, nginx.tunnel, app)?;
+        let pids = [app_proc.pid(), app_tls_proc.pid(), nginx_proc.pid(), rathole.server.pid(), rathole.client.pid()];
+        let procs = vec![app_proc, app_tls_proc, nginx_proc, rathole.server, rathole.client];
         let floor_ports = floors.as_ref().map(|f| f.ports.to_vec()).unwrap_or_default();
-        for port in [app, app_tls, nginx_port, nginx_tls, ports.tunnel].into_iter().chain(floor_ports) {
+        for port in [nginx.port, nginx.tls_port, nginx.tunnel].into_iter().chain(floor_ports) {
             wait_until("a listener", Duration::from_secs(20), || listening(port)).await?;
         }
-        let http = reqwest::Client::new();
-        wait_until("the coordinator", Duration::from_secs(60), || {
-            let url = format!("{base}/healthz");
-            let http = http.clone();
-            async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
-        })
-        .await?;
-        let api = crate::api::Api::first_user(&base).await?;
-        let ports_nginx = ports;
-        let meridian_args = MeridianArgs { bin: meridian, dir: &d, base: &base, cert: &cert, tls_args: &tls_args };
-        let (ports, mut pids) = meridian_args.regions(&api, &mut procs).await?;
-        api.wait_healthy().await?;
-        meridian_args.agents(&api, app, &mut procs, &mut pids).await?;
+        Ok(Self { app, app_tls, nginx, floors, pids, procs })
+    }
 
+    /// The rows through these processes, each ending at the app.
+    fn targets(&mut self) -> (Vec<Target>, Option<Floors>) {
+        use crate::cpu::Process;
+        let [app_pid, app_tls_pid, nginx_pid, server_pid, client_pid] = self.pids;
         let p = |role: &'static str, pid: u32| Process { role, pid };
-        let signed = signed_targets(&api, &ports, &pids, app_pid, &cert).await?;
         let plain = |name: &'static str, url: String, path: &[Process]| {
             let mut procs = path.to_vec();
             procs.push(p("app", app_pid));
             Target { name, url, headers: Vec::new(), app_url: None, procs }
         };
-        let (via_nginx, via_rathole) = (
-            [p("nginx", nginx_pid)],
-            [p("nginx", nginx_pid), p("rathole server", server_pid), p("rathole client", client_pid)],
-        );
-        let app_tls_pid = procs[1].pid();
-        let floors = floors.map(|f| {
+        let via_nginx = [p("nginx", nginx_pid)];
+        let via_rathole = [p("nginx", nginx_pid), p("rathole server", server_pid), p("rathole client", client_pid)];
+        let floors = self.floors.take().map(|f| {
             let [bare, bare_tls, hop, hop_tls, _] = f.ports;
             let [bare_pid, bare_tls_pid, hop_pid, hop_tls_pid, forward_pid] = f.pids();
             let url = |scheme: &str, port: u16| format!("{scheme}://127.0.0.1:{port}/");
             let via_hop = |pid| [p("pingora", pid), p("hop", forward_pid)];
-            procs.extend(f.procs);
+            self.procs.extend(f.procs);
             Floors {
                 bare: plain("bare pingora", url("http", bare), &[p("pingora", bare_pid)]),
                 bare_tls: plain("bare pingora", url("https", bare_tls), &[p("pingora", bare_tls_pid)]),
@@ -336,25 +342,83 @@ impl Stack {
                 bare_port: bare,
             }
         });
-        let mut signed = signed.into_iter();
-        Ok(Stack {
-            direct: plain("direct", format!("http://127.0.0.1:{app}/"), &[]),
-            direct_tls: Target {
+        let n = &self.nginx;
+        let rows = vec![
+            plain("direct", format!("http://127.0.0.1:{}/", self.app), &[]),
+            Target {
                 procs: vec![p("app", app_tls_pid)],
-                ..plain("direct", format!("https://127.0.0.1:{app_tls}/"), &[])
+                ..plain("direct", format!("https://127.0.0.1:{}/", self.app_tls), &[])
             },
-            nginx: plain("nginx", format!("http://127.0.0.1:{nginx_port}/"), &via_nginx),
-            nginx_tls: plain("nginx", format!("https://127.0.0.1:{nginx_tls}/"), &via_nginx),
-            rathole: plain("nginx+rathole", format!("http://127.0.0.1:{}/", ports_nginx.tunnel_port), &via_rathole),
-            rathole_tls: plain(
-                "nginx+rathole",
-                format!("https://127.0.0.1:{}/", ports_nginx.tunnel_tls_port),
-                &via_rathole,
-            ),
+            plain("nginx", format!("http://127.0.0.1:{}/", n.port), &via_nginx),
+            plain("nginx", format!("https://127.0.0.1:{}/", n.tls_port), &via_nginx),
+            plain("nginx+rathole", format!("http://127.0.0.1:{}/", n.tunnel_port), &via_rathole),
+            plain("nginx+rathole", format!("https://127.0.0.1:{}/", n.tunnel_tls_port), &via_rathole),
+        ];
+        (rows, floors)
+    }
+}
+
+/// Starts the coordinator (its own database under `d`), which health-checks
+/// the TLS region with `cert`, and signs in its first admin.
+async fn coordinator(meridian: &Path, d: &Path, cert: &Path) -> Result<(Proc, String, crate::api::Api)> {
+    let args = [
+        "coordinator",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        &d.join("data").display().to_string(),
+        "--wildcard-access-url",
+        "*.localhost:0",
+        "--ca-cert",
+        &cert.display().to_string(),
+    ]
+    .map(String::from);
+    let (proc, ready) = spawn_ready(meridian, &args, d, "coordinator", &[]).await?;
+    let base = format!("http://{}", ready.listen);
+    let http = reqwest::Client::new();
+    wait_until("the coordinator", Duration::from_secs(60), || {
+        let url = format!("{base}/healthz");
+        let http = http.clone();
+        async move { http.get(url).send().await.is_ok_and(|r| r.status().is_success()) }
+    })
+    .await?;
+    let api = crate::api::Api::first_user(&base).await?;
+    Ok((proc, base, api))
+}
+
+impl Stack {
+    pub async fn start(meridian: &Path, bare_pingora: Option<&Path>) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("meridian-bench").tempdir()?;
+        let d = dir.path().to_owned();
+        let (cert, key) = certificate(&d)?;
+        let tls_args =
+            ["--tls-cert".to_owned(), cert.display().to_string(), "--tls-key".into(), key.display().to_string()];
+        let mut baselines = Baselines::start(meridian, &d, &tls_args, bare_pingora).await?;
+        let (coordinator, base, api) = coordinator(meridian, &d, &cert).await?;
+        let mut procs = std::mem::take(&mut baselines.procs);
+        procs.push(coordinator);
+        let meridian_args = MeridianArgs { bin: meridian, dir: &d, base: &base, cert: &cert, tls_args: &tls_args };
+        let (ports, mut pids) = meridian_args.regions(&api, &mut procs).await?;
+        api.wait_healthy().await?;
+        meridian_args.agents(&api, baselines.app, &mut procs, &mut pids).await?;
+        let signed = signed_targets(&api, &ports, &pids, baselines.pids[0], &cert).await?;
+        let (rows, floors) = baselines.targets();
+        procs.append(&mut baselines.procs);
+        let [direct, direct_tls, nginx, nginx_tls, rathole, rathole_tls]: [Target; 6] =
+            rows.try_into().map_err(|_| anyhow::anyhow!("six baseline rows"))?;
+        let [meridian, meridian_hop, meridian_tls]: [Target; 3] =
+            signed.try_into().map_err(|_| anyhow::anyhow!("three Meridian rows"))?;
+        Ok(Stack {
+            direct,
+            direct_tls,
+            nginx,
+            nginx_tls,
+            rathole,
+            rathole_tls,
             floors,
-            meridian: signed.next().context("meridian target")?,
-            meridian_hop: signed.next().context("hop target")?,
-            meridian_tls: signed.next().context("tls target")?,
+            meridian,
+            meridian_hop,
+            meridian_tls,
             api,
             cert,
             sydney_pid: pids["sydney"],

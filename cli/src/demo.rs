@@ -37,7 +37,8 @@ pub struct DemoArgs {
     /// [default: that file's three regions].
     #[arg(long, env = "MERIDIAN_TOPOLOGY")]
     topology: Option<PathBuf>,
-    /// First port: the coordinator takes it, each region the next ones.
+    /// First port: the coordinator takes it, each region the next ones; 0
+    /// picks free ones (see `demo.json` in the data directory for which).
     #[arg(long, env = "MERIDIAN_PORT", default_value_t = 7080)]
     port: u16,
     /// Where the demo keeps its database, logs and password [default: <data dir>/demo].
@@ -51,13 +52,11 @@ pub struct DemoArgs {
     replicas: u16,
 }
 
-/// One region's ports: where users reach it (a link), and where each replica listens.
+/// One region: where users reach it, and the links into each replica.
 struct RegionPlan {
     name: String,
     latency: Duration,
     links: RegionLinks,
-    /// Each replica's relay address (its `listen` is in `links`).
-    relays: Vec<SocketAddr>,
 }
 
 pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>) -> Result<()> {
@@ -70,28 +69,38 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
         None => default_dir()?,
     };
     std::fs::create_dir_all(&dir)?;
-    let base = format!("http://127.0.0.1:{}", args.port);
     let mut children = Children::new(dir.clone())?;
     let http = http_client(None).map_err(anyhow::Error::msg)?;
-    let (api, password) = start_coordinator(&args, &dir, &base, &http, &mut children).await?;
+    let (api, password, coordinator) = start_coordinator(&args, &dir, &http, &mut children).await?;
+    let base = format!("http://{coordinator}");
 
-    let coordinator: SocketAddr = ([127, 0, 0, 1], args.port).into();
-    let own = args.port..=args.port + topology.regions.len() as u16;
     let mut plans = Vec::new();
     for (i, region) in topology.regions.iter().enumerate() {
-        let plan = plan_region(region, args.port + 1 + i as u16, coordinator, args.replicas, &own).await?;
+        let user_port = if args.port == 0 { 0 } else { args.port + 1 + i as u16 };
+        let plan = plan_region(region, user_port, coordinator, args.replicas).await?;
         let proxy_token = region_token(&api, &plan).await?;
-        for replica in 0..plan.relays.len() {
-            children.spawn(proxy_spec(&plan, replica, &base, proxy_token.clone()))?;
+        for replica in &plan.links.replicas {
+            let ready_file = children.ready_file(&replica.process);
+            children.spawn(proxy_spec(&plan, replica, &base, &ready_file, proxy_token.clone()))?;
         }
+        let mut listens = Vec::new();
+        for replica in &plan.links.replicas {
+            let ready = listening(&mut children, &replica.process).await?;
+            let relay = ready.relay.context("a proxy's ready file names its relay")?;
+            replica.mesh.set_upstreams(vec![relay]);
+            replica.agents.set_upstreams(vec![relay]);
+            listens.push(ready.listen);
+        }
+        plan.links.users.set_upstreams(listens);
         plans.push(plan);
     }
-    let app_port = free_port(&own)?;
+    let app_ready = children.ready_file("sample-app").display().to_string();
     children.spawn(Spec {
         name: "sample-app".into(),
-        args: vec!["sample-app".into(), "--listen".into(), format!("127.0.0.1:{app_port}")],
+        args: ["sample-app", "--listen", "127.0.0.1:0", "--ready-file", &app_ready].map(String::from).to_vec(),
         secret: None,
     })?;
+    let app_port = listening(&mut children, "sample-app").await?.listen.port();
     wait("every region to be healthy", Duration::from_secs(60), &mut children, || regions_healthy(&api)).await?;
     // Started once every region is up, so it attaches to its preferred region at once.
     let agent_token = workspace(&api, app_port).await?;
@@ -112,8 +121,11 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     let control_token = Secret::new(uuid::Uuid::new_v4().simple().to_string());
     let control_url = control::serve(faults.clone(), control_token.clone()).await?;
     let app = format!("code--main--dev--{USER}");
-    DemoInfo { coordinator_url: base.clone(), username: USER.into(), app, control_url, control_token }.save(&dir)?;
-    print_urls(&dir, &base, args.port, &password, &region_ports, topology.agent_region());
+    let regions =
+        region_ports.iter().map(|(name, _, port)| (name.clone(), format!("http://127.0.0.1:{port}"))).collect();
+    DemoInfo { coordinator_url: base.clone(), username: USER.into(), app, control_url, control_token, regions }
+        .save(&dir)?;
+    print_urls(&dir, &base, coordinator.port(), &password, &region_ports, topology.agent_region());
     shutdown.await;
     println!("stopping...");
     let _ = std::fs::remove_file(dir.join(control::INFO_FILE));
@@ -125,21 +137,24 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
 }
 
 /// Starts the coordinator (the primary region) and signs in as the demo
-/// user, creating it on a fresh data directory: the API client and the password.
+/// user, creating it on a fresh data directory: the API client, the password,
+/// and the address the coordinator listens on.
 async fn start_coordinator(
     args: &DemoArgs,
     dir: &Path,
-    base: &str,
     http: &reqwest::Client,
     children: &mut Children,
-) -> Result<(Client, Secret)> {
+) -> Result<(Client, Secret, SocketAddr)> {
     let interval = humantime::format_duration(args.proxy_health_interval).to_string();
     let data = dir.join("data").display().to_string();
     let (listen, wildcard) = (format!("127.0.0.1:{}", args.port), format!("*.localhost:{}", args.port));
+    let ready_file = children.ready_file("coordinator").display().to_string();
     let flags = [
         "coordinator",
         "--listen",
         &listen,
+        "--ready-file",
+        &ready_file,
         "--data-dir",
         &data,
         "--wildcard-access-url",
@@ -150,17 +165,32 @@ async fn start_coordinator(
         &interval,
     ];
     children.spawn(Spec { name: "coordinator".into(), args: flags.map(String::from).to_vec(), secret: None })?;
+    let coordinator = listening(children, "coordinator").await?.listen;
+    let base = format!("http://{coordinator}");
     wait("the coordinator", Duration::from_secs(60), children, || async {
-        Client::new(base, Credential::None, http.clone()).buildinfo().await.map_err(|e| e.to_string())
+        Client::new(&base, Credential::None, http.clone()).buildinfo().await.map_err(|e| e.to_string())
     })
     .await?;
     let password = password(dir)?;
-    let anon = Client::new(base, Credential::None, http.clone());
+    let anon = Client::new(&base, Credential::None, http.clone());
     let token = match anon.first_user(USER, password.expose()).await {
         Ok(r) => r.session_token,
         Err(_) => anon.login(USER, password.expose()).await.context("cannot sign in as the demo user")?.session_token,
     };
-    Ok((Client::new(base, Credential::Session(Secret::new(token)), http.clone()), password))
+    Ok((Client::new(&base, Credential::Session(Secret::new(token)), http.clone()), password, coordinator))
+}
+
+/// Waits until child `name` reports the addresses it bound, and pins them
+/// for its restarts.
+async fn listening(children: &mut Children, name: &str) -> Result<meridian_regions::ready::Ready> {
+    let path = children.ready_file(name);
+    let ready = wait(&format!("{name} to listen"), Duration::from_secs(60), children, || {
+        let path = path.clone();
+        async move { meridian_regions::ready::read(&path).ok_or_else(|| format!("no {} yet", path.display())) }
+    })
+    .await?;
+    children.pin(name, &ready)?;
+    Ok(ready)
 }
 
 /// Every region healthy, or which are not and why.
@@ -194,33 +224,25 @@ async fn agent_attached(api: &Client) -> Result<(), String> {
 }
 
 /// Binds the region's links: users on `user_port` (printed, stable, balanced
-/// over the replicas), the rest on free ports.
+/// over the replicas; 0 picks one), the rest on free ports. They reach the
+/// replicas once those report where they listen (see [`listening`]).
 async fn plan_region(
     region: &topology::RegionSpec,
     user_port: u16,
     coordinator: SocketAddr,
     replicas: u16,
-    own: &std::ops::RangeInclusive<u16>,
 ) -> Result<RegionPlan> {
     let any: SocketAddr = ([127, 0, 0, 1], 0).into();
     let mut links = Vec::new();
-    let mut relays = Vec::new();
     for i in 0..replicas {
-        let listen: SocketAddr = ([127, 0, 0, 1], free_port(own)?).into();
-        let relay: SocketAddr = ([127, 0, 0, 1], free_port(own)?).into();
         let process =
             if i == 0 { format!("proxy-{}", region.name) } else { format!("proxy-{}-{}", region.name, i + 1) };
-        let replica = ReplicaLinks {
-            process,
-            listen,
-            mesh: Link::start(any, relay).await?,
-            agents: Link::start(any, relay).await?,
-        };
+        let replica =
+            ReplicaLinks { process, mesh: Link::start_pending(any).await?, agents: Link::start_pending(any).await? };
         replica.mesh.set_latency(region.latency);
         links.push(replica);
-        relays.push(relay);
     }
-    let users = Link::start_balanced(([127, 0, 0, 1], user_port).into(), links.iter().map(|r| r.listen).collect())
+    let users = Link::start_pending(([127, 0, 0, 1], user_port).into())
         .await
         .with_context(|| format!("cannot listen on 127.0.0.1:{user_port} for region {}", region.name))?;
     users.set_latency(region.latency);
@@ -230,24 +252,27 @@ async fn plan_region(
         replicas: links,
         coordinator: Link::start(any, coordinator).await?,
     };
-    Ok(RegionPlan { name: region.name.clone(), latency: region.latency, links, relays })
+    Ok(RegionPlan { name: region.name.clone(), latency: region.latency, links })
 }
 
-fn proxy_spec(plan: &RegionPlan, replica: usize, base: &str, proxy_token: String) -> Spec {
+/// A replica's proxy: on free ports it reports in `ready_file`, known to users
+/// and agents by its region's links.
+fn proxy_spec(plan: &RegionPlan, links: &ReplicaLinks, base: &str, ready_file: &Path, proxy_token: String) -> Spec {
     let user_port = plan.links.users.addr().port();
-    let links = &plan.links.replicas[replica];
     let args = [
         "proxy".to_owned(),
         "--coordinator-url".into(),
         format!("http://{}", plan.links.coordinator.addr()),
         "--listen".into(),
-        links.listen.to_string(),
+        "127.0.0.1:0".into(),
+        "--ready-file".into(),
+        ready_file.display().to_string(),
         "--access-url".into(),
         format!("http://127.0.0.1:{user_port}"),
         "--wildcard-access-url".into(),
         format!("*.{}.localhost:{user_port}", plan.name),
         "--relay-listen".into(),
-        plan.relays[replica].to_string(),
+        "127.0.0.1:0".into(),
         "--relay-url".into(),
         format!("http://{}", links.agents.addr()),
         "--mesh-url".into(),
@@ -357,18 +382,6 @@ pub fn default_dir() -> Result<PathBuf> {
         std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share/meridian")).context("set --data-dir")?
     };
     Ok(base.join("demo"))
-}
-
-/// A port for a child to listen on, none of the demo's own (its `--port`
-/// and the regions' user ports after it).
-fn free_port(own: &std::ops::RangeInclusive<u16>) -> Result<u16> {
-    for _ in 0..64 {
-        let port = meridian_netsim::free_port()?;
-        if !own.contains(&port) {
-            return Ok(port);
-        }
-    }
-    anyhow::bail!("no free port outside {own:?}")
 }
 
 /// Polls `f` until it returns `Ok`, at most `deadline`; fails at once if a

@@ -20,13 +20,19 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_CONFIG")]
     #[serde(skip)]
     pub config: Option<PathBuf>,
-    /// Address to listen on [default: 127.0.0.1:7080].
+    /// Address to listen on; port 0 picks a free one (see --ready-file) [default: 127.0.0.1:7080].
     #[arg(long, env = "MERIDIAN_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// URL users and proxies reach the coordinator at [default: http://<listen>].
+    /// Once serving, write the bound addresses here as JSON (`pid`, `listen`,
+    /// `relay`, `internal`, `access_url`), replaced whole [default: none].
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// URL users and proxies reach the coordinator at; a port of 0 means the
+    /// port --listen bound [default: http://<listen>].
     #[arg(long, env = "MERIDIAN_ACCESS_URL")]
     pub access_url: Option<Url>,
-    /// Wildcard host for the primary's subdomain apps, e.g. `*.localhost:7080` [default: none].
+    /// Wildcard host for the primary's subdomain apps, e.g. `*.localhost:7080`;
+    /// a port of 0 means the port --listen bound [default: none].
     #[arg(long, env = "MERIDIAN_WILDCARD_ACCESS_URL")]
     pub wildcard_access_url: Option<String>,
     /// External Postgres, e.g. `postgres://user:pass@host/db` [default: embedded Postgres in --data-dir].
@@ -141,6 +147,7 @@ pub enum Database {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub listen: SocketAddr,
+    pub ready_file: Option<PathBuf>,
     pub access_url: Url,
     pub wildcard_access_url: Option<String>,
     pub database: Database,
@@ -191,6 +198,7 @@ impl Args {
         Self {
             config: self.config,
             listen: self.listen.or(file.listen),
+            ready_file: self.ready_file.or(file.ready_file),
             access_url: self.access_url.or(file.access_url),
             wildcard_access_url: self.wildcard_access_url.or(file.wildcard_access_url),
             postgres_url: self.postgres_url.or(file.postgres_url),
@@ -231,7 +239,7 @@ impl Args {
             return Err(ConfigError(format!("--access-url {access_url} must be an http(s) URL with a host")));
         }
         if let Some(w) = &self.wildcard_access_url {
-            meridian_regions::wildcard::check(w)
+            meridian_regions::ready::check_wildcard(w)
                 .map_err(|e| ConfigError(format!("--wildcard-access-url {w:?}: {e}")))?;
         }
         let data_dir = match self.data_dir {
@@ -260,6 +268,7 @@ impl Args {
         };
         let config = Config {
             listen,
+            ready_file: self.ready_file,
             access_url,
             wildcard_access_url: self.wildcard_access_url,
             database,

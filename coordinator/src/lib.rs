@@ -48,7 +48,14 @@ const DATABASE_START_DEADLINE: Duration = Duration::from_secs(30);
 /// loopback listener, and in front of it, on `--listen`, the primary region's
 /// proxy (apps, relay, TLS), which passes everything else to the API. Then
 /// drains the proxy, stops the API and the embedded Postgres, if any.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    // The whole API on loopback, for the primary proxy's own registration
+    // and, without --internal-listen, for everything the primary forwards.
+    let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let api_addr = api_listener.local_addr()?;
+    let primary_token = primary::token();
+    // Bound first: with --listen …:0 the access URLs name the port only now.
+    let primary = primary::Bound::bind(&mut config, &primary_token, api_addr)?;
     let config = Arc::new(config);
     let (store, mut embedded) = open_database(&config).await?;
     let secrets = keys::SecretsKey::load_or_create(&config.secrets_key_file)?;
@@ -65,7 +72,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let checker = tokio::spawn(checker.run(check_rx, stop.clone()));
     let (route_changes, _) = tokio::sync::watch::channel(0u64);
     let listener = tokio::spawn(routes::listen(store.pool().clone(), route_changes.clone(), stop.clone()));
-    let primary_token = primary::token();
     let state = api::AppState {
         store,
         config: config.clone(),
@@ -76,10 +82,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         reads: Default::default(),
         login_limits: Default::default(),
     };
-    // The whole API on loopback, for the primary proxy's own registration
-    // and, without --internal-listen, for everything the primary forwards.
-    let api_listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-    let api_addr = api_listener.local_addr()?;
     // Only the primary proxy is meant to speak to the loopback listeners:
     // there (and not on --internal-listen) its X-Forwarded-For names the
     // client, when the request carries this process's proof that the
@@ -91,11 +93,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(forwarded_by.clone()),
         stop.clone(),
     )];
+    let mut internal_addr = None;
     let public_api = match config.internal_listen {
         Some(addr) => {
             let internal = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on --internal-listen {addr}"))?;
+            let addr = internal.local_addr()?;
+            internal_addr = Some(addr);
             tracing::info!(listen = %addr, "proxy API listening (internal)");
             apis.push(serve_api(internal, api::router(state.clone(), dashboard::routes()), None, stop.clone()));
             let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
@@ -110,8 +115,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         }
         None => api_addr,
     };
-    let proxy = primary::start(&config, primary_token, api_addr, public_api, forwarded_by.secret())?;
+    let proxy = primary.start(public_api, forwarded_by.secret())?;
     tracing::info!(listen = %config.listen, access_url = %config.access_url, "coordinator listening");
+    if let Some(path) = &config.ready_file {
+        let ready = meridian_regions::ready::Ready {
+            pid: std::process::id(),
+            listen: config.listen,
+            access_url: Some(config.access_url.to_string()),
+            relay: Some(config.relay_listen),
+            internal: internal_addr,
+        };
+        meridian_regions::ready::write(path, &ready).with_context(|| format!("cannot write {}", path.display()))?;
+    }
 
     tokio::select! {
         () = shutdown => {}

@@ -28,56 +28,67 @@ pub struct PrimaryProxy {
     thread: std::thread::JoinHandle<()>,
 }
 
-/// Starts the primary's proxy on its own thread (pingora makes its own runtimes).
-/// `api`: the whole API, for the proxy's own registration; `public_api`: where
-/// it forwards what users send (the same, or the API without the proxy API).
-/// `forwarded_by`: the proof it sends with what it forwards (see
-/// [`crate::api::auth::client_addr`]).
-pub fn start(
-    config: &Config,
-    token: Token,
-    api: SocketAddr,
-    public_api: SocketAddr,
-    forwarded_by: Secret,
-) -> anyhow::Result<PrimaryProxy> {
-    let args = meridian_proxy::config::Args {
-        coordinator_url: Some(url::Url::parse(&format!("http://{api}"))?),
-        proxy_token: Some(Secret::new(token.encode().expose())),
-        listen: Some(config.listen),
-        access_url: Some(config.access_url.clone()),
-        wildcard_access_url: config.wildcard_access_url.clone(),
-        tls_cert: config.tls.as_ref().map(|t| t.0.clone()),
-        tls_key: config.tls.as_ref().map(|t| t.1.clone()),
-        relay_listen: Some(config.relay_listen),
-        relay_url: config.relay_url.clone(),
-        mesh_url: config.mesh_url.clone(),
-        login_url: Some(config.access_url.clone()),
-        drain_timeout: Some(crate::DRAIN_TIMEOUT),
-        shutdown_delay: Some(config.shutdown_delay),
-        app_timeout: config.app_timeout,
-        max_connections_per_client: config.max_connections_per_client,
-        ..Default::default()
-    };
-    let proxy_config = args.resolve().map_err(|e| anyhow::anyhow!("primary proxy: {e}"))?;
-    // Fails here, in one line, if the port is taken.
-    drop(
-        std::net::TcpListener::bind(config.listen)
-            .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?,
-    );
-    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
-    let (stopped_tx, stopped) = std::sync::mpsc::channel();
-    let thread = std::thread::Builder::new().name("primary-proxy".into()).spawn(move || {
-        let mode = meridian_proxy::Mode::Embedded {
-            shutdown: shutdown_rx,
-            stopped: stopped_tx,
-            api_upstream: public_api,
-            forwarded_by,
+/// The primary's proxy, its listeners bound and not yet serving.
+pub struct Bound {
+    config: meridian_proxy::config::Config,
+    listeners: meridian_proxy::Listeners,
+}
+
+impl Bound {
+    /// Binds the coordinator's `--listen` and `--relay-listen` for the primary's
+    /// proxy (token `token`, registering through the whole API at `api`), and
+    /// settles `config` on the bound ports: its listen address, the relay's,
+    /// and a port of 0 in its access URLs.
+    pub fn bind(config: &mut Config, token: &Token, api: SocketAddr) -> anyhow::Result<Self> {
+        let args = meridian_proxy::config::Args {
+            coordinator_url: Some(url::Url::parse(&format!("http://{api}"))?),
+            proxy_token: Some(Secret::new(token.encode().expose())),
+            listen: Some(config.listen),
+            access_url: Some(config.access_url.clone()),
+            wildcard_access_url: config.wildcard_access_url.clone(),
+            tls_cert: config.tls.as_ref().map(|t| t.0.clone()),
+            tls_key: config.tls.as_ref().map(|t| t.1.clone()),
+            relay_listen: Some(config.relay_listen),
+            relay_url: config.relay_url.clone(),
+            mesh_url: config.mesh_url.clone(),
+            login_url: Some(config.access_url.clone()),
+            drain_timeout: Some(crate::DRAIN_TIMEOUT),
+            shutdown_delay: Some(config.shutdown_delay),
+            app_timeout: config.app_timeout,
+            max_connections_per_client: config.max_connections_per_client,
+            ..Default::default()
         };
-        if let Err(e) = meridian_proxy::run_with(proxy_config, mode) {
-            tracing::error!("primary proxy: {e:#}");
-        }
-    })?;
-    Ok(PrimaryProxy { shutdown, stopped, thread })
+        let mut proxy = args.resolve().map_err(|e| anyhow::anyhow!("primary proxy: {e}"))?;
+        // Fails here, in one line, if a port is taken.
+        let listeners = proxy.bind()?;
+        proxy.login_url = proxy.access_url.clone();
+        config.listen = proxy.listen;
+        config.relay_listen = proxy.relay_listen;
+        config.access_url = proxy.access_url.clone();
+        config.wildcard_access_url = proxy.wildcard_access_url.clone();
+        Ok(Self { config: proxy, listeners })
+    }
+
+    /// Starts the proxy on its own thread (pingora makes its own runtimes).
+    /// `public_api`: where it forwards what users send (the whole API, or the
+    /// API without the proxy API). `forwarded_by`: the proof it sends with
+    /// what it forwards (see [`crate::api::auth::client_addr`]).
+    pub fn start(self, public_api: SocketAddr, forwarded_by: Secret) -> anyhow::Result<PrimaryProxy> {
+        let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
+        let (stopped_tx, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new().name("primary-proxy".into()).spawn(move || {
+            let mode = meridian_proxy::Mode::Embedded {
+                shutdown: shutdown_rx,
+                stopped: stopped_tx,
+                api_upstream: public_api,
+                forwarded_by,
+            };
+            if let Err(e) = meridian_proxy::run_with(self.config, self.listeners, mode) {
+                tracing::error!("primary proxy: {e:#}");
+            }
+        })?;
+        Ok(PrimaryProxy { shutdown, stopped, thread })
+    }
 }
 
 impl PrimaryProxy {

@@ -48,7 +48,8 @@ struct Shared {
     resets: watch::Sender<u64>,
     /// Bumped to forget every open connection.
     forgets: watch::Sender<u64>,
-    upstreams: Vec<SocketAddr>,
+    /// Where connections go; empty until set (connections are then closed at once).
+    upstreams: std::sync::Mutex<Vec<SocketAddr>>,
     /// The upstream the next connection tries first (round robin).
     next: AtomicUsize,
 }
@@ -74,6 +75,15 @@ impl Link {
         if upstreams.is_empty() {
             return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a link needs an upstream"));
         }
+        let link = Self::start_pending(listen).await?;
+        link.set_upstreams(upstreams);
+        Ok(link)
+    }
+
+    /// Listens on `listen` with no upstream yet: what it accepts is closed at
+    /// once until [`Link::set_upstreams`]. For an upstream that binds its own
+    /// port after it learns the link's address (it advertises the link).
+    pub async fn start_pending(listen: SocketAddr) -> std::io::Result<Link> {
         let listener = TcpListener::bind(listen).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared {
@@ -81,7 +91,7 @@ impl Link {
             mode: watch::channel(Mode::Pass).0,
             resets: watch::channel(0).0,
             forgets: watch::channel(0).0,
-            upstreams,
+            upstreams: std::sync::Mutex::default(),
             next: AtomicUsize::new(0),
         });
         let (stop, stopped) = watch::channel(false);
@@ -94,9 +104,9 @@ impl Link {
         self.addr
     }
 
-    /// The (first) upstream.
-    pub fn upstream(&self) -> SocketAddr {
-        self.shared.upstreams[0]
+    /// Where new connections go from now on (in turn, as in [`Link::start_balanced`]).
+    pub fn set_upstreams(&self, upstreams: Vec<SocketAddr>) {
+        *self.shared.upstreams.lock().unwrap_or_else(|e| e.into_inner()) = upstreams;
     }
 
     /// One-way latency added in each direction.
@@ -199,9 +209,10 @@ async fn connection(client: TcpStream, shared: Arc<Shared>) {
 
 /// Connects to the next upstream that accepts, trying each once.
 async fn dial(shared: &Shared) -> Option<TcpStream> {
+    let upstreams = shared.upstreams.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let first = shared.next.fetch_add(1, Ordering::Relaxed);
-    for i in 0..shared.upstreams.len() {
-        let addr = shared.upstreams[(first + i) % shared.upstreams.len()];
+    for i in 0..upstreams.len() {
+        let addr = upstreams[(first + i) % upstreams.len()];
         if let Ok(s) = TcpStream::connect(addr).await {
             return Some(s);
         }
@@ -252,55 +263,9 @@ async fn pump(
     tokio::join!(reader, writer);
 }
 
-/// A loopback port free now, for a process about to listen on it. Chosen
-/// below the kernel's ephemeral range (`ip_local_port_range`, from 32768 by
-/// default) where there is room: a port the kernel hands out for port 0 is
-/// also one it may give the next outgoing connection of any process, which
-/// could take it before the listener binds it (the listener then dies of
-/// "address in use"). Each process starts elsewhere in the range and walks
-/// it, so it never hands out one port twice while others remain.
-pub fn free_port() -> std::io::Result<u16> {
-    const FROM: u32 = 10_000;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    let span = ephemeral_from.saturating_sub(FROM);
-    if span >= 1_000 {
-        let nanos = std::time::SystemTime::UNIX_EPOCH.elapsed().map_or(0, |d| d.subsec_nanos());
-        let start = std::process::id().wrapping_mul(7919) ^ nanos;
-        let _ = NEXT.compare_exchange(0, start % span + 1, Ordering::Relaxed, Ordering::Relaxed);
-        for _ in 0..span {
-            let port = (FROM + NEXT.fetch_add(1, Ordering::Relaxed) % span) as u16;
-            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
-        }
-    }
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn free_ports_are_distinct_and_below_the_ephemeral_range() {
-        let ephemeral_from: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        let ports: Vec<u16> = (0..100).map(|_| free_port().unwrap()).collect();
-        let distinct: std::collections::HashSet<_> = ports.iter().collect();
-        assert_eq!(distinct.len(), ports.len(), "{ports:?}");
-        if ephemeral_from >= 11_000 {
-            assert!(ports.iter().all(|p| (10_000..ephemeral_from).contains(p)), "{ports:?}");
-        }
-    }
 
     async fn echo() -> SocketAddr {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -412,5 +377,16 @@ mod tests {
         for _ in 0..4 {
             assert_eq!(served_by(&link).await, 1, "an upstream that refuses is skipped");
         }
+    }
+
+    #[tokio::test]
+    async fn a_pending_link_closes_what_it_accepts_until_it_has_an_upstream() {
+        let link = Link::start_pending("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        let mut s = TcpStream::connect(link.addr()).await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), s.read(&mut [0u8; 1])).await.unwrap();
+        assert!(matches!(read, Ok(0) | Err(_)), "closed, not held: {read:?}");
+        let (a, _a) = tagged(3).await;
+        link.set_upstreams(vec![a]);
+        assert_eq!(served_by(&link).await, 3);
     }
 }

@@ -23,13 +23,18 @@ pub struct Args {
     /// This region's proxy token, `<region-id>:<secret>` (required).
     #[arg(long, env = "MERIDIAN_PROXY_TOKEN", hide_env_values = true)]
     pub proxy_token: Option<Secret>,
-    /// Address to listen on [default: 127.0.0.1:7081].
+    /// Address to listen on; port 0 picks a free one (see --ready-file) [default: 127.0.0.1:7081].
     #[arg(long, env = "MERIDIAN_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// URL users reach this region at [default: http(s)://<listen>].
+    /// Once listening, write the bound addresses here as JSON (`pid`, `listen`,
+    /// `relay`, `access_url`), replaced whole [default: none].
+    #[arg(long, env = "MERIDIAN_READY_FILE")]
+    pub ready_file: Option<PathBuf>,
+    /// URL users reach this region at; a port of 0 means the port --listen bound [default: http(s)://<listen>].
     #[arg(long, env = "MERIDIAN_ACCESS_URL")]
     pub access_url: Option<Url>,
-    /// Wildcard host for subdomain apps, e.g. `*.sydney.localhost:7081` [default: none, path apps only].
+    /// Wildcard host for subdomain apps, e.g. `*.sydney.localhost:7081`; a port
+    /// of 0 means the port --listen bound [default: none, path apps only].
     #[arg(long, env = "MERIDIAN_WILDCARD_ACCESS_URL")]
     pub wildcard_access_url: Option<String>,
     /// PEM certificate chain (a wildcard certificate) for HTTPS [default: plain HTTP].
@@ -131,11 +136,14 @@ pub struct Config {
     pub coordinator_url: Url,
     pub proxy_token: Secret,
     pub listen: SocketAddr,
+    pub ready_file: Option<PathBuf>,
     pub access_url: Url,
     pub wildcard_access_url: Option<String>,
     pub tls: Option<(PathBuf, PathBuf)>,
     pub ca_cert: Option<PathBuf>,
     pub replica_id: Uuid,
+    /// `replica_id` came from --replica-id (else it is derived, and settled with the bound port).
+    pub replica_id_given: bool,
     pub drain_timeout: Duration,
     pub shutdown_delay: Duration,
     pub pipe_idle_timeout: Duration,
@@ -175,6 +183,7 @@ impl Args {
             coordinator_url: self.coordinator_url.or(file.coordinator_url),
             proxy_token: self.proxy_token.or(file.proxy_token),
             listen: self.listen.or(file.listen),
+            ready_file: self.ready_file.or(file.ready_file),
             access_url: self.access_url.or(file.access_url),
             wildcard_access_url: self.wildcard_access_url.or(file.wildcard_access_url),
             tls_cert: self.tls_cert.or(file.tls_cert),
@@ -223,7 +232,7 @@ impl Args {
             }
         }
         if let Some(w) = &self.wildcard_access_url {
-            meridian_regions::wildcard::check(w)
+            meridian_regions::ready::check_wildcard(w)
                 .map_err(|e| ConfigError(format!("--wildcard-access-url {w:?}: {e}")))?;
         }
         let threads = self.threads.unwrap_or(2);
@@ -261,11 +270,13 @@ impl Args {
             coordinator_url,
             proxy_token,
             listen,
+            ready_file: self.ready_file,
             access_url,
             wildcard_access_url: self.wildcard_access_url,
             tls,
             ca_cert: self.ca_cert,
             replica_id,
+            replica_id_given: self.replica_id.is_some(),
             drain_timeout: self.drain_timeout.unwrap_or(Duration::from_secs(15)),
             shutdown_delay: self.shutdown_delay.unwrap_or_default(),
             pipe_idle_timeout: self.pipe_idle_timeout.unwrap_or(meridian_regions::pipe::DEFAULT_IDLE),
@@ -278,6 +289,32 @@ impl Args {
             offline_grace: self.offline_grace.unwrap_or(Duration::from_secs(3600)),
             limits,
         })
+    }
+}
+
+impl Config {
+    /// Binds the app and relay listeners and settles what names their ports:
+    /// `listen` and `relay_listen` become the bound addresses, a port of 0 in
+    /// the access URLs the app listener's, and a derived replica id is derived
+    /// from them.
+    pub fn bind(&mut self) -> anyhow::Result<crate::Listeners> {
+        use anyhow::Context;
+        use meridian_regions::ready;
+        let app = ready::bind(self.listen).with_context(|| format!("cannot listen on {}", self.listen))?;
+        let relay = ready::bind(self.relay_listen)
+            .with_context(|| format!("cannot listen for agents on {}", self.relay_listen))?;
+        let picked = self.listen.port() == 0;
+        self.listen = app.local_addr()?;
+        self.relay_listen = relay.local_addr()?;
+        let port = self.listen.port();
+        ready::settle_url(&mut self.access_url, port);
+        if let Some(w) = &mut self.wildcard_access_url {
+            ready::settle_wildcard(w, port);
+        }
+        if picked && !self.replica_id_given {
+            self.replica_id = default_replica_id(self.listen, &self.access_url);
+        }
+        Ok(crate::Listeners { app, relay })
     }
 }
 

@@ -64,14 +64,21 @@ pub enum Mode {
 
 /// Runs a standalone proxy until SIGTERM or SIGINT, then drains, deregisters
 /// and exits. Blocks the calling thread; pingora makes its own runtimes.
-pub fn run(config: Config) -> anyhow::Result<()> {
-    run_with(config, Mode::Standalone)
+pub fn run(mut config: Config) -> anyhow::Result<()> {
+    let listeners = config.bind()?;
+    run_with(config, listeners, Mode::Standalone)
 }
 
-/// Runs the proxy in `mode`; blocks the calling thread.
-pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
-    // Pingora panics if it cannot bind; say so in one line first instead.
-    drop(std::net::TcpListener::bind(config.listen).with_context(|| format!("cannot listen on {}", config.listen))?);
+/// The proxy's listeners, bound by [`Config::bind`] before anything names their ports.
+pub struct Listeners {
+    /// Apps, the proxy's own endpoints (and in the coordinator, the API).
+    pub app: std::net::TcpListener,
+    /// The relay: agents and peer relays.
+    pub relay: std::net::TcpListener,
+}
+
+/// Runs the proxy in `mode` on `listeners` (bound with `config`); blocks the calling thread.
+pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Result<()> {
     let state = ProxyState::new();
     state.set_dashboard_origin(config.login_url.origin().ascii_serialization());
     state.set_pipe_idle(config.pipe_idle_timeout);
@@ -89,7 +96,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
         Some((cert, key)) => Some(ReloadingCertificate::watch(cert, key)?),
         None => None,
     };
-    let relay = RelaySide::bind(&config, certificate.clone(), &coordinator, &auth, &state)?;
+    let relay = RelaySide::new(&config, listeners.relay, certificate.clone(), &coordinator, &auth, &state)?;
     let registrar = registration::Registrar::new(
         &config,
         state.clone(),
@@ -111,11 +118,22 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
+    server.adopt_listener(&config.listen.to_string(), listeners.app);
     let connections: Arc<std::sync::Mutex<gate::Connections>> = Arc::default();
     let proxy = app_service(&config, &server, &mode, (&state, auth, &relay.relay), &connections, certificate)?;
     tracing::info!(listen = %config.listen, access_url = %config.access_url, relay = %relay.relay_addr,
         replica = %config.replica_id, "proxy listening");
     server.add_service(proxy);
+    if let Some(path) = &config.ready_file {
+        let ready = meridian_regions::ready::Ready {
+            pid: std::process::id(),
+            listen: config.listen,
+            access_url: Some(config.access_url.to_string()),
+            relay: Some(config.relay_listen),
+            internal: None,
+        };
+        meridian_regions::ready::write(path, &ready).with_context(|| format!("cannot write {}", path.display()))?;
+    }
     let (on_stopped, signal): (_, Box<dyn pingora::server::ShutdownSignalWatch + Sync>) = match mode {
         Mode::Standalone => (lifecycle::OnStopped::Exit, Box::new(lifecycle::Signals)),
         Mode::Embedded { shutdown, stopped, .. } => {
@@ -144,7 +162,7 @@ pub fn run_with(config: Config, mode: Mode) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The relay's side of a proxy: its listener (bound), its TLS, and the URLs
+/// The relay's side of a proxy: its listener, its TLS, and the URLs
 /// agents and peer relays dial it by.
 struct RelaySide {
     relay: Arc<relay::Relay>,
@@ -157,16 +175,14 @@ struct RelaySide {
 }
 
 impl RelaySide {
-    fn bind(
+    fn new(
         config: &Config,
+        listener: std::net::TcpListener,
         certificate: Option<Arc<ReloadingCertificate>>,
         coordinator: &Client,
         auth: &Arc<auth::Auth>,
         state: &Arc<ProxyState>,
     ) -> anyhow::Result<Self> {
-        let listener = std::net::TcpListener::bind(config.relay_listen)
-            .with_context(|| format!("cannot listen for agents on {}", config.relay_listen))?;
-        listener.set_nonblocking(true)?;
         let tls = certificate.map(meridian_regions::tunnel::tls_acceptor).transpose()?;
         let relay_addr = match &config.relay_url {
             Some(url) => url.as_str().trim_end_matches('/').to_owned(),

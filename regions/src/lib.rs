@@ -19,6 +19,7 @@
 //! - [`pipe`]: byte pipes between connections, closed when idle.
 //! - [`tls_client`]: the TLS client relays are dialed with.
 //! - [`redirect`]: where the login flow may send a browser (no open redirect).
+//! - [`ready`]: listening on port 0 and reporting the bound addresses (`--ready-file`).
 
 pub mod api;
 pub mod app_token;
@@ -33,6 +34,7 @@ pub mod health;
 pub mod model;
 pub mod name;
 pub mod pipe;
+pub mod ready;
 pub mod redirect;
 pub mod request;
 pub mod resolve;

@@ -181,8 +181,8 @@ async fn cli_drives_the_api() {
 async fn with_an_internal_listener_the_proxy_api_is_served_only_there() {
     let dir = tempdir();
     let pg = Postgres::start().await;
-    let internal = format!("127.0.0.1:{}", free_port());
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &["--internal-listen", &internal]).await;
+    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &["--internal-listen", "127.0.0.1:0"]).await;
+    let internal = coord.ready.internal.expect("the coordinator reported its internal listener");
     let admin = coord.admin().await;
     let token = admin.create_region("sydney").await;
     // The public listener refuses the proxy API, saying where it is.
@@ -190,7 +190,7 @@ async fn with_an_internal_listener_the_proxy_api_is_served_only_there() {
     assert_eq!(public.status, 404, "{}", public.body);
     assert!(public.body["message"].as_str().unwrap().contains("--internal-listen"), "{}", public.body);
     // A proxy pointed at the internal listener registers and is health-checked.
-    let proxy = Proxy::spawn(dir.path(), &format!("http://{internal}"), &token, &[]);
+    let proxy = Proxy::spawn(dir.path(), &format!("http://{internal}"), &token, &[]).await;
     admin.wait_status("sydney", "ok", std::time::Duration::from_secs(20)).await;
     // Readiness is answered by the coordinator's own proxy, in front of the API.
     assert_eq!(reqwest::get(format!("{}/readyz", coord.url)).await.unwrap().status(), 200);
@@ -212,7 +212,7 @@ async fn a_region_whose_access_url_is_not_its_proxy_is_unhealthy() {
     let token = admin.create_region("sydney").await;
     let app = SampleApp::start(dir.path()).await;
     let wrong = format!("http://127.0.0.1:{}", app.port);
-    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "sydney", &["--access-url", &wrong]);
+    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "sydney", &["--access-url", &wrong]).await;
     proxy.wait_registered().await;
     admin.wait_status("sydney", "unhealthy", std::time::Duration::from_secs(10)).await;
     let region = admin.region("sydney").await;

@@ -17,30 +17,29 @@ struct World {
 }
 
 async fn world() -> World {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
-    let bob = Api::login(&coord.url, "bob", "bob-password").await;
-    let token = admin.create_region("sydney").await;
-    let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
-    let apps = json!([
-        {"slug": "code", "port": 8080},
-        {"slug": "shared", "port": 8081, "share": "authenticated"},
-        {"slug": "open", "port": 8082, "share": "public"},
-        {"slug": "pathy", "url": "http://127.0.0.1:8083", "subdomain": false},
-    ]);
-    admin
-        .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
-        .await
-        .expect_status(201);
+    // Apps on ports nothing serves: only the coordinator's answers matter here.
+    let mut m = Mesh::builder()
+        .user("bob")
+        .region("sydney")
+        .workspace(|_| {
+            json!([
+                {"slug": "code", "port": 8080},
+                {"slug": "shared", "port": 8081, "share": "authenticated"},
+                {"slug": "open", "port": 8082, "share": "public"},
+                {"slug": "pathy", "url": "http://127.0.0.1:8083", "subdomain": false},
+            ])
+        })
+        .start()
+        .await;
+    let bob = m.login("bob").await;
+    let (proxy, token) = (m.take_proxy("sydney"), m.token("sydney").to_owned());
+    let Mesh { coord, admin, pg, dir, .. } = m;
     World { coord, proxy, token, admin, bob, _pg: pg, _dir: dir }
 }
 
 impl World {
     fn host(&self, app: &str) -> String {
-        format!("{app}--main--dev--admin.region.localhost")
+        format!("{app}--main--dev--admin.sydney.localhost")
     }
 
     fn app_url(&self, app: &str) -> String {
@@ -140,14 +139,14 @@ async fn auth_redirect_issues_one_time_tickets_only_for_app_hosts() {
     let evil = [
         "//evil.example/".to_owned(),
         "https://evil.example/".to_owned(),
-        format!("http://code--main--dev--admin.region.localhos:{p}/"),
-        format!("http://code--main--dev--admin.region.localhost.evil.example:{p}/"),
-        format!("http://region.localhost:{p}/"),
-        format!("http://evil@code--main--dev--admin.region.localhost:{p}/"),
-        format!("http://code--main--dev--admin.region.localhost:{p}@evil.example/"),
-        format!("http://code--main--dev--admin.region.localhost:{p}\\@evil.example/"),
+        format!("http://code--main--dev--admin.sydney.localhos:{p}/"),
+        format!("http://code--main--dev--admin.sydney.localhost.evil.example:{p}/"),
+        format!("http://sydney.localhost:{p}/"),
+        format!("http://evil@code--main--dev--admin.sydney.localhost:{p}/"),
+        format!("http://code--main--dev--admin.sydney.localhost:{p}@evil.example/"),
+        format!("http://code--main--dev--admin.sydney.localhost:{p}\\@evil.example/"),
         "javascript:alert(1)".to_owned(),
-        format!("http://code--main--dev--admin.region.localhost:{p}/%0d%0aSet-Cookie:x\r\n"),
+        format!("http://code--main--dev--admin.sydney.localhost:{p}/%0d%0aSet-Cookie:x\r\n"),
     ];
     for uri in evil {
         let (status, location) = auth_redirect(&w.coord.url, Some(&admin_session), &uri).await;

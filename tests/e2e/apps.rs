@@ -23,7 +23,7 @@ pub struct World {
     pub coord: Coordinator,
     /// `http://127.0.0.1:PORT` of the deployment under test.
     pub base: String,
-    /// The wildcard base host (`region.localhost`) and port apps are served under.
+    /// The wildcard base host (`sydney.localhost`) and port apps are served under.
     pub wildcard: (String, u16),
     pub agent: Agent,
     pub app: SampleApp,
@@ -35,35 +35,32 @@ pub struct World {
 }
 
 pub async fn world(deployment: Deployment) -> World {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
-    let token = admin.create_region("sydney").await;
-    let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
-    admin.wait_status("sydney", "ok", Duration::from_secs(10)).await;
-    let app = SampleApp::start(dir.path()).await;
-    let tls_app = SampleApp::start_tls(dir.path()).await;
-    let apps = json!([
-        {"slug": "code", "port": app.port},
-        {"slug": "shared", "port": app.port, "share": "authenticated"},
-        {"slug": "open", "port": app.port, "share": "public"},
-        {"slug": "pathy", "port": app.port, "subdomain": false},
-    ]);
-    let created = admin
-        .post("/api/v2/workspaces", json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
-        .await
-        .expect_status(201);
-    let agent_token = created["agent_tokens"]["main"].as_str().unwrap();
-    let coord_port: u16 = coord.url.rsplit(':').next().unwrap().parse().unwrap();
-    let (region, base, wildcard) = match deployment {
-        Deployment::Region => ("sydney", proxy.url.clone(), ("region.localhost", proxy.port)),
-        Deployment::Primary => ("primary", coord.url.clone(), ("primary.localhost", coord_port)),
-        Deployment::ViaPrimary => ("primary", proxy.url.clone(), ("region.localhost", proxy.port)),
+    let region = match deployment {
+        Deployment::Region => "sydney",
+        Deployment::Primary | Deployment::ViaPrimary => "primary",
     };
-    let agent = Agent::spawn(dir.path(), &coord.url, agent_token, Some(region));
-    admin.wait_agent_on("dev", region).await;
+    let mut m = Mesh::builder()
+        .user("bob")
+        .region("sydney")
+        .workspace(|app| {
+            json!([
+                {"slug": "code", "port": app},
+                {"slug": "shared", "port": app, "share": "authenticated"},
+                {"slug": "open", "port": app, "share": "public"},
+                {"slug": "pathy", "port": app, "subdomain": false},
+            ])
+        })
+        .agent_on(region)
+        .start()
+        .await;
+    let tls_app = SampleApp::start_tls(m.dir.path()).await;
+    let proxy = m.take_proxy("sydney");
+    let (base, wildcard) = match deployment {
+        Deployment::Region | Deployment::ViaPrimary => (proxy.url.clone(), ("sydney.localhost", proxy.port)),
+        Deployment::Primary => (m.coord.url.clone(), ("primary.localhost", m.coord.port())),
+    };
+    let (agent, app) = (m.agent.take().unwrap(), m.app.take().unwrap());
+    let Mesh { coord, pg, dir, .. } = m;
     World { coord, base, wildcard: (wildcard.0.into(), wildcard.1), agent, app, tls_app, proxy, _pg: pg, _dir: dir }
 }
 

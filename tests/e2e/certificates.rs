@@ -109,11 +109,8 @@ async fn a_rotated_certificate_reaches_new_connections_and_no_request_fails() {
 
     let pg = Postgres::start().await;
     let ca_arg = ca_pem.to_str().unwrap();
-    let port = free_port();
-    let mut args: Vec<String> = ["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--postgres-url", &pg.url()]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut args: Vec<String> =
+        ["coordinator", "--listen", "127.0.0.1:0", "--postgres-url", &pg.url()].iter().map(|s| s.to_string()).collect();
     args.extend(
         ["--proxy-health-interval", "1s", "--heartbeat-interval", "1s", "--ca-cert", ca_arg]
             .into_iter()
@@ -121,7 +118,7 @@ async fn a_rotated_certificate_reaches_new_connections_and_no_request_fails() {
             .map(str::to_owned),
     );
     args.extend(["--secrets-key-file".to_owned(), dir.path().join("secrets.key").display().to_string()]);
-    let coord = Coordinator::start_with(dir.path(), args, format!("https://127.0.0.1:{port}")).await;
+    let coord = Coordinator::start_with(dir.path(), args).await;
     let api = client(&ca_pem, false, 0);
     let first = Api::with_http(&coord.url, api.clone(), None)
         .post("/api/v2/users/first", json!({"username": "admin", "password": ADMIN_PASSWORD}))
@@ -131,10 +128,9 @@ async fn a_rotated_certificate_reaches_new_connections_and_no_request_fails() {
     let token = admin.create_region("sydney").await;
     let mut proxy_args = vec!["--ca-cert", ca_arg];
     proxy_args.extend(tls_args);
-    let proxy = Proxy::spawn(dir.path(), &coord.url, &token, &proxy_args);
+    let proxy = Proxy::spawn(dir.path(), &coord.url, &token, &proxy_args).await;
     admin.wait_status("sydney", "ok", Duration::from_secs(20)).await;
-    let relay = admin.region("sydney").await["replicas"][0]["relay_address"].as_str().unwrap().to_owned();
-    let relay_port: u16 = relay.rsplit(':').next().unwrap().parse().unwrap();
+    let relay_port = proxy.relay().port();
 
     let app = SampleApp::start(dir.path()).await;
     let ws = json!({"name": "dev", "agents": [{"name": "main", "apps": [
@@ -176,7 +172,7 @@ async fn a_rotated_certificate_reaches_new_connections_and_no_request_fails() {
     let rotated = Instant::now();
     std::fs::write(&key, &new_key).unwrap();
     std::fs::write(&cert, &new_cert).unwrap();
-    for (what, port) in [("proxy", proxy.port), ("relay", relay_port), ("coordinator", port)] {
+    for (what, port) in [("proxy", proxy.port), ("relay", relay_port), ("coordinator", coord.port())] {
         wait_for(Duration::from_secs(10), &format!("the {what} to present the new certificate"), || async {
             (presented(&ca_pem, port, "localhost").await? == new_der).then_some(())
         })

@@ -6,12 +6,9 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxies_reregister_after_the_coordinator_restarts() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let mut coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("sydney").await;
-    let mut proxy = Proxy::start(dir.path(), &coord.url, &token).await;
+    let mut m = Mesh::builder().region("sydney").start().await;
+    let mut proxy = m.take_proxy("sydney");
+    let Mesh { mut coord, admin, .. } = m;
 
     coord.proc.signal(Signal::SIGKILL);
     // The proxy keeps running and says it is degraded.
@@ -62,12 +59,9 @@ async fn api_answers_503_while_postgres_is_down_and_recovers() {
 /// within a second: its route stream breaks at once.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_proxy_reports_a_lost_coordinator_within_a_second() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "30s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("sydney").await;
-    let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
+    let mut m = Mesh::builder().interval("30s").region("sydney").start().await;
+    let proxy = m.take_proxy("sydney");
+    let coord = &m.coord;
     wait_for(Duration::from_secs(5), "the proxy to follow routes", || async {
         (metric(&proxy.url, "meridian_proxy_coordinator_reachable").await? == 1.0).then_some(())
     })
@@ -95,19 +89,16 @@ async fn a_proxy_reports_a_lost_coordinator_within_a_second() {
 /// coordinator, which is down: a 503 page.
 #[tokio::test(flavor = "multi_thread")]
 async fn tokens_expiring_during_an_outage_are_served_for_the_offline_grace_only() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &["--app-token-lifetime", "2s"]).await;
-    let admin = coord.admin().await;
-    let (sydney_token, frankfurt_token) = (admin.create_region("sydney").await, admin.create_region("frankfurt").await);
-    let mut sydney = Proxy::spawn_named(dir.path(), &coord.url, &sydney_token, "sydney", &[]);
-    let grace = ["--offline-grace", "5s"];
-    let mut frankfurt = Proxy::spawn_named(dir.path(), &coord.url, &frankfurt_token, "frankfurt", &grace);
-    sydney.wait_registered().await;
-    frankfurt.wait_registered().await;
-    let app = SampleApp::start(dir.path()).await;
-    let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;
-    admin.wait_agent_on("dev", "sydney").await;
+    let mut m = Mesh::builder()
+        .coordinator_args(&["--app-token-lifetime", "2s"])
+        .region("sydney")
+        .region_with("frankfurt", &["--offline-grace", "5s"])
+        .workspace(|app| serde_json::json!([{"slug": "open", "port": app, "share": "public"}]))
+        .agent_on("sydney")
+        .start()
+        .await;
+    let (sydney, frankfurt) = (m.take_proxy("sydney"), m.take_proxy("frankfurt"));
+    let coord = &m.coord;
     let url = |name: &str, port: u16| format!("http://open--main--dev--admin.{name}.localhost:{port}/");
     let (in_sydney, in_frankfurt) = (browser(), browser());
     let issued = tokio::time::Instant::now();

@@ -46,7 +46,7 @@ async fn the_dashboard_in_a_browser() {
         "--topology".into(),
         topology.display().to_string(),
     ];
-    let demo = Demo::start(dir.path(), 3, &args).await;
+    let demo = Demo::start(dir.path(), &args).await;
     let password = demo
         .printed
         .lines()
@@ -157,13 +157,8 @@ async fn dashboard_pages_need_a_session_and_admin_pages_an_admin() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn regions_list_the_round_trips_their_relays_measure_to_other_regions() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("tokyo").await;
-    let _proxy = Proxy::spawn(dir.path(), &coord.url, &token, &[]);
-    admin.wait_status("tokyo", "ok", Duration::from_secs(20)).await;
+    let m = Mesh::builder().region("tokyo").start().await;
+    let admin = &m.admin;
     // tokyo's relay links to the primary's, times a round trip, and reports
     // it with its next heartbeat; the region lists the best healthy replica's.
     let rtt = wait_for(Duration::from_secs(20), "tokyo's link round trip to primary", || async {

@@ -12,8 +12,9 @@ async fn demo_serves_apps_to_a_browser_and_stops_cleanly() {
     let dir = tempdir();
     let state = dir.path().join("state");
     let args = ["--regions".to_owned(), "sydney".into(), "--data-dir".into(), state.display().to_string()];
-    let mut demo = Demo::start(dir.path(), 1, &args).await;
-    let (printed, port) = (demo.printed.clone(), demo.port);
+    let mut demo = Demo::start(dir.path(), &args).await;
+    let printed = demo.printed.clone();
+    let ports = [demo.port, demo.port_of("sydney")];
     let password = printed
         .lines()
         .find_map(|l| l.split("password ").nth(1))
@@ -51,7 +52,7 @@ async fn demo_serves_apps_to_a_browser_and_stops_cleanly() {
     demo.proc.signal(nix::sys::signal::Signal::SIGTERM);
     let status = demo.proc.wait_exit(Duration::from_secs(60)).await;
     assert!(status.success(), "{status:?}\n{}", demo.proc.output());
-    for p in [port, port + 1] {
+    for p in ports {
         assert!(
             std::net::TcpStream::connect(("127.0.0.1", p)).is_err(),
             "port {p} still served after the demo stopped"
@@ -67,9 +68,8 @@ async fn demo_serves_apps_to_a_browser_and_stops_cleanly() {
 async fn a_process_that_dies_while_the_demo_starts_is_named_with_its_log() {
     let dir = tempdir();
     let state = dir.path().join("state");
-    let port = free_port();
-    let args = ["demo", "--port", &port.to_string(), "--regions", "sydney", "--data-dir", &state.display().to_string()]
-        .map(str::to_owned);
+    let args =
+        ["demo", "--port", "0", "--regions", "sydney", "--data-dir", &state.display().to_string()].map(str::to_owned);
     let mut demo = Process::spawn_env(BIN, "demo", dir.path(), &args, &[("MERIDIAN_MAX_HEADERS", "lots")]);
     let status = demo.wait_exit(Duration::from_secs(100)).await;
     let out = demo.output();

@@ -99,7 +99,7 @@ async fn demo_with_agent_on(agent_region: &str) -> (tempfile::TempDir, std::path
     let args = ["--proxy-health-interval", "1s", "--topology", &topology.display().to_string(), "--data-dir"];
     let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
     args.push(state.display().to_string());
-    let demo = Demo::start(dir.path(), 2, &args).await;
+    let demo = Demo::start(dir.path(), &args).await;
     (dir, state, demo)
 }
 
@@ -116,14 +116,15 @@ async fn every_drill_scenario_reports_what_a_bystander_sees() {
     let coordinator = format!("http://127.0.0.1:{port}");
     let password = std::fs::read_to_string(state.join("demo-password")).unwrap();
     let api = Api::login(&coordinator, "demo", password.trim()).await;
-    let frankfurt = format!("http://127.0.0.1:{}", port + 2);
+    let (sydney_port, frankfurt_port) = (demo.port_of("sydney"), demo.port_of("frankfurt"));
+    let frankfurt = format!("http://127.0.0.1:{frankfurt_port}");
 
     // The bystander: its own signed-in users in every region, and its own polling.
     let mut targets = Vec::new();
     for (region, host) in [
         ("primary", format!("localhost:{port}")),
-        ("sydney", format!("sydney.localhost:{}", port + 1)),
-        ("frankfurt", format!("frankfurt.localhost:{}", port + 2)),
+        ("sydney", format!("sydney.localhost:{sydney_port}")),
+        ("frankfurt", format!("frankfurt.localhost:{frankfurt_port}")),
     ] {
         let client = browser();
         browser_login(&client, &coordinator, "demo", password.trim()).await;

@@ -9,14 +9,11 @@ use std::time::Duration;
 async fn embedded_postgres_is_created_reused_and_stopped() {
     let dir = tempdir();
     let data = dir.path().join("data");
-    let port = free_port();
-    let args: Vec<String> =
-        ["coordinator", "--listen", &format!("127.0.0.1:{port}"), "--data-dir", data.to_str().unwrap()]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut coord = Coordinator::start_with(dir.path(), args.clone(), url.clone()).await;
+    let args: Vec<String> = ["coordinator", "--listen", "127.0.0.1:0", "--data-dir", data.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut coord = Coordinator::start_with(dir.path(), args).await;
     let admin = coord.admin().await;
     admin.create_region("sydney").await;
     assert!(data.join("postgres/PG_VERSION").exists());
@@ -27,7 +24,7 @@ async fn embedded_postgres_is_created_reused_and_stopped() {
     assert!(!data.join("postgres/postmaster.pid").exists(), "Postgres stopped with the coordinator");
 
     // Same data directory: the user and the region are still there.
-    let coord = Coordinator::start_with(dir.path(), args, url).await;
+    let coord = Coordinator::start_with(dir.path(), coord.args.clone()).await;
     let login = Api::anonymous(&coord.url)
         .post("/api/v2/users/login", serde_json::json!({"username": "admin", "password": ADMIN_PASSWORD}))
         .await

@@ -12,66 +12,9 @@ use std::time::{Duration, Instant};
 /// The health interval of these deployments (also the heartbeat interval).
 const INTERVAL: Duration = Duration::from_secs(1);
 
-/// A coordinator, regions, one workspace whose agent serves the sample app.
-struct Mesh {
-    coord: Coordinator,
-    admin: Api,
-    agent_token: String,
-    _app: SampleApp,
-    pg: Postgres,
-    dir: tempfile::TempDir,
-}
-
-impl Mesh {
-    async fn start() -> Self {
-        let dir = tempdir();
-        let pg = Postgres::start().await;
-        let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-        let admin = coord.admin().await;
-        let app = SampleApp::start(dir.path()).await;
-        let created = admin
-            .post(
-                "/api/v2/workspaces",
-                json!({"name": "dev", "agents": [{"name": "main", "apps": [{"slug": "code", "port": app.port}]}]}),
-            )
-            .await
-            .expect_status(201);
-        let agent_token = created["agent_tokens"]["main"].as_str().unwrap().to_owned();
-        Self { coord, admin, agent_token, _app: app, pg, dir }
-    }
-
-    /// Creates region `name` and starts its proxy with `extra` flags.
-    async fn region(&self, name: &str, extra: &[&str]) -> Proxy {
-        self.region_via(name, &self.coord.url.clone(), extra).await
-    }
-
-    /// A region whose proxy reaches the coordinator at `coordinator_url`.
-    async fn region_via(&self, name: &str, coordinator_url: &str, extra: &[&str]) -> Proxy {
-        let token = self.admin.create_region(name).await;
-        let mut proxy = Proxy::spawn_named(self.dir.path(), coordinator_url, &token, name, extra);
-        proxy.wait_registered().await;
-        self.admin.wait_status(name, "ok", Duration::from_secs(10)).await;
-        proxy
-    }
-
-    fn agent(&self, extra: &[&str]) -> Agent {
-        Agent::spawn_with(self.dir.path(), &self.coord.url, &self.agent_token, extra)
-    }
-
-    /// A browser signed in as the owner that has opened the app through
-    /// `proxy` once (so it holds an app token for that region's host).
-    async fn user_of(&self, region: &str, proxy: &Proxy) -> (reqwest::Client, String) {
-        let url = app_url(region, proxy);
-        let client = browser();
-        browser_login(&client, &self.coord.url, "admin", ADMIN_PASSWORD).await;
-        let (hops, resp) = follow(&client, &url).await;
-        assert_eq!(resp.status(), 200, "{hops:?}");
-        (client, url)
-    }
-}
-
-fn app_url(region: &str, proxy: &Proxy) -> String {
-    format!("http://code--main--dev--admin.{region}.localhost:{}/", proxy.port)
+/// A coordinator and one workspace whose app `code` is the sample app; regions come per test.
+async fn mesh() -> Mesh {
+    Mesh::builder().workspace(|app| json!([{"slug": "code", "port": app}])).start().await
 }
 
 /// Median time of `n` GETs of `url`, each of which must succeed.
@@ -119,26 +62,23 @@ fn assert_no_failures(stats: &[(String, TrafficStats)]) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_request_crosses_one_mesh_hop_to_an_agent_attached_elsewhere() {
-    let m = Mesh::start().await;
+    let m = mesh().await;
     // Sydney is 50 ms (one way) from the agent, which sits next to frankfurt:
     // the agent dials sydney's relay for sydney's app connections (a data
     // connection straight to the region that asks), and sydney's relay links
     // to frankfurt's to ask for one.
-    let far = |port: u16| async move {
-        let relay = format!("http://127.0.0.1:{port}");
-        let hop = link_to(&relay).await;
+    let far = || async {
+        let hop = pending_link().await;
         hop.set_latency(Duration::from_millis(50));
-        (relay, format!("http://{}", hop.addr()), hop)
+        let url = format!("http://{}", hop.addr());
+        (hop, url)
     };
-    let sydney_port = free_port();
-    let (_, sydney_relay, _sydney_hop) = far(sydney_port).await;
-    let sydney_listen = format!("127.0.0.1:{sydney_port}");
-    let sydney = m.region("sydney", &["--relay-listen", &sydney_listen, "--relay-url", &sydney_relay]).await;
-    let relay_port = free_port();
-    let (relay, mesh_url, _hop) = far(relay_port).await;
-    let relay_listen = format!("127.0.0.1:{relay_port}");
-    let frankfurt =
-        m.region("frankfurt", &["--relay-listen", &relay_listen, "--relay-url", &relay, "--mesh-url", &mesh_url]).await;
+    let (sydney_hop, sydney_relay) = far().await;
+    let sydney = m.region("sydney", &["--relay-url", &sydney_relay]).await;
+    sydney_hop.set_upstreams(vec![sydney.relay()]);
+    let (hop, mesh_url) = far().await;
+    let frankfurt = m.region("frankfurt", &["--mesh-url", &mesh_url]).await;
+    hop.set_upstreams(vec![frankfurt.relay()]);
     let _agent = m.agent(&["--region", "frankfurt"]);
     m.admin.wait_agent_on("dev", "frankfurt").await;
 
@@ -156,7 +96,7 @@ async fn a_request_crosses_one_mesh_hop_to_an_agent_attached_elsewhere() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_killed_region_is_detected_and_its_agents_move_and_come_back() {
-    let m = Mesh::start().await;
+    let m = mesh().await;
     let sydney = m.region("sydney", &[]).await;
     let mut frankfurt = m.region("frankfurt", &[]).await;
     let _agent = m.agent(&["--region", "frankfurt", "--failback-after", "3s"]);
@@ -205,7 +145,7 @@ async fn a_killed_region_is_detected_and_its_agents_move_and_come_back() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signed_in_users_see_no_errors_while_the_coordinator_is_down_for_15s() {
-    let mut m = Mesh::start().await;
+    let mut m = mesh().await;
     let mut sydney = m.region("sydney", &[]).await;
     let mut frankfurt = m.region("frankfurt", &[]).await;
     let _agent = m.agent(&["--region", "frankfurt"]);
@@ -230,7 +170,7 @@ async fn signed_in_users_see_no_errors_while_the_coordinator_is_down_for_15s() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_data_plane_ignores_postgres_being_down_for_10s() {
-    let mut m = Mesh::start().await;
+    let mut m = mesh().await;
     let sydney = m.region("sydney", &[]).await;
     let frankfurt = m.region("frankfurt", &[]).await;
     let _agent = m.agent(&["--region", "frankfurt"]);
@@ -258,16 +198,16 @@ async fn the_data_plane_ignores_postgres_being_down_for_10s() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_region_cut_off_from_the_coordinator_keeps_serving_and_heals() {
-    let m = Mesh::start().await;
+    let m = mesh().await;
     // Sydney reaches the coordinator, and the coordinator reaches sydney, only
     // through links the test can cut; users reach sydney directly.
     let to_coordinator = link_to(&m.coord.url).await;
-    let port = free_port();
-    let from_coordinator = link_to(&format!("http://127.0.0.1:{port}")).await;
+    let from_coordinator = pending_link().await;
     let token = m.admin.create_region("sydney").await;
     let (via, access) = (format!("http://{}", to_coordinator.addr()), format!("http://{}", from_coordinator.addr()));
     let extra = ["--login-url", &m.coord.url, "--access-url", &access];
-    let mut sydney = Proxy::spawn_on(m.dir.path(), &via, &token, "sydney", port, &extra);
+    let mut sydney = Proxy::spawn_named(m.dir.path(), &via, &token, "sydney", &extra).await;
+    from_coordinator.set_upstreams(vec![sydney.ready.as_ref().unwrap().listen]);
     sydney.wait_registered().await;
     m.admin.wait_status("sydney", "ok", Duration::from_secs(10)).await;
     let _agent = m.agent(&["--region", "sydney"]);
@@ -295,7 +235,7 @@ async fn a_region_cut_off_from_the_coordinator_keeps_serving_and_heals() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_coordinator_an_agent_still_moves_and_is_found() {
-    let mut m = Mesh::start().await;
+    let mut m = mesh().await;
     let mut sydney = m.region("sydney", &[]).await;
     let mut frankfurt = m.region("frankfurt", &[]).await;
     let virginia = m.region("virginia", &[]).await;
@@ -340,15 +280,15 @@ async fn without_the_coordinator_an_agent_still_moves_and_is_found() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn replicas_of_one_region_reach_each_others_agents() {
-    let m = Mesh::start().await;
+    let m = mesh().await;
     let token = m.admin.create_region("sydney").await;
-    let mut a = Proxy::spawn_named(m.dir.path(), &m.coord.url, &token, "sydney", &[]);
+    let mut a = Proxy::spawn_named(m.dir.path(), &m.coord.url, &token, "sydney", &[]).await;
     a.wait_registered().await;
     m.admin.wait_status("sydney", "ok", Duration::from_secs(10)).await;
     let _agent = m.agent(&["--region", "sydney"]);
     m.admin.wait_agent_on("dev", "sydney").await;
     // A second replica joins; the agent is attached to the first, not to it.
-    let mut b = Proxy::spawn_named(m.dir.path(), &m.coord.url, &token, "sydney", &[]);
+    let mut b = Proxy::spawn_named(m.dir.path(), &m.coord.url, &token, "sydney", &[]).await;
     b.wait_registered().await;
     let attached = "meridian_relay_agents_attached";
     assert_eq!((counter_of(&a.url, attached).await, counter_of(&b.url, attached).await), (1, 0));
@@ -359,16 +299,17 @@ async fn replicas_of_one_region_reach_each_others_agents() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_route_change_made_through_one_coordinator_replica_reaches_proxies_of_another() {
-    let m = Mesh::start().await;
+    let m = mesh().await;
     // A second coordinator replica on the same database (and the same secrets key).
     let second = Coordinator::start(m.dir.path(), &m.pg.url(), "1s", &[]).await;
     let sydney = m.region("sydney", &[]).await; // follows routes from the first
     let token = m.admin.create_region("frankfurt").await;
-    let mut frankfurt = Proxy::spawn_named(m.dir.path(), &second.url, &token, "frankfurt", &[]);
+    let mut frankfurt = Proxy::spawn_named(m.dir.path(), &second.url, &token, "frankfurt", &[]).await;
     frankfurt.wait_registered().await;
     m.admin.wait_status("frankfurt", "ok", Duration::from_secs(10)).await;
     // The agent attaches through frankfurt, whose coordinator is the second replica.
-    let _agent = Agent::spawn_with(m.dir.path(), &second.url, &m.agent_token, &["--region", "frankfurt"]);
+    let _agent =
+        Agent::spawn_with(m.dir.path(), &second.url, m.agent_token.as_deref().unwrap(), &["--region", "frankfurt"]);
     m.admin.wait_agent_on("dev", "frankfurt").await;
     let (user, url) = m.user_of("sydney", &sydney).await;
     ready(&user, &url).await;
@@ -407,7 +348,7 @@ async fn searches(proxy: &Proxy) -> u64 {
 /// data connections the agent dials to its new address.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_dials_back_to_a_relay_that_restarted_on_a_new_address() {
-    let m = Mesh::start().await;
+    let m = mesh().await;
     let mut sydney = m.region("sydney", &[]).await;
     let _frankfurt = m.region("frankfurt", &[]).await;
     let _agent = m.agent(&["--region", "frankfurt"]);
@@ -449,7 +390,7 @@ async fn an_agent_dials_back_to_a_relay_that_restarted_on_a_new_address() {
 /// traffic meanwhile, serves without searching), also through a Postgres outage.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_on_the_primary_is_served_through_every_region_while_the_coordinator_is_down() {
-    let mut m = Mesh::start().await;
+    let mut m = mesh().await;
     let mut sydney = m.region("sydney", &[]).await;
     let mut frankfurt = m.region("frankfurt", &[]).await;
     let mut virginia = m.region("virginia", &[]).await;
@@ -509,7 +450,7 @@ async fn an_agent_on_the_primary_is_served_through_every_region_while_the_coordi
 /// on its attach token and every other region finds it within seconds.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_agent_whose_region_dies_while_the_coordinator_is_down_is_found_by_every_region() {
-    let m = Mesh::start().await;
+    let m = mesh().await;
     let mut sydney = m.region("sydney", &[]).await;
     let mut frankfurt = m.region("frankfurt", &[]).await;
     let mut virginia = m.region("virginia", &[]).await;

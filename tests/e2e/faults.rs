@@ -19,31 +19,24 @@ struct World {
     url: String,
     /// The proxy's own URL (its `/metrics`).
     proxy_url: String,
-    _rest: (Agent, SampleApp, Proxy, Coordinator, Postgres, tempfile::TempDir),
+    _rest: (Agent, SampleApp, Mesh),
 }
 
 async fn world() -> World {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("sydney").await;
-    let relay_port = free_port();
-    let relay_link = Link::start("127.0.0.1:0".parse().unwrap(), ([127, 0, 0, 1], relay_port).into()).await.unwrap();
-    let relay_listen = format!("127.0.0.1:{relay_port}");
+    let relay_link = pending_link().await;
     let relay_url = format!("http://{}", relay_link.addr());
-    let mut proxy =
-        Proxy::spawn(dir.path(), &coord.url, &token, &["--relay-listen", &relay_listen, "--relay-url", &relay_url]);
-    proxy.wait_registered().await;
-    let app = SampleApp::start(dir.path()).await;
+    let mut m = Mesh::builder().region_with("sydney", &["--relay-url", &relay_url]).start().await;
+    relay_link.set_upstreams(vec![m.proxy("sydney").relay()]);
+    let app = SampleApp::start(m.dir.path()).await;
     let app_link = link_to(&format!("http://127.0.0.1:{}", app.port)).await;
-    let agent = admin.public_app_workspace(dir.path(), &coord.url, app_link.addr().port(), "sydney").await;
+    let agent = m.admin.public_app_workspace(m.dir.path(), &m.coord.url, app_link.addr().port(), "sydney").await;
     let client = browser();
-    let url = format!("http://open--main--dev--admin.region.localhost:{}", proxy.port);
+    let url = format!("http://open--main--dev--admin.sydney.localhost:{}", m.proxy("sydney").port);
     let (hops, resp) = follow(&client, &format!("{url}/")).await;
     assert_eq!(resp.status(), 200, "{hops:?}");
-    let proxy_url = proxy.url.clone();
-    World { app_link, relay_link, client, url, proxy_url, _rest: (agent, app, proxy, coord, pg, dir) }
+    let proxy_url = m.proxy("sydney").url.clone();
+    m.agent = None;
+    World { app_link, relay_link, client, url, proxy_url, _rest: (agent, app, m) }
 }
 
 impl World {
@@ -216,24 +209,15 @@ async fn hundreds_of_long_lived_streams_do_not_block_new_requests() {
 async fn an_idle_relayed_pipe_is_closed_after_the_pipe_idle_timeout() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("sydney").await;
-    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &[]);
-    proxy.wait_registered().await;
-    let app = SampleApp::start(dir.path()).await;
-    let apps = serde_json::json!([{"slug": "open", "port": app.port, "share": "public"}]);
-    let created = admin
-        .post("/api/v2/workspaces", serde_json::json!({"name": "dev", "agents": [{"name": "main", "apps": apps}]}))
-        .await
-        .expect_status(201);
-    let agent_token = created["agent_tokens"]["main"].as_str().unwrap();
-    let _agent =
-        Agent::spawn_with(dir.path(), &coord.url, agent_token, &["--region", "sydney", "--pipe-idle-timeout", "2s"]);
-    admin.wait_agent_on("dev", "sydney").await;
-    let host = format!("open--main--dev--admin.region.localhost:{}", proxy.port);
+    let m = Mesh::builder()
+        .region("sydney")
+        .workspace(|app| serde_json::json!([{"slug": "open", "port": app, "share": "public"}]))
+        .start()
+        .await;
+    let _agent = m.agent(&["--region", "sydney", "--pipe-idle-timeout", "2s"]);
+    m.admin.wait_agent_on("dev", "sydney").await;
+    let proxy = m.proxy("sydney");
+    let host = format!("open--main--dev--admin.sydney.localhost:{}", proxy.port);
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
     let (mut ws, _) = tokio_tungstenite::client_async(format!("ws://{host}/ws"), tcp).await.unwrap();
     // Bytes every second for 4 s (twice the timeout): the pipe stays.
@@ -274,7 +258,7 @@ async fn attached(proxy: &Proxy) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_link_is_noticed_within_five_seconds() {
     let w = world().await;
-    let proxy = &w._rest.2;
+    let proxy = w._rest.2.proxy("sydney");
     assert_eq!(attached(proxy).await, 1);
     w.relay_link.set_mode(Mode::Stall);
     let stalled = Instant::now();

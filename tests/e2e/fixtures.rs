@@ -245,7 +245,7 @@ async fn world_with(bad: Vec<String>, proxy_args: &[&str], tls: bool) -> World {
     let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &refs(&coord_args)).await;
     let admin = coord.admin().await;
     let token = admin.create_region("fixture").await;
-    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "fixture", &refs(&proxy_args));
+    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "fixture", &refs(&proxy_args)).await;
     if tls {
         // The harness's own probe does not trust the test CA; the coordinator does.
         admin.wait_status("fixture", "ok", Duration::from_secs(30)).await;

@@ -6,14 +6,9 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
-async fn proxy(extra: &[&str]) -> (Proxy, Coordinator, Postgres, tempfile::TempDir) {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let token = coord.admin().await.create_region("sydney").await;
-    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, extra);
-    proxy.wait_registered().await;
-    (proxy, coord, pg, dir)
+async fn proxy(extra: &[&str]) -> (Proxy, Mesh) {
+    let mut m = Mesh::builder().region_with("sydney", extra).start().await;
+    (m.take_proxy("sydney"), m)
 }
 
 /// Reads until EOF (bounded); what came.
@@ -145,12 +140,9 @@ async fn held(port: u16, headers: &str) -> (u16, TcpStream) {
 /// connections with no token, or a wrong one, still do.
 #[tokio::test(flavor = "multi_thread")]
 async fn control_plane_clients_are_not_held_to_a_browsers_per_address_cap() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "10s", &["--max-connections-per-client", "4"]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("sydney").await;
-    let port = url::Url::parse(&coord.url).unwrap().port().unwrap();
+    let m = Mesh::builder().interval("10s").coordinator_args(&["--max-connections-per-client", "4"]).start().await;
+    let token = m.admin.create_region("sydney").await;
+    let port = m.coord.port();
 
     let mut replicas = Vec::new();
     for i in 0..12 {
@@ -250,11 +242,10 @@ async fn memory_stays_bounded_under_ten_thousand_idle_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_readers_hold_a_bounded_amount_of_memory_each() {
     const N: usize = 200;
-    let (proxy, coord, _pg, dir) = proxy(&["--max-connections-per-client", "1000"]).await;
-    let app = SampleApp::start(dir.path()).await;
-    let admin = Api::login(&coord.url, "admin", ADMIN_PASSWORD).await;
-    let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;
-    let host = format!("open--main--dev--admin.region.localhost:{}", proxy.port);
+    let (proxy, m) = proxy(&["--max-connections-per-client", "1000"]).await;
+    let app = SampleApp::start(m.dir.path()).await;
+    let _agent = m.admin.public_app_workspace(m.dir.path(), &m.coord.url, app.port, "sydney").await;
+    let host = format!("open--main--dev--admin.sydney.localhost:{}", proxy.port);
     let request = |i: usize| {
         format!("GET /big{i} HTTP/1.1\r\nHost: {host}\r\nx-sample-body-bytes: 104857600\r\n\r\n").into_bytes()
     };
@@ -298,10 +289,8 @@ async fn slow_readers_hold_a_bounded_amount_of_memory_each() {
 /// listener answers throughout.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_address_cannot_exhaust_a_regions_relay_port() {
-    let (proxy, coord, _pg, _dir) = proxy(&[]).await;
-    let admin = Api::login(&coord.url, "admin", ADMIN_PASSWORD).await;
-    let relay = admin.region("sydney").await["replicas"][0]["relay_address"].as_str().unwrap().to_owned();
-    let relay: std::net::SocketAddr = relay.trim_start_matches("http://").parse().unwrap();
+    let (proxy, _m) = proxy(&[]).await;
+    let relay = proxy.relay();
     let connect_from = |ip: [u8; 4]| async move {
         let socket = TcpSocket::new_v4().unwrap();
         socket.bind((ip, 0).into()).unwrap();

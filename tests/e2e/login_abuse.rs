@@ -42,12 +42,8 @@ fn addr(a: u8, b: u8, c: u8) -> IpAddr {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn password_guessing_is_limited_per_account_and_per_address() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "10s", &[]).await;
-    let admin = coord.admin().await;
-    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
-    let url = coord.url.as_str();
+    let m = Mesh::builder().interval("10s").user("bob").start().await;
+    let url = m.coord.url.as_str();
 
     // One address gets ten guesses at an account, then 429 before any check:
     // the right password from there is refused too, and a forged
@@ -164,7 +160,7 @@ async fn a_sign_in_flood_leaves_health_checks_tokens_and_apps_alone() {
     let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
     let admin = coord.admin().await;
     let token = admin.create_region("sydney").await;
-    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &[]);
+    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &[]).await;
     proxy.wait_registered().await;
     let app = SampleApp::start(dir.path()).await;
     let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;

@@ -42,14 +42,24 @@ impl TlsPostgres {
             }
         }
         std::fs::set_permissions(&key_pem, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-        let port = free_port();
         pg.set("listen_addresses", "127.0.0.1");
-        pg.set_port(port);
         pg.set("ssl", "on");
         pg.set("ssl_cert_file", cert_pem.to_str().unwrap());
         pg.set("ssl_key_file", key_pem.to_str().unwrap());
         pg.set("hba_file", hba.to_str().unwrap());
-        tokio::task::block_in_place(|| pg.start()).unwrap();
+        // PostgreSQL cannot listen on port 0 and report the port: the one
+        // process here that takes a port the kernel just freed, so one that
+        // another process took meanwhile means trying again (bounded).
+        let mut port = 0;
+        for attempt in 1..=5 {
+            port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            pg.set_port(port);
+            match tokio::task::block_in_place(|| pg.start()) {
+                Ok(()) => break,
+                Err(e) if attempt < 5 => eprintln!("PostgreSQL on port {port}: {e:#}; another port"),
+                Err(e) => panic!("PostgreSQL would not start: {e:#}"),
+            }
+        }
         pg.ensure_database().await.unwrap();
         Self { pg, port, ca: ca_pem, _dir: dir }
     }
@@ -63,11 +73,10 @@ impl TlsPostgres {
 async fn the_coordinator_uses_postgres_over_verified_tls_with_a_bounded_pool() {
     let dir = tempdir();
     let pg = TlsPostgres::start().await;
-    let port = free_port();
     let ca = pg.ca.to_str().unwrap();
-    let mut args = Coordinator::args(dir.path(), port, &pg.url(""), "10s");
+    let mut args = Coordinator::args(dir.path(), &pg.url(""), "10s");
     args.extend(["--postgres-ca-cert", ca, "--postgres-pool-size", "3"].map(str::to_owned));
-    let coord = Coordinator::start_with(dir.path(), args, format!("http://127.0.0.1:{port}")).await;
+    let coord = Coordinator::start_with(dir.path(), args).await;
     let admin = coord.admin().await;
     // A burst of concurrent requests that each need the database.
     let burst = (0..40).map(|_| admin.get("/api/v2/regions"));
@@ -103,7 +112,7 @@ async fn a_postgres_that_cannot_be_verified_or_refuses_plain_connections_is_one_
         (pg.url("?sslmode=disable"), vec![], "no encryption"),
     ];
     for (url, extra, says) in cases {
-        let mut args = Coordinator::args(dir.path(), free_port(), &url, "10s");
+        let mut args = Coordinator::args(dir.path(), &url, "10s");
         args.extend(extra.iter().cloned());
         let mut proc = Process::spawn("coordinator", dir.path(), &args);
         // Refused, not retried for the 30 s a starting database gets.

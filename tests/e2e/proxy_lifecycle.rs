@@ -45,13 +45,8 @@ async fn registered_proxy_is_ok_then_unreachable_then_ok_then_unregistered() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn region_stays_ok_while_any_replica_lives() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("frankfurt").await;
-    let a = Proxy::start(dir.path(), &coord.url, &token).await;
-    let _b = Proxy::start(dir.path(), &coord.url, &token).await;
+    let m = Mesh::builder().region("frankfurt").replicas(2).start().await;
+    let (admin, a) = (&m.admin, &m.replicas("frankfurt")[0]);
     wait_for(Duration::from_secs(5), "two ok replicas", || async {
         let r = admin.region("frankfurt").await;
         let replicas = r["replicas"].as_array().unwrap().clone();
@@ -76,11 +71,8 @@ async fn region_stays_ok_while_any_replica_lives() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_serves_its_own_endpoints() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let token = coord.admin().await.create_region("tokyo").await;
-    let proxy = Proxy::start(dir.path(), &coord.url, &token).await;
+    let m = Mesh::builder().region("tokyo").start().await;
+    let proxy = m.proxy("tokyo");
 
     let healthz = reqwest::get(format!("{}/healthz", proxy.url)).await.unwrap();
     assert_eq!(healthz.status(), 200);
@@ -88,8 +80,8 @@ async fn proxy_serves_its_own_endpoints() {
     assert_eq!(latency.status(), 200);
     // Only the dashboard (the coordinator's origin; --login-url defaults to
     // --coordinator-url) may read and time it.
-    assert_eq!(latency.headers()["access-control-allow-origin"], coord.url.as_str());
-    assert_eq!(latency.headers()["timing-allow-origin"], coord.url.as_str());
+    assert_eq!(latency.headers()["access-control-allow-origin"], m.coord.url.as_str());
+    assert_eq!(latency.headers()["timing-allow-origin"], m.coord.url.as_str());
     let info: serde_json::Value =
         reqwest::get(format!("{}/api/v2/buildinfo", proxy.url)).await.unwrap().json().await.unwrap();
     assert_eq!(info["role"], "proxy");
@@ -157,19 +149,15 @@ fn balanced_traffic(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_both_replicas_fails_no_request() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("sydney").await;
-    let mut replicas = Vec::new();
-    for _ in 0..2 {
-        let mut p = Proxy::spawn_named(dir.path(), &coord.url, &token, "sydney", &[]);
-        p.wait_registered().await;
-        replicas.push(p);
-    }
-    let app = SampleApp::start(dir.path()).await;
-    let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;
+    let mut m = Mesh::builder()
+        .region("sydney")
+        .replicas(2)
+        .workspace(|app| serde_json::json!([{"slug": "open", "port": app, "share": "public"}]))
+        .agent_on("sydney")
+        .start()
+        .await;
+    let mut replicas = std::mem::take(&mut m.regions[0].replicas);
+    let admin = &m.admin;
     let urls: Vec<String> =
         replicas.iter().map(|p| format!("http://open--main--dev--admin.sydney.localhost:{}", p.port)).collect();
     // One sign-in (the token cookie is for the host, whichever replica serves it).
@@ -205,17 +193,16 @@ async fn a_rolling_restart_of_both_replicas_fails_no_request() {
 async fn sigterm_drains_requests_and_websockets_then_exits_0() {
     use futures_util::{SinkExt, StreamExt};
     use tokio_tungstenite::tungstenite::Message;
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("sydney").await;
     // A drain period long enough to tell "waited for the WebSocket" from "hit the deadline".
-    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &["--drain-timeout", "20s"]);
-    proxy.wait_registered().await;
-    let app = SampleApp::start(dir.path()).await;
-    let _agent = admin.public_app_workspace(dir.path(), &coord.url, app.port, "sydney").await;
-    let host = format!("open--main--dev--admin.region.localhost:{}", proxy.port);
+    let mut m = Mesh::builder()
+        .region_with("sydney", &["--drain-timeout", "20s"])
+        .workspace(|app| serde_json::json!([{"slug": "open", "port": app, "share": "public"}]))
+        .agent_on("sydney")
+        .start()
+        .await;
+    let mut proxy = m.take_proxy("sydney");
+    let admin = &m.admin;
+    let host = format!("open--main--dev--admin.sydney.localhost:{}", proxy.port);
 
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", proxy.port)).await.unwrap();
     let (mut ws, resp) = tokio_tungstenite::client_async(format!("ws://{host}/ws"), tcp).await.unwrap();
@@ -256,13 +243,8 @@ async fn sigterm_drains_requests_and_websockets_then_exits_0() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sigterm_with_a_shutdown_delay_turns_readiness_false_and_keeps_accepting_for_the_delay() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    let token = admin.create_region("sydney").await;
-    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &token, &["--shutdown-delay", "3s"]);
-    proxy.wait_registered().await;
+    let mut m = Mesh::builder().region_with("sydney", &["--shutdown-delay", "3s"]).start().await;
+    let mut proxy = m.take_proxy("sydney");
     // A fresh connection per probe, as a kubelet's.
     let probe = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
     let readyz = format!("{}/readyz", proxy.url);

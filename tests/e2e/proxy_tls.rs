@@ -28,7 +28,8 @@ async fn https_proxy_with_wildcard_certificate() {
         &coord.url,
         &token,
         &["--tls-cert", cert_pem.to_str().unwrap(), "--tls-key", key_pem.to_str().unwrap()],
-    );
+    )
+    .await;
     assert!(proxy.url.starts_with("https://"));
     // The coordinator's health check reaches it over TLS, trusting the CA.
     admin.wait_status("sydney", "ok", Duration::from_secs(15)).await;

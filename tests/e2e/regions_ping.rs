@@ -12,17 +12,17 @@ async fn ping_measures_each_region_and_marks_the_nearest() {
     let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
     let admin = coord.admin().await;
     // Sydney is 40 ms away (each way); the primary is on this machine.
-    let port = free_port();
-    let far = link_to(&format!("http://127.0.0.1:{port}")).await;
+    let far = pending_link().await;
     far.set_latency(Duration::from_millis(40));
     let access = format!("http://{}", far.addr());
     let token = admin.create_region("sydney").await;
-    let mut sydney = Proxy::spawn_on(dir.path(), &coord.url, &token, "sydney", port, &["--access-url", &access]);
+    let mut sydney = Proxy::spawn_named(dir.path(), &coord.url, &token, "sydney", &["--access-url", &access]).await;
+    far.set_upstreams(vec![sydney.ready.as_ref().unwrap().listen]);
     sydney.wait_registered().await;
     admin.wait_status("sydney", "ok", Duration::from_secs(10)).await;
     // A region that registered once and died: listed, not pinged.
     let gone = admin.create_region("gone").await;
-    let mut dead = Proxy::spawn_named(dir.path(), &coord.url, &gone, "gone", &[]);
+    let mut dead = Proxy::spawn_named(dir.path(), &coord.url, &gone, "gone", &[]).await;
     dead.wait_registered().await;
     dead.proc.kill();
     admin.wait_status("gone", "unreachable", Duration::from_secs(10)).await;

@@ -25,7 +25,7 @@ async fn a_minute_of_soak_through_every_fault_loses_nothing_and_leaks_nothing() 
         .map(|a| a.to_string())
         .chain([topology.display().to_string(), "--data-dir".into(), state.display().to_string()])
         .collect();
-    let mut demo = Demo::start(dir.path(), 2, &args).await;
+    let mut demo = Demo::start(dir.path(), &args).await;
 
     let soak = tokio::process::Command::new(BIN)
         .args(["drill", "soak", "--duration", "60s", "--hold", "2s", "--settle", "30s", "--json", "--data-dir"])

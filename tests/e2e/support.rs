@@ -2,6 +2,8 @@
 //! processes on ephemeral loopback ports, an admin API client, and bounded
 //! polling in place of sleeps.
 //!
+//! - [`mesh`]: one builder for the usual world (Postgres, coordinator, users,
+//!   regions and replicas, a workspace and its agent);
 //! - [`processes`]: the processes a test starts; [`api`]: the coordinator's API;
 //!   [`clients`]: browsers and raw clients; [`traffic`]: steady traffic;
 //!   [`observe`]: metrics and the sample app's counts; [`commands`]: bounded child commands.
@@ -11,6 +13,7 @@
 mod api;
 mod clients;
 mod commands;
+mod mesh;
 mod observe;
 mod processes;
 mod traffic;
@@ -18,14 +21,15 @@ mod traffic;
 pub use api::*;
 pub use clients::*;
 pub use commands::*;
+pub use mesh::*;
 pub use observe::*;
 pub use processes::*;
 pub use traffic::*;
 
 use meridian_coordinator::embedded_postgres::{EmbeddedPostgres, PgBinaries};
+use meridian_regions::ready::Ready;
 use serde_json::{json, Value};
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Arc;
@@ -34,11 +38,6 @@ use std::time::{Duration, Instant};
 pub const BIN: &str = env!("CARGO_BIN_EXE_meridian");
 
 pub const ADMIN_PASSWORD: &str = "admin-password";
-
-/// A port free now, for a process to listen on (see `meridian_netsim::free_port`).
-pub fn free_port() -> u16 {
-    meridian_netsim::free_port().expect("a free loopback port")
-}
 
 /// Polls `f` until it returns `Some`, at most `deadline`; panics naming `what`.
 pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut f: F) -> T

@@ -35,7 +35,7 @@ async fn wrong_deleted_and_regenerated_tokens_are_refused() {
         .await
         .unwrap();
     assert_eq!(reply.status(), 401);
-    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &wrong, &[]);
+    let mut proxy = Proxy::spawn(dir.path(), &coord.url, &wrong, &[]).await;
     expect_refused(&mut proxy).await;
 
     // Regenerating invalidates the old token: a running proxy on it exits at its next heartbeat.
@@ -59,7 +59,7 @@ async fn wrong_deleted_and_regenerated_tokens_are_refused() {
 #[tokio::test(flavor = "multi_thread")]
 async fn malformed_token_is_a_config_error() {
     let dir = tempdir();
-    let mut proxy = Proxy::spawn(dir.path(), "http://127.0.0.1:1", "no-colon-here", &[]);
+    let mut proxy = Proxy::spawn(dir.path(), "http://127.0.0.1:1", "no-colon-here", &[]).await;
     let status = proxy.proc.wait_exit(Duration::from_secs(10)).await;
     assert_eq!(status.code(), Some(64));
     assert!(proxy.proc.output().contains("--proxy-token"), "{}", proxy.proc.output());

@@ -55,14 +55,9 @@ struct World {
 /// `code` (owner only) and `open` (public) on two different app ports, its
 /// agent on the primary.
 async fn world(coordinator_args: &[&str]) -> World {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", coordinator_args).await;
-    let admin = coord.admin().await;
-    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
-    let token = admin.create_region("sydney").await;
-    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "sydney", &[]);
-    proxy.wait_registered().await;
+    let mut m = Mesh::builder().coordinator_args(coordinator_args).user("bob").region("sydney").start().await;
+    let (proxy, token) = (m.take_proxy("sydney"), m.token("sydney").to_owned());
+    let Mesh { coord, admin, pg, dir, .. } = m;
 
     let (code, open) = (SampleApp::start(dir.path()).await, SampleApp::start(dir.path()).await);
     let apps = json!([
@@ -277,7 +272,7 @@ async fn a_proxy_token_cannot_claim_hosts_it_was_not_given() {
     elsewhere["access_url"] = json!("http://evil.localhost:1");
     register(w.token.clone(), elsewhere).await.expect_status(409);
     // A proxy started that way says why and exits 78.
-    let mut rogue = Proxy::spawn_named(w.dir.path(), &w.coord.url, &w.token, "evil", &[]);
+    let mut rogue = Proxy::spawn_named(w.dir.path(), &w.coord.url, &w.token, "evil", &[]).await;
     let status = rogue.proc.wait_exit(Duration::from_secs(20)).await;
     assert_eq!(status.code(), Some(78), "{}", rogue.proc.output());
     assert!(rogue.proc.output().contains("*.sydney.localhost"), "{}", rogue.proc.output());

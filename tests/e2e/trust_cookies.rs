@@ -31,10 +31,9 @@ async fn over_https_whole_host_cookies_are_host_only_and_planted_ones_are_not_re
     let (ca_arg, cert_arg, key_arg) = (ca_pem.to_str().unwrap(), cert.to_str().unwrap(), key_pem.to_str().unwrap());
 
     let pg = Postgres::start().await;
-    let port = free_port();
-    let mut args = Coordinator::args(dir.path(), port, &pg.url(), "1s");
+    let mut args = Coordinator::args(dir.path(), &pg.url(), "1s");
     args.extend(["--ca-cert", ca_arg, "--tls-cert", cert_arg, "--tls-key", key_arg].map(str::to_owned));
-    let coord = Coordinator::start_with(dir.path(), args, format!("https://127.0.0.1:{port}")).await;
+    let coord = Coordinator::start_with(dir.path(), args).await;
     let http = tls_client(&ca_pem);
     let first = Api::with_http(&coord.url, http.clone(), None)
         .post("/api/v2/users/first", json!({"username": "admin", "password": ADMIN_PASSWORD}))
@@ -88,7 +87,8 @@ async fn over_https_whole_host_cookies_are_host_only_and_planted_ones_are_not_re
         &coord.url,
         &token,
         &["--ca-cert", ca_arg, "--tls-cert", cert_arg, "--tls-key", key_arg],
-    );
+    )
+    .await;
     admin.wait_status("sydney", "ok", std::time::Duration::from_secs(20)).await;
     let app = SampleApp::start(dir.path()).await;
     let ws = json!({"name": "dev", "agents": [{"name": "main", "apps": [{"slug": "open", "port": app.port, "share": "public"}]}]});

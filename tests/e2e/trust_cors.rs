@@ -50,14 +50,9 @@ impl ReflectingApp {
 /// sydney; every agent on the primary (one mesh hop).
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_cannot_read_another_users_app_through_cors() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
-    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
-    let token = admin.create_region("sydney").await;
-    let mut proxy = Proxy::spawn_named(dir.path(), &coord.url, &token, "sydney", &[]);
-    proxy.wait_registered().await;
+    let mut m = Mesh::builder().user("bob").region("sydney").start().await;
+    let proxy = m.take_proxy("sydney");
+    let Mesh { coord, admin, dir, .. } = m;
     let (code, api, evil) =
         (ReflectingApp::start("code").await, ReflectingApp::start("api").await, ReflectingApp::start("evil").await);
     let apps = json!([

@@ -19,6 +19,47 @@ async fn schema_version(pg: &Postgres) -> i64 {
     sqlx::query_scalar("SELECT max(version) FROM _sqlx_migrations WHERE success").fetch_one(&mut conn).await.unwrap()
 }
 
+/// The previous release's coordinator. It cannot listen on port 0 and say
+/// where (`--ready-file` is newer), so it gets a port the kernel just freed,
+/// and another if a process took that one meanwhile (bounded).
+async fn start_previous(dir: &Path, postgres_url: &str) -> Coordinator {
+    for attempt in 1..=5 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut args = Coordinator::args(dir, postgres_url, "1s");
+        let listen = args.iter().position(|a| a == "--listen").unwrap() + 1;
+        args[listen] = format!("127.0.0.1:{port}");
+        let wildcard = args.iter().position(|a| a == "--wildcard-access-url").unwrap() + 1;
+        args[wildcard] = format!("*.primary.localhost:{port}");
+        let mut proc = Process::spawn_bin(&previous_bin(), "coordinator", dir, &args);
+        let url = format!("http://127.0.0.1:{port}");
+        let up = wait_for(Duration::from_secs(60), "the previous coordinator to answer or exit", || {
+            let exited = proc.child.try_wait().unwrap().is_some();
+            let health = format!("{url}/healthz");
+            async move {
+                if exited {
+                    return Some(false);
+                }
+                let ok = reqwest::get(&health).await.ok().is_some_and(|r| r.status().is_success());
+                ok.then_some(true)
+            }
+        })
+        .await;
+        if up {
+            let ready = meridian_regions::ready::Ready {
+                pid: proc.child.id(),
+                listen: ([127, 0, 0, 1], port).into(),
+                access_url: None,
+                relay: None,
+                internal: None,
+            };
+            return Coordinator { proc, url, args, dir: dir.to_owned(), ready };
+        }
+        let out = proc.output();
+        assert!(out.contains("cannot listen") && attempt < 5, "the previous coordinator exited:\n{out}");
+    }
+    unreachable!()
+}
+
 fn names(list: &serde_json::Value, key: &str) -> Vec<String> {
     list[key].as_array().unwrap().iter().map(|v| v["name"].as_str().unwrap().to_owned()).collect()
 }
@@ -27,18 +68,9 @@ fn names(list: &serde_json::Value, key: &str) -> Vec<String> {
 async fn the_previous_and_the_current_coordinator_serve_side_by_side_on_one_database() {
     let dir = tempdir();
     let pg = Postgres::start().await;
-    let (old_port, new_port) = (free_port(), free_port());
-    let old_url = format!("http://127.0.0.1:{old_port}");
-    let new_url = format!("http://127.0.0.1:{new_port}");
-
     // The previous release owns the database first and fills it.
-    let old = Coordinator::start_bin(
-        &previous_bin(),
-        dir.path(),
-        Coordinator::args(dir.path(), old_port, &pg.url(), "1s"),
-        old_url.clone(),
-    )
-    .await;
+    let old = start_previous(dir.path(), &pg.url()).await;
+    let old_url = old.url.clone();
     let before = schema_version(&pg).await;
     let admin_old = old.admin().await;
     let sydney_token = admin_old.create_region("sydney").await;
@@ -51,9 +83,8 @@ async fn the_previous_and_the_current_coordinator_serve_side_by_side_on_one_data
 
     // The current release starts on the same database while the old one
     // serves, and migrates it further.
-    let new =
-        Coordinator::start_with(dir.path(), Coordinator::args(dir.path(), new_port, &pg.url(), "1s"), new_url.clone())
-            .await;
+    let new = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let new_url = new.url.clone();
     let after = schema_version(&pg).await;
     assert!(after > before, "the current release migrated the schema ({before} → {after})");
 
@@ -85,7 +116,7 @@ async fn the_previous_and_the_current_coordinator_serve_side_by_side_on_one_data
 
     // A region registered through the current release is health-checked and
     // listed as healthy by the previous one too (health lives in Postgres).
-    let _proxy = Proxy::spawn(dir.path(), &new_url, &sydney_token, &[]);
+    let _proxy = Proxy::spawn(dir.path(), &new_url, &sydney_token, &[]).await;
     admin_old.wait_status("sydney", "ok", Duration::from_secs(20)).await;
     admin_new.wait_status("sydney", "ok", Duration::from_secs(20)).await;
     drop((old, new));
@@ -95,10 +126,8 @@ async fn the_previous_and_the_current_coordinator_serve_side_by_side_on_one_data
 async fn a_coordinator_starts_on_a_database_a_newer_release_migrated_further() {
     let dir = tempdir();
     let pg = Postgres::start().await;
-    let port = free_port();
-    let url = format!("http://127.0.0.1:{port}");
-    let mut coord =
-        Coordinator::start_with(dir.path(), Coordinator::args(dir.path(), port, &pg.url(), "1s"), url.clone()).await;
+    let mut coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
+    let url = coord.url.clone();
     coord.admin().await;
     // A later release's (expanding) migration, unknown to this build.
     {

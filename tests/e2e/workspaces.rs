@@ -5,12 +5,8 @@ use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn workspaces_are_created_listed_and_deleted() {
-    let dir = tempdir();
-    let pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "10s", &[]).await;
-    let admin = coord.admin().await;
-    admin.post("/api/v2/users", json!({"username": "bob", "password": "bob-password"})).await.expect_status(201);
-    let bob = Api::login(&coord.url, "bob", "bob-password").await;
+    let m = Mesh::builder().interval("10s").user("bob").start().await;
+    let (admin, bob) = (&m.admin, m.login("bob").await);
 
     let spec = json!({"name": "dev", "agents": [{"name": "main", "apps": [
         {"slug": "code", "port": 8080},

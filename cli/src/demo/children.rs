@@ -53,7 +53,28 @@ impl Children {
         Ok(())
     }
 
+    /// Where child `name` reports what it bound (its `--ready-file`).
+    pub fn ready_file(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.ready.json"))
+    }
+
+    /// Pins child `name`'s listeners to the addresses it bound (`ready`), so a
+    /// restart binds the same ones and the links and URLs naming them stay right.
+    pub fn pin(&mut self, name: &str, ready: &meridian_regions::ready::Ready) -> Result<()> {
+        let (spec, _) =
+            self.running.iter_mut().find(|(s, _)| s.name == name).with_context(|| format!("no child {name}"))?;
+        let bound = [("--listen", Some(ready.listen)), ("--relay-listen", ready.relay)];
+        for (flag, addr) in bound {
+            if let (Some(at), Some(addr)) = (spec.args.iter().position(|a| a == flag), addr) {
+                spec.args[at + 1] = addr.to_string();
+            }
+        }
+        Ok(())
+    }
+
     fn start(&self, spec: &Spec) -> Result<Child> {
+        // A report left by an earlier run must not pass for this one's.
+        let _ = std::fs::remove_file(self.ready_file(&spec.name));
         let log =
             std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join(format!("{}.log", spec.name)))?;
         let mut cmd = Command::new(&self.exe);

@@ -25,6 +25,9 @@ pub struct DemoInfo {
     pub app: String,
     pub control_url: String,
     pub control_token: Secret,
+    /// Each region's name and the URL users reach it at, in the topology's order.
+    #[serde(default)]
+    pub regions: Vec<(String, String)>,
 }
 
 impl DemoInfo {
@@ -62,8 +65,6 @@ pub struct RegionLinks {
 pub struct ReplicaLinks {
     /// The demo's name for its process (`proxy-sydney`, `proxy-sydney-2`, …).
     pub process: String,
-    /// Where its proxy listens for users (behind the region's `users` link).
-    pub listen: std::net::SocketAddr,
     /// Other regions' relays.
     pub mesh: Link,
     /// Agents attaching to this replica (no latency: workspaces sit next to their region).
@@ -118,21 +119,27 @@ impl Faults {
         for i in 0..self.region(req)?.replicas.len() {
             let faults = self.clone();
             let req2 = req.clone();
-            tokio::task::spawn_blocking(move || {
+            let ready_file = tokio::task::spawn_blocking(move || {
                 let name = faults.region(&req2)?.replicas[i].process.clone();
                 let mut children = faults.children();
                 children.terminate(&name, RESTART_GRACE)?;
-                children.restart(&name)
+                children.restart(&name)?;
+                anyhow::Ok(children.ready_file(&name))
             })
             .await??;
             let replica = &self.region(req)?.replicas[i];
-            let url = format!("http://{}/healthz-report", replica.listen);
             let deadline = Instant::now() + RESTART_GRACE;
             loop {
-                let report = http.get(&url).timeout(Duration::from_secs(2)).send().await;
+                // It listens where it did before (its ports are pinned), once it says so.
+                let url =
+                    meridian_regions::ready::read(&ready_file).map(|r| format!("http://{}/healthz-report", r.listen));
+                let report = match url {
+                    Some(url) => http.get(&url).timeout(Duration::from_secs(2)).send().await.ok(),
+                    None => None,
+                };
                 let v = match report {
-                    Ok(r) => r.json::<serde_json::Value>().await.unwrap_or_default(),
-                    Err(_) => serde_json::Value::Null,
+                    Some(r) => r.json::<serde_json::Value>().await.unwrap_or_default(),
+                    None => serde_json::Value::Null,
                 };
                 if v["status"] == "ok" && v["last_registration_at"].is_string() {
                     break;

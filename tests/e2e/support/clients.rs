@@ -110,6 +110,12 @@ pub async fn link_to(upstream: &str) -> meridian_netsim::Link {
     meridian_netsim::Link::start("127.0.0.1:0".parse().unwrap(), addr).await.unwrap()
 }
 
+/// A link whose upstream is set later ([`meridian_netsim::Link::set_upstreams`]),
+/// for a process that must be told the link's address before it listens.
+pub async fn pending_link() -> meridian_netsim::Link {
+    meridian_netsim::Link::start_pending("127.0.0.1:0".parse().unwrap()).await.unwrap()
+}
+
 /// A TLS client trusting the CA in `ca` (PEM), offering `alpn`.
 pub fn tls_connector(ca: &std::path::Path, alpn: &[&[u8]]) -> tokio_rustls::TlsConnector {
     use rustls::pki_types::{pem::PemObject, CertificateDer};

@@ -42,7 +42,7 @@ impl Process {
 
     /// [`Process::spawn_bin`] with these environment variables besides `PATH` and `MERIDIAN_LOG`.
     pub fn spawn_env(bin: &str, name: &str, dir: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
-        let log = dir.join(format!("{name}-{}.log", free_port()));
+        let log = unique_path(dir, name, "log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(bin)
             .args(args)
@@ -85,6 +85,52 @@ impl Process {
     pub fn output(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits (bounded) until the process reports the addresses it bound in
+    /// `ready_file` (its `--ready-file`); `None` if it exits first.
+    pub async fn listening(&mut self, ready_file: &Path) -> Option<Ready> {
+        let name = self.name.clone();
+        let child = &mut self.child;
+        wait_for(Duration::from_secs(60), &format!("{name} to report where it listens"), || {
+            let exited = child.try_wait().unwrap().is_some();
+            let ready = meridian_regions::ready::read(ready_file);
+            async move {
+                match ready {
+                    Some(r) => Some(Some(r)),
+                    None if exited => Some(None),
+                    None => None,
+                }
+            }
+        })
+        .await
+    }
+}
+
+/// A path in `dir` no other process of this test run uses: `<name>-<n>.<ext>`.
+pub fn unique_path(dir: &Path, name: &str, ext: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("{name}-{}-{n}.{ext}", std::process::id()))
+}
+
+/// `args` with `--listen` and `--relay-listen` set to the addresses a process
+/// bound (`ready`), so a restart binds the same ones.
+fn pin(args: &mut [String], ready: &Ready) {
+    for (flag, addr) in [("--listen", Some(ready.listen)), ("--relay-listen", ready.relay)] {
+        if let (Some(at), Some(addr)) = (args.iter().position(|a| a == flag), addr) {
+            args[at + 1] = addr.to_string();
+        }
+    }
+}
+
+/// `args` with `--ready-file` set to a fresh path in `dir`, which it returns.
+fn with_ready_file(args: &mut Vec<String>, dir: &Path, name: &str) -> PathBuf {
+    let path = unique_path(dir, name, "ready.json");
+    match args.iter().position(|a| a == "--ready-file") {
+        Some(at) => args[at + 1] = path.display().to_string(),
+        None => args.extend(["--ready-file".to_owned(), path.display().to_string()]),
+    }
+    path
 }
 
 impl Drop for Process {
@@ -109,27 +155,30 @@ impl Drop for Process {
 pub struct Coordinator {
     pub proc: Process,
     pub url: String,
+    /// Its arguments, with the addresses it bound (a restart binds them again).
     pub args: Vec<String>,
     pub dir: PathBuf,
+    /// What it reported it bound.
+    pub ready: Ready,
 }
 
 impl Coordinator {
     /// Starts a coordinator on `postgres_url` with the given health interval
     /// (also used as the proxies' heartbeat interval), and waits until it answers.
     pub async fn start(dir: &Path, postgres_url: &str, interval: &str, extra: &[&str]) -> Self {
-        let port = free_port();
-        let mut args = Self::args(dir, port, postgres_url, interval);
+        let mut args = Self::args(dir, postgres_url, interval);
         args.extend(extra.iter().map(|s| s.to_string()));
-        Self::start_with(dir, args, format!("http://127.0.0.1:{port}")).await
+        Self::start_with(dir, args).await
     }
 
-    /// The harness's arguments for a coordinator on `port` (what [`Coordinator::start`]
-    /// passes before its extras); replicas in one `dir` share its secrets key.
-    pub fn args(dir: &Path, port: u16, postgres_url: &str, interval: &str) -> Vec<String> {
+    /// The harness's arguments for a coordinator on a free port (what
+    /// [`Coordinator::start`] passes before its extras); replicas in one `dir`
+    /// share its secrets key.
+    pub fn args(dir: &Path, postgres_url: &str, interval: &str) -> Vec<String> {
         [
             "coordinator",
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--postgres-url",
             postgres_url,
             "--proxy-health-interval",
@@ -139,7 +188,7 @@ impl Coordinator {
             "--secrets-key-file",
             &dir.join("secrets.key").to_string_lossy(),
             "--wildcard-access-url",
-            &format!("*.primary.localhost:{port}"),
+            "*.primary.localhost:0",
             "--app-timeout",
             "3s",
         ]
@@ -148,16 +197,29 @@ impl Coordinator {
         .collect()
     }
 
-    pub async fn start_with(dir: &Path, args: Vec<String>, url: String) -> Self {
-        Self::start_bin(BIN, dir, args, url).await
+    pub async fn start_with(dir: &Path, args: Vec<String>) -> Self {
+        Self::start_bin(BIN, dir, args).await
     }
 
     /// [`Coordinator::start_with`] of another build of `meridian`.
-    pub async fn start_bin(bin: &str, dir: &Path, args: Vec<String>, url: String) -> Self {
-        let proc = Process::spawn_bin(bin, "coordinator", dir, &args);
-        let mut c = Self { proc, url, args, dir: dir.to_owned() };
+    pub async fn start_bin(bin: &str, dir: &Path, mut args: Vec<String>) -> Self {
+        let ready_file = with_ready_file(&mut args, dir, "coordinator");
+        let mut proc = Process::spawn_bin(bin, "coordinator", dir, &args);
+        let ready = match proc.listening(&ready_file).await {
+            Some(r) => r,
+            None => panic!("coordinator exited before it listened:\n{}", proc.output()),
+        };
+        pin(&mut args, &ready);
+        let scheme = if args.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
+        let url = format!("{scheme}://{}", ready.listen);
+        let mut c = Self { proc, url, args, dir: dir.to_owned(), ready };
         c.wait_ready().await;
         c
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.ready.listen.port()
     }
 
     pub async fn wait_ready(&mut self) {
@@ -174,7 +236,7 @@ impl Coordinator {
         .await;
     }
 
-    /// Starts the same coordinator again (after a kill).
+    /// Starts the same coordinator again (after a kill), on the same addresses.
     pub async fn restart(&mut self) {
         self.proc.kill();
         self.proc = Process::spawn("coordinator", &self.dir, &self.args);
@@ -195,24 +257,23 @@ impl Coordinator {
 pub struct Proxy {
     pub proc: Process,
     pub url: String,
+    /// The port it listens on (0 if it exited before it listened).
     pub port: u16,
+    /// What it reported it bound (`None` if it exited before it listened).
+    pub ready: Option<Ready>,
     args: Vec<String>,
     dir: PathBuf,
 }
 
 impl Proxy {
-    /// Spawns a proxy; it may exit on its own (e.g. a refused token).
-    pub fn spawn(dir: &Path, coordinator: &str, token: &str, extra: &[&str]) -> Self {
-        Self::spawn_named(dir, coordinator, token, "region", extra)
+    /// Spawns a proxy and waits until it listens; it may exit on its own
+    /// (e.g. a refused token).
+    pub async fn spawn(dir: &Path, coordinator: &str, token: &str, extra: &[&str]) -> Self {
+        Self::spawn_named(dir, coordinator, token, "region", extra).await
     }
 
     /// Spawns a proxy serving apps under `*.{name}.localhost:PORT`.
-    pub fn spawn_named(dir: &Path, coordinator: &str, token: &str, name: &str, extra: &[&str]) -> Self {
-        Self::spawn_on(dir, coordinator, token, name, free_port(), extra)
-    }
-
-    /// [`Proxy::spawn_named`] listening on `port`.
-    pub fn spawn_on(dir: &Path, coordinator: &str, token: &str, name: &str, port: u16, extra: &[&str]) -> Self {
+    pub async fn spawn_named(dir: &Path, coordinator: &str, token: &str, name: &str, extra: &[&str]) -> Self {
         let mut args: Vec<String> = [
             "proxy",
             "--coordinator-url",
@@ -220,9 +281,9 @@ impl Proxy {
             "--proxy-token",
             token,
             "--listen",
-            &format!("127.0.0.1:{port}"),
+            "127.0.0.1:0",
             "--wildcard-access-url",
-            &format!("*.{name}.localhost:{port}"),
+            &format!("*.{name}.localhost:0"),
         ]
         .iter()
         .map(|s| s.to_string())
@@ -235,8 +296,19 @@ impl Proxy {
         }
         args.extend(extra.iter().map(|s| s.to_string()));
         let scheme = if extra.contains(&"--tls-cert") { "https" } else { "http" };
-        let proc = Process::spawn("proxy", dir, &args);
-        Self { proc, url: format!("{scheme}://127.0.0.1:{port}"), port, args, dir: dir.to_owned() }
+        let ready_file = with_ready_file(&mut args, dir, "proxy");
+        let mut proc = Process::spawn("proxy", dir, &args);
+        let ready = proc.listening(&ready_file).await;
+        if let Some(r) = &ready {
+            pin(&mut args, r);
+        }
+        let port = ready.as_ref().map_or(0, |r| r.listen.port());
+        Self { proc, url: format!("{scheme}://127.0.0.1:{port}"), port, ready, args, dir: dir.to_owned() }
+    }
+
+    /// Where its relay listens.
+    pub fn relay(&self) -> std::net::SocketAddr {
+        self.ready.as_ref().and_then(|r| r.relay).expect("the proxy reported its relay")
     }
 
     /// Starts the same proxy again (same port, same replica) after it died.
@@ -257,7 +329,7 @@ impl Proxy {
 
     /// Spawns a proxy and waits until it has registered.
     pub async fn start(dir: &Path, coordinator: &str, token: &str) -> Self {
-        let mut p = Self::spawn(dir, coordinator, token, &[]);
+        let mut p = Self::spawn(dir, coordinator, token, &[]).await;
         p.wait_registered().await;
         p
     }
@@ -321,15 +393,14 @@ impl SampleApp {
     }
 
     async fn start_with(dir: &Path, extra: Vec<String>) -> Self {
-        let port = free_port();
-        let mut args = vec!["sample-app".to_owned(), "--listen".to_owned(), format!("127.0.0.1:{port}")];
+        let mut args = vec!["sample-app".to_owned(), "--listen".to_owned(), "127.0.0.1:0".to_owned()];
         args.extend(extra);
-        let proc = Process::spawn("sample-app", dir, &args);
-        wait_for(Duration::from_secs(10), "sample app", || async move {
-            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()
-        })
-        .await;
-        Self { proc, port }
+        let ready_file = with_ready_file(&mut args, dir, "sample-app");
+        let mut proc = Process::spawn("sample-app", dir, &args);
+        let Some(ready) = proc.listening(&ready_file).await else {
+            panic!("the sample app exited before it listened:\n{}", proc.output())
+        };
+        Self { proc, port: ready.listen.port() }
     }
 }
 
@@ -360,24 +431,28 @@ impl Agent {
     }
 }
 
-/// `meridian demo` as a user starts it, on a free run of ports.
+/// `meridian demo` as a user starts it, on ports it picks (`--port 0`).
 pub struct Demo {
     pub proc: Process,
-    /// The coordinator's port; region `i` (from 1) is at `port + i`.
+    /// The coordinator's port.
     pub port: u16,
+    /// Each region's name and the port users reach it on.
+    pub regions: Vec<(String, u16)>,
     /// Everything it printed by the time it was ready.
     pub printed: String,
 }
 
 impl Demo {
-    /// Starts `meridian demo --port P <args>` where P and the `regions` ports
-    /// after it are free, and waits until it prints its URLs.
-    pub async fn start(dir: &Path, regions: u16, args: &[String]) -> Self {
-        let port = (0..50)
-            .map(|_| free_port())
-            .find(|p| (1..=regions).all(|i| TcpListener::bind(("127.0.0.1", p + i)).is_ok()))
-            .unwrap();
-        let mut all = vec!["demo".to_owned(), "--port".into(), port.to_string()];
+    /// Starts `meridian demo --port 0 <args>` (`args` name its `--data-dir`),
+    /// waits until it prints its URLs, and reads where it listens from its
+    /// `demo.json`.
+    pub async fn start(dir: &Path, args: &[String]) -> Self {
+        let data_dir = args
+            .iter()
+            .position(|a| a == "--data-dir")
+            .map(|at| PathBuf::from(&args[at + 1]))
+            .expect("the demo's tests name its --data-dir");
+        let mut all = vec!["demo".to_owned(), "--port".into(), "0".into()];
         all.extend(args.iter().cloned());
         let mut proc = Process::spawn("demo", dir, &all);
         let log = proc.log.clone();
@@ -388,6 +463,20 @@ impl Demo {
             async move { text.contains("Ctrl-C stops everything").then_some(text) }
         })
         .await;
-        Self { proc, port, printed }
+        let info: Value = serde_json::from_slice(&std::fs::read(data_dir.join("demo.json")).unwrap()).unwrap();
+        let port_of = |url: &str| url::Url::parse(url).unwrap().port().unwrap();
+        let port = port_of(info["coordinator_url"].as_str().unwrap());
+        let regions = info["regions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r[0].as_str().unwrap().to_owned(), port_of(r[1].as_str().unwrap())))
+            .collect();
+        Self { proc, port, regions, printed }
+    }
+
+    /// The port users reach `region` on.
+    pub fn port_of(&self, region: &str) -> u16 {
+        self.regions.iter().find(|(r, _)| r == region).map(|(_, p)| *p).unwrap_or_else(|| panic!("no region {region}"))
     }
 }

@@ -369,6 +369,18 @@ impl Server {
         self.bootstrap.lock().set_sentry_config(Some(sentry_config));
     }
 
+    /// Hands the server a TCP listener the caller bound: the endpoint whose
+    /// address is `addr` (the string given to `ListenerConfig::tcp` or
+    /// `add_tcp`) serves on it instead of binding its own. A caller can so
+    /// bind port 0, learn the port the kernel chose, and name the endpoint by
+    /// it, with no window in which another process could take the port.
+    /// Call it after [`Server::bootstrap`].
+    #[cfg(unix)]
+    pub fn adopt_listener(&self, addr: &str, listener: std::net::TcpListener) {
+        use std::os::unix::io::IntoRawFd;
+        self.listen_fds().lock().add(addr.to_string(), listener.into_raw_fd());
+    }
+
     /// Get the configured file descriptors for listening
     #[cfg(unix)]
     fn listen_fds(&self) -> ListenFds {
