@@ -82,40 +82,9 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
         reads: Default::default(),
         login_limits: Default::default(),
     };
-    // Only the primary proxy is meant to speak to the loopback listeners:
-    // there (and not on --internal-listen) its X-Forwarded-For names the
-    // client, when the request carries this process's proof that the
-    // primary proxy sent it (any local process can reach loopback).
     let forwarded_by = api::auth::Forwarded::new();
-    let mut apis = vec![serve_api(
-        api_listener,
-        api::router(state.clone(), dashboard::routes()),
-        Some(forwarded_by.clone()),
-        stop.clone(),
-    )];
-    let mut internal_addr = None;
-    let public_api = match config.internal_listen {
-        Some(addr) => {
-            let internal = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("cannot listen on --internal-listen {addr}"))?;
-            let addr = internal.local_addr()?;
-            internal_addr = Some(addr);
-            tracing::info!(listen = %addr, "proxy API listening (internal)");
-            apis.push(serve_api(internal, api::router(state.clone(), dashboard::routes()), None, stop.clone()));
-            let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
-            let public_addr = public.local_addr()?;
-            apis.push(serve_api(
-                public,
-                api::public_router(state, dashboard::routes()),
-                Some(forwarded_by.clone()),
-                stop.clone(),
-            ));
-            public_addr
-        }
-        None => api_addr,
-    };
-    let proxy = primary.start(public_api, forwarded_by.secret())?;
+    let apis = Apis::serve(state, api_listener, config.internal_listen, &forwarded_by, &stop).await?;
+    let proxy = primary.start(apis.public, forwarded_by.secret())?;
     tracing::info!(listen = %config.listen, access_url = %config.access_url, "coordinator listening");
     if let Some(path) = &config.ready_file {
         let ready = meridian_regions::ready::Ready {
@@ -123,7 +92,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
             listen: config.listen,
             access_url: Some(config.access_url.to_string()),
             relay: Some(config.relay_listen),
-            internal: internal_addr,
+            internal: apis.internal,
         };
         meridian_regions::ready::write(path, &ready).with_context(|| format!("cannot write {}", path.display()))?;
     }
@@ -136,7 +105,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     proxy.stop(config.shutdown_delay + DRAIN_TIMEOUT + Duration::from_secs(5)).await;
     stop.cancel();
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        for api in apis {
+        for api in apis.tasks {
             let _ = api.await;
         }
     })
@@ -149,6 +118,51 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     }
     tracing::info!("coordinator stopped");
     Ok(())
+}
+
+/// The API's listeners, serving until `stop`.
+struct Apis {
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Where the primary proxy forwards what users send: the whole API, or
+    /// without `--internal-listen`'s proxy API.
+    public: std::net::SocketAddr,
+    /// `--internal-listen`'s bound address.
+    internal: Option<std::net::SocketAddr>,
+}
+
+impl Apis {
+    /// The whole API on `loopback` (the primary proxy registers there), and
+    /// with `internal_listen` the proxy API there and the rest on a second
+    /// loopback listener for the primary to forward to.
+    async fn serve(
+        state: api::AppState,
+        loopback: tokio::net::TcpListener,
+        internal_listen: Option<std::net::SocketAddr>,
+        forwarded_by: &api::auth::Forwarded,
+        stop: &CancellationToken,
+    ) -> anyhow::Result<Self> {
+        // Only the primary proxy is meant to speak to the loopback listeners:
+        // there (and not on --internal-listen) its X-Forwarded-For names the
+        // client, when the request carries this process's proof that the
+        // primary proxy sent it (any local process can reach loopback).
+        let whole = loopback.local_addr()?;
+        let router = || api::router(state.clone(), dashboard::routes());
+        let mut tasks = vec![serve_api(loopback, router(), Some(forwarded_by.clone()), stop.clone())];
+        let Some(addr) = internal_listen else {
+            return Ok(Self { tasks, public: whole, internal: None });
+        };
+        let internal = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on --internal-listen {addr}"))?;
+        let internal_addr = internal.local_addr()?;
+        tracing::info!(listen = %internal_addr, "proxy API listening (internal)");
+        tasks.push(serve_api(internal, router(), None, stop.clone()));
+        let public = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let public_addr = public.local_addr()?;
+        let public_router = api::public_router(state, dashboard::routes());
+        tasks.push(serve_api(public, public_router, Some(forwarded_by.clone()), stop.clone()));
+        Ok(Self { tasks, public: public_addr, internal: Some(internal_addr) })
+    }
 }
 
 /// Serves `router` on `listener` until `stop`; with `forwarded`, requests

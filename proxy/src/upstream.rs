@@ -139,3 +139,83 @@ impl VirtualSocket for TunnelSocket {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use pingora::connectors::TransportConnector;
+    use pingora::protocols::l4::stream::Stream;
+    use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
+    use pingora::upstreams::peer::{BasicPeer, Peer};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+    use std::time::Duration;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+    /// One end of an in-memory pipe as a virtual socket (what a tunnel stream is to pingora).
+    #[derive(Debug)]
+    struct Duplex(tokio::io::DuplexStream);
+
+    impl AsyncRead for Duplex {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Duplex {
+        fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.0).poll_write(cx, buf)
+        }
+        fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_flush(cx)
+        }
+        fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Pin::new(&mut self.0).poll_shutdown(cx)
+        }
+    }
+
+    impl VirtualSocket for Duplex {
+        fn set_socket_option(&self, _opt: VirtualSockOpt) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn virtual_stream() -> (pingora::protocols::Stream, tokio::io::DuplexStream) {
+        let (near, far) = tokio::io::duplex(64);
+        (Box::new(Stream::from(VirtualSocketStream::new(Box::new(Duplex(near))))), far)
+    }
+
+    /// Two tunnel streams pooled for one app (pingora's pool, with the
+    /// vendored patch giving virtual streams ids of their own): the one whose
+    /// far end closes is the one that leaves the pool, and the other stays,
+    /// open and reused next. With every virtual stream's id at -1 the pool let
+    /// the open one go in the closed one's place and kept the closed one
+    /// forever, holding the stream, its data connection, the agent's pipe
+    /// and the app's connection open (the soak's "left open" descriptors).
+    #[tokio::test]
+    async fn pooled_tunnel_streams_leave_the_pool_each_for_itself() {
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new("127.0.0.1:8080");
+        let ((a, mut a_far), (b, mut b_far)) = (virtual_stream(), virtual_stream());
+        assert!(a.id() < -1 && b.id() < -1 && a.id() != b.id(), "{} {}", a.id(), b.id());
+        connector.release_stream(a, peer.reuse_hash(), None);
+        connector.release_stream(b, peer.reuse_hash(), None);
+
+        // b (pooled last) closes at its far end: the pool lets b go, and b's far end reads EOF.
+        b_far.shutdown().await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(5), b_far.read(&mut [0u8; 1])).await;
+        assert!(matches!(read, Ok(Ok(0))), "the closed stream is still held: {read:?}");
+        // a is untouched, and is what the pool hands out next.
+        let quiet = tokio::time::timeout(Duration::from_millis(200), a_far.read(&mut [0u8; 1])).await;
+        assert!(quiet.is_err(), "the open stream was let go in the closed one's place: {quiet:?}");
+        let mut reused = connector.reused_stream(&peer).await.expect("the open stream is still pooled");
+        reused.write_all(b"x").await.unwrap();
+        reused.flush().await.unwrap();
+        let mut got = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), a_far.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"x");
+    }
+}

@@ -540,6 +540,21 @@ pub struct Stream {
     write_pending_time: AccumulatedDuration,
     /// Last rx timestamp associated with the last recvmsg call.
     pub rx_ts: Option<SystemTime>,
+    /// Meridian patch: a virtual stream's [`UniqueID`], since it has no fd (see PATCHED.md).
+    virtual_id: Option<UniqueIDType>,
+}
+
+/// Meridian patch: ids for virtual streams, negative (never an fd, and
+/// never -1, what `as_raw_fd` says of them) and distinct among those alive:
+/// connection pools key their bookkeeping by [`UniqueID`], and with every
+/// virtual stream at -1 a pool that let one go (closed, or idle too long)
+/// could drop another in its place and keep the first forever.
+#[cfg(unix)]
+fn next_virtual_id() -> UniqueIDType {
+    use std::sync::atomic::{AtomicI32, Ordering};
+    static NEXT: AtomicI32 = AtomicI32::new(-2);
+    let step = |v: i32| Some(if v == i32::MIN { -2 } else { v - 1 });
+    NEXT.fetch_update(Ordering::Relaxed, Ordering::Relaxed, step).unwrap_or(-2)
 }
 
 impl Stream {
@@ -682,6 +697,7 @@ impl From<TcpStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            virtual_id: None,
         }
     }
 }
@@ -705,6 +721,10 @@ impl From<virt::VirtualSocketStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            #[cfg(unix)]
+            virtual_id: Some(next_virtual_id()),
+            #[cfg(windows)]
+            virtual_id: None,
         }
     }
 }
@@ -729,6 +749,7 @@ impl From<UnixStream> for Stream {
             read_pending_time: AccumulatedDuration::new(),
             write_pending_time: AccumulatedDuration::new(),
             rx_ts: None,
+            virtual_id: None,
         }
     }
 }
@@ -750,7 +771,7 @@ impl AsRawSocket for Stream {
 #[cfg(unix)]
 impl UniqueID for Stream {
     fn id(&self) -> UniqueIDType {
-        self.as_raw_fd()
+        self.virtual_id.unwrap_or_else(|| self.as_raw_fd())
     }
 }
 
