@@ -155,6 +155,10 @@ async fn start_coordinator(
         &listen,
         "--ready-file",
         &ready_file,
+        // Pinned once bound (see `listening`): a restarted coordinator's relay
+        // keeps its address, as a deployment's fixed port would.
+        "--relay-listen",
+        "127.0.0.1:0",
         "--data-dir",
         &data,
         "--wildcard-access-url",

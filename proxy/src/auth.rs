@@ -130,8 +130,9 @@ impl Auth {
     /// Whether a peer relay may open a stream to `target` in agent `agent`'s
     /// workspace: `grant` must be an app token for exactly that app, signed
     /// by the coordinator and current. Past its expiry it counts only while
-    /// this relay cannot reach the coordinator either (an outage: the asking
-    /// proxy cannot renew it), and then for at most the offline grace; with
+    /// the coordinator cannot renew tokens for this relay either (unreachable,
+    /// or its database down: an outage, so the asking proxy cannot renew it
+    /// and serves the user within the grace), and then for at most the offline grace; with
     /// the coordinator up, an expired grant (a user who signed out, a token
     /// replayed) opens nothing.
     pub fn admits_stream(&self, grant: &str, agent: uuid::Uuid, target: &str) -> bool {
@@ -145,9 +146,14 @@ impl Auth {
     }
 
     /// The grace past expiry that holds now, in seconds: the offline grace
-    /// while the coordinator is unreachable, else none.
+    /// while the coordinator cannot renew tokens (unreachable, or answering
+    /// that it cannot serve, as with its database down: the last call to it
+    /// failed), else none. The proxy serving the user falls back to the
+    /// grace on the same failure, so a mesh hop does not refuse what the
+    /// user's region serves.
     fn grace_now(&self) -> u64 {
-        if self.state.registration().coordinator_reachable {
+        let r = self.state.registration();
+        if r.coordinator_reachable && r.last_error.is_none() {
             0
         } else {
             self.offline_grace.as_secs()
@@ -392,7 +398,8 @@ pub(crate) mod tests {
 
     /// A mesh stream's grant 573 s past expiry (the probe's: a user who had
     /// signed out) is refused while the coordinator is up, and admitted
-    /// within the offline grace only while this relay cannot reach it.
+    /// within the offline grace only while this relay cannot reach it, or it
+    /// cannot renew tokens (its database down).
     #[test]
     fn expired_grants_count_only_while_the_coordinator_is_unreachable() {
         let (der, public) = generate_key("k1", [7; 32]);
@@ -405,10 +412,21 @@ pub(crate) mod tests {
         let agent = uuid::Uuid::new_v4();
         let (stale, fresh) = (expired_grant(&signer, agent, 573), expired_grant(&signer, agent, -300));
         let too_old = expired_grant(&signer, agent, 3700);
-        // (coordinator reachable, grant, admitted)
-        let cases = [(true, &stale, false), (true, &fresh, true), (false, &stale, true), (false, &too_old, false)];
-        for (reachable, grant, admitted) in cases {
-            state.update_registration(|r| r.coordinator_reachable = reachable);
+        // (coordinator reachable, its last answer an error, grant, admitted)
+        let cases = [
+            (true, false, &stale, false),
+            (true, false, &fresh, true),
+            (false, true, &stale, true),
+            (false, true, &too_old, false),
+            // Reachable, but it cannot renew (its database is down): as unreachable.
+            (true, true, &stale, true),
+            (true, true, &too_old, false),
+        ];
+        for (reachable, failing, grant, admitted) in cases {
+            state.update_registration(|r| {
+                r.coordinator_reachable = reachable;
+                r.last_error = failing.then(|| "HTTP 503: the coordinator's database is unavailable".to_owned());
+            });
             let ago = if grant == &stale {
                 "573 s"
             } else if grant == &fresh {
@@ -419,7 +437,7 @@ pub(crate) mod tests {
             assert_eq!(
                 auth.admits_stream(grant, agent, "127.0.0.1:8080"),
                 admitted,
-                "expired {ago} ago, coordinator reachable: {reachable}"
+                "expired {ago} ago, coordinator reachable: {reachable}, failing: {failing}"
             );
         }
         assert!(!auth.admits_stream(&fresh, agent, "127.0.0.1:8081"), "another target");

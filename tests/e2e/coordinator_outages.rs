@@ -29,10 +29,7 @@ async fn proxies_reregister_after_the_coordinator_restarts() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn api_answers_503_while_postgres_is_down_and_recovers() {
-    let dir = tempdir();
-    let mut pg = Postgres::start().await;
-    let coord = Coordinator::start(dir.path(), &pg.url(), "1s", &[]).await;
-    let admin = coord.admin().await;
+    let Mesh { mut coord, admin, mut pg, dir: _dir, .. } = Mesh::builder().start().await;
     admin.get("/api/v2/regions").await.expect_status(200);
 
     pg.pg.stop().unwrap();
@@ -51,7 +48,6 @@ async fn api_answers_503_while_postgres_is_down_and_recovers() {
     })
     .await;
     admin.create_region("after-outage").await;
-    let mut coord = coord;
     assert!(coord.proc.child.try_wait().unwrap().is_none(), "the coordinator recovered without a restart");
 }
 
