@@ -59,7 +59,7 @@ impl SoakReport {
     /// One line when clean, else one line per problem; and whether memory was judged.
     fn verdict(&self) -> String {
         let memory = if self.memory_judged {
-            format!("memory judged: anonymous memory may grow at most {MEMORY_GROWTH_BOUND_PCT}% over the second half")
+            format!("memory judged: anonymous memory may grow at most {MEMORY_GROWTH_BOUND_PCT}%, second half against the quarter before")
         } else {
             format!("memory not judged: runs shorter than {} minutes are too short", MEMORY_JUDGED_FROM.as_secs() / 60)
         };
@@ -127,7 +127,7 @@ fn processes_table(processes: &[ProcessReport], idle_after_s: f64) -> String {
         "RSS MiB warm-up/round 1/middle/end",
         "GROWTH since round 1",
         "RSS MEDIAN first/last readings (growth)",
-        "ANON MEDIAN first/mid/last (growth)",
+        "ANON MEDIAN first/last (growth; second half vs quarter before)",
         "FDS warm-up/middle/end",
         idle_head.as_str(),
         "TASKS",
@@ -146,11 +146,10 @@ fn processes_table(processes: &[ProcessReport], idle_after_s: f64) -> String {
                 (Some(f), Some(l), Some(g)) => format!("{f:.1} / {l:.1} of {} ({g:+.1}%{restarts})", p.rss_window),
                 _ => "-".into(),
             },
-            match (p.anon_median_first_mib, p.anon_median_mid_mib, p.anon_median_last_mib) {
-                (Some(f), Some(m), Some(l)) => format!(
-                    "{f:.1} / {m:.1} / {l:.1} ({:+.1}%, second half {:+.1}%)",
-                    p.anon_median_growth_pct.unwrap_or_default(),
-                    p.anon_second_half_growth_pct.unwrap_or_default()
+            match (p.anon_median_first_mib, p.anon_median_last_mib, p.anon_second_half_growth_pct) {
+                (Some(f), Some(l), Some(h)) => format!(
+                    "{f:.1} / {l:.1} ({:+.1}%; second half {h:+.1}%)",
+                    p.anon_median_growth_pct.unwrap_or_default()
                 ),
                 _ => "-".into(),
             },
