@@ -86,16 +86,11 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     let apis = Apis::serve(state, api_listener, config.internal_listen, &forwarded_by, &stop).await?;
     let proxy = primary.start(apis.public, forwarded_by.secret())?;
     tracing::info!(listen = %config.listen, access_url = %config.access_url, "coordinator listening");
-    if let Some(path) = &config.ready_file {
-        let ready = meridian_regions::ready::Ready {
-            pid: std::process::id(),
-            listen: config.listen,
-            access_url: Some(config.access_url.to_string()),
-            relay: Some(config.relay_listen),
-            internal: apis.internal,
-        };
-        meridian_regions::ready::write(path, &ready).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    let ready = meridian_regions::ready::Ready {
+        internal: apis.internal,
+        ..meridian_regions::ready::Ready::serving(config.listen, &config.access_url, config.relay_listen)
+    };
+    ready.report(config.ready_file.as_deref()).map_err(anyhow::Error::msg)?;
 
     tokio::select! {
         () = shutdown => {}

@@ -32,7 +32,6 @@ pub mod service;
 pub mod state;
 pub mod upstream;
 
-use anyhow::Context;
 use config::Config;
 use meridian_regions::certificate::ReloadingCertificate;
 use meridian_regions::client::{http_client, Client, Credential};
@@ -124,16 +123,8 @@ pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Res
     tracing::info!(listen = %config.listen, access_url = %config.access_url, relay = %relay.relay_addr,
         replica = %config.replica_id, "proxy listening");
     server.add_service(proxy);
-    if let Some(path) = &config.ready_file {
-        let ready = meridian_regions::ready::Ready {
-            pid: std::process::id(),
-            listen: config.listen,
-            access_url: Some(config.access_url.to_string()),
-            relay: Some(config.relay_listen),
-            internal: None,
-        };
-        meridian_regions::ready::write(path, &ready).with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    let ready = meridian_regions::ready::Ready::serving(config.listen, &config.access_url, config.relay_listen);
+    ready.report(config.ready_file.as_deref()).map_err(anyhow::Error::msg)?;
     let (on_stopped, signal): (_, Box<dyn pingora::server::ShutdownSignalWatch + Sync>) = match mode {
         Mode::Standalone => (lifecycle::OnStopped::Exit, Box::new(lifecycle::Signals)),
         Mode::Embedded { shutdown, stopped, .. } => {

@@ -27,6 +27,28 @@ pub struct Ready {
     pub internal: Option<SocketAddr>,
 }
 
+impl Ready {
+    /// What a server reports: this process, its main listener, where users
+    /// reach it, and its relay's listener.
+    pub fn serving(listen: SocketAddr, access_url: &Url, relay: SocketAddr) -> Self {
+        Self {
+            pid: std::process::id(),
+            listen,
+            access_url: Some(access_url.to_string()),
+            relay: Some(relay),
+            internal: None,
+        }
+    }
+
+    /// Writes it to `path` if there is one (a `--ready-file`); the error names the file.
+    pub fn report(&self, path: Option<&Path>) -> Result<(), String> {
+        match path {
+            Some(path) => write(path, self).map_err(|e| format!("cannot write {}: {e}", path.display())),
+            None => Ok(()),
+        }
+    }
+}
+
 /// `url` with a port of 0 replaced by `port` (the one its process bound).
 pub fn settle_url(url: &mut Url, port: u16) {
     if url.port() == Some(0) {
