@@ -155,7 +155,7 @@ pub fn resend_budget(requests: u64) -> u64 {
 /// from a leak. Soaks of 10 and 30 minutes here: growth from the first
 /// readings after round one to the last of 9–23% in the shorter runs (and
 /// −10% in the same run for a twin replica); in the longer, the second half
-/// within −4% and +3% of the quarter before it.
+/// between −6% and +3% of the quarter before it.
 pub const MEMORY_JUDGED_FROM: Duration = Duration::from_secs(30 * 60);
 /// The most a process's anonymous memory may grow in a judged run: median
 /// of the readings in the second half (from the first round of faults on)
