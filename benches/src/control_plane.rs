@@ -183,13 +183,10 @@ async fn start_coordinator(
     dir: &Path,
 ) -> Result<(Proc, String, std::path::PathBuf, Client, reqwest::Client)> {
     let data = dir.join("data");
-    let ready_file = dir.join("coordinator.ready.json");
     let args = [
         "coordinator".to_owned(),
         "--listen".into(),
         "127.0.0.1:0".into(),
-        "--ready-file".into(),
-        ready_file.display().to_string(),
         "--data-dir".into(),
         data.display().to_string(),
         "--proxy-health-interval".into(),
@@ -197,26 +194,9 @@ async fn start_coordinator(
         "--heartbeat-interval".into(),
         INTERVAL.into(),
     ];
-    let log = std::fs::File::create(dir.join("coordinator.log"))?;
-    let coordinator = Proc(
-        std::process::Command::new(meridian)
-            .args(args)
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("cannot start the coordinator")?,
-    );
+    let (coordinator, ready) = crate::stack::spawn_ready(meridian, &args, dir, "coordinator", &[]).await?;
     let http = http_client(None).map_err(anyhow::Error::msg)?;
     let start = Instant::now();
-    let ready = loop {
-        if let Some(ready) = meridian_regions::ready::read(&ready_file) {
-            break ready;
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!("the coordinator did not listen");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
     let base = format!("http://{}", ready.listen);
     let anon = Client::new(&base, Credential::None, http.clone());
     while anon.buildinfo().await.is_err() {

@@ -97,7 +97,7 @@ pub(crate) fn spawn(bin: &Path, args: &[String], dir: &Path, name: &str, env: &[
 
 /// [`spawn`]s a Meridian process with `--ready-file` and waits (at most 60 s,
 /// failing at once if it exits) until it reports the addresses it bound.
-async fn spawn_ready(
+pub(crate) async fn spawn_ready(
     bin: &Path,
     args: &[String],
     dir: &Path,

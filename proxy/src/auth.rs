@@ -152,8 +152,7 @@ impl Auth {
     /// grace on the same failure, so a mesh hop does not refuse what the
     /// user's region serves.
     fn grace_now(&self) -> u64 {
-        let r = self.state.registration();
-        if r.coordinator_reachable && r.last_error.is_none() {
+        if self.state.coordinator_renews() {
             0
         } else {
             self.offline_grace.as_secs()

@@ -295,15 +295,14 @@ impl Args {
 impl Config {
     /// Binds the app and relay listeners and settles what names their ports:
     /// `listen` and `relay_listen` become the bound addresses, a port of 0 in
-    /// the access URLs the app listener's, and a derived replica id is derived
-    /// from them.
+    /// the access URLs the app listener's, and a replica id not given is
+    /// derived from the settled values.
     pub fn bind(&mut self) -> anyhow::Result<crate::Listeners> {
         use anyhow::Context;
         use meridian_regions::ready;
         let app = ready::bind(self.listen).with_context(|| format!("cannot listen on {}", self.listen))?;
         let relay = ready::bind(self.relay_listen)
             .with_context(|| format!("cannot listen for agents on {}", self.relay_listen))?;
-        let picked = self.listen.port() == 0;
         self.listen = app.local_addr()?;
         self.relay_listen = relay.local_addr()?;
         let port = self.listen.port();
@@ -311,7 +310,7 @@ impl Config {
         if let Some(w) = &mut self.wildcard_access_url {
             ready::settle_wildcard(w, port);
         }
-        if picked && !self.replica_id_given {
+        if !self.replica_id_given {
             self.replica_id = default_replica_id(self.listen, &self.access_url);
         }
         Ok(crate::Listeners { app, relay })

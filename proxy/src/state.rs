@@ -45,6 +45,13 @@ impl ProxyState {
         self.registration.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Whether the coordinator can renew app tokens now: reachable, and its
+    /// last answer not an error (a coordinator whose database is down answers 503).
+    pub fn coordinator_renews(&self) -> bool {
+        let r = self.registration.lock().unwrap_or_else(|e| e.into_inner());
+        r.coordinator_reachable && r.last_error.is_none()
+    }
+
     pub fn update_registration(&self, f: impl FnOnce(&mut Registration)) {
         f(&mut self.registration.lock().unwrap_or_else(|e| e.into_inner()));
     }

@@ -40,6 +40,18 @@ impl Ready {
         }
     }
 
+    /// `args` (a process's command line) with `--listen` and `--relay-listen`
+    /// set to the addresses it bound, so a restart binds the same ones.
+    pub fn pin(&self, args: &mut [String]) {
+        for (flag, addr) in [("--listen", Some(self.listen)), ("--relay-listen", self.relay)] {
+            if let (Some(at), Some(addr)) = (args.iter().position(|a| a == flag), addr) {
+                if let Some(value) = args.get_mut(at + 1) {
+                    *value = addr.to_string();
+                }
+            }
+        }
+    }
+
     /// Writes it to `path` if there is one (a `--ready-file`); the error names the file.
     pub fn report(&self, path: Option<&Path>) -> Result<(), String> {
         match path {
@@ -112,6 +124,28 @@ mod tests {
         let mut other = "*.sydney.localhost:7000".to_owned();
         settle_wildcard(&mut other, 4242);
         assert_eq!(other, "*.sydney.localhost:7000");
+    }
+
+    #[test]
+    fn a_restart_is_pinned_to_the_bound_addresses() {
+        let ready = Ready {
+            pid: 1,
+            listen: "127.0.0.1:4242".parse().unwrap(),
+            access_url: None,
+            relay: Some("127.0.0.1:4343".parse().unwrap()),
+            internal: None,
+        };
+        let mut args: Vec<String> =
+            ["proxy", "--listen", "127.0.0.1:0", "--relay-listen", "127.0.0.1:0", "--access-url", "http://x:0"]
+                .map(String::from)
+                .to_vec();
+        ready.pin(&mut args);
+        assert_eq!(args[2], "127.0.0.1:4242");
+        assert_eq!(args[4], "127.0.0.1:4343");
+        assert_eq!(args[6], "http://x:0", "only the listeners");
+        let mut no_relay_flag = vec!["sample-app".to_owned(), "--listen".into()];
+        ready.pin(&mut no_relay_flag); // a flag without its value is left alone
+        assert_eq!(no_relay_flag.len(), 2);
     }
 
     #[test]

@@ -63,12 +63,7 @@ impl Children {
     pub fn pin(&mut self, name: &str, ready: &meridian_regions::ready::Ready) -> Result<()> {
         let (spec, _) =
             self.running.iter_mut().find(|(s, _)| s.name == name).with_context(|| format!("no child {name}"))?;
-        let bound = [("--listen", Some(ready.listen)), ("--relay-listen", ready.relay)];
-        for (flag, addr) in bound {
-            if let (Some(at), Some(addr)) = (spec.args.iter().position(|a| a == flag), addr) {
-                spec.args[at + 1] = addr.to_string();
-            }
-        }
+        ready.pin(&mut spec.args);
         Ok(())
     }
 

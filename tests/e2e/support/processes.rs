@@ -113,16 +113,6 @@ pub fn unique_path(dir: &Path, name: &str, ext: &str) -> PathBuf {
     dir.join(format!("{name}-{}-{n}.{ext}", std::process::id()))
 }
 
-/// `args` with `--listen` and `--relay-listen` set to the addresses a process
-/// bound (`ready`), so a restart binds the same ones.
-fn pin(args: &mut [String], ready: &Ready) {
-    for (flag, addr) in [("--listen", Some(ready.listen)), ("--relay-listen", ready.relay)] {
-        if let (Some(at), Some(addr)) = (args.iter().position(|a| a == flag), addr) {
-            args[at + 1] = addr.to_string();
-        }
-    }
-}
-
 /// `args` with `--ready-file` set to a fresh path in `dir`, which it returns.
 fn with_ready_file(args: &mut Vec<String>, dir: &Path, name: &str) -> PathBuf {
     let path = unique_path(dir, name, "ready.json");
@@ -209,7 +199,7 @@ impl Coordinator {
             Some(r) => r,
             None => panic!("coordinator exited before it listened:\n{}", proc.output()),
         };
-        pin(&mut args, &ready);
+        ready.pin(&mut args);
         let scheme = if args.iter().any(|a| a == "--tls-cert") { "https" } else { "http" };
         let url = format!("{scheme}://{}", ready.listen);
         let mut c = Self { proc, url, args, dir: dir.to_owned(), ready };
@@ -300,7 +290,7 @@ impl Proxy {
         let mut proc = Process::spawn("proxy", dir, &args);
         let ready = proc.listening(&ready_file).await;
         if let Some(r) = &ready {
-            pin(&mut args, r);
+            r.pin(&mut args);
         }
         let port = ready.as_ref().map_or(0, |r| r.listen.port());
         Self { proc, url: format!("{scheme}://127.0.0.1:{port}"), port, ready, args, dir: dir.to_owned() }
