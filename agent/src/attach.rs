@@ -9,6 +9,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use meridian_regions::api::RelayInfo;
 use meridian_regions::data;
 use meridian_regions::headers::{AGENT_ATTACH_TOKEN, AGENT_TOKEN};
+use meridian_regions::stream::StreamKind;
 use meridian_regions::token::Secret;
 use meridian_regions::tunnel::{
     dial_upgrade, TlsClient, CONNECTION_WINDOW, LEAVE_PATH, MAX_FRAME, MAX_STREAMS, PING_INTERVAL, PING_TIMEOUT,
@@ -51,6 +52,8 @@ pub struct Serving {
     pub tls: TlsClient,
     /// How long a pipe may carry nothing (`--pipe-idle-timeout`).
     pub pipe_idle: std::time::Duration,
+    /// Shell and TCP sessions: shared by every tunnel (a session outlives its path).
+    pub streams: crate::streams::Streams,
 }
 
 /// The relays the coordinator has given this agent since it attached, added
@@ -132,7 +135,7 @@ pub async fn serve<T>(
             if req.method() == Method::POST && req.uri().path() == data::DATA_PATH {
                 return data_connection(req, &serving).await;
             }
-            handle(req, serving.policy, serving.pipe_idle).await
+            handle(req, serving).await
         }
     });
     let conn = tunnel_server().serve_connection(io, service);
@@ -201,9 +204,14 @@ async fn data_connection(
     let (Some(target), Some(nonce)) = (header(data::TARGET_HEADER), header(data::NONCE_HEADER)) else {
         return status(StatusCode::BAD_REQUEST);
     };
-    let mut app = match connect_app(target, &serving.policy).await {
-        Ok(app) => app,
-        Err(s) => return status(s),
+    // A shell or TCP stream: no app to connect to first; the session does (see `streams`).
+    let stream = StreamKind::from_target(target);
+    let mut app = match stream {
+        Some(_) => None,
+        None => match connect_app(target, &serving.policy).await {
+            Ok(app) => Some(app),
+            Err(s) => return status(s),
+        },
     };
     let dial_to = match header(data::DIAL_HEADER) {
         None => &*serving.relay_url,
@@ -221,12 +229,19 @@ async fn data_connection(
         }
     };
     let idle = serving.pipe_idle;
+    let streams = serving.streams.clone();
     tokio::spawn(async move {
-        // A plain data connection: the bytes stay in the kernel (splice).
-        let _ = match &mut relay {
-            data::DataStream::Plain(tcp) => meridian_regions::pipe::splice(tcp, &mut app, idle).await,
-            tls => meridian_regions::pipe::pipe(tls, &mut app, idle).await,
-        };
+        match (stream, app.as_mut()) {
+            (Some(kind), _) => streams.serve(relay, kind).await,
+            // A plain data connection: the bytes stay in the kernel (splice).
+            (None, Some(app)) => {
+                let _ = match &mut relay {
+                    data::DataStream::Plain(tcp) => meridian_regions::pipe::splice(tcp, app, idle).await,
+                    tls => meridian_regions::pipe::pipe(tls, app, idle).await,
+                };
+            }
+            (None, None) => {}
+        }
     });
     status(StatusCode::NO_CONTENT)
 }
@@ -234,14 +249,23 @@ async fn data_connection(
 /// One `CONNECT host:port` stream: check the target, connect, then pipe bytes.
 async fn handle(
     mut req: Request<hyper::body::Incoming>,
-    policy: Policy,
-    idle: std::time::Duration,
+    serving: Serving,
 ) -> Result<Response<Empty<Bytes>>, Infallible> {
     if req.method() != Method::CONNECT {
         return status(StatusCode::METHOD_NOT_ALLOWED);
     }
     let target = req.uri().authority().map(|a| a.as_str().to_owned()).unwrap_or_default();
-    let mut app = match connect_app(&target, &policy).await {
+    if let Some(kind) = StreamKind::from_target(&target) {
+        tokio::spawn(async move {
+            match hyper::upgrade::on(&mut req).await {
+                Ok(up) => serving.streams.serve(TokioIo::new(up), kind).await,
+                Err(e) => tracing::debug!(error = %e, "stream upgrade failed"),
+            }
+        });
+        return status(StatusCode::OK);
+    }
+    let idle = serving.pipe_idle;
+    let mut app = match connect_app(&target, &serving.policy).await {
         Ok(app) => app,
         Err(s) => return status(s),
     };

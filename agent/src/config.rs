@@ -28,6 +28,11 @@ pub struct Args {
     /// moved either way for this long (a peer that vanished without closing).
     #[arg(long, env = "MERIDIAN_PIPE_IDLE_TIMEOUT", default_value = "1h", value_parser = humantime::parse_duration)]
     pub pipe_idle_timeout: Duration,
+    /// The agent's SSH host key (OpenSSH format), made on first start and
+    /// kept: clients pin it [default: $XDG_STATE_HOME/meridian/agent-<token id>/ssh_host_ed25519_key,
+    /// or ~/.local/state/… without XDG_STATE_HOME].
+    #[arg(long, env = "MERIDIAN_HOST_KEY_FILE")]
+    pub host_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,11 +43,19 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     pub failback_after: Duration,
     pub pipe_idle_timeout: Duration,
+    pub host_key_file: PathBuf,
 }
 
 impl Args {
     pub fn resolve(self) -> Result<Config, String> {
-        Token::parse(self.agent_token.expose()).map_err(|e| format!("--agent-token: {e}"))?;
+        let token = Token::parse(self.agent_token.expose()).map_err(|e| format!("--agent-token: {e}"))?;
+        let host_key_file = match self.host_key_file {
+            Some(path) => path,
+            None => default_state_dir()
+                .ok_or("--host-key-file: no default (neither XDG_STATE_HOME nor HOME is set)")?
+                .join(format!("agent-{}", token.id))
+                .join("ssh_host_ed25519_key"),
+        };
         if !matches!(self.coordinator_url.scheme(), "http" | "https") {
             return Err("--coordinator-url must be http or https".into());
         }
@@ -53,6 +66,14 @@ impl Args {
             ca_cert: self.ca_cert,
             failback_after: self.failback_after,
             pipe_idle_timeout: self.pipe_idle_timeout,
+            host_key_file,
         })
     }
+}
+
+/// `$XDG_STATE_HOME/meridian`, or `~/.local/state/meridian`.
+fn default_state_dir() -> Option<PathBuf> {
+    let state = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).filter(|p| p.is_absolute());
+    let state = state.or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))?;
+    Some(state.join("meridian"))
 }

@@ -9,12 +9,20 @@
 //! When the tunnel drops it reconnects with jittered backoff, to the next
 //! relay in the list if its own is gone.
 //!
+//! Shell and TCP streams (`ssh`, `port-forward`) arrive the same way, with a
+//! reserved target: they are resumable sessions (see [`streams`]) whose local
+//! side is the agent's own SSH server ([`ssh`]; it listens on no port) or a
+//! workspace port.
+//!
 //! - [`config`]: options. - [`policy`]: which targets a stream may reach.
 //! - [`attach`]: dialing a relay and serving the tunnel.
+//! - [`streams`]: shell and TCP sessions; [`ssh`]: the SSH server.
 
 pub mod attach;
 pub mod config;
 pub mod policy;
+pub mod ssh;
+pub mod streams;
 
 use config::Config;
 use meridian_regions::api::{AgentConnectionInfo, RelayInfo};
@@ -58,7 +66,11 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let client = Client::new(config.coordinator_url.as_str(), Credential::Agent(config.agent_token.clone()), http);
     let tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())
         .map_err(|e| Fatal::Setup(format!("{e:#}")))?;
-    let mut attacher = Attacher { client, config, tls, cached: None, backoff: FIRST_BACKOFF };
+    let host_key = ssh::host_key::load_or_create(&config.host_key_file).map_err(Fatal::Setup)?;
+    let host_key_line = ssh::host_key::public_line(&host_key);
+    let streams = streams::Streams::new(ssh::Server::new(host_key));
+    let mut attacher =
+        Attacher { client, config, tls, cached: None, backoff: FIRST_BACKOFF, streams, host_key: Some(host_key_line) };
     tokio::select! {
         () = shutdown => Ok(()),
         res = attacher.run() => res,
@@ -73,6 +85,9 @@ struct Attacher {
     /// The last connection info, used while the coordinator is unreachable.
     cached: Option<AgentConnectionInfo>,
     backoff: Duration,
+    streams: streams::Streams,
+    /// The SSH host key's public half, until the coordinator has it.
+    host_key: Option<String>,
 }
 
 impl Attacher {
@@ -103,6 +118,7 @@ impl Attacher {
                 relays,
                 tls: self.tls.clone(),
                 pipe_idle: self.config.pipe_idle_timeout,
+                streams: self.streams.clone(),
             };
             let mut tunnel = tokio::spawn(attach::serve(io, serving, leave.clone(), asked.clone()));
             // Make before break: the old tunnel drains only once the new one is up.
@@ -164,6 +180,7 @@ impl Attacher {
                 if info.relays.is_empty() {
                     tracing::warn!("no healthy region offers a relay yet; retrying");
                 }
+                self.publish_host_key().await;
                 self.cached = Some(info.clone());
                 Ok(Some(info))
             }
@@ -173,6 +190,17 @@ impl Attacher {
                 tracing::warn!(coordinator = why, cached = self.cached.is_some(), "cannot ask where to attach");
                 Ok(self.cached.clone())
             }
+        }
+    }
+
+    /// Gives the coordinator the SSH host key's public half (once it took it,
+    /// never again; until then, with every connection info).
+    async fn publish_host_key(&mut self) {
+        let Some(public_key) = self.host_key.clone() else { return };
+        let req = meridian_regions::api::AgentHostKey { public_key };
+        match tokio::time::timeout(INFO_TIMEOUT, self.client.agent_host_key(&req)).await {
+            Ok(Ok(())) => self.host_key = None,
+            failed => tracing::warn!(error = ?failed.map(|r| r.err()), "cannot publish the SSH host key yet"),
         }
     }
 

@@ -26,6 +26,13 @@ async fn firehose() -> std::net::SocketAddr {
     addr
 }
 
+/// The agent's session table, with a host key made for the test.
+fn streams() -> meridian_agent::streams::Streams {
+    let dir = tempfile::tempdir().unwrap();
+    let key = meridian_agent::ssh::host_key::load_or_create(&dir.path().join("key")).unwrap();
+    meridian_agent::streams::Streams::new(meridian_agent::ssh::Server::new(key))
+}
+
 /// A relay tunnel to an agent serving on the other end of an in-memory pipe;
 /// data connections would dial a URL nothing listens on.
 async fn tunnel() -> Tunnel {
@@ -36,6 +43,7 @@ async fn tunnel() -> Tunnel {
         relays: meridian_agent::attach::Relays::new([]).0,
         tls: TlsClient::new(None).unwrap(),
         pipe_idle: meridian_regions::pipe::DEFAULT_IDLE,
+        streams: streams(),
     };
     tokio::spawn(serve(TokioIo::new(agent_end), serving, CancellationToken::new(), CancellationToken::new()));
     let (tunnel, driver) = Tunnel::client(TokioIo::new(relay_end)).await.unwrap();

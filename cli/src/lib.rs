@@ -4,6 +4,8 @@
 //!
 //! - [`session`], [`ops`], [`workspaces`]: the client commands (`login`,
 //!   `regions`, `users`, `workspaces`) over the coordinator's API.
+//! - [`shell`]: `ssh`, `config-ssh` and `port-forward`: a workspace's shell and
+//!   ports through the nearest region, in sessions that survive its death.
 //! - [`demo`]: a whole deployment on loopback (`meridian demo`): its child
 //!   processes, simulated links and the fault controller a drill talks to.
 //! - [`faults`]: the fault vocabulary the demo and the drills share.
@@ -15,6 +17,7 @@ pub mod drill;
 pub mod faults;
 pub mod ops;
 pub mod session;
+pub mod shell;
 pub mod workspaces;
 
 /// Resolves on SIGTERM or SIGINT.

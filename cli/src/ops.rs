@@ -26,6 +26,11 @@ pub struct Target {
 }
 
 impl Target {
+    /// The extra CA certificate (`--ca-cert`), for connections besides the API's.
+    pub fn ca_cert(&self) -> Option<&std::path::Path> {
+        self.ca_cert.as_deref()
+    }
+
     pub fn client(self) -> Result<Client> {
         let http = http_client(self.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
         let (url, token) = self.resolve()?;
@@ -150,13 +155,18 @@ pub fn print(text: &str) {
 
 /// Runs an operator command on a small runtime; errors print one line, exit 1.
 pub fn run(fut: impl std::future::Future<Output = Result<()>>) -> ExitCode {
+    run_code(async { fut.await.map(|()| ExitCode::SUCCESS) })
+}
+
+/// [`run`] for a command whose exit status is its own (`meridian ssh -- CMD`).
+pub fn run_code(fut: impl std::future::Future<Output = Result<ExitCode>>) -> ExitCode {
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(anyhow::Error::from)
         .and_then(|rt| rt.block_on(fut));
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("meridian: {e:#}");
             ExitCode::FAILURE

@@ -3,6 +3,7 @@
 //! - [`auth`]: extractors for the three credentials (user session, admin, proxy token).
 //! - [`json`]: a JSON body extractor whose rejections use the API's error format.
 //! - [`users`], [`regions`], [`proxies`], [`workspaces`]: the handlers, one file per resource.
+//! - [`streams`]: tokens for shell and TCP streams (`meridian ssh`, `port-forward`).
 //! - [`apps`]: app login (auth-redirect, tickets) and app tokens; `meridian_regions::redirect` validates where it may send browsers.
 //! - [`guard`]: what every request passes first: its `Host`, its `Origin` (CSRF), and security headers on answers.
 //! - [`hosts`]: which hosts a region serves; what keeps a proxy token to them.
@@ -17,6 +18,7 @@ mod json;
 mod probes;
 mod proxies;
 pub(crate) mod regions;
+mod streams;
 mod users;
 mod workspaces;
 
@@ -83,12 +85,14 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .route("/api/v2/regions/{name}/regenerate-token", post(regions::regenerate_token))
         .route("/api/v2/workspaces", get(workspaces::list).post(workspaces::create))
         .route("/api/v2/workspaces/{owner}/{name}", delete(workspaces::delete))
+        .route("/api/v2/workspaces/{owner}/{name}/stream-token", post(streams::token))
         .route("/api/v2/applications/auth-redirect", get(apps::auth_redirect))
         .route("/login", get(apps::login_page))
         .route("/api/v2/proxies/me/keys", get(apps::keys))
         .route("/api/v2/proxies/me/redeem-ticket", post(apps::redeem_ticket))
         .route("/api/v2/proxies/me/issue-app-token", post(apps::issue_app_token))
         .route("/api/v2/agents/me/connection-info", get(agents::connection_info))
+        .route("/api/v2/agents/me/host-key", post(agents::host_key))
         .route("/api/v2/proxies/me/agent-attach", post(agents::attach))
         .route("/api/v2/proxies/me/agent-detach", post(agents::detach))
         .route("/api/v2/proxies/me/routes", get(agents::routes))

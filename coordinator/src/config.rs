@@ -122,6 +122,12 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_DANGEROUS_ALLOW_PATH_APP_SHARING")]
     #[serde(default)]
     pub dangerous_allow_path_app_sharing: bool,
+    /// Let admins open shells and TCP streams into other users' workspaces
+    /// (`meridian ssh`, `port-forward`). Off by default: only a workspace's
+    /// owner may, as only they may open its owner-only apps.
+    #[arg(long, env = "MERIDIAN_DANGEROUS_ALLOW_ADMIN_STREAMS")]
+    #[serde(default)]
+    pub dangerous_allow_admin_streams: bool,
     /// Open connections one client address may hold. A connection carrying a
     /// proxy or agent token to the API is not counted (proxies and agents
     /// share egress addresses), and counts again if the token is refused [default: 512].
@@ -169,6 +175,8 @@ pub struct Config {
     /// Host names (lowercase, no port) the API answers at besides the access URL's.
     pub allowed_hosts: Vec<String>,
     pub allow_path_app_sharing: bool,
+    /// See `--dangerous-allow-admin-streams`.
+    pub allow_admin_streams: bool,
     pub max_connections_per_client: Option<usize>,
 }
 
@@ -223,6 +231,7 @@ impl Args {
             allowed_hosts: if self.allowed_hosts.is_empty() { file.allowed_hosts } else { self.allowed_hosts },
             dangerous_allow_path_app_sharing: self.dangerous_allow_path_app_sharing
                 || file.dangerous_allow_path_app_sharing,
+            dangerous_allow_admin_streams: self.dangerous_allow_admin_streams || file.dangerous_allow_admin_streams,
             max_connections_per_client: self.max_connections_per_client.or(file.max_connections_per_client),
         }
     }
@@ -288,6 +297,7 @@ impl Args {
             app_timeout: self.app_timeout,
             allowed_hosts: self.allowed_hosts.iter().map(|h| h.trim().to_ascii_lowercase()).collect(),
             allow_path_app_sharing: self.dangerous_allow_path_app_sharing,
+            allow_admin_streams: self.dangerous_allow_admin_streams,
             max_connections_per_client: self.max_connections_per_client,
         };
         for (name, d) in [

@@ -127,6 +127,38 @@ impl Auth {
         }
     }
 
+    /// Serves or refuses a shell or TCP stream: its token (header
+    /// `Meridian-Stream-Token`, from the coordinator, for the workspace's
+    /// owner) must be bound to exactly this stream. Past its expiry it is
+    /// taken only within the offline grace while the coordinator cannot
+    /// renew it (a session resuming through this region during an outage).
+    /// An expired token is a 401 (the client gets a new one); any other
+    /// refusal the 404 an app gives.
+    pub async fn authorize_stream(&self, req: &RequestHeader, binding: &str) -> Decision {
+        let header = req.headers.get(meridian_regions::stream::TOKEN_HEADER).and_then(|v| v.to_str().ok());
+        let Some(token) = header else {
+            return Decision::Respond(Reply::page(
+                401,
+                "A stream needs a Meridian-Stream-Token header: `meridian ssh` and `meridian port-forward` get one.",
+            ));
+        };
+        if let Some((claims, token)) = self.verify(token, binding).await {
+            return Decision::Serve { claims, token, set_cookie: None };
+        }
+        if !self.state.coordinator_renews() {
+            if let Some(decision) = self.offline(std::iter::once(token), binding) {
+                return decision;
+            }
+        }
+        if self.verifier.load().verify(token, binding) == Err(TokenError::Expired) {
+            return Decision::Respond(Reply::page(
+                401,
+                "The stream token has expired: get a new one from the coordinator.",
+            ));
+        }
+        Decision::Respond(Reply::page(404, "No such workspace or agent, or this token does not open this stream."))
+    }
+
     /// Whether a peer relay may open a stream to `target` in agent `agent`'s
     /// workspace: `grant` must be an app token for exactly that app, signed
     /// by the coordinator and current. Past its expiry it counts only while

@@ -11,8 +11,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::Result;
 
 /// Headers that carry Meridian credentials.
-const CREDENTIAL_HEADERS: [&str; 5] = [
+const CREDENTIAL_HEADERS: [&str; 6] = [
     headers::SESSION_TOKEN,
+    meridian_regions::stream::TOKEN_HEADER,
     headers::PROXY_TOKEN,
     headers::AGENT_TOKEN,
     headers::AGENT_ATTACH_TOKEN,

@@ -28,6 +28,9 @@ impl AppRoute {
 
 pub enum Route {
     App(AppRoute),
+    /// A shell or TCP stream (see `meridian_regions::stream`), authorized by a
+    /// stream token, carried to the agent like an app's upgraded connection.
+    Stream(AppRoute),
     /// Not an app, on the primary: the coordinator's API and pages.
     Api,
     Own(endpoints::Local),
@@ -66,6 +69,11 @@ pub fn route(
             HostMatch::NotAnApp => {}
         }
     }
+    match meridian_regions::stream::parse_path(path) {
+        Some(Ok(stream)) => return Route::Stream(stream_route(stream)),
+        Some(Err(e)) => return Route::Reject { status: e.status(), message: e.to_string() },
+        None => {}
+    }
     match parse_path(path) {
         PathMatch::App { req: app, prefix, rest } => {
             let rest = match query {
@@ -93,6 +101,24 @@ pub fn route(
             Some(local) => Route::Own(local),
             None => Route::Own(endpoints::Local::error(404, "Nothing is served at this address.")),
         },
+    }
+}
+
+/// A stream as the app machinery carries it: its path is the base, and the
+/// agent sees `/` (the target it reaches is in the token).
+fn stream_route(stream: meridian_regions::stream::StreamRequest) -> AppRoute {
+    let binding = stream.binding();
+    let path = stream.path();
+    AppRoute {
+        req: AppRequest {
+            target: meridian_regions::app_url::AppTarget::Slug(stream.kind.to_string()),
+            user: stream.user,
+            workspace: stream.workspace,
+            agent: Some(stream.agent),
+        },
+        subdomain: false,
+        binding,
+        path: Some((path, "/".to_owned())),
     }
 }
 

@@ -65,6 +65,18 @@ struct Served {
     route: AppRoute,
     host: String,
     set_cookie: Option<String>,
+    /// A shell or TCP stream, not an app.
+    stream: bool,
+}
+
+/// A stream is opened by an HTTP/1.1 upgrade to `meridian-stream`.
+fn stream_upgrade(req: &RequestHeader) -> std::result::Result<(), &'static str> {
+    let upgrade = req.headers.get(http::header::UPGRADE).map(|u| u.as_bytes());
+    match upgrade {
+        Some(u) if u.eq_ignore_ascii_case(meridian_regions::stream::UPGRADE_PROTOCOL.as_bytes()) => Ok(()),
+        _ => Err("A shell or TCP stream is opened with an HTTP/1.1 upgrade (`Upgrade: meridian-stream`): \
+             use `meridian ssh` or `meridian port-forward`."),
+    }
 }
 
 impl MeridianProxy {
@@ -132,9 +144,19 @@ impl ProxyHttp for MeridianProxy {
                 "rejected",
                 Some(Reply::page(403, "A WebSocket to an app must come from a page of that app (Origin differs).")),
             ),
+            Route::Stream(route) => match stream_upgrade(session.req_header()) {
+                Err(message) => ("rejected", Some(Reply::page(400, message))),
+                Ok(()) => match self.auth.authorize_stream(session.req_header(), &route.binding).await {
+                    Decision::Serve { claims, token, set_cookie } => {
+                        ctx.app = Some(Served { claims, token, route, host, set_cookie, stream: true });
+                        ("stream", None)
+                    }
+                    Decision::Respond(reply) => ("denied", Some(reply)),
+                },
+            },
             Route::App(route) => match self.auth.authorize(session.req_header(), &host, &route).await {
                 Decision::Serve { claims, token, set_cookie } => {
-                    ctx.app = Some(Served { claims, token, route, host, set_cookie });
+                    ctx.app = Some(Served { claims, token, route, host, set_cookie, stream: false });
                     ("app", None)
                 }
                 Decision::Respond(reply) if reply.status == 404 => ("denied", Some(reply)),
@@ -199,6 +221,13 @@ impl ProxyHttp for MeridianProxy {
         hygiene::request(up, client_ip, self.auth.scheme(), &served.host)?;
         if let Some((_, rest)) = &served.route.path {
             up.set_uri(rest.parse().map_err(|_| bad_path())?);
+        }
+        if served.stream {
+            // Pingora forwards only WebSocket upgrades by itself (it drops
+            // other `Upgrade`s as hop-by-hop); a stream's is put back here,
+            // exactly as checked in `request_filter`.
+            up.insert_header(http::header::CONNECTION, "upgrade")?;
+            up.insert_header(http::header::UPGRADE, meridian_regions::stream::UPGRADE_PROTOCOL)?;
         }
         Ok(())
     }

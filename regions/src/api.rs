@@ -294,6 +294,40 @@ pub struct Agent {
     pub region: Option<String>,
     pub last_connected_at: Option<DateTime<Utc>>,
     pub apps: Vec<App>,
+    /// The public half of the agent's SSH host key (`ssh-ed25519 AAAA…`),
+    /// once the agent published it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
+}
+
+/// `POST /api/v2/agents/me/host-key`: the agent's SSH host key, public half.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentHostKey {
+    pub public_key: String,
+}
+
+/// `POST /api/v2/workspaces/{owner}/{workspace}/stream-token`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamTokenRequest {
+    /// The agent; may be left out when the workspace has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<String>,
+    /// `ssh`, `terminal` or `tcp:PORT`.
+    pub target: String,
+}
+
+/// A token for one stream, and what the client needs to open it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamTokenResponse {
+    /// Sent to a region as `Meridian-Stream-Token`.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    /// The path to open the stream on, at any region's access URL.
+    pub path: String,
+    pub agent: String,
+    /// The agent's SSH host key, if it published one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host_key: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -160,6 +160,22 @@ impl Client {
         self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>).await.map(drop)
     }
 
+    /// As an agent: publish the public half of its SSH host key.
+    pub async fn agent_host_key(&self, req: &crate::api::AgentHostKey) -> Result<(), ClientError> {
+        self.call::<serde_json::Value>(Method::POST, "/api/v2/agents/me/host-key", Some(req)).await.map(drop)
+    }
+
+    /// As a user: a token for a shell or TCP stream into `owner`'s workspace.
+    pub async fn stream_token(
+        &self,
+        owner: &str,
+        workspace: &str,
+        req: &crate::api::StreamTokenRequest,
+    ) -> Result<crate::api::StreamTokenResponse, ClientError> {
+        let path = format!("/api/v2/workspaces/{owner}/{workspace}/stream-token");
+        self.call(Method::POST, &path, Some(req)).await
+    }
+
     /// As an agent: where to attach.
     pub async fn agent_connection_info(
         &self,

@@ -19,6 +19,8 @@
 //! - [`pipe`]: byte pipes between connections, closed when idle.
 //! - [`tls_client`]: the TLS client relays are dialed with.
 //! - [`redirect`]: where the login flow may send a browser (no open redirect).
+//! - [`stream`]: shell and TCP streams through a region (paths, targets, token bindings);
+//!   [`resume`]: the protocol that carries one across paths when its region dies.
 //! - [`ready`]: listening on port 0 and reporting the bound addresses (`--ready-file`).
 
 pub mod api;
@@ -38,7 +40,9 @@ pub mod ready;
 pub mod redirect;
 pub mod request;
 pub mod resolve;
+pub mod resume;
 pub mod selection;
+pub mod stream;
 pub mod tls_client;
 pub mod token;
 pub mod tunnel;

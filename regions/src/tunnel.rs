@@ -236,36 +236,72 @@ pub async fn dial_upgrade(
     credentials: &[(&str, &str)],
     tls: &TlsClient,
 ) -> anyhow::Result<Upgraded> {
-    use anyhow::Context;
-    let url = url::Url::parse(base_url)?;
-    let host = url.host_str().context("relay URL has no host")?.to_owned();
-    let port = url.port_or_known_default().context("relay URL has no port")?;
-    let tcp = tokio::time::timeout(DIAL_TIMEOUT, crate::resolve::connect(&host, port)).await??;
-    tcp.set_nodelay(true)?;
-    let authority = format!("{host}:{port}");
-    match url.scheme() {
-        "http" => upgrade_over(TokioIo::new(tcp), &authority, path, protocol, credentials).await,
-        "https" => {
-            let name =
-                rustls::pki_types::ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_owned())?;
-            let stream = tokio::time::timeout(DIAL_TIMEOUT, tls.connector().connect(name, tcp)).await??;
-            upgrade_over(TokioIo::new(stream), &authority, path, protocol, credentials).await
-        }
-        other => anyhow::bail!("{base_url}: unsupported scheme {other}"),
+    Ok(dial_upgrade_with(base_url, path, protocol, credentials, tls).await?.0)
+}
+
+/// Why an upgrade did not happen: the connection failed (`status` is
+/// `None`), or the server answered `status` with `message` (its body, cut short).
+#[derive(Debug, thiserror::Error)]
+#[error("{}", match status { Some(s) => format!("{s}: {message}"), None => message.clone() })]
+pub struct UpgradeError {
+    pub status: Option<u16>,
+    pub message: String,
+}
+
+impl UpgradeError {
+    fn io(e: impl std::fmt::Display) -> Self {
+        Self { status: None, message: e.to_string() }
     }
 }
+
+/// [`dial_upgrade`], with the `101`'s headers, and a refusal's status and message.
+pub async fn dial_upgrade_with(
+    base_url: &str,
+    path: &str,
+    protocol: &str,
+    headers: &[(&str, &str)],
+    tls: &TlsClient,
+) -> Result<(Upgraded, hyper::HeaderMap), UpgradeError> {
+    let url = url::Url::parse(base_url).map_err(UpgradeError::io)?;
+    let host = url.host_str().ok_or_else(|| UpgradeError::io(format!("{base_url} has no host")))?.to_owned();
+    let port = url.port_or_known_default().ok_or_else(|| UpgradeError::io(format!("{base_url} has no port")))?;
+    let connect = tokio::time::timeout(DIAL_TIMEOUT, crate::resolve::connect(&host, port));
+    let tcp = connect
+        .await
+        .map_err(|_| UpgradeError::io(format!("{host}:{port}: no connection within {DIAL_TIMEOUT:?}")))?
+        .map_err(|e| UpgradeError::io(format!("{host}:{port}: {e}")))?;
+    tcp.set_nodelay(true).map_err(UpgradeError::io)?;
+    let authority = format!("{host}:{port}");
+    match url.scheme() {
+        "http" => upgrade_over(TokioIo::new(tcp), &authority, path, protocol, headers).await,
+        "https" => {
+            let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+            let name = rustls::pki_types::ServerName::try_from(bare).map_err(UpgradeError::io)?;
+            let stream = tokio::time::timeout(DIAL_TIMEOUT, tls.connector().connect(name, tcp))
+                .await
+                .map_err(|_| UpgradeError::io(format!("{authority}: no TLS handshake within {DIAL_TIMEOUT:?}")))?
+                .map_err(|e| UpgradeError::io(format!("{authority}: TLS: {e}")))?;
+            upgrade_over(TokioIo::new(stream), &authority, path, protocol, headers).await
+        }
+        other => Err(UpgradeError::io(format!("{base_url}: unsupported scheme {other}"))),
+    }
+}
+
+/// Longest refusal message kept from a server's answer.
+const MAX_REFUSAL: usize = 1024;
 
 async fn upgrade_over<T>(
     io: T,
     authority: &str,
     path: &str,
     protocol: &str,
-    credentials: &[(&str, &str)],
-) -> anyhow::Result<Upgraded>
+    headers: &[(&str, &str)],
+) -> Result<(Upgraded, hyper::HeaderMap), UpgradeError>
 where
     T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    use http_body_util::BodyExt;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(UpgradeError::io)?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });
@@ -273,13 +309,27 @@ where
         .header(hyper::header::HOST, authority)
         .header(hyper::header::CONNECTION, "upgrade")
         .header(hyper::header::UPGRADE, protocol);
-    for (name, value) in credentials {
+    for (name, value) in headers {
         req = req.header(*name, *value);
     }
-    let req = req.body(Empty::<Bytes>::new())?;
-    let resp = tokio::time::timeout(DIAL_TIMEOUT, sender.send_request(req)).await??;
+    let req = req.body(Empty::<Bytes>::new()).map_err(UpgradeError::io)?;
+    let resp = tokio::time::timeout(DIAL_TIMEOUT, sender.send_request(req))
+        .await
+        .map_err(|_| UpgradeError::io(format!("{authority} did not answer within {DIAL_TIMEOUT:?}")))?
+        .map_err(|e| UpgradeError::io(format!("{authority}: {e}")))?;
     if resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
-        anyhow::bail!("{authority} answered HTTP {} instead of switching protocols", resp.status());
+        let status = resp.status().as_u16();
+        let body = tokio::time::timeout(DIAL_TIMEOUT, resp.into_body().collect()).await;
+        let text = body.ok().and_then(|b| b.ok()).map(|b| b.to_bytes()).unwrap_or_default();
+        let text = String::from_utf8_lossy(&text[..text.len().min(MAX_REFUSAL)]).into_owned();
+        // An HTML error page's message, else the text as it came.
+        let message = text
+            .split_once("<p>")
+            .and_then(|(_, rest)| rest.split_once("</p>"))
+            .map_or_else(|| text.trim().to_owned(), |(m, _)| m.trim().to_owned());
+        return Err(UpgradeError { status: Some(status), message });
     }
-    Ok(hyper::upgrade::on(resp).await?)
+    let headers = resp.headers().clone();
+    let up = hyper::upgrade::on(resp).await.map_err(UpgradeError::io)?;
+    Ok((up, headers))
 }

@@ -8,7 +8,9 @@ use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
-use meridian_regions::api::{AgentAttach, AgentAttachResponse, AgentConnectionInfo, AgentDetach, RouteUpdate};
+use meridian_regions::api::{
+    AgentAttach, AgentAttachResponse, AgentConnectionInfo, AgentDetach, AgentHostKey, RouteUpdate,
+};
 use meridian_regions::app_token::{AttachClaims, ATTACH_AUDIENCE, ISSUER};
 use meridian_regions::token::{Secret, Token};
 
@@ -56,6 +58,26 @@ pub async fn connection_info(
         apps: state.store.agent_apps(agent_id).await?,
         relays,
     }))
+}
+
+/// `POST /api/v2/agents/me/host-key`: the agent's SSH host key, public half
+/// (OpenSSH's one-line form; Ed25519 only).
+pub async fn host_key(
+    State(state): State<AppState>,
+    AgentIdentity(agent_id): AgentIdentity,
+    Json(req): Json<AgentHostKey>,
+) -> ApiResult<StatusCode> {
+    let key = req.public_key.trim();
+    let parts: Vec<&str> = key.split(' ').collect();
+    let well_formed = matches!(parts[..], ["ssh-ed25519", b64] | ["ssh-ed25519", b64, _]
+        if !b64.is_empty() && b64.len() <= 128 && b64.bytes().all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b)));
+    if !well_formed {
+        return Err(ApiError::BadRequest("public_key must be an OpenSSH ssh-ed25519 public key line.".into()));
+    }
+    let line = parts[..2].join(" ");
+    state.store.set_agent_host_key(agent_id, &line).await?;
+    tracing::info!(agent = %agent_id, "agent published its SSH host key");
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// A relay records an agent it admitted: with the attach token the agent

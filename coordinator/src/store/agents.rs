@@ -9,6 +9,15 @@ use meridian_regions::token::Token;
 use std::collections::BTreeMap;
 use uuid::Uuid;
 
+/// An agent a stream is asked for.
+#[derive(sqlx::FromRow)]
+pub struct StreamAgent {
+    pub id: Uuid,
+    pub name: String,
+    pub owner_id: Uuid,
+    pub host_key: Option<String>,
+}
+
 /// agent, region, replica, the relay URL peers use, connected, route version.
 type RouteRow = (Uuid, Option<String>, Option<Uuid>, Option<String>, bool, i64);
 
@@ -38,6 +47,40 @@ impl Store {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.and_then(|(hash,)| secret::secret_matches(token.secret.expose(), &hash).then_some(token.id)))
+    }
+
+    /// Records the public half of the agent's SSH host key.
+    pub async fn set_agent_host_key(&self, agent_id: Uuid, public_key: &str) -> ApiResult<()> {
+        sqlx::query("UPDATE agents SET host_key = $2 WHERE id = $1")
+            .bind(agent_id)
+            .bind(public_key)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The agent a stream into `owner`'s workspace names (`agent` may be
+    /// left out when the workspace has one): its id, name, owner and host key.
+    pub async fn stream_agent(
+        &self,
+        owner: &str,
+        workspace: &str,
+        agent: Option<&str>,
+    ) -> ApiResult<Option<StreamAgent>> {
+        let rows: Vec<StreamAgent> = sqlx::query_as(
+            "SELECT a.id, a.name, w.owner_id, a.host_key FROM agents a \
+             JOIN workspaces w ON w.id = a.workspace_id JOIN users u ON u.id = w.owner_id \
+             WHERE u.username = $1 AND w.name = $2 AND ($3::text IS NULL OR a.name = $3)",
+        )
+        .bind(owner)
+        .bind(workspace)
+        .bind(agent)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(match <[StreamAgent; 1]>::try_from(rows) {
+            Ok([one]) => Some(one),
+            Err(_) => None,
+        })
     }
 
     pub async fn agent_apps(&self, agent_id: Uuid) -> ApiResult<Vec<App>> {

@@ -24,6 +24,7 @@ struct AgentRow {
     connected: bool,
     region: Option<String>,
     last_connected_at: Option<DateTime<Utc>>,
+    host_key: Option<String>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -129,7 +130,7 @@ impl Store {
         .await?;
         let ids: Vec<Uuid> = workspaces.iter().map(|w| w.id).collect();
         let agents: Vec<AgentRow> = sqlx::query_as(
-            "SELECT a.id, a.workspace_id, a.name, a.connected, r.name AS region, a.last_connected_at \
+            "SELECT a.id, a.workspace_id, a.name, a.connected, r.name AS region, a.last_connected_at, a.host_key \
              FROM agents a LEFT JOIN regions r ON r.id = a.region_id \
              WHERE a.workspace_id = ANY($1) ORDER BY a.name",
         )
@@ -156,6 +157,7 @@ impl Store {
                 connected: a.connected,
                 region: a.region.filter(|_| a.connected),
                 last_connected_at: a.last_connected_at,
+                host_key: a.host_key,
             });
         }
         Ok(workspaces
