@@ -106,7 +106,13 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     let agent_token = workspace(&api, app_port).await?;
     children.spawn(Spec {
         name: "agent".into(),
-        args: ["agent", "--coordinator-url", &base, "--region", topology.agent_region()].map(String::from).to_vec(),
+        args: {
+            let key = dir.join("agent-ssh-host-key");
+            let mut args =
+                ["agent", "--coordinator-url", &base, "--region", topology.agent_region()].map(String::from).to_vec();
+            args.extend(["--host-key-file".into(), key.display().to_string()]);
+            args
+        },
         secret: Some(("MERIDIAN_AGENT_TOKEN", agent_token)),
     })?;
     wait("the agent to attach", Duration::from_secs(60), &mut children, || agent_attached(&api)).await?;

@@ -27,6 +27,7 @@ mod postgres;
 mod proxy_lifecycle;
 mod proxy_tls;
 mod regions_ping;
+mod shell;
 mod soak;
 mod tokens;
 mod trust;

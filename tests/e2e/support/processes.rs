@@ -21,6 +21,29 @@ impl Postgres {
     pub fn url(&self) -> String {
         self.pg.url()
     }
+
+    /// A cluster that also listens on TCP 127.0.0.1 (trusting loopback), as a
+    /// workspace's own database would; its TCP port. PostgreSQL cannot
+    /// listen on port 0 and report the port: it takes one the kernel just
+    /// freed, and another when that one was taken meanwhile (bounded).
+    pub async fn start_tcp() -> (Self, u16) {
+        let dir = tempfile::Builder::new().prefix("meridian-pg").tempdir().unwrap();
+        let mut pg = EmbeddedPostgres::new(dir.path(), PgBinaries::find(None).unwrap()).unwrap();
+        pg.set("listen_addresses", "127.0.0.1");
+        for attempt in 1..=5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            pg.set_port(port);
+            match tokio::task::block_in_place(|| pg.start()) {
+                Ok(()) => {
+                    pg.ensure_database().await.unwrap();
+                    return (Self { pg, _dir: dir }, port);
+                }
+                Err(e) if attempt < 5 => eprintln!("PostgreSQL on port {port}: {e:#}; another port"),
+                Err(e) => panic!("PostgreSQL would not start: {e:#}"),
+            }
+        }
+        unreachable!()
+    }
 }
 
 /// A running `meridian` process whose output goes to a log file; SIGKILLed on drop.
@@ -411,7 +434,16 @@ impl Agent {
         let mut args: Vec<String> =
             ["agent", "--coordinator-url", coordinator, "--agent-token", token].iter().map(|s| s.to_string()).collect();
         args.extend(extra.iter().map(|s| s.to_string()));
+        // Its SSH host key in the test's directory, not under $HOME (kept across restarts).
+        if !extra.contains(&"--host-key-file") {
+            args.extend(["--host-key-file".into(), unique_path(dir, "agent-host-key", "key").display().to_string()]);
+        }
         Self { proc: Process::spawn("agent", dir, &args), args, dir: dir.to_owned() }
+    }
+
+    /// The arguments it was started with.
+    pub fn args(&self) -> &[String] {
+        &self.args
     }
 
     /// Starts the same agent again after it died.
