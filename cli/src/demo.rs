@@ -132,6 +132,7 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
     DemoInfo { coordinator_url: base.clone(), username: USER.into(), app, control_url, control_token, regions }
         .save(&dir)?;
     print_urls(&dir, &base, coordinator.port(), &password, &region_ports, topology.agent_region());
+    print_shell(app_port);
     shutdown.await;
     println!("stopping...");
     let _ = std::fs::remove_file(dir.join(control::INFO_FILE));
@@ -351,6 +352,14 @@ fn print_urls(dir: &Path, base: &str, port: u16, password: &Secret, regions: &[(
     println!("\nCLI: meridian login {base} --username {USER} --password '{}'", password.expose());
     println!("     meridian regions ping              (which region is nearest)");
     println!("     meridian drill kill-region --region {agent}   (rehearse an outage; see --help)");
+}
+
+/// The commands that reach the workspace's shell and ports (after `meridian login`).
+fn print_shell(app_port: u16) {
+    println!("\nShell and TCP (through the nearest region; a session survives that region's death):");
+    println!("     meridian ssh dev                   (a terminal; `meridian ssh dev -- CMD` runs a command)");
+    println!("     meridian config-ssh                (then plain `ssh meridian.dev`, scp, sftp, VS Code, JetBrains)");
+    println!("     meridian port-forward dev --tcp 18080:{app_port}   (the sample app on 127.0.0.1:18080)");
     println!("Ctrl-C stops everything.");
 }
 
