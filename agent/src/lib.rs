@@ -16,13 +16,15 @@
 //!
 //! - [`config`]: options. - [`policy`]: which targets a stream may reach.
 //! - [`attach`]: dialing a relay and serving the tunnel.
-//! - [`streams`]: shell and TCP sessions; [`ssh`]: the SSH server.
+//! - [`streams`]: shell and TCP sessions; [`ssh`]: the SSH server; [`terminal`]: the web
+//!   terminal's reconnecting PTYs.
 
 pub mod attach;
 pub mod config;
 pub mod policy;
 pub mod ssh;
 pub mod streams;
+pub mod terminal;
 
 use config::Config;
 use meridian_regions::api::{AgentConnectionInfo, RelayInfo};

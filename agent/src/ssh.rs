@@ -8,7 +8,7 @@
 //! - [`sftp`]: the `sftp` subsystem over the workspace's files (scp, sftp, IDEs).
 
 pub mod host_key;
-mod process;
+pub(crate) mod process;
 mod session;
 mod sftp;
 

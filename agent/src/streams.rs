@@ -49,11 +49,12 @@ struct Entry {
 pub struct Streams {
     sessions: Arc<Mutex<HashMap<String, Entry>>>,
     ssh: crate::ssh::Server,
+    terminals: crate::terminal::Terminals,
 }
 
 impl Streams {
     pub fn new(ssh: crate::ssh::Server) -> Self {
-        Self { sessions: Arc::default(), ssh }
+        Self { sessions: Arc::default(), ssh, terminals: Default::default() }
     }
 
     /// Serves the one upgrade request on a relay connection for `kind`.
@@ -74,6 +75,9 @@ impl Streams {
 
     /// Starts or resumes the session the request names, or says why not.
     async fn open(&self, mut req: Request<hyper::body::Incoming>, kind: StreamKind) -> Response<Full<Bytes>> {
+        if kind == StreamKind::Terminal {
+            return self.terminal(req);
+        }
         let header = |name| req.headers().get(name).and_then(|v| v.to_str().ok());
         let upgrade = header(hyper::header::UPGRADE.as_str()).is_some_and(|u| u.eq_ignore_ascii_case(UPGRADE_PROTOCOL));
         if !upgrade {
@@ -111,6 +115,46 @@ impl Streams {
         h.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
         h.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static(UPGRADE_PROTOCOL));
         h.insert(RECEIVED_HEADER, received.into());
+        resp
+    }
+
+    /// The web terminal's WebSocket (RFC 6455 §4.2.2): `?session=ID&cols=C&rows=R`.
+    fn terminal(&self, mut req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+        use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+        let query: HashMap<String, String> =
+            url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect();
+        let Some(id) = query.get("session").filter(|id| resume::valid_session_id(id)).cloned() else {
+            return answer(StatusCode::BAD_REQUEST, "a terminal needs ?session= (32 lowercase hex digits)".into());
+        };
+        let dim = |k: &str| query.get(k).and_then(|v| v.parse::<u16>().ok()).filter(|n| *n > 0).unwrap_or(24);
+        let size = (dim("cols").max(2), dim("rows"));
+        let key = req.headers().get("sec-websocket-key").map(|k| derive_accept_key(k.as_bytes()));
+        let websocket =
+            req.headers().get(hyper::header::UPGRADE).is_some_and(|u| u.as_bytes().eq_ignore_ascii_case(b"websocket"));
+        let (Some(accept), true) = (key, websocket) else {
+            return answer(StatusCode::BAD_REQUEST, "a terminal is opened with a WebSocket".into());
+        };
+        let terminals = self.terminals.clone();
+        tokio::spawn(async move {
+            match hyper::upgrade::on(&mut req).await {
+                Ok(up) => {
+                    use tokio_tungstenite::tungstenite::protocol::Role;
+                    let ws =
+                        tokio_tungstenite::WebSocketStream::from_raw_socket(TokioIo::new(up), Role::Server, None).await;
+                    terminals.serve(ws, id, size).await;
+                }
+                Err(e) => tracing::debug!(error = %e, "terminal upgrade failed"),
+            }
+        });
+        let mut resp = Response::new(Full::default());
+        *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        let h = resp.headers_mut();
+        h.insert(hyper::header::CONNECTION, hyper::header::HeaderValue::from_static("upgrade"));
+        h.insert(hyper::header::UPGRADE, hyper::header::HeaderValue::from_static("websocket"));
+        if let Ok(v) = hyper::header::HeaderValue::from_str(&accept) {
+            h.insert("sec-websocket-accept", v);
+        }
+        h.insert("sec-websocket-protocol", hyper::header::HeaderValue::from_static(crate::terminal::SUBPROTOCOL));
         resp
     }
 
@@ -177,8 +221,9 @@ impl Streams {
                     )),
                 }
             }
+            // Served as a WebSocket by `terminal`, never as a session.
             StreamKind::Terminal => {
-                Err(answer(StatusCode::NOT_IMPLEMENTED, "this agent has no web terminal yet".into()))
+                Err(answer(StatusCode::BAD_REQUEST, "a terminal is opened with a WebSocket".into()))
             }
         }
     }

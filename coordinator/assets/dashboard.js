@@ -201,6 +201,18 @@ function paths(agent) {
     best && best.r === r ? ' — best path' : '')));
 }
 
+// The signed-in user's name (the page's header says it).
+function whoami() {
+  const me = document.getElementById('whoami');
+  return me ? me.textContent : null;
+}
+
+// The web terminal of an agent (its owner's only: shells are owner-only).
+function terminalUrl(ws, agent) {
+  const q = new URLSearchParams({ owner: ws.owner, workspace: ws.name, agent: agent.name });
+  return `/terminal?${q}`;
+}
+
 function renderWorkspaces() {
   const box = document.getElementById('workspaces');
   if (!box) return;
@@ -215,7 +227,10 @@ function renderWorkspaces() {
       el('p', {}, el('strong', {}, `Agent ${agent.name}: `),
         el('span', { class: 'agent-state' }, agent.connected
           ? `connected to ${agent.region} since ${ago(agent.last_connected_at)}`
-          : `not connected (last seen ${ago(agent.last_connected_at)})`)),
+          : `not connected (last seen ${ago(agent.last_connected_at)})`),
+        ws.owner === whoami()
+          ? [' · ', el('a', { href: terminalUrl(ws, agent), class: 'terminal-link', target: '_blank', rel: 'noopener' }, `Terminal (${agent.name})`)]
+          : null),
       el('table', {}, el('caption', {}, `Apps of ${ws.name}/${agent.name} through ${r ? r.display_name : '…'}`),
         el('thead', {}, el('tr', {}, ['App', 'Shared with', 'Open', 'Expected round trip by region'].map((h) => el('th', { scope: 'col' }, h)))),
         el('tbody', {}, agent.apps.map((app) => el('tr', { 'data-app': app.slug },

@@ -26,6 +26,10 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const LOGIN_SCRIPT: &str = include_str!("../assets/login.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
+const TERMINAL_SCRIPT: &str = include_str!("../assets/terminal.js");
+/// xterm.js, vendored from npm unmodified (`assets/vendor/xterm/README.md`).
+const XTERM_SCRIPT: &str = include_str!("../assets/vendor/xterm/xterm.js");
+const XTERM_STYLE: &str = include_str!("../assets/vendor/xterm/xterm.css");
 
 /// The dashboard's pages and assets, for `crate::api::router`.
 pub fn routes() -> axum::Router<AppState> {
@@ -34,6 +38,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/", get(home))
         .route("/regions", get(regions))
         .route("/admin", get(admin))
+        .route("/terminal", get(terminal))
         .route("/assets/{file}", get(asset))
 }
 
@@ -43,6 +48,9 @@ pub async fn asset(Path(file): Path<String>) -> Response {
         "dashboard.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "login.js" => (LOGIN_SCRIPT, "text/javascript; charset=utf-8"),
         "dashboard.css" => (STYLE, "text/css; charset=utf-8"),
+        "terminal.js" => (TERMINAL_SCRIPT, "text/javascript; charset=utf-8"),
+        "xterm.js" => (XTERM_SCRIPT, "text/javascript; charset=utf-8"),
+        "xterm.css" => (XTERM_STYLE, "text/css; charset=utf-8"),
         _ => return ApiError::NotFound("No such asset.".into()).into_response(),
     };
     ([(header::CONTENT_TYPE, kind), (header::CACHE_CONTROL, "no-cache")], body).into_response()
@@ -61,6 +69,51 @@ pub async fn regions(state: State<AppState>, user: Result<CurrentUser, ApiError>
 /// `GET /admin`: admins only.
 pub async fn admin(state: State<AppState>, user: Result<CurrentUser, ApiError>, uri: OriginalUri) -> Response {
     page(state, user, uri, Page::Admin).await
+}
+
+/// `GET /terminal?owner=&workspace=&agent=`: the web terminal (signed in).
+/// Its policy differs from the other pages' in two ways: `connect-src` names
+/// the regions' WebSocket origins too, and `style-src` allows inline styles,
+/// which xterm.js's renderer writes (a `<style>` element it fills; style
+/// cannot run script, and `script-src` stays `'self'`).
+pub async fn terminal(
+    State(state): State<AppState>,
+    user: Result<CurrentUser, ApiError>,
+    OriginalUri(uri): OriginalUri,
+) -> Response {
+    if let Err(e) = user {
+        if let ApiError::Unauthorized(_) = e {
+            let back = uri.path_and_query().map_or("/terminal", |p| p.as_str());
+            let back: String = url::form_urlencoded::byte_serialize(back.as_bytes()).collect();
+            return Redirect::to(&format!("/login?redirect={back}")).into_response();
+        }
+        return e.into_response();
+    }
+    let mut connect = String::from("'self'");
+    if let Ok(regions) = crate::api::regions::region_list(&state).await {
+        for o in regions.into_iter().filter_map(|r| r.access_url).filter_map(|u| origin(&u)) {
+            let ws = o.replacen("http", "ws", 1);
+            connect.push_str(&format!(" {o} {ws}"));
+        }
+    }
+    let policy = format!(
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self'; \
+         connect-src {connect}; form-action 'none'; base-uri 'none'; frame-ancestors 'none'"
+    );
+    let body = "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+        <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+        <title>Terminal · Meridian</title><link rel=\"stylesheet\" href=\"/assets/dashboard.css\">\
+        <link rel=\"stylesheet\" href=\"/assets/xterm.css\">\
+        <script src=\"/assets/xterm.js\" defer></script><script src=\"/assets/terminal.js\" defer></script>\
+        </head><body data-page=\"terminal\"><main><h1>Terminal: <span id=\"term-target\"></span></h1>\
+        <p id=\"term-status\" role=\"status\">Connecting…</p><div id=\"terminal\" aria-label=\"Terminal\"></div>\
+        <p><a href=\"/\">Back to your workspaces</a></p></main></body></html>";
+    let mut resp = Html(body).into_response();
+    if let Ok(v) = axum::http::HeaderValue::from_str(&policy) {
+        resp.headers_mut().insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, axum::http::HeaderValue::from_static("no-store"));
+    resp
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

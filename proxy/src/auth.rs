@@ -127,19 +127,18 @@ impl Auth {
         }
     }
 
-    /// Serves or refuses a shell or TCP stream: its token (header
-    /// `Meridian-Stream-Token`, from the coordinator, for the workspace's
-    /// owner) must be bound to exactly this stream. Past its expiry it is
+    /// Serves or refuses a shell or TCP stream: its token (from the
+    /// coordinator, for the workspace's owner; see `service::StreamUpgrade`) must be bound to exactly this stream. Past its expiry it is
     /// taken only within the offline grace while the coordinator cannot
     /// renew it (a session resuming through this region during an outage).
     /// An expired token is a 401 (the client gets a new one); any other
     /// refusal the 404 an app gives.
-    pub async fn authorize_stream(&self, req: &RequestHeader, binding: &str) -> Decision {
-        let header = req.headers.get(meridian_regions::stream::TOKEN_HEADER).and_then(|v| v.to_str().ok());
-        let Some(token) = header else {
+    pub async fn authorize_stream(&self, token: Option<&str>, binding: &str) -> Decision {
+        let Some(token) = token else {
             return Decision::Respond(Reply::page(
                 401,
-                "A stream needs a Meridian-Stream-Token header: `meridian ssh` and `meridian port-forward` get one.",
+                "A stream needs a stream token (a Meridian-Stream-Token header; `meridian ssh` and \
+                 `meridian port-forward` get one, the dashboard's Terminal page too).",
             ));
         };
         if let Some((claims, token)) = self.verify(token, binding).await {

@@ -70,7 +70,7 @@ pub fn route(
         }
     }
     match meridian_regions::stream::parse_path(path) {
-        Some(Ok(stream)) => return Route::Stream(stream_route(stream)),
+        Some(Ok(stream)) => return Route::Stream(stream_route(stream, query)),
         Some(Err(e)) => return Route::Reject { status: e.status(), message: e.to_string() },
         None => {}
     }
@@ -105,10 +105,12 @@ pub fn route(
 }
 
 /// A stream as the app machinery carries it: its path is the base, and the
-/// agent sees `/` (the target it reaches is in the token).
-fn stream_route(stream: meridian_regions::stream::StreamRequest) -> AppRoute {
+/// agent sees `/` with the query (the target it reaches is in the token; a
+/// terminal's session and size are in the query).
+fn stream_route(stream: meridian_regions::stream::StreamRequest, query: Option<&str>) -> AppRoute {
     let binding = stream.binding();
     let path = stream.path();
+    let rest = query.map_or_else(|| "/".to_owned(), |q| format!("/?{q}"));
     AppRoute {
         req: AppRequest {
             target: meridian_regions::app_url::AppTarget::Slug(stream.kind.to_string()),
@@ -118,7 +120,7 @@ fn stream_route(stream: meridian_regions::stream::StreamRequest) -> AppRoute {
         },
         subdomain: false,
         binding,
-        path: Some((path, "/".to_owned())),
+        path: Some((path, rest)),
     }
 }
 

@@ -65,15 +65,51 @@ struct Served {
     route: AppRoute,
     host: String,
     set_cookie: Option<String>,
-    /// A shell or TCP stream, not an app.
-    stream: bool,
+    /// A shell or TCP stream, or the web terminal, not an app.
+    stream: Option<StreamUpgrade>,
 }
 
-/// A stream is opened by an HTTP/1.1 upgrade to `meridian-stream`.
-fn stream_upgrade(req: &RequestHeader) -> std::result::Result<(), &'static str> {
+/// How a stream was asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StreamUpgrade {
+    /// `Upgrade: meridian-stream`, the token in `Meridian-Stream-Token` (the CLI).
+    Stream,
+    /// A WebSocket (the web terminal in a browser, which cannot set headers):
+    /// the token is offered as the subprotocol `meridian.token.<token>`.
+    WebSocket,
+}
+
+/// The subprotocol prefix that carries a terminal's stream token.
+const TOKEN_SUBPROTOCOL: &str = "meridian.token.";
+/// The subprotocol the terminal's page asks for and the agent answers.
+const TERMINAL_SUBPROTOCOL: &str = "meridian.terminal";
+
+impl StreamUpgrade {
+    fn token(self, req: &RequestHeader) -> Option<&str> {
+        match self {
+            Self::Stream => req.headers.get(meridian_regions::stream::TOKEN_HEADER).and_then(|v| v.to_str().ok()),
+            Self::WebSocket => req
+                .headers
+                .get_all(http::header::SEC_WEBSOCKET_PROTOCOL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(','))
+                .find_map(|p| p.trim().strip_prefix(TOKEN_SUBPROTOCOL)),
+        }
+    }
+}
+
+/// A stream is opened by an HTTP/1.1 upgrade to `meridian-stream`; the web
+/// terminal by a WebSocket.
+fn stream_upgrade(req: &RequestHeader, route: &AppRoute) -> std::result::Result<StreamUpgrade, &'static str> {
+    let terminal = route.req.target == meridian_regions::app_url::AppTarget::Slug("terminal".into());
     let upgrade = req.headers.get(http::header::UPGRADE).map(|u| u.as_bytes());
     match upgrade {
-        Some(u) if u.eq_ignore_ascii_case(meridian_regions::stream::UPGRADE_PROTOCOL.as_bytes()) => Ok(()),
+        Some(u) if terminal && u.eq_ignore_ascii_case(b"websocket") => Ok(StreamUpgrade::WebSocket),
+        Some(u) if !terminal && u.eq_ignore_ascii_case(meridian_regions::stream::UPGRADE_PROTOCOL.as_bytes()) => {
+            Ok(StreamUpgrade::Stream)
+        }
+        _ if terminal => Err("The web terminal is opened with a WebSocket (the dashboard's Terminal page)."),
         _ => Err("A shell or TCP stream is opened with an HTTP/1.1 upgrade (`Upgrade: meridian-stream`): \
              use `meridian ssh` or `meridian port-forward`."),
     }
@@ -144,19 +180,23 @@ impl ProxyHttp for MeridianProxy {
                 "rejected",
                 Some(Reply::page(403, "A WebSocket to an app must come from a page of that app (Origin differs).")),
             ),
-            Route::Stream(route) => match stream_upgrade(session.req_header()) {
+            Route::Stream(route) => match stream_upgrade(session.req_header(), &route) {
                 Err(message) => ("rejected", Some(Reply::page(400, message))),
-                Ok(()) => match self.auth.authorize_stream(session.req_header(), &route.binding).await {
-                    Decision::Serve { claims, token, set_cookie } => {
-                        ctx.app = Some(Served { claims, token, route, host, set_cookie, stream: true });
-                        ("stream", None)
+                Ok(upgrade) => {
+                    let token = upgrade.token(session.req_header());
+                    match self.auth.authorize_stream(token, &route.binding).await {
+                        Decision::Serve { claims, token, set_cookie } => {
+                            let stream = Some(upgrade);
+                            ctx.app = Some(Served { claims, token, route, host, set_cookie, stream });
+                            ("stream", None)
+                        }
+                        Decision::Respond(reply) => ("denied", Some(reply)),
                     }
-                    Decision::Respond(reply) => ("denied", Some(reply)),
-                },
+                }
             },
             Route::App(route) => match self.auth.authorize(session.req_header(), &host, &route).await {
                 Decision::Serve { claims, token, set_cookie } => {
-                    ctx.app = Some(Served { claims, token, route, host, set_cookie, stream: false });
+                    ctx.app = Some(Served { claims, token, route, host, set_cookie, stream: None });
                     ("app", None)
                 }
                 Decision::Respond(reply) if reply.status == 404 => ("denied", Some(reply)),
@@ -222,12 +262,19 @@ impl ProxyHttp for MeridianProxy {
         if let Some((_, rest)) = &served.route.path {
             up.set_uri(rest.parse().map_err(|_| bad_path())?);
         }
-        if served.stream {
+        match served.stream {
             // Pingora forwards only WebSocket upgrades by itself (it drops
             // other `Upgrade`s as hop-by-hop); a stream's is put back here,
             // exactly as checked in `request_filter`.
-            up.insert_header(http::header::CONNECTION, "upgrade")?;
-            up.insert_header(http::header::UPGRADE, meridian_regions::stream::UPGRADE_PROTOCOL)?;
+            Some(StreamUpgrade::Stream) => {
+                up.insert_header(http::header::CONNECTION, "upgrade")?;
+                up.insert_header(http::header::UPGRADE, meridian_regions::stream::UPGRADE_PROTOCOL)?;
+            }
+            // The token offered as a subprotocol stays here; the agent gets the terminal's.
+            Some(StreamUpgrade::WebSocket) => {
+                up.insert_header(http::header::SEC_WEBSOCKET_PROTOCOL, TERMINAL_SUBPROTOCOL)?;
+            }
+            None => {}
         }
         Ok(())
     }

@@ -444,3 +444,25 @@ fn fault_once(fault: &mut Option<impl FnOnce()>) {
         f();
     }
 }
+
+/// The web terminal in Chromium (`tests/browser/terminal.js`): through the
+/// region the dashboard picked, a command typed and its output read; that
+/// region's proxy SIGKILLed while typing goes on (the page moves to another
+/// region, and the command typed meanwhile runs once); a reload brings the
+/// scrollback back; no CSP violation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_web_terminal_survives_its_regions_death_and_a_reload_brings_its_scrollback_back() {
+    let m = mesh().await;
+    let pid = m.proxy("sydney").proc.pid().to_string();
+    let browser_dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/browser");
+    let url = m.coord.url.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        let mut node = Command::new("node");
+        node.current_dir(&browser_dir).arg("terminal.js");
+        node.args([url.as_str(), "admin", ADMIN_PASSWORD, "admin", "dev", "main", "sydney", &pid]);
+        output_within(&mut node, Duration::from_secs(180), "node terminal.js")
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+}

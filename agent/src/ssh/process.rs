@@ -19,9 +19,9 @@ const MAX_ENV: usize = 256;
 
 /// What a channel asked for before its shell, command or subsystem.
 #[derive(Default)]
-struct Setup {
-    pty: Option<(String, pty_process::Size)>,
-    env: Vec<(String, String)>,
+pub(crate) struct Setup {
+    pub pty: Option<(String, pty_process::Size)>,
+    pub env: Vec<(String, String)>,
 }
 
 /// Whether a client may set environment variable `name` (OpenSSH's
@@ -86,13 +86,13 @@ fn clamp(n: u32) -> u16 {
 }
 
 /// The agent's user: login shell and home directory.
-struct Account {
-    name: String,
-    shell: std::path::PathBuf,
-    home: std::path::PathBuf,
+pub(crate) struct Account {
+    pub name: String,
+    pub shell: std::path::PathBuf,
+    pub home: std::path::PathBuf,
 }
 
-fn account() -> Account {
+pub(crate) fn account() -> Account {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid()).ok().flatten();
     let shell = user.as_ref().map(|u| u.shell.clone()).filter(|s| s.is_file()).unwrap_or_else(|| "/bin/sh".into());
     let home = user.as_ref().map(|u| u.dir.clone()).filter(|d| d.is_dir()).unwrap_or_else(|| "/".into());
@@ -101,7 +101,7 @@ fn account() -> Account {
 
 /// The environment a process starts with: the agent's, without Meridian's
 /// own variables, with the account's and the client's.
-fn environment(account: &Account, setup: &Setup) -> Vec<(String, String)> {
+pub(crate) fn environment(account: &Account, setup: &Setup) -> Vec<(String, String)> {
     let mut env: Vec<(String, String)> = std::env::vars().filter(|(k, _)| !k.starts_with("MERIDIAN_")).collect();
     let mut set = |k: &str, v: String| {
         env.retain(|(name, _)| name != k);
@@ -286,7 +286,7 @@ async fn copy_out(mut from: impl AsyncRead + Unpin, mut to: impl AsyncWrite + Un
 }
 
 /// Sends `sig` to the process (and its process group: the shell's children too).
-fn deliver(pid: Option<u32>, sig: &Sig, group: bool) {
+pub(crate) fn deliver(pid: Option<u32>, sig: &Sig, group: bool) {
     use nix::sys::signal::Signal;
     let Some(pid) = pid.and_then(|p| i32::try_from(p).ok()) else { return };
     let signal = match sig {
