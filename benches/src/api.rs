@@ -15,14 +15,27 @@ const DEADLINE: Duration = Duration::from_secs(60);
 pub struct Api {
     base: String,
     client: Client,
+    /// The admin's session (for `meridian port-forward --session-token`).
+    session: Secret,
 }
 
 impl Api {
     pub async fn first_user(base: &str) -> Result<Self> {
         let http = meridian_regions::client::http_client(None).map_err(anyhow::Error::msg)?;
         let anon = Client::new(base, Credential::None, http.clone());
-        let session = anon.first_user("admin", PASSWORD).await?.session_token;
-        Ok(Self { base: base.to_owned(), client: Client::new(base, Credential::Session(Secret::new(session)), http) })
+        let session = Secret::new(anon.first_user("admin", PASSWORD).await?.session_token);
+        let client = Client::new(base, Credential::Session(session.clone()), http);
+        Ok(Self { base: base.to_owned(), client, session })
+    }
+
+    /// The admin's session token.
+    pub fn session(&self) -> &Secret {
+        &self.session
+    }
+
+    /// The coordinator's URL.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     pub async fn create_region(&self, name: &str) -> Result<String> {

@@ -6,11 +6,13 @@
 //! - [`stack`]: starts everything; [`nginx`]: its config; [`api`]: coordinator calls.
 //! - [`wrk`]: running wrk and reading its report; [`ws`]: WebSocket round trips.
 //! - [`memory`]: a proxy's memory with many idle connections.
+//! - [`bulk`]: bulk TCP to a workspace port: direct, rathole, `meridian port-forward`.
 //! - [`control_plane`]: the coordinator with 1,000 replicas and 10,000 agents, simulated.
 //! - [`mesh_search`]: part of it: what searching a 100-relay mesh for a moved agent costs.
 
 pub mod api;
 pub mod bare;
+pub mod bulk;
 pub mod control_plane;
 pub mod cpu;
 pub mod memory;
@@ -61,6 +63,8 @@ pub struct Report {
     pub memory: memory::Memory,
     /// Bare pingora with as many (the floor), if it ran.
     pub bare_memory: Option<memory::Memory>,
+    /// Bulk TCP to a workspace port and keystroke round trips (see [`bulk`]).
+    pub bulk: bulk::Bulk,
 }
 
 /// The rows Meridian is compared with (the ratio columns); every other row
@@ -137,6 +141,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
     }
     rows.extend(ws_targets.iter().zip(runs).map(|(t, runs)| row(ws_name, t, &runs)));
+    let bulk = if wanted("bulk TCP") {
+        bulk::run(&stack, &opts.meridian, rounds, opts.quick).await?
+    } else {
+        Default::default()
+    };
     let memory = memory::idle_connections(stack.sydney_pid, stack.sydney_port, idle).await?;
     let bare_memory = match &floors {
         Some(f) => Some(memory::idle_connections(f.bare_pid, f.bare_port, idle).await?),
@@ -151,7 +160,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
     }
     let failed: u64 = rows.iter().map(|r| r.figures.errors).sum();
-    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory };
+    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory, bulk };
     if failed > 0 {
         let logs = stack.keep_logs()?;
         println!("{}", report.markdown());
@@ -259,6 +268,7 @@ impl Report {
                 );
             }
         }
+        out.push_str(&bulk::markdown(&self.bulk));
         let _ = writeln!(out, "\n### Idle keep-alive connections\n");
         for (who, m) in [("Meridian's proxy", Some(&self.memory)), ("bare pingora", self.bare_memory.as_ref())] {
             let Some(m) = m else { continue };

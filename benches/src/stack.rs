@@ -61,7 +61,9 @@ pub struct Stack {
     /// The floor rows (see [`crate::bare`]), if started.
     pub floors: Option<Floors>,
     /// Signs in again for fresh app tokens.
-    api: crate::api::Api,
+    pub api: crate::api::Api,
+    /// Agent `main`'s process (on sydney), for the bulk rows.
+    pub agent_pid: u32,
     cert: PathBuf,
     /// The sydney proxy's process (for its memory).
     pub sydney_pid: u32,
@@ -75,7 +77,7 @@ pub struct Stack {
 /// Given one port, the second process cannot listen and exits, and the first
 /// answers the second's target: a row measured through the wrong path (a
 /// run's pingora+hop row was bare pingora's, its pingora and hop at 0 µs).
-fn free_port() -> Result<u16> {
+pub(crate) fn free_port() -> Result<u16> {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..100 {
@@ -423,6 +425,7 @@ impl Stack {
             cert,
             sydney_pid: pids["sydney"],
             sydney_port: ports["sydney"],
+            agent_pid: pids["main"],
             _procs: procs,
             dir,
         })
@@ -504,7 +507,7 @@ impl FloorProcs {
 }
 
 /// rathole from `cargo install` (in `~/.cargo/bin`), or from `PATH`.
-fn rathole_bin() -> PathBuf {
+pub(crate) fn rathole_bin() -> PathBuf {
     std::env::var_os("HOME")
         .map(|h| Path::new(&h).join(".cargo/bin/rathole"))
         .filter(|p| p.exists())

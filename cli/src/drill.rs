@@ -8,6 +8,7 @@
 //! as asked.
 
 mod report;
+mod sessions;
 mod soak;
 mod traffic;
 
@@ -265,6 +266,7 @@ async fn drill(
     watch: &Watch<'_>,
     targets: Vec<(String, String)>,
 ) -> Result<Report> {
+    let probes = start_probes(args, setup).await;
     let epoch = Instant::now();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let streams: Vec<traffic::Stream> = targets
@@ -298,6 +300,13 @@ async fn drill(
     let recover = recovered.ok().map(|()| epoch.elapsed().saturating_sub(healed_at));
 
     let _ = stop.send(true);
+    let mut sessions = Vec::new();
+    for probe in probes {
+        sessions.push(match probe {
+            Ok(p) => p.finish().await,
+            Err(report) => report,
+        });
+    }
     let mut per_region = Vec::new();
     for s in streams {
         let (region, samples) = s.finish().await;
@@ -315,7 +324,37 @@ async fn drill(
         lost: per_region.iter().map(|r| r.lost).sum(),
         hung: per_region.iter().map(|r| r.hung).sum(),
         regions: per_region,
+        sessions,
     })
+}
+
+/// A shell and (on the demo, whose workspace is this machine) a forwarded TCP
+/// stream through the region under fault, running before the fault comes;
+/// one that cannot start is reported as such.
+async fn start_probes(args: &DrillArgs, setup: &Setup) -> Vec<Result<sessions::Probe, sessions::SessionReport>> {
+    let failed = |kind, e: anyhow::Error| sessions::SessionReport {
+        kind,
+        first_region: args.region.clone(),
+        received: 0,
+        lost: 0,
+        doubled_or_reordered: 0,
+        longest_stall_ms: 0,
+        error: Some(format!("{e:#}")),
+    };
+    let Some(workspace) = sessions::workspace_of(&setup.app) else { return Vec::new() };
+    let target = sessions::Target {
+        url: setup.api.base_url().to_owned(),
+        session: setup.session.clone(),
+        workspace,
+        region: args.region.clone(),
+    };
+    let mut probes = vec![sessions::ssh(&target).map_err(|e| failed("ssh", e))];
+    if matches!(setup.faults, Faults::Demo { .. }) {
+        probes.push(sessions::tcp(&target, &std::env::temp_dir()).await.map_err(|e| failed("tcp", e)));
+    }
+    // Both are flowing before the fault comes.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    probes
 }
 
 /// How the drill tells that the system noticed the fault, and that it is over.

@@ -176,6 +176,20 @@ async fn every_drill_scenario_reports_what_a_bystander_sees() {
             assert_eq!(!s.failed.is_empty(), expected, "{args:?}: the bystander in {region}: {:?}", s.failed);
         }
         assert_eq!(report["lost"], 0, "{report}");
+        // A shell and a forwarded TCP stream through the region under fault
+        // (the nearest one otherwise) resume elsewhere: nothing lost or
+        // doubled, stalled 3 s at most.
+        let sessions = report["sessions"].as_array().expect("sessions in the report");
+        assert_eq!(sessions.len(), 2, "{report}");
+        for session in sessions {
+            assert!(session["error"].is_null() && session["received"].as_u64() > Some(50), "{args:?}: {session}");
+            assert_eq!(
+                (&session["lost"], &session["doubled_or_reordered"]),
+                (&0.into(), &0.into()),
+                "{args:?}: {session}"
+            );
+            assert!(session["longest_stall_ms"].as_u64() <= Some(3000), "{args:?}: {session}");
+        }
     }
     observer.abort();
     demo.proc.signal(nix::sys::signal::Signal::SIGTERM);

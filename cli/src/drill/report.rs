@@ -23,6 +23,8 @@ pub struct Report {
     pub regions: Vec<RegionReport>,
     pub lost: u64,
     pub hung: u64,
+    /// A shell and a forwarded TCP stream through the region under fault.
+    pub sessions: Vec<super::sessions::SessionReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -116,6 +118,24 @@ impl Report {
             ]);
         }
         out.push_str(&crate::ops::aligned(&rows));
+        if !self.sessions.is_empty() {
+            let mut rows =
+                vec![["SESSION", "FIRST REGION", "RECEIVED", "LOST", "DOUBLED", "LONGEST STALL", "ERROR"]
+                    .map(String::from)];
+            for s in &self.sessions {
+                rows.push([
+                    s.kind.to_owned(),
+                    s.first_region.clone().unwrap_or_else(|| "nearest".into()),
+                    s.received.to_string(),
+                    s.lost.to_string(),
+                    s.doubled_or_reordered.to_string(),
+                    format!("{:.2} s", s.longest_stall_ms as f64 / 1000.0),
+                    s.error.clone().unwrap_or_else(|| "-".into()),
+                ]);
+            }
+            out.push('\n');
+            out.push_str(&crate::ops::aligned(&rows));
+        }
         out
     }
 }
