@@ -30,7 +30,8 @@ pub struct Args {
     pub pipe_idle_timeout: Duration,
     /// The agent's SSH host key (OpenSSH format), made on first start and
     /// kept: clients pin it [default: $XDG_STATE_HOME/meridian/agent-<token id>/ssh_host_ed25519_key,
-    /// or ~/.local/state/… without XDG_STATE_HOME].
+    /// or ~/.local/state/… without XDG_STATE_HOME; with neither, or where
+    /// that cannot be written, a key for this run only, with a warning].
     #[arg(long, env = "MERIDIAN_HOST_KEY_FILE")]
     pub host_key_file: Option<PathBuf>,
 }
@@ -43,18 +44,26 @@ pub struct Config {
     pub ca_cert: Option<PathBuf>,
     pub failback_after: Duration,
     pub pipe_idle_timeout: Duration,
-    pub host_key_file: PathBuf,
+    pub host_key_file: HostKeyFile,
+}
+
+/// Where the SSH host key is kept.
+#[derive(Debug, Clone)]
+pub enum HostKeyFile {
+    /// Given with `--host-key-file`: it must be readable or writable.
+    Given(PathBuf),
+    /// The default place, if there is one: a key for this run only when it cannot be used.
+    Default(Option<PathBuf>),
 }
 
 impl Args {
     pub fn resolve(self) -> Result<Config, String> {
         let token = Token::parse(self.agent_token.expose()).map_err(|e| format!("--agent-token: {e}"))?;
         let host_key_file = match self.host_key_file {
-            Some(path) => path,
-            None => default_state_dir()
-                .ok_or("--host-key-file: no default (neither XDG_STATE_HOME nor HOME is set)")?
-                .join(format!("agent-{}", token.id))
-                .join("ssh_host_ed25519_key"),
+            Some(path) => HostKeyFile::Given(path),
+            None => HostKeyFile::Default(
+                default_state_dir().map(|d| d.join(format!("agent-{}", token.id)).join("ssh_host_ed25519_key")),
+            ),
         };
         if !matches!(self.coordinator_url.scheme(), "http" | "https") {
             return Err("--coordinator-url must be http or https".into());

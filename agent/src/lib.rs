@@ -68,7 +68,7 @@ pub async fn run(config: Config, shutdown: impl std::future::Future<Output = ()>
     let client = Client::new(config.coordinator_url.as_str(), Credential::Agent(config.agent_token.clone()), http);
     let tls = meridian_regions::tunnel::TlsClient::new(config.ca_cert.as_deref())
         .map_err(|e| Fatal::Setup(format!("{e:#}")))?;
-    let host_key = ssh::host_key::load_or_create(&config.host_key_file).map_err(Fatal::Setup)?;
+    let host_key = ssh::host_key::for_config(&config.host_key_file).map_err(Fatal::Setup)?;
     let host_key_line = ssh::host_key::public_line(&host_key);
     let streams = streams::Streams::new(ssh::Server::new(host_key));
     let mut attacher =

@@ -246,8 +246,8 @@ async fn psql_reaches_a_postgres_in_the_workspace_through_port_forward() {
 }
 
 /// Nothing but the workspace owner's token for exactly this stream opens
-/// it, and what a region refuses says why: another user (404 at the
-/// coordinator), no token (401), a token for another stream, a tampered one,
+/// it, and what a region refuses says why: another user, an admin (404 at
+/// the coordinator), a signed-out session (401), no token (401), a token for another stream, a tampered one,
 /// a proxy or agent token in its place (404), no upgrade (400); a session
 /// the agent does not hold (410).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -256,6 +256,18 @@ async fn streams_are_refused_without_the_owners_token_for_exactly_that_stream() 
     let bob = m.login("bob").await;
     let reply = bob.post("/api/v2/workspaces/admin/dev/stream-token", json!({"target": "ssh"})).await;
     assert_eq!(reply.status, 404, "another user's workspace: {}", reply.body);
+    // An admin is no owner either (without --dangerous-allow-admin-streams).
+    let spec = json!({"name": "box", "owner": "bob", "agents": [{"name": "main", "apps": []}]});
+    m.admin.post("/api/v2/workspaces", spec).await.expect_status(201);
+    let reply = m.admin.post("/api/v2/workspaces/bob/box/stream-token", json!({"target": "ssh"})).await;
+    assert_eq!(reply.status, 404, "an admin, for a member's workspace: {}", reply.body);
+    assert_eq!(bob.post("/api/v2/workspaces/bob/box/stream-token", json!({"target": "ssh"})).await.status, 200);
+    let reply = bob.post("/api/v2/workspaces/bob/box/stream-token", json!({"target": "udp:53"})).await;
+    assert_eq!(reply.status, 400, "{}", reply.body);
+    // A session that ended gets no token.
+    bob.post("/api/v2/users/logout", json!({})).await.expect_status(204);
+    let reply = bob.post("/api/v2/workspaces/bob/box/stream-token", json!({"target": "ssh"})).await;
+    assert_eq!(reply.status, 401, "a signed-out session: {}", reply.body);
     let token = |target: &str| {
         let admin = &m.admin;
         let target = target.to_owned();
@@ -465,4 +477,18 @@ async fn the_web_terminal_survives_its_regions_death_and_a_reload_brings_its_scr
     .await
     .unwrap();
     assert!(out.status.success(), "{}", text(&out));
+}
+
+/// With `--dangerous-allow-admin-streams`, an admin may open a shell in a
+/// member's workspace (and a member still may not in another's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admins_open_members_shells_only_where_the_coordinator_allows_it() {
+    let m =
+        Mesh::builder().coordinator_args(&["--dangerous-allow-admin-streams"]).user("bob").user("carol").start().await;
+    let spec = json!({"name": "box", "owner": "bob", "agents": [{"name": "main", "apps": []}]});
+    m.admin.post("/api/v2/workspaces", spec).await.expect_status(201);
+    let reply = m.admin.post("/api/v2/workspaces/bob/box/stream-token", json!({"target": "ssh"})).await;
+    assert_eq!(reply.expect_status(200)["path"], "/@bob/box.main/ssh");
+    let carol = m.login("carol").await;
+    assert_eq!(carol.post("/api/v2/workspaces/bob/box/stream-token", json!({"target": "ssh"})).await.status, 404);
 }

@@ -17,13 +17,36 @@ pub fn load_or_create(path: &Path) -> Result<PrivateKey, String> {
     }
 }
 
-fn create(path: &Path) -> Result<PrivateKey, String> {
+/// The host key `file` names, or (for the default place, when there is none
+/// or it cannot be used) one for this run only, said in a warning: clients
+/// that pinned the key see it change when the agent restarts.
+pub fn for_config(file: &crate::config::HostKeyFile) -> Result<PrivateKey, String> {
+    use crate::config::HostKeyFile;
+    match file {
+        HostKeyFile::Given(path) => load_or_create(path),
+        HostKeyFile::Default(Some(path)) => load_or_create(path).or_else(|e| {
+            tracing::warn!(error = %e, "cannot keep the SSH host key; using one for this run only (set --host-key-file)");
+            generate()
+        }),
+        HostKeyFile::Default(None) => {
+            tracing::warn!("no place to keep the SSH host key (no HOME); using one for this run only (set --host-key-file)");
+            generate()
+        }
+    }
+}
+
+/// A new Ed25519 host key.
+fn generate() -> Result<PrivateKey, String> {
     use rand::Rng;
+    let seed: [u8; 32] = rand::rng().random();
+    PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)), "meridian-agent")
+        .map_err(|e| format!("cannot make a host key: {e}"))
+}
+
+fn create(path: &Path) -> Result<PrivateKey, String> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let seed: [u8; 32] = rand::rng().random();
-    let key = PrivateKey::new(KeypairData::Ed25519(Ed25519Keypair::from_seed(&seed)), "meridian-agent")
-        .map_err(|e| format!("cannot make a host key: {e}"))?;
+    let key = generate()?;
     let text = key.to_openssh(LineEnding::LF).map_err(|e| format!("cannot encode the host key: {e}"))?;
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
