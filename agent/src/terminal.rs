@@ -15,7 +15,7 @@
 //! or doubled when a region dies; output the page missed comes back with
 //! the scrollback.
 
-use crate::ssh::process::{account, deliver, environment, Setup};
+use crate::ssh::process::{account, deliver, environment, Launch, Setup};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use std::collections::{HashMap, VecDeque};
@@ -198,17 +198,10 @@ impl Terminals {
         }
         let account = account();
         let setup = Setup { pty: Some(("xterm-256color".into(), pty_process::Size::new(rows, cols))), env: vec![] };
-        let env = environment(&account, &setup);
+        let launch = Launch::new(&account, environment(&account, &setup), None);
         let (pty, pts) = pty_process::open().map_err(std::io::Error::other)?;
         pty.resize(pty_process::Size::new(rows.max(1), cols.max(1))).map_err(std::io::Error::other)?;
-        let arg0 = format!("-{}", account.shell.file_name().and_then(|n| n.to_str()).unwrap_or("sh"));
-        let mut child = pty_process::Command::new(&account.shell)
-            .arg0(arg0)
-            .env_clear()
-            .envs(env)
-            .current_dir(&account.home)
-            .spawn(pts)
-            .map_err(std::io::Error::other)?;
+        let mut child = launch.on_pty(pts)?;
         let pid = child.id();
         let (mut pty_r, mut pty_w) = pty.into_split();
         let (input, mut keys) = mpsc::unbounded_channel::<Input>();

@@ -120,24 +120,67 @@ pub(crate) fn environment(account: &Account, setup: &Setup) -> Vec<(String, Stri
     env
 }
 
+/// How a process starts: the account's shell, as a login shell (`-bash`,
+/// argv[0] with a dash, as login(1) does) or with `-c COMMAND`, in the
+/// account's home directory with `env` only.
+pub(crate) struct Launch {
+    shell: std::path::PathBuf,
+    arg0: String,
+    args: Vec<std::ffi::OsString>,
+    env: Vec<(String, String)>,
+    home: std::path::PathBuf,
+}
+
+impl Launch {
+    pub(crate) fn new(account: &Account, env: Vec<(String, String)>, command: Option<&[u8]>) -> Self {
+        let (arg0, args) = match command {
+            None => (format!("-{}", account.shell.file_name().and_then(|n| n.to_str()).unwrap_or("sh")), vec![]),
+            Some(c) => {
+                (account.shell.display().to_string(), vec!["-c".into(), std::ffi::OsStr::from_bytes(c).to_owned()])
+            }
+        };
+        Self { shell: account.shell.clone(), arg0, args, env, home: account.home.clone() }
+    }
+
+    /// Started on the PTY whose other end is `pts` (the session leader, with it as its terminal).
+    pub(crate) fn on_pty(&self, pts: pty_process::Pts) -> std::io::Result<tokio::process::Child> {
+        pty_process::Command::new(&self.shell)
+            .arg0(&self.arg0)
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.home)
+            .spawn(pts)
+            .map_err(std::io::Error::other)
+    }
+
+    /// Started on pipes, in a process group of its own (signals reach its children too).
+    fn on_pipes(&self) -> std::io::Result<tokio::process::Child> {
+        use std::process::Stdio;
+        tokio::process::Command::new(&self.shell)
+            .arg0(&self.arg0)
+            .args(&self.args)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .current_dir(&self.home)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+    }
+}
+
 /// Runs the shell (`command` = `None`, as a login shell) or a command, and
 /// reports its exit status.
 async fn run(channel: Channel<Msg>, setup: Setup, command: Option<Vec<u8>>) {
     let account = account();
-    let env = environment(&account, &setup);
+    let launch = Launch::new(&account, environment(&account, &setup), command.as_deref());
     let (rx, tx) = channel.split();
-    let args: Vec<std::ffi::OsString> = match &command {
-        None => vec![],
-        Some(c) => vec!["-c".into(), std::ffi::OsStr::from_bytes(c).to_owned()],
-    };
-    // A login shell is started as `-bash` (argv[0] with a dash), as login(1) does.
-    let arg0 = match &command {
-        None => format!("-{}", account.shell.file_name().and_then(|n| n.to_str()).unwrap_or("sh")),
-        Some(_) => account.shell.display().to_string(),
-    };
     let status = match &setup.pty {
-        Some((_, size)) => on_pty(rx, &tx, &account, &env, &args, &arg0, *size).await,
-        None => on_pipes(rx, &tx, &account, &env, &args, &arg0).await,
+        Some((_, size)) => on_pty(rx, &tx, &launch, *size).await,
+        None => on_pipes(rx, &tx, &launch).await,
     };
     let code = match status {
         Ok(status) => exit_code(status),
@@ -170,22 +213,12 @@ fn exit_code(status: std::process::ExitStatus) -> u32 {
 async fn on_pty(
     mut rx: ChannelReadHalf,
     tx: &ChannelWriteHalf<Msg>,
-    account: &Account,
-    env: &[(String, String)],
-    args: &[std::ffi::OsString],
-    arg0: &str,
+    launch: &Launch,
     size: pty_process::Size,
 ) -> std::io::Result<std::process::ExitStatus> {
     let (pty, pts) = pty_process::open().map_err(std::io::Error::other)?;
     pty.resize(size).map_err(std::io::Error::other)?;
-    let mut child = pty_process::Command::new(&account.shell)
-        .arg0(arg0)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&account.home)
-        .spawn(pts)
-        .map_err(std::io::Error::other)?;
+    let mut child = launch.on_pty(pts)?;
     let pid = child.id();
     let (pty_r, mut pty_w) = pty.into_split();
     let output = tokio::spawn(copy_out(pty_r, tx.make_writer()));
@@ -220,23 +253,9 @@ async fn on_pty(
 async fn on_pipes(
     mut rx: ChannelReadHalf,
     tx: &ChannelWriteHalf<Msg>,
-    account: &Account,
-    env: &[(String, String)],
-    args: &[std::ffi::OsString],
-    arg0: &str,
+    launch: &Launch,
 ) -> std::io::Result<std::process::ExitStatus> {
-    let mut child = tokio::process::Command::new(&account.shell)
-        .arg0(arg0)
-        .args(args)
-        .env_clear()
-        .envs(env.iter().map(|(k, v)| (k, v)))
-        .current_dir(&account.home)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn()?;
+    let mut child = launch.on_pipes()?;
     let pid = child.id();
     let mut stdin = child.stdin.take();
     let stdout = child.stdout.take().map(|o| tokio::spawn(copy_out(o, tx.make_writer())));
