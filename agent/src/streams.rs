@@ -251,7 +251,7 @@ async fn run_session(
             None => match tokio::time::timeout(RESUME_WINDOW, paths.recv()).await {
                 Ok(Some(t)) => t,
                 _ => {
-                    tracing::info!(session = %id, "a session's client did not come back; ending it");
+                    tracing::info!(session = %short(&id), "a session's client did not come back; ending it");
                     break;
                 }
             },
@@ -269,15 +269,21 @@ async fn run_session(
         match endpoint.run(TokioIo::new(path), takeover.peer_received, superseded).await {
             Ok(resume::Outcome::Finished) => break,
             Ok(resume::Outcome::Lost(why)) => {
-                tracing::info!(session = %id, why, "a session lost its path; waiting for its client")
+                tracing::info!(session = %short(&id), why, "a session lost its path; waiting for its client")
             }
             Err(e) => {
-                tracing::warn!(session = %id, error = %e, "a session's client broke the protocol; ending it");
+                tracing::warn!(session = %short(&id), error = %e, "a session's client broke the protocol; ending it");
                 break;
             }
         }
     }
     sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+}
+
+/// A session id as logs show it: its first 8 digits (the whole id lets its
+/// holder resume the session, so it is never logged).
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
 }
 
 fn answer(status: StatusCode, message: String) -> Response<Full<Bytes>> {
