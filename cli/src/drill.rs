@@ -8,7 +8,7 @@
 //! as asked.
 
 mod report;
-mod sessions;
+pub(crate) mod sessions;
 mod soak;
 mod traffic;
 
@@ -266,7 +266,7 @@ async fn drill(
     watch: &Watch<'_>,
     targets: Vec<(String, String)>,
 ) -> Result<Report> {
-    let probes = start_probes(args, setup).await;
+    let probes = start_probes(args.region.clone(), setup).await;
     let epoch = Instant::now();
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let streams: Vec<traffic::Stream> = targets
@@ -300,13 +300,7 @@ async fn drill(
     let recover = recovered.ok().map(|()| epoch.elapsed().saturating_sub(healed_at));
 
     let _ = stop.send(true);
-    let mut sessions = Vec::new();
-    for probe in probes {
-        sessions.push(match probe {
-            Ok(p) => p.finish().await,
-            Err(report) => report,
-        });
-    }
+    let sessions = finish_probes(probes).await;
     let mut per_region = Vec::new();
     for s in streams {
         let (region, samples) = s.finish().await;
@@ -328,13 +322,30 @@ async fn drill(
     })
 }
 
+/// Ends each probe and judges what it saw.
+pub(crate) async fn finish_probes(
+    probes: Vec<Result<sessions::Probe, sessions::SessionReport>>,
+) -> Vec<sessions::SessionReport> {
+    let mut reports = Vec::new();
+    for probe in probes {
+        reports.push(match probe {
+            Ok(p) => p.finish().await,
+            Err(report) => report,
+        });
+    }
+    reports
+}
+
 /// A shell and (on the demo, whose workspace is this machine) a forwarded TCP
 /// stream through the region under fault, running before the fault comes;
 /// one that cannot start is reported as such.
-async fn start_probes(args: &DrillArgs, setup: &Setup) -> Vec<Result<sessions::Probe, sessions::SessionReport>> {
+pub(crate) async fn start_probes(
+    region: Option<String>,
+    setup: &Setup,
+) -> Vec<Result<sessions::Probe, sessions::SessionReport>> {
     let failed = |kind, e: anyhow::Error| sessions::SessionReport {
         kind,
-        first_region: args.region.clone(),
+        first_region: region.clone(),
         received: 0,
         lost: 0,
         doubled_or_reordered: 0,
@@ -346,7 +357,7 @@ async fn start_probes(args: &DrillArgs, setup: &Setup) -> Vec<Result<sessions::P
         url: setup.api.base_url().to_owned(),
         session: setup.session.clone(),
         workspace,
-        region: args.region.clone(),
+        region: region.clone(),
     };
     let mut probes = vec![sessions::ssh(&target).map_err(|e| failed("ssh", e))];
     if matches!(setup.faults, Faults::Demo { .. }) {

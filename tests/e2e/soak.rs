@@ -65,6 +65,15 @@ async fn a_minute_of_soak_through_every_fault_loses_nothing_and_leaks_nothing() 
     assert!(totals["retried"].as_u64() <= report["resend_budget"].as_u64(), "{report:#}");
     assert_eq!(report["skipped"], serde_json::json!([]), "two replicas: every fault runs");
     assert!(out.status.success(), "the soak exited {:?}: {stderr}", out.status);
+    // A shell and a forwarded TCP stream held through every fault: nothing lost
+    // or doubled, never stalled past 3 s (the soak's exit status says so too).
+    let sessions = report["sessions"].as_array().expect("sessions in the report");
+    assert_eq!(sessions.len(), 2, "{report:#}");
+    for s in sessions {
+        assert!(s["error"].is_null() && s["received"].as_u64() > Some(1000), "{s}");
+        assert_eq!((&s["lost"], &s["doubled_or_reordered"]), (&0.into(), &0.into()), "{s}");
+        assert!(s["longest_stall_ms"].as_u64() <= Some(3000), "{s}");
+    }
 
     let ran: Vec<&str> = report["faults"].as_array().unwrap().iter().map(|f| f["scenario"].as_str().unwrap()).collect();
     for scenario in SCHEDULE {

@@ -37,6 +37,9 @@ pub struct Probe {
     kind: &'static str,
     first_region: Option<String>,
     child: tokio::process::Child,
+    /// Ends the probe's input: the session then ends cleanly (EOF both ways),
+    /// so the agent holds nothing for it afterwards.
+    end_input: Option<tokio::sync::oneshot::Sender<()>>,
     arrivals: tokio::task::JoinHandle<Result<Vec<(Instant, u64)>>>,
 }
 
@@ -69,12 +72,18 @@ pub fn workspace_of(app: &str) -> Option<String> {
     Some(format!("{user}/{workspace}.{agent}"))
 }
 
-/// An ssh session printing a number every [`EVERY`].
+/// An ssh session printing a number every [`EVERY`] until its input ends.
 pub fn ssh(target: &Target) -> Result<Probe> {
-    let script = "i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); echo $i; sleep 0.02; done";
+    let script = "(i=0; while [ $i -lt 1000000 ]; do i=$((i+1)); echo $i; sleep 0.02; done) & cat >/dev/null; kill $!";
     let mut cmd = target.command("ssh", &[&target.workspace, "--", script])?;
-    let mut child = cmd.stdout(Stdio::piped()).spawn().context("cannot start meridian ssh")?;
+    let mut child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).spawn().context("cannot start meridian ssh")?;
     let stdout = child.stdout.take().context("no stdout")?;
+    let stdin = child.stdin.take().context("no stdin")?;
+    let (end_input, ended) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = ended.await;
+        drop(stdin);
+    });
     let arrivals = tokio::spawn(async move {
         let mut lines = tokio::io::BufReader::new(stdout).lines();
         let mut got = Vec::new();
@@ -83,7 +92,7 @@ pub fn ssh(target: &Target) -> Result<Probe> {
         }
         Ok(got)
     });
-    Ok(Probe { kind: "ssh", first_region: target.region.clone(), child, arrivals })
+    Ok(Probe { kind: "ssh", first_region: target.region.clone(), child, end_input: Some(end_input), arrivals })
 }
 
 /// A port-forward connection to an echo service on this machine, sending a
@@ -118,13 +127,18 @@ pub async fn tcp(target: &Target, dir: &std::path::Path) -> Result<Probe> {
     };
     let tcp = tokio::net::TcpStream::connect(&local).await?;
     let (mut r, mut w) = tcp.into_split();
+    let (end_input, mut ended) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         for n in 1u64.. {
             if w.write_all(&n.to_be_bytes()).await.is_err() {
-                break;
+                return;
             }
-            tokio::time::sleep(EVERY).await;
+            tokio::select! {
+                _ = &mut ended => break,
+                () = tokio::time::sleep(EVERY) => {}
+            }
         }
+        let _ = w.shutdown().await;
     });
     let arrivals = tokio::spawn(async move {
         let mut got = Vec::new();
@@ -134,15 +148,22 @@ pub async fn tcp(target: &Target, dir: &std::path::Path) -> Result<Probe> {
         }
         Ok(got)
     });
-    Ok(Probe { kind: "tcp", first_region: target.region.clone(), child, arrivals })
+    Ok(Probe { kind: "tcp", first_region: target.region.clone(), child, end_input: Some(end_input), arrivals })
 }
 
 impl Probe {
-    /// Stops the probe and judges what arrived.
+    /// Ends the probe's input, lets the session end (what is in flight
+    /// arrives, then the end of stream), and judges what arrived.
     pub async fn finish(mut self) -> SessionReport {
         let early = self.child.try_wait().ok().flatten().map(|s| format!("it exited early ({s})"));
+        if let Some(end) = self.end_input.take() {
+            let _ = end.send(());
+        }
+        let arrivals = tokio::time::timeout(Duration::from_secs(15), self.arrivals).await;
+        // `meridian ssh` exits once its session ended; `port-forward` runs until stopped.
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.child.wait()).await;
         let _ = self.child.kill().await;
-        let arrivals = match tokio::time::timeout(Duration::from_secs(5), self.arrivals).await {
+        let arrivals = match arrivals {
             Ok(Ok(Ok(a))) => a,
             Ok(Ok(Err(e))) => return self_report(self.kind, self.first_region, Some(format!("{e:#}"))),
             _ => return self_report(self.kind, self.first_region, Some("its reader did not finish".into())),

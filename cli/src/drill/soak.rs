@@ -86,6 +86,8 @@ pub async fn run(
     let idle_baseline = idle_reading(setup).await;
 
     let (stop, records, tasks) = traffic();
+    // A shell and a forwarded TCP stream through the partitioned region, all along.
+    let probes = super::start_probes(plan.partition_region.clone(), setup).await;
     let (holders_stop, holders_stopped) = tokio::sync::watch::channel(false);
     let holders = watch_agent(setup, epoch, holders_stopped);
     let end = Instant::now() + plan.duration;
@@ -126,6 +128,7 @@ pub async fn run(
         // The sampler reads until the schedule is over.
         () = sampler => {}
     }
+    let sessions = super::finish_probes(probes).await;
     samples.push((epoch.elapsed(), processes(setup).await));
     stop_traffic(plan, stop, tasks).await?;
     let _ = holders_stop.send(true);
@@ -141,7 +144,9 @@ pub async fn run(
         idle_baseline,
         skipped,
     };
-    Ok(summary::summarize(plan, seen))
+    let mut report = summary::summarize(plan, seen);
+    report.sessions = sessions;
+    Ok(report)
 }
 
 /// One fault of the schedule, injected, held, healed and watched until it is over.

@@ -135,6 +135,8 @@ pub struct SoakReport {
     pub memory_grew: Vec<String>,
     /// Faults of the schedule that did not run, and why.
     pub skipped: Vec<String>,
+    /// A shell and a forwarded TCP stream held through the whole run.
+    pub sessions: Vec<crate::drill::sessions::SessionReport>,
     pub lost_or_corrupt: Vec<String>,
     pub hung: Vec<String>,
     pub processes: Vec<ProcessReport>,
@@ -184,8 +186,26 @@ impl SoakReport {
         out.extend(self.slow_recoveries.iter().cloned());
         out.extend(self.leaked_fds.iter().map(|l| format!("left open: {l}")));
         out.extend(self.memory_grew.iter().cloned());
+        out.extend(self.sessions.iter().filter_map(session_problem));
         out
     }
+}
+
+/// The longest a shell or forwarded stream may stall (#30's bound: a
+/// partition is noticed in 2 s, and a new path opens at once).
+pub const SESSION_STALL_BOUND_MS: u64 = 3000;
+
+/// What is wrong with what a session saw, if anything.
+fn session_problem(s: &crate::drill::sessions::SessionReport) -> Option<String> {
+    let kind = s.kind;
+    if let Some(e) = &s.error {
+        return Some(format!("the {kind} session: {e}"));
+    }
+    if s.lost > 0 || s.doubled_or_reordered > 0 {
+        return Some(format!("the {kind} session lost {} and doubled or reordered {}", s.lost, s.doubled_or_reordered));
+    }
+    (s.longest_stall_ms > SESSION_STALL_BOUND_MS)
+        .then(|| format!("the {kind} session stalled {} ms (bound {SESSION_STALL_BOUND_MS})", s.longest_stall_ms))
 }
 
 /// Everything the soak saw, for [`summarize`].
@@ -262,6 +282,7 @@ pub fn summarize(plan: &Plan, seen: Observed) -> SoakReport {
         leaked_fds: super::procs::above_baseline(&idle, &idle_baseline),
         restarted_since_baseline: super::procs::restarted(&idle, &idle_baseline),
         processes,
+        sessions: Vec::new(),
     }
 }
 

@@ -37,6 +37,21 @@ impl SoakReport {
         } else {
             out.push_str(&processes_table(&self.processes, self.idle_after_s));
         }
+        for s in &self.sessions {
+            out.push_str(&format!(
+                "\n{} session through {}: {} received, {} lost, {} doubled or reordered, longest stall {:.2} s{}",
+                s.kind,
+                s.first_region.as_deref().unwrap_or("the nearest region"),
+                s.received,
+                s.lost,
+                s.doubled_or_reordered,
+                s.longest_stall_ms as f64 / 1000.0,
+                s.error.as_deref().map(|e| format!(" ({e})")).unwrap_or_default(),
+            ));
+        }
+        if !self.sessions.is_empty() {
+            out.push('\n');
+        }
         for (title, list) in [
             ("faults skipped", &self.skipped),
             ("descriptors left open", &self.leaked_fds),
