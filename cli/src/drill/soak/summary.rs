@@ -435,6 +435,29 @@ fn median(values: &[f64]) -> Option<f64> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_session_that_lost_doubled_stalled_or_failed_is_a_problem() {
+        let ok = crate::drill::sessions::SessionReport {
+            kind: "ssh",
+            first_region: None,
+            received: 3000,
+            lost: 0,
+            doubled_or_reordered: 0,
+            longest_stall_ms: 2100,
+            error: None,
+        };
+        assert_eq!(super::session_problem(&ok), None);
+        let bad = [
+            crate::drill::sessions::SessionReport { lost: 1, ..ok.clone() },
+            crate::drill::sessions::SessionReport { doubled_or_reordered: 2, ..ok.clone() },
+            crate::drill::sessions::SessionReport { longest_stall_ms: 3001, ..ok.clone() },
+            crate::drill::sessions::SessionReport { error: Some("nothing arrived".into()), ..ok.clone() },
+        ];
+        for b in bad {
+            assert!(super::session_problem(&b).is_some(), "{b:?}");
+        }
+    }
+
     use super::*;
 
     fn s(secs: f64) -> Duration {
