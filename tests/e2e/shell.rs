@@ -90,6 +90,15 @@ async fn ssh_scp_sftp_and_forwards_work_through_a_region_with_the_agents_real_ho
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 42\n");
     assert_eq!(String::from_utf8_lossy(&out.stderr).trim_end(), "oops");
 
+    // Meridian's own client on a terminal (`script` gives it one): a login
+    // shell on a PTY, keystrokes typed, the shell's exit status as its own.
+    let mut script = cli.command("script");
+    script.args(["-qec", &format!("{BIN} ssh dev"), "/dev/null"]);
+    script.stdin(std::fs::File::open(write_file(&dir, "typed", "tty; echo typed-$((6*7)); exit 4\n")).unwrap());
+    let out = output_within(&mut script, Duration::from_secs(60), "meridian ssh in script");
+    assert!(text(&out).contains("typed-42") && text(&out).contains("/dev/pts/"), "{}", text(&out));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+
     cli.config_ssh();
     let config = std::fs::read_to_string(&cli.ssh_config).unwrap();
     let known = std::fs::read_to_string(cli.ssh_config.with_file_name("meridian_known_hosts")).unwrap();
