@@ -7,6 +7,7 @@
 //! - [`wrk`]: running wrk and reading its report; [`ws`]: WebSocket round trips.
 //! - [`memory`]: a proxy's memory with many idle connections.
 //! - [`bulk`]: bulk TCP to a workspace port: direct, rathole, `meridian port-forward`.
+//! - [`shells`]: many idle shells on one agent: its memory per shell, and whether it stays responsive.
 //! - [`control_plane`]: the coordinator with 1,000 replicas and 10,000 agents, simulated.
 //! - [`mesh_search`]: part of it: what searching a 100-relay mesh for a moved agent costs.
 
@@ -19,6 +20,7 @@ pub mod memory;
 pub mod mesh_search;
 pub mod nginx;
 pub mod rathole;
+pub mod shells;
 pub mod stack;
 pub mod wrk;
 pub mod ws;
@@ -65,6 +67,8 @@ pub struct Report {
     pub bare_memory: Option<memory::Memory>,
     /// Bulk TCP to a workspace port and keystroke round trips (see [`bulk`]).
     pub bulk: bulk::Bulk,
+    /// Idle shells on one agent (see [`shells`]).
+    pub shells: Option<shells::Shells>,
 }
 
 /// The rows Meridian is compared with (the ratio columns); every other row
@@ -146,6 +150,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
     } else {
         Default::default()
     };
+    let shells = if wanted("idle shells") {
+        Some(shells::idle(&stack, if opts.quick { 20 } else { 1000 }).await?)
+    } else {
+        None
+    };
     let memory = memory::idle_connections(stack.sydney_pid, stack.sydney_port, idle).await?;
     let bare_memory = match &floors {
         Some(f) => Some(memory::idle_connections(f.bare_pid, f.bare_port, idle).await?),
@@ -160,7 +169,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
     }
     let failed: u64 = rows.iter().map(|r| r.figures.errors).sum();
-    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory, bulk };
+    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory, bulk, shells };
     if failed > 0 {
         let logs = stack.keep_logs()?;
         println!("{}", report.markdown());
@@ -269,6 +278,9 @@ impl Report {
             }
         }
         out.push_str(&bulk::markdown(&self.bulk));
+        if let Some(s) = &self.shells {
+            out.push_str(&s.markdown());
+        }
         let _ = writeln!(out, "\n### Idle keep-alive connections\n");
         for (who, m) in [("Meridian's proxy", Some(&self.memory)), ("bare pingora", self.bare_memory.as_ref())] {
             let Some(m) = m else { continue };

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use tokio::io::AsyncWriteExt;
 
 /// Checks the server's key against the published one.
-struct Verify {
+pub struct Verify {
     expected: PublicKey,
 }
 
@@ -26,19 +26,18 @@ impl russh::client::Handler for Verify {
     }
 }
 
-/// Runs `command` (a login shell when empty); its exit status.
-pub async fn run(dialer: Arc<Dialer>, command: &[String]) -> Result<u32> {
+/// An SSH connection to the agent through a resumable session (carried by
+/// a task that lives as long as the connection), the agent's host key
+/// checked against the published one, signed in.
+pub async fn connect(dialer: Arc<Dialer>) -> Result<russh::client::Handle<Verify>> {
     let published = dialer
         .host_key()
         .context("the agent has not published an SSH host key (is it older than this client, or not started yet?)")?;
     let expected = PublicKey::from_openssh(&published).context("the published host key is not an OpenSSH key")?;
     let (ours, theirs) = tokio::io::duplex(256 << 10);
-    let carrier = tokio::spawn({
-        let dialer = dialer.clone();
-        async move {
-            let (r, w) = tokio::io::split(theirs);
-            run_session(&dialer, r, w).await
-        }
+    let carrier = tokio::spawn(async move {
+        let (r, w) = tokio::io::split(theirs);
+        run_session(&dialer, r, w).await
     });
     let config = Arc::new(russh::client::Config {
         inactivity_timeout: None,
@@ -60,6 +59,12 @@ pub async fn run(dialer: Arc<Dialer>, command: &[String]) -> Result<u32> {
     if !ssh.authenticate_none(user).await?.success() {
         bail!("the agent refused the SSH session");
     }
+    Ok(ssh)
+}
+
+/// Runs `command` (a login shell when empty); its exit status.
+pub async fn run(dialer: Arc<Dialer>, command: &[String]) -> Result<u32> {
+    let ssh = connect(dialer).await?;
     let mut channel = ssh.channel_open_session().await?;
     let tty = command.is_empty() && std::io::stdin().is_terminal();
     if tty {
