@@ -243,7 +243,7 @@ async fn run_session(
     mut paths: mpsc::Receiver<Takeover>,
 ) {
     let (r, w) = tokio::io::split(local);
-    let mut endpoint = Endpoint::new(r, w);
+    let mut endpoint = Endpoint::with_timing(r, w, resume::Timing::AGENT);
     let mut next: Option<Takeover> = None;
     loop {
         let takeover = match next.take() {

@@ -45,6 +45,26 @@ const MAX_FRAME_IN: usize = 1 << 20;
 pub const HEARTBEAT: Duration = Duration::from_millis(500);
 /// A path on which nothing arrived this long is dead (four heartbeats missed).
 pub const DEAD_AFTER: Duration = Duration::from_secs(2);
+
+/// How often a side proves the path lives, and how soon it gives up on a
+/// silent one. Only the client must notice a dead path fast (it is the one
+/// that opens another); the agent only has to let an abandoned session go.
+/// So the agent heartbeats every [`HEARTBEAT`] and the client gives up after
+/// [`DEAD_AFTER`], while the client heartbeats every 20 s and the agent gives
+/// up after a minute: an idle session costs two frames a second, not four
+/// (1,000 idle shells made the agent slow to answer a new one).
+#[derive(Debug, Clone, Copy)]
+pub struct Timing {
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+}
+
+impl Timing {
+    pub const CLIENT: Timing = Timing { heartbeat: Duration::from_secs(20), dead_after: DEAD_AFTER };
+    pub const AGENT: Timing = Timing { heartbeat: HEARTBEAT, dead_after: Duration::from_secs(60) };
+    /// Both sides quick (tests).
+    pub const SYMMETRIC: Timing = Timing { heartbeat: HEARTBEAT, dead_after: DEAD_AFTER };
+}
 /// Received bytes acknowledged without waiting for the heartbeat, every this many.
 const ACK_EVERY: u64 = 256 << 10;
 
@@ -86,11 +106,18 @@ pub struct Endpoint<R, W> {
     /// Bytes written to the local side, plus one once the peer's end of stream came.
     received: Arc<AtomicU64>,
     peer_eof: bool,
+    timing: Timing,
 }
 
 impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
     pub fn new(local_r: R, local_w: W) -> Self {
+        Self::with_timing(local_r, local_w, Timing::SYMMETRIC)
+    }
+
+    /// An endpoint with its side's [`Timing`].
+    pub fn with_timing(local_r: R, local_w: W, timing: Timing) -> Self {
         Self {
+            timing,
             local_r,
             local_w,
             unacked: VecDeque::new(),
@@ -158,7 +185,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
         // window (the same buffers, shared) and one ACK per read. A bounded
         // queue would let two sides sending at once each wait on the other.
         let (tx, rx) = mpsc::unbounded_channel::<Frame>();
-        let writer = tokio::spawn(write_frames(path_w, rx, self.received.clone()));
+        let writer = tokio::spawn(write_frames(path_w, rx, self.received.clone(), self.timing.heartbeat));
         let _stop_writer = AbortOnDrop(writer.abort_handle());
         for chunk in &self.unacked {
             if tx.send(Frame::data(chunk.clone())).is_err() {
@@ -172,7 +199,8 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
         let mut inbox = BytesMut::with_capacity(64 << 10);
         let mut local = BytesMut::with_capacity(MAX_FRAME);
         let mut acked_sent = self.received();
-        let dead = tokio::time::sleep(DEAD_AFTER);
+        let dead_after = self.timing.dead_after;
+        let dead = tokio::time::sleep(dead_after);
         tokio::pin!(dead);
         loop {
             if self.finished() {
@@ -190,7 +218,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
                         Err(e) => return Ok(Outcome::Lost(format!("the path failed: {e}"))),
                         Ok(_) => {}
                     }
-                    dead.as_mut().reset(tokio::time::Instant::now() + DEAD_AFTER);
+                    dead.as_mut().reset(tokio::time::Instant::now() + dead_after);
                     if let Err(lost) = self.take_frames(&mut inbox).await? {
                         return Ok(Outcome::Lost(lost));
                     }
@@ -220,7 +248,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
                         return Ok(Outcome::Lost("the path closed".into()));
                     }
                 }
-                () = &mut dead => return Ok(Outcome::Lost(format!("nothing arrived for {DEAD_AFTER:?}"))),
+                () = &mut dead => return Ok(Outcome::Lost(format!("nothing arrived for {dead_after:?}"))),
                 () = &mut superseded => return Ok(Outcome::Lost("a newer path took over".into())),
             }
         }
@@ -317,15 +345,16 @@ impl Frame {
     }
 }
 
-/// Writes queued frames; with nothing to write for [`HEARTBEAT`], an ACK.
+/// Writes queued frames; with nothing to write for `heartbeat`, an ACK.
 async fn write_frames(
     w: impl AsyncWrite + Unpin,
     mut rx: mpsc::UnboundedReceiver<Frame>,
     received: Arc<AtomicU64>,
+    heartbeat: Duration,
 ) -> std::io::Result<()> {
     let mut w = tokio::io::BufWriter::with_capacity(64 << 10, w);
     loop {
-        let next = match tokio::time::timeout(HEARTBEAT, rx.recv()).await {
+        let next = match tokio::time::timeout(heartbeat, rx.recv()).await {
             Ok(Some(f)) => f,
             Ok(None) => {
                 let last = Frame::ack(received.load(Ordering::Acquire));

@@ -222,7 +222,7 @@ where
     W: tokio::io::AsyncWrite + Unpin,
 {
     let id = resume::new_session_id();
-    let mut endpoint = Endpoint::new(local_r, local_w);
+    let mut endpoint = Endpoint::with_timing(local_r, local_w, resume::Timing::CLIENT);
     let mut lost_at: Option<(String, tokio::time::Instant)> = None;
     loop {
         let after = lost_at.as_ref().map(|(r, _)| r.as_str());
