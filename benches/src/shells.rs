@@ -1,5 +1,5 @@
 //! Many idle shells on one agent: `count` SSH sessions through region
-//! sydney (each a login shell on pipes, waiting for input), the agent's
+//! sydney (each running `cat`, waiting for input), the agent's
 //! memory before and after, per shell (the shells' own processes are not
 //! the agent's and are not counted), and whether the agent stays
 //! responsive: the time to open a new session and run `echo`, before and
@@ -42,7 +42,10 @@ pub async fn idle(stack: &Stack, count: usize) -> Result<Shells> {
             .await
             .with_context(|| format!("idle shell {i} of {count}"))?;
         let channel = ssh.channel_open_session().await?;
-        channel.request_shell(true).await?;
+        // `cat`, waiting on its input: an idle session without the machine's
+        // login profile (this one's runs pyenv's rehash under a lock, which
+        // 1,000 login shells at once queue on for minutes).
+        channel.exec(true, "cat").await?;
         open.push((ssh, channel));
     }
     let open_s = start.elapsed().as_secs_f64();
@@ -87,8 +90,8 @@ async fn echo(dialer: &Arc<Dialer>) -> Result<Duration> {
 impl Shells {
     pub fn markdown(&self) -> String {
         format!(
-            "\n### Idle shells on one agent\n\n- {} shells (login shells on pipes, through sydney), opened in {:.1} s: \
-             the agent's RSS {} KiB → {} KiB, **{:.0} bytes per shell** (the shells' own processes not counted).\n\
+            "\n### Idle shells on one agent\n\n- {} idle sessions (each running `cat` on pipes, through sydney), opened in {:.1} s: \
+             the agent's RSS {} KiB → {} KiB, **{:.0} bytes per session** (the commands' own processes not counted).\n\
              - A new session running `echo`: {:.1} ms with none open, **{:.1} ms** with {} open.\n",
             self.count,
             self.open_s,
