@@ -37,6 +37,10 @@ const MAX_TERMINALS: usize = 256;
 /// Close codes (RFC 6455 §7.4.2, the private range): the shell exited; another connection took over.
 const EXITED: u16 = 4000;
 const TAKEN_OVER: u16 = 4001;
+/// An acknowledgement goes to the page this often (500 ms), whatever else it
+/// gets: the page takes a connection silent for four of them as dead (a
+/// partitioned region), which no close would tell it.
+const HEARTBEAT: Duration = Duration::from_millis(500);
 /// The WebSocket subprotocol the page asks for and the agent answers.
 pub const SUBPROTOCOL: &str = "meridian.terminal";
 
@@ -152,8 +156,16 @@ impl Terminals {
             term.detach(generation);
             return;
         }
+        let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + HEARTBEAT, HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = beat.tick() => {
+                    let taken = term.lock().input_received;
+                    if sink.send(Message::Text(format!("{{\"ack\":{taken}}}").into())).await.is_err() {
+                        break;
+                    }
+                }
                 out = output.recv() => match out {
                     Some(bytes) => {
                         if sink.send(Message::Binary(bytes)).await.is_err() {

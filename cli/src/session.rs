@@ -1,7 +1,9 @@
 //! Where `meridian login` keeps the session for later commands: a JSON file
 //! readable only by its owner, in `$MERIDIAN_CONFIG_DIR` (default
 //! `~/.config/meridian`). `--url`/`--session-token` (or their environment
-//! variables) override it.
+//! variables) override it. Beside it, `region.json`: the region the last
+//! shell or port went through, per coordinator (kept until another is
+//! clearly nearer: `meridian_regions::selection::nearest_first`).
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -14,15 +16,18 @@ pub struct Stored {
 }
 
 fn path() -> Result<PathBuf> {
-    let dir = match std::env::var_os("MERIDIAN_CONFIG_DIR") {
+    Ok(dir()?.join("session.json"))
+}
+
+fn dir() -> Result<PathBuf> {
+    Ok(match std::env::var_os("MERIDIAN_CONFIG_DIR") {
         Some(d) => PathBuf::from(d),
         None => std::env::var_os("XDG_CONFIG_HOME")
             .map(PathBuf::from)
             .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
             .context("set MERIDIAN_CONFIG_DIR (no HOME)")?
             .join("meridian"),
-    };
-    Ok(dir.join("session.json"))
+    })
 }
 
 pub fn save(stored: &Stored) -> Result<PathBuf> {
@@ -52,5 +57,32 @@ pub fn load() -> Result<Option<Stored>> {
         )),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+    }
+}
+
+/// The region chosen last time for streams through the coordinator at `url`.
+pub fn last_region(url: &str) -> Option<String> {
+    let bytes = std::fs::read(dir().ok()?.join("region.json")).ok()?;
+    let choices: std::collections::BTreeMap<String, String> = serde_json::from_slice(&bytes).ok()?;
+    choices.get(url).cloned()
+}
+
+/// Remembers `region` as the choice for `url` (best effort: a choice not
+/// kept only means the next run measures afresh).
+pub fn remember_region(url: &str, region: &str) {
+    let Ok(dir) = dir() else { return };
+    let path = dir.join("region.json");
+    let mut choices: std::collections::BTreeMap<String, String> =
+        std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    if choices.get(url).map(String::as_str) == Some(region) {
+        return;
+    }
+    choices.insert(url.to_owned(), region.to_owned());
+    let tmp = path.with_extension("json.tmp");
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&tmp, serde_json::to_vec_pretty(&choices).unwrap_or_default()))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        tracing::debug!(path = %path.display(), "cannot remember the region chosen: {e}");
     }
 }

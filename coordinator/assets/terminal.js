@@ -3,7 +3,8 @@
 // stream token and opens a WebSocket through the region picked on the
 // dashboard to the agent's reconnecting PTY, naming a session id kept for this
 // tab: a reload or a lost connection attaches to the same shell, whose
-// scrollback comes first. When a region dies it goes through the next one;
+// scrollback comes first. When a region dies (or goes silent: the agent
+// acknowledges every 500 ms, so a partition shows) it goes through the next one;
 // keystrokes typed meanwhile, and those a dying connection may have lost,
 // are sent again from where the agent says it is.
 'use strict';
@@ -12,6 +13,11 @@ const PICK_KEY = 'meridian.region';
 // Close codes the agent uses: the shell exited; another connection took over.
 const EXITED = 4000;
 const TAKEN_OVER = 4001;
+// The agent acknowledges every 500 ms: a connection silent this long is
+// dead (a partitioned region closes nothing), and one not open this long
+// never will be; either way the next region is tried.
+const DEAD_AFTER_MS = 2000;
+const OPEN_WITHIN_MS = 5000;
 
 const params = new URLSearchParams(location.search);
 const target = { owner: params.get('owner'), workspace: params.get('workspace'), agent: params.get('agent') };
@@ -137,13 +143,25 @@ async function connect() {
   const socket = new WebSocket(url, ['meridian.terminal', `meridian.token.${t.token}`]);
   socket.binaryType = 'arraybuffer';
   let first = true;
+  let heard = Date.now();
+  const watch = setInterval(() => {
+    const limit = socket.readyState === WebSocket.OPEN ? DEAD_AFTER_MS : OPEN_WITHIN_MS;
+    if (Date.now() - heard <= limit) return;
+    // Not waiting for a close handshake the dead path cannot carry.
+    socket.onclose = null;
+    socket.onmessage = null;
+    socket.close();
+    lost(socket, 'Connection silent; reconnecting through another region…');
+  }, 500);
   socket.onopen = () => {
+    heard = Date.now();
     ws = socket;
     synced = false;
     document.body.dataset.region = region.name;
     status(`Connected through ${region.name}.`);
   };
   socket.onmessage = (e) => {
+    heard = Date.now();
     if (typeof e.data === 'string') {
       let msg = null;
       try { msg = JSON.parse(e.data); } catch { msg = null; }
@@ -160,21 +178,29 @@ async function connect() {
     term.write(new Uint8Array(e.data));
   };
   socket.onclose = (e) => {
-    if (ws === socket) {
-      ws = null;
-      synced = false;
-    }
+    clearInterval(watch);
     if (e.code === EXITED) {
+      lost(socket, null);
       status('The shell exited. Reload the page for a new one.');
       sessionStorage.removeItem(sessionKey);
       return;
     }
     if (e.code === TAKEN_OVER) {
+      lost(socket, null);
       status('This terminal was opened elsewhere (another tab). Reload to take it back.');
       return;
     }
+    lost(socket, 'Connection lost; reconnecting through another region…');
+  };
+  const lost = (gone, why) => {
+    clearInterval(watch);
+    if (ws === gone) {
+      ws = null;
+      synced = false;
+    }
+    if (why === null) return;
     attempt += 1; // through the next region
-    status('Connection lost; reconnecting through another region…');
+    status(why);
     setTimeout(connect, 250);
   };
 }

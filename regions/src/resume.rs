@@ -23,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+
+mod outbox;
+use outbox::Outbox;
 
 /// Names the session on a path's upgrade request (32 hex digits, random: a
 /// capability only the client that opened it holds).
@@ -178,38 +180,36 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
         superseded: impl std::future::Future<Output = ()>,
     ) -> Result<Outcome, Mismatch> {
         self.ack(peer_received)?;
-        let (mut path_r, path_w) = tokio::io::split(path);
-        // Frames go out through a writer task, so a peer that is slow to read
-        // never keeps this side from reading (both sides sending at once).
-        // Unbounded, yet bounded: what is queued is at most the unacknowledged
-        // window (the same buffers, shared) and one ACK per read. A bounded
-        // queue would let two sides sending at once each wait on the other.
-        let (tx, rx) = mpsc::unbounded_channel::<Frame>();
-        let writer = tokio::spawn(write_frames(path_w, rx, self.received.clone(), self.timing.heartbeat));
-        let _stop_writer = AbortOnDrop(writer.abort_handle());
+        let (mut path_r, mut path_w) = tokio::io::split(path);
+        // Frames are written by this task, one vectored write at a time,
+        // beside the reads: a peer that is slow to read never keeps this side
+        // from reading (both sides sending at once). What waits in the outbox
+        // is at most the unacknowledged window (the same buffers, shared) and
+        // one ACK.
+        let mut out = Outbox::default();
         for chunk in &self.unacked {
-            if tx.send(Frame::data(chunk.clone())).is_err() {
-                return Ok(Outcome::Lost("the path closed while resending".into()));
-            }
+            out.data(chunk.clone());
         }
-        if self.local_eof && self.acked < self.sent && tx.send(Frame::eof()).is_err() {
-            return Ok(Outcome::Lost("the path closed while resending".into()));
+        if self.local_eof && self.acked < self.sent {
+            out.eof();
         }
         tokio::pin!(superseded);
         let mut inbox = BytesMut::with_capacity(64 << 10);
         let mut local = BytesMut::with_capacity(MAX_FRAME);
         let mut acked_sent = self.received();
-        let dead_after = self.timing.dead_after;
+        let Timing { heartbeat, dead_after } = self.timing;
         let dead = tokio::time::sleep(dead_after);
-        tokio::pin!(dead);
+        let beat = tokio::time::sleep(heartbeat);
+        tokio::pin!(dead, beat);
         loop {
             if self.finished() {
-                drop(tx);
-                // Let the writer put out what it holds (the last ACK) before the path closes.
-                let _ = tokio::time::timeout(HEARTBEAT, writer).await;
+                // The last ACK (and whatever waits) goes out before the path closes.
+                out.ack();
+                let _ = tokio::time::timeout(HEARTBEAT, drain(&mut out, &mut path_w, self.received())).await;
                 return Ok(Outcome::Finished);
             }
             let room = !self.local_eof && self.unacked_len < MAX_UNACKED;
+            let received = self.received();
             tokio::select! {
                 biased;
                 read = path_r.read_buf(&mut inbox) => {
@@ -225,28 +225,35 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
                     let received = self.received();
                     if received - acked_sent >= ACK_EVERY || (self.peer_eof && received != acked_sent) {
                         acked_sent = received;
-                        if tx.send(Frame::ack(received)).is_err() {
-                            return Ok(Outcome::Lost("the path closed".into()));
-                        }
+                        out.ack();
+                    }
+                }
+                wrote = std::future::poll_fn(|cx| out.poll_send(&mut path_w, cx, received)), if out.busy() => {
+                    match wrote {
+                        Ok(0) => return Ok(Outcome::Lost("the path closed".into())),
+                        Err(e) => return Ok(Outcome::Lost(format!("the path failed: {e}"))),
+                        Ok(_) => beat.as_mut().reset(tokio::time::Instant::now() + heartbeat),
                     }
                 }
                 read = self.local_r.read_buf(&mut local), if room => {
                     let n = read.unwrap_or(0);
-                    let out = if n == 0 {
+                    if n == 0 {
                         self.local_eof = true;
                         self.sent += 1;
-                        Frame::eof()
+                        out.eof();
                     } else {
                         let chunk = local.split().freeze();
                         local.reserve(MAX_FRAME);
                         self.sent += n as u64;
                         self.unacked_len += n;
                         self.unacked.push_back(chunk.clone());
-                        Frame::data(chunk)
-                    };
-                    if tx.send(out).is_err() {
-                        return Ok(Outcome::Lost("the path closed".into()));
+                        out.data(chunk);
                     }
+                }
+                () = &mut beat => {
+                    // Nothing written for a heartbeat: an ACK proves the path lives.
+                    out.ack();
+                    beat.as_mut().reset(tokio::time::Instant::now() + heartbeat);
                 }
                 () = &mut dead => return Ok(Outcome::Lost(format!("nothing arrived for {dead_after:?}"))),
                 () = &mut superseded => return Ok(Outcome::Lost("a newer path took over".into())),
@@ -305,72 +312,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
     }
 }
 
-struct AbortOnDrop(tokio::task::AbortHandle);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// A frame on its way out: its head, and the payload (shared with the
-/// unacknowledged buffer, not copied).
-struct Frame {
-    head: [u8; 13],
-    head_len: usize,
-    payload: Bytes,
-}
-
-impl Frame {
-    fn new(kind: u8, len: usize, payload: Bytes) -> Self {
-        let mut head = [0u8; 13];
-        head[0] = kind;
-        head[1..5].copy_from_slice(&(len as u32).to_be_bytes());
-        Self { head, head_len: 5, payload }
-    }
-
-    fn data(payload: Bytes) -> Self {
-        Self::new(DATA, payload.len(), payload)
-    }
-
-    fn eof() -> Self {
-        Self::new(EOF, 0, Bytes::new())
-    }
-
-    fn ack(received: u64) -> Self {
-        let mut f = Self::new(ACK, 8, Bytes::new());
-        f.head[5..13].copy_from_slice(&received.to_be_bytes());
-        f.head_len = 13;
-        f
-    }
-}
-
-/// Writes queued frames; with nothing to write for `heartbeat`, an ACK.
-async fn write_frames(
-    w: impl AsyncWrite + Unpin,
-    mut rx: mpsc::UnboundedReceiver<Frame>,
-    received: Arc<AtomicU64>,
-    heartbeat: Duration,
-) -> std::io::Result<()> {
-    let mut w = tokio::io::BufWriter::with_capacity(64 << 10, w);
-    loop {
-        let next = match tokio::time::timeout(heartbeat, rx.recv()).await {
-            Ok(Some(f)) => f,
-            Ok(None) => {
-                let last = Frame::ack(received.load(Ordering::Acquire));
-                let _ = w.write_all(&last.head[..last.head_len]).await;
-                return w.flush().await;
-            }
-            Err(_) => Frame::ack(received.load(Ordering::Acquire)),
-        };
-        let mut next = Some(next);
-        // Batch what is already queued before flushing.
-        while let Some(f) = next.take().or_else(|| rx.try_recv().ok()) {
-            w.write_all(&f.head[..f.head_len]).await?;
-            w.write_all(&f.payload).await?;
+/// Writes and flushes everything `out` holds.
+async fn drain(out: &mut Outbox, w: &mut (impl AsyncWrite + Unpin), received: u64) -> std::io::Result<()> {
+    while out.busy() {
+        if std::future::poll_fn(|cx| out.poll_send(w, cx, received)).await? == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
         }
-        w.flush().await?;
     }
+    Ok(())
 }
 
 /// A new random session id (32 hex digits).

@@ -16,7 +16,6 @@ const launch = require('./launch');
 const [infoFile, password, intervalMs, shots] = process.argv.slice(2);
 const info = JSON.parse(fs.readFileSync(infoFile, 'utf8'));
 const base = info.coordinator_url.replace(/\/$/, '');
-const axeSource = fs.readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
 const figures = {};
 const problems = [];
 
@@ -28,18 +27,9 @@ async function shoot(page, name) {
   await page.screenshot({ path: path.join(shots, `${name}.png`), fullPage: true });
 }
 
-// axe-core in the page (evaluated over the DevTools protocol, so the page's
-// CSP stays as it is); serious and critical violations fail the run.
-async function accessible(page, name) {
-  await page.evaluate(axeSource);
-  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
-  const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
-  check(bad.length === 0, `${name}: accessibility violations: ${JSON.stringify(bad.map((v) => [v.id, v.impact, v.nodes.map((n) => n.target)]))}`);
-}
-
 async function visit(page, name) {
   await shoot(page, name);
-  await accessible(page, name);
+  await launch.accessible(page, name);
 }
 
 async function signIn(page, username, pass) {

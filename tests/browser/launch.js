@@ -18,3 +18,15 @@ module.exports.signIn = async (page, coordinator, username, password) => {
   const cookies = await page.context().cookies(coordinator);
   if (!cookies.some((c) => c.name.endsWith('meridian_session'))) throw new Error('sign-in set no session cookie');
 };
+
+// axe-core in the page (evaluated over the DevTools protocol, so the page's
+// CSP stays as it is): throws on a serious or critical violation.
+const axeSource = require('fs').readFileSync(require.resolve('axe-core/axe.min.js'), 'utf8');
+module.exports.accessible = async (page, name) => {
+  await page.evaluate(axeSource);
+  const result = await page.evaluate(() => window.axe.run(document, { resultTypes: ['violations'] }));
+  const bad = result.violations.filter((v) => v.impact === 'serious' || v.impact === 'critical');
+  if (bad.length) {
+    throw new Error(`${name}: accessibility violations: ${JSON.stringify(bad.map((v) => [v.id, v.impact, v.nodes.map((n) => n.target)]))}`);
+  }
+};

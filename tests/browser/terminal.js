@@ -1,8 +1,10 @@
 // The web terminal in Chromium: signed in, the dashboard's Terminal link and
-// region picked,
-// a command typed and its output read; the region's proxy SIGKILLed, typing
-// on (nothing typed is lost, the page moves to another region); a reload
-// brings the scrollback back. No CSP violation on the way.
+// region picked, a command typed and its output read; the region partitioned
+// (its proxy SIGSTOPped: connections stay open and carry nothing), typing on
+// (the page notices the silence and moves to another region, nothing typed is
+// lost or run twice); the region back, picked again, then SIGKILLed, typing
+// on; a reload brings the whole scrollback back. No CSP violation, and the
+// page passes axe-core. Prints one JSON line: how long each move took.
 // Usage: node terminal.js COORDINATOR USERNAME PASSWORD OWNER WORKSPACE AGENT REGION REGION_PID
 const launch = require('./launch');
 
@@ -36,28 +38,49 @@ const launch = require('./launch');
       }
       throw new Error(`timed out waiting for ${what}; the screen:\n${await screen()}`);
     };
-    await waitFor(`a connection through ${region}`, async () => (await page.getAttribute('body', 'data-region')) === region, 20000);
+    const onRegion = (name) => waitFor(`a connection through ${name}`, async () => (await page.getAttribute('body', 'data-region')) === name, 20000);
+    await onRegion(region);
+    await launch.accessible(page, 'the terminal page');
     await page.click('#terminal');
     await page.keyboard.type('echo first-$((40+2))\n');
     await waitFor('the first command\'s output', async () => (await screen()).includes('first-42'), 20000);
 
-    process.kill(Number(pid), 'SIGKILL');
-    // Typed while the connection is lost or moving: kept and sent once one is open.
-    await page.keyboard.type('echo second-$((50+5))\n');
-    await waitFor('the second command\'s output through another region', async () =>
-      (await screen()).includes('second-55') && (await page.getAttribute('body', 'data-region')) !== region, 30000);
-    const moved = await page.getAttribute('body', 'data-region');
-    const count = (await screen()).split('second-55').length - 1;
-    // The command line shows `$((50+5))`; only its output says second-55.
-    if (count !== 1) throw new Error(`the second command's output appears ${count} times:\n${await screen()}`);
+    // Typed while the connection is stalled, lost or moving: kept and sent
+    // once another is open; its output (not the command line, which shows
+    // `$((…))`) must appear exactly once, through another region.
+    const moves = {};
+    const typeThrough = async (fault, command, output) => {
+      const start = Date.now();
+      fault();
+      await page.keyboard.type(`${command}\n`);
+      await waitFor(`${output} through another region`, async () =>
+        (await screen()).includes(output) && (await page.getAttribute('body', 'data-region')) !== region, 30000);
+      const count = (await screen()).split(output).length - 1;
+      if (count !== 1) throw new Error(`${output} appears ${count} times:\n${await screen()}`);
+      return Date.now() - start;
+    };
+    try {
+      moves.partitioned_ms = await typeThrough(() => process.kill(Number(pid), 'SIGSTOP'), 'echo second-$((50+5))', 'second-55');
+    } finally {
+      process.kill(Number(pid), 'SIGCONT');
+    }
+
+    // The region back and healthy, picked again by a reload: the same shell.
+    await waitFor(`${region} healthy again`, () => page.evaluate(async (name) => {
+      const resp = await fetch('/api/v2/regions', { credentials: 'same-origin' });
+      return resp.ok && (await resp.json()).regions.some((r) => r.name === name && r.healthy);
+    }, region), 30000);
+    await page.reload({ timeout: 20000 });
+    await onRegion(region);
+    moves.killed_ms = await typeThrough(() => process.kill(Number(pid), 'SIGKILL'), 'echo third-$((60+6))', 'third-66');
 
     await page.reload({ timeout: 20000 });
     await waitFor('the scrollback after a reload', async () => {
       const s = await screen();
-      return s.includes('first-42') && s.includes('second-55');
+      return ['first-42', 'second-55', 'third-66'].every((t) => s.includes(t));
     }, 20000);
     if (violations.length) throw new Error(`CSP violations: ${violations.join('; ')}`);
-    console.log(`typed, read, moved from ${region} to ${moved}, reloaded: scrollback back`);
+    console.log(JSON.stringify(moves));
   } finally {
     await browser.close();
   }

@@ -1,6 +1,7 @@
 //! How a client reaches a workspace's shell or port: through the nearest
 //! healthy region (the lowest median round trip `regions ping` measures;
-//! `--region` first), with a stream token from the coordinator, as a
+//! the last run's choice kept until another is clearly nearer; `--region`
+//! first), with a stream token from the coordinator, as a
 //! resumable session (`meridian_regions::resume`) that moves to the next
 //! region when its own dies.
 
@@ -81,11 +82,14 @@ impl Dialer {
         let token = fetch_token(&client, &owner, &workspace, kind).await?;
         let regions = client.regions().await.context("cannot list the regions")?.regions;
         let http = meridian_regions::client::http_client(ca_cert).map_err(anyhow::Error::msg)?;
-        let mut pings = meridian_regions::selection::ping_all(&http, &regions, PINGS).await;
-        pings.retain(|p| p.latency_ms.is_some() && p.access_url.is_some());
-        pings.sort_by(|a, b| a.latency_ms.unwrap_or(f64::MAX).total_cmp(&b.latency_ms.unwrap_or(f64::MAX)));
-        let mut ordered: Vec<(String, String)> =
-            pings.into_iter().map(|p| (p.region, p.access_url.unwrap_or_default())).collect();
+        let pings = meridian_regions::selection::ping_all(&http, &regions, PINGS).await;
+        // Without --region, the region chosen last time stays first until
+        // another is clearly nearer (jitter never flips the choice).
+        let previous = if first.is_none() { crate::session::last_region(client.base_url()) } else { None };
+        let mut ordered: Vec<(String, String)> = meridian_regions::selection::nearest_first(pings, previous.as_deref())
+            .into_iter()
+            .map(|p| (p.region, p.access_url.unwrap_or_default()))
+            .collect();
         if let Some(first) = first {
             let Some(at) = ordered.iter().position(|(name, _)| name == first) else {
                 bail!("region {first:?} is not a healthy region reachable from here");
@@ -95,6 +99,9 @@ impl Dialer {
         }
         if ordered.is_empty() {
             bail!("no healthy region is reachable from here");
+        }
+        if first.is_none() {
+            crate::session::remember_region(client.base_url(), &ordered[0].0);
         }
         let tls = TlsClient::new(ca_cert)?;
         Ok(Self { client, owner, workspace, kind, tls, regions: ordered, token: Mutex::new(token) })
