@@ -39,7 +39,7 @@ struct BulkTarget {
 /// The workspace's service: `U` then bytes until EOF → it answers the count
 /// (8 bytes); `D` and a count (8 bytes) → it sends that many bytes and
 /// closes; `E` → it echoes every byte (a keystroke's round trip).
-async fn service() -> Result<u16> {
+pub(crate) async fn service() -> Result<u16> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
@@ -125,7 +125,7 @@ async fn download(port: u16, bytes: u64) -> Result<()> {
 
 /// Keystrokes: one byte at a time through `port`, each waiting for its echo
 /// (`count` of them); the median and 99th percentile round trip.
-async fn echo(port: u16, count: usize) -> Result<(Duration, Duration)> {
+pub(crate) async fn echo(port: u16, count: usize) -> Result<(Duration, Duration)> {
     let mut tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.set_nodelay(true)?;
     tcp.write_all(b"E").await?;
@@ -183,7 +183,10 @@ pub async fn run(stack: &Stack, meridian: &Path, rounds: u32, quick: bool) -> Re
     let rathole =
         crate::rathole::start(&crate::stack::rathole_bin(), &rathole_dir, free_port()?, rathole_port, service_port)?;
     // `meridian port-forward` through sydney, where agent `main` is attached.
-    let (forward, forward_port) = port_forward(stack, meridian, dir, service_port).await?;
+    let session = stack.api.session().expose().to_owned();
+    let how =
+        Forward { meridian, dir, url: stack.api.base(), session: &session, workspace: "bench.main", region: "sydney" };
+    let (forward, forward_port) = port_forward(&how, service_port).await?;
     let targets = [
         BulkTarget { name: "direct", port: service_port, procs: vec![] },
         BulkTarget {
@@ -266,26 +269,37 @@ pub struct Echo {
     pub p99_ms: f64,
 }
 
-/// `meridian port-forward bench.main --tcp 0:PORT --region sydney`, signed in
-/// as the stack's admin; its process and the local port it listens on.
-async fn port_forward(stack: &Stack, meridian: &Path, dir: &Path, port: u16) -> Result<(Proc, u16)> {
-    let ready = dir.join("port-forward.json");
+/// How to run `meridian port-forward`: through which coordinator, as whom,
+/// into which workspace, through which region.
+pub(crate) struct Forward<'a> {
+    pub meridian: &'a Path,
+    pub dir: &'a Path,
+    pub url: &'a str,
+    pub session: &'a str,
+    pub workspace: &'a str,
+    pub region: &'a str,
+}
+
+/// `meridian port-forward WORKSPACE --tcp 0:PORT --region REGION`; its
+/// process and the local port it listens on.
+pub(crate) async fn port_forward(how: &Forward<'_>, port: u16) -> Result<(Proc, u16)> {
+    let name = format!("port-forward-{}", how.region);
+    let ready = how.dir.join(format!("{name}.json"));
     let args: Vec<String> = [
         "port-forward",
-        "bench.main",
+        how.workspace,
         "--region",
-        "sydney",
+        how.region,
         "--tcp",
         &format!("0:{port}"),
         "--url",
-        stack.api.base(),
+        how.url,
         "--ready-file",
         &ready.display().to_string(),
     ]
     .map(String::from)
     .to_vec();
-    let proc =
-        spawn(meridian, &args, dir, "port-forward", &[("MERIDIAN_SESSION_TOKEN", stack.api.session().expose())])?;
+    let proc = spawn(how.meridian, &args, how.dir, &name, &[("MERIDIAN_SESSION_TOKEN", how.session)])?;
     let start = Instant::now();
     loop {
         if let Ok(bytes) = std::fs::read(&ready) {
@@ -295,7 +309,7 @@ async fn port_forward(stack: &Stack, meridian: &Path, dir: &Path, port: u16) -> 
             return Ok((proc, port));
         }
         if start.elapsed() > Duration::from_secs(60) {
-            bail!("port-forward did not listen within 60 s; see {}", dir.join("port-forward.log").display());
+            bail!("port-forward did not listen within 60 s; see {}", how.dir.join(format!("{name}.log")).display());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }

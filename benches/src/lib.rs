@@ -7,6 +7,8 @@
 //! - [`wrk`]: running wrk and reading its report; [`ws`]: WebSocket round trips.
 //! - [`memory`]: a proxy's memory with many idle connections.
 //! - [`bulk`]: bulk TCP to a workspace port: direct, rathole, `meridian port-forward`.
+//! - [`scp`]: scp each way to the workspace's SSH server: through rathole, through `meridian ssh --stdio`.
+//! - [`geography`]: keystrokes through `meridian demo`'s simulated geography, region by region.
 //! - [`shells`]: many idle shells on one agent: its memory per shell, and whether it stays responsive.
 //! - [`control_plane`]: the coordinator with 1,000 replicas and 10,000 agents, simulated.
 //! - [`mesh_search`]: part of it: what searching a 100-relay mesh for a moved agent costs.
@@ -16,10 +18,12 @@ pub mod bare;
 pub mod bulk;
 pub mod control_plane;
 pub mod cpu;
+pub mod geography;
 pub mod memory;
 pub mod mesh_search;
 pub mod nginx;
 pub mod rathole;
+pub mod scp;
 pub mod shells;
 pub mod stack;
 pub mod wrk;
@@ -69,6 +73,8 @@ pub struct Report {
     pub bulk: bulk::Bulk,
     /// Idle shells on one agent (see [`shells`]).
     pub shells: Option<shells::Shells>,
+    /// Keystrokes through the demo's geography (see [`geography`]).
+    pub geography: Option<Vec<geography::Region>>,
 }
 
 /// The rows Meridian is compared with (the ratio columns); every other row
@@ -145,10 +151,18 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
     }
     rows.extend(ws_targets.iter().zip(runs).map(|(t, runs)| row(ws_name, t, &runs)));
-    let bulk = if wanted("bulk TCP") {
+    let mut bulk = if wanted("bulk TCP") {
         bulk::run(&stack, &opts.meridian, rounds, opts.quick).await?
     } else {
-        Default::default()
+        bulk::Bulk::default()
+    };
+    if wanted("bulk scp") {
+        bulk.rows.extend(scp::run(&stack, &opts.meridian, opts.bare_pingora.as_deref(), rounds, opts.quick).await?);
+    }
+    let geography = if wanted("keystroke echo through the demo") {
+        Some(geography::keystrokes(&opts.meridian, opts.quick).await?)
+    } else {
+        None
     };
     let shells = if wanted("idle shells") {
         Some(shells::idle(&stack, if opts.quick { 20 } else { 1000 }).await?)
@@ -169,7 +183,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
     }
     let failed: u64 = rows.iter().map(|r| r.figures.errors).sum();
-    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory, bulk, shells };
+    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory, bulk, shells, geography };
     if failed > 0 {
         let logs = stack.keep_logs()?;
         println!("{}", report.markdown());
@@ -280,6 +294,9 @@ impl Report {
         out.push_str(&bulk::markdown(&self.bulk));
         if let Some(s) = &self.shells {
             out.push_str(&s.markdown());
+        }
+        if let Some(g) = &self.geography {
+            out.push_str(&geography::markdown(g));
         }
         let _ = writeln!(out, "\n### Idle keep-alive connections\n");
         for (who, m) in [("Meridian's proxy", Some(&self.memory)), ("bare pingora", self.bare_memory.as_ref())] {

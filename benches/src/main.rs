@@ -39,6 +39,13 @@ struct Args {
     /// UPSTREAM (the hop of a floor row; the stack starts it).
     #[arg(long, num_args = 2, value_names = ["LISTEN", "UPSTREAM"], hide = true)]
     forward: Option<Vec<String>>,
+    /// Instead of a benchmark: the agent's SSH server on a port of its own,
+    /// with host key KEY (made if missing), reporting its address in
+    /// --ready-file (the SSH server behind rathole in the scp rows).
+    #[arg(long, value_name = "KEY", hide = true)]
+    ssh_server: Option<PathBuf>,
+    #[arg(long, value_name = "PATH", hide = true, requires = "ssh_server")]
+    ready_file: Option<PathBuf>,
     /// The meridian binary [default: `meridian` next to this one].
     #[arg(long)]
     meridian: Option<PathBuf>,
@@ -60,6 +67,10 @@ fn main() -> std::process::ExitCode {
             Some(upstream.parse().map_err(anyhow::Error::from).and_then(|u| meridian_bench::bare::forward(listen, u)))
         }
         _ => None,
+    };
+    let floor = match (floor, &args.ssh_server, &args.ready_file) {
+        (None, Some(key), Some(ready)) => Some(meridian_bench::scp::serve(key, ready)),
+        (floor, ..) => floor,
     };
     if let Some(served) = floor {
         if let Err(e) = served {

@@ -50,11 +50,34 @@ pub async fn ssh(args: SshArgs) -> Result<ExitCode> {
     let dialer =
         Dialer::new(client, args.workspace, StreamKind::Ssh, args.region.as_deref(), ca_cert.as_deref()).await?;
     if args.stdio {
-        dial::run_session(&dialer, tokio::io::stdin(), tokio::io::stdout()).await?;
+        let (stdin, stdout) = stdio();
+        dial::run_session(&dialer, stdin, stdout).await?;
         return Ok(ExitCode::SUCCESS);
     }
     let code = client::run(std::sync::Arc::new(dialer), &args.command).await?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(255)))
+}
+
+type Reader = Box<dyn tokio::io::AsyncRead + Send + Unpin>;
+type Writer = Box<dyn tokio::io::AsyncWrite + Send + Unpin>;
+
+/// stdin and stdout for `--stdio`: as OpenSSH gives them to a `ProxyCommand`
+/// (pipes), read and written on the runtime's own reactor; tokio's
+/// `stdin()`/`stdout()` hand every read and write to a blocking thread,
+/// which cost scp through Meridian ~3 ms of CPU per MiB (BENCHMARKS.md).
+/// Anything else (a file, a terminal) goes through tokio's.
+fn stdio() -> (Reader, Writer) {
+    use std::os::fd::AsFd;
+    use tokio::net::unix::pipe;
+    let stdin: Reader = match std::io::stdin().as_fd().try_clone_to_owned().map(pipe::Receiver::from_owned_fd) {
+        Ok(Ok(pipe)) => Box::new(pipe),
+        _ => Box::new(tokio::io::stdin()),
+    };
+    let stdout: Writer = match std::io::stdout().as_fd().try_clone_to_owned().map(pipe::Sender::from_owned_fd) {
+        Ok(Ok(pipe)) => Box::new(pipe),
+        _ => Box::new(tokio::io::stdout()),
+    };
+    (stdin, stdout)
 }
 
 #[derive(Args)]

@@ -23,6 +23,17 @@ async fn the_benchmark_harness_runs_every_workload() {
     assert!(report.rows.iter().all(|r| r.figures.requests_per_sec > 0.0 && r.figures.p99_ms >= r.figures.p50_ms));
     assert!(report.memory.rss_after_kib > 0 && report.memory.connections == 200);
     assert!(report.markdown().contains("| meridian |"));
+    // Bulk TCP and scp, each way, through rathole and Meridian (TCP: direct too).
+    let bulk = |workload: &str| report.bulk.rows.iter().filter(|r| r.workload.starts_with(workload)).count();
+    assert_eq!((bulk("bulk TCP upload"), bulk("bulk TCP download")), (3, 3), "{:?}", report.bulk.rows);
+    assert_eq!((bulk("bulk scp upload"), bulk("bulk scp download")), (2, 2), "{:?}", report.bulk.rows);
+    assert!(report.bulk.rows.iter().all(|r| r.mib_per_sec > 0.0));
+    // Keystrokes through each of the demo's regions, the primary too.
+    let geography = report.geography.as_ref().expect("the geography rows ran");
+    let mut regions: Vec<&str> = geography.iter().map(|r| r.region.as_str()).collect();
+    regions.sort();
+    assert_eq!(regions, ["frankfurt", "primary", "sydney", "virginia"]);
+    assert!(geography.iter().all(|r| r.echo_p50_ms > 0.0 && r.ping_ms > 0.0), "{geography:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
