@@ -41,6 +41,10 @@ pub const EOF: u8 = 2;
 pub const MAX_UNACKED: usize = 4 << 20;
 /// Largest DATA frame sent (32 KiB: one local read).
 const MAX_FRAME: usize = 32 << 10;
+/// The first read on a path or local side, and each while reads are small (4 KiB).
+const SMALL_READ: usize = 4 << 10;
+/// Largest read from a path (64 KiB: a few frames at once in a bulk transfer).
+const MAX_READ_IN: usize = 64 << 10;
 /// Largest frame accepted (a peer sending more is broken).
 const MAX_FRAME_IN: usize = 1 << 20;
 /// An ACK goes out at least this often, so the peer knows the path lives.
@@ -194,8 +198,9 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
             out.eof();
         }
         tokio::pin!(superseded);
-        let mut inbox = BytesMut::with_capacity(64 << 10);
-        let mut local = BytesMut::with_capacity(MAX_FRAME);
+        // Read buffers start small and grow once a read fills them (see [`Buffer`]).
+        let mut inbox = Buffer::new(MAX_READ_IN);
+        let mut local = Buffer::new(MAX_FRAME);
         let mut acked_sent = self.received();
         let Timing { heartbeat, dead_after } = self.timing;
         let dead = tokio::time::sleep(dead_after);
@@ -210,16 +215,17 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
             }
             let room = !self.local_eof && self.unacked_len < MAX_UNACKED;
             let received = self.received();
+            let (inbox_room, local_room) = (inbox.make_room(), local.make_room());
             tokio::select! {
                 biased;
-                read = path_r.read_buf(&mut inbox) => {
+                read = path_r.read_buf(&mut inbox.bytes) => {
                     match read {
                         Ok(0) => return Ok(Outcome::Lost("the path closed".into())),
                         Err(e) => return Ok(Outcome::Lost(format!("the path failed: {e}"))),
-                        Ok(_) => {}
+                        Ok(n) => inbox.filled = n == inbox_room,
                     }
                     dead.as_mut().reset(tokio::time::Instant::now() + dead_after);
-                    if let Err(lost) = self.take_frames(&mut inbox).await? {
+                    if let Err(lost) = self.take_frames(&mut inbox.bytes).await? {
                         return Ok(Outcome::Lost(lost));
                     }
                     let received = self.received();
@@ -235,15 +241,15 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
                         Ok(_) => beat.as_mut().reset(tokio::time::Instant::now() + heartbeat),
                     }
                 }
-                read = self.local_r.read_buf(&mut local), if room => {
+                read = self.local_r.read_buf(&mut local.bytes), if room => {
                     let n = read.unwrap_or(0);
+                    local.filled = n == local_room;
                     if n == 0 {
                         self.local_eof = true;
                         self.sent += 1;
                         out.eof();
                     } else {
-                        let chunk = local.split().freeze();
-                        local.reserve(MAX_FRAME);
+                        let chunk = local.bytes.split().freeze();
                         self.sent += n as u64;
                         self.unacked_len += n;
                         self.unacked.push_back(chunk.clone());
@@ -309,6 +315,31 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
             }
         }
         Ok(Ok(()))
+    }
+}
+
+/// A read buffer that starts at [`SMALL_READ`] and reads up to `big` at a
+/// time once a read filled the room it had: an idle session holds 4 KiB per
+/// direction, not the 96 KiB a bulk transfer reads in (1,000 idle shells on
+/// one agent, BENCHMARKS.md).
+struct Buffer {
+    bytes: BytesMut,
+    big: usize,
+    /// The last read took all the room there was: more is likely waiting.
+    filled: bool,
+}
+
+impl Buffer {
+    fn new(big: usize) -> Self {
+        Self { bytes: BytesMut::new(), big, filled: false }
+    }
+
+    /// Room for the next read (allocated when there is none); how much.
+    fn make_room(&mut self) -> usize {
+        if self.bytes.capacity() == self.bytes.len() {
+            self.bytes.reserve(if self.filled { self.big } else { SMALL_READ });
+        }
+        self.bytes.capacity() - self.bytes.len()
     }
 }
 
