@@ -222,7 +222,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
                     match read {
                         Ok(0) => return Ok(Outcome::Lost("the path closed".into())),
                         Err(e) => return Ok(Outcome::Lost(format!("the path failed: {e}"))),
-                        Ok(n) => inbox.filled = n == inbox_room,
+                        Ok(n) => inbox.read(n, inbox_room),
                     }
                     dead.as_mut().reset(tokio::time::Instant::now() + dead_after);
                     if let Err(lost) = self.take_frames(&mut inbox.bytes).await? {
@@ -243,7 +243,7 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
                 }
                 read = self.local_r.read_buf(&mut local.bytes), if room => {
                     let n = read.unwrap_or(0);
-                    local.filled = n == local_room;
+                    local.read(n, local_room);
                     if n == 0 {
                         self.local_eof = true;
                         self.sent += 1;
@@ -318,14 +318,14 @@ impl<R: AsyncRead + Unpin, W: AsyncWrite + Unpin> Endpoint<R, W> {
     }
 }
 
-/// A read buffer that starts at [`SMALL_READ`] and reads up to `big` at a
-/// time once a read filled the room it had: an idle session holds 4 KiB per
-/// direction, not the 96 KiB a bulk transfer reads in (1,000 idle shells on
-/// one agent, BENCHMARKS.md).
+/// A read buffer that starts at [`SMALL_READ`] and, once a read filled the
+/// room it had (a bulk transfer), reads with `big` bytes of room from then
+/// on: an idle session holds 4 KiB per direction, not the 96 KiB a bulk
+/// transfer reads in (1,000 idle shells on one agent, BENCHMARKS.md).
 struct Buffer {
     bytes: BytesMut,
     big: usize,
-    /// The last read took all the room there was: more is likely waiting.
+    /// A read took all the room there was: this path carries bulk.
     filled: bool,
 }
 
@@ -334,12 +334,20 @@ impl Buffer {
         Self { bytes: BytesMut::new(), big, filled: false }
     }
 
-    /// Room for the next read (allocated when there is none); how much.
+    /// Room for the next read (allocated when short); how much.
     fn make_room(&mut self) -> usize {
-        if self.bytes.capacity() == self.bytes.len() {
-            self.bytes.reserve(if self.filled { self.big } else { SMALL_READ });
+        let spare = self.bytes.capacity() - self.bytes.len();
+        if self.filled && spare < self.big {
+            self.bytes.reserve(self.big);
+        } else if spare == 0 {
+            self.bytes.reserve(SMALL_READ);
         }
         self.bytes.capacity() - self.bytes.len()
+    }
+
+    /// A read of `n` bytes into `room`.
+    fn read(&mut self, n: usize, room: usize) {
+        self.filled |= n == room;
     }
 }
 
