@@ -63,8 +63,11 @@ where
 /// coordinator that stopped answering.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A test's directory (its processes' logs, data and sockets), deleted when
+/// the test ends unless `MERIDIAN_E2E_KEEP` is set (to read a failure's logs).
 pub fn tempdir() -> tempfile::TempDir {
-    tempfile::Builder::new().prefix("meridian-e2e").tempdir().unwrap()
+    let keep = std::env::var_os("MERIDIAN_E2E_KEEP").is_some();
+    tempfile::Builder::new().prefix("meridian-e2e").disable_cleanup(keep).tempdir().unwrap()
 }
 
 #[tokio::test]

@@ -122,9 +122,19 @@ impl Outbox {
         received: u64,
     ) -> Poll<std::io::Result<usize>> {
         if self.ack_due {
-            // First, or behind the rest of a partly written frame.
-            let at = usize::from(self.front_written > 0).min(self.frames.len());
-            self.frames.insert(at, Frame::ack(received));
+            // First, or behind the rest of a partly written frame; an older
+            // ACK not yet begun goes (written after this one, its smaller
+            // count would go back on what the peer was told: a protocol error).
+            let started = usize::from(self.front_written > 0).min(self.frames.len());
+            let mut i = started;
+            while i < self.frames.len() {
+                if self.frames[i].head[0] == ACK {
+                    self.frames.remove(i);
+                } else {
+                    i += 1;
+                }
+            }
+            self.frames.insert(started, Frame::ack(received));
             self.ack_due = false;
         }
         let mut slices = [IoSlice::new(&[]); 2 * MAX_FRAMES];
@@ -225,5 +235,35 @@ mod tests {
             let others: Vec<Vec<u8>> = frames.into_iter().filter(|f| f[0] != ACK).collect();
             assert_eq!(others, vec![want, data2, eof.to_vec()], "paths of {max} bytes a write");
         }
+    }
+
+    /// ACKs asked for while the path is slow to take them never go out of
+    /// order: each count written is at least the one before (a smaller one
+    /// after a larger is a protocol error the peer ends the session for).
+    #[test]
+    fn acks_queued_on_a_slow_path_go_out_in_order() {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut out = Outbox::default();
+        let mut path = Trickle { got: Vec::new(), max: 3 };
+        for round in 0..20u64 {
+            out.data(Bytes::from(vec![round as u8; 40]));
+            out.ack();
+            let _ = out.poll_write(&mut path, &mut cx, 100 + round);
+        }
+        while out.pending() {
+            let _ = out.poll_write(&mut path, &mut cx, 1000);
+        }
+        let mut counts = Vec::new();
+        let mut rest = &path.got[..];
+        while !rest.is_empty() {
+            let len = 5 + u32::from_be_bytes(rest[1..5].try_into().unwrap()) as usize;
+            if rest[0] == ACK {
+                counts.push(u64::from_be_bytes(rest[5..13].try_into().unwrap()));
+            }
+            rest = &rest[len..];
+        }
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "ACK counts out of order: {counts:?}");
+        assert!(!counts.is_empty());
     }
 }
