@@ -5,7 +5,7 @@
 //! addresses → run until a signal → drain under a deadline → exit 0.
 
 use clap::{Parser, Subcommand};
-use meridian_cli::{demo, drill, ops, shell, shutdown_signal, workspaces};
+use meridian_cli::{audit, demo, drill, ops, shell, shutdown_signal, workspaces};
 
 /// mimalloc: the proxy allocates and frees per request, from one worker
 /// thread per core; glibc's malloc was a tenth of its CPU time (BENCHMARKS.md).
@@ -67,6 +67,8 @@ enum Command {
     Users(ops::UsersArgs),
     /// Manage workspaces, their agents and apps.
     Workspaces(workspaces::WorkspacesArgs),
+    /// Read the audit log: who changed users, regions and workspaces, signed in or out (admins).
+    Audit(audit::AuditArgs),
     /// Open a shell (or run a command) in a workspace through the nearest region;
     /// `--stdio` for OpenSSH's ProxyCommand.
     Ssh(Box<shell::SshArgs>),
@@ -93,6 +95,7 @@ fn main() -> ExitCode {
         Command::Regions(args) => ops::run(ops::regions(args)),
         Command::Users(args) => ops::run(ops::users(args)),
         Command::Workspaces(args) => ops::run(workspaces::run(args)),
+        Command::Audit(args) => ops::run(audit::run(args)),
         Command::Ssh(args) => ops::run_code(shell::ssh(*args)),
         Command::ConfigSsh(args) => ops::run(shell::config_ssh(args)),
         Command::PortForward(args) => ops::run(shell::port_forward(*args)),

@@ -2,8 +2,8 @@
 //! `meridian-coordinator`, `meridian-proxy` and `meridian-agent`); the binary
 //! in `src/main.rs` parses the command line and calls into this crate.
 //!
-//! - [`session`], [`ops`], [`workspaces`]: the client commands (`login`,
-//!   `regions`, `users`, `workspaces`) over the coordinator's API.
+//! - [`session`], [`ops`], [`workspaces`], [`audit`]: the client commands (`login`,
+//!   `regions`, `users`, `workspaces`, `audit`) over the coordinator's API.
 //! - [`shell`]: `ssh`, `config-ssh` and `port-forward`: a workspace's shell and
 //!   ports through the nearest region, in sessions that survive its death.
 //! - [`demo`]: a whole deployment on loopback (`meridian demo`): its child
@@ -12,6 +12,7 @@
 //! - [`drill`]: rehearsals (`meridian drill`): one fault under steady
 //!   traffic, or a soak of every fault in turn under mixed traffic.
 
+pub mod audit;
 pub mod demo;
 pub mod drill;
 pub mod faults;

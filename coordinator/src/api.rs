@@ -7,10 +7,12 @@
 //! - [`apps`]: app login (auth-redirect, tickets) and app tokens; `meridian_regions::redirect` validates where it may send browsers.
 //! - [`guard`]: what every request passes first: its `Host`, its `Origin` (CSRF), and security headers on answers.
 //! - [`hosts`]: which hosts a region serves; what keeps a proxy token to them.
+//! - [`audit`]: the audit log (`GET /api/v2/audit-log`) and how handlers record their changes.
 //! - [`probes`]: `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
 
 mod agents;
 mod apps;
+pub(crate) mod audit;
 pub(crate) mod auth;
 mod guard;
 mod hosts;
@@ -86,6 +88,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .route("/api/v2/workspaces", get(workspaces::list).post(workspaces::create))
         .route("/api/v2/workspaces/{owner}/{name}", delete(workspaces::delete))
         .route("/api/v2/workspaces/{owner}/{name}/stream-token", post(streams::token))
+        .route("/api/v2/audit-log", get(audit::list))
         .route("/api/v2/applications/auth-redirect", get(apps::auth_redirect))
         .route("/login", get(apps::login_page))
         .route("/api/v2/proxies/me/keys", get(apps::keys))

@@ -62,6 +62,11 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_APP_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub app_token_lifetime: Option<Duration>,
+    /// How long audit-log records are kept; older ones are deleted hourly, in
+    /// small batches [default: 90d].
+    #[arg(long, env = "MERIDIAN_LOG_RETENTION", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub log_retention: Option<Duration>,
     /// How often proxies re-register (heartbeat) [default: 15s].
     #[arg(long, env = "MERIDIAN_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
@@ -162,6 +167,8 @@ pub struct Config {
     pub proxy_health_interval: Duration,
     pub heartbeat_interval: Duration,
     pub app_token_lifetime: Duration,
+    /// `--log-retention`.
+    pub log_retention: Duration,
     pub replica_expiry: Duration,
     pub shutdown_delay: Duration,
     pub internal_listen: Option<SocketAddr>,
@@ -217,6 +224,7 @@ impl Args {
             proxy_health_interval: self.proxy_health_interval.or(file.proxy_health_interval),
             heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
             app_token_lifetime: self.app_token_lifetime.or(file.app_token_lifetime),
+            log_retention: self.log_retention.or(file.log_retention),
             replica_expiry: self.replica_expiry.or(file.replica_expiry),
             shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
             internal_listen: self.internal_listen.or(file.internal_listen),
@@ -285,6 +293,7 @@ impl Args {
             proxy_health_interval: self.proxy_health_interval.unwrap_or(Duration::from_secs(10)),
             heartbeat_interval: self.heartbeat_interval.unwrap_or(Duration::from_secs(15)),
             app_token_lifetime: self.app_token_lifetime.unwrap_or(Duration::from_secs(300)),
+            log_retention: self.log_retention.unwrap_or(Duration::from_secs(90 * 86_400)),
             replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),
             shutdown_delay: self.shutdown_delay.unwrap_or_default(),
             internal_listen: self.internal_listen,
@@ -311,6 +320,10 @@ impl Args {
         if config.app_token_lifetime < Duration::from_secs(1) || config.app_token_lifetime > Duration::from_secs(86_400)
         {
             return Err(ConfigError("--app-token-lifetime must be between 1s and 24h".into()));
+        }
+        if config.log_retention < Duration::from_secs(3600) || config.log_retention > Duration::from_secs(3650 * 86_400)
+        {
+            return Err(ConfigError("--log-retention must be between 1h and 10 years".into()));
         }
         Ok(config)
     }

@@ -13,6 +13,7 @@
 //! - [`health`]: the region health checker.
 //! - [`secret`]: token and password hashing.
 //! - [`primary`]: the primary region's own proxy and relay, run in this process.
+//! - [`retention`]: deletes audit records past `--log-retention`.
 //! - [`routes`]: route change notifications (Postgres LISTEN/NOTIFY) for the proxies' route feed.
 
 pub mod api;
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod login_limits;
 pub mod primary;
 pub mod read_cache;
+pub mod retention;
 pub mod routes;
 pub mod secret;
 pub mod store;
@@ -72,6 +74,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     let checker = tokio::spawn(checker.run(check_rx, stop.clone()));
     let (route_changes, _) = tokio::sync::watch::channel(0u64);
     let listener = tokio::spawn(routes::listen(store.pool().clone(), route_changes.clone(), stop.clone()));
+    let retention = tokio::spawn(retention::run(store.clone(), config.log_retention, stop.clone()));
     let state = api::AppState {
         store,
         config: config.clone(),
@@ -107,6 +110,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     .await;
     let _ = checker.await;
     let _ = listener.await;
+    let _ = retention.await;
     if let Some(pg) = embedded.as_mut() {
         tracing::info!("stopping embedded PostgreSQL");
         tokio::task::block_in_place(|| pg.stop())?;

@@ -9,12 +9,14 @@
 
 mod agents;
 mod apps;
+mod audit;
 mod keys;
 mod regions;
 mod users;
 mod workspaces;
 
 pub use apps::ResolvedApp;
+pub use audit::{AuditRecord, MAX_PAGE as MAX_AUDIT_PAGE};
 pub use regions::{RegionRow, RegionWithReplicas, ReplicaCheck};
 pub use users::{Scope, UserRow, SESSION_LIFETIME};
 

@@ -330,6 +330,58 @@ pub struct StreamTokenResponse {
     pub host_key: Option<String>,
 }
 
+/// `GET /api/v2/audit-log` (admins): its filters, all optional, as query
+/// parameters. `action` matches exactly or by its kind (`region` matches
+/// `region.create`…); `before` pages back (the `next` of the previous page).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditQuery {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<DateTime<Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub before: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<i64>,
+}
+
+/// One state change made through the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub id: i64,
+    pub at: DateTime<Utc>,
+    /// Who acted (for a failed sign-in: the name tried).
+    pub actor: Option<String>,
+    /// `<kind>.<verb>`: `user.create`, `user.login`, `user.login_failed`,
+    /// `user.logout`, `region.create`, `region.update`, `region.delete`,
+    /// `region.regenerate_token`, `workspace.create`, `workspace.delete`.
+    pub action: String,
+    /// `user`, `region` or `workspace`.
+    pub target_kind: String,
+    /// Its name (`owner/name` for a workspace).
+    pub target: String,
+    /// The client's address as the coordinator saw it.
+    pub source: Option<String>,
+    /// `{"field": [before, after]}` for the fields that changed; never a secret.
+    pub changes: serde_json::Value,
+}
+
+/// A page of the audit log, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditLog {
+    pub entries: Vec<AuditEntry>,
+    /// Pass as `before` for the next (older) page; absent on the last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<i64>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Workspace {
     pub id: Uuid,

@@ -155,6 +155,28 @@ impl Client {
         self.call(Method::GET, &path, None::<&()>).await
     }
 
+    /// As an admin: a page of the audit log matching `q`.
+    pub async fn audit_log(&self, q: &crate::api::AuditQuery) -> Result<crate::api::AuditLog, ClientError> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        let text = |v: &Option<String>| v.clone();
+        let time = |v: &Option<chrono::DateTime<chrono::Utc>>| v.map(|t| t.to_rfc3339());
+        let number = |v: &Option<i64>| v.map(|n| n.to_string());
+        for (key, value) in [
+            ("user", text(&q.user)),
+            ("action", text(&q.action)),
+            ("target", text(&q.target)),
+            ("since", time(&q.since)),
+            ("until", time(&q.until)),
+            ("before", number(&q.before)),
+            ("limit", number(&q.limit)),
+        ] {
+            if let Some(v) = value {
+                query.append_pair(key, &v);
+            }
+        }
+        self.call(Method::GET, &format!("/api/v2/audit-log?{}", query.finish()), None::<&()>).await
+    }
+
     pub async fn delete_workspace(&self, owner: &str, name: &str) -> Result<(), ClientError> {
         let path = format!("/api/v2/workspaces/{owner}/{name}");
         self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>).await.map(drop)

@@ -8,6 +8,7 @@ mod support;
 mod api;
 mod app_auth;
 mod apps;
+mod audit;
 mod bench_quick;
 mod certificates;
 mod container;

@@ -61,6 +61,13 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let replicas = gauge("meridian_region_replicas", "Registered proxy replicas");
     let agents = gauge("meridian_agents_connected", "Agents with a tunnel attached to some relay");
     let db_up = gauge("meridian_database_up", "1 if the coordinator can query Postgres");
+    let audit_failures = prometheus::IntCounter::new(
+        "meridian_audit_write_failures_total",
+        "Audit records this coordinator could not write (the change they describe was made)",
+    )
+    .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+    audit_failures.inc_by(super::audit::WRITE_FAILURES.load(std::sync::atomic::Ordering::Relaxed));
+    let _ = registry.register(Box::new(audit_failures));
     let _ = registry.register(Box::new(regions.clone()));
     for g in [&replicas, &agents, &db_up] {
         let _ = registry.register(Box::new(g.clone()));

@@ -1,6 +1,7 @@
 //! `/api/v2/regions...`: list (any signed-in user), create, delete and
 //! regenerate-token (admins).
 
+use super::audit::{self, Source};
 use super::auth::{Admin, CurrentUser};
 use super::json::Json;
 use super::AppState;
@@ -31,6 +32,7 @@ pub async fn region_list(state: &AppState) -> ApiResult<Vec<Region>> {
 pub async fn create(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    source: Source,
     Json(req): Json<CreateRegion>,
 ) -> ApiResult<(StatusCode, axum::Json<CreateRegionResponse>)> {
     let name = Name::parse(&req.name).map_err(|e| ApiError::BadRequest(format!("Invalid region name: {e}.")))?;
@@ -43,6 +45,9 @@ pub async fn create(
     let reserved = state.config.wildcard_access_url.as_deref();
     let (row, token) = state.store.create_region(name.as_str(), &display, &req.hosts, reserved).await?;
     tracing::info!(region = %row.name, by = %admin.username, "region created");
+    let mut created = audit::change(Some(&admin), "region.create", "region", &row.name, &source);
+    created.changes = diff(None, &row);
+    audit::record(&state, created).await;
     let region = to_api(&state, RegionWithReplicas { region: row, replicas: Vec::new(), wildcard_hostname: None });
     let body = CreateRegionResponse { region, proxy_token: token.encode().expose().to_owned() };
     Ok((StatusCode::CREATED, axum::Json(body)))
@@ -53,6 +58,7 @@ pub async fn create(
 pub async fn update(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    source: Source,
     Path(name): Path<String>,
     Json(req): Json<PatchRegion>,
 ) -> ApiResult<axum::Json<Region>> {
@@ -61,10 +67,27 @@ pub async fn update(
     }
     super::hosts::validate(&req.hosts)?;
     let reserved = state.config.wildcard_access_url.as_deref();
+    let before = state.store.regions().await?.into_iter().find(|r| r.region.name == name).map(|r| r.region);
     let row = state.store.update_region(&name, req.display_name.as_deref(), &req.hosts, reserved).await?;
     tracing::info!(region = %name, by = %admin.username, hosts = ?req.hosts, "region changed");
+    let mut changed = audit::change(Some(&admin), "region.update", "region", &name, &source);
+    changed.changes = diff(before.as_ref(), &row);
+    audit::record(&state, changed).await;
     let region = region_list(&state).await?.into_iter().find(|r| r.id == row.id);
     region.map(axum::Json).ok_or_else(|| ApiError::NotFound(format!("No region named {name:?}.")))
+}
+
+/// `{"field": [before, after]}` for the fields of a region that differ.
+fn diff(before: Option<&crate::store::RegionRow>, after: &crate::store::RegionRow) -> serde_json::Value {
+    let fields = |r: Option<&crate::store::RegionRow>| {
+        [
+            ("display_name", r.map(|r| r.display_name.clone())),
+            ("access_url", r.and_then(|r| r.access_url.clone())),
+            ("wildcard_hostname", r.and_then(|r| r.wildcard_hostname.clone())),
+        ]
+    };
+    let changed = fields(before).into_iter().zip(fields(Some(after))).filter(|((_, b), (_, a))| b != a);
+    serde_json::Value::Object(changed.map(|((k, b), (_, a))| (k.to_owned(), serde_json::json!([b, a]))).collect())
 }
 
 fn check_display_name(display: &str) -> ApiResult<()> {
@@ -80,20 +103,25 @@ fn check_display_name(display: &str) -> ApiResult<()> {
 pub async fn delete(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    source: Source,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
     state.store.delete_region(&name).await?;
     tracing::info!(region = %name, by = %admin.username, "region deleted");
+    audit::record(&state, audit::change(Some(&admin), "region.delete", "region", &name, &source)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
 pub async fn regenerate_token(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    source: Source,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<RegenerateTokenResponse>> {
     let token = state.store.regenerate_token(&name).await?;
     tracing::info!(region = %name, by = %admin.username, "proxy token regenerated");
+    // The token itself never goes into the log: only that it changed.
+    audit::record(&state, audit::change(Some(&admin), "region.regenerate_token", "region", &name, &source)).await;
     Ok(axum::Json(RegenerateTokenResponse { proxy_token: token.encode().expose().to_owned() }))
 }
 

@@ -1,5 +1,6 @@
 //! `/api/v2/users...`: first-user bootstrap, login, `me`, and admin-created users.
 
+use super::audit::{self, Source};
 use super::auth::{client_addr, session_cookie_name, session_tokens, Admin, CurrentUser};
 use super::json::Json;
 use super::AppState;
@@ -15,11 +16,14 @@ use meridian_regions::name::Name;
 use meridian_regions::token::{Secret, Token};
 
 /// `POST /api/v2/users/first`: only while no user exists; the first user is admin.
-pub async fn first(State(state): State<AppState>, Json(req): Json<Credentials>) -> ApiResult<Response> {
+pub async fn first(State(state): State<AppState>, source: Source, Json(req): Json<Credentials>) -> ApiResult<Response> {
     let (username, hash) = validated(&req.username, req.password).await?;
     let user = state.store.create_first_user(username.as_str(), &hash).await?;
     let token = state.store.create_session(user.id, Scope::User).await?;
     tracing::info!(user = %user.username, "first user created");
+    let mut created = audit::change(Some(&user), "user.create", "user", &user.username, &source);
+    created.changes = serde_json::json!({"admin": [null, true], "first": [null, true]});
+    audit::record(&state, created).await;
     let body = FirstUserResponse { user: user.into(), session_token: token.encode().expose().to_owned() };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
@@ -46,14 +50,21 @@ pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<
     let ok = secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone()))
         .await
         .map_err(|secret::Busy| busy())?;
+    let source = Source(client.to_string());
     let Some(user) = user.filter(|_| ok) else {
         state.login_limits.failed(&req.username, client);
+        // The name tried is kept (bounded: the sign-in limits above cap how
+        // many failures an address or an account can make).
+        let mut failed = audit::change(None, "user.login_failed", "user", &req.username, &source);
+        failed.actor = Some(req.username.clone());
+        audit::record(&state, failed).await;
         return Err(refused());
     };
     state.login_limits.succeeded(&req.username, client);
     // Signing in ends the session(s) this browser held (session rotation).
-    end_held_sessions(&state, &parts).await?;
+    let _ = end_held_sessions(&state, &parts).await?;
     let token = state.store.create_session(user.id, Scope::User).await?;
+    audit::record(&state, audit::change(Some(&user), "user.login", "user", &user.username, &source)).await;
     let value = token.encode();
     let cookie = session_cookie(&state, value.expose(), None);
     let body = LoginResponse { session_token: value.expose().to_owned() };
@@ -64,20 +75,26 @@ pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<
 /// app session it signed in, and clears the cookie. 204 even with no live
 /// session: the result the caller wants holds either way.
 pub async fn logout(State(state): State<AppState>, parts: Parts) -> ApiResult<Response> {
-    end_held_sessions(&state, &parts).await?;
+    let source = Source(client_addr(&parts).to_string());
+    for user in end_held_sessions(&state, &parts).await? {
+        audit::record(&state, audit::change(Some(&user), "user.logout", "user", &user.username, &source)).await;
+    }
     let cleared = session_cookie(&state, "", Some(0));
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cleared)]).into_response())
 }
 
 /// Ends the sessions the request carries: every copy (one may have been
-/// planted), each that is a live session with its secret.
-async fn end_held_sessions(state: &AppState, parts: &Parts) -> ApiResult<()> {
+/// planted), each that is a live session with its secret; whose they were.
+async fn end_held_sessions(state: &AppState, parts: &Parts) -> ApiResult<Vec<crate::store::UserRow>> {
+    let mut ended = Vec::new();
     for token in session_tokens(state, parts).iter().filter_map(|raw| Token::parse(raw).ok()) {
+        let user = state.store.session_user(&token, Scope::User).await?;
         if state.store.end_session(&token).await? {
             tracing::info!(session = %token.id, "signed out");
+            ended.extend(user);
         }
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// The `meridian_session` cookie: HttpOnly, SameSite=Lax, Secure over HTTPS,
@@ -104,11 +121,15 @@ pub async fn me(CurrentUser(user): CurrentUser) -> axum::Json<User> {
 pub async fn create(
     State(state): State<AppState>,
     Admin(admin): Admin,
+    source: Source,
     Json(req): Json<CreateUser>,
 ) -> ApiResult<(StatusCode, axum::Json<User>)> {
     let (username, hash) = validated(&req.username, req.password).await?;
     let user = state.store.create_user(username.as_str(), &hash, req.admin).await?;
     tracing::info!(user = %user.username, admin = user.admin, by = %admin.username, "user created");
+    let mut created = audit::change(Some(&admin), "user.create", "user", &user.username, &source);
+    created.changes = serde_json::json!({"admin": [null, user.admin]});
+    audit::record(&state, created).await;
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 

@@ -1,5 +1,6 @@
 //! `/api/v2/workspaces...`: create (returns each agent's token once), list, delete.
 
+use super::audit::{self, Source};
 use super::auth::CurrentUser;
 use super::json::Json;
 use super::AppState;
@@ -18,12 +19,23 @@ const MAX_APPS: usize = 64;
 pub async fn create(
     State(state): State<AppState>,
     CurrentUser(caller): CurrentUser,
+    source: Source,
     Json(req): Json<CreateWorkspace>,
 ) -> ApiResult<(StatusCode, axum::Json<CreateWorkspaceResponse>)> {
     validate(&req)?;
     let owner = owner_for(&state, &caller, req.owner.as_deref()).await?;
     let (id, agent_tokens) = state.store.create_workspace(owner.id, &req.name, &req.agents).await?;
     tracing::info!(workspace = %req.name, owner = %owner.username, by = %caller.username, "workspace created");
+    let mut created = audit::change(
+        Some(&caller),
+        "workspace.create",
+        "workspace",
+        format!("{}/{}", owner.username, req.name),
+        &source,
+    );
+    let agents: Vec<&str> = req.agents.iter().map(|a| a.name.as_str()).collect();
+    created.changes = serde_json::json!({"agents": [null, agents]});
+    audit::record(&state, created).await;
     let workspace = state
         .store
         .workspace(id)
@@ -54,11 +66,14 @@ pub async fn list(
 pub async fn delete(
     State(state): State<AppState>,
     CurrentUser(caller): CurrentUser,
+    source: Source,
     Path((owner, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let owner = owner_for(&state, &caller, Some(&owner)).await?;
     state.store.delete_workspace(owner.id, &name).await?;
     tracing::info!(workspace = %name, owner = %owner.username, by = %caller.username, "workspace deleted");
+    let target = format!("{}/{name}", owner.username);
+    audit::record(&state, audit::change(Some(&caller), "workspace.delete", "workspace", target, &source)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
