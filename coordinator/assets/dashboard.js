@@ -388,6 +388,7 @@ function setupAdmin() {
         const user = await api('POST', '/api/v2/users', { username: data.get('username'), password: data.get('password'), admin: data.get('admin') === 'on' });
         document.getElementById('user-result').textContent = `Created ${user.username}${user.admin ? ' (admin)' : ''}.`;
         userForm.reset();
+        loadAudit(false);
       } catch (e) {
         showError('user-error', e);
       }
@@ -396,6 +397,52 @@ function setupAdmin() {
   for (const b of document.querySelectorAll('button.copy')) {
     b.addEventListener('click', () => copy(document.getElementById(b.dataset.copy).textContent, b));
   }
+}
+
+// --- admin page: the audit log ------------------------------------------------------
+
+const AUDIT_PAGE = 50;
+let auditBefore = null; // the `next` of the last page shown, for "Older records"
+
+async function loadAudit(more) {
+  const form = document.getElementById('audit-filter');
+  if (!form) return;
+  const q = new URLSearchParams({ limit: String(AUDIT_PAGE) });
+  const data = new FormData(form);
+  for (const k of ['user', 'action', 'target']) {
+    const v = String(data.get(k) || '').trim();
+    if (v) q.set(k, v);
+  }
+  const since = data.get('since');
+  if (since) q.set('since', new Date(since).toISOString());
+  if (more && auditBefore !== null) q.set('before', String(auditBefore));
+  showError('audit-error', null);
+  try {
+    const page = await api('GET', `/api/v2/audit-log?${q}`);
+    const rows = document.getElementById('audit-rows');
+    if (!more) rows.replaceChildren();
+    for (const e of page.entries) {
+      const changes = Object.keys(e.changes || {}).length ? JSON.stringify(e.changes) : '';
+      rows.append(el('tr', { 'data-action': e.action, 'data-target': e.target },
+        el('td', {}, new Date(e.at).toLocaleString()), el('td', {}, e.actor || '–'), el('td', {}, e.action),
+        el('td', {}, e.target), el('td', {}, e.source || '–'), el('td', {}, changes)));
+    }
+    auditBefore = page.next ?? null;
+    document.getElementById('audit-older').hidden = auditBefore === null;
+  } catch (e) {
+    showError('audit-error', e);
+  }
+}
+
+function setupAudit() {
+  const form = document.getElementById('audit-filter');
+  if (!form) return;
+  form.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    loadAudit(false);
+  });
+  document.getElementById('audit-older').addEventListener('click', () => loadAudit(true));
+  loadAudit(false);
 }
 
 // --- the page ------------------------------------------------------------------------
@@ -426,6 +473,7 @@ document.addEventListener('DOMContentLoaded', async () => {
   }
   setupCreateWorkspace();
   setupAdmin();
+  setupAudit();
   await refreshRegions();
   setInterval(refreshRegions, STATUS_EVERY_MS);
   measure();

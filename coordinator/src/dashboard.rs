@@ -3,7 +3,7 @@
 //! - `/` the signed-in user's workspaces, their agents and app links through
 //!   the region this browser chose; `/regions` every region with its health
 //!   and the latency this browser measures to it, and the region picker;
-//!   `/admin` regions, their replicas and tokens, and users (admins only:
+//!   `/admin` regions, their replicas and tokens, users, and the audit log (admins only:
 //!   members get 403); `/login` the sign-in page.
 //! - Each page is a small HTML shell from this file; `assets/dashboard.js`
 //!   fills it from the JSON API, so every action a page offers is an API call
@@ -234,4 +234,15 @@ const ADMIN: &str = r#"<main>
 <label class="inline"><input type="checkbox" id="user-admin" name="admin"> Admin</label>
 <button type="submit">Create user</button></form>
 <p id="user-result" role="status"></p><p id="user-error" class="error" role="alert"></p></section>
+<section aria-labelledby="audit-title"><h2 id="audit-title">Audit log</h2>
+<p>Every change made through the API: who, from where, and the fields that changed (newest first).</p>
+<form id="audit-filter"><label for="audit-user">User</label><input id="audit-user" name="user">
+<label for="audit-action">Action (or kind: <code>region</code>)</label><input id="audit-action" name="action">
+<label for="audit-target">Target</label><input id="audit-target" name="target">
+<label for="audit-since">Since</label><input id="audit-since" name="since" type="datetime-local">
+<button type="submit">Filter</button></form>
+<p id="audit-error" class="error" role="alert"></p>
+<table><caption>Audit records</caption><thead><tr><th scope="col">When</th><th scope="col">Who</th><th scope="col">Action</th><th scope="col">Target</th><th scope="col">From</th><th scope="col">Changes</th></tr></thead>
+<tbody id="audit-rows"></tbody></table>
+<button type="button" id="audit-older" hidden>Older records</button></section>
 </main>"#;

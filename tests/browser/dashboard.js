@@ -139,6 +139,14 @@ async function latencies(page) {
     await page.click('#create-user button[type=submit]');
     await page.waitForFunction(() => document.getElementById('user-result').textContent.includes('member'));
     await page.waitForSelector('#admin-regions [data-region=frankfurt] table');
+    // The audit log shows the member's creation, and filters by kind of action.
+    await page.waitForSelector('#audit-rows tr[data-action="user.create"][data-target=member]');
+    await page.fill('#audit-action', 'region');
+    await page.click('#audit-filter button[type=submit]');
+    await page.waitForFunction(() => {
+      const rows = [...document.querySelectorAll('#audit-rows tr')];
+      return rows.length > 0 && rows.every((r) => r.dataset.action.startsWith('region.'));
+    });
     await visit(page, 'admin');
 
     // --- workspaces: create one (tokens shown once), then delete it (confirmed).
