@@ -8,12 +8,14 @@
 //! - [`memory`]: a proxy's memory with many idle connections.
 //! - [`bulk`]: bulk TCP to a workspace port: direct, rathole, `meridian port-forward`.
 //! - [`scp`]: scp each way to the workspace's SSH server: through rathole, through `meridian ssh --stdio`.
+//! - [`audit`]: audit-log pages at a million records, per filter.
 //! - [`geography`]: keystrokes through `meridian demo`'s simulated geography, region by region.
 //! - [`shells`]: many idle shells on one agent: its memory per shell, and whether it stays responsive.
 //! - [`control_plane`]: the coordinator with 1,000 replicas and 10,000 agents, simulated.
 //! - [`mesh_search`]: part of it: what searching a 100-relay mesh for a moved agent costs.
 
 pub mod api;
+pub mod audit;
 pub mod bare;
 pub mod bulk;
 pub mod control_plane;
@@ -75,6 +77,8 @@ pub struct Report {
     pub shells: Option<shells::Shells>,
     /// Keystrokes through the demo's geography (see [`geography`]).
     pub geography: Option<Vec<geography::Region>>,
+    /// Audit-log pages at a million records (see [`audit`]).
+    pub audit: Option<Vec<audit::Page>>,
 }
 
 /// The rows Meridian is compared with (the ratio columns); every other row
@@ -159,6 +163,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
     if wanted("bulk scp") {
         bulk.rows.extend(scp::run(&stack, &opts.meridian, opts.bare_pingora.as_deref(), rounds, opts.quick).await?);
     }
+    let audit = if wanted("audit log pages") { Some(audit::pages(&stack, opts.quick).await?) } else { None };
     let geography = if wanted("keystroke echo through the demo") {
         Some(geography::keystrokes(&opts.meridian, opts.quick).await?)
     } else {
@@ -183,7 +188,7 @@ pub async fn run(opts: &Options) -> Result<Report> {
         }
     }
     let failed: u64 = rows.iter().map(|r| r.figures.errors).sum();
-    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory, bulk, shells, geography };
+    let report = Report { rounds, seconds_per_round: secs, rows, memory, bare_memory, bulk, shells, geography, audit };
     if failed > 0 {
         let logs = stack.keep_logs()?;
         println!("{}", report.markdown());
@@ -297,6 +302,9 @@ impl Report {
         }
         if let Some(g) = &self.geography {
             out.push_str(&geography::markdown(g));
+        }
+        if let Some(a) = &self.audit {
+            out.push_str(&audit::markdown(a));
         }
         let _ = writeln!(out, "\n### Idle keep-alive connections\n");
         for (who, m) in [("Meridian's proxy", Some(&self.memory)), ("bare pingora", self.bare_memory.as_ref())] {

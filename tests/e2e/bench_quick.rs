@@ -34,6 +34,10 @@ async fn the_benchmark_harness_runs_every_workload() {
     regions.sort();
     assert_eq!(regions, ["frankfurt", "primary", "sydney", "virginia"]);
     assert!(geography.iter().all(|r| r.echo_p50_ms > 0.0 && r.ping_ms > 0.0), "{geography:?}");
+    // Audit-log pages, one per filter, over the records the bench wrote.
+    let audit = report.audit.as_ref().expect("the audit rows ran");
+    assert_eq!(audit.len(), 6, "{audit:?}");
+    assert!(audit.iter().all(|p| p.records == 10_000 && p.p50_ms > 0.0), "{audit:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
