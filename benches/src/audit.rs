@@ -50,7 +50,10 @@ pub async fn pages(stack: &Stack, quick: bool) -> Result<Vec<Page>> {
         ("user", "&user=user42".into()),
         ("kind of action", "&action=region".into()),
         ("target", "&target=target4242".into()),
-        ("since a day ago", format!("&since={}", (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339().replace('+', "%2B"))),
+        (
+            "since a day ago",
+            format!("&since={}", (chrono::Utc::now() - chrono::Duration::days(1)).to_rfc3339().replace('+', "%2B")),
+        ),
         ("a page deep in the log", format!("&before={deep}")),
     ];
     let http = reqwest::Client::new();
