@@ -32,8 +32,7 @@ pub fn serve(key: &Path, ready: &Path) -> Result<()> {
     let key = meridian_agent::ssh::host_key::load_or_create(key).map_err(anyhow::Error::msg)?;
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let listen = listener.local_addr()?;
+        let (listen, accepting) = listen(key).await?;
         let report = meridian_regions::ready::Ready {
             pid: std::process::id(),
             listen,
@@ -42,13 +41,26 @@ pub fn serve(key: &Path, ready: &Path) -> Result<()> {
             internal: None,
         };
         meridian_regions::ready::write(ready, &report)?;
-        let server = meridian_agent::ssh::Server::new(key);
-        loop {
-            let (tcp, _) = listener.accept().await?;
+        accepting.await;
+        Ok(())
+    })
+}
+
+/// The agent's SSH server on a loopback port of its own: where it listens,
+/// and the loop accepting connections (until the listener fails).
+async fn listen(
+    key: russh::keys::PrivateKey,
+) -> Result<(std::net::SocketAddr, impl std::future::Future<Output = ()> + Send + 'static)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = meridian_agent::ssh::Server::new(key);
+    let accepting = async move {
+        while let Ok((tcp, _)) = listener.accept().await {
             let _ = tcp.set_nodelay(true);
             server.serve(tcp);
         }
-    })
+    };
+    Ok((addr, accepting))
 }
 
 /// The scp rows (upload, download) for rathole and Meridian, interleaved
@@ -152,16 +164,9 @@ pub async fn run(
 
 /// The SSH server as a task of this process; its port.
 async fn in_process(key: russh::keys::PrivateKey) -> Result<u16> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let port = listener.local_addr()?.port();
-    let server = meridian_agent::ssh::Server::new(key);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let _ = tcp.set_nodelay(true);
-            server.serve(tcp);
-        }
-    });
-    Ok(port)
+    let (addr, accepting) = listen(key).await?;
+    tokio::spawn(accepting);
+    Ok(addr.port())
 }
 
 /// An OpenSSH configuration with both hosts and their known host keys.

@@ -45,9 +45,8 @@ pub async fn create(
     let reserved = state.config.wildcard_access_url.as_deref();
     let (row, token) = state.store.create_region(name.as_str(), &display, &req.hosts, reserved).await?;
     tracing::info!(region = %row.name, by = %admin.username, "region created");
-    let mut created = audit::change(Some(&admin), "region.create", "region", &row.name, &source);
-    created.changes = diff(None, &row);
-    audit::record(&state, created).await;
+    let created = audit::change(Some(&admin), "region.create", "region", &row.name, &source);
+    audit::record(&state, created.with_changes(diff(None, &row))).await;
     let region = to_api(&state, RegionWithReplicas { region: row, replicas: Vec::new(), wildcard_hostname: None });
     let body = CreateRegionResponse { region, proxy_token: token.encode().expose().to_owned() };
     Ok((StatusCode::CREATED, axum::Json(body)))
@@ -70,9 +69,8 @@ pub async fn update(
     let before = state.store.regions().await?.into_iter().find(|r| r.region.name == name).map(|r| r.region);
     let row = state.store.update_region(&name, req.display_name.as_deref(), &req.hosts, reserved).await?;
     tracing::info!(region = %name, by = %admin.username, hosts = ?req.hosts, "region changed");
-    let mut changed = audit::change(Some(&admin), "region.update", "region", &name, &source);
-    changed.changes = diff(before.as_ref(), &row);
-    audit::record(&state, changed).await;
+    let changed = audit::change(Some(&admin), "region.update", "region", &name, &source);
+    audit::record(&state, changed.with_changes(diff(before.as_ref(), &row))).await;
     let region = region_list(&state).await?.into_iter().find(|r| r.id == row.id);
     region.map(axum::Json).ok_or_else(|| ApiError::NotFound(format!("No region named {name:?}.")))
 }

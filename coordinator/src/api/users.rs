@@ -21,9 +21,9 @@ pub async fn first(State(state): State<AppState>, source: Source, Json(req): Jso
     let user = state.store.create_first_user(username.as_str(), &hash).await?;
     let token = state.store.create_session(user.id, Scope::User).await?;
     tracing::info!(user = %user.username, "first user created");
-    let mut created = audit::change(Some(&user), "user.create", "user", &user.username, &source);
-    created.changes = serde_json::json!({"admin": [null, true], "first": [null, true]});
-    audit::record(&state, created).await;
+    let created = audit::change(Some(&user), "user.create", "user", &user.username, &source);
+    audit::record(&state, created.with_changes(serde_json::json!({"admin": [null, true], "first": [null, true]})))
+        .await;
     let body = FirstUserResponse { user: user.into(), session_token: token.encode().expose().to_owned() };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
@@ -88,10 +88,9 @@ pub async fn logout(State(state): State<AppState>, parts: Parts) -> ApiResult<Re
 async fn end_held_sessions(state: &AppState, parts: &Parts) -> ApiResult<Vec<crate::store::UserRow>> {
     let mut ended = Vec::new();
     for token in session_tokens(state, parts).iter().filter_map(|raw| Token::parse(raw).ok()) {
-        let user = state.store.session_user(&token, Scope::User).await?;
-        if state.store.end_session(&token).await? {
+        if let Some(user) = state.store.end_session(&token).await? {
             tracing::info!(session = %token.id, "signed out");
-            ended.extend(user);
+            ended.push(user);
         }
     }
     Ok(ended)
@@ -127,9 +126,8 @@ pub async fn create(
     let (username, hash) = validated(&req.username, req.password).await?;
     let user = state.store.create_user(username.as_str(), &hash, req.admin).await?;
     tracing::info!(user = %user.username, admin = user.admin, by = %admin.username, "user created");
-    let mut created = audit::change(Some(&admin), "user.create", "user", &user.username, &source);
-    created.changes = serde_json::json!({"admin": [null, user.admin]});
-    audit::record(&state, created).await;
+    let created = audit::change(Some(&admin), "user.create", "user", &user.username, &source);
+    audit::record(&state, created.with_changes(serde_json::json!({"admin": [null, user.admin]}))).await;
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 

@@ -26,7 +26,7 @@ pub async fn create(
     let owner = owner_for(&state, &caller, req.owner.as_deref()).await?;
     let (id, agent_tokens) = state.store.create_workspace(owner.id, &req.name, &req.agents).await?;
     tracing::info!(workspace = %req.name, owner = %owner.username, by = %caller.username, "workspace created");
-    let mut created = audit::change(
+    let created = audit::change(
         Some(&caller),
         "workspace.create",
         "workspace",
@@ -34,8 +34,7 @@ pub async fn create(
         &source,
     );
     let agents: Vec<&str> = req.agents.iter().map(|a| a.name.as_str()).collect();
-    created.changes = serde_json::json!({"agents": [null, agents]});
-    audit::record(&state, created).await;
+    audit::record(&state, created.with_changes(serde_json::json!({"agents": [null, agents]}))).await;
     let workspace = state
         .store
         .workspace(id)

@@ -27,6 +27,13 @@ pub struct AuditRecord {
     pub changes: serde_json::Value,
 }
 
+impl AuditRecord {
+    /// The same record with the fields that changed.
+    pub fn with_changes(self, changes: serde_json::Value) -> Self {
+        Self { changes, ..self }
+    }
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,

@@ -111,17 +111,20 @@ impl Store {
 
     /// Ends session `token` (if its secret matches) and every app session it
     /// signed in; whether there was one to end.
-    pub async fn end_session(&self, token: &Token) -> ApiResult<bool> {
-        let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT secret_hash FROM sessions WHERE id = $1")
-            .bind(token.id)
-            .fetch_optional(&self.pool)
-            .await?;
-        if !hash.is_some_and(|h| secret::secret_matches(token.secret.expose(), &h)) {
-            return Ok(false);
-        }
+    /// Ends `token`'s session if its secret matches; whose it was.
+    pub async fn end_session(&self, token: &Token) -> ApiResult<Option<UserRow>> {
+        let row: Option<SessionJoin> = sqlx::query_as(
+            "SELECT s.secret_hash, u.* FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+        )
+        .bind(token.id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some(j) = row.filter(|j| secret::secret_matches(token.secret.expose(), &j.secret_hash)) else {
+            return Ok(None);
+        };
         // Children go with it (ON DELETE CASCADE).
         sqlx::query("DELETE FROM sessions WHERE id = $1").bind(token.id).execute(&self.pool).await?;
-        Ok(true)
+        Ok(Some(j.user))
     }
 
     /// The user holding `token`, if it is a live session of `scope`.

@@ -103,19 +103,15 @@ impl Outbox {
         if self.pending() {
             return self.poll_write(w, cx, received);
         }
-        match Pin::new(&mut *w).poll_flush(cx) {
-            Poll::Ready(Ok(())) => {
-                self.unflushed = false;
-                Poll::Ready(Ok(1))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        Pin::new(&mut *w).poll_flush(cx).map_ok(|()| {
+            self.unflushed = false;
+            1
+        })
     }
 
     /// Writes what it can in one vectored write; an ACK due carries
     /// `received` as it is now. `Ok(0)` means the path takes no more.
-    pub(super) fn poll_write(
+    fn poll_write(
         &mut self,
         w: &mut (impl AsyncWrite + Unpin),
         cx: &mut Context<'_>,
@@ -126,14 +122,11 @@ impl Outbox {
             // ACK not yet begun goes (written after this one, its smaller
             // count would go back on what the peer was told: a protocol error).
             let started = usize::from(self.front_written > 0).min(self.frames.len());
-            let mut i = started;
-            while i < self.frames.len() {
-                if self.frames[i].head[0] == ACK {
-                    self.frames.remove(i);
-                } else {
-                    i += 1;
-                }
-            }
+            let mut index = 0;
+            self.frames.retain(|f| {
+                index += 1;
+                index <= started || f.head[0] != ACK
+            });
             self.frames.insert(started, Frame::ack(received));
             self.ack_due = false;
         }
