@@ -5,7 +5,7 @@
 //! addresses → run until a signal → drain under a deadline → exit 0.
 
 use clap::{Parser, Subcommand};
-use meridian_cli::{audit, demo, drill, ops, shell, shutdown_signal, workspaces};
+use meridian_cli::{audit, connections, demo, drill, ops, shell, shutdown_signal, workspaces};
 
 /// mimalloc: the proxy allocates and frees per request, from one worker
 /// thread per core; glibc's malloc was a tenth of its CPU time (BENCHMARKS.md).
@@ -69,6 +69,9 @@ enum Command {
     Workspaces(workspaces::WorkspacesArgs),
     /// Read the audit log: who changed users, regions and workspaces, signed in or out (admins).
     Audit(audit::AuditArgs),
+    /// Read the connection log: who reached which app, port, shell or terminal, through
+    /// which region, for how long (admins: everyone's; members: their own).
+    Connections(connections::ConnectionsArgs),
     /// Open a shell (or run a command) in a workspace through the nearest region;
     /// `--stdio` for OpenSSH's ProxyCommand.
     Ssh(Box<shell::SshArgs>),
@@ -96,6 +99,7 @@ fn main() -> ExitCode {
         Command::Users(args) => ops::run(ops::users(args)),
         Command::Workspaces(args) => ops::run(workspaces::run(args)),
         Command::Audit(args) => ops::run(audit::run(args)),
+        Command::Connections(args) => ops::run(connections::run(args)),
         Command::Ssh(args) => ops::run_code(shell::ssh(*args)),
         Command::ConfigSsh(args) => ops::run(shell::config_ssh(args)),
         Command::PortForward(args) => ops::run(shell::port_forward(*args)),

@@ -194,6 +194,8 @@ impl MeridianArgs<'_> {
                 s("20000"),
                 s("--max-connections"),
                 s("20000"),
+                s("--data-dir"),
+                self.dir.join(format!("state-{name}")).display().to_string(),
             ];
             if tls {
                 args.extend(self.tls_args.iter().cloned());

@@ -47,7 +47,7 @@ enum AuditCommand {
 }
 
 /// `1h` (that long ago) or `2026-12-06T10:00:00Z`.
-fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+pub(crate) fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }

@@ -81,7 +81,8 @@ pub async fn run(args: DemoArgs, shutdown: impl std::future::Future<Output = ()>
         let proxy_token = region_token(&api, &plan).await?;
         for replica in &plan.links.replicas {
             let ready_file = children.ready_file(&replica.process);
-            children.spawn(proxy_spec(&plan, replica, &base, &ready_file, proxy_token.clone()))?;
+            let state = dir.join("regions").join(&replica.process);
+            children.spawn(proxy_spec(&plan, replica, &base, (&ready_file, &state), proxy_token.clone()))?;
         }
         let mut listens = Vec::new();
         for replica in &plan.links.replicas {
@@ -268,7 +269,14 @@ async fn plan_region(
 
 /// A replica's proxy: on free ports it reports in `ready_file`, known to users
 /// and agents by its region's links.
-fn proxy_spec(plan: &RegionPlan, links: &ReplicaLinks, base: &str, ready_file: &Path, proxy_token: String) -> Spec {
+/// Its state (the connection log until stored) in `state`.
+fn proxy_spec(
+    plan: &RegionPlan,
+    links: &ReplicaLinks,
+    base: &str,
+    (ready_file, state): (&Path, &Path),
+    proxy_token: String,
+) -> Spec {
     let user_port = plan.links.users.addr().port();
     let args = [
         "proxy".to_owned(),
@@ -290,6 +298,8 @@ fn proxy_spec(plan: &RegionPlan, links: &ReplicaLinks, base: &str, ready_file: &
         format!("http://{}", links.mesh.addr()),
         "--login-url".into(),
         base.to_owned(),
+        "--data-dir".into(),
+        state.display().to_string(),
     ];
     Spec { name: links.process.clone(), args: args.to_vec(), secret: Some(("MERIDIAN_PROXY_TOKEN", proxy_token)) }
 }

@@ -2,8 +2,8 @@
 //! `meridian-coordinator`, `meridian-proxy` and `meridian-agent`); the binary
 //! in `src/main.rs` parses the command line and calls into this crate.
 //!
-//! - [`session`], [`ops`], [`workspaces`], [`audit`]: the client commands (`login`,
-//!   `regions`, `users`, `workspaces`, `audit`) over the coordinator's API.
+//! - [`session`], [`ops`], [`workspaces`], [`audit`], [`connections`]: the client commands
+//!   (`login`, `regions`, `users`, `workspaces`, `audit`, `connections`) over the coordinator's API.
 //! - [`shell`]: `ssh`, `config-ssh` and `port-forward`: a workspace's shell and
 //!   ports through the nearest region, in sessions that survive its death.
 //! - [`demo`]: a whole deployment on loopback (`meridian demo`): its child
@@ -13,6 +13,7 @@
 //!   traffic, or a soak of every fault in turn under mixed traffic.
 
 pub mod audit;
+pub mod connections;
 pub mod demo;
 pub mod drill;
 pub mod faults;

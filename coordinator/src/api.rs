@@ -8,12 +8,14 @@
 //! - [`guard`]: what every request passes first: its `Host`, its `Origin` (CSRF), and security headers on answers.
 //! - [`hosts`]: which hosts a region serves; what keeps a proxy token to them.
 //! - [`audit`]: the audit log (`GET /api/v2/audit-log`) and how handlers record their changes.
+//! - [`connections`]: the connection log (`GET /api/v2/connection-log`) and regions' batches of it.
 //! - [`probes`]: `/healthz`, `/healthz-report`, `/latency-check`, `/api/v2/buildinfo`.
 
 mod agents;
 mod apps;
 pub(crate) mod audit;
 pub(crate) mod auth;
+pub(crate) mod connections;
 mod guard;
 mod hosts;
 mod json;
@@ -89,6 +91,7 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .route("/api/v2/workspaces/{owner}/{name}", delete(workspaces::delete))
         .route("/api/v2/workspaces/{owner}/{name}/stream-token", post(streams::token))
         .route("/api/v2/audit-log", get(audit::list))
+        .route("/api/v2/connection-log", get(connections::list))
         .route("/api/v2/applications/auth-redirect", get(apps::auth_redirect))
         .route("/login", get(apps::login_page))
         .route("/api/v2/proxies/me/keys", get(apps::keys))
@@ -101,6 +104,10 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .route("/api/v2/proxies/me/routes", get(agents::routes))
         .route("/api/v2/proxies/me/register", post(proxies::register))
         .route("/api/v2/proxies/me/deregister", post(proxies::deregister))
+        .route(
+            "/api/v2/proxies/me/connection-log",
+            post(connections::ingest).layer(axum::extract::DefaultBodyLimit::max(connections::MAX_BATCH_BODY)),
+        )
         .merge(pages)
         .fallback(|| async { ApiError::NotFound("No such API endpoint.".into()) })
         .layer(axum::extract::DefaultBodyLimit::max(json::MAX_BODY))

@@ -48,7 +48,9 @@ pub struct Args {
     /// replicas × pool size stays under the server's `max_connections` [default: 16].
     #[arg(long, env = "MERIDIAN_POSTGRES_POOL_SIZE")]
     pub postgres_pool_size: Option<u32>,
-    /// Directory for the embedded Postgres [default: /var/lib/meridian as root, else ~/.local/share/meridian].
+    /// Directory for the embedded Postgres, the secrets key, and the primary region's
+    /// connection log until stored (`primary-proxy/`) [default: /var/lib/meridian as
+    /// root, else ~/.local/share/meridian].
     #[arg(long, env = "MERIDIAN_DATA_DIR")]
     pub data_dir: Option<PathBuf>,
     /// Directory of PostgreSQL's server binaries [default: newest /usr/lib/postgresql/*/bin, else PATH].
@@ -62,11 +64,16 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_APP_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub app_token_lifetime: Option<Duration>,
-    /// How long audit-log records are kept; older ones are deleted hourly, in
-    /// small batches [default: 90d].
+    /// How long audit-log and connection-log records are kept; older ones are deleted
+    /// hourly, in small batches [default: 90d].
     #[arg(long, env = "MERIDIAN_LOG_RETENTION", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub log_retention: Option<Duration>,
+    /// The primary region's app sessions end in the connection log after this long
+    /// without a request (as a proxy's `--app-session-idle`) [default: 60s].
+    #[arg(long, env = "MERIDIAN_APP_SESSION_IDLE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub app_session_idle: Option<Duration>,
     /// How often proxies re-register (heartbeat) [default: 15s].
     #[arg(long, env = "MERIDIAN_HEARTBEAT_INTERVAL", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
@@ -169,6 +176,9 @@ pub struct Config {
     pub app_token_lifetime: Duration,
     /// `--log-retention`.
     pub log_retention: Duration,
+    /// `--data-dir`, resolved (also with `--postgres-url`: the primary proxy's state).
+    pub state_dir: PathBuf,
+    pub app_session_idle: Option<Duration>,
     pub replica_expiry: Duration,
     pub shutdown_delay: Duration,
     pub internal_listen: Option<SocketAddr>,
@@ -225,6 +235,7 @@ impl Args {
             heartbeat_interval: self.heartbeat_interval.or(file.heartbeat_interval),
             app_token_lifetime: self.app_token_lifetime.or(file.app_token_lifetime),
             log_retention: self.log_retention.or(file.log_retention),
+            app_session_idle: self.app_session_idle.or(file.app_session_idle),
             replica_expiry: self.replica_expiry.or(file.replica_expiry),
             shutdown_delay: self.shutdown_delay.or(file.shutdown_delay),
             internal_listen: self.internal_listen.or(file.internal_listen),
@@ -264,6 +275,7 @@ impl Args {
             None => default_data_dir()?,
         };
         let secrets_key_file = self.secrets_key_file.unwrap_or_else(|| data_dir.join("secrets.key"));
+        let state_dir = data_dir.clone();
         let database = match self.postgres_url {
             Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
                 Database::External { url: Secret::new(url), ca_cert: self.postgres_ca_cert }
@@ -272,7 +284,7 @@ impl Args {
             None if self.postgres_ca_cert.is_some() => {
                 return Err(ConfigError("--postgres-ca-cert needs --postgres-url".into()))
             }
-            None => Database::Embedded { data_dir, bin_dir: self.postgres_bin_dir },
+            None => Database::Embedded { data_dir: data_dir.clone(), bin_dir: self.postgres_bin_dir },
         };
         let postgres_pool_size = self.postgres_pool_size.unwrap_or(16);
         if !(1..=1000).contains(&postgres_pool_size) {
@@ -294,6 +306,8 @@ impl Args {
             heartbeat_interval: self.heartbeat_interval.unwrap_or(Duration::from_secs(15)),
             app_token_lifetime: self.app_token_lifetime.unwrap_or(Duration::from_secs(300)),
             log_retention: self.log_retention.unwrap_or(Duration::from_secs(90 * 86_400)),
+            state_dir: state_dir.clone(),
+            app_session_idle: self.app_session_idle,
             replica_expiry: self.replica_expiry.unwrap_or(Duration::from_secs(300)),
             shutdown_delay: self.shutdown_delay.unwrap_or_default(),
             internal_listen: self.internal_listen,

@@ -56,6 +56,8 @@ impl Bound {
             shutdown_delay: Some(config.shutdown_delay),
             app_timeout: config.app_timeout,
             max_connections_per_client: config.max_connections_per_client,
+            data_dir: Some(config.state_dir.join("primary-proxy")),
+            app_session_idle: config.app_session_idle,
             ..Default::default()
         };
         let mut proxy = args.resolve().map_err(|e| anyhow::anyhow!("primary proxy: {e}"))?;

@@ -1,6 +1,7 @@
-//! Retention of the audit log (`--log-retention`, default 90 days): once at
-//! start and then hourly, records older than that are deleted in batches
-//! (`Store::prune_audit_log`), so no statement holds a lock for long. Every
+//! Retention of the audit and connection logs (`--log-retention`, default 90
+//! days): once at start and then hourly, records older than that are deleted
+//! in batches (`Store::prune_audit_log`, `Store::prune_connection_log`), so no
+//! statement holds a lock for long. Every
 //! coordinator replica runs it; deleting what another just deleted is harmless.
 
 use crate::store::Store;
@@ -17,6 +18,11 @@ pub async fn run(store: Store, keep: Duration, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "audit records past the retention period deleted"),
             Err(e) => tracing::warn!("cannot enforce the audit log's retention: {e}"),
+        }
+        match store.prune_connection_log(cutoff).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(records = n, "connection records past the retention period deleted"),
+            Err(e) => tracing::warn!("cannot enforce the connection log's retention: {e}"),
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -10,6 +10,7 @@
 mod agents;
 mod apps;
 mod audit;
+mod connections;
 mod keys;
 mod regions;
 mod users;
@@ -17,6 +18,7 @@ mod workspaces;
 
 pub use apps::ResolvedApp;
 pub use audit::{AuditRecord, MAX_PAGE as MAX_AUDIT_PAGE};
+pub use connections::MAX_PAGE as MAX_CONNECTION_PAGE;
 pub use regions::{RegionRow, RegionWithReplicas, ReplicaCheck};
 pub use users::{Scope, UserRow, SESSION_LIFETIME};
 
@@ -123,6 +125,8 @@ mod tests {
             ("store.rs", include_str!("store.rs")),
             ("agents.rs", include_str!("store/agents.rs")),
             ("apps.rs", include_str!("store/apps.rs")),
+            ("audit.rs", include_str!("store/audit.rs")),
+            ("connections.rs", include_str!("store/connections.rs")),
             ("keys.rs", include_str!("store/keys.rs")),
             ("regions.rs", include_str!("store/regions.rs")),
             ("users.rs", include_str!("store/users.rs")),

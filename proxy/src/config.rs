@@ -116,6 +116,28 @@ pub struct Args {
     /// Most request header fields; more gets a 431 [default: 100].
     #[arg(long, env = "MERIDIAN_MAX_HEADERS")]
     pub max_headers: Option<usize>,
+    /// Where this proxy keeps state: its connection log until the coordinator stores it
+    /// (`connection-log/`). One directory per replica [default: $STATE_DIRECTORY, else
+    /// $XDG_STATE_HOME/meridian/proxy, else ~/.local/state/meridian/proxy].
+    #[arg(long, env = "MERIDIAN_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Most disk the connection log may hold while the coordinator cannot take it, in MiB;
+    /// past it records are dropped and counted [default: 1024].
+    #[arg(long, env = "MERIDIAN_CONNECTION_LOG_MAX_DISK_MIB")]
+    pub connection_log_max_disk_mib: Option<u64>,
+    /// An app session (a user's requests to one app from one address) ends in the
+    /// connection log after this long without a request [default: 60s].
+    #[arg(long, env = "MERIDIAN_APP_SESSION_IDLE", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub app_session_idle: Option<Duration>,
+}
+
+/// Where and how the connection log is kept.
+#[derive(Debug, Clone)]
+pub struct ConnectionLogConfig {
+    pub dir: PathBuf,
+    pub max_disk_bytes: u64,
+    pub app_session_idle: Duration,
 }
 
 /// Limits on what one client may hold or send.
@@ -155,6 +177,7 @@ pub struct Config {
     pub app_timeout: Duration,
     pub offline_grace: Duration,
     pub limits: Limits,
+    pub connection_log: ConnectionLogConfig,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -207,6 +230,9 @@ impl Args {
             max_request_line: self.max_request_line.or(file.max_request_line),
             max_header_bytes: self.max_header_bytes.or(file.max_header_bytes),
             max_headers: self.max_headers.or(file.max_headers),
+            data_dir: self.data_dir.or(file.data_dir),
+            connection_log_max_disk_mib: self.connection_log_max_disk_mib.or(file.connection_log_max_disk_mib),
+            app_session_idle: self.app_session_idle.or(file.app_session_idle),
         }
     }
 
@@ -266,6 +292,21 @@ impl Args {
         if limits.header_timeout.is_zero() || limits.idle_timeout < Duration::from_secs(1) {
             return Err(ConfigError("--header-timeout and --idle-timeout must be at least 1s".into()));
         }
+        let connection_log = ConnectionLogConfig {
+            dir: match self.data_dir {
+                Some(dir) => dir,
+                None => default_data_dir()?,
+            }
+            .join("connection-log"),
+            max_disk_bytes: match self.connection_log_max_disk_mib.unwrap_or(1024) {
+                0 => return Err(ConfigError("--connection-log-max-disk-mib must be at least 1".into())),
+                mib => mib.saturating_mul(1 << 20),
+            },
+            app_session_idle: self.app_session_idle.unwrap_or(Duration::from_secs(60)),
+        };
+        if connection_log.app_session_idle < Duration::from_secs(1) {
+            return Err(ConfigError("--app-session-idle must be at least 1s".into()));
+        }
         Ok(Config {
             coordinator_url,
             proxy_token,
@@ -288,6 +329,7 @@ impl Args {
             app_timeout: self.app_timeout.unwrap_or(Duration::from_secs(60)),
             offline_grace: self.offline_grace.unwrap_or(Duration::from_secs(3600)),
             limits,
+            connection_log,
         })
     }
 }
@@ -315,6 +357,20 @@ impl Config {
         }
         Ok(crate::Listeners { app, relay })
     }
+}
+
+/// The state directory when --data-dir is not given (systemd's, else XDG's).
+fn default_data_dir() -> Result<PathBuf, ConfigError> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    if let Some(dir) = var("STATE_DIRECTORY") {
+        // systemd's StateDirectory= may list several, separated by colons: the first.
+        let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
+        return Ok(PathBuf::from(first));
+    }
+    let base = var("XDG_STATE_HOME")
+        .or_else(|| var("HOME").map(|h| h.join(".local/state")))
+        .ok_or_else(|| ConfigError("set --data-dir (no HOME to default from)".into()))?;
+    Ok(base.join("meridian/proxy"))
 }
 
 /// A replica id that stays the same when the same proxy restarts on the same

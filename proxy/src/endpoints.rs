@@ -89,7 +89,14 @@ pub fn answer(path: &str, state: &ProxyState) -> Option<Local> {
 /// error: the data plane keeps serving through it.
 pub fn report(state: &ProxyState) -> HealthReport {
     let reg = state.registration();
-    let warnings: Vec<String> = reg.last_error.iter().map(|e| format!("coordinator: {e}")).collect();
+    let mut warnings: Vec<String> = reg.last_error.iter().map(|e| format!("coordinator: {e}")).collect();
+    let connection_log = state.connection_log().map(|log| log.report());
+    if let Some(log) = connection_log.as_ref().filter(|log| log.dropped > 0) {
+        warnings.push(format!(
+            "connection log: {} records lost since start (past the disk bound, or unwritable; see the proxy's log)",
+            log.dropped
+        ));
+    }
     HealthReport {
         status: if warnings.is_empty() { "ok" } else { "degraded" }.into(),
         // Nothing yet makes a replica unfit to serve while it can answer this.
@@ -98,5 +105,6 @@ pub fn report(state: &ProxyState) -> HealthReport {
         coordinator_reachable: reg.coordinator_reachable,
         last_registration_at: reg.last_success,
         version: meridian_regions::VERSION.into(),
+        connection_log,
     }
 }

@@ -13,9 +13,11 @@
 //! - [`lifecycle`]: signals, the shutdown drain, and the background services
 //!   that tie registration and the relay to the server's life.
 //! - [`state`]: what the data plane and the registration loop share; [`metrics`]: `GET /metrics`.
+//! - [`connection_log`]: one record per session, kept on disk and shipped to the coordinator.
 
 pub mod auth;
 pub mod config;
+pub mod connection_log;
 pub mod endpoints;
 pub mod gate;
 pub mod hygiene;
@@ -81,6 +83,18 @@ pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Res
     let state = ProxyState::new();
     state.set_dashboard_origin(config.login_url.origin().ascii_serialization());
     state.set_pipe_idle(config.pipe_idle_timeout);
+    let log_config = &config.connection_log;
+    let log = connection_log::ConnectionLog::open(
+        &log_config.dir,
+        log_config.max_disk_bytes,
+        log_config.app_session_idle,
+        config.replica_id,
+    )
+    .map_err(|e| anyhow::anyhow!("cannot keep the connection log in {}: {e}", log_config.dir.display()))?;
+    for metric in log.counters.collectors() {
+        state.metrics.register(metric);
+    }
+    state.set_connection_log(log.clone());
     let http = http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let coordinator = Client::new(config.coordinator_url.as_str(), Credential::Proxy(config.proxy_token.clone()), http);
     let auth = Arc::new(auth::Auth::new(
@@ -111,7 +125,9 @@ pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Res
         threads: config.threads,
         // The hard ceiling of the drain: the lifecycle service exits as soon
         // as requests are done, and pingora's grace period only bounds it.
-        grace_period_seconds: Some(drain_secs + lifecycle::DEREGISTER_TIMEOUT.as_secs()),
+        grace_period_seconds: Some(
+            drain_secs + lifecycle::DEREGISTER_TIMEOUT.as_secs() + lifecycle::FINAL_SHIP_TIMEOUT.as_secs(),
+        ),
         graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
@@ -143,6 +159,10 @@ pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Res
             config.drain_timeout,
             on_stopped,
         ),
+    ));
+    server.add_service(background_service(
+        "connection log",
+        lifecycle::ShipperService { log, coordinator: coordinator.clone(), state: draining_state.clone() },
     ));
     server.add_service(background_service(
         "relay",

@@ -19,6 +19,9 @@ use tokio::time::Instant;
 
 /// Longest wait for the coordinator to acknowledge deregistration.
 pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest wait, once drained, for the coordinator to store the connection
+/// log's last records (what it does not take stays on disk for the next start).
+pub const FINAL_SHIP_TIMEOUT: Duration = Duration::from_secs(3);
 /// Longest wait for our own listener before registering anyway.
 const LISTENER_WAIT: Duration = Duration::from_secs(10);
 
@@ -151,6 +154,9 @@ impl BackgroundService for Lifecycle {
         // Pingora has stopped accepting; tell the coordinator, then drain.
         self.registrar.deregister().await;
         self.drain().await;
+        if let Some(log) = self.state.connection_log() {
+            crate::connection_log::shipper::finish(log, &self.registrar.client, FINAL_SHIP_TIMEOUT).await;
+        }
         self.drained.send_replace(true);
         tracing::info!("proxy stopped");
         match self.on_stopped.lock().unwrap_or_else(|e| e.into_inner()).take() {
@@ -159,6 +165,22 @@ impl BackgroundService for Lifecycle {
             }
             _ => std::process::exit(0),
         }
+    }
+}
+
+/// Ships the connection log until shutdown begins (the lifecycle ships
+/// the rest once drained).
+pub struct ShipperService {
+    pub log: Arc<crate::connection_log::ConnectionLog>,
+    pub coordinator: meridian_regions::client::Client,
+    pub state: Arc<ProxyState>,
+}
+
+#[async_trait]
+impl BackgroundService for ShipperService {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        let (log, coordinator, state) = (self.log.clone(), self.coordinator.clone(), self.state.clone());
+        crate::connection_log::shipper::run(log, coordinator, state, shutdown).await;
     }
 }
 

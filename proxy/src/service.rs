@@ -3,6 +3,7 @@
 //! Per-request state lives in [`Ctx`].
 
 use crate::auth::{Auth, Decision};
+use crate::connection_log::{OpenStream, Seen};
 use crate::pages::Reply;
 use crate::relay::Relay;
 use crate::routing::{self, AppRoute, Route};
@@ -10,6 +11,7 @@ use crate::state::{InFlight, ProxyState};
 use crate::{gate, hygiene, upstream};
 use async_trait::async_trait;
 use meridian_regions::app_token::AppClaims;
+use meridian_regions::connection_log::Ending;
 use pingora::prelude::*;
 use pingora::proxy::FailToProxy;
 use std::sync::Arc;
@@ -55,6 +57,8 @@ pub struct Ctx {
     control: bool,
     /// Whether the request was already sent again after its path died.
     retried: bool,
+    /// A stream or WebSocket being relayed: its connection-log record, written at its end.
+    open: Option<OpenStream>,
 }
 
 /// An authorized app request on its way to the app.
@@ -119,6 +123,50 @@ impl MeridianProxy {
     fn count(&self, outcome: &str) {
         self.state.metrics.requests.inc(outcome);
     }
+
+    /// A stream or WebSocket authorized: its record opens.
+    fn opened(&self, session: &Session, route: &AppRoute, stream: bool, claims: &AppClaims) -> Option<OpenStream> {
+        let log = self.state.connection_log()?;
+        Some(log.stream_opened(&seen(session, route, stream, Some(claims))))
+    }
+
+    /// A request refused before the app: recorded (within the refusal rate).
+    fn refused(&self, session: &Session, route: &AppRoute, stream: bool, reason: &str) {
+        if let Some(log) = self.state.connection_log() {
+            log.refused(&seen(session, route, stream, None), session.is_upgrade_req(), reason);
+        }
+    }
+}
+
+/// What the connection log sees of a request.
+fn seen<'a>(session: &'a Session, route: &'a AppRoute, stream: bool, claims: Option<&'a AppClaims>) -> Seen<'a> {
+    Seen {
+        req: &route.req,
+        stream,
+        claims,
+        client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+        user_agent: session.req_header().headers.get(http::header::USER_AGENT).and_then(|v| v.to_str().ok()),
+    }
+}
+
+/// Why a stream was refused, for the connection log.
+fn stream_refusal(status: u16, had_token: bool) -> &'static str {
+    match (status, had_token) {
+        (401, false) => "no stream token",
+        (401, true) => "an expired stream token",
+        (503, _) => "the coordinator could not be asked",
+        _ => "a stream token that does not open this stream (forged, or for another one)",
+    }
+}
+
+/// How a relayed stream or WebSocket ended, from the error it ended with.
+fn ending(e: Option<&Error>) -> Ending {
+    let Some(e) = e else { return Ending::Closed };
+    match (e.esource(), e.etype()) {
+        (_, ErrorType::ReadTimedout | ErrorType::WriteTimedout | ErrorType::ConnectTimedout) => Ending::Timeout,
+        (pingora::ErrorSource::Downstream, _) => Ending::ClientGone,
+        _ => Ending::AgentGone,
+    }
 }
 
 #[async_trait]
@@ -126,7 +174,14 @@ impl ProxyHttp for MeridianProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { _in_flight: self.state.enter(), app: None, forward_path: None, control: false, retried: false }
+        Ctx {
+            _in_flight: self.state.enter(),
+            app: None,
+            forward_path: None,
+            control: false,
+            retried: false,
+            open: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -176,30 +231,43 @@ impl ProxyHttp for MeridianProxy {
             }
             Route::Reject { status, message } => ("rejected", Some(Reply::page(status, &message))),
             Route::Redirect { status, location } => ("rejected", Some(Reply::redirect(status, &location))),
-            Route::App(_) if !hygiene::same_origin_upgrade(session.req_header(), self.auth.scheme(), &host) => (
-                "rejected",
-                Some(Reply::page(403, "A WebSocket to an app must come from a page of that app (Origin differs).")),
-            ),
+            Route::App(route) if !hygiene::same_origin_upgrade(session.req_header(), self.auth.scheme(), &host) => {
+                self.refused(session, &route, false, "a WebSocket from another origin");
+                (
+                    "rejected",
+                    Some(Reply::page(403, "A WebSocket to an app must come from a page of that app (Origin differs).")),
+                )
+            }
             Route::Stream(route) => match stream_upgrade(session.req_header(), &route) {
                 Err(message) => ("rejected", Some(Reply::page(400, message))),
                 Ok(upgrade) => {
                     let token = upgrade.token(session.req_header());
                     match self.auth.authorize_stream(token, &route.binding).await {
                         Decision::Serve { claims, token, set_cookie } => {
+                            ctx.open = self.opened(session, &route, true, &claims);
                             let stream = Some(upgrade);
                             ctx.app = Some(Served { claims, token, route, host, set_cookie, stream });
                             ("stream", None)
                         }
-                        Decision::Respond(reply) => ("denied", Some(reply)),
+                        Decision::Respond(reply) => {
+                            self.refused(session, &route, true, stream_refusal(reply.status, token.is_some()));
+                            ("denied", Some(reply))
+                        }
                     }
                 }
             },
             Route::App(route) => match self.auth.authorize(session.req_header(), &host, &route).await {
                 Decision::Serve { claims, token, set_cookie } => {
+                    if session.is_upgrade_req() {
+                        ctx.open = self.opened(session, &route, false, &claims);
+                    }
                     ctx.app = Some(Served { claims, token, route, host, set_cookie, stream: None });
                     ("app", None)
                 }
-                Decision::Respond(reply) if reply.status == 404 => ("denied", Some(reply)),
+                Decision::Respond(reply) if reply.status == 404 => {
+                    self.refused(session, &route, false, "not shared with this user (404)");
+                    ("denied", Some(reply))
+                }
                 Decision::Respond(reply) => ("login", Some(reply)),
             },
         };
@@ -298,6 +366,21 @@ impl ProxyHttp for MeridianProxy {
             resp.append_header("set-cookie", cookie)?;
         }
         Ok(())
+    }
+
+    /// The connection log: an app request counts into its session; a stream
+    /// or WebSocket's record is written as it ends.
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let (Some(log), Some(served)) = (self.state.connection_log(), &ctx.app) else { return };
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let counts = (session.body_bytes_read() as u64, session.body_bytes_sent() as u64);
+        match ctx.open.take() {
+            Some(open) => log.stream_ended(open, (status, counts.0, counts.1), ending(e)),
+            None => {
+                let seen = seen(session, &served.route, served.stream.is_some(), Some(&served.claims));
+                log.app_request(&seen, status, counts.0, counts.1);
+            }
+        }
     }
 
     /// Pingora's rule (idempotent requests whose body is still buffered may

@@ -25,6 +25,8 @@ pub struct ProxyState {
     dashboard_origin: std::sync::OnceLock<String>,
     /// `--pipe-idle-timeout`: how long a relayed byte pipe may carry nothing.
     pipe_idle: std::sync::OnceLock<std::time::Duration>,
+    /// The connection log (set once at start; absent only in unit tests).
+    connection_log: std::sync::OnceLock<Arc<crate::connection_log::ConnectionLog>>,
     /// Set at SIGTERM: `/readyz` answers 503 from then on.
     draining: std::sync::atomic::AtomicBool,
     pub metrics: crate::metrics::Metrics,
@@ -93,6 +95,14 @@ impl ProxyState {
 
     pub fn pipe_idle(&self) -> std::time::Duration {
         self.pipe_idle.get().copied().unwrap_or(meridian_regions::pipe::DEFAULT_IDLE)
+    }
+
+    pub fn set_connection_log(&self, log: Arc<crate::connection_log::ConnectionLog>) {
+        let _ = self.connection_log.set(log);
+    }
+
+    pub fn connection_log(&self) -> Option<&Arc<crate::connection_log::ConnectionLog>> {
+        self.connection_log.get()
     }
 
     /// Whether shutdown has begun (readiness is false).

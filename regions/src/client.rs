@@ -177,6 +177,27 @@ impl Client {
         self.call(Method::GET, &format!("/api/v2/audit-log?{}", query.finish()), None::<&()>).await
     }
 
+    /// A page of the connection log matching `q` (a member sees only their own).
+    pub async fn connection_log(
+        &self,
+        q: &crate::connection_log::ConnectionQuery,
+    ) -> Result<crate::connection_log::ConnectionLog, ClientError> {
+        let mut query = url::form_urlencoded::Serializer::new(String::new());
+        for (key, value) in q.pairs() {
+            query.append_pair(key, &value);
+        }
+        self.call(Method::GET, &format!("/api/v2/connection-log?{}", query.finish()), None::<&()>).await
+    }
+
+    /// As a proxy: stores a batch of its region's connection records (within `timeout`).
+    pub async fn ship_connection_log(
+        &self,
+        batch: &crate::connection_log::Batch,
+        timeout: Duration,
+    ) -> Result<crate::connection_log::Stored, ClientError> {
+        self.call_timeout(Method::POST, "/api/v2/proxies/me/connection-log", Some(batch), Some(timeout)).await
+    }
+
     pub async fn delete_workspace(&self, owner: &str, name: &str) -> Result<(), ClientError> {
         let path = format!("/api/v2/workspaces/{owner}/{name}");
         self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>).await.map(drop)

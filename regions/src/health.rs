@@ -78,6 +78,28 @@ pub struct HealthReport {
     /// When the last registration or heartbeat succeeded.
     pub last_registration_at: Option<chrono::DateTime<chrono::Utc>>,
     pub version: String,
+    /// The region's connection log: what waits to be shipped, and what was lost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection_log: Option<ConnectionLogReport>,
+}
+
+/// The connection log's state in a replica's health report.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConnectionLogReport {
+    /// App sessions open now (their records are written when they end).
+    pub open_app_sessions: u64,
+    /// Records written and not yet stored by the coordinator, and their bytes on disk.
+    pub buffered: u64,
+    pub spilled_bytes: u64,
+    /// Records the coordinator stored since this process started.
+    pub shipped: u64,
+    /// Records lost since this process started (past the disk bound, unwritable,
+    /// or a line cut by a kill); never silent: a warning says so too.
+    pub dropped: u64,
+    /// Sessions a kill of the previous process left open (logged without their counts).
+    pub killed_sessions: u64,
+    /// Refusals past the recording rate, counted, not recorded.
+    pub refusals_suppressed: u64,
 }
 
 #[cfg(test)]

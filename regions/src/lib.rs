@@ -4,6 +4,7 @@
 //! - [`app_url`]: the app URL grammar (subdomain, port and path apps).
 //! - [`app_token`]: the signed app token (EdDSA JWS) and its verification.
 //! - [`health`]: region and replica health states and how replicas combine.
+//! - [`connection_log`]: what regions record per session and ship to the coordinator.
 //! - [`api`]: the JSON wire types of the coordinator API (`/api/v2/...`); [`model`] the types
 //!   it shares with the app token (who may open an app, its CORS answers).
 //! - [`token`]: the proxy token `<region-id>:<secret>` and the secret newtype.
@@ -28,6 +29,7 @@ pub mod app_token;
 pub mod app_url;
 pub mod certificate;
 pub mod client;
+pub mod connection_log;
 pub mod data;
 #[doc(hidden)]
 pub mod fuzz_checks;

@@ -11,6 +11,7 @@ mod apps;
 mod audit;
 mod bench_quick;
 mod certificates;
+mod connection_log;
 mod container;
 mod coordinator_outages;
 mod dashboard;

@@ -95,6 +95,10 @@ async fn ssh_scp_sftp_and_forwards_work_through_a_region_with_the_agents_real_ho
         serde_json::from_slice(&std::fs::read(cli.config_dir.join("region.json")).unwrap()).unwrap();
     let chosen = choices[m.coord.url.trim_end_matches('/')].as_str().unwrap_or_default().to_owned();
     assert!(["primary", "sydney", "frankfurt"].contains(&chosen.as_str()), "region.json: {choices}");
+    // The connection log has the session, through the region the CLI chose.
+    let ssh = logged(&m, "kind=ssh").await;
+    assert_eq!((ssh[0]["user"].as_str(), ssh[0]["target"].as_str()), (Some("admin"), Some("ssh")), "{ssh:#?}");
+    assert_eq!(ssh[0]["region"].as_str(), Some(chosen.as_str()), "{ssh:#?}");
 
     // Meridian's own client on a terminal (`script` gives it one): a login
     // shell on a PTY, keystrokes typed, the shell's exit status as its own.
@@ -258,6 +262,22 @@ async fn psql_reaches_a_postgres_in_the_workspace_through_port_forward() {
     psql.args(["-h", host, "-p", port, "-U", "meridian", "-d", "meridian", "-tAc", "select 6 * 7"]);
     let out = output_within(&mut psql, Duration::from_secs(60), "psql through port-forward");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42", "{}", text(&out));
+    // psql's connection is one record in the connection log, with its bytes.
+    let tcp = logged(&m, "kind=tcp").await;
+    let r = &tcp[0];
+    assert_eq!((r["user"].as_str(), r["target"].as_str()), (Some("admin"), Some(db_port.to_string().as_str())), "{r}");
+    assert!(r["bytes_up"].as_u64() > Some(0) && r["bytes_down"].as_u64() > Some(0), "{r}");
+}
+
+/// The records matching `query` once there is one (the region ships each
+/// as its session ends, within a second or two).
+async fn logged(m: &Mesh, query: &str) -> Vec<Value> {
+    wait_for(Duration::from_secs(20), &format!("a connection record matching {query}"), || async {
+        let page = m.admin.get(&format!("/api/v2/connection-log?{query}")).await.expect_status(200);
+        let entries = page["entries"].as_array()?.clone();
+        (!entries.is_empty()).then_some(entries)
+    })
+    .await
 }
 
 /// Nothing but the workspace owner's token for exactly this stream opens

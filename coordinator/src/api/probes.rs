@@ -27,6 +27,7 @@ pub async fn healthz_report(State(state): State<AppState>) -> Json<HealthReport>
         coordinator_reachable: true,
         last_registration_at: None,
         version: meridian_regions::VERSION.into(),
+        connection_log: None,
     })
 }
 
@@ -68,6 +69,16 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     .unwrap_or_else(|e| unreachable!("static metric: {e}"));
     audit_failures.inc_by(super::audit::WRITE_FAILURES.load(std::sync::atomic::Ordering::Relaxed));
     let _ = registry.register(Box::new(audit_failures));
+    let stored = prometheus::IntCounterVec::new(
+        Opts::new("meridian_connection_log_stored_total", "Connection records regions shipped, by region and result"),
+        &["region", "result"],
+    )
+    .unwrap_or_else(|e| unreachable!("static metric: {e}"));
+    for (region, (new, duplicates)) in super::connections::STORED.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        stored.with_label_values(&[region.as_str(), "stored"]).inc_by(*new);
+        stored.with_label_values(&[region.as_str(), "duplicate"]).inc_by(*duplicates);
+    }
+    let _ = registry.register(Box::new(stored));
     let _ = registry.register(Box::new(regions.clone()));
     for g in [&replicas, &agents, &db_up] {
         let _ = registry.register(Box::new(g.clone()));

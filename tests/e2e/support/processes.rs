@@ -216,6 +216,10 @@ impl Coordinator {
 
     /// [`Coordinator::start_with`] of another build of `meridian`.
     pub async fn start_bin(bin: &str, dir: &Path, mut args: Vec<String>) -> Self {
+        if !args.iter().any(|a| a == "--data-dir") {
+            // The primary region's state (its connection log), kept across restarts.
+            args.extend(["--data-dir".to_owned(), state_dir(dir, "coordinator").display().to_string()]);
+        }
         let ready_file = with_ready_file(&mut args, dir, "coordinator");
         let mut proc = Process::spawn_bin(bin, "coordinator", dir, &args);
         let ready = match proc.listening(&ready_file).await {
@@ -266,6 +270,13 @@ impl Coordinator {
     }
 }
 
+/// A new directory under `dir` for one process's state (`--data-dir`).
+pub fn state_dir(dir: &Path, name: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    dir.join(format!("state-{name}-{n}"))
+}
+
 /// A regional proxy on an ephemeral port.
 pub struct Proxy {
     pub proc: Process,
@@ -301,8 +312,10 @@ impl Proxy {
         .iter()
         .map(|s| s.to_string())
         .collect();
-        // Harness defaults, unless the test sets its own.
-        for (flag, value) in [("--drain-timeout", "5s"), ("--app-timeout", "3s")] {
+        // Harness defaults, unless the test sets its own; each proxy keeps its
+        // state (the connection log) in a directory of its own, across restarts.
+        let state = state_dir(dir, name).display().to_string();
+        for (flag, value) in [("--drain-timeout", "5s"), ("--app-timeout", "3s"), ("--data-dir", &state)] {
             if !extra.contains(&flag) {
                 args.extend([flag.to_owned(), value.to_owned()]);
             }
