@@ -399,50 +399,88 @@ function setupAdmin() {
   }
 }
 
-// --- admin page: the audit log ------------------------------------------------------
+// --- logs: the audit log (admin page) and the connection log (connections page) ----------
 
-const AUDIT_PAGE = 50;
-let auditBefore = null; // the `next` of the last page shown, for "Older records"
+const LOG_PAGE = 50;
 
-async function loadAudit(more) {
-  const form = document.getElementById('audit-filter');
+// A log read page by page, newest first: `form` filters it (text fields
+// `fields`, datetime fields `times`), `row(entry)` draws an entry, "Older
+// records" follows `next`.
+function pagedLog({ prefix, path, fields, times, row }) {
+  const form = document.getElementById(`${prefix}-filter`);
   if (!form) return;
-  const q = new URLSearchParams({ limit: String(AUDIT_PAGE) });
-  const data = new FormData(form);
-  for (const k of ['user', 'action', 'target']) {
-    const v = String(data.get(k) || '').trim();
-    if (v) q.set(k, v);
-  }
-  const since = data.get('since');
-  if (since) q.set('since', new Date(since).toISOString());
-  if (more && auditBefore !== null) q.set('before', String(auditBefore));
-  showError('audit-error', null);
-  try {
-    const page = await api('GET', `/api/v2/audit-log?${q}`);
-    const rows = document.getElementById('audit-rows');
-    if (!more) rows.replaceChildren();
-    for (const e of page.entries) {
-      const changes = Object.keys(e.changes || {}).length ? JSON.stringify(e.changes) : '';
-      rows.append(el('tr', { 'data-action': e.action, 'data-target': e.target },
-        el('td', {}, new Date(e.at).toLocaleString()), el('td', {}, e.actor || '–'), el('td', {}, e.action),
-        el('td', {}, e.target), el('td', {}, e.source || '–'), el('td', {}, changes)));
+  let before = null; // the `next` of the last page shown
+  const load = async (more) => {
+    const q = new URLSearchParams({ limit: String(LOG_PAGE) });
+    const data = new FormData(form);
+    for (const k of fields) {
+      const v = String(data.get(k) || '').trim();
+      if (v) q.set(k, v);
     }
-    auditBefore = page.next ?? null;
-    document.getElementById('audit-older').hidden = auditBefore === null;
-  } catch (e) {
-    showError('audit-error', e);
-  }
-}
-
-function setupAudit() {
-  const form = document.getElementById('audit-filter');
-  if (!form) return;
+    for (const k of times) {
+      const v = data.get(k);
+      if (v) q.set(k, new Date(v).toISOString());
+    }
+    if (more && before !== null) q.set('before', String(before));
+    showError(`${prefix}-error`, null);
+    try {
+      const page = await api('GET', `${path}?${q}`);
+      const rows = document.getElementById(`${prefix}-rows`);
+      if (!more) rows.replaceChildren();
+      for (const e of page.entries) rows.append(row(e));
+      before = page.next ?? null;
+      document.getElementById(`${prefix}-older`).hidden = before === null;
+    } catch (e) {
+      showError(`${prefix}-error`, e);
+    }
+  };
   form.addEventListener('submit', (ev) => {
     ev.preventDefault();
-    loadAudit(false);
+    load(false);
   });
-  document.getElementById('audit-older').addEventListener('click', () => loadAudit(true));
-  loadAudit(false);
+  document.getElementById(`${prefix}-older`).addEventListener('click', () => load(true));
+  load(false);
+  return load;
+}
+
+let loadAudit = () => {};
+
+function setupAudit() {
+  loadAudit = pagedLog({
+    prefix: 'audit', path: '/api/v2/audit-log', fields: ['user', 'action', 'target'], times: ['since'],
+    row: (e) => {
+      const changes = Object.keys(e.changes || {}).length ? JSON.stringify(e.changes) : '';
+      return el('tr', { 'data-action': e.action, 'data-target': e.target },
+        el('td', {}, new Date(e.at).toLocaleString()), el('td', {}, e.actor || '–'), el('td', {}, e.action),
+        el('td', {}, e.target), el('td', {}, e.source || '–'), el('td', {}, changes));
+    },
+  }) || loadAudit;
+}
+
+function bytes(n) {
+  if (n < 1024) return `${n} B`;
+  if (n < 1024 * 1024) return `${(n / 1024).toFixed(1)} KiB`;
+  return `${(n / 1024 / 1024).toFixed(1)} MiB`;
+}
+
+function setupConnections() {
+  // Members see their own sessions: the API answers with nothing else.
+  const admin = document.getElementById('whoami')?.dataset.admin === 'true';
+  const userFilter = document.getElementById('conn-user-field');
+  if (userFilter) userFilter.hidden = !admin;
+  pagedLog({
+    prefix: 'conn', path: '/api/v2/connection-log', fields: ['user', 'workspace', 'region', 'kind'], times: ['since', 'until'],
+    row: (e) => {
+      const seconds = ((new Date(e.ended_at) - new Date(e.started_at)) / 1000).toFixed(1);
+      const place = `${e.owner}/${e.workspace}${e.agent ? `.${e.agent}` : ''}`;
+      const what = e.kind === 'app' ? e.target : `${e.kind} ${e.kind === 'ssh' || e.kind === 'terminal' ? '' : e.target}`.trim();
+      const ended = e.reason ? `${e.ending} (${e.reason})` : e.ending;
+      return el('tr', { 'data-kind': e.kind, 'data-region': e.region, 'data-ending': e.ending },
+        el('td', {}, new Date(e.started_at).toLocaleString()), el('td', {}, `${seconds} s`), el('td', {}, e.user || '–'),
+        el('td', {}, e.region), el('td', {}, place), el('td', {}, what), el('td', {}, e.client_addr || '–'),
+        el('td', {}, `${bytes(e.bytes_up)} / ${bytes(e.bytes_down)}`), el('td', {}, String(e.requests)), el('td', {}, ended));
+    },
+  });
 }
 
 // --- the page ------------------------------------------------------------------------
@@ -474,6 +512,7 @@ document.addEventListener('DOMContentLoaded', async () => {
   setupCreateWorkspace();
   setupAdmin();
   setupAudit();
+  setupConnections();
   await refreshRegions();
   setInterval(refreshRegions, STATUS_EVERY_MS);
   measure();

@@ -4,7 +4,8 @@
 //!   the region this browser chose; `/regions` every region with its health
 //!   and the latency this browser measures to it, and the region picker;
 //!   `/admin` regions, their replicas and tokens, users, and the audit log (admins only:
-//!   members get 403); `/login` the sign-in page.
+//!   members get 403); `/connections` the connection log (admins everyone's, members
+//!   their own); `/login` the sign-in page.
 //! - Each page is a small HTML shell from this file; `assets/dashboard.js`
 //!   fills it from the JSON API, so every action a page offers is an API call
 //!   a test can make too. Assets are compiled into the binary (no build step).
@@ -38,6 +39,7 @@ pub fn routes() -> axum::Router<AppState> {
         .route("/", get(home))
         .route("/regions", get(regions))
         .route("/admin", get(admin))
+        .route("/connections", get(connections))
         .route("/terminal", get(terminal))
         .route("/assets/{file}", get(asset))
 }
@@ -69,6 +71,11 @@ pub async fn regions(state: State<AppState>, user: Result<CurrentUser, ApiError>
 /// `GET /admin`: admins only.
 pub async fn admin(state: State<AppState>, user: Result<CurrentUser, ApiError>, uri: OriginalUri) -> Response {
     page(state, user, uri, Page::Admin).await
+}
+
+/// `GET /connections`: the connection log (a member's own sessions).
+pub async fn connections(state: State<AppState>, user: Result<CurrentUser, ApiError>, uri: OriginalUri) -> Response {
+    page(state, user, uri, Page::Connections).await
 }
 
 /// `GET /terminal?owner=&workspace=&agent=`: the web terminal (signed in).
@@ -120,6 +127,7 @@ pub async fn terminal(
 enum Page {
     Workspaces,
     Regions,
+    Connections,
     Admin,
 }
 
@@ -128,6 +136,7 @@ impl Page {
         match self {
             Page::Workspaces => "workspaces",
             Page::Regions => "regions",
+            Page::Connections => "connections",
             Page::Admin => "admin",
         }
     }
@@ -136,6 +145,7 @@ impl Page {
         match self {
             Page::Workspaces => "Workspaces",
             Page::Regions => "Regions",
+            Page::Connections => "Connections",
             Page::Admin => "Admin",
         }
     }
@@ -172,6 +182,7 @@ async fn page(
     let main = match page {
         Page::Workspaces => WORKSPACES,
         Page::Regions => REGIONS,
+        Page::Connections => CONNECTIONS,
         Page::Admin => ADMIN,
     };
     with_policy(Html(shell(page.title(), Some((page.id(), &nav)), main)).into_response(), &origins)
@@ -184,12 +195,13 @@ fn nav(page: Page, username: &str, admin: bool) -> String {
     };
     let admin_link = if admin { link(Page::Admin, "/admin") } else { String::new() };
     format!(
-        "<header><nav aria-label=\"Main\"><strong class=\"brand\">Meridian</strong>{}{}{admin_link}</nav>\
+        "<header><nav aria-label=\"Main\"><strong class=\"brand\">Meridian</strong>{}{}{}{admin_link}</nav>\
          <div class=\"session\"><label for=\"region-picker\">Region</label> <select id=\"region-picker\"></select>\
          <span id=\"whoami\" data-admin=\"{admin}\">{}</span> <button type=\"button\" id=\"sign-out\">Sign out</button></div>\
          </header><p id=\"notice\" role=\"status\" hidden></p>",
         link(Page::Workspaces, "/"),
         link(Page::Regions, "/regions"),
+        link(Page::Connections, "/connections"),
         escape(username)
     )
 }
@@ -216,6 +228,26 @@ The region picker (top right) chooses where your app links go.</p>
 <table id="regions-table"><caption>Regions</caption><thead><tr><th scope="col">Region</th><th scope="col">Status</th><th scope="col">Healthy</th>
 <th scope="col">Replicas</th><th scope="col">Version</th><th scope="col">Last heartbeat</th><th scope="col">Access URL</th><th scope="col">Latency</th></tr></thead>
 <tbody id="regions"></tbody></table>
+</main>"#;
+
+const CONNECTIONS: &str = r#"<main>
+<h1>Connections</h1>
+<p>Sessions through the regions, newest first: each app visited (until a minute without a request), WebSocket,
+forwarded TCP connection, SSH and terminal session, and each refusal. Members see their own.</p>
+<form id="conn-filter"><span id="conn-user-field"><label for="conn-user">User</label><input id="conn-user" name="user"></span>
+<label for="conn-workspace">Workspace (<code>owner/name</code>)</label><input id="conn-workspace" name="workspace">
+<label for="conn-region">Region</label><input id="conn-region" name="region">
+<label for="conn-kind">Kind</label><select id="conn-kind" name="kind"><option value="">Any</option>
+<option>app</option><option>websocket</option><option>tcp</option><option>ssh</option><option>terminal</option><option>refused</option></select>
+<label for="conn-since">Since</label><input id="conn-since" name="since" type="datetime-local">
+<label for="conn-until">Until</label><input id="conn-until" name="until" type="datetime-local">
+<button type="submit">Filter</button></form>
+<p id="conn-error" class="error" role="alert"></p>
+<table><caption>Connection records</caption><thead><tr><th scope="col">Started</th><th scope="col">Lasted</th><th scope="col">User</th>
+<th scope="col">Region</th><th scope="col">Workspace</th><th scope="col">Target</th><th scope="col">From</th><th scope="col">Bytes up / down</th>
+<th scope="col">Requests</th><th scope="col">Ended</th></tr></thead>
+<tbody id="conn-rows"></tbody></table>
+<button type="button" id="conn-older" hidden>Older records</button>
 </main>"#;
 
 const ADMIN: &str = r#"<main>

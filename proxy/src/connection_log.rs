@@ -194,7 +194,7 @@ impl ConnectionLog {
     pub fn report(&self) -> meridian_regions::health::ConnectionLogReport {
         let c = &self.counters;
         meridian_regions::health::ConnectionLogReport {
-            open_app_sessions: self.sessions.len() as u64,
+            open_app_sessions: self.sessions.open() as u64,
             buffered: c.buffered.get().max(0) as u64,
             spilled_bytes: c.spilled_bytes.get().max(0) as u64,
             shipped: c.shipped.get(),

@@ -149,6 +149,31 @@ async function latencies(page) {
     });
     await visit(page, 'admin');
 
+    // --- connections: the app session opened through virginia, with its user and region.
+    await page.goto(`${base}/connections`);
+    // The record arrives once the session has been idle 2 s: filter again until it shows.
+    const until = Date.now() + 30000;
+    while (!(await page.$('#conn-rows tr[data-kind=app][data-region=virginia]')) && Date.now() < until) {
+      await page.click('#conn-filter button[type=submit]');
+      await page.waitForSelector('#conn-rows tr[data-region=virginia]', { timeout: 1000 }).catch(() => {});
+    }
+    await page.waitForFunction((user) => {
+      const rows = [...document.querySelectorAll('#conn-rows tr[data-kind=app][data-region=virginia]')];
+      return rows.length === 1 && rows[0].children[2].textContent === user && rows[0].dataset.ending === 'idle';
+    }, info.username, { timeout: 30000 }).catch(async (e) => {
+      throw new Error(`${e.message}; the page shows: ${await page.textContent('#conn-rows')} ${await page.textContent('#conn-error')}`);
+    });
+    check(!(await page.isHidden('#conn-user')), 'an admin cannot filter by user');
+    await page.selectOption('#conn-kind', 'refused');
+    await page.click('#conn-filter button[type=submit]');
+    await page.waitForFunction(() => document.querySelectorAll('#conn-rows tr[data-kind=app]').length === 0);
+    await page.selectOption('#conn-kind', 'app');
+    await page.fill('#conn-region', 'virginia');
+    await page.click('#conn-filter button[type=submit]');
+    await page.waitForSelector('#conn-rows tr[data-region=virginia]');
+    figures.connection_row = await page.textContent('#conn-rows tr[data-region=virginia]');
+    await visit(page, 'connections');
+
     // --- workspaces: create one (tokens shown once), then delete it (confirmed).
     await page.goto(`${base}/`);
     await page.fill('#ws-name', 'scratch');
@@ -182,6 +207,14 @@ async function latencies(page) {
     const refused = await mpage.goto(`${base}/admin`);
     check(refused.status() === 403, `member on /admin: HTTP ${refused.status()}`);
     await visit(mpage, 'member-admin-403');
+    // Their connections page: their own sessions only (none), no user filter,
+    // and the API refuses them another user's.
+    await mpage.goto(`${base}/connections`);
+    await mpage.waitForFunction(() => document.getElementById('conn-older').hidden && document.getElementById('conn-rows').children.length === 0);
+    check(await mpage.isHidden('#conn-user'), 'a member is offered a user filter');
+    const others = await mpage.evaluate(async () => (await fetch('/api/v2/connection-log?user=admin')).status);
+    check(others === 403, `a member reading the admin's connections: HTTP ${others}`);
+    await visit(mpage, 'member-connections');
     await member.close();
 
     // --- sign out ends the session on the server, not only in the browser.

@@ -46,7 +46,8 @@ async fn the_dashboard_in_a_browser() {
         "--topology".into(),
         topology.display().to_string(),
     ];
-    let demo = Demo::start(dir.path(), &args).await;
+    // App sessions end (and reach the connection log) 2 s after their last request.
+    let demo = Demo::start_env(dir.path(), &args, &[("MERIDIAN_APP_SESSION_IDLE", "2s")]).await;
     let password = demo
         .printed
         .lines()
@@ -77,9 +78,17 @@ async fn the_dashboard_in_a_browser() {
     let run = run.await.unwrap();
     let says = String::from_utf8_lossy(&run.stdout).into_owned() + &String::from_utf8_lossy(&run.stderr);
     assert!(run.status.success(), "dashboard in Chromium: {says}");
-    for page in
-        ["sign-in", "workspaces", "regions", "regions-fallback", "admin", "workspace-created", "member-admin-403"]
-    {
+    for page in [
+        "sign-in",
+        "workspaces",
+        "regions",
+        "regions-fallback",
+        "admin",
+        "connections",
+        "workspace-created",
+        "member-admin-403",
+        "member-connections",
+    ] {
         assert!(shots.join(format!("{page}.png")).is_file(), "no screenshot of {page}");
     }
     eprintln!("dashboard figures: {}\nscreenshots: {}", says.trim(), shots.display());
@@ -104,14 +113,14 @@ async fn dashboard_pages_need_a_session_and_admin_pages_an_admin() {
         req.send()
     };
     // Anonymous: sent to sign in, coming back to the same page.
-    for path in ["/", "/regions", "/admin"] {
+    for path in ["/", "/regions", "/connections", "/admin"] {
         let resp = get(&anon, path, None).await.unwrap();
         assert_eq!(resp.status(), 303, "{path}");
         let back: String = url::form_urlencoded::byte_serialize(path.as_bytes()).collect();
         assert_eq!(resp.headers()["location"], format!("/login?redirect={back}").as_str());
     }
     // Signed in: the page, with a policy that runs no inline script and is never framed.
-    for path in ["/", "/regions", "/admin"] {
+    for path in ["/", "/regions", "/connections", "/admin"] {
         let resp = get(&anon, path, Some(admin.token())).await.unwrap();
         assert_eq!(resp.status(), 200, "{path}");
         let csp = resp.headers()["content-security-policy"].to_str().unwrap().to_owned();
@@ -127,6 +136,7 @@ async fn dashboard_pages_need_a_session_and_admin_pages_an_admin() {
     let home = get(&anon, "/", Some(member.token())).await.unwrap().text().await.unwrap();
     assert!(!home.contains("href=\"/admin\""), "{home}");
     assert_eq!(get(&anon, "/admin", Some(member.token())).await.unwrap().status(), 403);
+    assert_eq!(get(&anon, "/connections", Some(member.token())).await.unwrap().status(), 200, "their own connections");
     // The sign-in page lands on the dashboard by default, and keeps a local redirect only.
     let login = get(&anon, "/login", None).await.unwrap().text().await.unwrap();
     assert!(login.contains("data-redirect=\"/\""), "{login}");

@@ -87,7 +87,7 @@ impl AppSessions {
     }
 
     /// Sessions open now.
-    pub fn len(&self) -> usize {
+    pub fn open(&self) -> usize {
         self.lock().values().map(Vec::len).sum()
     }
 
@@ -180,7 +180,7 @@ mod tests {
             "its statuses by class"
         );
         assert!(ended.iter().all(|r| r.ending == Ending::RegionStopped));
-        assert_eq!(sessions.len(), 0);
+        assert_eq!(sessions.open(), 0);
     }
 
     #[test]
@@ -188,7 +188,7 @@ mod tests {
         let sessions = AppSessions::default();
         sessions.count(&req("u1", "code", [127, 0, 0, 1], 200), open);
         assert!(sessions.end_idle(Duration::from_secs(60), Ending::Idle).is_empty(), "not idle yet");
-        assert_eq!(sessions.len(), 1);
+        assert_eq!(sessions.open(), 1);
     }
 
     #[test]

@@ -482,6 +482,11 @@ impl Demo {
     /// waits until it prints its URLs, and reads where it listens from its
     /// `demo.json`.
     pub async fn start(dir: &Path, args: &[String]) -> Self {
+        Self::start_env(dir, args, &[]).await
+    }
+
+    /// [`Demo::start`] with these environment variables (its children inherit them).
+    pub async fn start_env(dir: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
         let data_dir = args
             .iter()
             .position(|a| a == "--data-dir")
@@ -489,7 +494,7 @@ impl Demo {
             .expect("the demo's tests name its --data-dir");
         let mut all = vec!["demo".to_owned(), "--port".into(), "0".into()];
         all.extend(args.iter().cloned());
-        let mut proc = Process::spawn("demo", dir, &all);
+        let mut proc = Process::spawn_env(BIN, "demo", dir, &all, env);
         let log = proc.log.clone();
         let printed = wait_for(Duration::from_secs(120), "the demo to print its URLs", || {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
