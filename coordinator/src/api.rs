@@ -52,6 +52,8 @@ pub struct AppState {
     pub reads: crate::read_cache::ReadCache,
     /// Failed sign-ins per account and client address.
     pub login_limits: Arc<crate::login_limits::LoginLimits>,
+    /// The primary region's proxy (its connection log, for `/healthz-report`).
+    pub primary_proxy: Arc<meridian_proxy::state::ProxyState>,
 }
 
 /// The API for the public listener when the proxy API has its own

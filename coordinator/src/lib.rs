@@ -84,6 +84,7 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
         route_changes,
         reads: Default::default(),
         login_limits: Default::default(),
+        primary_proxy: primary.state.clone(),
     };
     let forwarded_by = api::auth::Forwarded::new();
     let apis = Apis::serve(state, api_listener, config.internal_listen, &forwarded_by, &stop).await?;

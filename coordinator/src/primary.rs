@@ -32,6 +32,8 @@ pub struct PrimaryProxy {
 pub struct Bound {
     config: meridian_proxy::config::Config,
     listeners: meridian_proxy::Listeners,
+    /// Its state, shared with the coordinator's `/healthz-report`.
+    pub state: std::sync::Arc<meridian_proxy::state::ProxyState>,
 }
 
 impl Bound {
@@ -68,7 +70,7 @@ impl Bound {
         config.relay_listen = proxy.relay_listen;
         config.access_url = proxy.access_url.clone();
         config.wildcard_access_url = proxy.wildcard_access_url.clone();
-        Ok(Self { config: proxy, listeners })
+        Ok(Self { config: proxy, listeners, state: meridian_proxy::state::ProxyState::new() })
     }
 
     /// Starts the proxy on its own thread (pingora makes its own runtimes).
@@ -84,6 +86,7 @@ impl Bound {
                 stopped: stopped_tx,
                 api_upstream: public_api,
                 forwarded_by,
+                state: self.state,
             };
             if let Err(e) = meridian_proxy::run_with(self.config, self.listeners, mode) {
                 tracing::error!("primary proxy: {e:#}");

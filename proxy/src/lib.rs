@@ -60,6 +60,8 @@ pub enum Mode {
         stopped: std::sync::mpsc::Sender<()>,
         api_upstream: std::net::SocketAddr,
         forwarded_by: meridian_regions::token::Secret,
+        /// The proxy's state, which the embedding process reads too (its health report).
+        state: Arc<ProxyState>,
     },
 }
 
@@ -80,7 +82,10 @@ pub struct Listeners {
 
 /// Runs the proxy in `mode` on `listeners` (bound with `config`); blocks the calling thread.
 pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Result<()> {
-    let state = ProxyState::new();
+    let state = match &mode {
+        Mode::Embedded { state, .. } => state.clone(),
+        Mode::Standalone => ProxyState::new(),
+    };
     state.set_dashboard_origin(config.login_url.origin().ascii_serialization());
     state.set_pipe_idle(config.pipe_idle_timeout);
     let log_config = &config.connection_log;

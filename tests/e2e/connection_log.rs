@@ -160,6 +160,13 @@ async fn each_session_is_one_record_with_its_region_and_refusals_are_recorded() 
     );
     assert!(r["reason"].as_str().unwrap().contains("404"), "{r}");
     assert_eq!(records(admin, "region=sydney").await.len(), 2, "filters select exactly");
+    // Each replica reports its log's state (the primary's too, in the coordinator's report).
+    for base in [m.proxy("sydney").url.as_str(), m.coord.url.as_str()] {
+        let report: Value = reqwest::get(format!("{base}/healthz-report")).await.unwrap().json().await.unwrap();
+        assert_eq!(report["connection_log"]["dropped"], 0, "{base}: {report}");
+    }
+    let report = m.proxy("sydney").report().await.unwrap();
+    assert!(report["connection_log"]["shipped"].as_u64() >= Some(2), "sydney shipped its two: {report}");
 
     // Members read their own sessions only.
     let bob_api = m.login("bob").await;

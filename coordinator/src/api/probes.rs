@@ -20,7 +20,7 @@ pub async fn healthz_report(State(state): State<AppState>) -> Json<HealthReport>
     if let Err(e) = sqlx::query("SELECT 1").execute(state.store.pool()).await {
         errors.push(format!("database unreachable: {e}"));
     }
-    Json(HealthReport {
+    let mut report = HealthReport {
         status: if errors.is_empty() { "ok" } else { "degraded" }.into(),
         errors,
         warnings: Vec::new(),
@@ -28,7 +28,12 @@ pub async fn healthz_report(State(state): State<AppState>) -> Json<HealthReport>
         last_registration_at: None,
         version: meridian_regions::VERSION.into(),
         connection_log: None,
-    })
+    };
+    // The primary region's own connection log, and its losses, as any region's.
+    let proxy = meridian_proxy::endpoints::report(&state.primary_proxy);
+    report.warnings.extend(proxy.warnings.into_iter().filter(|w| w.starts_with("connection log")));
+    report.connection_log = proxy.connection_log;
+    Json(report)
 }
 
 /// `GET /latency-check`: an empty 200 that the dashboard's origin (this
