@@ -75,6 +75,15 @@ async fn a_minute_of_soak_through_every_fault_loses_nothing_and_leaks_nothing() 
         assert!(s["longest_stall_ms"].as_u64() <= Some(3000), "{s}");
     }
 
+    // Every WebSocket the soak opened is in the connection log once, through
+    // its region, with its bytes within the app's framing.
+    let log = &report["connection_log"];
+    for field in ["missing", "doubled", "wrong_region", "bytes_outside_framing"] {
+        assert_eq!(log[field], serde_json::json!([]), "{field}: {log:#}");
+    }
+    assert!(log["opened"].as_u64() >= Some(10) && log["found"] == log["opened"], "{log:#}");
+    eprintln!("connection log: {log}");
+
     let ran: Vec<&str> = report["faults"].as_array().unwrap().iter().map(|f| f["scenario"].as_str().unwrap()).collect();
     for scenario in SCHEDULE {
         assert!(ran.contains(&scenario), "{scenario} did not run: {ran:?}");

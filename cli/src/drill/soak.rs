@@ -10,6 +10,7 @@
 //! [`summary`] sums it up.
 
 mod causes;
+mod ledger;
 mod load;
 mod procs;
 mod summary;
@@ -72,20 +73,22 @@ pub async fn run(
     let targets: Vec<Target> = targets.into_iter().map(|(region, url)| Target { region, url }).collect();
     let traffic = || {
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let (records, tasks) = load::start(&targets, browser.clone(), jar.clone(), plan.mix, epoch, stopped);
-        (stop, records, tasks)
+        let (records, sockets, tasks) = load::start(&targets, browser.clone(), jar.clone(), plan.mix, epoch, stopped);
+        (stop, records, sockets, tasks)
     };
 
     // Warm-up traffic opens every link and pool; once its connections have
     // closed, the descriptors are the idle baseline the end is held to.
-    let (stop, warm_records, tasks) = traffic();
+    let (stop, warm_records, _, tasks) = traffic();
     tokio::time::sleep(plan.warm_up()).await;
     let mut samples = vec![(epoch.elapsed(), processes(setup).await)];
     stop_traffic(plan, stop, tasks).await?;
     eprintln!("soak: {:>5.0} s  warm-up over; waiting for its connections to close", epoch.elapsed().as_secs_f64());
     let idle_baseline = idle_reading(setup).await;
 
-    let (stop, records, tasks) = traffic();
+    // The connection log is checked for the WebSockets opened from here on.
+    let logged_since = chrono::Utc::now();
+    let (stop, records, sockets, tasks) = traffic();
     // A shell and a forwarded TCP stream through the partitioned region, all along.
     let probes = super::start_probes(plan.partition_region.clone(), setup).await;
     let (holders_stop, holders_stopped) = tokio::sync::watch::channel(false);
@@ -146,6 +149,8 @@ pub async fn run(
     };
     let mut report = summary::summarize(plan, seen);
     report.sessions = sessions;
+    let sockets = std::mem::take(&mut *sockets.lock().unwrap_or_else(|e| e.into_inner()));
+    report.connection_log = Some(ledger::check(&setup.api, logged_since, sockets).await);
     Ok(report)
 }
 

@@ -4,6 +4,7 @@
 //! the answer to this request (the echoed path, the body's pattern and
 //! length, the hash, the message, the sequence) and recorded with its times.
 
+use super::ledger::{Socket, Sockets, AGENT_PREFIX};
 use crate::drill::traffic::transport;
 use futures_util::{SinkExt, StreamExt};
 use meridian_sample_app::pattern_byte;
@@ -94,8 +95,9 @@ pub fn start(
     mix: Mix,
     epoch: Instant,
     stop: tokio::sync::watch::Receiver<bool>,
-) -> (Records, tokio::task::JoinSet<()>) {
+) -> (Records, Sockets, tokio::task::JoinSet<()>) {
     let records: Records = Arc::default();
+    let sockets: Sockets = Arc::default();
     let mut tasks = tokio::task::JoinSet::new();
     for t in targets {
         let user = User {
@@ -105,6 +107,7 @@ pub fn start(
             mix,
             epoch,
             records: records.clone(),
+            sockets: sockets.clone(),
         };
         let every = Duration::from_secs(1) / mix.gets_per_s.max(1);
         tasks.spawn(user.clone().repeat(every, stop.clone(), |u, n| async move { u.get(n).await }));
@@ -115,7 +118,7 @@ pub fn start(
             tasks.spawn(user.clone().websockets(i, stop.clone()));
         }
     }
-    (records, tasks)
+    (records, sockets, tasks)
 }
 
 #[derive(Clone)]
@@ -126,6 +129,8 @@ struct User {
     mix: Mix,
     epoch: Instant,
     records: Records,
+    /// The WebSockets opened, for the connection log's check ([`super::ledger`]).
+    sockets: Sockets,
 }
 
 impl User {
@@ -308,20 +313,30 @@ impl User {
     /// every `message_every`; each message is a record.
     async fn websockets(self, slot: usize, stop: tokio::sync::watch::Receiver<bool>) {
         let mut n = 0u64;
-        while !*stop.borrow() {
+        for opening in 0u64.. {
+            if *stop.borrow() {
+                break;
+            }
             let opened = self.epoch.elapsed();
-            match tokio::time::timeout(self.mix.timeout, self.connect_ws()).await {
+            let agent = format!("{AGENT_PREFIX}{}/{slot}/{opening}", self.target.region);
+            match tokio::time::timeout(self.mix.timeout, self.connect_ws(&agent)).await {
                 Err(_) => self.record(Kind::WebSocket, opened, Outcome::Hung, None),
                 Ok(Err(cause)) => self.record(Kind::WebSocket, opened, Outcome::Failed(cause), None),
                 Ok(Ok(mut ws)) => {
+                    let mut socket = Socket { agent, region: self.target.region.clone(), ..Default::default() };
                     let until = Instant::now() + self.mix.session;
                     while Instant::now() < until && !*stop.borrow() {
                         n += 1;
                         let text = format!("{}/{slot}/{n}", self.target.region);
                         let sent = self.epoch.elapsed();
+                        (socket.sent, socket.sent_bytes) = (socket.sent + 1, socket.sent_bytes + text.len() as u64);
                         let outcome =
                             tokio::time::timeout(self.mix.timeout, echo(&mut ws, &text)).await.unwrap_or(Outcome::Hung);
                         let broken = outcome != Outcome::Ok;
+                        if !broken {
+                            socket.echoed += 1;
+                            socket.echoed_bytes += text.len() as u64;
+                        }
                         self.record_on(Kind::WebSocket, opened, sent, outcome, None);
                         if broken {
                             break;
@@ -329,6 +344,7 @@ impl User {
                         tokio::time::sleep(self.mix.message_every).await;
                     }
                     let _ = tokio::time::timeout(Duration::from_secs(2), ws.close(None)).await;
+                    self.sockets.lock().unwrap_or_else(|e| e.into_inner()).push(socket);
                     continue;
                 }
             }
@@ -336,7 +352,8 @@ impl User {
         }
     }
 
-    async fn connect_ws(&self) -> Result<Ws, String> {
+    /// A WebSocket to the app's echo, named `agent` (its `User-Agent`).
+    async fn connect_ws(&self, agent: &str) -> Result<Ws, String> {
         let url = reqwest::Url::parse(&self.target.url).map_err(|e| e.to_string())?;
         let ws_url = format!("{}ws", self.target.url.replacen("http", "ws", 1));
         let mut request = ws_url.into_client_request().map_err(|e| e.to_string())?;
@@ -344,6 +361,8 @@ impl User {
         if let Some(cookies) = self.jar.cookies(&url) {
             request.headers_mut().insert("cookie", cookies);
         }
+        let agent = agent.parse().map_err(|_| format!("{agent:?} is no header value"))?;
+        request.headers_mut().insert("user-agent", agent);
         let host = url.host_str().unwrap_or_default();
         let port = url.port_or_known_default().unwrap_or(80);
         // `.localhost` names are loopback (RFC 6761), which the system resolver may not know.

@@ -137,6 +137,8 @@ pub struct SoakReport {
     pub skipped: Vec<String>,
     /// A shell and a forwarded TCP stream held through the whole run.
     pub sessions: Vec<crate::drill::sessions::SessionReport>,
+    /// The connection log against the WebSockets the run opened (after warm-up).
+    pub connection_log: Option<super::ledger::LedgerReport>,
     pub lost_or_corrupt: Vec<String>,
     pub hung: Vec<String>,
     pub processes: Vec<ProcessReport>,
@@ -187,6 +189,7 @@ impl SoakReport {
         out.extend(self.leaked_fds.iter().map(|l| format!("left open: {l}")));
         out.extend(self.memory_grew.iter().cloned());
         out.extend(self.sessions.iter().filter_map(session_problem));
+        out.extend(self.connection_log.iter().flat_map(super::ledger::LedgerReport::problems));
         out
     }
 }
@@ -283,6 +286,7 @@ pub fn summarize(plan: &Plan, seen: Observed) -> SoakReport {
         restarted_since_baseline: super::procs::restarted(&idle, &idle_baseline),
         processes,
         sessions: Vec::new(),
+        connection_log: None,
     }
 }
 

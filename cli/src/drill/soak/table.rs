@@ -52,6 +52,15 @@ impl SoakReport {
         if !self.sessions.is_empty() {
             out.push('\n');
         }
+        if let Some(log) = &self.connection_log {
+            out.push_str(&format!(
+                "\nconnection log: {} of the {} WebSockets opened found ({} ended by a kill of their region)\n",
+                log.found, log.opened, log.killed
+            ));
+            for problem in log.problems() {
+                out.push_str(&format!("  {problem}\n"));
+            }
+        }
         for (title, list) in [
             ("faults skipped", &self.skipped),
             ("descriptors left open", &self.leaked_fds),
