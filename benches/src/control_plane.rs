@@ -22,8 +22,10 @@ pub struct Scale {
     pub regions: usize,
     pub replicas: usize,
     pub agents: usize,
-    /// How long the steady state is measured.
+    /// How long the steady state is measured (then as long again with the connection log shipped).
     pub window: Duration,
+    /// Connection records the regions ship per second in all, in the second window.
+    pub records_per_sec: usize,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -37,6 +39,8 @@ pub struct ControlPlane {
     pub coordinator_rss_kib: u64,
     pub postgres_transactions_per_sec: f64,
     pub heartbeats_per_sec: f64,
+    /// The second window: every region ships its connection records each second.
+    pub connection_log: LogShipping,
     /// Calls that failed (setup, heartbeats, route polls), in all and by cause.
     pub failed_calls: u64,
     /// The search for a moved agent across one relay per region.
@@ -76,6 +80,8 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     let (coordinator, base, data, admin, http) = start_coordinator(meridian, dir.path()).await?;
     let failures = Arc::new(Failures::default());
     let replicas = populate(&admin, &base, &http, farm, &scale, &failures).await?;
+    // The first `regions` replicas are one of each region: they ship the connection log.
+    let replicas_of_regions: Vec<Client> = replicas.iter().take(scale.regions).map(|(c, _)| c.clone()).collect();
 
     // Steady state: every replica heartbeats each interval and long-polls routes.
     let stop = Arc::new(tokio::sync::Notify::new());
@@ -92,6 +98,7 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
     let tx = transactions(&pg).await? - tx0;
     let heartbeats = heartbeats_now() - beats0;
     let rss = crate::memory::rss_kib(coordinator.pid())?;
+    let connection_log = ship_records(replicas_of_regions, &scale, coordinator.pid(), &pg, &failures).await?;
     stop.notify_waiters();
     tasks.abort_all();
     let failures = failures.take();
@@ -116,6 +123,92 @@ pub async fn simulate(meridian: &Path, scale: Scale) -> Result<ControlPlane> {
         coordinator_rss_kib: rss,
         postgres_transactions_per_sec: tx as f64 / window,
         heartbeats_per_sec: heartbeats as f64 / window,
+        connection_log,
+    })
+}
+
+/// The connection log at the control plane: records shipped, stored, lost,
+/// and what they cost the coordinator beyond the steady state.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LogShipping {
+    pub records_per_sec: f64,
+    /// Records in batches the coordinator acknowledged, and rows it holds.
+    pub shipped: u64,
+    pub stored: u64,
+    /// Acknowledged but not stored (must be 0).
+    pub lost: u64,
+    /// Coordinator CPU over the window, shipping and steady state together.
+    pub coordinator_cpu_cores: f64,
+    pub postgres_transactions_per_sec: f64,
+}
+
+/// For one window, each region ships a batch each second, its share of
+/// `scale.records_per_sec`; then the stored rows are counted against the acknowledged.
+async fn ship_records(
+    regions: Vec<Client>,
+    scale: &Scale,
+    coordinator: u32,
+    pg: &sqlx::PgPool,
+    failures: &Arc<Failures>,
+) -> Result<LogShipping> {
+    use meridian_regions::connection_log::{Batch, Ending, Kind, Record, Statuses};
+    let per_region = scale.records_per_sec.div_ceil(scale.regions.max(1));
+    let shipped = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (cpu0, tx0, t0) = (cpu_seconds(coordinator)?, transactions(pg).await?, Instant::now());
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, client) in regions.into_iter().enumerate() {
+        let (shipped, failures, window) = (shipped.clone(), failures.clone(), scale.window);
+        let offset = Duration::from_millis((i as u64 * 1000) / scale.regions.max(1) as u64);
+        tasks.spawn(async move {
+            let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + offset, Duration::from_secs(1));
+            let end = Instant::now() + window;
+            while Instant::now() < end {
+                ticker.tick().await;
+                let now = chrono::Utc::now();
+                let record = |_| Record {
+                    id: uuid::Uuid::new_v4(),
+                    kind: Kind::App,
+                    started_at: now - chrono::Duration::seconds(60),
+                    ended_at: now,
+                    user_id: None,
+                    owner: format!("owner{i}"),
+                    workspace: "dev".into(),
+                    agent: Some("main".into()),
+                    agent_id: None,
+                    target: "code".into(),
+                    replica_id: uuid::Uuid::nil(),
+                    client_addr: Some("127.0.0.1".into()),
+                    user_agent: Some("Mozilla/5.0 (X11; Linux x86_64) control-plane simulation".into()),
+                    bytes_up: 512,
+                    bytes_down: 16384,
+                    requests: 12,
+                    statuses: Statuses { success: 12, ..Default::default() },
+                    ending: Ending::Idle,
+                    reason: None,
+                };
+                let batch = Batch { records: (0..per_region).map(record).collect() };
+                match client.ship_connection_log(&batch, Duration::from_secs(10)).await {
+                    Ok(_) => shipped.fetch_add(per_region as u64, std::sync::atomic::Ordering::Relaxed),
+                    Err(e) => {
+                        failures.count("connection-log", &e);
+                        0
+                    }
+                };
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+    let window = t0.elapsed().as_secs_f64();
+    let (cpu, tx) = (cpu_seconds(coordinator)? - cpu0, transactions(pg).await? - tx0);
+    let stored: i64 = sqlx::query_scalar("SELECT count(*) FROM connection_log").fetch_one(pg).await?;
+    let shipped = shipped.load(std::sync::atomic::Ordering::Relaxed);
+    Ok(LogShipping {
+        records_per_sec: shipped as f64 / window,
+        shipped,
+        stored: stored as u64,
+        lost: shipped.saturating_sub(stored as u64),
+        coordinator_cpu_cores: cpu / window,
+        postgres_transactions_per_sec: tx as f64 / window,
     })
 }
 
@@ -355,6 +448,16 @@ impl ControlPlane {
             self.heartbeats_per_sec,
             self.failed_calls,
             self.failures,
+        ) + &format!(
+            "\n| and with the regions shipping the connection log | {:.0} records/s |\n|---|---|\n\
+             | records acknowledged, stored, lost | {}, {}, {} |\n| coordinator CPU (steady state and shipping) | {:.0}% of one core |\n\
+             | PostgreSQL transactions/s | {:.0} |\n",
+            self.connection_log.records_per_sec,
+            self.connection_log.shipped,
+            self.connection_log.stored,
+            self.connection_log.lost,
+            self.connection_log.coordinator_cpu_cores * 100.0,
+            self.connection_log.postgres_transactions_per_sec,
         ) + "\n" + &self.mesh_search.markdown()
     }
 }

@@ -8,7 +8,7 @@
 //! - [`memory`]: a proxy's memory with many idle connections.
 //! - [`bulk`]: bulk TCP to a workspace port: direct, rathole, `meridian port-forward`.
 //! - [`scp`]: scp each way to the workspace's SSH server: through rathole, through `meridian ssh --stdio`.
-//! - [`audit`]: audit-log pages at a million records, per filter.
+//! - [`audit`]: audit-log and connection-log pages at a million records each, per filter.
 //! - [`geography`]: keystrokes through `meridian demo`'s simulated geography, region by region.
 //! - [`shells`]: many idle shells on one agent: its memory per shell, and whether it stays responsive.
 //! - [`control_plane`]: the coordinator with 1,000 replicas and 10,000 agents, simulated.
@@ -77,7 +77,7 @@ pub struct Report {
     pub shells: Option<shells::Shells>,
     /// Keystrokes through the demo's geography (see [`geography`]).
     pub geography: Option<Vec<geography::Region>>,
-    /// Audit-log pages at a million records (see [`audit`]).
+    /// Audit-log and connection-log pages at a million records each (see [`audit`]).
     pub audit: Option<Vec<audit::Page>>,
 }
 
@@ -114,7 +114,11 @@ pub async fn run(opts: &Options) -> Result<Report> {
         .chain(tls_floors)
         .collect();
     let workloads: Vec<(&'static str, u32, Vec<Target>)> = vec![
-        ("small GET, keep-alive, 32 connections", 32, plain.clone()),
+        (
+            "small GET, keep-alive, 32 connections",
+            32,
+            plain.iter().cloned().chain([stack.meridian_unlogged.clone()]).collect(),
+        ),
         (
             "1 MiB downloads, 8 connections",
             8,
@@ -163,7 +167,14 @@ pub async fn run(opts: &Options) -> Result<Report> {
     if wanted("bulk scp") {
         bulk.rows.extend(scp::run(&stack, &opts.meridian, opts.bare_pingora.as_deref(), rounds, opts.quick).await?);
     }
-    let audit = if wanted("audit log pages") { Some(audit::pages(&stack, opts.quick).await?) } else { None };
+    let mut log_pages = Vec::new();
+    if wanted("audit log pages") {
+        log_pages.extend(audit::pages(&stack, opts.quick).await?);
+    }
+    if wanted("connection log pages") {
+        log_pages.extend(audit::connection_pages(&stack, opts.quick).await?);
+    }
+    let audit = (!log_pages.is_empty()).then_some(log_pages);
     let geography = if wanted("keystroke echo through the demo") {
         Some(geography::keystrokes(&opts.meridian, opts.quick).await?)
     } else {

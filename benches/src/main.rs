@@ -113,6 +113,7 @@ fn main() -> std::process::ExitCode {
             replicas: if args.quick { 20 } else { 1000 },
             agents: args.agents.unwrap_or(if args.quick { 200 } else { 10_000 }),
             window: std::time::Duration::from_secs(if args.quick { 3 } else { 30 }),
+            records_per_sec: if args.quick { 100 } else { 5000 },
         };
         rt.block_on(meridian_bench::control_plane::simulate(&opts.meridian, scale)).and_then(|r| {
             let text = if args.json { json(&r) } else { r.markdown() };

@@ -58,6 +58,8 @@ pub struct Stack {
     pub meridian_tls: Target,
     /// Through frankfurt to the agent on sydney.
     pub meridian_hop: Target,
+    /// As `meridian`, through a region that records no connection log (`--no-connection-log`).
+    pub meridian_unlogged: Target,
     /// The floor rows (see [`crate::bare`]), if started.
     pub floors: Option<Floors>,
     /// Signs in again for fresh app tokens.
@@ -177,7 +179,8 @@ impl MeridianArgs<'_> {
     ) -> Result<(HashMap<&'static str, u16>, HashMap<&'static str, u32>)> {
         let s = |v: &str| v.to_owned();
         let (mut ports, mut pids) = (HashMap::new(), HashMap::new());
-        for (name, tls) in [("sydney", false), ("frankfurt", false), ("secure", true)] {
+        // `quiet` is sydney without the connection log: what the log costs, row against row.
+        for (name, tls) in [("sydney", false), ("frankfurt", false), ("secure", true), ("quiet", false)] {
             let token = api.create_region(name).await?;
             let mut args = vec![
                 s("proxy"),
@@ -201,6 +204,9 @@ impl MeridianArgs<'_> {
                 args.extend(self.tls_args.iter().cloned());
                 args.extend([s("--ca-cert"), self.cert.display().to_string()]);
             }
+            if name == "quiet" {
+                args.push(s("--no-connection-log"));
+            }
             let (proc, ready) =
                 spawn_ready(self.bin, &args, self.dir, name, &[("MERIDIAN_PROXY_TOKEN", &token)]).await?;
             pids.insert(name, proc.pid());
@@ -219,8 +225,9 @@ impl MeridianArgs<'_> {
         procs: &mut Vec<Proc>,
         pids: &mut HashMap<&'static str, u32>,
     ) -> Result<()> {
-        let tokens = api.create_workspace(app, &["main", "tls"]).await?;
-        for ((agent, region), token) in [("main", "sydney"), ("tls", "secure")].into_iter().zip(&tokens) {
+        let tokens = api.create_workspace(app, &["main", "tls", "unlogged"]).await?;
+        let agents = [("main", "sydney"), ("tls", "secure"), ("unlogged", "quiet")];
+        for ((agent, region), token) in agents.into_iter().zip(&tokens) {
             // The TLS region's certificate is self-signed.
             let cert = self.cert.display().to_string();
             let agent_args = ["agent", "--coordinator-url", self.base, "--region", region, "--ca-cert", &cert];
@@ -262,6 +269,10 @@ async fn signed_targets(
             vec![p("proxy", pids["frankfurt"]), p("agent's proxy", pids["sydney"]), p("agent", pids["main"])],
         ),
         (through("meridian-tls", "tls", "secure", "https"), vec![p("proxy", pids["secure"]), p("agent", pids["tls"])]),
+        (
+            through("meridian, no connection log", "unlogged", "quiet", "http"),
+            vec![p("proxy", pids["quiet"]), p("agent", pids["unlogged"])],
+        ),
     ] {
         let cookie = api.app_cookie(&app_url, cert).await?;
         let headers = vec![(s("Host"), host), (s("Cookie"), cookie)];
@@ -410,8 +421,8 @@ impl Stack {
         procs.append(&mut baselines.procs);
         let [direct, direct_tls, nginx, nginx_tls, rathole, rathole_tls]: [Target; 6] =
             rows.try_into().map_err(|_| anyhow::anyhow!("six baseline rows"))?;
-        let [meridian, meridian_hop, meridian_tls]: [Target; 3] =
-            signed.try_into().map_err(|_| anyhow::anyhow!("three Meridian rows"))?;
+        let [meridian, meridian_hop, meridian_tls, meridian_unlogged]: [Target; 4] =
+            signed.try_into().map_err(|_| anyhow::anyhow!("four Meridian rows"))?;
         Ok(Stack {
             direct,
             direct_tls,
@@ -423,6 +434,7 @@ impl Stack {
             meridian,
             meridian_hop,
             meridian_tls,
+            meridian_unlogged,
             api,
             cert,
             sydney_pid: pids["sydney"],

@@ -130,12 +130,18 @@ pub struct Args {
     #[arg(long, env = "MERIDIAN_APP_SESSION_IDLE", value_parser = humantime::parse_duration)]
     #[serde(default, with = "humantime_serde::option")]
     pub app_session_idle: Option<Duration>,
+    /// Record no connection log: who reached what through this region leaves no trace
+    /// (for measuring what the log costs; not for production).
+    #[arg(long, env = "MERIDIAN_NO_CONNECTION_LOG")]
+    #[serde(default)]
+    pub no_connection_log: bool,
 }
 
 /// Where and how the connection log is kept.
 #[derive(Debug, Clone)]
 pub struct ConnectionLogConfig {
-    pub dir: PathBuf,
+    /// None with --no-connection-log.
+    pub dir: Option<PathBuf>,
     pub max_disk_bytes: u64,
     pub app_session_idle: Duration,
 }
@@ -233,6 +239,7 @@ impl Args {
             data_dir: self.data_dir.or(file.data_dir),
             connection_log_max_disk_mib: self.connection_log_max_disk_mib.or(file.connection_log_max_disk_mib),
             app_session_idle: self.app_session_idle.or(file.app_session_idle),
+            no_connection_log: self.no_connection_log || file.no_connection_log,
         }
     }
 
@@ -293,11 +300,11 @@ impl Args {
             return Err(ConfigError("--header-timeout and --idle-timeout must be at least 1s".into()));
         }
         let connection_log = ConnectionLogConfig {
-            dir: match self.data_dir {
-                Some(dir) => dir,
-                None => default_data_dir()?,
-            }
-            .join("connection-log"),
+            dir: match (self.no_connection_log, self.data_dir) {
+                (true, _) => None,
+                (false, Some(dir)) => Some(dir.join("connection-log")),
+                (false, None) => Some(default_data_dir()?.join("connection-log")),
+            },
             max_disk_bytes: match self.connection_log_max_disk_mib.unwrap_or(1024) {
                 0 => return Err(ConfigError("--connection-log-max-disk-mib must be at least 1".into())),
                 mib => mib.saturating_mul(1 << 20),

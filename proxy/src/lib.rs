@@ -88,18 +88,7 @@ pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Res
     };
     state.set_dashboard_origin(config.login_url.origin().ascii_serialization());
     state.set_pipe_idle(config.pipe_idle_timeout);
-    let log_config = &config.connection_log;
-    let log = connection_log::ConnectionLog::open(
-        &log_config.dir,
-        log_config.max_disk_bytes,
-        log_config.app_session_idle,
-        config.replica_id,
-    )
-    .map_err(|e| anyhow::anyhow!("cannot keep the connection log in {}: {e}", log_config.dir.display()))?;
-    for metric in log.counters.collectors() {
-        state.metrics.register(metric);
-    }
-    state.set_connection_log(log.clone());
+    let log = open_connection_log(&config, &state)?;
     let http = http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let coordinator = Client::new(config.coordinator_url.as_str(), Credential::Proxy(config.proxy_token.clone()), http);
     let auth = Arc::new(auth::Auth::new(
@@ -165,10 +154,12 @@ pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Res
             on_stopped,
         ),
     ));
-    server.add_service(background_service(
-        "connection log",
-        lifecycle::ShipperService { log, coordinator: coordinator.clone(), state: draining_state.clone() },
-    ));
+    if let Some(log) = log {
+        server.add_service(background_service(
+            "connection log",
+            lifecycle::ShipperService { log, coordinator: coordinator.clone(), state: draining_state.clone() },
+        ));
+    }
     server.add_service(background_service(
         "relay",
         lifecycle::RelayService::new(relay.relay, relay.listener, relay.tls, coordinator, drained_rx),
@@ -176,6 +167,22 @@ pub fn run_with(config: Config, listeners: Listeners, mode: Mode) -> anyhow::Res
     let signal = Box::new(lifecycle::Draining { inner: signal, state: draining_state, delay: config.shutdown_delay });
     server.run(RunArgs { shutdown_signal: signal });
     Ok(())
+}
+
+/// The connection log in its directory, its metrics registered (none with --no-connection-log).
+fn open_connection_log(
+    config: &Config,
+    state: &Arc<ProxyState>,
+) -> anyhow::Result<Option<Arc<connection_log::ConnectionLog>>> {
+    let c = &config.connection_log;
+    let Some(dir) = &c.dir else { return Ok(None) };
+    let log = connection_log::ConnectionLog::open(dir, c.max_disk_bytes, c.app_session_idle, config.replica_id)
+        .map_err(|e| anyhow::anyhow!("cannot keep the connection log in {}: {e}", dir.display()))?;
+    for metric in log.counters.collectors() {
+        state.metrics.register(metric);
+    }
+    state.set_connection_log(log.clone());
+    Ok(Some(log))
 }
 
 /// The relay's side of a proxy: its listener, its TLS, and the URLs

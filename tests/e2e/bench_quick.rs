@@ -34,9 +34,10 @@ async fn the_benchmark_harness_runs_every_workload() {
     regions.sort();
     assert_eq!(regions, ["frankfurt", "primary", "sydney", "virginia"]);
     assert!(geography.iter().all(|r| r.echo_p50_ms > 0.0 && r.ping_ms > 0.0), "{geography:?}");
-    // Audit-log pages, one per filter, over the records the bench wrote.
+    // Audit-log and connection-log pages, one per filter, over the records the bench wrote.
     let audit = report.audit.as_ref().expect("the audit rows ran");
-    assert_eq!(audit.len(), 6, "{audit:?}");
+    let per_log = |log: &str| audit.iter().filter(|p| p.log == log).count();
+    assert_eq!((per_log("audit-log"), per_log("connection-log")), (6, 7), "{audit:?}");
     assert!(audit.iter().all(|p| p.records == 10_000 && p.p50_ms > 0.0), "{audit:?}");
 }
 
@@ -47,11 +48,15 @@ async fn the_control_plane_simulation_runs() {
         replicas: 9,
         agents: 30,
         window: std::time::Duration::from_secs(2),
+        records_per_sec: 30,
     };
     let report = meridian_bench::control_plane::simulate(BIN.as_ref(), scale).await.expect("the simulation runs");
     assert_eq!((report.regions, report.replicas, report.agents), (3, 9, 30));
     assert!(report.coordinator_rss_kib > 0 && report.postgres_transactions_per_sec > 0.0, "{report:?}");
     assert_eq!(report.failed_calls, 0, "{:?}", report.failures);
+    // The regions' connection records: every one acknowledged is stored.
+    let log = &report.connection_log;
+    assert!(log.shipped > 0 && log.lost == 0 && log.stored == log.shipped, "{log:?}");
     // The mesh search: a thousand requests for a moved agent, one search.
     let search = &report.mesh_search;
     assert_eq!((search.relays, search.searches), (3, 1), "{search:?}");
