@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the request hot path (criterion): host parsing, token
-//! verification cached and uncached, route lookup, header sanitizing.
+//! verification cached and uncached, route lookup, header sanitizing, and the
+//! connection log's part of a request.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use meridian_regions::app_token::{generate_key, subdomain_binding, AppClaims, Signer, Verifier, ISSUER};
@@ -14,26 +15,31 @@ fn host_parsing(c: &mut Criterion) {
     });
 }
 
-fn tokens(c: &mut Criterion) {
-    let (der, public) = generate_key("k1", [7u8; 32]);
-    let signer = Signer::new("k1", &der);
-    let verifier = Verifier::new(&[public]);
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let binding = subdomain_binding(HOST);
-    let claims = AppClaims {
+/// An owner's app token's claims for [`HOST`], valid from `iat` to `exp`.
+fn claims(iat: i64, exp: i64) -> AppClaims {
+    AppClaims {
         iss: ISSUER.into(),
         sub: uuid::Uuid::new_v4().to_string(),
-        binding: binding.clone(),
+        binding: subdomain_binding(HOST),
         agent_id: uuid::Uuid::new_v4(),
         upstream: "http://127.0.0.1:8080".into(),
         share: meridian_regions::api::Share::Owner,
         sandbox: false,
         cors_passthru: false,
         dial: Default::default(),
-        iat: now,
-        nbf: now,
-        exp: now + 300,
-    };
+        iat,
+        nbf: iat,
+        exp,
+    }
+}
+
+fn tokens(c: &mut Criterion) {
+    let (der, public) = generate_key("k1", [7u8; 32]);
+    let signer = Signer::new("k1", &der);
+    let verifier = Verifier::new(&[public]);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let binding = subdomain_binding(HOST);
+    let claims = claims(now, now + 300);
     let token = signer.sign(&claims).unwrap();
     c.bench_function("token verify uncached (Ed25519)", |b| b.iter(|| verifier.verify(black_box(&token), &binding)));
     // The proxy's cached path: a moka lookup keyed by the token, then binding and expiry checks.
@@ -85,5 +91,36 @@ fn headers(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, host_parsing, tokens, routes, headers);
+/// The connection log per request: counting a request into its open app
+/// session (the common case), with 1,000 sessions of other clients open.
+fn connection_log(c: &mut Criterion) {
+    use meridian_proxy::connection_log::{ConnectionLog, Seen};
+    let dir = tempfile::tempdir().unwrap();
+    let log =
+        ConnectionLog::open(dir.path(), 1 << 30, std::time::Duration::from_secs(3600), uuid::Uuid::nil()).unwrap();
+    let req = meridian_regions::app_url::AppRequest {
+        user: "alice".into(),
+        workspace: "dev".into(),
+        agent: Some("main".into()),
+        target: meridian_regions::app_url::AppTarget::Slug("code".into()),
+    };
+    let claims = claims(0, i64::MAX);
+    let seen = |ip: std::net::IpAddr| Seen {
+        req: &req,
+        stream: false,
+        claims: Some(&claims),
+        client: Some(ip),
+        user_agent: Some("Mozilla/5.0 (X11; Linux x86_64)"),
+    };
+    for i in 0..1000u32 {
+        log.app_request(&seen(std::net::Ipv4Addr::from(0x0a00_0000 + i).into()), 200, 0, 512);
+    }
+    let ip: std::net::IpAddr = [127, 0, 0, 1].into();
+    log.app_request(&seen(ip), 200, 0, 512);
+    c.bench_function("connection log: a request counted into its app session", |b| {
+        b.iter(|| log.app_request(black_box(&seen(ip)), 200, 0, 512))
+    });
+}
+
+criterion_group!(benches, host_parsing, tokens, routes, headers, connection_log);
 criterion_main!(benches);

@@ -28,26 +28,33 @@ enum AuditCommand {
         /// Only changes to this user, region or workspace (`owner/name`).
         #[arg(long)]
         target: Option<String>,
-        /// Only since then: a duration back from now (`1h`, `7days`) or an RFC 3339 time.
-        #[arg(long, value_parser = parse_time)]
-        since: Option<chrono::DateTime<chrono::Utc>>,
-        /// Only before then (same forms as --since).
-        #[arg(long, value_parser = parse_time)]
-        until: Option<chrono::DateTime<chrono::Utc>>,
-        /// Records per page [default: 100; at most 1000].
-        #[arg(long)]
-        limit: Option<i64>,
-        /// Every page, not only the newest (an export, with --json).
-        #[arg(long)]
-        all: bool,
-        /// JSON lines: one record per line.
-        #[arg(long)]
-        json: bool,
+        #[command(flatten)]
+        pages: Pages,
     },
 }
 
+/// Time range and paging, shared by `audit list` and `connections list`.
+#[derive(Args)]
+pub struct Pages {
+    /// Only since then: a duration back from now (`1h`, `7days`) or an RFC 3339 time.
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Only before then (same forms as --since).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Records per page [default: 100; at most 1000].
+    #[arg(long)]
+    pub limit: Option<i64>,
+    /// Every page, not only the newest (an export, with --json).
+    #[arg(long)]
+    pub all: bool,
+    /// JSON lines: one record per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
 /// `1h` (that long ago) or `2026-12-06T10:00:00Z`.
-pub(crate) fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
     if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
         return Ok(t.with_timezone(&chrono::Utc));
     }
@@ -58,7 +65,7 @@ pub(crate) fn parse_time(s: &str) -> Result<chrono::DateTime<chrono::Utc>, Strin
 
 pub async fn run(args: AuditArgs) -> Result<()> {
     let client = args.target.client()?;
-    let AuditCommand::List { user, action, target, since, until, limit, all, json } = args.command;
+    let AuditCommand::List { user, action, target, pages: Pages { since, until, limit, all, json } } = args.command;
     let mut query = AuditQuery { user, action, target, since, until, before: None, limit };
     let mut first = true;
     loop {

@@ -3,7 +3,7 @@
 //! (`--all` follows every page). Admins see everyone's sessions, members
 //! their own.
 
-use crate::audit::parse_time;
+use crate::audit::Pages;
 use crate::ops::Target;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -34,27 +34,16 @@ enum ConnectionsCommand {
         /// Only this kind: app, websocket, tcp, ssh, terminal, or refused.
         #[arg(long)]
         kind: Option<String>,
-        /// Only sessions started since then: a duration back from now (`1h`) or an RFC 3339 time.
-        #[arg(long, value_parser = parse_time)]
-        since: Option<chrono::DateTime<chrono::Utc>>,
-        /// Only sessions started before then (same forms as --since).
-        #[arg(long, value_parser = parse_time)]
-        until: Option<chrono::DateTime<chrono::Utc>>,
-        /// Records per page [default: 100; at most 1000].
-        #[arg(long)]
-        limit: Option<i64>,
-        /// Every page, not only the newest (an export, with --json).
-        #[arg(long)]
-        all: bool,
-        /// JSON lines: one record per line.
-        #[arg(long)]
-        json: bool,
+        /// Sessions by when they started.
+        #[command(flatten)]
+        pages: Pages,
     },
 }
 
 pub async fn run(args: ConnectionsArgs) -> Result<()> {
     let client = args.target.client()?;
-    let ConnectionsCommand::List { user, workspace, region, kind, since, until, limit, all, json } = args.command;
+    let ConnectionsCommand::List { user, workspace, region, kind, pages } = args.command;
+    let Pages { since, until, limit, all, json } = pages;
     let mut query = ConnectionQuery { user, workspace, region, kind, since, until, before: None, limit };
     let mut first = true;
     loop {
@@ -75,6 +64,10 @@ pub async fn run(args: ConnectionsArgs) -> Result<()> {
         }
         match page.next {
             Some(next) if all => query.before = Some(next),
+            _ if first && !json => {
+                println!("No connection records match.");
+                return Ok(());
+            }
             _ => return Ok(()),
         }
     }

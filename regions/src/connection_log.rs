@@ -152,8 +152,10 @@ pub struct Batch {
     pub records: Vec<Record>,
 }
 
-/// Most records one batch may carry.
-pub const MAX_BATCH: usize = 1000;
+/// Most records one batch may carry: a record is under 2 KiB (names are
+/// short, a user agent is cut to 256 characters), so a batch stays under the
+/// coordinator's 2 MiB limit for it.
+pub const MAX_BATCH: usize = 500;
 
 /// The answer to a [`Batch`]: how many were new, how many already stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]

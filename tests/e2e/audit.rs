@@ -11,20 +11,7 @@ use std::time::Duration;
 
 /// Every entry of the log matching `query`, newest first, following pages.
 async fn entries(admin: &Api, query: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut before: Option<i64> = None;
-    loop {
-        let page_query = match before {
-            Some(b) => format!("{query}&before={b}"),
-            None => query.to_owned(),
-        };
-        let page = admin.get(&format!("/api/v2/audit-log?{page_query}")).await.expect_status(200);
-        all.extend(page["entries"].as_array().unwrap().iter().cloned());
-        match page["next"].as_i64() {
-            Some(next) => before = Some(next),
-            None => return all,
-        }
-    }
+    admin.every_page("/api/v2/audit-log", query).await
 }
 
 fn actions(entries: &[Value]) -> Vec<&str> {
@@ -157,4 +144,57 @@ async fn records_past_the_retention_period_are_deleted() {
     })
     .await;
     assert_eq!(actions(&entries(admin, "target=tokyo").await), ["region.create"], "a newer record went too");
+}
+
+/// A change and its record are one transaction: while the audit log cannot
+/// be written (a constraint added by hand refuses every row), creating a
+/// region, a user or a workspace, deleting a region and signing in fail
+/// with 500 and change nothing; once it can, each is made with its record.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_whose_record_cannot_be_written_is_not_made() {
+    use sqlx::Connection;
+    let m = Mesh::builder().user("bob").start().await;
+    let admin = &m.admin;
+    admin.post("/api/v2/regions", json!({"name": "osaka"})).await.expect_status(201);
+    let mut db = sqlx::PgConnection::connect_with(&m.pg.pg.connect_options()).await.unwrap();
+    sqlx::query("ALTER TABLE audit_log ADD CONSTRAINT refuse_all CHECK (false) NOT VALID")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let workspace = json!({"name": "scratch", "agents": [{"name": "main", "apps": []}]});
+    let attempts = [
+        admin.post("/api/v2/regions", json!({"name": "tokyo"})).await.status,
+        admin.post("/api/v2/users", json!({"username": "carol", "password": "carol-password"})).await.status,
+        admin.post("/api/v2/workspaces", workspace.clone()).await.status,
+        admin.delete("/api/v2/regions/osaka").await.status,
+        Api::anonymous(&m.coord.url)
+            .post("/api/v2/users/login", json!({"username": "bob", "password": password_of("bob")}))
+            .await
+            .status,
+    ];
+    assert_eq!(attempts, [500; 5], "each change refused with its record");
+    let regions: Vec<String> = admin.get("/api/v2/regions").await.expect_status(200)["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(regions.contains(&"osaka".to_owned()) && !regions.contains(&"tokyo".to_owned()), "{regions:?}");
+    assert_eq!(
+        Api::anonymous(&m.coord.url)
+            .post("/api/v2/users/login", json!({"username": "carol", "password": "carol-password"}))
+            .await
+            .status,
+        401,
+        "carol was not made"
+    );
+    let workspaces = admin.get("/api/v2/workspaces").await.expect_status(200);
+    assert_eq!(workspaces["workspaces"], json!([]), "no workspace was made");
+
+    sqlx::query("ALTER TABLE audit_log DROP CONSTRAINT refuse_all").execute(&mut db).await.unwrap();
+    admin.post("/api/v2/regions", json!({"name": "tokyo"})).await.expect_status(201);
+    admin.post("/api/v2/workspaces", workspace).await.expect_status(201);
+    let made = entries(admin, "target=tokyo").await;
+    assert_eq!(actions(&made), ["region.create"], "one record, of the change that was made");
+    assert_eq!(actions(&entries(admin, "action=workspace").await), ["workspace.create"]);
 }

@@ -21,20 +21,7 @@ const ARRIVAL: Duration = Duration::from_secs(20);
 
 /// Every record of the log matching `query` as `api` sees it, following pages.
 async fn records(api: &Api, query: &str) -> Vec<Value> {
-    let mut all = Vec::new();
-    let mut before: Option<i64> = None;
-    loop {
-        let page_query = match before {
-            Some(b) => format!("{query}&before={b}"),
-            None => query.to_owned(),
-        };
-        let page = api.get(&format!("/api/v2/connection-log?{page_query}")).await.expect_status(200);
-        all.extend(page["entries"].as_array().unwrap().iter().cloned());
-        match page["next"].as_i64() {
-            Some(next) => before = Some(next),
-            None => return all,
-        }
-    }
+    api.every_page("/api/v2/connection-log", query).await
 }
 
 /// Waits until `query` matches `n` records (never more), and returns them.

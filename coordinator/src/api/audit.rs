@@ -1,8 +1,8 @@
-//! The audit log: `GET /api/v2/audit-log` (admins), and how handlers record
-//! the state changes they made ([`record`]). A record is written after its
-//! change succeeded; one that cannot be written (Postgres went away between
-//! the two) is logged and counted in `meridian_audit_write_failures_total`,
-//! never turned into a failure of the change itself.
+//! The audit log: `GET /api/v2/audit-log` (admins), and how handlers make
+//! the records of their changes ([`change`]), which the store writes in the
+//! change's own transaction. A failed sign-in changes nothing: its record
+//! is written on its own ([`record`]); one that cannot be is logged and
+//! counted in `meridian_audit_write_failures_total`.
 
 use super::auth::{client_addr, Admin};
 use super::AppState;
@@ -65,7 +65,7 @@ pub fn change(
     }
 }
 
-/// Writes `record` (after the change it describes).
+/// Writes the record of something that changed nothing (a failed sign-in).
 pub async fn record(state: &AppState, record: AuditRecord) {
     if let Err(e) = state.store.append_audit(&record).await {
         WRITE_FAILURES.fetch_add(1, Ordering::Relaxed);

@@ -14,7 +14,8 @@ use std::sync::Mutex;
 
 /// Records per page when the caller names no `limit`.
 const DEFAULT_PAGE: i64 = 100;
-/// The largest batch body: [`MAX_BATCH`] records of at most ~2 KiB each.
+/// The largest batch body: [`MAX_BATCH`] records of at most ~4 KiB each (a
+/// user agent of 256 characters, each escaped to six bytes, is 1.5 KiB).
 pub const MAX_BATCH_BODY: usize = 2 << 20;
 /// Longest text a record may carry in one field (names are far shorter; a
 /// user agent is cut to 256 characters by the region).

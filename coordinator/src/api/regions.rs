@@ -43,10 +43,10 @@ pub async fn create(
     check_display_name(&display)?;
     super::hosts::validate(&req.hosts)?;
     let reserved = state.config.wildcard_access_url.as_deref();
-    let (row, token) = state.store.create_region(name.as_str(), &display, &req.hosts, reserved).await?;
+    let created = audit::change(Some(&admin), "region.create", "region", name.as_str(), &source);
+    let audit = |row: &_| created.with_changes(diff(None, row));
+    let (row, token) = state.store.create_region(name.as_str(), &display, &req.hosts, reserved, audit).await?;
     tracing::info!(region = %row.name, by = %admin.username, "region created");
-    let created = audit::change(Some(&admin), "region.create", "region", &row.name, &source);
-    audit::record(&state, created.with_changes(diff(None, &row))).await;
     let region = to_api(&state, RegionWithReplicas { region: row, replicas: Vec::new(), wildcard_hostname: None });
     let body = CreateRegionResponse { region, proxy_token: token.encode().expose().to_owned() };
     Ok((StatusCode::CREATED, axum::Json(body)))
@@ -67,10 +67,10 @@ pub async fn update(
     super::hosts::validate(&req.hosts)?;
     let reserved = state.config.wildcard_access_url.as_deref();
     let before = state.store.regions().await?.into_iter().find(|r| r.region.name == name).map(|r| r.region);
-    let row = state.store.update_region(&name, req.display_name.as_deref(), &req.hosts, reserved).await?;
-    tracing::info!(region = %name, by = %admin.username, hosts = ?req.hosts, "region changed");
     let changed = audit::change(Some(&admin), "region.update", "region", &name, &source);
-    audit::record(&state, changed.with_changes(diff(before.as_ref(), &row))).await;
+    let audit = |row: &_| changed.with_changes(diff(before.as_ref(), row));
+    let row = state.store.update_region(&name, req.display_name.as_deref(), &req.hosts, reserved, audit).await?;
+    tracing::info!(region = %name, by = %admin.username, hosts = ?req.hosts, "region changed");
     let region = region_list(&state).await?.into_iter().find(|r| r.id == row.id);
     region.map(axum::Json).ok_or_else(|| ApiError::NotFound(format!("No region named {name:?}.")))
 }
@@ -104,9 +104,9 @@ pub async fn delete(
     source: Source,
     Path(name): Path<String>,
 ) -> ApiResult<StatusCode> {
-    state.store.delete_region(&name).await?;
+    let deleted = audit::change(Some(&admin), "region.delete", "region", &name, &source);
+    state.store.delete_region(&name, &deleted).await?;
     tracing::info!(region = %name, by = %admin.username, "region deleted");
-    audit::record(&state, audit::change(Some(&admin), "region.delete", "region", &name, &source)).await;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -116,10 +116,10 @@ pub async fn regenerate_token(
     source: Source,
     Path(name): Path<String>,
 ) -> ApiResult<axum::Json<RegenerateTokenResponse>> {
-    let token = state.store.regenerate_token(&name).await?;
-    tracing::info!(region = %name, by = %admin.username, "proxy token regenerated");
     // The token itself never goes into the log: only that it changed.
-    audit::record(&state, audit::change(Some(&admin), "region.regenerate_token", "region", &name, &source)).await;
+    let regenerated = audit::change(Some(&admin), "region.regenerate_token", "region", &name, &source);
+    let token = state.store.regenerate_token(&name, &regenerated).await?;
+    tracing::info!(region = %name, by = %admin.username, "proxy token regenerated");
     Ok(axum::Json(RegenerateTokenResponse { proxy_token: token.encode().expose().to_owned() }))
 }
 

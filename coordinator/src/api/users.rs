@@ -18,12 +18,13 @@ use meridian_regions::token::{Secret, Token};
 /// `POST /api/v2/users/first`: only while no user exists; the first user is admin.
 pub async fn first(State(state): State<AppState>, source: Source, Json(req): Json<Credentials>) -> ApiResult<Response> {
     let (username, hash) = validated(&req.username, req.password).await?;
-    let user = state.store.create_first_user(username.as_str(), &hash).await?;
+    let audit = |user: &_| {
+        let created = audit::change(Some(user), "user.create", "user", username.as_str(), &source);
+        created.with_changes(serde_json::json!({"admin": [null, true], "first": [null, true]}))
+    };
+    let user = state.store.create_first_user(username.as_str(), &hash, audit).await?;
     let token = state.store.create_session(user.id, Scope::User).await?;
     tracing::info!(user = %user.username, "first user created");
-    let created = audit::change(Some(&user), "user.create", "user", &user.username, &source);
-    audit::record(&state, created.with_changes(serde_json::json!({"admin": [null, true], "first": [null, true]})))
-        .await;
     let body = FirstUserResponse { user: user.into(), session_token: token.encode().expose().to_owned() };
     Ok((StatusCode::CREATED, axum::Json(body)).into_response())
 }
@@ -62,9 +63,9 @@ pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<
     };
     state.login_limits.succeeded(&req.username, client);
     // Signing in ends the session(s) this browser held (session rotation).
-    let _ = end_held_sessions(&state, &parts).await?;
-    let token = state.store.create_session(user.id, Scope::User).await?;
-    audit::record(&state, audit::change(Some(&user), "user.login", "user", &user.username, &source)).await;
+    let _ = end_held_sessions(&state, &parts, None).await?;
+    let signed_in = audit::change(Some(&user), "user.login", "user", &user.username, &source);
+    let token = state.store.sign_in(user.id, &signed_in).await?;
     let value = token.encode();
     let cookie = session_cookie(&state, value.expose(), None);
     let body = LoginResponse { session_token: value.expose().to_owned() };
@@ -76,19 +77,25 @@ pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<
 /// session: the result the caller wants holds either way.
 pub async fn logout(State(state): State<AppState>, parts: Parts) -> ApiResult<Response> {
     let source = Source(client_addr(&parts).to_string());
-    for user in end_held_sessions(&state, &parts).await? {
-        audit::record(&state, audit::change(Some(&user), "user.logout", "user", &user.username, &source)).await;
-    }
+    end_held_sessions(&state, &parts, Some(&source)).await?;
     let cleared = session_cookie(&state, "", Some(0));
     Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cleared)]).into_response())
 }
 
 /// Ends the sessions the request carries: every copy (one may have been
-/// planted), each that is a live session with its secret; whose they were.
-async fn end_held_sessions(state: &AppState, parts: &Parts) -> ApiResult<Vec<crate::store::UserRow>> {
+/// planted), each that is a live session with its secret, each recorded as a
+/// sign-out from `source` if given; whose they were.
+async fn end_held_sessions(
+    state: &AppState,
+    parts: &Parts,
+    source: Option<&Source>,
+) -> ApiResult<Vec<crate::store::UserRow>> {
     let mut ended = Vec::new();
     for token in session_tokens(state, parts).iter().filter_map(|raw| Token::parse(raw).ok()) {
-        if let Some(user) = state.store.end_session(&token).await? {
+        let audit = |user: &crate::store::UserRow| {
+            source.map(|s| audit::change(Some(user), "user.logout", "user", &user.username, s))
+        };
+        if let Some(user) = state.store.end_session(&token, audit).await? {
             tracing::info!(session = %token.id, "signed out");
             ended.push(user);
         }
@@ -124,10 +131,10 @@ pub async fn create(
     Json(req): Json<CreateUser>,
 ) -> ApiResult<(StatusCode, axum::Json<User>)> {
     let (username, hash) = validated(&req.username, req.password).await?;
-    let user = state.store.create_user(username.as_str(), &hash, req.admin).await?;
+    let created = audit::change(Some(&admin), "user.create", "user", username.as_str(), &source)
+        .with_changes(serde_json::json!({"admin": [null, req.admin]}));
+    let user = state.store.create_user(username.as_str(), &hash, req.admin, &created).await?;
     tracing::info!(user = %user.username, admin = user.admin, by = %admin.username, "user created");
-    let created = audit::change(Some(&admin), "user.create", "user", &user.username, &source);
-    audit::record(&state, created.with_changes(serde_json::json!({"admin": [null, user.admin]}))).await;
     Ok((StatusCode::CREATED, axum::Json(user.into())))
 }
 

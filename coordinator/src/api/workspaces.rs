@@ -24,17 +24,12 @@ pub async fn create(
 ) -> ApiResult<(StatusCode, axum::Json<CreateWorkspaceResponse>)> {
     validate(&req)?;
     let owner = owner_for(&state, &caller, req.owner.as_deref()).await?;
-    let (id, agent_tokens) = state.store.create_workspace(owner.id, &req.name, &req.agents).await?;
-    tracing::info!(workspace = %req.name, owner = %owner.username, by = %caller.username, "workspace created");
-    let created = audit::change(
-        Some(&caller),
-        "workspace.create",
-        "workspace",
-        format!("{}/{}", owner.username, req.name),
-        &source,
-    );
     let agents: Vec<&str> = req.agents.iter().map(|a| a.name.as_str()).collect();
-    audit::record(&state, created.with_changes(serde_json::json!({"agents": [null, agents]}))).await;
+    let target = format!("{}/{}", owner.username, req.name);
+    let created = audit::change(Some(&caller), "workspace.create", "workspace", target, &source)
+        .with_changes(serde_json::json!({"agents": [null, agents]}));
+    let (id, agent_tokens) = state.store.create_workspace(owner.id, &req.name, &req.agents, &created).await?;
+    tracing::info!(workspace = %req.name, owner = %owner.username, by = %caller.username, "workspace created");
     let workspace = state
         .store
         .workspace(id)
@@ -69,10 +64,10 @@ pub async fn delete(
     Path((owner, name)): Path<(String, String)>,
 ) -> ApiResult<StatusCode> {
     let owner = owner_for(&state, &caller, Some(&owner)).await?;
-    state.store.delete_workspace(owner.id, &name).await?;
-    tracing::info!(workspace = %name, owner = %owner.username, by = %caller.username, "workspace deleted");
     let target = format!("{}/{name}", owner.username);
-    audit::record(&state, audit::change(Some(&caller), "workspace.delete", "workspace", target, &source)).await;
+    let deleted = audit::change(Some(&caller), "workspace.delete", "workspace", target, &source);
+    state.store.delete_workspace(owner.id, &name, &deleted).await?;
+    tracing::info!(workspace = %name, owner = %owner.username, by = %caller.username, "workspace deleted");
     Ok(StatusCode::NO_CONTENT)
 }
 

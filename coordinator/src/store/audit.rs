@@ -1,6 +1,8 @@
 //! The audit log: who changed what through the API, and when (migration
-//! `0009_audit_log.sql`). Records are appended after the change they
-//! describe; listing is newest first with keyset paging (`before` an id), so
+//! `0009_audit_log.sql`). A change's record is written in the change's own
+//! transaction ([`write_audit`], called by the store method that makes the
+//! change): a change is never stored without its record, whatever dies in
+//! between. Listing is newest first with keyset paging (`before` an id), so
 //! a page costs the same at the millionth row as at the first.
 
 use super::Store;
@@ -46,22 +48,28 @@ struct Row {
     changes: serde_json::Value,
 }
 
+/// Writes `r` with `exec`: the transaction of the change it describes.
+pub(super) async fn write_audit<'e>(exec: impl sqlx::PgExecutor<'e>, r: &AuditRecord) -> ApiResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (actor_id, actor, action, target_kind, target, source, changes) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(r.actor_id)
+    .bind(&r.actor)
+    .bind(r.action)
+    .bind(r.target_kind)
+    .bind(&r.target)
+    .bind(&r.source)
+    .bind(&r.changes)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
 impl Store {
+    /// Writes a record of something that changed nothing (a failed sign-in).
     pub async fn append_audit(&self, r: &AuditRecord) -> ApiResult<()> {
-        sqlx::query(
-            "INSERT INTO audit_log (actor_id, actor, action, target_kind, target, source, changes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(r.actor_id)
-        .bind(&r.actor)
-        .bind(r.action)
-        .bind(r.target_kind)
-        .bind(&r.target)
-        .bind(&r.source)
-        .bind(&r.changes)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        write_audit(&self.pool, r).await
     }
 
     /// A page of records matching `q`, newest first (at most `limit`, capped at [`MAX_PAGE`]).
@@ -103,17 +111,19 @@ impl Store {
     /// Deletes records older than `cutoff`, a batch per statement so no lock
     /// is held long; how many went.
     pub async fn prune_audit_log(&self, cutoff: DateTime<Utc>) -> ApiResult<u64> {
+        self.prune(
+            "DELETE FROM audit_log WHERE id IN (SELECT id FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2)",
+            cutoff,
+        )
+        .await
+    }
+
+    /// Runs `delete` (records older than `$1`, at most `$2` of them) until
+    /// it deletes fewer than a batch: no statement holds a lock for long.
+    pub(super) async fn prune(&self, delete: &'static str, cutoff: DateTime<Utc>) -> ApiResult<u64> {
         let mut total = 0;
         loop {
-            let deleted = sqlx::query(
-                "DELETE FROM audit_log WHERE id IN \
-                 (SELECT id FROM audit_log WHERE at < $1 ORDER BY at LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_BATCH)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
+            let deleted = sqlx::query(delete).bind(cutoff).bind(PRUNE_BATCH).execute(&self.pool).await?.rows_affected();
             total += deleted;
             if deleted < PRUNE_BATCH as u64 {
                 return Ok(total);

@@ -13,8 +13,6 @@ use uuid::Uuid;
 
 /// Most records one page returns.
 pub const MAX_PAGE: i64 = 1000;
-/// Records deleted per statement when enforcing retention (short locks).
-const PRUNE_BATCH: i64 = 10_000;
 
 #[derive(sqlx::FromRow)]
 struct Row {
@@ -134,22 +132,12 @@ impl Store {
     /// Deletes records that started before `cutoff`, a batch per statement so
     /// no lock is held long; how many went.
     pub async fn prune_connection_log(&self, cutoff: DateTime<Utc>) -> ApiResult<u64> {
-        let mut total = 0;
-        loop {
-            let deleted = sqlx::query(
-                "DELETE FROM connection_log WHERE seq IN \
-                 (SELECT seq FROM connection_log WHERE started_at < $1 ORDER BY started_at LIMIT $2)",
-            )
-            .bind(cutoff)
-            .bind(PRUNE_BATCH)
-            .execute(&self.pool)
-            .await?
-            .rows_affected();
-            total += deleted;
-            if deleted < PRUNE_BATCH as u64 {
-                return Ok(total);
-            }
-        }
+        self.prune(
+            "DELETE FROM connection_log WHERE seq IN \
+             (SELECT seq FROM connection_log WHERE started_at < $1 ORDER BY started_at LIMIT $2)",
+            cutoff,
+        )
+        .await
     }
 }
 

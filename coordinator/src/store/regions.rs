@@ -1,5 +1,6 @@
 //! Regions, their proxy tokens, and the replicas that heartbeat for them.
 
+use super::audit::{write_audit, AuditRecord};
 use super::{is_unique_violation, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
@@ -123,6 +124,7 @@ impl Store {
         display_name: &str,
         hosts: &RegionHosts,
         reserved_wildcard: Option<&str>,
+        audit: impl FnOnce(&RegionRow) -> AuditRecord + Send,
     ) -> ApiResult<(RegionRow, Token)> {
         let (token, hash) = secret::new_token(Uuid::new_v4());
         let mut tx = self.pool.begin().await?;
@@ -148,6 +150,7 @@ impl Store {
                 e.into()
             }
         })?;
+        write_audit(&mut *tx, &audit(&row)).await?;
         tx.commit().await?;
         Ok((row, token))
     }
@@ -159,6 +162,7 @@ impl Store {
         display_name: Option<&str>,
         hosts: &RegionHosts,
         reserved_wildcard: Option<&str>,
+        audit: impl FnOnce(&RegionRow) -> AuditRecord + Send,
     ) -> ApiResult<RegionRow> {
         refuse_primary(name)?;
         let mut tx = self.pool.begin().await?;
@@ -181,6 +185,7 @@ impl Store {
         .bind(&hosts.wildcard_hostname)
         .fetch_one(&mut *tx)
         .await?;
+        write_audit(&mut *tx, &audit(&row)).await?;
         tx.commit().await?;
         Ok(row)
     }
@@ -223,25 +228,32 @@ impl Store {
         Ok(RegionHosts { access_url, wildcard_hostname })
     }
 
-    /// Deletes a region, its token and its replicas. The primary cannot be deleted.
-    pub async fn delete_region(&self, name: &str) -> ApiResult<()> {
+    /// Deletes a region, its token and its replicas, with its `audit` record.
+    /// The primary cannot be deleted.
+    pub async fn delete_region(&self, name: &str, audit: &AuditRecord) -> ApiResult<()> {
         refuse_primary(name)?;
+        let mut tx = self.pool.begin().await?;
         let deleted =
-            sqlx::query("DELETE FROM regions WHERE name = $1").bind(name).execute(&self.pool).await?.rows_affected();
+            sqlx::query("DELETE FROM regions WHERE name = $1").bind(name).execute(&mut *tx).await?.rows_affected();
         if deleted == 0 {
             return Err(not_found(name));
         }
+        write_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
         Ok(())
     }
 
-    /// Replaces a region's token; the old one stops working at once.
-    pub async fn regenerate_token(&self, name: &str) -> ApiResult<Token> {
+    /// Replaces a region's token, with its `audit` record; the old one stops working at once.
+    pub async fn regenerate_token(&self, name: &str, audit: &AuditRecord) -> ApiResult<Token> {
         refuse_primary(name)?;
+        let mut tx = self.pool.begin().await?;
         let id: Option<Uuid> =
-            sqlx::query_scalar("SELECT id FROM regions WHERE name = $1").bind(name).fetch_optional(&self.pool).await?;
+            sqlx::query_scalar("SELECT id FROM regions WHERE name = $1").bind(name).fetch_optional(&mut *tx).await?;
         let id = id.ok_or_else(|| not_found(name))?;
         let (token, hash) = secret::new_token(id);
-        sqlx::query("UPDATE regions SET token_hash = $2 WHERE id = $1").bind(id).bind(hash).execute(&self.pool).await?;
+        sqlx::query("UPDATE regions SET token_hash = $2 WHERE id = $1").bind(id).bind(hash).execute(&mut *tx).await?;
+        write_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
         Ok(token)
     }
 

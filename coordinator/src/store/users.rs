@@ -1,5 +1,6 @@
 //! Users and their sessions.
 
+use super::audit::{write_audit, AuditRecord};
 use super::{is_unique_violation, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
@@ -27,9 +28,15 @@ impl From<UserRow> for User {
 }
 
 impl Store {
-    /// Creates the first user, as admin, only while no user exists. The table
-    /// lock makes two concurrent first-user calls create one user.
-    pub async fn create_first_user(&self, username: &str, password_hash: &str) -> ApiResult<UserRow> {
+    /// Creates the first user, as admin, only while no user exists, with the
+    /// `audit` record made of it. The table lock makes two concurrent
+    /// first-user calls create one user.
+    pub async fn create_first_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        audit: impl FnOnce(&UserRow) -> AuditRecord + Send,
+    ) -> ApiResult<UserRow> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("LOCK TABLE users IN EXCLUSIVE MODE").execute(&mut *tx).await?;
         let any: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM users)").fetch_one(&mut *tx).await?;
@@ -39,12 +46,23 @@ impl Store {
             ));
         }
         let row = insert_user(&mut *tx, username, password_hash, true).await?;
+        write_audit(&mut *tx, &audit(&row)).await?;
         tx.commit().await?;
         Ok(row)
     }
 
-    pub async fn create_user(&self, username: &str, password_hash: &str, admin: bool) -> ApiResult<UserRow> {
-        insert_user(&self.pool, username, password_hash, admin).await
+    pub async fn create_user(
+        &self,
+        username: &str,
+        password_hash: &str,
+        admin: bool,
+        audit: &AuditRecord,
+    ) -> ApiResult<UserRow> {
+        let mut tx = self.pool.begin().await?;
+        let row = insert_user(&mut *tx, username, password_hash, admin).await?;
+        write_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
+        Ok(row)
     }
 
     pub async fn user_by_name(&self, username: &str) -> ApiResult<Option<UserRow>> {
@@ -56,15 +74,15 @@ impl Store {
 
     /// Starts a session for `user_id`; the returned token is shown once.
     pub async fn create_session(&self, user_id: Uuid, scope: Scope) -> ApiResult<Token> {
-        let (token, hash) = secret::new_token(Uuid::new_v4());
-        sqlx::query("INSERT INTO sessions (id, user_id, secret_hash, expires_at, scope) VALUES ($1, $2, $3, $4, $5)")
-            .bind(token.id)
-            .bind(user_id)
-            .bind(hash)
-            .bind(Utc::now() + SESSION_LIFETIME)
-            .bind(scope.as_str())
-            .execute(&self.pool)
-            .await?;
+        insert_session(&self.pool, user_id, scope).await
+    }
+
+    /// Signs `user_id` in: a user session, with its `audit` record.
+    pub async fn sign_in(&self, user_id: Uuid, audit: &AuditRecord) -> ApiResult<Token> {
+        let mut tx = self.pool.begin().await?;
+        let token = insert_session(&mut *tx, user_id, Scope::User).await?;
+        write_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
         Ok(token)
     }
 
@@ -110,20 +128,30 @@ impl Store {
     }
 
     /// Ends session `token` (if its secret matches) and every app session it
-    /// signed in; whether there was one to end.
-    /// Ends `token`'s session if its secret matches; whose it was.
-    pub async fn end_session(&self, token: &Token) -> ApiResult<Option<UserRow>> {
+    /// signed in, with the `audit` record made of whose it was (if any);
+    /// whose it was.
+    pub async fn end_session(
+        &self,
+        token: &Token,
+        audit: impl FnOnce(&UserRow) -> Option<AuditRecord> + Send,
+    ) -> ApiResult<Option<UserRow>> {
+        let mut tx = self.pool.begin().await?;
         let row: Option<SessionJoin> = sqlx::query_as(
-            "SELECT s.secret_hash, u.* FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
+            "SELECT s.secret_hash, u.id, u.username, u.password_hash, u.admin, u.created_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id WHERE s.id = $1",
         )
         .bind(token.id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *tx)
         .await?;
         let Some(j) = row.filter(|j| secret::secret_matches(token.secret.expose(), &j.secret_hash)) else {
             return Ok(None);
         };
         // Children go with it (ON DELETE CASCADE).
-        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(token.id).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM sessions WHERE id = $1").bind(token.id).execute(&mut *tx).await?;
+        if let Some(record) = audit(&j.user) {
+            write_audit(&mut *tx, &record).await?;
+        }
+        tx.commit().await?;
         Ok(Some(j.user))
     }
 
@@ -164,6 +192,19 @@ struct SessionJoin {
     secret_hash: Vec<u8>,
     #[sqlx(flatten)]
     user: UserRow,
+}
+
+async fn insert_session<'e>(exec: impl sqlx::PgExecutor<'e>, user_id: Uuid, scope: Scope) -> ApiResult<Token> {
+    let (token, hash) = secret::new_token(Uuid::new_v4());
+    sqlx::query("INSERT INTO sessions (id, user_id, secret_hash, expires_at, scope) VALUES ($1, $2, $3, $4, $5)")
+        .bind(token.id)
+        .bind(user_id)
+        .bind(hash)
+        .bind(Utc::now() + SESSION_LIFETIME)
+        .bind(scope.as_str())
+        .execute(exec)
+        .await?;
+    Ok(token)
 }
 
 async fn insert_user<'e>(

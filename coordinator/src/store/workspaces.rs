@@ -1,5 +1,6 @@
 //! Workspaces, their agents and apps.
 
+use super::audit::{write_audit, AuditRecord};
 use super::{is_unique_violation, Store};
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
@@ -59,6 +60,7 @@ impl Store {
         owner_id: Uuid,
         name: &str,
         agents: &[AgentSpec],
+        audit: &AuditRecord,
     ) -> ApiResult<(Uuid, BTreeMap<String, String>)> {
         let mut tx = self.pool.begin().await?;
         let id = Uuid::new_v4();
@@ -103,6 +105,7 @@ impl Store {
             }
             tokens.insert(agent.name.clone(), token.encode().expose().to_owned());
         }
+        write_audit(&mut *tx, audit).await?;
         tx.commit().await?;
         Ok((id, tokens))
     }
@@ -172,17 +175,20 @@ impl Store {
             .collect())
     }
 
-    /// Deletes `owner`'s workspace `name` with its agents and apps.
-    pub async fn delete_workspace(&self, owner_id: Uuid, name: &str) -> ApiResult<()> {
+    /// Deletes `owner`'s workspace `name` with its agents and apps, with its `audit` record.
+    pub async fn delete_workspace(&self, owner_id: Uuid, name: &str, audit: &AuditRecord) -> ApiResult<()> {
+        let mut tx = self.pool.begin().await?;
         let deleted = sqlx::query("DELETE FROM workspaces WHERE owner_id = $1 AND name = $2")
             .bind(owner_id)
             .bind(name)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?
             .rows_affected();
         if deleted == 0 {
             return Err(ApiError::NotFound(format!("No workspace named {name:?}.")));
         }
+        write_audit(&mut *tx, audit).await?;
+        tx.commit().await?;
         Ok(())
     }
 }

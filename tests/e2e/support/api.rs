@@ -80,6 +80,25 @@ impl Api {
         self.send(reqwest::Method::DELETE, path, None).await
     }
 
+    /// Every entry of a paged log (`GET {path}?{query}`, `{entries, next}`),
+    /// newest first, following `next` as `before`.
+    pub async fn every_page(&self, path: &str, query: &str) -> Vec<Value> {
+        let mut all = Vec::new();
+        let mut before: Option<i64> = None;
+        loop {
+            let page_query = match before {
+                Some(b) => format!("{query}&before={b}"),
+                None => query.to_owned(),
+            };
+            let page = self.get(&format!("{path}?{page_query}")).await.expect_status(200);
+            all.extend(page["entries"].as_array().expect("a page of entries").iter().cloned());
+            match page["next"].as_i64() {
+                Some(next) => before = Some(next),
+                None => return all,
+            }
+        }
+    }
+
     /// Creates a region and returns its proxy token.
     pub async fn create_region(&self, name: &str) -> String {
         let body = self.post("/api/v2/regions", json!({"name": name, "display_name": name})).await.expect_status(201);
