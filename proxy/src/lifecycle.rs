@@ -109,8 +109,7 @@ impl Lifecycle {
     /// a peer relay opened through this relay (a request it started before the
     /// agent moved: a streamed response, a WebSocket) is still busy; a quiet
     /// one ends within [`crate::relay::RELAYED_QUIET`].
-    async fn drain(&self) {
-        let deadline = Instant::now() + self.drain_timeout;
+    async fn drain(&self, deadline: Instant) {
         self.relay.ask_agents_to_leave().await;
         self.relay.start_draining();
         // This service's own context is not a request; nothing else counts here.
@@ -153,9 +152,19 @@ impl BackgroundService for Lifecycle {
         }
         // Pingora has stopped accepting; tell the coordinator, then drain.
         self.registrar.deregister().await;
-        self.drain().await;
+        let deadline = Instant::now() + self.drain_timeout;
+        self.drain(deadline).await;
         if let Some(log) = self.state.connection_log() {
             crate::connection_log::shipper::finish(log, &self.registrar.client, FINAL_SHIP_TIMEOUT).await;
+            // A request that came on a kept-alive connection while the log
+            // shipped (the coordinator may be a long round trip away) is
+            // answered, not cut by the exit; its app session goes to the
+            // journal, for the next start to ship.
+            let settle_by = deadline.max(Instant::now() + CLOSE_WAIT);
+            while self.state.in_flight() > 0 && Instant::now() < settle_by {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            log.stop();
         }
         self.drained.send_replace(true);
         tracing::info!("proxy stopped");
