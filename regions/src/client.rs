@@ -34,6 +34,11 @@ pub enum ClientError {
     Decode(String),
 }
 
+/// A filter type as a URL query string (its unset fields left out).
+fn query_string(q: &impl Serialize) -> Result<String, ClientError> {
+    serde_urlencoded::to_string(q).map_err(|e| ClientError::Decode(format!("cannot encode the query: {e}")))
+}
+
 impl ClientError {
     /// Whether trying again later may succeed.
     pub fn is_retryable(&self) -> bool {
@@ -157,24 +162,7 @@ impl Client {
 
     /// As an admin: a page of the audit log matching `q`.
     pub async fn audit_log(&self, q: &crate::api::AuditQuery) -> Result<crate::api::AuditLog, ClientError> {
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
-        let text = |v: &Option<String>| v.clone();
-        let time = |v: &Option<chrono::DateTime<chrono::Utc>>| v.map(|t| t.to_rfc3339());
-        let number = |v: &Option<i64>| v.map(|n| n.to_string());
-        for (key, value) in [
-            ("user", text(&q.user)),
-            ("action", text(&q.action)),
-            ("target", text(&q.target)),
-            ("since", time(&q.since)),
-            ("until", time(&q.until)),
-            ("before", number(&q.before)),
-            ("limit", number(&q.limit)),
-        ] {
-            if let Some(v) = value {
-                query.append_pair(key, &v);
-            }
-        }
-        self.call(Method::GET, &format!("/api/v2/audit-log?{}", query.finish()), None::<&()>).await
+        self.call(Method::GET, &format!("/api/v2/audit-log?{}", query_string(q)?), None::<&()>).await
     }
 
     /// A page of the connection log matching `q` (a member sees only their own).
@@ -182,11 +170,7 @@ impl Client {
         &self,
         q: &crate::connection_log::ConnectionQuery,
     ) -> Result<crate::connection_log::ConnectionLog, ClientError> {
-        let mut query = url::form_urlencoded::Serializer::new(String::new());
-        for (key, value) in q.pairs() {
-            query.append_pair(key, &value);
-        }
-        self.call(Method::GET, &format!("/api/v2/connection-log?{}", query.finish()), None::<&()>).await
+        self.call(Method::GET, &format!("/api/v2/connection-log?{}", query_string(q)?), None::<&()>).await
     }
 
     /// As a proxy: stores a batch of its region's connection records (within `timeout`).

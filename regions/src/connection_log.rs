@@ -189,31 +189,6 @@ pub struct ConnectionQuery {
     pub limit: Option<i64>,
 }
 
-impl ConnectionQuery {
-    /// As URL query pairs, for a client.
-    pub fn pairs(&self) -> Vec<(&'static str, String)> {
-        let mut pairs = Vec::new();
-        for (key, value) in
-            [("user", &self.user), ("workspace", &self.workspace), ("region", &self.region), ("kind", &self.kind)]
-        {
-            if let Some(v) = value {
-                pairs.push((key, v.clone()));
-            }
-        }
-        for (key, value) in [("since", self.since), ("until", self.until)] {
-            if let Some(t) = value {
-                pairs.push((key, t.to_rfc3339()));
-            }
-        }
-        for (key, value) in [("before", self.before), ("limit", self.limit)] {
-            if let Some(n) = value {
-                pairs.push((key, n.to_string()));
-            }
-        }
-        pairs
-    }
-}
-
 /// One stored record, with what the coordinator knows beside it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ConnectionEntry {
