@@ -38,7 +38,7 @@ pub async fn idle(stack: &Stack, count: usize) -> Result<Shells> {
     let start = Instant::now();
     let mut open = Vec::with_capacity(count);
     for i in 0..count {
-        let ssh = meridian_cli::shell::client::connect(dialer.clone())
+        let (ssh, _carrier) = meridian_cli::shell::client::connect(dialer.clone())
             .await
             .with_context(|| format!("idle shell {i} of {count}"))?;
         let channel = ssh.channel_open_session().await?;
@@ -71,7 +71,7 @@ pub async fn idle(stack: &Stack, count: usize) -> Result<Shells> {
 /// A new session running `echo ok`, from dialing to its output.
 async fn echo(dialer: &Arc<Dialer>) -> Result<Duration> {
     let start = Instant::now();
-    let ssh = meridian_cli::shell::client::connect(dialer.clone()).await?;
+    let (ssh, _carrier) = meridian_cli::shell::client::connect(dialer.clone()).await?;
     let mut channel = ssh.channel_open_session().await?;
     channel.exec(true, "echo ok").await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);

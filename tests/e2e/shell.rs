@@ -106,7 +106,7 @@ async fn ssh_scp_sftp_and_forwards_work_through_a_region_with_the_agents_real_ho
     script.args(["-qec", &format!("{BIN} ssh dev"), "/dev/null"]);
     script.stdin(std::fs::File::open(write_file(&dir, "typed", "tty; echo typed-$((6*7)); exit 4\n")).unwrap());
     let out = output_within(&mut script, Duration::from_secs(60), "meridian ssh in script");
-    assert!(text(&out).contains("typed-42") && text(&out).contains("/dev/pts/"), "{}", text(&out));
+    assert!(text(&out).contains("typed-42") && text(&out).contains("/dev/pts/"), "{:?}: {}", out.status, text(&out));
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
 
     cli.config_ssh();

@@ -237,6 +237,7 @@ async fn on_pty(
                 Some(_) => {}
                 None => {
                     // The client is gone: hang up, as a terminal closing does.
+                    tracing::info!(?pid, "the SSH client went away; hanging up its terminal");
                     deliver(pid, &Sig::HUP, true);
                     break child.wait().await?;
                 }

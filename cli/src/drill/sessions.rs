@@ -125,6 +125,8 @@ pub async fn tcp(target: &Target, dir: &std::path::Path) -> Result<Probe> {
         anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "port-forward did not listen within 30 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
+    // Read once; left behind it would litter the temporary directory.
+    let _ = std::fs::remove_file(&ready);
     let tcp = tokio::net::TcpStream::connect(&local).await?;
     let (mut r, mut w) = tcp.into_split();
     let (end_input, mut ended) = tokio::sync::oneshot::channel::<()>();

@@ -26,10 +26,13 @@ impl russh::client::Handler for Verify {
     }
 }
 
+/// The task carrying an SSH connection: how its session ended.
+pub type Carrier = tokio::task::JoinHandle<Result<()>>;
+
 /// An SSH connection to the agent through a resumable session (carried by
 /// a task that lives as long as the connection), the agent's host key
 /// checked against the published one, signed in.
-pub async fn connect(dialer: Arc<Dialer>) -> Result<russh::client::Handle<Verify>> {
+pub async fn connect(dialer: Arc<Dialer>) -> Result<(russh::client::Handle<Verify>, Carrier)> {
     let published = dialer
         .host_key()
         .context("the agent has not published an SSH host key (is it older than this client, or not started yet?)")?;
@@ -59,12 +62,24 @@ pub async fn connect(dialer: Arc<Dialer>) -> Result<russh::client::Handle<Verify
     if !ssh.authenticate_none(user).await?.success() {
         bail!("the agent refused the SSH session");
     }
-    Ok(ssh)
+    Ok((ssh, carrier))
+}
+
+/// Why a connection ended before the remote side said how its command
+/// exited: what its carrier saw (given a moment to say it).
+async fn lost(carrier: Carrier) -> anyhow::Error {
+    let why = match tokio::time::timeout(std::time::Duration::from_secs(2), carrier).await {
+        Ok(Ok(Err(why))) => format!("{why:#}"),
+        Ok(Ok(Ok(()))) => "the agent closed it".to_owned(),
+        Ok(Err(e)) => format!("its carrier failed: {e}"),
+        Err(_) => "it stopped answering".to_owned(),
+    };
+    anyhow::anyhow!("the connection to the workspace ended before the remote command exited: {why}")
 }
 
 /// Runs `command` (a login shell when empty); its exit status.
 pub async fn run(dialer: Arc<Dialer>, command: &[String]) -> Result<u32> {
-    let ssh = connect(dialer).await?;
+    let (ssh, carrier) = connect(dialer).await?;
     let mut channel = ssh.channel_open_session().await?;
     let tty = command.is_empty() && std::io::stdin().is_terminal();
     if tty {
@@ -111,7 +126,10 @@ pub async fn run(dialer: Arc<Dialer>, command: &[String]) -> Result<u32> {
         }
     }
     let _ = ssh.disconnect(russh::Disconnect::ByApplication, "", "").await;
-    Ok(code.unwrap_or(255))
+    match code {
+        Some(code) => Ok(code),
+        None => Err(lost(carrier).await),
+    }
 }
 
 /// Stdin read on its own thread, in chunks (reading it is not cancel-safe).
