@@ -30,6 +30,7 @@ fn claims(iat: i64, exp: i64) -> AppClaims {
         iat,
         nbf: iat,
         exp,
+        sid: Some(uuid::Uuid::new_v4()),
     }
 }
 

@@ -144,6 +144,30 @@ enum UsersCommand {
         #[arg(long)]
         admin: bool,
     },
+    /// List users: role, how they sign in, status, last sign-in, live sessions (admins only).
+    List {
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Suspend a user: their sessions end, and every region cuts their open apps,
+    /// WebSockets, shells and forwarded ports within seconds (admins only).
+    Suspend { username: String },
+    /// Let a suspended user sign in again (admins only).
+    Activate { username: String },
+    /// List a user's sessions (yours, or anyone's for an admin), or end them.
+    Sessions {
+        username: String,
+        /// End every session: signed out everywhere; regions cut what they opened.
+        #[arg(long, conflicts_with = "revoke")]
+        revoke_all: bool,
+        /// End one session (by id).
+        #[arg(long)]
+        revoke: Option<uuid::Uuid>,
+        /// One JSON object per line.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Writes `text` to stdout; a closed pipe (`| head`) ends the output quietly.
@@ -251,8 +275,64 @@ pub async fn users(args: UsersArgs) -> Result<()> {
             let user = client.create_user(&username, password.expose(), admin).await?;
             println!("Created user {}{}.", user.username, if user.admin { " (admin)" } else { "" });
         }
+        UsersCommand::List { json } => {
+            let users = client.users().await?.users;
+            if json {
+                print(&json_lines(&users)?);
+                return Ok(());
+            }
+            let when = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or_else(|| "never".to_owned(), |t| t.format("%Y-%m-%d %H:%M").to_string())
+            };
+            let mut rows = vec![["USER", "ROLE", "SIGN-IN", "STATUS", "LAST SIGN-IN", "SESSIONS"].map(String::from)];
+            for u in users {
+                let role = if u.user.admin { "admin" } else { "member" };
+                let (sessions, last) = (u.sessions.to_string(), when(u.last_sign_in_at));
+                rows.push([u.user.username, role.into(), u.login_type, u.status, last, sessions]);
+            }
+            print(&aligned(&rows));
+        }
+        UsersCommand::Suspend { username } => {
+            let u = client.set_user_suspended(&username, true).await?;
+            println!("Suspended {}: their sessions ended, and every region cuts what they had open.", u.user.username);
+        }
+        UsersCommand::Activate { username } => {
+            let u = client.set_user_suspended(&username, false).await?;
+            println!("{} is active again and may sign in.", u.user.username);
+        }
+        UsersCommand::Sessions { username, revoke_all, revoke, json } => {
+            if revoke_all {
+                let n = client.revoke_sessions(&username).await?.revoked;
+                println!("Ended {n} session(s) of {username}; every region cuts what their tokens opened.");
+            } else if let Some(id) = revoke {
+                client.revoke_session(&username, id).await?;
+                println!("Ended session {id} of {username}.");
+            } else {
+                let sessions = client.user_sessions(&username).await?.sessions;
+                if json {
+                    print(&json_lines(&sessions)?);
+                    return Ok(());
+                }
+                let mut rows = vec![["SESSION", "SIGNED IN", "EXPIRES", "APPS"].map(String::from)];
+                for s in sessions {
+                    let at = |t: chrono::DateTime<chrono::Utc>| t.format("%Y-%m-%d %H:%M").to_string();
+                    rows.push([s.id.to_string(), at(s.created_at), at(s.expires_at), s.app_sessions.to_string()]);
+                }
+                print(&aligned(&rows));
+            }
+        }
     }
     Ok(())
+}
+
+/// One JSON object per line.
+fn json_lines<T: serde::Serialize>(items: &[T]) -> Result<String> {
+    let mut out = String::new();
+    for item in items {
+        out.push_str(&serde_json::to_string(item)?);
+        out.push('\n');
+    }
+    Ok(out)
 }
 
 /// Ping results as a table, the best region marked.

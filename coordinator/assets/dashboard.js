@@ -361,7 +361,46 @@ async function removeRegion(r) {
   }
 }
 
+async function loadUsers() {
+  const rows = document.getElementById('user-rows');
+  if (!rows) return;
+  try {
+    const { users } = await api('GET', '/api/v2/users');
+    const me = document.getElementById('whoami')?.textContent;
+    rows.replaceChildren(...users.map((u) => el('tr', { 'data-user': u.username, 'data-status': u.status },
+      el('td', {}, u.username), el('td', {}, u.admin ? 'admin' : 'member'), el('td', {}, u.login_type),
+      el('td', { class: `status-${u.status}` }, u.status), el('td', {}, ago(u.last_sign_in_at)), el('td', {}, String(u.sessions)),
+      el('td', {}, u.username === me ? 'you' : [
+        u.status === 'suspended'
+          ? el('button', { type: 'button', class: 'secondary activate', onclick: () => userAction(u, 'activate') }, `Reactivate ${u.username}`)
+          : el('button', { type: 'button', class: 'danger suspend', onclick: () => userAction(u, 'suspend') }, `Suspend ${u.username}`),
+        ' ',
+        el('button', { type: 'button', class: 'secondary sign-out', onclick: () => userAction(u, 'sign-out') }, `Sign ${u.username} out everywhere`)]))));
+  } catch (e) {
+    showError('users-error', e);
+  }
+}
+
+async function userAction(u, what) {
+  const questions = {
+    suspend: `Suspend ${u.username}? Their sessions end, and every region cuts what they have open.`,
+    'sign-out': `Sign ${u.username} out everywhere? Every region cuts what their sessions opened.`,
+  };
+  if (questions[what] && !confirm(questions[what])) return;
+  showError('users-error', null);
+  const name = encodeURIComponent(u.username);
+  try {
+    if (what === 'sign-out') await api('DELETE', `/api/v2/users/${name}/sessions`);
+    else await api('PUT', `/api/v2/users/${name}/status/${what}`);
+    await loadUsers();
+    loadAudit(false);
+  } catch (e) {
+    showError('users-error', e);
+  }
+}
+
 function setupAdmin() {
+  loadUsers();
   const regionForm = document.getElementById('create-region');
   if (regionForm) {
     regionForm.addEventListener('submit', async (ev) => {
@@ -388,6 +427,7 @@ function setupAdmin() {
         const user = await api('POST', '/api/v2/users', { username: data.get('username'), password: data.get('password'), admin: data.get('admin') === 'on' });
         document.getElementById('user-result').textContent = `Created ${user.username}${user.admin ? ' (admin)' : ''}.`;
         userForm.reset();
+        loadUsers();
         loadAudit(false);
       } catch (e) {
         showError('user-error', e);

@@ -29,7 +29,7 @@ mod workspaces;
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::store::Store;
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, post, put};
 use axum::Router;
 use std::sync::Arc;
 use tokio::sync::mpsc;
@@ -85,7 +85,11 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .route("/api/v2/users/login", post(users::login))
         .route("/api/v2/users/logout", post(users::logout))
         .route("/api/v2/users/me", get(users::me))
-        .route("/api/v2/users", post(users::create))
+        .route("/api/v2/users", post(users::create).get(users::list))
+        .route("/api/v2/users/{name}/status/suspend", put(users::suspend))
+        .route("/api/v2/users/{name}/status/activate", put(users::activate))
+        .route("/api/v2/users/{name}/sessions", get(users::sessions).delete(users::revoke_sessions))
+        .route("/api/v2/users/{name}/sessions/{id}", delete(users::revoke_session))
         .route("/api/v2/regions", get(regions::list).post(regions::create))
         .route("/api/v2/regions/{name}", delete(regions::delete).patch(regions::update))
         .route("/api/v2/regions/{name}/regenerate-token", post(regions::regenerate_token))

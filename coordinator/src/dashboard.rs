@@ -266,6 +266,11 @@ const ADMIN: &str = r#"<main>
 <label class="inline"><input type="checkbox" id="user-admin" name="admin"> Admin</label>
 <button type="submit">Create user</button></form>
 <p id="user-result" role="status"></p><p id="user-error" class="error" role="alert"></p></section>
+<section aria-labelledby="users-title"><h2 id="users-title">Users</h2>
+<p>Suspending a user ends their sessions, and every region cuts their open apps, WebSockets, shells and forwarded ports within seconds; signing them out everywhere does the same and lets them sign in again.</p>
+<p id="users-error" class="error" role="alert"></p>
+<table><caption>Users</caption><thead><tr><th scope="col">User</th><th scope="col">Role</th><th scope="col">Signs in with</th><th scope="col">Status</th><th scope="col">Last sign-in</th><th scope="col">Sessions</th><th scope="col">Actions</th></tr></thead>
+<tbody id="user-rows"></tbody></table></section>
 <section aria-labelledby="audit-title"><h2 id="audit-title">Audit log</h2>
 <p>Every change made through the API: who, from where, and the fields that changed (newest first).</p>
 <form id="audit-filter"><label for="audit-user">User</label><input id="audit-user" name="user">

@@ -3,6 +3,7 @@
 //! in batches (`Store::prune_audit_log`, `Store::prune_connection_log`), so no
 //! statement holds a lock for long. Every
 //! coordinator replica runs it; deleting what another just deleted is harmless.
+//! Revoked sessions no token can still come from are forgotten on the same beat.
 
 use crate::store::Store;
 use std::time::Duration;
@@ -23,6 +24,9 @@ pub async fn run(store: Store, keep: Duration, stop: CancellationToken) {
             Ok(0) => {}
             Ok(n) => tracing::info!(records = n, "connection records past the retention period deleted"),
             Err(e) => tracing::warn!("cannot enforce the connection log's retention: {e}"),
+        }
+        if let Err(e) = store.forget_revoked_sessions().await {
+            tracing::warn!("cannot forget revoked sessions past their tokens' lifetime: {e}");
         }
         tokio::select! {
             () = stop.cancelled() => return,

@@ -7,6 +7,7 @@
 //! keeps working on it during a rolling upgrade, and one that restarts then
 //! starts, skipping the migrations it does not know.
 
+mod access;
 mod agents;
 mod apps;
 mod audit;
@@ -123,6 +124,7 @@ mod tests {
     fn statements_name_their_columns() {
         let sources = [
             ("store.rs", include_str!("store.rs")),
+            ("access.rs", include_str!("store/access.rs")),
             ("agents.rs", include_str!("store/agents.rs")),
             ("apps.rs", include_str!("store/apps.rs")),
             ("audit.rs", include_str!("store/audit.rs")),

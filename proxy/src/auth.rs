@@ -171,9 +171,13 @@ impl Auth {
         if let Some((c, _)) = self.cache.get(grant) {
             let now = chrono::Utc::now().timestamp();
             let fresh = c.exp.saturating_add(grace as i64) > now;
-            return fresh && c.agent_id == agent && stream_target(&c.upstream).as_deref() == Some(target);
+            return fresh
+                && c.agent_id == agent
+                && stream_target(&c.upstream).as_deref() == Some(target)
+                && !self.state.access.refuses(&c);
         }
-        self.verifier.load().verify_stream(grant, agent, target, grace).is_ok()
+        let verified = self.verifier.load().verify_stream(grant, agent, target, grace);
+        verified.is_ok_and(|c| !self.state.access.refuses(&c))
     }
 
     /// The grace past expiry that holds now, in seconds: the offline grace
@@ -201,7 +205,10 @@ impl Auth {
     fn offline<'t>(&self, mut tokens: impl Iterator<Item = &'t str>, binding: &str) -> Option<Decision> {
         let verifier = self.verifier.load();
         let grace = self.offline_grace.as_secs();
-        let (claims, token) = tokens.find_map(|t| Some((verifier.verify_with_grace(t, binding, grace).ok()?, t)))?;
+        let (claims, token) = tokens.find_map(|t| {
+            let claims = verifier.verify_with_grace(t, binding, grace).ok()?;
+            (!self.state.access.refuses(&claims)).then_some((claims, t))
+        })?;
         self.state.metrics.tokens.inc("grace");
         Some(Decision::Serve { claims: Arc::new(claims), token: token.into(), set_cookie: None })
     }
@@ -222,7 +229,7 @@ impl Auth {
     async fn verify_uncounted(&self, token: &str, binding: &str) -> Option<((Arc<AppClaims>, Arc<str>), bool)> {
         let now = chrono::Utc::now().timestamp();
         if let Some((c, t)) = self.cache.get(token) {
-            return (c.binding == binding && c.exp > now).then_some(((c, t), true));
+            return (c.binding == binding && c.exp > now && !self.state.access.refuses(&c)).then_some(((c, t), true));
         }
         let claims = match self.verifier.load().verify(token, binding) {
             Err(TokenError::UnknownKey(kid)) => {
@@ -233,6 +240,9 @@ impl Auth {
             }
             other => other.ok()?,
         };
+        if self.state.access.refuses(&claims) {
+            return None;
+        }
         let verified = (Arc::new(claims), Arc::<str>::from(token));
         self.cache.insert(token.to_owned(), verified.clone());
         Some((verified, false))
@@ -422,6 +432,7 @@ pub(crate) mod tests {
             iat: exp - 300,
             nbf: exp - 300,
             exp,
+            sid: Some(uuid::Uuid::new_v4()),
         };
         signer.sign(&claims).unwrap()
     }

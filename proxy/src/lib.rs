@@ -15,6 +15,7 @@
 //! - [`state`]: what the data plane and the registration loop share; [`metrics`]: `GET /metrics`.
 //! - [`connection_log`]: one record per session, kept on disk and shipped to the coordinator.
 
+pub mod access;
 pub mod auth;
 pub mod config;
 pub mod connection_log;

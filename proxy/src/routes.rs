@@ -115,6 +115,7 @@ impl RouteTable {
                             tracing::debug!(from = ?version, to = update.version, changes = update.routes.len(), "routes updated");
                         }
                         self.apply(&update, version.is_none());
+                        state.access.apply(&update.access, version.is_none());
                         version = Some(update.version);
                         backoff = FIRST_BACKOFF;
                         continue;

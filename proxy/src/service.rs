@@ -59,6 +59,9 @@ pub struct Ctx {
     retried: bool,
     /// A stream or WebSocket being relayed: its connection-log record, written at its end.
     open: Option<OpenStream>,
+    /// An upgraded connection registered with its user while it lasts (cut
+    /// if their tokens are revoked).
+    access: Option<crate::access::Registration>,
 }
 
 /// An authorized app request on its way to the app.
@@ -181,6 +184,7 @@ impl ProxyHttp for MeridianProxy {
             control: false,
             retried: false,
             open: None,
+            access: None,
         }
     }
 
@@ -289,8 +293,14 @@ impl ProxyHttp for MeridianProxy {
     async fn upstream_peer(&self, session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         match (&ctx.app, &self.api_upstream) {
             (Some(served), _) => {
-                let timeout = (!session.is_upgrade_req()).then_some(self.app_timeout);
-                upstream::peer(&self.relay, &served.claims, &served.token, timeout)
+                let upgrade = session.is_upgrade_req();
+                let timeout = (!upgrade).then_some(self.app_timeout);
+                // An upgraded connection is cut if its user's tokens are revoked while it lasts.
+                if upgrade && ctx.access.is_none() {
+                    ctx.access = self.state.access.register(&served.claims);
+                }
+                let cut = ctx.access.as_ref().map(|r| r.cut.clone());
+                upstream::peer(&self.relay, &served.claims, &served.token, timeout, cut)
             }
             (None, Some(api)) => {
                 let mut peer = HttpPeer::new(api.addr, false, String::new());

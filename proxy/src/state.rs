@@ -30,6 +30,8 @@ pub struct ProxyState {
     /// Set at SIGTERM: `/readyz` answers 503 from then on.
     draining: std::sync::atomic::AtomicBool,
     pub metrics: crate::metrics::Metrics,
+    /// Users whose tokens are refused, and the upgraded connections to cut for them.
+    pub access: Arc<crate::access::Access>,
 }
 
 impl std::fmt::Debug for ProxyState {
@@ -40,7 +42,9 @@ impl std::fmt::Debug for ProxyState {
 
 impl ProxyState {
     pub fn new() -> Arc<Self> {
-        Arc::default()
+        let state = Arc::<Self>::default();
+        state.metrics.register(Box::new(state.access.cut_total.clone()));
+        state
     }
 
     pub fn registration(&self) -> Registration {

@@ -4,6 +4,7 @@
 //! tunnel or a mesh link; pingora speaks HTTP (or TLS) over either exactly as
 //! over TCP, and pools them per (path, app address) like TCP connections.
 
+use crate::access::Cut;
 use crate::relay::{DialError, Relay, Upstream};
 use async_trait::async_trait;
 use meridian_regions::app_token::AppClaims;
@@ -31,11 +32,16 @@ const POOL_IDLE: Duration = Duration::from_secs(60);
 /// `claims`) opens; `read_timeout` bounds each read of the app's answer
 /// (`None` for upgraded connections, which may idle). A relay in another
 /// region admits the stream only with the grant.
+///
+/// An upgraded connection comes with the `cut` that ends it when its user's
+/// tokens are revoked ([`crate::access`]): it gets a connection of its own
+/// (a pool key no other request has), so the switch is on that connection.
 pub fn peer(
     relay: &Arc<Relay>,
     claims: &AppClaims,
     grant: &Arc<str>,
     read_timeout: Option<Duration>,
+    cut: Option<Arc<Cut>>,
 ) -> Result<Box<HttpPeer>> {
     let bad = || Error::explain(ErrorType::InternalError, "bad upstream in token");
     let agent_id = claims.agent_id;
@@ -44,6 +50,9 @@ pub fn peer(
     // The address only keys the connection pool; the connector ignores it.
     let mut peer = HttpPeer::new(dial.addr, dial.tls, dial.host.clone());
     peer.group_key = relay.path_key(agent_id);
+    if let Some(cut) = &cut {
+        peer.group_key ^= Arc::as_ptr(cut) as u64;
+    }
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.read_timeout = read_timeout;
     peer.options.idle_timeout = Some(POOL_IDLE);
@@ -51,7 +60,7 @@ pub fn peer(
     peer.options.verify_cert = false;
     peer.options.verify_hostname = false;
     let connector =
-        TunnelConnector { relay: relay.clone(), agent_id, target: dial.target.clone(), grant: grant.clone() };
+        TunnelConnector { relay: relay.clone(), agent_id, target: dial.target.clone(), grant: grant.clone(), cut };
     peer.options.custom_l4 = Some(Arc::new(connector));
     Ok(Box::new(peer))
 }
@@ -63,6 +72,7 @@ struct TunnelConnector {
     /// The app token of the request that dials; a pooled connection may
     /// later carry other users' requests for the same app, each authorized.
     grant: Arc<str>,
+    cut: Option<Arc<Cut>>,
 }
 
 impl std::fmt::Debug for TunnelConnector {
@@ -96,32 +106,55 @@ impl L4Connect for TunnelConnector {
                 let tcp = tcp.into_std().and_then(tokio::net::TcpStream::from_std).map_err(|e| {
                     Error::explain(ErrorType::ConnectError, format!("cannot adopt the data connection: {e}"))
                 })?;
+                if let Some(cut) = &self.cut {
+                    cut.arm(&tcp);
+                }
                 Ok(Stream::from(tcp))
             }
-            other => Ok(Stream::from(VirtualSocketStream::new(Box::new(TunnelSocket(Mutex::new(other)))))),
+            other => {
+                let socket = TunnelSocket { io: Mutex::new(other), cut: self.cut.clone() };
+                Ok(Stream::from(VirtualSocketStream::new(Box::new(socket))))
+            }
         }
     }
 }
 
-/// A tunnel stream as pingora's virtual socket. The mutex only adds `Sync`;
-/// every access goes through `&mut self`, so it is never locked.
+/// A tunnel stream as pingora's virtual socket, failing once `cut`. The
+/// mutex only adds `Sync`; every access goes through `&mut self`, so it is
+/// never locked.
 #[derive(Debug)]
-struct TunnelSocket(Mutex<Upstream>);
+struct TunnelSocket {
+    io: Mutex<Upstream>,
+    cut: Option<Arc<Cut>>,
+}
 
 impl TunnelSocket {
     fn io(self: Pin<&mut Self>) -> Pin<&mut Upstream> {
-        Pin::new(self.get_mut().0.get_mut().unwrap_or_else(|e| e.into_inner()))
+        Pin::new(self.get_mut().io.get_mut().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    fn cut(&self, cx: &mut Context<'_>, reader: bool) -> Option<std::io::Error> {
+        match self.cut.as_ref()?.poll(cx, reader) {
+            Poll::Ready(e) => Some(e),
+            Poll::Pending => None,
+        }
     }
 }
 
 impl AsyncRead for TunnelSocket {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if let Some(e) = self.cut(cx, true) {
+            return Poll::Ready(Err(e));
+        }
         self.io().poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TunnelSocket {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        if let Some(e) = self.cut(cx, false) {
+            return Poll::Ready(Err(e));
+        }
         self.io().poll_write(cx, buf)
     }
 

@@ -50,6 +50,50 @@ pub struct CreateUser {
     pub admin: bool,
 }
 
+/// `GET /api/v2/users` (admins): every user and how they stand.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserList {
+    pub users: Vec<UserSummary>,
+}
+
+/// A user as the admin page and `meridian users list` show them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct UserSummary {
+    #[serde(flatten)]
+    pub user: User,
+    /// How they sign in: `password`.
+    pub login_type: String,
+    /// `active` or `suspended`.
+    pub status: String,
+    #[serde(default)]
+    pub suspended_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub last_sign_in_at: Option<DateTime<Utc>>,
+    /// Their live sign-in sessions (not counting the app sessions under them).
+    pub sessions: i64,
+}
+
+/// `GET /api/v2/users/{name}/sessions`: a user's live sign-in sessions.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionList {
+    pub sessions: Vec<SessionSummary>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionSummary {
+    pub id: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// App sessions signed in under it (one per app a region opened).
+    pub app_sessions: i64,
+}
+
+/// `DELETE /api/v2/users/{name}/sessions`: how many sessions ended.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SessionsRevoked {
+    pub revoked: i64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FirstUserResponse {
     pub user: User,
@@ -480,6 +524,37 @@ pub struct RouteUpdate {
     /// replicas each take a snapshot of 100,000 agents.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub relays: Vec<RelayAgents>,
+    /// Users whose tokens regions refuse and whose open connections they
+    /// cut: their changes, or in a snapshot every user with a refusal.
+    /// Carried with routes so a suspension reaches every region as fast as
+    /// an agent's move does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<UserAccess>,
+}
+
+/// What a region must refuse of one user's tokens: the whole current state
+/// for that user (an update replaces what the region held).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserAccess {
+    pub user_id: Uuid,
+    /// Suspended: every token of theirs is refused.
+    pub suspended: bool,
+    /// Sign-in sessions ended by a revocation: a token minted from one
+    /// (its `sid` claim) is refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub revoked_sessions: Vec<Uuid>,
+}
+
+impl UserAccess {
+    /// Whether a token of this user minted from session `sid` is refused.
+    pub fn refuses(&self, sid: Option<Uuid>) -> bool {
+        self.suspended || sid.is_some_and(|s| self.revoked_sessions.contains(&s))
+    }
+
+    /// Whether it refuses nothing (the user may be forgotten).
+    pub fn is_clear(&self) -> bool {
+        !self.suspended && self.revoked_sessions.is_empty()
+    }
 }
 
 /// The agents attached to one relay.
@@ -505,9 +580,9 @@ impl RouteUpdate {
         self.routes.iter().cloned().chain(grouped)
     }
 
-    /// Whether it carries no route at all.
+    /// Whether it carries no route and no access change at all.
     pub fn is_empty(&self) -> bool {
-        self.routes.is_empty() && self.relays.iter().all(|r| r.agents.is_empty())
+        self.routes.is_empty() && self.relays.iter().all(|r| r.agents.is_empty()) && self.access.is_empty()
     }
 }
 

@@ -43,6 +43,11 @@ pub struct AppClaims {
     pub iat: i64,
     pub nbf: i64,
     pub exp: i64,
+    /// The sign-in session it was minted from (for an app token, the session
+    /// the app session was signed in under): revoking that session voids it
+    /// in every region. `None` for a public app opened signed out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<Uuid>,
     /// [`AppClaims::dial`], once asked.
     #[serde(skip)]
     pub dial: DialCache,
@@ -380,6 +385,7 @@ mod tests {
             iat: now,
             nbf: now,
             exp: now + 300,
+            sid: Some(Uuid::new_v4()),
         }
     }
 

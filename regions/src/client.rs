@@ -125,6 +125,37 @@ impl Client {
         self.call(Method::POST, "/api/v2/users", Some(&body)).await
     }
 
+    /// Every user and how they stand (admins).
+    pub async fn users(&self) -> Result<crate::api::UserList, ClientError> {
+        self.call(Method::GET, "/api/v2/users", None::<&()>).await
+    }
+
+    /// Suspends (`true`) or reactivates user `name` (admins).
+    pub async fn set_user_suspended(
+        &self,
+        name: &str,
+        suspended: bool,
+    ) -> Result<crate::api::UserSummary, ClientError> {
+        let status = if suspended { "suspend" } else { "activate" };
+        self.call(Method::PUT, &format!("/api/v2/users/{name}/status/{status}"), None::<&()>).await
+    }
+
+    /// User `name`'s live sign-in sessions.
+    pub async fn user_sessions(&self, name: &str) -> Result<crate::api::SessionList, ClientError> {
+        self.call(Method::GET, &format!("/api/v2/users/{name}/sessions"), None::<&()>).await
+    }
+
+    /// Ends every session of user `name`; regions cut what their tokens opened.
+    pub async fn revoke_sessions(&self, name: &str) -> Result<crate::api::SessionsRevoked, ClientError> {
+        self.call(Method::DELETE, &format!("/api/v2/users/{name}/sessions"), None::<&()>).await
+    }
+
+    /// Ends one session of user `name`.
+    pub async fn revoke_session(&self, name: &str, id: uuid::Uuid) -> Result<(), ClientError> {
+        let path = format!("/api/v2/users/{name}/sessions/{id}");
+        self.call::<serde_json::Value>(Method::DELETE, &path, None::<&()>).await.map(drop)
+    }
+
     pub async fn regions(&self) -> Result<RegionList, ClientError> {
         self.call(Method::GET, "/api/v2/regions", None::<&()>).await
     }

@@ -69,6 +69,7 @@ fn the_token_matrix() {
             iat: n,
             nbf: n,
             exp: n + 300,
+            sid: Some(Uuid::new_v4()),
         };
         for (field, value) in &case.claims {
             let int = || n + value.as_i64().expect("relative seconds");

@@ -215,6 +215,25 @@ async function latencies(page) {
     const others = await mpage.evaluate(async () => (await fetch('/api/v2/connection-log?user=admin')).status);
     check(others === 403, `a member reading the admin's connections: HTTP ${others}`);
     await visit(mpage, 'member-connections');
+
+    // --- users: the admin suspends the member from the users table; the
+    // member's session ends at once; reactivated, they may sign in again.
+    await page.goto(`${base}/admin`);
+    await page.waitForSelector('#user-rows tr[data-user=member][data-status=active]');
+    check((await page.textContent('#user-rows tr[data-user=member] td:nth-child(3)')) === 'password', 'sign-in type');
+    await page.click('#user-rows tr[data-user=member] button.suspend');
+    await page.waitForSelector('#user-rows tr[data-user=member][data-status=suspended]');
+    check((await page.textContent('#user-rows tr[data-user=member] td:nth-child(6)')) === '0', 'a suspended member keeps sessions');
+    const cut = await mpage.evaluate(async () => (await fetch('/api/v2/users/me')).status);
+    check(cut === 401, `the suspended member's session: HTTP ${cut}`);
+    await page.waitForSelector('#audit-rows tr[data-action="user.suspend"][data-target=member]');
+    await visit(page, 'admin-user-suspended');
+    await page.click('#user-rows tr[data-user=member] button.activate');
+    await page.waitForSelector('#user-rows tr[data-user=member][data-status=active]');
+    await mpage.goto(`${base}/`);
+    await signIn(mpage, 'member', 'member-password');
+    const back = await mpage.evaluate(async () => (await fetch('/api/v2/users/me')).status);
+    check(back === 200, `the reactivated member signed in: HTTP ${back}`);
     await member.close();
 
     // --- sign out ends the session on the server, not only in the browser.

@@ -31,6 +31,7 @@ mod proxy_tls;
 mod regions_ping;
 mod shell;
 mod soak;
+mod suspension;
 mod tokens;
 mod trust;
 mod trust_cookies;

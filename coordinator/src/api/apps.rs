@@ -135,10 +135,11 @@ pub async fn issue_app_token(
     Json(req): Json<IssueAppToken>,
 ) -> ApiResult<axum::Json<IssueAppTokenResponse>> {
     Served::of(&state, &region).check_binding(&req)?;
-    let user = match req.app_session_token.as_deref().map(Token::parse) {
+    let signed_in = match req.app_session_token.as_deref().map(Token::parse) {
         Some(Ok(t)) => state.store.app_session_user(&t, &req.binding).await?,
         _ => None,
     };
+    let (user, sid) = signed_in.map_or((None, None), |(user, sid)| (Some(user), sid));
     let app = state.store.resolve_app(&req.app).await?.filter(|a| a.subdomain == req.subdomain);
     let share = |a: &crate::store::ResolvedApp| {
         if a.subdomain || state.config.allow_path_app_sharing {
@@ -175,6 +176,7 @@ pub async fn issue_app_token(
         iat: now.timestamp(),
         nbf: now.timestamp(),
         exp: (now + lifetime).timestamp(),
+        sid,
     };
     let token = state.keys.signer.sign(&claims).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(axum::Json(IssueAppTokenResponse { token, expires_at: now + lifetime }))

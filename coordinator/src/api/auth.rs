@@ -14,6 +14,9 @@ use std::sync::Arc;
 /// `meridian_session` cookie.
 pub struct CurrentUser(pub UserRow);
 
+/// The signed-in user and the id of the session they are signed in with.
+pub struct CurrentSession(pub UserRow, pub uuid::Uuid);
+
 /// A signed-in admin.
 pub struct Admin(pub UserRow);
 
@@ -89,6 +92,14 @@ impl FromRequestParts<AppState> for CurrentUser {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         Self::check(parts, state).await.map(|(user, _)| CurrentUser(user))
+    }
+}
+
+impl FromRequestParts<AppState> for CurrentSession {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        CurrentUser::check(parts, state).await.map(|(user, session)| CurrentSession(user, session))
     }
 }
 

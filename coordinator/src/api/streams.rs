@@ -10,7 +10,7 @@
 //! while bytes flow, and within the offline grace a region takes it expired
 //! while the coordinator is down (a resume during an outage).
 
-use super::auth::CurrentUser;
+use super::auth::CurrentSession;
 use super::json::Json;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
@@ -21,7 +21,7 @@ use meridian_regions::stream::{StreamKind, StreamRequest};
 
 pub async fn token(
     State(state): State<AppState>,
-    CurrentUser(caller): CurrentUser,
+    CurrentSession(caller, session): CurrentSession,
     Path((owner, workspace)): Path<(String, String)>,
     Json(req): Json<StreamTokenRequest>,
 ) -> ApiResult<axum::Json<StreamTokenResponse>> {
@@ -50,6 +50,7 @@ pub async fn token(
         iat: now.timestamp(),
         nbf: now.timestamp(),
         exp: (now + lifetime).timestamp(),
+        sid: Some(session),
     };
     let token = state.keys.signer.sign(&claims).map_err(|e| ApiError::Internal(e.into()))?;
     Ok(axum::Json(StreamTokenResponse {

@@ -7,11 +7,14 @@ use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use crate::secret;
 use crate::store::Scope;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use meridian_regions::api::{CreateUser, Credentials, FirstUserResponse, LoginResponse, User};
+use meridian_regions::api::{
+    CreateUser, Credentials, FirstUserResponse, LoginResponse, SessionList, SessionsRevoked, User, UserList,
+    UserSummary,
+};
 use meridian_regions::name::Name;
 use meridian_regions::token::{Secret, Token};
 
@@ -62,6 +65,10 @@ pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<
         return Err(refused());
     };
     state.login_limits.succeeded(&req.username, client);
+    // Only past the password: a wrong guess learns nothing of the account.
+    if state.store.is_suspended(user.id).await? {
+        return Err(ApiError::Forbidden("This account is suspended: ask an admin to reactivate it.".into()));
+    }
     // Signing in ends the session(s) this browser held (session rotation).
     let _ = end_held_sessions(&state, &parts, None).await?;
     let signed_in = audit::change(Some(&user), "user.login", "user", &user.username, &source);
@@ -147,4 +154,117 @@ async fn validated(username: &str, password: Secret) -> ApiResult<(Name, String)
         )));
     }
     Ok((name, secret::hash_password(password).await?))
+}
+
+/// `GET /api/v2/users` (admins only): every user and how they stand.
+pub async fn list(State(state): State<AppState>, Admin(_): Admin) -> ApiResult<axum::Json<UserList>> {
+    Ok(axum::Json(UserList { users: state.store.user_summaries().await? }))
+}
+
+/// The user named `name`, or a 404 naming it.
+async fn named(state: &AppState, name: &str) -> ApiResult<crate::store::UserRow> {
+    state.store.user_by_name(name).await?.ok_or_else(|| ApiError::NotFound(format!("No user named {name:?}.")))
+}
+
+/// `PUT /api/v2/users/{name}/status/suspend` (admins only): every session
+/// of theirs ends, and every region refuses the tokens they hold and cuts
+/// what those opened (apps, WebSockets, shells, forwarded ports), through
+/// the route feed regions follow. An admin cannot suspend themselves.
+pub async fn suspend(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    source: Source,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<UserSummary>> {
+    let user = named(&state, &name).await?;
+    if user.id == admin.id {
+        return Err(ApiError::Conflict("You cannot suspend yourself; ask another admin.".into()));
+    }
+    let record = audit::change(Some(&admin), "user.suspend", "user", &user.username, &source)
+        .with_changes(serde_json::json!({"status": ["active", "suspended"]}));
+    if state.store.set_suspended(user.id, true, &record).await? {
+        tracing::info!(user = %user.username, by = %admin.username, "user suspended");
+    }
+    summary(&state, &user.username).await
+}
+
+/// `PUT /api/v2/users/{name}/status/activate` (admins only): a suspended
+/// user may sign in again (their old sessions stay ended).
+pub async fn activate(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    source: Source,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<UserSummary>> {
+    let user = named(&state, &name).await?;
+    let record = audit::change(Some(&admin), "user.activate", "user", &user.username, &source)
+        .with_changes(serde_json::json!({"status": ["suspended", "active"]}));
+    if state.store.set_suspended(user.id, false, &record).await? {
+        tracing::info!(user = %user.username, by = %admin.username, "user reactivated");
+    }
+    summary(&state, &user.username).await
+}
+
+async fn summary(state: &AppState, name: &str) -> ApiResult<axum::Json<UserSummary>> {
+    let summary = state.store.user_summary(name).await?;
+    summary.map(axum::Json).ok_or_else(|| ApiError::NotFound(format!("No user named {name:?}.")))
+}
+
+/// Admins may see and end anyone's sessions; a user their own; anyone else's → 404.
+async fn sessions_owner(
+    state: &AppState,
+    caller: &crate::store::UserRow,
+    name: &str,
+) -> ApiResult<crate::store::UserRow> {
+    if caller.username == name {
+        return Ok(caller.clone());
+    }
+    if !caller.admin {
+        return Err(ApiError::NotFound(format!("No user named {name:?}.")));
+    }
+    named(state, name).await
+}
+
+/// `GET /api/v2/users/{name}/sessions`: their live sign-in sessions.
+pub async fn sessions(
+    State(state): State<AppState>,
+    CurrentUser(caller): CurrentUser,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<SessionList>> {
+    let user = sessions_owner(&state, &caller, &name).await?;
+    Ok(axum::Json(SessionList { sessions: state.store.sessions_of(user.id).await? }))
+}
+
+/// `DELETE /api/v2/users/{name}/sessions`: signs them out everywhere: every
+/// session ends, and regions refuse the tokens issued before now and cut
+/// what those opened.
+pub async fn revoke_sessions(
+    State(state): State<AppState>,
+    CurrentUser(caller): CurrentUser,
+    source: Source,
+    Path(name): Path<String>,
+) -> ApiResult<axum::Json<SessionsRevoked>> {
+    let user = sessions_owner(&state, &caller, &name).await?;
+    let record = audit::change(Some(&caller), "user.sessions_revoke", "user", &user.username, &source);
+    let revoked = state.store.revoke_sessions(user.id, &record).await?;
+    tracing::info!(user = %user.username, by = %caller.username, revoked, "sessions revoked");
+    Ok(axum::Json(SessionsRevoked { revoked }))
+}
+
+/// `DELETE /api/v2/users/{name}/sessions/{id}`: ends one session and the app
+/// sessions under it (tokens regions hold from it run out with their
+/// lifetime; revoke them all for an immediate cut).
+pub async fn revoke_session(
+    State(state): State<AppState>,
+    CurrentUser(caller): CurrentUser,
+    source: Source,
+    Path((name, id)): Path<(String, uuid::Uuid)>,
+) -> ApiResult<StatusCode> {
+    let user = sessions_owner(&state, &caller, &name).await?;
+    let record = audit::change(Some(&caller), "user.session_revoke", "user", &user.username, &source)
+        .with_changes(serde_json::json!({"session": [id, null]}));
+    if !state.store.revoke_session(user.id, id, &record).await? {
+        return Err(ApiError::NotFound(format!("{name} has no live session {id}.")));
+    }
+    Ok(StatusCode::NO_CONTENT)
 }

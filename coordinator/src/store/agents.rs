@@ -1,5 +1,6 @@
 //! Agents: their tokens, and where their tunnels are attached.
 
+use super::access::{access, access_select, AccessRow};
 use super::workspaces::AppRow;
 use super::Store;
 use crate::error::ApiResult;
@@ -148,10 +149,21 @@ impl Store {
         // One snapshot for both reads, so no change falls between the rows and the version.
         let mut tx = self.pool.begin().await?;
         sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
-        let version: i64 =
-            sqlx::query_scalar("SELECT coalesce(max(route_version), 0) FROM agents").fetch_one(&mut *tx).await?;
+        let version: i64 = sqlx::query_scalar(
+            "SELECT greatest((SELECT coalesce(max(route_version), 0) FROM agents), \
+             (SELECT coalesce(max(version), 0) FROM user_access))",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
         let rows: Vec<RouteRow> =
             sqlx::query_as(concat!(route_select!(), " WHERE a.connected")).fetch_all(&mut *tx).await?;
+        let refusals: Vec<AccessRow> = sqlx::query_as(concat!(
+            access_select!(),
+            " WHERE a.suspended_at IS NOT NULL OR EXISTS \
+             (SELECT 1 FROM revoked_sessions r WHERE r.user_id = a.user_id AND r.forget_at > now())"
+        ))
+        .fetch_all(&mut *tx)
+        .await?;
         tx.commit().await?;
         // Grouped by relay: a snapshot of every agent is the largest answer the API gives.
         let mut relays: BTreeMap<(String, Option<Uuid>, String), Vec<Uuid>> = BTreeMap::new();
@@ -164,17 +176,32 @@ impl Store {
             .into_iter()
             .map(|((region, replica_id, relay_url), agents)| RelayAgents { region, replica_id, relay_url, agents })
             .collect();
-        Ok(RouteUpdate { version, relays, ..Default::default() })
+        let access = refusals.into_iter().map(access).collect();
+        Ok(RouteUpdate { version, relays, access, ..Default::default() })
     }
 
-    /// Route changes after version `after`, oldest first.
+    /// Route and access changes after version `after`, oldest first. Both
+    /// from one snapshot: the version answered covers exactly what was read.
     pub async fn route_changes(&self, after: i64) -> ApiResult<RouteUpdate> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ").execute(&mut *tx).await?;
         let rows: Vec<RouteRow> =
             sqlx::query_as(concat!(route_select!(), " WHERE a.route_version > $1 ORDER BY a.route_version"))
                 .bind(after)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *tx)
                 .await?;
-        let version = rows.last().map_or(after, |r| r.5);
-        Ok(RouteUpdate { version, routes: rows.into_iter().map(route).collect(), ..Default::default() })
+        let changed: Vec<AccessRow> =
+            sqlx::query_as(concat!(access_select!(), " WHERE a.version > $1 ORDER BY a.version"))
+                .bind(after)
+                .fetch_all(&mut *tx)
+                .await?;
+        tx.commit().await?;
+        let version = rows.last().map_or(after, |r| r.5).max(changed.last().map_or(after, |r| r.2));
+        Ok(RouteUpdate {
+            version,
+            routes: rows.into_iter().map(route).collect(),
+            access: changed.into_iter().map(access).collect(),
+            ..Default::default()
+        })
     }
 }

@@ -81,6 +81,7 @@ impl Store {
     pub async fn sign_in(&self, user_id: Uuid, audit: &AuditRecord) -> ApiResult<Token> {
         let mut tx = self.pool.begin().await?;
         let token = insert_session(&mut *tx, user_id, Scope::User).await?;
+        super::access::note_sign_in(&mut *tx, user_id).await?;
         write_audit(&mut *tx, audit).await?;
         tx.commit().await?;
         Ok(token)
@@ -112,11 +113,12 @@ impl Store {
     }
 
     /// The user holding app session `token` if it is live and was signed in
-    /// for the app `binding` names: a region holding one app session (it
-    /// redeemed the ticket) gets tokens for that app and no other.
-    pub async fn app_session_user(&self, token: &Token, binding: &str) -> ApiResult<Option<UserRow>> {
-        let row: Option<SessionJoin> = sqlx::query_as(
-            "SELECT s.secret_hash, u.id, u.username, u.password_hash, u.admin, u.created_at \
+    /// for the app `binding` names (a region holding one app session, having
+    /// redeemed the ticket, gets tokens for that app and no other), and the
+    /// sign-in session it was signed in under.
+    pub async fn app_session_user(&self, token: &Token, binding: &str) -> ApiResult<Option<(UserRow, Option<Uuid>)>> {
+        let row: Option<AppSessionJoin> = sqlx::query_as(
+            "SELECT s.secret_hash, s.parent_id, u.id, u.username, u.password_hash, u.admin, u.created_at \
              FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = $1 AND s.expires_at > now() AND s.scope = 'app' AND s.binding = $2",
         )
@@ -124,7 +126,9 @@ impl Store {
         .bind(binding)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.and_then(|j| secret::secret_matches(token.secret.expose(), &j.secret_hash).then_some(j.user)))
+        Ok(row.and_then(|j| {
+            secret::secret_matches(token.secret.expose(), &j.secret_hash).then_some((j.user, j.parent_id))
+        }))
     }
 
     /// Ends session `token` (if its secret matches) and every app session it
@@ -158,7 +162,8 @@ impl Store {
     /// The user holding `token`, if it is a live session of `scope`.
     pub async fn session_user(&self, token: &Token, scope: Scope) -> ApiResult<Option<UserRow>> {
         let row: Option<SessionJoin> = sqlx::query_as(
-            "SELECT s.secret_hash, u.* FROM sessions s JOIN users u ON u.id = s.user_id \
+            "SELECT s.secret_hash, u.id, u.username, u.password_hash, u.admin, u.created_at \
+             FROM sessions s JOIN users u ON u.id = s.user_id \
              WHERE s.id = $1 AND s.expires_at > now() AND s.scope = $2",
         )
         .bind(token.id)
@@ -185,6 +190,14 @@ impl Scope {
             Scope::App => "app",
         }
     }
+}
+
+#[derive(sqlx::FromRow)]
+struct AppSessionJoin {
+    secret_hash: Vec<u8>,
+    parent_id: Option<Uuid>,
+    #[sqlx(flatten)]
+    user: UserRow,
 }
 
 #[derive(sqlx::FromRow)]

@@ -76,6 +76,10 @@ impl Api {
         self.send(reqwest::Method::POST, path, Some(body)).await
     }
 
+    pub async fn put(&self, path: &str) -> Reply {
+        self.send(reqwest::Method::PUT, path, None).await
+    }
+
     pub async fn delete(&self, path: &str) -> Reply {
         self.send(reqwest::Method::DELETE, path, None).await
     }
