@@ -13,6 +13,7 @@
 //!   traffic, or a soak of every fault in turn under mixed traffic.
 
 pub mod audit;
+pub mod browser_login;
 pub mod connections;
 pub mod demo;
 pub mod drill;

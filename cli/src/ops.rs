@@ -57,13 +57,19 @@ pub struct LoginArgs {
     /// Coordinator URL, e.g. http://127.0.0.1:7080.
     #[arg(env = "MERIDIAN_URL")]
     url: String,
-    #[arg(long, env = "MERIDIAN_USERNAME")]
-    username: String,
-    #[arg(long, env = "MERIDIAN_PASSWORD", hide_env_values = true)]
-    password: Secret,
+    /// Sign in with this username and --password [default: sign in through
+    /// the browser: the coordinator's sign-in page, with its identity provider].
+    #[arg(long, env = "MERIDIAN_USERNAME", requires = "password")]
+    username: Option<String>,
+    #[arg(long, env = "MERIDIAN_PASSWORD", hide_env_values = true, requires = "username")]
+    password: Option<Secret>,
     /// Create this user as the first (admin) user; only works while none exists.
-    #[arg(long)]
+    #[arg(long, requires = "username")]
     first_user: bool,
+    /// Sign in through a browser on another machine: print the address to
+    /// visit, and read the code that page shows.
+    #[arg(long)]
+    no_browser: bool,
     #[arg(long, env = "MERIDIAN_CA_CERT")]
     ca_cert: Option<PathBuf>,
 }
@@ -201,13 +207,18 @@ pub fn run_code(fut: impl std::future::Future<Output = Result<ExitCode>>) -> Exi
 pub async fn login(args: LoginArgs) -> Result<()> {
     let http = http_client(args.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let client = Client::new(&args.url, Credential::None, http);
-    let token = if args.first_user {
-        client.first_user(&args.username, args.password.expose()).await?.session_token
-    } else {
-        client.login(&args.username, args.password.expose()).await?.session_token
+    let token = match (&args.username, &args.password) {
+        (Some(username), Some(password)) if args.first_user => {
+            client.first_user(username, password.expose()).await?.session_token
+        }
+        (Some(username), Some(password)) => client.login(username, password.expose()).await?.session_token,
+        _ => crate::browser_login::sign_in(&client, !args.no_browser).await?,
     };
+    let http = http_client(args.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
+    let signed_in = Client::new(client.base_url(), Credential::Session(Secret::new(token.clone())), http);
+    let me = signed_in.me().await?;
     let path = session::save(&session::Stored { url: client.base_url().to_owned(), session_token: token })?;
-    println!("Signed in to {} as {}; session saved in {}", client.base_url(), args.username, path.display());
+    println!("Signed in to {} as {}; session saved in {}", client.base_url(), me.username, path.display());
     Ok(())
 }
 

@@ -4,6 +4,7 @@
 document.addEventListener('DOMContentLoaded', () => {
   const form = document.getElementById('sign-in');
   const error = document.getElementById('error');
+  if (!form) return; // password sign-in is disabled: only the provider's link
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     error.textContent = '';

@@ -19,6 +19,7 @@ pub(crate) mod connections;
 mod guard;
 mod hosts;
 mod json;
+mod oidc;
 mod probes;
 mod proxies;
 pub(crate) mod regions;
@@ -54,6 +55,10 @@ pub struct AppState {
     pub login_limits: Arc<crate::login_limits::LoginLimits>,
     /// The primary region's proxy (its connection log, for `/healthz-report`).
     pub primary_proxy: Arc<meridian_proxy::state::ProxyState>,
+    /// Sign-in through the identity provider (`--oidc-issuer-url`), if set up.
+    pub oidc: Option<Arc<crate::oidc::Oidc>>,
+    /// Seals what must be stored secret (the PKCE verifiers of sign-ins under way).
+    pub secrets: Arc<crate::keys::SecretsKey>,
 }
 
 /// The API for the public listener when the proxy API has its own
@@ -84,10 +89,15 @@ pub fn router(state: AppState, pages: Router<AppState>) -> Router {
         .route("/api/v2/users/first", post(users::first))
         .route("/api/v2/users/login", post(users::login))
         .route("/api/v2/users/logout", post(users::logout))
+        .route("/api/v2/users/oidc/login", get(oidc::login))
+        .route("/api/v2/users/oidc/callback", get(oidc::callback))
+        .route("/api/v2/users/authmethods", get(users::auth_methods))
+        .route("/api/v2/users/cli-auth", post(oidc::cli_code))
+        .route("/api/v2/users/cli-auth/token", post(oidc::cli_token))
+        .route("/cli-auth", get(oidc::cli_page))
         .route("/api/v2/users/me", get(users::me))
         .route("/api/v2/users", post(users::create).get(users::list))
-        .route("/api/v2/users/{name}/status/suspend", put(users::suspend))
-        .route("/api/v2/users/{name}/status/activate", put(users::activate))
+        .route("/api/v2/users/{name}/status/{status}", put(users::set_status))
         .route("/api/v2/users/{name}/sessions", get(users::sessions).delete(users::revoke_sessions))
         .route("/api/v2/users/{name}/sessions/{id}", delete(users::revoke_session))
         .route("/api/v2/regions", get(regions::list).post(regions::create))

@@ -145,6 +145,73 @@ pub struct Args {
     /// share egress addresses), and counts again if the token is refused [default: 512].
     #[arg(long, env = "MERIDIAN_MAX_CONNECTIONS_PER_CLIENT")]
     pub max_connections_per_client: Option<usize>,
+    /// Sign users in through this OpenID Connect provider: its issuer URL,
+    /// exactly as its discovery document names it (a trailing `/` matters). Register the redirect URI
+    /// `<access URL>/api/v2/users/oidc/callback` with it [default: no OIDC].
+    #[arg(long, env = "MERIDIAN_OIDC_ISSUER_URL")]
+    pub oidc_issuer_url: Option<String>,
+    /// The client ID registered with the provider.
+    #[arg(long, env = "MERIDIAN_OIDC_CLIENT_ID", requires = "oidc_issuer_url")]
+    pub oidc_client_id: Option<String>,
+    /// File holding the client secret (one line) [default: a public client, PKCE only].
+    #[arg(long, env = "MERIDIAN_OIDC_CLIENT_SECRET_FILE", requires = "oidc_issuer_url")]
+    pub oidc_client_secret_file: Option<PathBuf>,
+    /// Scopes to ask for [default: openid,profile,email; add your provider's groups scope if it has one].
+    #[arg(long, env = "MERIDIAN_OIDC_SCOPES", value_delimiter = ',')]
+    #[serde(default)]
+    pub oidc_scopes: Vec<String>,
+    /// ID token claim that names the user [default: preferred_username, else the e-mail's local part].
+    #[arg(long, env = "MERIDIAN_OIDC_USERNAME_CLAIM")]
+    pub oidc_username_claim: Option<String>,
+    /// ID token claim listing the user's groups [default: groups].
+    #[arg(long, env = "MERIDIAN_OIDC_GROUPS_CLAIM")]
+    pub oidc_groups_claim: Option<String>,
+    /// Members of any of these groups are admins, others members; the role
+    /// follows the groups at every sign-in [default: roles are set in Meridian].
+    #[arg(long, env = "MERIDIAN_OIDC_ADMIN_GROUPS", value_delimiter = ',')]
+    #[serde(default)]
+    pub oidc_admin_groups: Vec<String>,
+    /// Only members of any of these groups may sign in; someone who left them
+    /// is suspended at their next sign-in [default: everyone the provider signs in].
+    #[arg(long, env = "MERIDIAN_OIDC_ALLOWED_GROUPS", value_delimiter = ',')]
+    #[serde(default)]
+    pub oidc_allowed_groups: Vec<String>,
+    /// Only verified e-mail addresses in these domains may sign in [default: any].
+    #[arg(long, env = "MERIDIAN_OIDC_ALLOWED_EMAIL_DOMAINS", value_delimiter = ',')]
+    #[serde(default)]
+    pub oidc_allowed_email_domains: Vec<String>,
+    /// The provider's name on the sign-in page ("Sign in with ...") [default: OpenID Connect].
+    #[arg(long, env = "MERIDIAN_OIDC_PROVIDER_NAME")]
+    pub oidc_provider_name: Option<String>,
+    /// How often each linked user's refresh token is used with the provider;
+    /// one it refuses (the user was disabled there) suspends the user here.
+    /// Needs the `offline_access` scope in --oidc-scopes [default: 5m].
+    #[arg(long, env = "MERIDIAN_OIDC_REFRESH_INTERVAL", value_parser = humantime::parse_duration)]
+    #[serde(default, with = "humantime_serde::option")]
+    pub oidc_refresh_interval: Option<Duration>,
+    /// Refuse password sign-in (OIDC only). The first admin of a fresh
+    /// install may still be created with a password.
+    #[arg(long, env = "MERIDIAN_DISABLE_PASSWORD_AUTH")]
+    #[serde(default)]
+    pub disable_password_auth: bool,
+}
+
+/// OpenID Connect sign-in, resolved.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// As given (the provider's issuer must match it exactly).
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Option<Secret>,
+    pub scopes: Vec<String>,
+    pub username_claim: Option<String>,
+    pub groups_claim: String,
+    pub admin_groups: Vec<String>,
+    pub allowed_groups: Vec<String>,
+    /// Lowercase, without a leading `@`.
+    pub allowed_email_domains: Vec<String>,
+    pub provider_name: String,
+    pub refresh_interval: Duration,
 }
 
 /// Where the database is.
@@ -195,6 +262,8 @@ pub struct Config {
     /// See `--dangerous-allow-admin-streams`.
     pub allow_admin_streams: bool,
     pub max_connections_per_client: Option<usize>,
+    pub oidc: Option<OidcConfig>,
+    pub disable_password_auth: bool,
 }
 
 /// A configuration problem, reported in one line (exit status 64).
@@ -252,11 +321,92 @@ impl Args {
                 || file.dangerous_allow_path_app_sharing,
             dangerous_allow_admin_streams: self.dangerous_allow_admin_streams || file.dangerous_allow_admin_streams,
             max_connections_per_client: self.max_connections_per_client.or(file.max_connections_per_client),
+            oidc_issuer_url: self.oidc_issuer_url.or(file.oidc_issuer_url),
+            oidc_client_id: self.oidc_client_id.or(file.oidc_client_id),
+            oidc_client_secret_file: self.oidc_client_secret_file.or(file.oidc_client_secret_file),
+            oidc_scopes: if self.oidc_scopes.is_empty() { file.oidc_scopes } else { self.oidc_scopes },
+            oidc_username_claim: self.oidc_username_claim.or(file.oidc_username_claim),
+            oidc_groups_claim: self.oidc_groups_claim.or(file.oidc_groups_claim),
+            oidc_admin_groups: if self.oidc_admin_groups.is_empty() {
+                file.oidc_admin_groups
+            } else {
+                self.oidc_admin_groups
+            },
+            oidc_allowed_groups: if self.oidc_allowed_groups.is_empty() {
+                file.oidc_allowed_groups
+            } else {
+                self.oidc_allowed_groups
+            },
+            oidc_allowed_email_domains: if self.oidc_allowed_email_domains.is_empty() {
+                file.oidc_allowed_email_domains
+            } else {
+                self.oidc_allowed_email_domains
+            },
+            oidc_provider_name: self.oidc_provider_name.or(file.oidc_provider_name),
+            oidc_refresh_interval: self.oidc_refresh_interval.or(file.oidc_refresh_interval),
+            disable_password_auth: self.disable_password_auth || file.disable_password_auth,
         }
+    }
+
+    /// The OIDC settings, checked (`None` without `--oidc-issuer-url`).
+    fn oidc(&self) -> Result<Option<OidcConfig>, ConfigError> {
+        let Some(issuer) = self.oidc_issuer_url.clone() else {
+            return Ok(None);
+        };
+        let issuer = issuer.trim().to_owned();
+        if !Url::parse(&issuer).is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some()) {
+            return Err(ConfigError(format!("--oidc-issuer-url {issuer:?} must be an http(s) URL with a host")));
+        }
+        let client_id = self
+            .oidc_client_id
+            .clone()
+            .filter(|c| !c.is_empty())
+            .ok_or_else(|| ConfigError("--oidc-issuer-url needs --oidc-client-id".into()))?;
+        let client_secret = match &self.oidc_client_secret_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigError(format!("cannot read --oidc-client-secret-file {}: {e}", path.display()))
+                })?;
+                let secret = text.trim().to_owned();
+                if secret.is_empty() {
+                    return Err(ConfigError(format!("--oidc-client-secret-file {} is empty", path.display())));
+                }
+                Some(Secret::new(secret))
+            }
+            None => None,
+        };
+        let scopes = if self.oidc_scopes.is_empty() {
+            ["openid", "profile", "email"].map(String::from).to_vec()
+        } else {
+            self.oidc_scopes.clone()
+        };
+        let clean = |list: &[String]| list.iter().map(|g| g.trim().to_owned()).filter(|g| !g.is_empty()).collect();
+        Ok(Some(OidcConfig {
+            issuer,
+            client_id,
+            client_secret,
+            scopes,
+            username_claim: self.oidc_username_claim.clone(),
+            groups_claim: self.oidc_groups_claim.clone().unwrap_or_else(|| "groups".into()),
+            admin_groups: clean(&self.oidc_admin_groups),
+            allowed_groups: clean(&self.oidc_allowed_groups),
+            allowed_email_domains: self
+                .oidc_allowed_email_domains
+                .iter()
+                .map(|d| d.trim().trim_start_matches('@').to_ascii_lowercase())
+                .filter(|d| !d.is_empty())
+                .collect(),
+            provider_name: self.oidc_provider_name.clone().unwrap_or_else(|| "OpenID Connect".into()),
+            refresh_interval: self
+                .oidc_refresh_interval
+                .unwrap_or(Duration::from_secs(300))
+                .max(Duration::from_secs(1)),
+        }))
     }
 
     /// Applies defaults and checks the result.
     pub fn resolve(self) -> Result<Config, ConfigError> {
+        let oidc = self.oidc()?;
         let listen = self.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 7080)));
         let scheme = if self.tls_cert.is_some() { "https" } else { "http" };
         let access_url = match self.access_url {
@@ -295,6 +445,9 @@ impl Args {
             (None, None) => None,
             _ => return Err(ConfigError("--tls-cert and --tls-key go together".into())),
         };
+        if self.disable_password_auth && oidc.is_none() {
+            return Err(ConfigError("--disable-password-auth needs --oidc-issuer-url: nobody could sign in".into()));
+        }
         let config = Config {
             listen,
             ready_file: self.ready_file,
@@ -322,6 +475,8 @@ impl Args {
             allow_path_app_sharing: self.dangerous_allow_path_app_sharing,
             allow_admin_streams: self.dangerous_allow_admin_streams,
             max_connections_per_client: self.max_connections_per_client,
+            oidc,
+            disable_password_auth: self.disable_password_auth,
         };
         for (name, d) in [
             ("--proxy-health-interval", config.proxy_health_interval),
@@ -383,6 +538,49 @@ mod tests {
         ] {
             let args = Args::from_toml(bad).unwrap();
             assert!(args.resolve().is_err(), "{bad}");
+        }
+    }
+
+    /// The deploy example's OIDC lines, uncommented, make a configuration
+    /// (the secret read from its file, never printed); half a one is refused.
+    #[test]
+    fn oidc_settings_from_the_deploy_example() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cret-value\n").unwrap();
+        let example = include_str!("../../deploy/coordinator.toml");
+        let oidc: String = example
+            .lines()
+            .filter_map(|l| {
+                l.strip_prefix("# ").filter(|l| l.starts_with("oidc_") || l.starts_with("disable_password"))
+            })
+            .map(|l| {
+                if l.starts_with("oidc_client_secret_file") {
+                    format!("oidc_client_secret_file = {secret:?}")
+                } else {
+                    l.to_owned()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let c = Args::from_toml(&oidc).unwrap().resolve().unwrap();
+        let o = c.oidc.as_ref().expect("OIDC is set up");
+        assert_eq!(
+            (o.client_id.as_str(), o.admin_groups.as_slice()),
+            ("meridian", &["meridian-admins".to_owned()][..])
+        );
+        assert_eq!(
+            (o.refresh_interval, o.allowed_email_domains.as_slice()),
+            (Duration::from_secs(300), &["example.com".to_owned()][..])
+        );
+        assert_eq!(o.client_secret.as_ref().map(|s| s.expose()), Some("s3cret-value"));
+        assert!(!format!("{c:?}").contains("s3cret-value"));
+        for bad in [
+            "oidc_issuer_url = \"https://idp\"",
+            "disable_password_auth = true",
+            "oidc_issuer_url = \"idp\"\noidc_client_id = \"m\"",
+        ] {
+            assert!(Args::from_toml(bad).unwrap().resolve().is_err(), "{bad}");
         }
     }
 

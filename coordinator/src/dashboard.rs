@@ -26,6 +26,7 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 
 const SCRIPT: &str = include_str!("../assets/dashboard.js");
 const LOGIN_SCRIPT: &str = include_str!("../assets/login.js");
+const CLI_AUTH_SCRIPT: &str = include_str!("../assets/cli-auth.js");
 const STYLE: &str = include_str!("../assets/dashboard.css");
 const TERMINAL_SCRIPT: &str = include_str!("../assets/terminal.js");
 /// xterm.js, vendored from npm unmodified (`assets/vendor/xterm/README.md`).
@@ -49,6 +50,7 @@ pub async fn asset(Path(file): Path<String>) -> Response {
     let (body, kind) = match file.as_str() {
         "dashboard.js" => (SCRIPT, "text/javascript; charset=utf-8"),
         "login.js" => (LOGIN_SCRIPT, "text/javascript; charset=utf-8"),
+        "cli-auth.js" => (CLI_AUTH_SCRIPT, "text/javascript; charset=utf-8"),
         "dashboard.css" => (STYLE, "text/css; charset=utf-8"),
         "terminal.js" => (TERMINAL_SCRIPT, "text/javascript; charset=utf-8"),
         "xterm.js" => (XTERM_SCRIPT, "text/javascript; charset=utf-8"),

@@ -48,20 +48,39 @@ pub fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&#39;")
 }
 
-/// The sign-in page; `back` is where to go after (already checked to be a local path).
-pub fn login_page(back: &str) -> Response {
+/// The sign-in page; `back` is where to go after (already checked to be a
+/// local path); a "Sign in with `provider`" link when OIDC is set up, the
+/// password form unless `password` sign-in is disabled.
+pub fn login_page(back: &str, provider: Option<&str>, password: bool) -> Response {
+    let oidc = provider.map_or_else(String::new, |name| {
+        let href = format!(
+            "/api/v2/users/oidc/login?redirect={}",
+            url::form_urlencoded::byte_serialize(back.as_bytes()).collect::<String>()
+        );
+        format!(
+            "<p><a class=\"button\" id=\"oidc-sign-in\" href=\"{}\">Sign in with {}</a></p>",
+            escape(&href),
+            escape(name)
+        )
+    });
+    let form = if password {
+        format!(
+            "<form id=\"sign-in\" data-redirect=\"{}\">\
+             <label for=\"username\">Username</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required>\
+             <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+             <button type=\"submit\">Sign in</button></form>",
+            escape(back)
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
          <title>Sign in · Meridian</title><link rel=\"stylesheet\" href=\"/assets/dashboard.css\">\
          <script src=\"/assets/login.js\" defer></script></head><body data-page=\"login\">\
-         <main class=\"narrow\"><h1>Sign in to Meridian</h1>\
-         <form id=\"sign-in\" data-redirect=\"{}\">\
-         <label for=\"username\">Username</label><input id=\"username\" name=\"username\" autocomplete=\"username\" required>\
-         <label for=\"password\">Password</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
-         <button type=\"submit\">Sign in</button></form>\
-         <p id=\"error\" class=\"error\" role=\"alert\"></p></main></body></html>",
-        escape(back)
+         <main class=\"narrow\"><h1>Sign in to Meridian</h1>{oidc}{form}\
+         <p id=\"error\" class=\"error\" role=\"alert\"></p></main></body></html>"
     );
     with_policy(Html(body).into_response(), &[])
 }

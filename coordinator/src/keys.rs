@@ -49,7 +49,8 @@ impl SecretsKey {
         Ok(Self(*Key::from_slice(&bytes)))
     }
 
-    fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
+    /// Seals `plaintext` (ChaCha20-Poly1305, a random nonce in front).
+    pub(crate) fn seal(&self, plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         let sealed = ChaCha20Poly1305::new(&self.0)
@@ -67,14 +68,15 @@ impl SecretsKey {
         meridian_regions::token::Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(tag.as_ref()))
     }
 
-    fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
+    /// Opens what [`SecretsKey::seal`] sealed.
+    pub(crate) fn open(&self, sealed: &[u8]) -> Result<Vec<u8>> {
         if sealed.len() < NONCE_LEN {
             bail!("sealed value is truncated");
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         ChaCha20Poly1305::new(&self.0)
             .decrypt(Nonce::from_slice(nonce), ciphertext)
-            .map_err(|_| anyhow::anyhow!("the signing key in the database was sealed with another secrets key"))
+            .map_err(|_| anyhow::anyhow!("a secret in the database was sealed with another secrets key"))
     }
 }
 

@@ -25,6 +25,7 @@ pub mod health;
 pub mod html;
 pub mod keys;
 pub mod login_limits;
+pub mod oidc;
 pub mod primary;
 pub mod read_cache;
 pub mod retention;
@@ -62,6 +63,14 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     let (store, mut embedded) = open_database(&config).await?;
     let secrets = keys::SecretsKey::load_or_create(&config.secrets_key_file)?;
     let keys = Arc::new(keys::load_or_create(&store, &secrets).await?);
+    let oidc = match &config.oidc {
+        Some(o) => {
+            let oidc = oidc::Oidc::new(o.clone(), &config.access_url)?;
+            tracing::info!(issuer = %o.issuer, redirect_uri = oidc.redirect_uri(), "signing in through OpenID Connect");
+            Some(Arc::new(oidc))
+        }
+        None => None,
+    };
     let http = meridian_regions::client::http_client(config.ca_cert.as_deref()).map_err(anyhow::Error::msg)?;
     let stop = CancellationToken::new();
     let (check_now, check_rx) = tokio::sync::mpsc::unbounded_channel();
@@ -75,6 +84,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     let (route_changes, _) = tokio::sync::watch::channel(0u64);
     let listener = tokio::spawn(routes::listen(store.pool().clone(), route_changes.clone(), stop.clone()));
     let retention = tokio::spawn(retention::run(store.clone(), config.log_retention, stop.clone()));
+    let secrets = Arc::new(secrets);
+    let refresher = oidc.clone().map(|o| tokio::spawn(oidc::watch(o, store.clone(), secrets.clone(), stop.clone())));
     let state = api::AppState {
         store,
         config: config.clone(),
@@ -85,6 +96,8 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
         reads: Default::default(),
         login_limits: Default::default(),
         primary_proxy: primary.state.clone(),
+        oidc,
+        secrets,
     };
     let forwarded_by = api::auth::Forwarded::new();
     let apis = Apis::serve(state, api_listener, config.internal_listen, &forwarded_by, &stop).await?;
@@ -112,6 +125,9 @@ pub async fn run(mut config: Config, shutdown: impl Future<Output = ()>) -> anyh
     let _ = checker.await;
     let _ = listener.await;
     let _ = retention.await;
+    if let Some(refresher) = refresher {
+        let _ = refresher.await;
+    }
     if let Some(pg) = embedded.as_mut() {
         tracing::info!("stopping embedded PostgreSQL");
         tokio::task::block_in_place(|| pg.stop())?;

@@ -13,6 +13,7 @@ mod apps;
 mod audit;
 mod connections;
 mod keys;
+mod oidc;
 mod regions;
 mod users;
 mod workspaces;
@@ -20,6 +21,7 @@ mod workspaces;
 pub use apps::ResolvedApp;
 pub use audit::{AuditRecord, MAX_PAGE as MAX_AUDIT_PAGE};
 pub use connections::MAX_PAGE as MAX_CONNECTION_PAGE;
+pub use oidc::{StoredFlow, NO_PASSWORD};
 pub use regions::{RegionRow, RegionWithReplicas, ReplicaCheck};
 pub use users::{Scope, UserRow, SESSION_LIFETIME};
 
@@ -130,6 +132,7 @@ mod tests {
             ("audit.rs", include_str!("store/audit.rs")),
             ("connections.rs", include_str!("store/connections.rs")),
             ("keys.rs", include_str!("store/keys.rs")),
+            ("oidc.rs", include_str!("store/oidc.rs")),
             ("regions.rs", include_str!("store/regions.rs")),
             ("users.rs", include_str!("store/users.rs")),
             ("workspaces.rs", include_str!("store/workspaces.rs")),

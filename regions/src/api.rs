@@ -61,7 +61,7 @@ pub struct UserList {
 pub struct UserSummary {
     #[serde(flatten)]
     pub user: User,
-    /// How they sign in: `password`.
+    /// How they sign in: `password` or `oidc`.
     pub login_type: String,
     /// `active` or `suspended`.
     pub status: String,

@@ -111,6 +111,13 @@ impl Client {
         self.call(Method::POST, "/api/v2/users/first", Some(&body)).await
     }
 
+    /// Trades a one-time code from the CLI sign-in page, and the PKCE
+    /// verifier its challenge came from, for a session.
+    pub async fn cli_token(&self, code: &str, verifier: &str) -> Result<LoginResponse, ClientError> {
+        let body = serde_json::json!({ "code": code, "verifier": verifier });
+        self.call(Method::POST, "/api/v2/users/cli-auth/token", Some(&body)).await
+    }
+
     pub async fn login(&self, username: &str, password: &str) -> Result<LoginResponse, ClientError> {
         let body = serde_json::json!({ "username": username, "password": password });
         self.call(Method::POST, "/api/v2/users/login", Some(&body)).await

@@ -25,6 +25,7 @@ mod fixtures;
 mod kubernetes;
 mod limits;
 mod login_abuse;
+mod oidc;
 mod postgres;
 mod proxy_lifecycle;
 mod proxy_tls;

@@ -64,7 +64,7 @@ fn sha256_file(path: &Path) -> String {
 }
 
 /// Two regions, the agent on frankfurt; the admin owns workspace `dev`.
-async fn mesh() -> Mesh {
+pub(crate) async fn mesh() -> Mesh {
     Mesh::builder()
         .user("bob")
         .region("sydney")

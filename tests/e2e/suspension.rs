@@ -150,6 +150,7 @@ async fn a_suspension_cuts_the_users_websockets_in_every_region_within_two_secon
     // Not themselves; nobody who does not exist.
     assert_eq!(m.admin.put("/api/v2/users/admin/status/suspend").await.status, 409);
     assert_eq!(m.admin.put("/api/v2/users/nobody/status/suspend").await.status, 404);
+    assert_eq!(m.admin.put("/api/v2/users/bob/status/promote").await.status, 404);
 
     // Reactivated, bob signs in and opens the app again.
     users_cli(&m, m.admin.token(), &["activate", "bob"]);
@@ -183,14 +184,7 @@ fn exited_after(child: &mut std::process::Child, since: Instant, limit: Duration
 /// signing a user out everywhere cuts their `meridian ssh` too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_session_cuts_what_its_tokens_opened_and_nothing_else() {
-    let m = Mesh::builder()
-        .user("bob")
-        .region("sydney")
-        .region("frankfurt")
-        .workspace(|app| json!([{"slug": "code", "port": app}]))
-        .agent_on("frankfurt")
-        .start()
-        .await;
+    let m = crate::shell::mesh().await;
     // Two browsers of the admin, each with a WebSocket through sydney.
     let (first, first_jar) = client_with_jar();
     browser_login(&first, &m.coord.url, "admin", ADMIN_PASSWORD).await;

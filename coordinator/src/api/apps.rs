@@ -82,10 +82,11 @@ pub struct LoginQuery {
 }
 
 /// `GET /login`: a sign-in form that returns to `redirect` (a same-origin path only).
-pub async fn login_page(Query(q): Query<LoginQuery>) -> axum::response::Response {
+pub async fn login_page(State(state): State<AppState>, Query(q): Query<LoginQuery>) -> axum::response::Response {
     // Signing in without a `redirect` lands on the dashboard.
     let back = q.redirect.filter(|r| is_local_path(r)).unwrap_or_else(|| "/".into());
-    crate::html::login_page(&back)
+    let provider = state.oidc.as_ref().map(|o| o.config.provider_name.as_str());
+    crate::html::login_page(&back, provider, !state.config.disable_password_auth)
 }
 
 /// A path on this host: starts with one `/`, never `//` or `/\` (scheme-relative).

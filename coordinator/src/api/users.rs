@@ -41,6 +41,10 @@ pub async fn first(State(state): State<AppState>, source: Source, Json(req): Jso
 /// already waiting for a password check, 503 with `Retry-After: 1`.
 pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<Credentials>) -> ApiResult<Response> {
     let refused = || ApiError::Unauthorized("Incorrect username or password.".into());
+    if state.config.disable_password_auth {
+        let provider = state.oidc.as_ref().map_or("the identity provider", |o| o.config.provider_name.as_str());
+        return Err(ApiError::Forbidden(format!("Password sign-in is disabled here: sign in with {provider}.")));
+    }
     let client = client_addr(&parts);
     if let Err(limited) = state.login_limits.check(&req.username, client) {
         tracing::warn!(%client, limit = limited.what, "sign-in refused: too many failures");
@@ -51,9 +55,10 @@ pub async fn login(State(state): State<AppState>, parts: Parts, Json(req): Json<
         return Err(busy());
     }
     let user = state.store.user_by_name(&req.username).await?;
-    let ok = secret::verify_password(req.password, user.as_ref().map(|u| u.password_hash.clone()))
-        .await
-        .map_err(|secret::Busy| busy())?;
+    // A user linked to the identity provider has no password: checked like
+    // a user that does not exist (the same time spent, never a match).
+    let hash = user.as_ref().map(|u| u.password_hash.clone()).filter(|h| h != crate::store::NO_PASSWORD);
+    let ok = secret::verify_password(req.password, hash).await.map_err(|secret::Busy| busy())?;
     let source = Source(client.to_string());
     let Some(user) = user.filter(|_| ok) else {
         state.login_limits.failed(&req.username, client);
@@ -92,7 +97,7 @@ pub async fn logout(State(state): State<AppState>, parts: Parts) -> ApiResult<Re
 /// Ends the sessions the request carries: every copy (one may have been
 /// planted), each that is a live session with its secret, each recorded as a
 /// sign-out from `source` if given; whose they were.
-async fn end_held_sessions(
+pub(super) async fn end_held_sessions(
     state: &AppState,
     parts: &Parts,
     source: Option<&Source>,
@@ -112,7 +117,7 @@ async fn end_held_sessions(
 
 /// The `meridian_session` cookie: HttpOnly, SameSite=Lax, Secure over HTTPS,
 /// for this host only (no `Domain`, so app hosts never get it).
-fn session_cookie(state: &AppState, value: &str, max_age_secs: Option<i64>) -> String {
+pub(super) fn session_cookie(state: &AppState, value: &str, max_age_secs: Option<i64>) -> String {
     let secure = state.config.access_url.scheme() == "https";
     let mut c = cookie::Cookie::build((session_cookie_name(state), value.to_owned()))
         .path("/")
@@ -123,6 +128,13 @@ fn session_cookie(state: &AppState, value: &str, max_age_secs: Option<i64>) -> S
         c = c.max_age(cookie::time::Duration::seconds(s));
     }
     c.build().to_string()
+}
+
+/// `GET /api/v2/users/authmethods`: how one may sign in here (for the CLI
+/// and the sign-in page).
+pub async fn auth_methods(State(state): State<AppState>) -> axum::Json<serde_json::Value> {
+    let oidc = state.oidc.as_ref().map(|o| serde_json::json!({"name": o.config.provider_name}));
+    axum::Json(serde_json::json!({"password": !state.config.disable_password_auth, "oidc": oidc}))
 }
 
 /// `GET /api/v2/users/me`.
@@ -166,41 +178,33 @@ async fn named(state: &AppState, name: &str) -> ApiResult<crate::store::UserRow>
     state.store.user_by_name(name).await?.ok_or_else(|| ApiError::NotFound(format!("No user named {name:?}.")))
 }
 
-/// `PUT /api/v2/users/{name}/status/suspend` (admins only): every session
-/// of theirs ends, and every region refuses the tokens they hold and cuts
-/// what those opened (apps, WebSockets, shells, forwarded ports), through
-/// the route feed regions follow. An admin cannot suspend themselves.
-pub async fn suspend(
+/// `PUT /api/v2/users/{name}/status/suspend` and `…/status/activate`
+/// (admins only, as Coder's). Suspending ends every session of theirs, and
+/// every region refuses the tokens they hold and cuts what those opened
+/// (apps, WebSockets, shells, forwarded ports), through the route feed
+/// regions follow; an admin cannot suspend themselves. Reactivated, they may
+/// sign in again (their old sessions stay ended).
+pub async fn set_status(
     State(state): State<AppState>,
     Admin(admin): Admin,
     source: Source,
-    Path(name): Path<String>,
+    Path((name, status)): Path<(String, String)>,
 ) -> ApiResult<axum::Json<UserSummary>> {
+    let suspend = match status.as_str() {
+        "suspend" => true,
+        "activate" => false,
+        _ => return Err(ApiError::NotFound(format!("No status change {status:?}: suspend or activate."))),
+    };
     let user = named(&state, &name).await?;
-    if user.id == admin.id {
+    if suspend && user.id == admin.id {
         return Err(ApiError::Conflict("You cannot suspend yourself; ask another admin.".into()));
     }
-    let record = audit::change(Some(&admin), "user.suspend", "user", &user.username, &source)
-        .with_changes(serde_json::json!({"status": ["active", "suspended"]}));
-    if state.store.set_suspended(user.id, true, &record).await? {
-        tracing::info!(user = %user.username, by = %admin.username, "user suspended");
-    }
-    summary(&state, &user.username).await
-}
-
-/// `PUT /api/v2/users/{name}/status/activate` (admins only): a suspended
-/// user may sign in again (their old sessions stay ended).
-pub async fn activate(
-    State(state): State<AppState>,
-    Admin(admin): Admin,
-    source: Source,
-    Path(name): Path<String>,
-) -> ApiResult<axum::Json<UserSummary>> {
-    let user = named(&state, &name).await?;
-    let record = audit::change(Some(&admin), "user.activate", "user", &user.username, &source)
-        .with_changes(serde_json::json!({"status": ["suspended", "active"]}));
-    if state.store.set_suspended(user.id, false, &record).await? {
-        tracing::info!(user = %user.username, by = %admin.username, "user reactivated");
+    let (action, change) =
+        if suspend { ("user.suspend", ["active", "suspended"]) } else { ("user.activate", ["suspended", "active"]) };
+    let record = audit::change(Some(&admin), action, "user", &user.username, &source)
+        .with_changes(serde_json::json!({ "status": change }));
+    if state.store.set_suspended(user.id, suspend, &record).await? {
+        tracing::info!(user = %user.username, by = %admin.username, status = change[1], "user status changed");
     }
     summary(&state, &user.username).await
 }

@@ -41,6 +41,7 @@ struct SummaryRow {
     suspended_at: Option<DateTime<Utc>>,
     last_sign_in_at: Option<DateTime<Utc>>,
     sessions: i64,
+    oidc: bool,
 }
 
 impl From<SummaryRow> for UserSummary {
@@ -52,7 +53,7 @@ impl From<SummaryRow> for UserSummary {
                 admin: r.admin,
                 created_at: r.created_at,
             },
-            login_type: "password".into(),
+            login_type: if r.oidc { "oidc" } else { "password" }.into(),
             status: if r.suspended_at.is_some() { "suspended" } else { "active" }.into(),
             suspended_at: r.suspended_at,
             last_sign_in_at: r.last_sign_in_at,
@@ -66,7 +67,8 @@ macro_rules! summary_select {
     () => {
         "SELECT u.id, u.username, u.admin, u.created_at, a.suspended_at, a.last_sign_in_at, \
          (SELECT count(*) FROM sessions s WHERE s.user_id = u.id AND s.scope = 'user' AND s.expires_at > now()) \
-         AS sessions \
+         AS sessions, \
+         EXISTS (SELECT 1 FROM user_identities i WHERE i.user_id = u.id) AS oidc \
          FROM users u LEFT JOIN user_access a ON a.user_id = u.id"
     };
 }
