@@ -10,6 +10,8 @@
 // - `{"redirect_uri": URL}` registers the client with that redirect URI (the
 //   coordinator's callback, known only once the coordinator runs, which needs
 //   this issuer first); until then the provider answers 503.
+// - `{"rotate": true}` signs with a new key from now on, the old one withdrawn
+//   (between sign-ins: one under way at the provider is lost).
 // - `{"refuse_refresh": true}` answers every refresh token with `invalid_grant`,
 //   as a provider does once someone was disabled there.
 // - `{"mutate": "aud" | "iss" | "exp" | "sig" | null}` makes the ID tokens the
@@ -31,8 +33,16 @@ const server = http.createServer();
 await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
 const issuer = `http://127.0.0.1:${server.address().port}`;
 
-const { privateKey } = await jose.generateKeyPair('RS256', { extractable: true });
-const jwk = { ...(await jose.exportJWK(privateKey)), kid: 'test-key', alg: 'RS256', use: 'sig' };
+// The signing key; `{"rotate": true}` replaces it (the old one is gone from the JWKS at once).
+let privateKey;
+let jwk;
+let keys = 0;
+async function newKey() {
+  ({ privateKey } = await jose.generateKeyPair('RS256', { extractable: true }));
+  keys += 1;
+  jwk = { ...(await jose.exportJWK(privateKey)), kid: `test-key-${keys}`, alg: 'RS256', use: 'sig' };
+}
+await newKey();
 
 function account(login) {
   const accounts = JSON.parse(fs.readFileSync(env('OIDC_ACCOUNTS'), 'utf8'));
@@ -103,13 +113,16 @@ async function mutated(idToken) {
 }
 
 let oidc = null;
+let redirect = null;
 server.on('request', (req, res) => {
   if (req.url === '/__control' && req.method === 'POST') {
     let body = '';
     req.on('data', (chunk) => { body += chunk; });
-    req.on('end', () => {
+    req.on('end', async () => {
       const asked = JSON.parse(body);
-      if (asked.redirect_uri) oidc = configure(asked.redirect_uri);
+      if (asked.redirect_uri) redirect = asked.redirect_uri;
+      if (asked.rotate) await newKey();
+      if (asked.redirect_uri || asked.rotate) oidc = configure(redirect);
       if ('mutate' in asked) mutate = asked.mutate || null;
       if ('refuse_refresh' in asked) refuseRefresh = Boolean(asked.refuse_refresh);
       res.writeHead(204).end();

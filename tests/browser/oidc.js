@@ -75,6 +75,14 @@ async function refused(browser, login, expected) {
   });
   const browser = await launch();
   try {
+    // --- a sign-in verified with the provider's first key (mallory's group
+    // is not allowed, but only a verified ID token tells), then the provider
+    // rotates its key, the old one withdrawn: alice's sign-in next is verified
+    // with the new one, discovered at its start. (The provider forgets its
+    // grants as it rotates, so this comes before anyone holds a refresh token.)
+    await refused(browser, 'mallory', 'not in a group allowed');
+    await control({ rotate: true });
+
     // --- alice signs in through the provider: the dashboard, as an admin, and an app through a region.
     const capture = {};
     const first = await signIn(browser, 'alice', capture);
