@@ -74,6 +74,22 @@ fn routes(c: &mut Criterion) {
     c.bench_function("route lookup (10k agents)", |b| b.iter(|| table.get(black_box(agents[4242]))));
 }
 
+/// The suspension check every token passes ([`meridian_proxy::access`]):
+/// with nobody refused (one atomic load), and with 1,000 users refused (the
+/// token's user looked up).
+fn access(c: &mut Criterion) {
+    use meridian_regions::api::UserAccess;
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let token = claims(now, now + 300);
+    let access = meridian_proxy::access::Access::default();
+    c.bench_function("access: a token checked, nobody refused", |b| b.iter(|| access.refuses(black_box(&token))));
+    let refused: Vec<UserAccess> = (0..1000)
+        .map(|_| UserAccess { user_id: uuid::Uuid::new_v4(), suspended: true, revoked_sessions: Vec::new() })
+        .collect();
+    access.apply(&refused, true);
+    c.bench_function("access: a token checked, 1,000 users refused", |b| b.iter(|| access.refuses(black_box(&token))));
+}
+
 fn headers(c: &mut Criterion) {
     c.bench_function("request header sanitizing", |b| {
         b.iter_batched(
@@ -123,5 +139,5 @@ fn connection_log(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, host_parsing, tokens, routes, headers, connection_log);
+criterion_group!(benches, host_parsing, tokens, routes, access, headers, connection_log);
 criterion_main!(benches);
