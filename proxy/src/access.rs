@@ -106,7 +106,7 @@ impl Access {
     pub fn register(self: &Arc<Self>, claims: &AppClaims) -> Option<Registration> {
         let user = Uuid::parse_str(&claims.sub).ok()?;
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let cut = Arc::new(Cut::default());
+        let cut = Arc::new(Cut { id, ..Cut::default() });
         self.open
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -146,6 +146,9 @@ impl Drop for Registration {
 /// The switch that cuts one upstream connection.
 #[derive(Debug, Default)]
 pub struct Cut {
+    /// Unique in this process (never reused, unlike an address): the pool
+    /// key of the connection this switch is on.
+    pub id: u64,
     fired: AtomicBool,
     reader: AtomicWaker,
     writer: AtomicWaker,

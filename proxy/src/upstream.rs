@@ -51,7 +51,7 @@ pub fn peer(
     let mut peer = HttpPeer::new(dial.addr, dial.tls, dial.host.clone());
     peer.group_key = relay.path_key(agent_id);
     if let Some(cut) = &cut {
-        peer.group_key ^= Arc::as_ptr(cut) as u64;
+        peer.group_key ^= cut.id;
     }
     peer.options.connection_timeout = Some(CONNECT_TIMEOUT);
     peer.options.read_timeout = read_timeout;

@@ -356,7 +356,6 @@ fn loopback_callback(callback: &str) -> bool {
 /// button that signs the CLI in: the code goes to the CLI's loopback
 /// listener (`callback`), or is shown to paste into the CLI.
 pub async fn cli_page(
-    State(state): State<AppState>,
     user: Result<super::auth::CurrentUser, ApiError>,
     axum::extract::OriginalUri(uri): axum::extract::OriginalUri,
     Query(q): Query<CliPageQuery>,
@@ -370,7 +369,6 @@ pub async fn cli_page(
         }
         Err(e) => return e.into_response(),
     };
-    let _ = &state;
     let Some(challenge) = q.challenge.filter(|c| is_challenge(c)) else {
         return page(StatusCode::BAD_REQUEST, "This link has no valid PKCE challenge: run `meridian login` again.");
     };
