@@ -281,6 +281,31 @@ async fn app_hangs(w: &World) {
     assert!(r.text().await.unwrap().contains("did not answer in time"));
 }
 
+/// A client that leaves while the app is still working ends its request at
+/// once (the proxy watches the client while it waits for the answer), not
+/// when the app timeout (3 s here) would have ended it.
+async fn a_client_leaving_a_slow_app_ends_its_request(w: &World, deployment: Deployment) {
+    // The primary's /metrics is the coordinator's, without the proxy's gauge.
+    if matches!(deployment, Deployment::Primary) {
+        return;
+    }
+    let in_flight = || async { metric(&w.base, "meridian_proxy_requests_in_flight").await };
+    let host = format!("open--main--dev--admin.{}:{}", w.wildcard.0, w.wildcard.1);
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", w.wildcard.1)).await.unwrap();
+    let head = format!("GET /hang HTTP/1.1\r\nHost: {host}\r\nx-sample-delay-ms: 20000\r\n\r\n");
+    tokio::io::AsyncWriteExt::write_all(&mut s, head.as_bytes()).await.unwrap();
+    // In flight (besides the metrics request asking).
+    wait_for(Duration::from_secs(5), "the slow request to be in flight", || async {
+        (in_flight().await? >= 2.0).then_some(())
+    })
+    .await;
+    drop(s);
+    let left = std::time::Instant::now();
+    wait_for(Duration::from_secs(5), "the request to end", || async { (in_flight().await? <= 1.0).then_some(()) })
+        .await;
+    assert!(left.elapsed() < Duration::from_secs(2), "ended {:?} after the client left", left.elapsed());
+}
+
 async fn ticket_redirect_stays_on_host(w: &World) {
     let anon = w.browser(None).await;
     let base = w.app_url("code", "");
@@ -385,6 +410,7 @@ async fn suite(deployment: Deployment) {
     hygiene(&w).await;
     websocket_and_large_bodies(&w).await;
     app_hangs(&w).await;
+    a_client_leaving_a_slow_app_ends_its_request(&w, deployment).await;
     ticket_redirect_stays_on_host(&w).await;
     metrics(&w, deployment).await;
     agent_outage(&mut w).await;
