@@ -183,6 +183,24 @@ pub struct TransportConnector {
 
 const DEFAULT_POOL_SIZE: usize = 128;
 
+/// Meridian patch: whether a pooled plain socket leads to `peer`, from the
+/// peer address its socket digest holds (read with getpeername once per
+/// connection, then kept), or `None` when that cannot tell (no digest, or a
+/// peer reached through a proxy): then the caller asks the socket.
+#[cfg(unix)]
+fn known_peer_matches<P: Peer>(peer: &P, stream: &Stream) -> Option<bool> {
+    if peer.get_proxy().is_some() {
+        return None;
+    }
+    let digest = stream.get_socket_digest()?;
+    let known = digest.peer_addr()?;
+    let matches = known == peer.address();
+    if !matches {
+        error!("Crit: pooled connection leads to {known}, not to {}", peer.address());
+    }
+    Some(matches)
+}
+
 impl TransportConnector {
     /// Create a new [TransportConnector] with the given [ConnectorOptions]
     pub fn new(mut options: Option<ConnectorOptions>) -> Self {
@@ -268,8 +286,15 @@ impl TransportConnector {
                         // such pooled stream was discarded instead of reused.
                         let custom_l4 =
                             peer.get_peer_options().is_some_and(|o| o.custom_l4.is_some());
+                        // Meridian patch: a plain socket's peer address is read once
+                        // per connection (the socket digest keeps it) instead of with
+                        // a getpeername call on every reuse (one system call per
+                        // pooled request). See PATCHED.md.
                         #[cfg(unix)]
-                        if (stream.id() < 0 || custom_l4 || peer.matches_fd(stream.id()))
+                        if (stream.id() < 0
+                            || custom_l4
+                            || known_peer_matches(peer, &stream)
+                                .unwrap_or_else(|| peer.matches_fd(stream.id())))
                             && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
                         {
                             Some(stream)
