@@ -67,10 +67,10 @@ where
     until_idle(tokio::io::copy_bidirectional(&mut watched, b), start, &last, idle, drain).await
 }
 
-/// [`pipe`] for two TCP sockets, with the bytes moved inside the kernel
+/// [`pipe`] for two TCP sockets, with bulk transfers moved inside the kernel
 /// (`splice(2)` through a kernel pipe per direction) instead of copied
-/// through user space: what the agent does between its data connection and
-/// the app. Same ends as [`pipe`]: both sides closed (each EOF is passed on
+/// through user space, and small ones copied (see [`splice_one_way`]): what
+/// the agent does between its data connection and the app. Same ends as [`pipe`]: both sides closed (each EOF is passed on
 /// as a write shutdown), an error, or `idle` with no byte moving.
 pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io::Result<(u64, u64)> {
     let start = Instant::now();
@@ -123,16 +123,68 @@ async fn until_idle<T>(
 }
 
 /// Moves bytes from `from` to `to` until `from`'s EOF (then shuts down
-/// `to`'s writing half): socket → pipe, then pipe → socket until the pipe is
-/// empty, waiting on each socket's readiness.
+/// `to`'s writing half), waiting on each socket's readiness. Reads that fit
+/// a small buffer (requests, answers, keystrokes, WebSocket messages) are
+/// copied through it: a `recv` and a `send`, cheaper for a few hundred bytes
+/// than a splice into a kernel pipe and one out of it (the agent spent about
+/// 3 µs more per small request than a copying tunnel end; BENCHMARKS.md). The
+/// first read that fills the buffer means a bulk transfer: from then on the
+/// bytes stay in the kernel (socket → pipe, then pipe → socket until the pipe
+/// is empty).
 async fn splice_one_way(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<u64> {
+    const SMALL: usize = 8 * 1024;
+    let mut total = 0u64;
+    loop {
+        // Allocated per read (a thread-local free list's work), so an idle
+        // pipe holds no buffer.
+        let mut buf = Vec::with_capacity(SMALL);
+        let read = loop {
+            from.readable().await?;
+            match from.try_read_buf(&mut buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                read => break read?,
+            }
+        };
+        if read == 0 {
+            return shut_write(to).map(|()| total);
+        }
+        touch();
+        let mut sent = 0;
+        while sent < read {
+            to.writable().await?;
+            match to.try_write(&buf[sent..read]) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                written => {
+                    let written = written?;
+                    sent += written;
+                    total += written as u64;
+                    touch();
+                }
+            }
+        }
+        if read == SMALL {
+            break;
+        }
+    }
+    splice_bulk(from, to, touch, total).await
+}
+
+/// Like copy_bidirectional: an EOF goes on as a write shutdown.
+fn shut_write(to: &TcpStream) -> io::Result<()> {
+    match nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
+        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// [`splice_one_way`] once a transfer is bulk: `total` bytes moved so far.
+async fn splice_bulk(from: &TcpStream, to: &TcpStream, touch: &impl Fn(), mut total: u64) -> io::Result<u64> {
     use nix::fcntl::{splice, SpliceFFlags};
     use tokio::io::Interest;
     let (pipe_out, pipe_in) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC)?;
     let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
     // A kernel pipe holds 64 KiB by default.
     const CHUNK: usize = 64 * 1024;
-    let mut total = 0u64;
     loop {
         let read = loop {
             from.readable().await?;
@@ -142,11 +194,7 @@ async fn splice_one_way(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> 
             }
         };
         if read == 0 {
-            // Like copy_bidirectional: the EOF goes on as a write shutdown.
-            match nix::sys::socket::shutdown(to.as_raw_fd(), nix::sys::socket::Shutdown::Write) {
-                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => return Ok(total),
-                Err(e) => return Err(e.into()),
-            }
+            return shut_write(to).map(|()| total);
         }
         touch();
         let mut left = read;
@@ -313,6 +361,55 @@ mod tests {
         assert!(at_a == up, "the bytes from b arrived changed");
         let counts = tokio::time::timeout(Duration::from_secs(5), piped).await.expect("ended").unwrap().unwrap();
         assert_eq!(counts, (down.len() as u64, up.len() as u64));
+    }
+
+    /// What a pooled data connection carries: small exchanges (copied), a
+    /// bulk answer (spliced), and small exchanges again, each byte in order.
+    #[tokio::test]
+    async fn splice_carries_small_exchanges_around_a_bulk_transfer_in_order() {
+        let (mut a, mut a_peer) = socket_pair().await;
+        let (mut b, mut b_peer) = socket_pair().await;
+        let piped = tokio::spawn(async move { splice(&mut a, &mut b, Duration::from_secs(30)).await });
+        let exchange = |i: u32| format!("request {i}: {}", "x".repeat((i as usize * 37) % 900)).into_bytes();
+        let talk = async {
+            for i in 0..40u32 {
+                let (request, answer) = (exchange(i), exchange(i + 1000));
+                a_peer.write_all(&request).await.unwrap();
+                let mut got = vec![0u8; request.len()];
+                b_peer.read_exact(&mut got).await.unwrap();
+                assert!(got == request, "request {i} arrived changed");
+                b_peer.write_all(&answer).await.unwrap();
+                let mut got = vec![0u8; answer.len()];
+                a_peer.read_exact(&mut got).await.unwrap();
+                assert!(got == answer, "answer {i} arrived changed");
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), talk).await.expect("small exchanges within 10 s");
+        // A bulk answer: 2 MiB, read as it comes.
+        let bulk: Vec<u8> = (0..2 * 1024 * 1024u32).map(|i| (i % 253) as u8).collect();
+        let mut got = vec![0u8; bulk.len()];
+        let moved = tokio::time::timeout(Duration::from_secs(10), async {
+            tokio::join!(b_peer.write_all(&bulk), a_peer.read_exact(&mut got))
+        });
+        let (sent, read) = moved.await.expect("the bulk answer within 10 s");
+        sent.unwrap();
+        read.unwrap();
+        assert!(got == bulk, "the bulk answer arrived changed");
+        // Small again, both ways, then each side closes.
+        a_peer.write_all(b"after").await.unwrap();
+        let mut got = [0u8; 5];
+        b_peer.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"after");
+        b_peer.write_all(b"bye").await.unwrap();
+        b_peer.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), a_peer.read_to_end(&mut rest)).await.expect("EOF").unwrap();
+        assert_eq!(rest, b"bye");
+        a_peer.shutdown().await.unwrap();
+        let counts = tokio::time::timeout(Duration::from_secs(5), piped).await.expect("ended").unwrap().unwrap();
+        let small: u64 = (0..40u32).map(|i| exchange(i).len() as u64).sum();
+        let answers: u64 = (0..40u32).map(|i| exchange(i + 1000).len() as u64).sum();
+        assert_eq!(counts, (small + 5, answers + bulk.len() as u64 + 3));
     }
 
     #[tokio::test]
