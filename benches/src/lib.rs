@@ -101,8 +101,15 @@ pub async fn run(opts: &Options) -> Result<Report> {
     let size = MIB.to_string();
     // Each workload's targets: the references, Meridian, then the floor rows.
     let floors = stack.floors.clone();
-    let plain_floors: Vec<Target> = floors.iter().flat_map(|f| [f.bare.clone(), f.hop.clone()]).collect();
-    let tls_floors: Vec<Target> = floors.iter().flat_map(|f| [f.bare_tls.clone(), f.hop_tls.clone()]).collect();
+    let published = |f: &crate::stack::Floors, tls: bool| -> Vec<Target> {
+        f.published.iter().map(|(plain, secure)| if tls { secure.clone() } else { plain.clone() }).collect()
+    };
+    let plain_floors: Vec<Target> =
+        floors.iter().flat_map(|f| [f.bare.clone(), f.hop.clone()].into_iter().chain(published(f, false))).collect();
+    let tls_floors: Vec<Target> = floors
+        .iter()
+        .flat_map(|f| [f.bare_tls.clone(), f.hop_tls.clone()].into_iter().chain(published(f, true)))
+        .collect();
     let plain: Vec<Target> = [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian]
         .into_iter()
         .cloned()
@@ -247,7 +254,9 @@ pub async fn hold(meridian: &std::path::Path, bare: Option<&std::path::Path>) ->
     let stack = Stack::start(meridian, bare).await?;
     let targets =
         [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls];
-    let floors = stack.floors.iter().flat_map(|f| [&f.bare, &f.hop, &f.bare_tls, &f.hop_tls]);
+    let floors = stack.floors.iter().flat_map(|f| {
+        [&f.bare, &f.hop, &f.bare_tls, &f.hop_tls].into_iter().chain(f.published.iter().flat_map(|(p, t)| [p, t]))
+    });
     for t in targets.into_iter().chain(floors) {
         let headers: String = t.headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect();
         println!("{}: wrk -t1 -c32 -d10s --latency{headers} {}", t.name, t.url);

@@ -299,6 +299,7 @@ struct Baselines {
 
 impl Baselines {
     async fn start(meridian: &Path, d: &Path, tls_args: &[String], bare_pingora: Option<&Path>) -> Result<Self> {
+        let published = published_pingora();
         let (cert, key) = (Path::new(&tls_args[1]), Path::new(&tls_args[3]));
         let app_args = ["sample-app", "--listen", "127.0.0.1:0"].map(String::from).to_vec();
         let (app_proc, app) = spawn_ready(meridian, &app_args, d, "app", &[]).await?;
@@ -317,13 +318,13 @@ impl Baselines {
         };
         let nginx_proc = crate::nginx::start(d, &nginx, cert, key)?;
         let floors = match bare_pingora {
-            Some(bin) => Some(FloorProcs::start(bin, d, app, (cert, key))?),
+            Some(bin) => Some(FloorProcs::start(bin, published.as_deref(), d, app, (cert, key))?),
             None => None,
         };
         let rathole = crate::rathole::start(&rathole_bin(), d, free_port()?, nginx.tunnel, app)?;
         let pids = [app_proc.pid(), app_tls_proc.pid(), nginx_proc.pid(), rathole.server.pid(), rathole.client.pid()];
         let procs = vec![app_proc, app_tls_proc, nginx_proc, rathole.server, rathole.client];
-        let floor_ports = floors.as_ref().map(|f| f.ports.to_vec()).unwrap_or_default();
+        let floor_ports = floors.as_ref().map(|f| f.ports[..f.procs.len()].to_vec()).unwrap_or_default();
         for port in [nginx.port, nginx.tls_port, nginx.tunnel].into_iter().chain(floor_ports) {
             wait_until("a listener", Duration::from_secs(20), || listening(port)).await?;
         }
@@ -343,8 +344,9 @@ impl Baselines {
         let via_nginx = [p("nginx", nginx_pid)];
         let via_rathole = [p("nginx", nginx_pid), p("rathole server", server_pid), p("rathole client", client_pid)];
         let floors = self.floors.take().map(|f| {
-            let [bare, bare_tls, hop, hop_tls, _] = f.ports;
+            let [bare, bare_tls, hop, hop_tls, _, published, published_tls] = f.ports;
             let [bare_pid, bare_tls_pid, hop_pid, hop_tls_pid, forward_pid] = f.pids();
+            let published_pids = (f.procs.len() == 7).then(|| (f.procs[5].pid(), f.procs[6].pid()));
             let url = |scheme: &str, port: u16| format!("{scheme}://127.0.0.1:{port}/");
             let via_hop = |pid| [p("pingora", pid), p("hop", forward_pid)];
             self.procs.extend(f.procs);
@@ -353,6 +355,12 @@ impl Baselines {
                 bare_tls: plain("bare pingora", url("https", bare_tls), &[p("pingora", bare_tls_pid)]),
                 hop: plain("pingora+hop", url("http", hop), &via_hop(hop_pid)),
                 hop_tls: plain("pingora+hop", url("https", hop_tls), &via_hop(hop_tls_pid)),
+                published: published_pids.map(|(pid, tls_pid)| {
+                    (
+                        plain(PUBLISHED, url("http", published), &[p("pingora", pid)]),
+                        plain(PUBLISHED, url("https", published_tls), &[p("pingora", tls_pid)]),
+                    )
+                }),
                 bare_pid,
                 bare_port: bare,
             }
@@ -480,23 +488,43 @@ pub struct Floors {
     /// Bare pingora in front of a hop in front of the app, plain and TLS.
     pub hop: Target,
     pub hop_tls: Target,
+    /// Bare pingora as published (without the vendored patches), plain and
+    /// TLS, if its binary was built (`benches/run` builds it).
+    pub published: Option<(Target, Target)>,
     /// The plain bare pingora's process and port (for its idle memory).
     pub bare_pid: u32,
     pub bare_port: u16,
 }
 
+/// The row of bare pingora as published.
+const PUBLISHED: &str = "bare pingora, published";
+
+/// `benches/published-pingora`'s binary (pingora 0.9.1 from crates.io,
+/// without the vendored patches), if built, beside this checkout's `target/`.
+fn published_pingora() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let root = exe.parent()?.parent()?.parent()?;
+    let bin = root.join("benches/published-pingora/target/release/bare-pingora-published");
+    if !bin.exists() {
+        eprintln!("no {} (benches/run builds it): the published pingora row is left out", bin.display());
+    }
+    bin.exists().then_some(bin)
+}
+
 /// The floor rows' processes: bare pingora (plain, TLS) in front of the
-/// app and in front of the hop, and the hop.
+/// app and in front of the hop, the hop, and bare pingora as published
+/// (plain, TLS) if its binary is given.
 struct FloorProcs {
-    /// bare, bare TLS, bare over the hop, bare TLS over the hop, the hop.
-    ports: [u16; 5],
+    /// bare, bare TLS, bare over the hop, bare TLS over the hop, the hop,
+    /// published, published TLS.
+    ports: [u16; 7],
     procs: Vec<Proc>,
 }
 
 impl FloorProcs {
-    fn start(bin: &Path, dir: &Path, app: u16, (cert, key): (&Path, &Path)) -> Result<Self> {
-        let ports = [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
-        let [bare, bare_tls, hop, hop_tls, forward] = ports;
+    fn start(bin: &Path, published: Option<&Path>, dir: &Path, app: u16, (cert, key): (&Path, &Path)) -> Result<Self> {
+        let ports = [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
+        let [bare, bare_tls, hop, hop_tls, forward, published_port, published_tls] = ports;
         let at = |port: u16| format!("127.0.0.1:{port}");
         let tls = [cert.display().to_string(), key.display().to_string()];
         let pingora = |listen: u16, upstream: u16, tls: &[String]| {
@@ -504,13 +532,17 @@ impl FloorProcs {
             args.extend(tls.iter().cloned());
             args
         };
-        let procs = vec![
+        let mut procs = vec![
             spawn(bin, &pingora(bare, app, &[]), dir, "bare-pingora", &[])?,
             spawn(bin, &pingora(bare_tls, app, &tls), dir, "bare-pingora-tls", &[])?,
             spawn(bin, &pingora(hop, forward, &[]), dir, "pingora-hop", &[])?,
             spawn(bin, &pingora(hop_tls, forward, &tls), dir, "pingora-hop-tls", &[])?,
             spawn(bin, &["--forward".to_owned(), at(forward), at(app)], dir, "hop", &[])?,
         ];
+        if let Some(published) = published {
+            procs.push(spawn(published, &pingora(published_port, app, &[]), dir, "pingora-published", &[])?);
+            procs.push(spawn(published, &pingora(published_tls, app, &tls), dir, "pingora-published-tls", &[])?);
+        }
         Ok(Self { ports, procs })
     }
 
