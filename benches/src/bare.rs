@@ -1,12 +1,13 @@
 //! The floor rows: what the parts Meridian cannot remove cost, measured alone.
 //!
-//! - **Bare pingora** ([`serve`]): the smallest reverse proxy pingora makes
+//! - **Bare pingora** ([`serve`], [`crate::bare_proxy`]): the smallest reverse proxy pingora makes
 //!   (the same vendored pingora, one worker thread, keep-alive to one
 //!   upstream; TLS with rustls for the TLS workload), with none of Meridian's
 //!   work — no gate, routing, token check, hygiene, metrics or tunnel.
 //! - **A hop** ([`forward`]): the least a tunnel end next to the app can do —
 //!   accept a connection, connect to the app, move bytes both ways (the same
-//!   kernel splice Meridian's agent uses), one thread.
+//!   pipe code as Meridian's agent: small reads copied, bulk spliced), one
+//!   thread.
 //!
 //! Bare pingora in front of a hop in front of the app ("pingora+hop") is
 //! Meridian's topology with nothing of Meridian's in it: the floor of any
@@ -16,40 +17,11 @@
 //! `meridian-bench --bare-pingora LISTEN UPSTREAM [CERT KEY]` and
 //! `meridian-bench --forward LISTEN UPSTREAM` run them (the stack starts them).
 
-use async_trait::async_trait;
-use pingora::prelude::*;
-
-struct Bare(std::net::SocketAddr);
-
-#[async_trait]
-impl ProxyHttp for Bare {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.0, false, String::new())))
-    }
-}
-
-/// Serves on `listen` (TLS with `tls`'s certificate and key files, if
-/// given), proxying everything to `upstream`, until killed.
+/// Serves bare pingora on `listen` (TLS with `tls`'s certificate and key
+/// files, if given), proxying everything to `upstream`, until killed (see
+/// [`crate::bare_proxy`]).
 pub fn serve(listen: &str, upstream: std::net::SocketAddr, tls: Option<(&str, &str)>) -> anyhow::Result<()> {
-    let conf = pingora::server::configuration::ServerConf {
-        threads: 1,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(0),
-        ..Default::default()
-    };
-    let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(upstream));
-    match tls {
-        Some((cert, key)) => proxy.add_tls(listen, cert, key)?,
-        None => proxy.add_tcp(listen),
-    }
-    server.add_service(proxy);
-    server.run_forever()
+    Ok(crate::bare_proxy::serve(listen, upstream, tls)?)
 }
 
 /// Accepts on `listen` and pipes each connection to `upstream`, on one

@@ -17,6 +17,7 @@
 pub mod api;
 pub mod audit;
 pub mod bare;
+pub mod bare_proxy;
 pub mod bulk;
 pub mod control_plane;
 pub mod cpu;

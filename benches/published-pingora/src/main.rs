@@ -3,24 +3,12 @@
 //! one upstream), the same program as `meridian-bench --bare-pingora` but
 //! built without the vendored patches. See BENCHMARKS.md.
 
-use async_trait::async_trait;
-use pingora::prelude::*;
-
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-struct Bare(std::net::SocketAddr);
-
-#[async_trait]
-impl ProxyHttp for Bare {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        Ok(Box::new(HttpPeer::new(self.0, false, String::new())))
-    }
-}
+// The same source as `meridian-bench --bare-pingora`'s.
+#[path = "../../src/bare_proxy.rs"]
+mod bare_proxy;
 
 fn main() {
     // Takes `meridian-bench --bare-pingora`'s arguments, that flag included or not.
@@ -37,24 +25,9 @@ fn main() {
         eprintln!("bare-pingora-published: upstream {upstream}: {e}");
         std::process::exit(2);
     });
-    let conf = pingora::server::configuration::ServerConf {
-        threads: 1,
-        grace_period_seconds: Some(0),
-        graceful_shutdown_timeout_seconds: Some(0),
-        ..Default::default()
-    };
-    let mut server = pingora::server::Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let mut proxy = pingora::proxy::http_proxy_service(&server.configuration, Bare(upstream));
-    match tls {
-        Some((cert, key)) => {
-            if let Err(e) = proxy.add_tls(listen, cert, key) {
-                eprintln!("bare-pingora-published: TLS: {e}");
-                std::process::exit(2);
-            }
-        }
-        None => proxy.add_tcp(listen),
+    let tls = tls.map(|(c, k)| (c.as_str(), k.as_str()));
+    if let Err(e) = bare_proxy::serve(listen, upstream, tls) {
+        eprintln!("bare-pingora-published: {e}");
+        std::process::exit(2);
     }
-    server.add_service(proxy);
-    server.run_forever()
 }
