@@ -175,7 +175,7 @@ impl VirtualSocket for TunnelSocket {
 
 #[cfg(test)]
 mod tests {
-    use pingora::connectors::TransportConnector;
+    use pingora::connectors::{ConnectorOptions, TransportConnector};
     use pingora::protocols::l4::stream::Stream;
     use pingora::protocols::l4::virt::{VirtualSockOpt, VirtualSocket, VirtualSocketStream};
     use pingora::upstreams::peer::{BasicPeer, Peer};
@@ -250,5 +250,45 @@ mod tests {
         let mut got = [0u8; 1];
         tokio::time::timeout(Duration::from_secs(5), a_far.read_exact(&mut got)).await.unwrap().unwrap();
         assert_eq!(&got, b"x");
+    }
+
+    /// An idle pooled stream is let go once its idle timeout passes, with no
+    /// request coming to notice (the vendored pool's sweeper: it keeps no task
+    /// per idle stream): its far end reads EOF, it is never handed out, and
+    /// the stream beside it without a timeout stays and is reused.
+    #[tokio::test]
+    async fn an_idle_stream_past_its_timeout_is_closed_without_traffic() {
+        let connector = TransportConnector::new(None);
+        let peer = BasicPeer::new("127.0.0.1:8080");
+        let ((a, mut a_far), (b, mut b_far)) = (virtual_stream(), virtual_stream());
+        connector.release_stream(a, peer.reuse_hash(), Some(Duration::from_millis(100)));
+        connector.release_stream(b, peer.reuse_hash(), None);
+
+        let read = tokio::time::timeout(Duration::from_secs(5), a_far.read(&mut [0u8; 1])).await;
+        assert!(matches!(read, Ok(Ok(0))), "the timed-out stream is still held: {read:?}");
+        let mut reused = connector.reused_stream(&peer).await.expect("the stream without a timeout is pooled");
+        reused.write_all(b"x").await.unwrap();
+        reused.flush().await.unwrap();
+        let mut got = [0u8; 1];
+        tokio::time::timeout(Duration::from_secs(5), b_far.read_exact(&mut got)).await.unwrap().unwrap();
+        assert_eq!(&got, b"x");
+        assert!(connector.reused_stream(&peer).await.is_none(), "the timed-out stream was handed out");
+    }
+
+    /// A pool holding its limit closes the stream idle longest when one more
+    /// comes back; the newer ones stay for reuse.
+    #[tokio::test]
+    async fn a_full_pool_closes_its_oldest_idle_stream() {
+        let connector = TransportConnector::new(Some(ConnectorOptions::new(2)));
+        let peer = BasicPeer::new("127.0.0.1:8080");
+        let ((a, mut a_far), (b, _b_far), (c, _c_far)) = (virtual_stream(), virtual_stream(), virtual_stream());
+        for stream in [a, b, c] {
+            connector.release_stream(stream, peer.reuse_hash(), None);
+        }
+        let read = tokio::time::timeout(Duration::from_secs(5), a_far.read(&mut [0u8; 1])).await;
+        assert!(matches!(read, Ok(Ok(0))), "the oldest stream is still held: {read:?}");
+        assert!(connector.reused_stream(&peer).await.is_some());
+        assert!(connector.reused_stream(&peer).await.is_some());
+        assert!(connector.reused_stream(&peer).await.is_none(), "more streams pooled than the limit");
     }
 }

@@ -223,6 +223,13 @@ async fn hygiene(w: &World) {
         .header("X-Forwarded-For", "6.6.6.6")
         .header("Forwarded", "for=6.6.6.6")
         .header("x-sample-set-cookie", "meridian_app_token=evil; Path=/")
+        // Hop-by-hop fields (RFC 9110 §7.6.1) and one the client nominates in `Connection`.
+        .header("Connection", "keep-alive, X-Drop-Me")
+        .header("X-Drop-Me", "1")
+        .header("Keep-Alive", "timeout=5")
+        .header("Proxy-Connection", "keep-alive")
+        .header("Proxy-Authorization", "Basic eDp4")
+        .header("TE", "trailers")
         .send()
         .await
         .unwrap();
@@ -238,6 +245,9 @@ async fn hygiene(w: &World) {
     assert!(get("forwarded").is_empty());
     assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(get("x-forwarded-proto"), ["http"]);
+    for hop in ["connection", "x-drop-me", "keep-alive", "proxy-connection", "proxy-authorization", "te"] {
+        assert!(get(hop).is_empty(), "the hop-by-hop {hop} reached the app: {headers:?}");
+    }
 }
 
 async fn websocket_and_large_bodies(w: &World) {

@@ -15,6 +15,7 @@
 //! Connecting to servers
 
 pub mod http;
+mod idle;
 pub mod l4;
 #[cfg(feature = "any_tls")]
 mod tls;
@@ -33,14 +34,13 @@ use l4::{connect as l4_connect, BindTo};
 use log::{debug, error, warn};
 use parking_lot::RwLock;
 use pingora_error::{Error, ErrorType::*, OrErr, Result};
-use pingora_pool::{ConnectionMeta, ConnectionPool};
+use pingora_pool::ConnectionMeta;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tls::TlsConnector;
-use tokio::sync::Mutex;
 
 #[derive(Clone, Debug)]
 pub(crate) struct IdleConnection {
@@ -170,7 +170,7 @@ impl ConnectorOptions {
 /// [TransportConnector] provides APIs to connect to servers via TCP or TLS with connection reuse
 pub struct TransportConnector {
     tls_ctx: tls::Connector,
-    connection_pool: Arc<ConnectionPool<Arc<Mutex<Stream>>>>,
+    connection_pool: idle::IdlePool,
     offload: Option<OffloadRuntime>,
     bind_to_v4: Vec<SocketAddr>,
     bind_to_v6: Vec<SocketAddr>,
@@ -178,7 +178,6 @@ pub struct TransportConnector {
     /// Wrapped in `Arc` so external consumers (e.g. proxy services) can clone a reference
     /// for periodic metric reporting without needing access to the connector itself.
     unexpected_data_conn_count: Arc<AtomicU64>,
-    keepalive_pool_callback: Option<PoolCallback>,
 }
 
 const DEFAULT_POOL_SIZE: usize = 128;
@@ -219,15 +218,19 @@ impl TransportConnector {
         let keepalive_pool_callback = options
             .as_ref()
             .and_then(|o| o.keepalive_pool_callback.clone());
+        let unexpected_data_conn_count = Arc::new(AtomicU64::new(0));
         TransportConnector {
             tls_ctx: tls::Connector::new(options),
-            connection_pool: Arc::new(ConnectionPool::new(pool_size)),
+            connection_pool: idle::IdlePool::new(
+                pool_size,
+                keepalive_pool_callback,
+                unexpected_data_conn_count.clone(),
+            ),
             offload: offload.map(|v| OffloadRuntime::new("upstream connect offload", v.0, v.1)),
             bind_to_v4,
             bind_to_v6,
             preferred_http_version: PreferredHttpVersion::new(),
-            unexpected_data_conn_count: Arc::new(AtomicU64::new(0)),
-            keepalive_pool_callback,
+            unexpected_data_conn_count,
         }
     }
 
@@ -267,71 +270,44 @@ impl TransportConnector {
 
     /// Try to find a reusable connection to the given server [Peer]
     pub async fn reused_stream<P: Peer + Send + Sync>(&self, peer: &P) -> Option<Stream> {
-        match self.connection_pool.get(&peer.reuse_hash()) {
-            Some(s) => {
-                debug!("find reusable stream, trying to acquire it");
-                {
-                    let _ = s.lock().await;
-                } // wait for the idle poll to release it
-                match Arc::try_unwrap(s) {
-                    Ok(l) => {
-                        let mut stream = l.into_inner();
-                        // test_reusable_stream: we assume server would never actively send data
-                        // first on an idle stream.
-                        // Meridian patch: a stream from a custom L4 connector (a tunnel
-                        // stream without a file descriptor, or a data connection the
-                        // workspace agent dialed in, whose socket peer is the agent and
-                        // not the peer's address) is not checked with getpeername; the
-                        // pool key already identifies where it leads. Without this, every
-                        // such pooled stream was discarded instead of reused.
-                        let custom_l4 =
-                            peer.get_peer_options().is_some_and(|o| o.custom_l4.is_some());
-                        // Meridian patch: a plain socket's peer address is read once
-                        // per connection (the socket digest keeps it) instead of with
-                        // a getpeername call on every reuse (one system call per
-                        // pooled request). See PATCHED.md.
-                        #[cfg(unix)]
-                        if (stream.id() < 0
-                            || custom_l4
-                            || known_peer_matches(peer, &stream)
-                                .unwrap_or_else(|| peer.matches_fd(stream.id())))
-                            && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count)
-                        {
-                            Some(stream)
-                        } else {
-                            None
-                        }
-                        #[cfg(windows)]
-                        {
-                            use std::os::windows::io::{AsRawSocket, RawSocket};
-                            struct WrappedRawSocket(RawSocket);
-                            impl AsRawSocket for WrappedRawSocket {
-                                fn as_raw_socket(&self) -> RawSocket {
-                                    self.0
-                                }
-                            }
-                            if peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
-                                && test_reusable_stream(
-                                    &mut stream,
-                                    &self.unexpected_data_conn_count,
-                                )
-                            {
-                                Some(stream)
-                            } else {
-                                None
-                            }
-                        }
-                    }
-                    Err(_) => {
-                        error!("failed to acquire reusable stream");
-                        None
-                    }
+        // Meridian patch: the idle pool hands the stream over at once (no idle
+        // task to wait for); see `idle.rs` and PATCHED.md.
+        let Some(mut stream) = self.connection_pool.get(peer.reuse_hash()) else {
+            debug!("No reusable connection found for {peer}");
+            return None;
+        };
+        // test_reusable_stream: we assume server would never actively send data
+        // first on an idle stream.
+        // Meridian patch: a stream from a custom L4 connector (a tunnel
+        // stream without a file descriptor, or a data connection the
+        // workspace agent dialed in, whose socket peer is the agent and
+        // not the peer's address) is not checked with getpeername; the
+        // pool key already identifies where it leads. Without this, every
+        // such pooled stream was discarded instead of reused.
+        let custom_l4 = peer.get_peer_options().is_some_and(|o| o.custom_l4.is_some());
+        // Meridian patch: a plain socket's peer address is read once
+        // per connection (the socket digest keeps it) instead of with
+        // a getpeername call on every reuse (one system call per
+        // pooled request). See PATCHED.md.
+        #[cfg(unix)]
+        let leads_to_peer = stream.id() < 0
+            || custom_l4
+            || known_peer_matches(peer, &stream).unwrap_or_else(|| peer.matches_fd(stream.id()));
+        #[cfg(windows)]
+        let leads_to_peer = {
+            use std::os::windows::io::{AsRawSocket, RawSocket};
+            struct WrappedRawSocket(RawSocket);
+            impl AsRawSocket for WrappedRawSocket {
+                fn as_raw_socket(&self) -> RawSocket {
+                    self.0
                 }
             }
-            None => {
-                debug!("No reusable connection found for {peer}");
-                None
-            }
+            custom_l4 || peer.matches_sock(WrappedRawSocket(stream.id() as RawSocket))
+        };
+        if leads_to_peer && test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
+            Some(stream)
+        } else {
+            None
         }
     }
 
@@ -351,32 +327,8 @@ impl TransportConnector {
         if !test_reusable_stream(&mut stream, &self.unexpected_data_conn_count) {
             return;
         }
-        let id = stream.id();
-        let meta = ConnectionMeta::new(key, id);
-        debug!("Try to keepalive client session");
-        let stream = Arc::new(Mutex::new(stream));
-        let locked_stream = stream.clone().try_lock_owned().unwrap(); // safe as we just created it
-        let (notify_close, watch_use) = self.connection_pool.put(&meta, stream);
-        let idle_meta = IdleConnection::new(meta);
-        let pool = self.connection_pool.clone(); //clone the arc
-        let keepalive_pool_callback = self.keepalive_pool_callback.clone();
-        let rt = pingora_runtime::current_handle();
-        rt.spawn(async move {
-            if pool
-                .idle_poll(
-                    locked_stream,
-                    &idle_meta.connection,
-                    idle_timeout,
-                    notify_close,
-                    watch_use,
-                )
-                .await
-            {
-                if let Some(callback) = keepalive_pool_callback {
-                    callback(idle_meta.elapsed());
-                }
-            }
-        });
+        // Meridian patch: no task per idle connection (see `idle.rs`).
+        self.connection_pool.put(key, stream, idle_timeout);
     }
 
     /// Get a stream to the given server [Peer]
