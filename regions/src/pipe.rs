@@ -10,7 +10,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
@@ -77,8 +78,9 @@ pub async fn splice(a: &mut TcpStream, b: &mut TcpStream, idle: Duration) -> io:
     let start = Instant::now();
     let last = AtomicU64::new(0);
     let touch = || last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
-    let (a, b) = (&*a, &*b);
-    let both = async { tokio::try_join!(splice_one_way(a, b, &touch), splice_one_way(b, a, &touch)) };
+    let ((a_read, a_write), (b_read, b_write)) = (a.split(), b.split());
+    let both =
+        async { tokio::try_join!(splice_one_way(a_read, b_write, &touch), splice_one_way(b_read, a_write, &touch)) };
     until_idle(both, start, &last, idle, None).await
 }
 
@@ -128,24 +130,22 @@ async fn until_idle<T>(
 /// a small buffer (requests, answers, keystrokes, WebSocket messages) are
 /// copied through it: a `recv` and a `send`, cheaper for a few hundred bytes
 /// than a splice into a kernel pipe and one out of it (a hop of this code:
-/// 17.0 → 15.8 µs of CPU per small request; BENCHMARKS.md). The
-/// first read that fills the buffer means a bulk transfer: from then on the
-/// bytes stay in the kernel (socket → pipe, then pipe → socket until the pipe
-/// is empty).
-async fn splice_one_way(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> io::Result<u64> {
+/// 17.0 → 15.8 µs of CPU per small request; BENCHMARKS.md). They are read
+/// with the stream's `poll_read`, which takes a read that leaves the buffer
+/// part empty as the socket drained and waits for readiness next, where
+/// `try_read_buf` would ask the kernel again and get `EAGAIN`: one `recv`
+/// less per message. The first read that fills the buffer means a bulk
+/// transfer: from then on the bytes stay in the kernel (socket → pipe, then
+/// pipe → socket until the pipe is empty).
+async fn splice_one_way(mut from: ReadHalf<'_>, to: WriteHalf<'_>, touch: &impl Fn()) -> io::Result<u64> {
     const SMALL: usize = 8 * 1024;
+    let to: &TcpStream = to.as_ref();
     let mut total = 0u64;
     loop {
         // Allocated per read (a thread-local free list's work), so an idle
         // pipe holds no buffer.
         let mut buf = Vec::with_capacity(SMALL);
-        let read = loop {
-            from.readable().await?;
-            match from.try_read_buf(&mut buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                read => break read?,
-            }
-        };
+        let read = from.read_buf(&mut buf).await?;
         if read == 0 {
             return shut_write(to).map(|()| total);
         }
@@ -167,7 +167,7 @@ async fn splice_one_way(from: &TcpStream, to: &TcpStream, touch: &impl Fn()) -> 
             break;
         }
     }
-    splice_bulk(from, to, touch, total).await
+    splice_bulk(from.as_ref(), to, touch, total).await
 }
 
 /// Like copy_bidirectional: an EOF goes on as a write shutdown.
