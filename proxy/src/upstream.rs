@@ -244,11 +244,16 @@ mod tests {
         // a is untouched, and is what the pool hands out next.
         let quiet = tokio::time::timeout(Duration::from_millis(200), a_far.read(&mut [0u8; 1])).await;
         assert!(quiet.is_err(), "the open stream was let go in the closed one's place: {quiet:?}");
-        let mut reused = connector.reused_stream(&peer).await.expect("the open stream is still pooled");
-        reused.write_all(b"x").await.unwrap();
-        reused.flush().await.unwrap();
+        let reused = connector.reused_stream(&peer).await.expect("the open stream is still pooled");
+        carries_a_byte(reused, &mut a_far).await;
+    }
+
+    /// Writes a byte into `stream` and reads it at its far end.
+    async fn carries_a_byte(mut stream: pingora::protocols::Stream, far: &mut tokio::io::DuplexStream) {
+        stream.write_all(b"x").await.unwrap();
+        stream.flush().await.unwrap();
         let mut got = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(5), a_far.read_exact(&mut got)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(5), far.read_exact(&mut got)).await.unwrap().unwrap();
         assert_eq!(&got, b"x");
     }
 
@@ -266,12 +271,8 @@ mod tests {
 
         let read = tokio::time::timeout(Duration::from_secs(5), a_far.read(&mut [0u8; 1])).await;
         assert!(matches!(read, Ok(Ok(0))), "the timed-out stream is still held: {read:?}");
-        let mut reused = connector.reused_stream(&peer).await.expect("the stream without a timeout is pooled");
-        reused.write_all(b"x").await.unwrap();
-        reused.flush().await.unwrap();
-        let mut got = [0u8; 1];
-        tokio::time::timeout(Duration::from_secs(5), b_far.read_exact(&mut got)).await.unwrap().unwrap();
-        assert_eq!(&got, b"x");
+        let reused = connector.reused_stream(&peer).await.expect("the stream without a timeout is pooled");
+        carries_a_byte(reused, &mut b_far).await;
         assert!(connector.reused_stream(&peer).await.is_none(), "the timed-out stream was handed out");
     }
 
