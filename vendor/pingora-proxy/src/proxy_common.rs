@@ -175,8 +175,8 @@ impl ConnectionNominations {
     }
 }
 
-/// Meridian patch: the names [`strip_standard_hop_by_hop_headers`] and the
-/// upgrade policies remove, as the `http` map keeps them (lowercase).
+/// Meridian patch: the names [`strip_standard_hop_by_hop_headers`] removes
+/// (as the `http` map keeps them, lowercase), and [`has_hop_by_hop`] looks for.
 const HOP_BY_HOP: [&str; 10] = [
     KEEP_ALIVE,
     PROXY_CONNECTION,
@@ -201,16 +201,10 @@ fn has_hop_by_hop(req: &RequestHeader) -> bool {
 }
 
 fn strip_standard_hop_by_hop_headers(req: &mut RequestHeader) {
-    req.remove_header(KEEP_ALIVE);
-    req.remove_header(PROXY_CONNECTION);
-    req.remove_header(&header::PROXY_AUTHENTICATE);
-    req.remove_header(&header::PROXY_AUTHORIZATION);
-    req.remove_header(&header::TE);
-    req.remove_header(&header::TRAILER);
-    req.remove_header(&header::TRANSFER_ENCODING);
-    req.remove_header(&header::CONNECTION);
-    req.remove_header(&header::UPGRADE);
-    req.remove_header(HTTP2_SETTINGS);
+    // Meridian patch: the one list [`has_hop_by_hop`] checks.
+    for name in HOP_BY_HOP {
+        req.remove_header(name);
+    }
 }
 
 /// Set H1 `Host` from the URI or absolute-form authority.
