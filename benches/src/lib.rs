@@ -253,22 +253,45 @@ fn row(workload: &'static str, t: &Target, runs: &[Measured]) -> Row {
 /// Starts the stack, prints how to load each target, waits for Ctrl-C.
 pub async fn hold(meridian: &std::path::Path, bare: Option<&std::path::Path>) -> Result<()> {
     let stack = Stack::start(meridian, bare).await?;
+    print_commands(&stack).await?;
+    println!(
+        "sydney proxy pid {}, its agent pid {}; logs in {}; SIGHUP prints the Meridian rows again with fresh \
+         tokens (they live 5 minutes; an expired one sends every request to the coordinator); Ctrl-C or SIGTERM stops",
+        stack.sydney_pid,
+        stack.agent_pid,
+        stack.log_dir().display()
+    );
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+    loop {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => return Ok(r?),
+            _ = term.recv() => return Ok(()),
+            _ = hup.recv() => {
+                for t in [&stack.meridian, &stack.meridian_hop, &stack.meridian_tls] {
+                    print_command(&stack.fresh(t).await?);
+                }
+            }
+        }
+    }
+}
+
+/// Every target's `wrk` command, the Meridian ones with a fresh token.
+async fn print_commands(stack: &Stack) -> Result<()> {
     let targets =
         [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls];
     let floors = stack.floors.iter().flat_map(|f| {
         [&f.bare, &f.hop, &f.bare_tls, &f.hop_tls].into_iter().chain(f.published.iter().flat_map(|(p, t)| [p, t]))
     });
     for t in targets.into_iter().chain(floors) {
-        let headers: String = t.headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect();
-        println!("{}: wrk -t1 -c32 -d10s --latency{headers} {}", t.name, t.url);
-    }
-    println!("sydney proxy pid {}; logs in {}; Ctrl-C or SIGTERM stops", stack.sydney_pid, stack.log_dir().display());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
+        print_command(&stack.fresh(t).await?);
     }
     Ok(())
+}
+
+fn print_command(t: &Target) {
+    let headers: String = t.headers.iter().map(|(k, v)| format!(" -H '{k}: {v}'")).collect();
+    println!("{}: wrk -t1 -c32 -d10s --latency{headers} {}", t.name, t.url);
 }
 
 impl Report {

@@ -228,8 +228,18 @@ impl Auth {
     /// The claims and the shared token, and whether they came from the cache.
     async fn verify_uncounted(&self, token: &str, binding: &str) -> Option<((Arc<AppClaims>, Arc<str>), bool)> {
         let now = chrono::Utc::now().timestamp();
-        if let Some((c, t)) = self.cache.get(token) {
-            return (c.binding == binding && c.exp > now && !self.state.access.refuses(&c)).then_some(((c, t), true));
+        // The connection's last token first (see `memo`), then the shared cache:
+        // either way the binding, expiry and revocation are checked here.
+        let (hit, remembered) = match crate::memo::token(token) {
+            Some(hit) => (Some(hit), true),
+            None => (self.cache.get(token), false),
+        };
+        if let Some((c, t)) = hit {
+            let good = c.binding == binding && c.exp > now && !self.state.access.refuses(&c);
+            if good && !remembered {
+                crate::memo::remember_token(t.clone(), c.clone());
+            }
+            return good.then_some(((c, t), true));
         }
         let claims = match self.verifier.load().verify(token, binding) {
             Err(TokenError::UnknownKey(kid)) => {
@@ -245,6 +255,7 @@ impl Auth {
         }
         let verified = (Arc::new(claims), Arc::<str>::from(token));
         self.cache.insert(token.to_owned(), verified.clone());
+        crate::memo::remember_token(verified.1.clone(), verified.0.clone());
         Some((verified, false))
     }
 

@@ -29,7 +29,7 @@ use tokio::io::AsyncWriteExt;
 #[derive(Debug)]
 pub struct Checked {
     /// `host[:port]`, lower case, without a trailing dot.
-    pub host: String,
+    pub host: std::sync::Arc<str>,
     /// The normalized path (no query).
     pub path: String,
 }
@@ -68,18 +68,21 @@ pub fn check(session: &Session) -> Result<Checked, Refused> {
         (None, Some(a)) => a,
         (None, None) => return Err(refused(400, "the Host header is missing")),
     };
-    let authority = parse_authority(raw)?;
+    let authority = crate::memo::host(raw, |raw| {
+        let a = parse_authority(raw)?;
+        Ok::<_, Refused>(crate::memo::Host { host_port: a.to_host_port().into(), name: a.host.into() })
+    })?;
     if let Some(sni) = sni(session) {
         let sni = sni.trim_end_matches('.');
-        if !sni.eq_ignore_ascii_case(&authority.host) {
+        if !sni.eq_ignore_ascii_case(&authority.name) {
             return Err(refused(
                 421,
-                &format!("this connection was opened for {sni}; open {} on a new connection", authority.host),
+                &format!("this connection was opened for {sni}; open {} on a new connection", authority.name),
             ));
         }
     }
     let path = normalize_path(req.uri.path())?;
-    Ok(Checked { host: authority.to_host_port(), path })
+    Ok(Checked { host: authority.host_port.clone(), path })
 }
 
 /// For a chunked HTTP/1 request about to be forwarded: reads the first piece
@@ -325,7 +328,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Capped<A> {
                 return None;
             }
         };
-        self.inner.process_new(stream, shutdown).await
+        crate::memo::scope(self.inner.process_new(stream, shutdown)).await
     }
 
     async fn cleanup(&self) {

@@ -62,19 +62,26 @@ fn remove_present<'a>(req: &mut RequestHeader, names: impl Iterator<Item = &'a &
 
 /// Replaces whatever forwarding headers the client sent with the proxy's
 /// own: `X-Forwarded-For` (the client's address as this proxy saw it),
-/// `-Proto` and `-Host`.
-pub fn forwarding(req: &mut RequestHeader, client_ip: Option<String>, proto: &str, host: &str) -> Result<()> {
+/// `-Proto` and `-Host`. Per request and on every app request, so without
+/// parsing the (static) names or copying a value the request already holds:
+/// `-Host` shares the Host field's bytes when they are the host.
+pub fn forwarding(req: &mut RequestHeader, client_ip: Option<String>, proto: &'static str, host: &str) -> Result<()> {
+    let invalid = |what| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, what);
     remove_present(req, FORWARDING_HEADERS.iter());
+    let host = match req.headers.get(http::header::HOST) {
+        Some(h) if h.as_bytes() == host.as_bytes() => h.clone(),
+        _ => http::HeaderValue::from_str(host).map_err(|_| invalid("invalid host for X-Forwarded-Host"))?,
+    };
+    req.reserve_headers(3)?;
     if let Some(ip) = client_ip {
-        req.insert_header("x-forwarded-for", ip)?;
+        let ip = http::HeaderValue::try_from(ip).map_err(|_| invalid("invalid X-Forwarded-For"))?;
+        req.insert_static_header("x-forwarded-for", ip)?;
     }
-    req.insert_header("x-forwarded-proto", proto)?;
-    req.insert_header("x-forwarded-host", host)?;
-    Ok(())
+    req.insert_static_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
+    req.insert_static_header("x-forwarded-host", host)
 }
 
-/// Cleans the request the app will see and sets `X-Forwarded-*`.
-pub fn request(req: &mut RequestHeader, client_ip: Option<String>, proto: &str, host: &str) -> Result<()> {
+pub fn request(req: &mut RequestHeader, client_ip: Option<String>, proto: &'static str, host: &str) -> Result<()> {
     remove_present(req, CREDENTIAL_HEADERS.iter());
     let kept: Vec<String> = req
         .headers
@@ -223,6 +230,33 @@ mod tests {
         assert_eq!(req.headers["x-forwarded-for"], "127.0.0.1");
         assert_eq!(req.headers["x-forwarded-proto"], "https");
         assert_eq!(req.headers["x-forwarded-host"], "app.example");
+
+        // On the wire: each forwarding field once, the client's gone, the
+        // Host's own bytes shared when it is the host.
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Host", "app.example:8080").unwrap();
+        req.insert_header("X-Forwarded-Host", "evil.example").unwrap();
+        req.insert_header("X-Forwarded-Proto", "gopher").unwrap();
+        forwarding(&mut req, Some("10.0.0.1".into()), "http", "app.example:8080").unwrap();
+        let mut wire = bytes::BytesMut::new();
+        req.header_to_h1_wire(&mut wire);
+        let wire = String::from_utf8(wire.to_vec()).unwrap();
+        let lines: Vec<&str> = wire.split("\r\n").filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            lines,
+            [
+                "Host: app.example:8080",
+                "x-forwarded-for: 10.0.0.1",
+                "x-forwarded-proto: http",
+                "x-forwarded-host: app.example:8080"
+            ]
+        );
+        // A Host that is not the routed host as written (another case) is not copied.
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("Host", "App.Example").unwrap();
+        forwarding(&mut req, None, "https", "app.example").unwrap();
+        assert_eq!(req.headers["x-forwarded-host"], "app.example");
+        assert!(req.headers.get("x-forwarded-for").is_none());
 
         let mut only = RequestHeader::build("GET", b"/", None).unwrap();
         only.insert_header("cookie", "meridian_app_token=t").unwrap();

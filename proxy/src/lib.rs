@@ -7,6 +7,7 @@
 //! - [`upstream`]: app connections through agent tunnels; [`relay`]: where agents attach;
 //!   [`routes`]: where every agent is (pushed by the coordinator); [`mesh`]: links to peer relays.
 //! - [`gate`]: framing, host, path and SNI checks before routing; connection caps and head limits.
+//! - [`memo`]: what a connection's last request resolved (host, route, token), kept for its next.
 //! - [`hygiene`]: what is stripped and set between client and app; [`pages`]: error pages.
 //! - [`endpoints`]: the proxy's own endpoints (`/healthz`, `/healthz-report`, ...).
 //! - [`registration`]: register, heartbeat and deregister with the coordinator.
@@ -23,6 +24,7 @@ pub mod endpoints;
 pub mod gate;
 pub mod hygiene;
 pub mod lifecycle;
+pub mod memo;
 pub mod mesh;
 pub mod metrics;
 pub mod pages;

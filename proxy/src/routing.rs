@@ -6,6 +6,7 @@ use crate::endpoints;
 use crate::state::ProxyState;
 use meridian_regions::app_token::{path_binding, subdomain_binding};
 use meridian_regions::app_url::{parse_host, parse_path, AppRequest, HostMatch, PathMatch};
+use std::sync::Arc;
 
 /// A request for an app.
 #[derive(Debug, Clone)]
@@ -27,10 +28,12 @@ impl AppRoute {
 }
 
 pub enum Route {
-    App(AppRoute),
+    /// Shared: a subdomain app's route is remembered for the connection's
+    /// next request (see [`crate::memo`]).
+    App(Arc<AppRoute>),
     /// A shell or TCP stream (see `meridian_regions::stream`), authorized by a
     /// stream token, carried to the agent like an app's upgraded connection.
-    Stream(AppRoute),
+    Stream(Arc<AppRoute>),
     /// Not an app, on the primary: the coordinator's API and pages.
     Api,
     Own(endpoints::Local),
@@ -48,7 +51,7 @@ pub enum Route {
 /// normalized `path`) against the wildcard base, then by path. With
 /// `api_passthrough` (the primary), whatever is not an app goes to the API.
 pub fn route(
-    host: &str,
+    host: &Arc<str>,
     path: &str,
     query: Option<&str>,
     wildcard_base: Option<&str>,
@@ -56,21 +59,26 @@ pub fn route(
     state: &ProxyState,
 ) -> Route {
     if let Some(base) = wildcard_base {
+        if let Some(app) = crate::memo::route(host) {
+            return Route::App(app);
+        }
         match parse_host(host, base) {
             HostMatch::App(app) => {
-                return Route::App(AppRoute {
+                let app = Arc::new(AppRoute {
                     binding: subdomain_binding(strip_port(host)),
                     req: app,
                     subdomain: true,
                     path: None,
-                })
+                });
+                crate::memo::remember_route(host.clone(), app.clone());
+                return Route::App(app);
             }
             HostMatch::Invalid(e) => return Route::Reject { status: e.status(), message: e.to_string() },
             HostMatch::NotAnApp => {}
         }
     }
     match meridian_regions::stream::parse_path(path) {
-        Some(Ok(stream)) => return Route::Stream(stream_route(stream, query)),
+        Some(Ok(stream)) => return Route::Stream(Arc::new(stream_route(stream, query))),
         Some(Err(e)) => return Route::Reject { status: e.status(), message: e.to_string() },
         None => {}
     }
@@ -80,12 +88,12 @@ pub fn route(
                 Some(q) => format!("{rest}?{q}"),
                 None => rest,
             };
-            Route::App(AppRoute {
+            Route::App(Arc::new(AppRoute {
                 binding: path_binding(strip_port(host), &prefix),
                 req: app,
                 subdomain: false,
                 path: Some((prefix, rest)),
-            })
+            }))
         }
         PathMatch::AddSlash(prefix) => {
             let location = match query {

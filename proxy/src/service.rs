@@ -69,8 +69,8 @@ struct Served {
     claims: Arc<AppClaims>,
     /// The verified app token: it authorizes the stream at the relay holding the tunnel.
     token: Arc<str>,
-    route: AppRoute,
-    host: String,
+    route: Arc<AppRoute>,
+    host: Arc<str>,
     set_cookie: Option<String>,
     /// A shell or TCP stream, or the web terminal, not an app.
     stream: Option<StreamUpgrade>,

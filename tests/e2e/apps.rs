@@ -212,6 +212,54 @@ async fn tokens_are_bound(w: &World) {
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "the genuine token works on its own app");
+    one_connection_many_hosts(w, &token).await;
+}
+
+/// Requests on one keep-alive connection are each routed and authorized by
+/// their own Host and token, whatever the connection's previous request
+/// resolved (the proxy remembers the last Host and token per connection).
+async fn one_connection_many_hosts(w: &World, token: &str) {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", w.wildcard.1)).await.unwrap();
+    let (mut conn, driver) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await.unwrap();
+    let driver = tokio::spawn(driver);
+    let code = format!("code--main--dev--admin.{}:{}", w.wildcard.0, w.wildcard.1);
+    let shared = format!("shared--main--dev--admin.{}:{}", w.wildcard.0, w.wildcard.1);
+    let open = format!("open--main--dev--admin.{}:{}", w.wildcard.0, w.wildcard.1);
+    let cookie = format!("meridian_app_token={token}");
+    let steps: [(&str, Option<&str>, u16, &str); 6] = [
+        (&code, Some(&cookie), 200, "the token on its own app"),
+        (&shared, Some(&cookie), 303, "the same token on another app, next on the connection"),
+        (&code, None, 303, "its app again without a token"),
+        (&open, None, 200, "a public app"),
+        (&code, Some(&cookie), 200, "its own app again"),
+        (&code.to_uppercase(), Some(&cookie), 200, "its own app in capitals (one host)"),
+    ];
+    for (host, cookie, want, what) in steps {
+        let mut req = http::Request::get("/").header("host", host);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        // Ready: the previous exchange is over and the connection is still open.
+        let send = async {
+            conn.ready().await?;
+            conn.send_request(req.body(String::new()).unwrap()).await
+        };
+        let resp = tokio::time::timeout(Duration::from_secs(10), send)
+            .await
+            .expect("an answer within 10 s")
+            .unwrap_or_else(|e| panic!("{what}: the connection failed: {e:?}"));
+        assert_eq!(resp.status(), want, "{what} ({host}, same connection)");
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        if want == 200 {
+            let seen: Value = serde_json::from_slice(&body).unwrap();
+            let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+            let forwarded: Vec<&str> =
+                headers.iter().filter(|(k, _)| k == "x-forwarded-host").map(|(_, v)| v.as_str()).collect();
+            assert_eq!(forwarded, [host.to_lowercase()], "{what}: the app is told the host it was asked for");
+        }
+    }
+    drop(conn);
+    let _ = tokio::time::timeout(Duration::from_secs(5), driver).await;
 }
 
 async fn hygiene(w: &World) {
@@ -221,6 +269,7 @@ async fn hygiene(w: &World) {
         .header("cookie", "meridian_session=s; keep=1; meridian_app_session=x")
         .header("Meridian-Session-Token", "secret")
         .header("X-Forwarded-For", "6.6.6.6")
+        .header("X-Forwarded-Host", "evil.example")
         .header("Forwarded", "for=6.6.6.6")
         .header("x-sample-set-cookie", "meridian_app_token=evil; Path=/")
         // Hop-by-hop fields (RFC 9110 §7.6.1) and one the client nominates in `Connection`.
@@ -245,6 +294,9 @@ async fn hygiene(w: &World) {
     assert!(get("forwarded").is_empty());
     assert_eq!(get("x-forwarded-for"), ["127.0.0.1"]);
     assert_eq!(get("x-forwarded-proto"), ["http"]);
+    let host = url::Url::parse(&w.app_url("open", "/h")).unwrap();
+    let host = format!("{}:{}", host.host_str().unwrap(), host.port().unwrap());
+    assert_eq!(get("x-forwarded-host"), [host]);
     for hop in ["connection", "x-drop-me", "keep-alive", "proxy-connection", "proxy-authorization", "te"] {
         assert!(get(hop).is_empty(), "the hop-by-hop {hop} reached the app: {headers:?}");
     }
