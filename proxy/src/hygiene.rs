@@ -81,6 +81,7 @@ pub fn forwarding(req: &mut RequestHeader, client_ip: Option<String>, proto: &'s
     req.insert_static_header("x-forwarded-host", host)
 }
 
+/// Cleans the request the app will see and sets `X-Forwarded-*`.
 pub fn request(req: &mut RequestHeader, client_ip: Option<String>, proto: &'static str, host: &str) -> Result<()> {
     remove_present(req, CREDENTIAL_HEADERS.iter());
     let kept: Vec<String> = req
