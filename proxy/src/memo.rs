@@ -76,13 +76,13 @@ pub fn remember_route(host_port: Arc<str>, route: Arc<AppRoute>) {
 }
 
 /// The claims and shared token the last request's token verified to, if
-/// `token` is that token.
+/// `token` is that token (compared in constant time: a credential).
 pub fn token(token: &str) -> Option<(Arc<AppClaims>, Arc<str>)> {
-    LAST.try_with(|last| {
-        last.borrow().token.as_ref().filter(|(t, _)| t.as_ref() == token).map(|(t, c)| (c.clone(), t.clone()))
-    })
-    .ok()
-    .flatten()
+    use subtle::ConstantTimeEq;
+    let same = |t: &Arc<str>| bool::from(t.as_bytes().ct_eq(token.as_bytes()));
+    LAST.try_with(|last| last.borrow().token.as_ref().filter(|(t, _)| same(t)).map(|(t, c)| (c.clone(), t.clone())))
+        .ok()
+        .flatten()
 }
 
 /// Remembers what `token` verified to.
