@@ -116,16 +116,17 @@ pub async fn run(opts: &Options) -> Result<Report> {
         .cloned()
         .chain(plain_floors)
         .collect();
-    let tls: Vec<Target> = [&stack.direct_tls, &stack.nginx_tls, &stack.rathole_tls, &stack.meridian_tls]
-        .into_iter()
-        .cloned()
-        .chain(tls_floors)
-        .collect();
+    let tls: Vec<Target> =
+        [&stack.direct_tls, &stack.nginx_tls, &stack.nginx_tls12, &stack.rathole_tls, &stack.meridian_tls]
+            .into_iter()
+            .cloned()
+            .chain(tls_floors)
+            .collect();
     let workloads: Vec<(&'static str, u32, Vec<Target>)> = vec![
         (
             "small GET, keep-alive, 32 connections",
             32,
-            plain.iter().cloned().chain([stack.meridian_unlogged.clone()]).collect(),
+            plain.iter().cloned().chain([stack.meridian_unlogged.clone(), stack.rathole_forwarding.clone()]).collect(),
         ),
         (
             "1 MiB downloads, 8 connections",
@@ -278,8 +279,17 @@ pub async fn hold(meridian: &std::path::Path, bare: Option<&std::path::Path>) ->
 
 /// Every target's `wrk` command, the Meridian ones with a fresh token.
 async fn print_commands(stack: &Stack) -> Result<()> {
-    let targets =
-        [&stack.direct, &stack.nginx, &stack.rathole, &stack.meridian, &stack.meridian_hop, &stack.meridian_tls];
+    let targets = [
+        &stack.direct,
+        &stack.nginx,
+        &stack.rathole,
+        &stack.rathole_forwarding,
+        &stack.nginx_tls,
+        &stack.nginx_tls12,
+        &stack.meridian,
+        &stack.meridian_hop,
+        &stack.meridian_tls,
+    ];
     let floors = stack.floors.iter().flat_map(|f| {
         [&f.bare, &f.hop, &f.bare_tls, &f.hop_tls].into_iter().chain(f.published.iter().flat_map(|(p, t)| [p, t]))
     });

@@ -52,8 +52,13 @@ pub struct Stack {
     pub direct_tls: Target,
     pub nginx: Target,
     pub nginx_tls: Target,
+    /// nginx's TLS listener as Debian's nginx 1.22 ships it: TLS 1.2 only.
+    pub nginx_tls12: Target,
     pub rathole: Target,
     pub rathole_tls: Target,
+    /// nginx+rathole sent Meridian's request (its `Host` and cookies) and
+    /// forwarding it as Meridian does (see [`crate::nginx`]).
+    pub rathole_forwarding: Target,
     pub meridian: Target,
     pub meridian_tls: Target,
     /// Through frankfurt to the agent on sydney.
@@ -315,6 +320,8 @@ impl Baselines {
             tunnel: free_port()?,
             tunnel_port: free_port()?,
             tunnel_tls_port: free_port()?,
+            tls12_port: free_port()?,
+            tunnel_forwarding_port: free_port()?,
         };
         let nginx_proc = crate::nginx::start(d, &nginx, cert, key)?;
         let floors = match bare_pingora {
@@ -325,7 +332,10 @@ impl Baselines {
         let pids = [app_proc.pid(), app_tls_proc.pid(), nginx_proc.pid(), rathole.server.pid(), rathole.client.pid()];
         let procs = vec![app_proc, app_tls_proc, nginx_proc, rathole.server, rathole.client];
         let floor_ports = floors.as_ref().map(|f| f.ports[..f.procs.len()].to_vec()).unwrap_or_default();
-        for port in [nginx.port, nginx.tls_port, nginx.tunnel].into_iter().chain(floor_ports) {
+        for port in [nginx.port, nginx.tls_port, nginx.tls12_port, nginx.tunnel_forwarding_port, nginx.tunnel]
+            .into_iter()
+            .chain(floor_ports)
+        {
             wait_until("a listener", Duration::from_secs(20), || listening(port)).await?;
         }
         Ok(Self { app, app_tls, nginx, floors, pids, procs })
@@ -376,6 +386,8 @@ impl Baselines {
             plain("nginx", format!("https://127.0.0.1:{}/", n.tls_port), &via_nginx),
             plain("nginx+rathole", format!("http://127.0.0.1:{}/", n.tunnel_port), &via_rathole),
             plain("nginx+rathole", format!("https://127.0.0.1:{}/", n.tunnel_tls_port), &via_rathole),
+            plain(NGINX_TLS12, format!("https://127.0.0.1:{}/", n.tls12_port), &via_nginx),
+            plain(FORWARDING, format!("http://127.0.0.1:{}/", n.tunnel_forwarding_port), &via_rathole),
         ];
         (rows, floors)
     }
@@ -427,17 +439,22 @@ impl Stack {
         let signed = signed_targets(&api, &ports, &pids, baselines.pids[0], &cert).await?;
         let (rows, floors) = baselines.targets();
         procs.append(&mut baselines.procs);
-        let [direct, direct_tls, nginx, nginx_tls, rathole, rathole_tls]: [Target; 6] =
-            rows.try_into().map_err(|_| anyhow::anyhow!("six baseline rows"))?;
+        let [direct, direct_tls, nginx, nginx_tls, rathole, rathole_tls, nginx_tls12, forwarding]: [Target; 8] =
+            rows.try_into().map_err(|_| anyhow::anyhow!("eight baseline rows"))?;
         let [meridian, meridian_hop, meridian_tls, meridian_unlogged]: [Target; 4] =
             signed.try_into().map_err(|_| anyhow::anyhow!("four Meridian rows"))?;
-        Ok(Stack {
+        // Meridian's headers as they are: nginx keeps its cookies from the app
+        // and checks no token, so one that expires changes nothing.
+        let rathole_forwarding = Target { headers: meridian.headers.clone(), ..forwarding };
+        let stack = Stack {
             direct,
             direct_tls,
             nginx,
             nginx_tls,
+            nginx_tls12,
             rathole,
             rathole_tls,
+            rathole_forwarding,
             floors,
             meridian,
             meridian_hop,
@@ -450,7 +467,47 @@ impl Stack {
             agent_pid: pids["main"],
             _procs: procs,
             dir,
-        })
+        };
+        stack.check_references().await?;
+        Ok(stack)
+    }
+
+    /// The reference rows do what they say, or nothing is measured: nginx's
+    /// TLS listener speaks TLS 1.3 and its TLS 1.2 one does not, and the app
+    /// behind the forwarding row is asked what the app behind Meridian is
+    /// asked (the sample app answers with the request's method, target and
+    /// fields).
+    async fn check_references(&self) -> Result<()> {
+        use anyhow::ensure;
+        let root = reqwest::Certificate::from_pem(&std::fs::read(&self.cert)?)?;
+        let tls13 = reqwest::Client::builder()
+            .add_root_certificate(root)
+            .min_tls_version(reqwest::tls::Version::TLS_1_3)
+            .build()?;
+        let speaks_tls13 = |t: &Target| tls13.get(&t.url).send();
+        let over_tls13 = speaks_tls13(&self.nginx_tls).await.context("nginx's TLS listener does not speak TLS 1.3")?;
+        ensure!(over_tls13.status().is_success(), "nginx's TLS listener answers {} over TLS 1.3", over_tls13.status());
+        ensure!(speaks_tls13(&self.nginx_tls12).await.is_err(), "nginx's TLS 1.2 listener speaks TLS 1.3");
+        let http = reqwest::Client::new();
+        let asked = |t: Target| {
+            let mut req = http.get(&t.url);
+            for (name, value) in &t.headers {
+                req = req.header(name, value);
+            }
+            async move {
+                let echo: serde_json::Value = req.send().await?.error_for_status()?.json().await?;
+                let mut fields: Vec<(String, String)> = serde_json::from_value(echo["headers"].clone())?;
+                fields.sort();
+                anyhow::Ok((echo["method"].clone(), echo["uri"].clone(), fields))
+            }
+        };
+        let (meridian, nginx) =
+            (asked(self.fresh(&self.meridian).await?).await?, asked(self.rathole_forwarding.clone()).await?);
+        ensure!(
+            meridian == nginx,
+            "the app is asked {nginx:?} through nginx+rathole's forwarding row, {meridian:?} through Meridian"
+        );
+        Ok(())
     }
 
     /// `t` with a freshly issued app token cookie (Meridian targets only): an
@@ -498,6 +555,10 @@ pub struct Floors {
 
 /// The row of bare pingora as published.
 const PUBLISHED: &str = "bare pingora, published";
+/// The reference row of nginx's TLS listener at TLS 1.2 only (see [`crate::nginx`]).
+pub const NGINX_TLS12: &str = "nginx, TLS 1.2 only";
+/// The reference row of nginx+rathole sent Meridian's request.
+pub const FORWARDING: &str = "nginx+rathole, Meridian's request";
 
 /// `benches/published-pingora`'s binary (pingora 0.9.1 from crates.io,
 /// without the vendored patches), if built, beside this checkout's `target/`.

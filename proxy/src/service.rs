@@ -176,6 +176,12 @@ fn ending(e: Option<&Error>) -> Ending {
 impl ProxyHttp for MeridianProxy {
     type CTX = Ctx;
 
+    /// No downstream modules. pingora's default adds its response
+    /// compression module switched off, which still costs a context per
+    /// request and a call in every header and body phase; Meridian never
+    /// compresses (an app's own `Content-Encoding` passes through as it is).
+    fn init_downstream_modules(&self, _modules: &mut pingora::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             _in_flight: self.state.enter(),

@@ -48,6 +48,8 @@ pub fn peer(
     // Parsed once per verified token, not per request.
     let dial = claims.dial().ok_or_else(bad)?;
     // The address only keys the connection pool; the connector ignores it.
+    // The host (SNI) keys it too, and must: apps named by host (`http://db:8080`,
+    // `http://web:8080`) share the loopback address.
     let mut peer = HttpPeer::new(dial.addr, dial.tls, dial.host.clone());
     peer.group_key = relay.path_key(agent_id);
     if let Some(cut) = &cut {
@@ -68,7 +70,7 @@ pub fn peer(
 struct TunnelConnector {
     relay: Arc<Relay>,
     agent_id: Uuid,
-    target: String,
+    target: Arc<str>,
     /// The app token of the request that dials; a pooled connection may
     /// later carry other users' requests for the same app, each authorized.
     grant: Arc<str>,
@@ -291,5 +293,26 @@ mod tests {
         assert!(connector.reused_stream(&peer).await.is_some());
         assert!(connector.reused_stream(&peer).await.is_some());
         assert!(connector.reused_stream(&peer).await.is_none(), "more streams pooled than the limit");
+    }
+
+    /// Apps named by host (`http://web:8080`, `http://db:8080`) share the
+    /// pool's address (loopback; the relay dials the name inside the
+    /// workspace): their host is what keeps one app's pooled connections from
+    /// carrying another's requests.
+    #[tokio::test]
+    async fn apps_named_by_host_do_not_share_pooled_connections() {
+        let relay = crate::relay::testing::relay();
+        let grant: std::sync::Arc<str> = "grant".into();
+        let pool_key = |upstream: &str| {
+            let claims: meridian_regions::app_token::AppClaims = serde_json::from_value(serde_json::json!({
+                "iss": "t", "sub": uuid::Uuid::nil(), "binding": "b", "agent_id": uuid::Uuid::nil(),
+                "upstream": upstream, "share": "owner", "iat": 1, "nbf": 1, "exp": 301, "sid": uuid::Uuid::nil(),
+            }))
+            .unwrap();
+            super::peer(&relay, &claims, &grant, None, None).unwrap().reuse_hash()
+        };
+        assert_eq!(pool_key("http://web:8080"), pool_key("http://web:8080"));
+        assert_ne!(pool_key("http://web:8080"), pool_key("http://db:8080"));
+        assert_ne!(pool_key("http://web:8080"), pool_key("https://web:8080"));
     }
 }

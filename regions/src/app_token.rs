@@ -86,7 +86,7 @@ impl AppClaims {
 /// The proxy dials it and the relay holding the tunnel checks it against the
 /// token, so both must derive it the same way: here.
 pub fn stream_target(upstream: &str) -> Option<String> {
-    Dial::parse(upstream).map(|d| d.target)
+    Dial::parse(upstream).map(|d| d.target.to_string())
 }
 
 /// How the proxy reaches an app's `upstream`, parsed once per verified token
@@ -99,8 +99,8 @@ pub struct Dial {
     /// host is a name: the connector dials through the relay, not to it).
     pub addr: std::net::SocketAddr,
     pub tls: bool,
-    /// See [`stream_target`].
-    pub target: String,
+    /// See [`stream_target`]. Shared: each request's connector holds it.
+    pub target: std::sync::Arc<str>,
 }
 
 impl Dial {
@@ -113,6 +113,7 @@ impl Dial {
         };
         let host = url.host_str()?.trim_start_matches('[').trim_end_matches(']').to_owned();
         let ip = host.parse().unwrap_or(std::net::Ipv4Addr::LOCALHOST.into());
+        let target = target.into();
         Some(Dial { addr: std::net::SocketAddr::new(ip, port), host, tls: url.scheme() == "https", target })
     }
 }
@@ -453,7 +454,7 @@ mod tests {
         assert_eq!(dial.host, "::1");
         assert_eq!(dial.addr, "[::1]:9443".parse().unwrap());
         assert!(dial.tls);
-        assert_eq!(dial.target, "[::1]:9443");
+        assert_eq!(&*dial.target, "[::1]:9443");
         // A name keys the pool as loopback (the relay dials it inside the workspace).
         let named = AppClaims { upstream: "http://localhost:3000".into(), dial: DialCache::default(), ..c.clone() };
         let dial = named.dial().unwrap();

@@ -12,6 +12,10 @@ async fn the_benchmark_harness_runs_every_workload() {
     let count = |target: &str| report.rows.iter().filter(|r| r.target == target).count();
     assert_eq!((count("direct"), count("nginx"), count("meridian")), (5, 4, 4), "{:?}", report.rows);
     assert_eq!((count("meridian-tls"), count("meridian-hop"), count("nginx+rathole")), (1, 1, 4));
+    // The reference rows: nginx at TLS 1.2 only (new TLS connections), and
+    // nginx+rathole sent Meridian's request (small GET); the stack checked
+    // before any load that each does what it says.
+    assert_eq!((count("nginx, TLS 1.2 only"), count("nginx+rathole, Meridian's request")), (1, 1));
     // Every row names the CPU time per request of each process on its path.
     for r in &report.rows {
         let roles: Vec<&str> = r.cpu_us_per_request.iter().map(|(p, _)| p.as_str()).collect();
