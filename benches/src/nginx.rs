@@ -34,20 +34,23 @@ pub fn start(dir: &Path, p: &Ports, cert: &Path, key: &Path) -> Result<Proc> {
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("logs"))?;
     let user = if nix::unistd::geteuid().is_root() { "user root;" } else { "" };
-    let location = |upstream: &str| {
+    // `host`: the `Host` the app is told; `more`: further fields to set.
+    let location = |upstream: &str, host: &str, more: &str| {
         format!(
             "location / {{ proxy_pass http://{upstream}; proxy_http_version 1.1; \
-             proxy_set_header Host $host; proxy_set_header Upgrade $http_upgrade; \
-             proxy_set_header Connection $connection_upgrade; }}"
+             proxy_set_header Host {host}; proxy_set_header Upgrade $http_upgrade; \
+             proxy_set_header Connection $connection_upgrade;{more} }}"
         )
     };
-    let (app, tunnel) = (location("app"), location("tunnel"));
-    // Meridian's request carries only its own cookies: the app gets none.
-    let forwarding = "location / { proxy_pass http://tunnel; proxy_http_version 1.1; \
-         proxy_set_header Host $http_host; proxy_set_header Upgrade $http_upgrade; \
-         proxy_set_header Connection $connection_upgrade; proxy_set_header Cookie \"\"; \
-         proxy_set_header X-Forwarded-For $remote_addr; proxy_set_header X-Forwarded-Proto $scheme; \
-         proxy_set_header X-Forwarded-Host $http_host; }";
+    let (app, tunnel) = (location("app", "$host", ""), location("tunnel", "$host", ""));
+    // As Meridian forwards: the `Host` as asked (its port too), the three
+    // `X-Forwarded-*`; the request's cookies are Meridian's own, never the app's.
+    let forwarding = location(
+        "tunnel",
+        "$http_host",
+        " proxy_set_header Cookie \"\"; proxy_set_header X-Forwarded-For $remote_addr; \
+         proxy_set_header X-Forwarded-Proto $scheme; proxy_set_header X-Forwarded-Host $http_host;",
+    );
     let certificate = format!("ssl_certificate {}; ssl_certificate_key {};", cert.display(), key.display());
     let tls = format!("ssl; ssl_protocols TLSv1.2 TLSv1.3; {certificate}");
     let tls12 = format!("ssl; ssl_protocols TLSv1.2; {certificate}");
