@@ -102,7 +102,14 @@ fn headers(c: &mut Criterion) {
                 req.insert_header("Accept", "text/html").unwrap();
                 req
             },
-            |mut req| meridian_proxy::hygiene::request(&mut req, Some("127.0.0.1".into()), "http", HOST),
+            |mut req| {
+                meridian_proxy::hygiene::request(
+                    &mut req,
+                    Some(http::HeaderValue::from_static("127.0.0.1")),
+                    "http",
+                    HOST,
+                )
+            },
             criterion::BatchSize::SmallInput,
         )
     });

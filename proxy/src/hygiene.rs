@@ -65,7 +65,13 @@ fn remove_present<'a>(req: &mut RequestHeader, names: impl Iterator<Item = &'a &
 /// `-Proto` and `-Host`. Per request and on every app request, so without
 /// parsing the (static) names or copying a value the request already holds:
 /// `-Host` shares the Host field's bytes when they are the host.
-pub fn forwarding(req: &mut RequestHeader, client_ip: Option<String>, proto: &'static str, host: &str) -> Result<()> {
+/// `client_ip` is the client's address as a field value (see `memo::client_ip`).
+pub fn forwarding(
+    req: &mut RequestHeader,
+    client_ip: Option<http::HeaderValue>,
+    proto: &'static str,
+    host: &str,
+) -> Result<()> {
     let invalid = |what| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, what);
     remove_present(req, FORWARDING_HEADERS.iter());
     let host = match req.headers.get(http::header::HOST) {
@@ -74,7 +80,6 @@ pub fn forwarding(req: &mut RequestHeader, client_ip: Option<String>, proto: &'s
     };
     req.reserve_headers(3)?;
     if let Some(ip) = client_ip {
-        let ip = http::HeaderValue::try_from(ip).map_err(|_| invalid("invalid X-Forwarded-For"))?;
         req.insert_static_header("x-forwarded-for", ip)?;
     }
     req.insert_static_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
@@ -82,7 +87,12 @@ pub fn forwarding(req: &mut RequestHeader, client_ip: Option<String>, proto: &'s
 }
 
 /// Cleans the request the app will see and sets `X-Forwarded-*`.
-pub fn request(req: &mut RequestHeader, client_ip: Option<String>, proto: &'static str, host: &str) -> Result<()> {
+pub fn request(
+    req: &mut RequestHeader,
+    client_ip: Option<http::HeaderValue>,
+    proto: &'static str,
+    host: &str,
+) -> Result<()> {
     remove_present(req, CREDENTIAL_HEADERS.iter());
     let kept: Vec<String> = req
         .headers
@@ -222,7 +232,7 @@ mod tests {
         req.insert_header("meridian-agent-attach-token", "secret").unwrap();
         req.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
         req.insert_header("forwarded", "for=6.6.6.6").unwrap();
-        request(&mut req, Some("127.0.0.1".into()), "https", "app.example").unwrap();
+        request(&mut req, Some(http::HeaderValue::from_static("127.0.0.1")), "https", "app.example").unwrap();
         assert_eq!(req.headers["cookie"], "a=1; b=2");
         for h in ["meridian-session-token", "meridian-mesh-secret", "meridian-agent-attach-token"] {
             assert!(req.headers.get(h).is_none(), "{h} reached the app");
@@ -238,7 +248,7 @@ mod tests {
         req.insert_header("Host", "app.example:8080").unwrap();
         req.insert_header("X-Forwarded-Host", "evil.example").unwrap();
         req.insert_header("X-Forwarded-Proto", "gopher").unwrap();
-        forwarding(&mut req, Some("10.0.0.1".into()), "http", "app.example:8080").unwrap();
+        forwarding(&mut req, Some(http::HeaderValue::from_static("10.0.0.1")), "http", "app.example:8080").unwrap();
         let mut wire = bytes::BytesMut::new();
         req.header_to_h1_wire(&mut wire);
         let wire = String::from_utf8(wire.to_vec()).unwrap();

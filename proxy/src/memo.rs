@@ -7,7 +7,8 @@
 //!
 //! Only pure results are kept, each under the exact input it came from: the
 //! authority parsed from a raw Host, the subdomain route parsed from that
-//! host, the claims a token verified to. Every check that depends on more
+//! host, the claims a token verified to, the client's address as a field
+//! value. Every check that depends on more
 //! than its input still runs per request (SNI, the token's binding, expiry
 //! and revocation, the path). One entry of each per connection, in a
 //! task-local set around the connection's task ([`scope`], by
@@ -15,9 +16,11 @@
 //! its own) every request works everything out, as before.
 
 use crate::routing::AppRoute;
+use http::HeaderValue;
 use meridian_regions::app_token::AppClaims;
 use std::cell::RefCell;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 
 /// A Host resolved: what `gate::check` routes on and checks SNI against.
@@ -38,6 +41,8 @@ struct Last {
     /// A token and the claims it verified to (signature and form: what the
     /// shared token cache holds).
     token: Option<(Arc<str>, Arc<AppClaims>)>,
+    /// The client's address and its text as a field value (`X-Forwarded-For`).
+    client_ip: Option<(IpAddr, HeaderValue)>,
 }
 
 tokio::task_local! {
@@ -76,13 +81,29 @@ pub fn remember_route(host_port: Arc<str>, route: Arc<AppRoute>) {
 }
 
 /// The claims and shared token the last request's token verified to, if
-/// `token` is that token (compared in constant time: a credential).
+/// `token` is that token (compared in constant time: a credential; a
+/// connection may carry more than one user's requests behind a shared
+/// forward proxy). Word by word: `subtle`'s byte-at-a-time comparison of a
+/// ~600-byte token was 0.9 µs of every request (BENCHMARKS.md, sixth pass).
 pub fn token(token: &str) -> Option<(Arc<AppClaims>, Arc<str>)> {
-    use subtle::ConstantTimeEq;
-    let same = |t: &Arc<str>| bool::from(t.as_bytes().ct_eq(token.as_bytes()));
+    let same = |t: &Arc<str>| constant_time_eq::constant_time_eq(t.as_bytes(), token.as_bytes());
     LAST.try_with(|last| last.borrow().token.as_ref().filter(|(t, _)| same(t)).map(|(t, c)| (c.clone(), t.clone())))
         .ok()
         .flatten()
+}
+
+/// `ip` as a field value (what `X-Forwarded-For` carries): the connection's
+/// address is the same for each of its requests, so it is written out once
+/// (formatting it and its two allocations were per request).
+pub fn client_ip(ip: IpAddr) -> Option<HeaderValue> {
+    let hit = LAST.try_with(|last| last.borrow().client_ip.as_ref().filter(|(i, _)| *i == ip).map(|(_, v)| v.clone()));
+    if let Ok(Some(value)) = hit {
+        return Some(value);
+    }
+    // An address's text (digits, dots, colons, hex) is always a valid value.
+    let value = HeaderValue::try_from(ip.to_string()).ok()?;
+    let _ = LAST.try_with(|last| last.borrow_mut().client_ip = Some((ip, value.clone())));
+    Some(value)
 }
 
 /// Remembers what `token` verified to.
@@ -135,6 +156,53 @@ mod tests {
         }
         assert_eq!(parses.get(), 2);
         assert!(token("t").is_none());
+    }
+
+    #[tokio::test]
+    async fn only_the_same_token_finds_what_the_last_one_verified_to() {
+        let claims = Arc::new(AppClaims {
+            iss: "meridian".into(),
+            sub: "someone".into(),
+            binding: "host:app.example".into(),
+            agent_id: uuid::Uuid::nil(),
+            upstream: "http://127.0.0.1:8080".into(),
+            share: Default::default(),
+            sandbox: false,
+            cors_passthru: false,
+            iat: 0,
+            nbf: 0,
+            exp: 1,
+            sid: None,
+            dial: Default::default(),
+        });
+        let token = "header.claims-of-one-user.signature";
+        scope(async {
+            remember_token(token.into(), claims.clone());
+            let (found, shared) = super::token(token).expect("the same token");
+            assert!(Arc::ptr_eq(&found, &claims));
+            assert_eq!(&*shared, token);
+            // Another user's token behind the same connection (a shared
+            // forward proxy), the same length and differing in one byte, or
+            // longer: each is checked on its own.
+            assert!(super::token("header.claims-of-one-user.signaturE").is_none());
+            assert!(super::token("header.claims-of-one-user.signature2").is_none());
+            assert!(super::token("").is_none());
+        })
+        .await;
+    }
+
+    #[tokio::test]
+    async fn a_client_address_is_written_for_that_address_only() {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "2001:db8::7".parse().unwrap());
+        scope(async {
+            assert_eq!(client_ip(a).unwrap(), "10.0.0.1");
+            assert_eq!(client_ip(a).unwrap(), "10.0.0.1");
+            // Behind a relay or a NAT the address may change between requests.
+            assert_eq!(client_ip(b).unwrap(), "2001:db8::7");
+            assert_eq!(client_ip(a).unwrap(), "10.0.0.1");
+        })
+        .await;
+        assert_eq!(client_ip(b).unwrap(), "2001:db8::7", "outside a connection too");
     }
 
     #[tokio::test]

@@ -330,7 +330,7 @@ impl ProxyHttp for MeridianProxy {
         if let Some(path) = &ctx.forward_path {
             up.set_uri(path.parse().map_err(|_| bad_path())?);
         }
-        let client_ip = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        let client_ip = session.client_addr().and_then(|a| a.as_inet()).and_then(|a| crate::memo::client_ip(a.ip()));
         let Some(served) = &ctx.app else {
             // The coordinator's API (on the primary) learns the client's
             // address from this proxy alone: it limits sign-ins by it.

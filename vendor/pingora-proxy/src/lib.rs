@@ -1208,9 +1208,15 @@ where
             self.inner
                 .on_connection_reuse(&mut session, &mut ctx, prev_ctx);
         }
-        Box::pin(self.process_request(session, ctx))
+        // Meridian patch: the future (about 12 KB) is built in its box, not
+        // built on the stack and copied in (`Box::pin(self.process_request(..))`
+        // copied all of it, per request). The box exists before the call, and
+        // `process_request` is not inlined, so the call writes its result
+        // straight into the box (LLVM's call-slot optimization; see PATCHED.md).
+        built_in_box(|| self.process_request(session, ctx))
     }
 
+    #[inline(never)]
     async fn process_request(
         self: &Arc<Self>,
         mut session: Session,
@@ -1614,6 +1620,15 @@ impl SubrequestSpawner {
             handle,
         )
     }
+}
+
+/// Meridian patch: `make()`'s future in a box of its own, built there (see
+/// `start_request`): the box exists before `make` runs, so a `make` that is
+/// not inlined returns its future straight into it.
+#[inline(always)]
+fn built_in_box<F: futures::Future>(make: impl FnOnce() -> F) -> std::pin::Pin<Box<F>> {
+    let slot = Box::<F>::new_uninit();
+    Box::into_pin(Box::write(slot, make()))
 }
 
 #[async_trait]
