@@ -41,15 +41,6 @@ const CORS_HEADERS: [&str; 7] = [
 const FORWARDING_HEADERS: [&str; 6] =
     ["x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "forwarded", "x-real-ip", headers::FORWARDED_BY];
 
-/// Whether a cookie name is one of Meridian's (`meridian_…`, or `__Host-meridian_…`).
-pub fn is_meridian_cookie(name: &str) -> bool {
-    const PREFIX: &str = "meridian_";
-    let starts = |s: &[u8], p: &str| s.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p.as_bytes()));
-    let name = name.trim().as_bytes();
-    let name = if starts(name, headers::HOST_ONLY_PREFIX) { &name[headers::HOST_ONLY_PREFIX.len()..] } else { name };
-    starts(name, PREFIX)
-}
-
 /// Removes the headers in `names` that the request has (usually none: a scan
 /// of its few headers instead of a map removal per listed name).
 fn remove_present<'a>(req: &mut RequestHeader, names: impl Iterator<Item = &'a &'a str> + Clone) {
@@ -94,20 +85,22 @@ pub fn request(
     host: &str,
 ) -> Result<()> {
     remove_present(req, CREDENTIAL_HEADERS.iter());
-    let kept: Vec<String> = req
-        .headers
-        .get_all(http::header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter(|c| !c.trim().is_empty() && !is_meridian_cookie(c.split('=').next().unwrap_or_default()))
-        .map(|c| c.trim().to_owned())
-        .collect();
-    req.remove_header(&http::header::COOKIE);
-    if !kept.is_empty() {
-        req.insert_header(http::header::COOKIE, kept.join("; "))?;
-    }
+    app_cookies(req)?;
     forwarding(req, client_ip, proto, host)
+}
+
+/// Leaves the app the cookies that are its own, in one `Cookie` field
+/// (RFC 6265 §5.4), every byte of them as the client sent it.
+fn app_cookies(req: &mut RequestHeader) -> Result<()> {
+    let kept = headers::app_cookies(req.headers.get_all(http::header::COOKIE).iter());
+    req.remove_header(&http::header::COOKIE);
+    if kept.is_empty() {
+        return Ok(());
+    }
+    // Crumbs of valid fields, joined by "; ": a valid field value.
+    let kept = http::HeaderValue::from_maybe_shared(bytes::Bytes::from(kept))
+        .map_err(|_| pingora::Error::explain(pingora::ErrorType::InvalidHTTPHeader, "invalid Cookie"))?;
+    req.insert_header(http::header::COOKIE, kept)
 }
 
 /// Whether a request may go on as far as its `Origin` goes: anything but a
@@ -204,9 +197,12 @@ pub fn response(resp: &mut ResponseHeader, sandbox: bool) -> Result<()> {
         .headers
         .get_all(http::header::SET_COOKIE)
         .iter()
+        // The name is the first pair's (RFC 6265 §5.2), read as bytes: a
+        // field with any byte that is not visible ASCII is still checked.
         .filter(|v| {
-            let name = v.to_str().ok().and_then(|s| s.split('=').next()).unwrap_or_default();
-            !is_meridian_cookie(name)
+            !headers::is_meridian_cookie(headers::crumb_name(
+                v.as_bytes().split(|&b| b == b';').next().unwrap_or_default(),
+            ))
         })
         .cloned()
         .collect();
@@ -276,6 +272,17 @@ mod tests {
     }
 
     #[test]
+    fn the_apps_own_cookies_reach_it_byte_for_byte_whatever_their_bytes() {
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        let field = &b"lang=fran\xc3\xa7ais; meridian_app_token=t; x=caf\xe9;  ;meridian_SESSION\xff=s;b=2"[..];
+        req.insert_header("cookie", http::HeaderValue::from_bytes(field).unwrap()).unwrap();
+        req.append_header("cookie", "c=3; __Host-meridian_app_session=x").unwrap();
+        request(&mut req, None, "https", "app.example").unwrap();
+        let cookies: Vec<_> = req.headers.get_all("cookie").iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(cookies, [&b"lang=fran\xc3\xa7ais; x=caf\xe9; b=2; c=3"[..]]);
+    }
+
+    #[test]
     fn app_cannot_set_meridian_cookies() {
         let mut resp = ResponseHeader::build(200, None).unwrap();
         resp.append_header("set-cookie", "ok=1; Path=/").unwrap();
@@ -283,9 +290,19 @@ mod tests {
         resp.append_header("set-cookie", " MERIDIAN_SESSION=evil").unwrap();
         resp.append_header("set-cookie", "__Host-meridian_session=evil; Secure; Path=/").unwrap();
         resp.append_header("set-cookie", "__host-Meridian_app_token=evil; Secure; Path=/").unwrap();
+        // Bytes that are not visible ASCII, in the value or an attribute, hide nothing.
+        let evil = [
+            &b"meridian_app_token=\xc3\xa9vil; Path=/"[..],
+            b"meridian_session=evil; Path=/; X=\xff",
+            b"meridian_app_session",
+        ];
+        for v in evil {
+            resp.append_header("set-cookie", http::HeaderValue::from_bytes(v).unwrap()).unwrap();
+        }
+        resp.append_header("set-cookie", http::HeaderValue::from_bytes(b"lang=fran\xc3\xa7ais").unwrap()).unwrap();
         response(&mut resp, false).unwrap();
         let cookies: Vec<_> = resp.headers.get_all("set-cookie").iter().collect();
-        assert_eq!(cookies, ["ok=1; Path=/"]);
+        assert_eq!(cookies, [&b"ok=1; Path=/"[..], b"lang=fran\xc3\xa7ais"]);
         assert!(resp.headers.get("content-security-policy").is_none());
     }
 

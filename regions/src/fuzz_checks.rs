@@ -4,6 +4,7 @@
 //! breaks; none may panic otherwise.
 
 use crate::app_token::{generate_key, Signer, Verifier};
+use crate::headers::{app_cookies, cookie_copies, crumb_name, crumbs};
 use crate::redirect::{validate, AppHosts};
 use crate::request::{check_framing, normalize_path, parse_authority};
 use std::sync::OnceLock;
@@ -93,5 +94,32 @@ pub fn framing(data: &[u8]) {
         let cl = text.matches("\ncontent-length:").count();
         let te = text.matches("\ntransfer-encoding:").count();
         assert!(cl + te <= 1, "{text:?} passed with {cl} Content-Length and {te} Transfer-Encoding");
+    }
+}
+
+/// Cookie fields, split as bytes whatever they hold: every crumb is trimmed,
+/// non-empty and holds no `;`; what the app is given (`app_cookies`) is a
+/// valid field holding exactly the crumbs that are not Meridian's, in which
+/// no Meridian cookie is found again; a copy found in the field is the value
+/// of a crumb of that name.
+pub fn cookie(data: &[u8]) {
+    let Ok(field) = http::HeaderValue::from_bytes(data) else { return };
+    let all: Vec<&[u8]> = crumbs(&field).collect();
+    for c in &all {
+        assert!(!c.is_empty() && !c.contains(&b';') && c.trim_ascii() == *c, "{data:?} → {c:?}");
+    }
+    let app = http::HeaderValue::from_bytes(&app_cookies(std::iter::once(&field))).expect("the app's field is valid");
+    let meridian = |c: &&[u8]| crate::headers::is_meridian_cookie(crumb_name(c));
+    let kept: Vec<&[u8]> = all.iter().copied().filter(|c| !meridian(c)).collect();
+    assert_eq!(crumbs(&app).collect::<Vec<_>>(), kept, "{data:?}");
+    let (mut sent, mut forwarded) = (http::HeaderMap::new(), http::HeaderMap::new());
+    sent.append(http::header::COOKIE, field.clone());
+    forwarded.append(http::header::COOKIE, app);
+    for name in ["meridian_session", "meridian_app_session", "meridian_app_token", "__Host-meridian_app_token"] {
+        assert_eq!(cookie_copies(&forwarded, name).count(), 0, "{data:?}: {name} reaches the app");
+        for value in cookie_copies(&sent, name) {
+            let of = |c: &&[u8]| crumb_name(c) == name.as_bytes() && c.ends_with(value.as_bytes());
+            assert!(all.iter().any(of), "{data:?}: {name}={value} is no crumb's");
+        }
     }
 }

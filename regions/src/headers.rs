@@ -49,19 +49,69 @@ pub fn cookie_name(name: &'static str, https_whole_host: bool) -> &'static str {
 /// than this are not looked at (each may cost a check).
 pub const MAX_COOKIE_COPIES: usize = 4;
 
+/// The cookies ("crumbs", `name=value`) of one `Cookie` field, each trimmed,
+/// empty ones skipped (RFC 6265 §4.2.1: `cookie-pair *( ";" SP cookie-pair )`).
+/// Split as bytes, not text: a cookie an app set may hold any octet (a UTF-8
+/// value, say), and one such cookie must not hide the others in its field —
+/// Meridian's own among them. (The `cookie` crate parses only `&str`.)
+pub fn crumbs(field: &http::HeaderValue) -> impl Iterator<Item = &[u8]> {
+    // `memchr`: a field is mostly one long token, searched a word at a time.
+    let mut rest = Some(field.as_bytes());
+    std::iter::from_fn(move || {
+        let r = rest?;
+        let (crumb, after) = memchr::memchr(b';', r).map_or((r, None), |at| (&r[..at], Some(&r[at + 1..])));
+        rest = after;
+        Some(crumb)
+    })
+    .map(<[u8]>::trim_ascii)
+    .filter(|c| !c.is_empty())
+}
+
+/// The name of a crumb or of a `Set-Cookie` field's first pair: what comes
+/// before the first `=`, trimmed; a pair without `=` is all name (the
+/// stricter reading: RFC 6265bis §5.7 makes it a nameless cookie's value).
+pub fn crumb_name(pair: &[u8]) -> &[u8] {
+    pair.split(|&b| b == b'=').next().unwrap_or_default().trim_ascii()
+}
+
+/// Whether a cookie name is one of Meridian's (`meridian_…`, or
+/// `__Host-meridian_…`, in any case). Bytes: a name need not be text.
+pub fn is_meridian_cookie(name: &[u8]) -> bool {
+    const PREFIX: &[u8] = b"meridian_";
+    let starts = |s: &[u8], p: &[u8]| s.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p));
+    let name = name.trim_ascii();
+    let host_only = HOST_ONLY_PREFIX.as_bytes();
+    let name = if starts(name, host_only) { &name[host_only.len()..] } else { name };
+    starts(name, PREFIX)
+}
+
+/// The `Cookie` fields' crumbs that are not Meridian's, joined into one
+/// field's value (RFC 6265 §5.4: one field, `"; "` between crumbs), every
+/// byte as the client sent it; empty when none is left. What an app is
+/// given of a request's cookies.
+pub fn app_cookies<'a>(fields: impl Iterator<Item = &'a http::HeaderValue>) -> Vec<u8> {
+    let mut kept = Vec::new();
+    for crumb in fields.flat_map(crumbs).filter(|c| !is_meridian_cookie(crumb_name(c))) {
+        if !kept.is_empty() {
+            kept.extend_from_slice(b"; ");
+        }
+        kept.extend_from_slice(crumb);
+    }
+    kept
+}
+
 /// Every value of cookie `name` a request carries, in the order sent (at
 /// most [`MAX_COOKIE_COPIES`]). Values are borrowed from `headers` (a cookie
-/// value is never decoded).
+/// value is never decoded); a crumb that is not UTF-8 is skipped alone.
 pub fn cookie_copies<'a>(headers: &'a http::HeaderMap, name: &'a str) -> impl Iterator<Item = &'a str> + 'a {
     headers
         .get_all(http::header::COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(cookie::Cookie::split_parse)
-        .flatten()
-        .filter(move |c| c.name() == name)
+        .flat_map(crumbs)
+        .filter(move |c| crumb_name(c) == name.as_bytes())
+        .filter_map(|c| std::str::from_utf8(c).ok())
         // Parsed from a borrowed string, a cookie's value is that string's.
-        .filter_map(|c| c.value_raw())
+        .filter_map(|c| cookie::Cookie::parse(c).ok()?.value_raw())
         .take(MAX_COOKIE_COPIES)
 }
 
@@ -90,5 +140,32 @@ mod tests {
         let mut flood = http::HeaderMap::new();
         flood.append(http::header::COOKIE, many.parse().unwrap());
         assert_eq!(super::cookie_copies(&flood, "x").count(), super::MAX_COOKIE_COPIES);
+    }
+
+    #[test]
+    fn a_cookie_that_is_not_ascii_hides_none_of_the_others() {
+        let mut h = http::HeaderMap::new();
+        // A UTF-8 value an app set, then one that is not even UTF-8 (Latin-1).
+        let field =
+            [&b"lang=fran\xc3\xa7ais; meridian_app_token=t1; x=caf\xe9; "[..], b"meridian_app_token=t2"].concat();
+        h.append(http::header::COOKIE, http::HeaderValue::from_bytes(&field).unwrap());
+        let copies: Vec<&str> = super::cookie_copies(&h, "meridian_app_token").collect();
+        assert_eq!(copies, ["t1", "t2"]);
+        assert_eq!(super::cookie_copies(&h, "lang").collect::<Vec<_>>(), ["français"]);
+        assert_eq!(super::cookie_copies(&h, "x").count(), 0, "not UTF-8: skipped alone");
+    }
+
+    #[test]
+    fn crumb_names() {
+        for (pair, name) in [
+            (&b"a=1"[..], &b"a"[..]),
+            (b" meridian_session = s ", b"meridian_session"),
+            (b"meridian_app_token", b"meridian_app_token"),
+            (b"=v", b""),
+            (b"n=a=b", b"n"),
+            (b"caf\xc3\xa9=1", b"caf\xc3\xa9"),
+        ] {
+            assert_eq!(super::crumb_name(pair), name, "{}", String::from_utf8_lossy(pair));
+        }
     }
 }

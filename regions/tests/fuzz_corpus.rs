@@ -42,3 +42,8 @@ fn redirect_corpus() {
 fn framing_corpus() {
     replay("framing", fuzz_checks::framing);
 }
+
+#[test]
+fn cookie_corpus() {
+    replay("cookie", fuzz_checks::cookie);
+}

@@ -302,6 +302,43 @@ async fn hygiene(w: &World) {
     }
 }
 
+/// Cookies are bytes: an app may set one that is not ASCII (a UTF-8
+/// value), and the browser then sends it in the same `Cookie` field as
+/// Meridian's. It must neither hide the user's token (a sign-in loop) nor
+/// carry an app's `Set-Cookie` of a Meridian cookie past the proxy.
+async fn cookies_that_are_not_ascii(w: &World) {
+    let utf8 = |s: &str| reqwest::header::HeaderValue::from_bytes(s.as_bytes()).unwrap();
+    let owner = w.owner().await;
+    assert_eq!(open(&owner, &w.app_url("code", "/")).await.0, 200);
+    let r = owner
+        .get(w.app_url("code", "/set"))
+        .header("x-sample-set-cookie", utf8("lang=français; Path=/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = owner.get(w.app_url("code", "/again")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "the token is found beside a UTF-8 cookie");
+    let seen: Value = r.json().await.unwrap();
+    let headers: Vec<(String, String)> = serde_json::from_value(seen["headers"].clone()).unwrap();
+    let cookies: Vec<&str> = headers.iter().filter(|(k, _)| k == "cookie").map(|(_, v)| v.as_str()).collect();
+    assert_eq!(cookies.len(), 1, "{cookies:?}");
+    let mut crumbs: Vec<&str> = cookies[0].split("; ").collect();
+    crumbs.sort_unstable();
+    assert_eq!(crumbs, ["lang=français", "sample=1"], "the app's own cookies, every byte, and no Meridian one");
+
+    let anon = w.browser(None).await;
+    for evil in ["meridian_app_token=évil; Path=/", "meridian_session=evil; Path=/; Note=é"] {
+        let r = anon.get(w.app_url("open", "/")).header("x-sample-set-cookie", utf8(evil)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let set: Vec<&[u8]> = r.headers().get_all("set-cookie").iter().map(|v| v.as_bytes()).collect();
+        let from_app = |c: &&[u8]| !c.starts_with(b"meridian_app_token=ey"); // the proxy's own, for a public app
+        let set: Vec<String> =
+            set.into_iter().filter(from_app).map(|c| String::from_utf8_lossy(c).into_owned()).collect();
+        assert_eq!(set, ["sample=1; Path=/"], "an app's Set-Cookie of a Meridian cookie never passes");
+    }
+}
+
 async fn websocket_and_large_bodies(w: &World) {
     // WebSocket echo through the region.
     let port = w.wildcard.1;
@@ -470,6 +507,7 @@ async fn suite(deployment: Deployment) {
     sharing_matrix(&w).await;
     tokens_are_bound(&w).await;
     hygiene(&w).await;
+    cookies_that_are_not_ascii(&w).await;
     websocket_and_large_bodies(&w).await;
     app_hangs(&w).await;
     a_client_leaving_a_slow_app_ends_its_request(&w, deployment).await;
