@@ -14,6 +14,13 @@
 //! design built on pingora with an agent beside the app. What Meridian costs
 //! above it is its own.
 //!
+//! For WebSocket round trips (one message in flight, so every process on the
+//! path wakes twice per round trip) two rows more: the hop alone ("hop", the
+//! least one process on the path costs, against nginx's one) and a hop in
+//! front of the hop ("hop+hop", the least any two processes cost: a proxy
+//! that terminates the client and an agent beside the app, with no TLS, HTTP
+//! or anything else of either).
+//!
 //! `meridian-bench --bare-pingora LISTEN UPSTREAM [CERT KEY]` and
 //! `meridian-bench --forward LISTEN UPSTREAM` run them (the stack starts them).
 

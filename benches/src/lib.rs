@@ -159,7 +159,9 @@ pub async fn run(opts: &Options) -> Result<Report> {
         rows.extend(targets.iter().zip(runs).map(|(t, runs)| row(workload, t, &runs)));
     }
     let ws_name = "WebSocket echo round trips, 1 connection";
-    let ws_targets = if wanted(ws_name) { plain } else { Vec::new() };
+    // Plus the least one and two processes on the path cost (the hop, two hops).
+    let process_floors = floors.iter().flat_map(|f| [f.hop_alone.clone(), f.two_hops.clone()]);
+    let ws_targets = if wanted(ws_name) { plain.into_iter().chain(process_floors).collect() } else { Vec::new() };
     let mut runs = vec![Vec::new(); ws_targets.len()];
     for _ in 0..rounds {
         for (i, t) in ws_targets.iter().enumerate() {
@@ -291,7 +293,9 @@ async fn print_commands(stack: &Stack) -> Result<()> {
         &stack.meridian_tls,
     ];
     let floors = stack.floors.iter().flat_map(|f| {
-        [&f.bare, &f.hop, &f.bare_tls, &f.hop_tls].into_iter().chain(f.published.iter().flat_map(|(p, t)| [p, t]))
+        [&f.bare, &f.hop, &f.bare_tls, &f.hop_tls, &f.hop_alone, &f.two_hops]
+            .into_iter()
+            .chain(f.published.iter().flat_map(|(p, t)| [p, t]))
     });
     for t in targets.into_iter().chain(floors) {
         print_command(&stack.fresh(t).await?);

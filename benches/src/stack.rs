@@ -354,9 +354,9 @@ impl Baselines {
         let via_nginx = [p("nginx", nginx_pid)];
         let via_rathole = [p("nginx", nginx_pid), p("rathole server", server_pid), p("rathole client", client_pid)];
         let floors = self.floors.take().map(|f| {
-            let [bare, bare_tls, hop, hop_tls, _, published, published_tls] = f.ports;
-            let [bare_pid, bare_tls_pid, hop_pid, hop_tls_pid, forward_pid] = f.pids();
-            let published_pids = (f.procs.len() == 7).then(|| (f.procs[5].pid(), f.procs[6].pid()));
+            let [bare, bare_tls, hop, hop_tls, forward, published, published_tls, front] = f.ports;
+            let [bare_pid, bare_tls_pid, hop_pid, hop_tls_pid, forward_pid, front_pid] = f.pids();
+            let published_pids = (f.procs.len() == 8).then(|| (f.procs[6].pid(), f.procs[7].pid()));
             let url = |scheme: &str, port: u16| format!("{scheme}://127.0.0.1:{port}/");
             let via_hop = |pid| [p("pingora", pid), p("hop", forward_pid)];
             self.procs.extend(f.procs);
@@ -365,6 +365,8 @@ impl Baselines {
                 bare_tls: plain("bare pingora", url("https", bare_tls), &[p("pingora", bare_tls_pid)]),
                 hop: plain("pingora+hop", url("http", hop), &via_hop(hop_pid)),
                 hop_tls: plain("pingora+hop", url("https", hop_tls), &via_hop(hop_tls_pid)),
+                hop_alone: plain("hop", url("http", forward), &[p("hop", forward_pid)]),
+                two_hops: plain("hop+hop", url("http", front), &[p("front hop", front_pid), p("hop", forward_pid)]),
                 published: published_pids.map(|(pid, tls_pid)| {
                     (
                         plain(PUBLISHED, url("http", published), &[p("pingora", pid)]),
@@ -545,6 +547,11 @@ pub struct Floors {
     /// Bare pingora in front of a hop in front of the app, plain and TLS.
     pub hop: Target,
     pub hop_tls: Target,
+    /// The hop alone in front of the app, and a second hop in front of it:
+    /// the least one process and two processes on the path can cost
+    /// (WebSocket round trips: Meridian's path has two, nginx's one).
+    pub hop_alone: Target,
+    pub two_hops: Target,
     /// Bare pingora as published (without the vendored patches), plain and
     /// TLS, if its binary was built (`benches/run` builds it).
     pub published: Option<(Target, Target)>,
@@ -573,19 +580,20 @@ fn published_pingora() -> Option<PathBuf> {
 }
 
 /// The floor rows' processes: bare pingora (plain, TLS) in front of the
-/// app and in front of the hop, the hop, and bare pingora as published
-/// (plain, TLS) if its binary is given.
+/// app and in front of the hop, the hop, a second hop in front of it, and
+/// bare pingora as published (plain, TLS) if its binary is given.
 struct FloorProcs {
     /// bare, bare TLS, bare over the hop, bare TLS over the hop, the hop,
-    /// published, published TLS.
-    ports: [u16; 7],
+    /// published, published TLS, the front hop.
+    ports: [u16; 8],
     procs: Vec<Proc>,
 }
 
 impl FloorProcs {
     fn start(bin: &Path, published: Option<&Path>, dir: &Path, app: u16, (cert, key): (&Path, &Path)) -> Result<Self> {
-        let ports = [free_port()?, free_port()?, free_port()?, free_port()?, free_port()?, free_port()?, free_port()?];
-        let [bare, bare_tls, hop, hop_tls, forward, published_port, published_tls] = ports;
+        let ports = [(); 8].map(|()| free_port());
+        let ports = ports.into_iter().collect::<Result<Vec<u16>>>()?.try_into().unwrap_or_else(|_| unreachable!());
+        let [bare, bare_tls, hop, hop_tls, forward, published_port, published_tls, front] = ports;
         let at = |port: u16| format!("127.0.0.1:{port}");
         let tls = [cert.display().to_string(), key.display().to_string()];
         let pingora = |listen: u16, upstream: u16, tls: &[String]| {
@@ -599,6 +607,7 @@ impl FloorProcs {
             spawn(bin, &pingora(hop, forward, &[]), dir, "pingora-hop", &[])?,
             spawn(bin, &pingora(hop_tls, forward, &tls), dir, "pingora-hop-tls", &[])?,
             spawn(bin, &["--forward".to_owned(), at(forward), at(app)], dir, "hop", &[])?,
+            spawn(bin, &["--forward".to_owned(), at(front), at(forward)], dir, "front-hop", &[])?,
         ];
         if let Some(published) = published {
             procs.push(spawn(published, &pingora(published_port, app, &[]), dir, "pingora-published", &[])?);
@@ -607,9 +616,9 @@ impl FloorProcs {
         Ok(Self { ports, procs })
     }
 
-    fn pids(&self) -> [u32; 5] {
+    fn pids(&self) -> [u32; 6] {
         let pid = |i: usize| self.procs[i].pid();
-        [pid(0), pid(1), pid(2), pid(3), pid(4)]
+        [pid(0), pid(1), pid(2), pid(3), pid(4), pid(5)]
     }
 }
 
