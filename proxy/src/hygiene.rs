@@ -197,13 +197,9 @@ pub fn response(resp: &mut ResponseHeader, sandbox: bool) -> Result<()> {
         .headers
         .get_all(http::header::SET_COOKIE)
         .iter()
-        // The name is the first pair's (RFC 6265 §5.2), read as bytes: a
-        // field with any byte that is not visible ASCII is still checked.
-        .filter(|v| {
-            !headers::is_meridian_cookie(headers::crumb_name(
-                v.as_bytes().split(|&b| b == b';').next().unwrap_or_default(),
-            ))
-        })
+        // Read as bytes: a field with any byte that is not visible ASCII is
+        // still checked.
+        .filter(|v| !headers::sets_meridian_cookie(v.as_bytes()))
         .cloned()
         .collect();
     resp.remove_header(&http::header::SET_COOKIE);
@@ -295,6 +291,7 @@ mod tests {
             &b"meridian_app_token=\xc3\xa9vil; Path=/"[..],
             b"meridian_session=evil; Path=/; X=\xff",
             b"meridian_app_session",
+            b"=meridian_app_token=evil; Path=/x",
         ];
         for v in evil {
             resp.append_header("set-cookie", http::HeaderValue::from_bytes(v).unwrap()).unwrap();

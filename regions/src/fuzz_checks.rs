@@ -122,4 +122,20 @@ pub fn cookie(data: &[u8]) {
             assert!(all.iter().any(of), "{data:?}: {name}={value} is no crumb's");
         }
     }
+    // As a `Set-Cookie` field: one the proxy lets through sets nothing the
+    // browser sends back as a Meridian cookie (a nameless cookie is sent as
+    // its value alone).
+    if !crate::headers::sets_meridian_cookie(data) {
+        let pair = data.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+        let sent = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) if crumb_name(pair).is_empty() => pair[eq + 1..].trim_ascii(),
+            _ => pair,
+        };
+        let Ok(sent) = http::HeaderValue::from_bytes(sent) else { return };
+        let mut back = http::HeaderMap::new();
+        back.append(http::header::COOKIE, sent);
+        for name in ["meridian_session", "meridian_app_session", "meridian_app_token", "__Host-meridian_session"] {
+            assert_eq!(cookie_copies(&back, name).count(), 0, "{data:?} sets {name}");
+        }
+    }
 }

@@ -85,6 +85,21 @@ pub fn is_meridian_cookie(name: &[u8]) -> bool {
     starts(name, PREFIX)
 }
 
+/// Whether a `Set-Cookie` field (bytes, whatever they hold) sets a cookie
+/// the browser would send back as one of Meridian's: its first pair's name
+/// is one (RFC 6265 §5.2), or the pair has an empty name and its value reads
+/// as one (`=meridian_app_token=x`: a browser keeps a nameless cookie and
+/// sends its value alone, RFC 6265bis §5.7, which reads as
+/// `meridian_app_token=x`).
+pub fn sets_meridian_cookie(field: &[u8]) -> bool {
+    let pair = field.split(|&b| b == b';').next().unwrap_or_default().trim_ascii();
+    let name = crumb_name(pair);
+    match pair.iter().position(|&b| b == b'=') {
+        Some(eq) if name.is_empty() => is_meridian_cookie(crumb_name(&pair[eq + 1..])),
+        _ => is_meridian_cookie(name),
+    }
+}
+
 /// The `Cookie` fields' crumbs that are not Meridian's, joined into one
 /// field's value (RFC 6265 §5.4: one field, `"; "` between crumbs), every
 /// byte as the client sent it; empty when none is left. What an app is
@@ -153,6 +168,28 @@ mod tests {
         assert_eq!(copies, ["t1", "t2"]);
         assert_eq!(super::cookie_copies(&h, "lang").collect::<Vec<_>>(), ["français"]);
         assert_eq!(super::cookie_copies(&h, "x").count(), 0, "not UTF-8: skipped alone");
+    }
+
+    #[test]
+    fn set_cookie_fields_that_set_a_meridian_cookie() {
+        for (field, sets) in [
+            (&b"ok=1; Path=/"[..], false),
+            (b"meridian_app_token=evil; Path=/", true),
+            (b" MERIDIAN_SESSION=evil", true),
+            (b"__Host-meridian_session=evil; Secure; Path=/", true),
+            (b"meridian_app_token=\xc3\xa9vil; Path=/", true),
+            (b"meridian_session=evil; Path=/; Note=\xff", true),
+            (b"meridian_app_session", true),
+            // Nameless: the browser sends `meridian_app_token=evil`.
+            (b"=meridian_app_token=evil; Path=/x", true),
+            (b" = meridian_session=evil", true),
+            (b"=ok=1", false),
+            (b"==meridian_app_token=evil", false),
+            (b"lang=fran\xc3\xa7ais", false),
+            (b"a=meridian_app_token=x", false),
+        ] {
+            assert_eq!(super::sets_meridian_cookie(field), sets, "{}", String::from_utf8_lossy(field));
+        }
     }
 
     #[test]
