@@ -1,4 +1,6 @@
-//! Header, cookie and query parameter names of the external contract (ARCHITECTURE.md).
+//! Header, cookie and query parameter names of the external contract (ARCHITECTURE.md),
+//! and how cookie fields are read: as bytes, split into crumbs (any octet an app put in
+//! a cookie hides none of the others), what an app is given, what it may not set.
 
 /// Header carrying a user's session token.
 pub const SESSION_TOKEN: &str = "Meridian-Session-Token";

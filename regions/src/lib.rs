@@ -11,7 +11,8 @@
 //! - [`client`]: a typed HTTP client of the coordinator API, used by proxies and the CLI.
 //! - [`tunnel`]: the agent tunnel protocol (HTTP/2 over an upgraded connection: control, and
 //!   CONNECT streams as the fallback); [`data`]: data connections the agent dials per app connection.
-//! - [`headers`]: header and cookie names of the external contract.
+//! - [`headers`]: header and cookie names of the external contract, and how `Cookie` and
+//!   `Set-Cookie` fields are read (as bytes: crumbs, names, what the app is given).
 //! - [`wildcard`]: the wildcard access URL pattern (`*.sydney.localhost:7081`).
 //! - [`resolve`]: name resolution (hickory), with `.localhost` as loopback.
 //! - [`selection`]: region selection by measured latency (`meridian regions ping`).
