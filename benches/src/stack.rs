@@ -591,8 +591,10 @@ struct FloorProcs {
 
 impl FloorProcs {
     fn start(bin: &Path, published: Option<&Path>, dir: &Path, app: u16, (cert, key): (&Path, &Path)) -> Result<Self> {
-        let ports = [(); 8].map(|()| free_port());
-        let ports = ports.into_iter().collect::<Result<Vec<u16>>>()?.try_into().unwrap_or_else(|_| unreachable!());
+        let mut ports = [0u16; 8];
+        for port in &mut ports {
+            *port = free_port()?;
+        }
         let [bare, bare_tls, hop, hop_tls, forward, published_port, published_tls, front] = ports;
         let at = |port: u16| format!("127.0.0.1:{port}");
         let tls = [cert.display().to_string(), key.display().to_string()];
