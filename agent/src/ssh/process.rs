@@ -12,8 +12,15 @@ use russh::{Channel, ChannelMsg, ChannelReadHalf, ChannelWriteHalf, Sig};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// After a PTY's process exits, how long output still draining from it is waited for.
-const PTY_DRAIN: Duration = Duration::from_millis(500);
+/// After a PTY's process exits, how long output still draining from it is
+/// waited for before the exit status is sent (the client ends on it, so
+/// output sent later is lost). Draining ends at once in the usual case (the
+/// terminal's last holder gone, its reader sees the end right after the
+/// last bytes); the bound only matters when a background process still
+/// holds the terminal, or the agent is starved of CPU. With 500 ms a shell's
+/// last line went missing once on a loaded CI machine (this bound running out
+/// is the one way the exit status overtakes output); 3 s.
+const PTY_DRAIN: Duration = Duration::from_secs(3);
 /// Most environment variables a client may set on one channel.
 const MAX_ENV: usize = 256;
 
